@@ -1,0 +1,132 @@
+"""Surrogate ranking losses of §3 (Eq. 4, 7, 9, 11, 12) and the embedding-shift loss of §3.3.
+
+An objective holds the fixed part of B independent attacks (gallery embeddings X ``[N, D]``,
+each attack's queries or candidates) and maps the embeddings of the B perturbed inputs
+``emb [B, D]`` to the B losses to *minimise* ``[B]``. Each loss sums over the whole candidate
+set X, as the paper writes it, through the shared :class:`~advrank.distances.Distance`.
+``value_and_grad`` walks the gallery in chunks so that memory stays bounded as X grows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from advrank.distances import Distance
+
+RAISE, LOWER = "+", "-"
+
+
+class RankingObjective:
+    """Base class: ``__call__(emb [B, D]) -> [B]``; ``value_and_grad`` -> (``[B]``, ``[B, D]``)."""
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def value_and_grad(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = emb.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = self(e)
+            (grad,) = torch.autograd.grad(loss.sum(), e)
+        return loss.detach(), grad
+
+
+def _hinge(x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x)
+
+
+class CandidateObjective(RankingObjective):
+    """CA+ (Eq. 4) and CA- (Eq. 7): the candidate c is perturbed; its queries Q are fixed.
+
+    L_CA+(c, Q; X) = sum_q sum_x [d(q, c) - d(q, x)]_+ ;  L_CA- = sum_q sum_x [d(q, x) - d(q, c)]_+
+
+    queries ``[B, w, D]``: the embeddings of each attack's query set Q. The constant distances
+    ``d(q, x) [B, w, N]`` are computed once per batch, not once per PGD step.
+    """
+
+    def __init__(self, direction: str, queries: torch.Tensor, gallery: torch.Tensor,
+                 distance: Distance, chunk: int = 4096):
+        if direction not in (RAISE, LOWER):
+            raise ValueError(f"direction must be '+' or '-', got {direction!r}")
+        self.direction, self.queries, self.distance = direction, queries, distance
+        b, w, d = queries.shape
+        flat = queries.reshape(b * w, d)
+        with torch.no_grad():
+            self.d_qx = torch.cat(
+                [distance.pairwise(flat, gallery[s : s + chunk])
+                 for s in range(0, gallery.shape[0], chunk)], dim=1,
+            ).reshape(b, w, -1)
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        d_qc = self.distance.paired(self.queries, emb[:, None, :])  # [B, w]
+        diff = d_qc[:, :, None] - self.d_qx  # [B, w, N]
+        if self.direction == LOWER:
+            diff = -diff
+        return _hinge(diff).sum(dim=(1, 2))
+
+
+class QueryObjective(RankingObjective):
+    """QA+ (Eq. 11), QA- (Eq. 9) and the semantics-preserving SP-QA (Eq. 12): q is perturbed.
+
+    L_QA+(q, C; X) = sum_c sum_x [d(q, c) - d(q, x)]_+ ;  L_QA- = sum_c sum_x [d(q, x) - d(q, c)]_+
+    L_SP-QA = L_QA±(q, C; X) + xi * L_QA+(q, C_SP; X)
+
+    candidates ``[B, m]`` and ``sp_candidates [B, G]`` are gallery indices (C and C_SP).
+    """
+
+    def __init__(self, direction: str, candidates: torch.Tensor, gallery: torch.Tensor,
+                 distance: Distance, sp_candidates: torch.Tensor | None = None, xi: float = 0.0,
+                 chunk: int = 4096):
+        if direction not in (RAISE, LOWER):
+            raise ValueError(f"direction must be '+' or '-', got {direction!r}")
+        self.direction, self.gallery, self.distance, self.chunk = direction, gallery, distance, chunk
+        self.cand_emb = gallery[candidates]  # [B, m, D]
+        self.xi = float(xi)
+        self.sp_emb = gallery[sp_candidates] if (sp_candidates is not None and xi) else None
+
+    def _terms(self, emb: torch.Tensor):
+        d_qc = self.distance.paired(emb[:, None, :], self.cand_emb)  # [B, m]
+        d_sp = None if self.sp_emb is None else self.distance.paired(emb[:, None, :], self.sp_emb)
+        return d_qc, d_sp
+
+    def _chunk_loss(self, emb, d_qc, d_sp, start: int) -> torch.Tensor:
+        d_qx = self.distance.pairwise(emb, self.gallery[start : start + self.chunk])  # [B, n]
+        diff = d_qc[:, :, None] - d_qx[:, None, :]  # [B, m, n]
+        if self.direction == LOWER:
+            diff = -diff
+        loss = _hinge(diff).sum(dim=(1, 2))
+        if d_sp is not None:
+            loss = loss + self.xi * _hinge(d_sp[:, :, None] - d_qx[:, None, :]).sum(dim=(1, 2))
+        return loss
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        d_qc, d_sp = self._terms(emb)
+        return sum(self._chunk_loss(emb, d_qc, d_sp, s)
+                   for s in range(0, self.gallery.shape[0], self.chunk))
+
+    def value_and_grad(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Chunk by chunk: each chunk's [B, m, n] hinge graph is freed before the next one.
+        e = emb.detach().requires_grad_(True)
+        total = torch.zeros(e.shape[0], device=e.device, dtype=e.dtype)
+        grad = torch.zeros_like(e)
+        with torch.enable_grad():
+            d_qc, d_sp = self._terms(e)
+            for s in range(0, self.gallery.shape[0], self.chunk):
+                loss = self._chunk_loss(e, d_qc, d_sp, s)
+                (g,) = torch.autograd.grad(loss.sum(), e, retain_graph=True)
+                grad += g
+                total += loss.detach()
+        return total, grad
+
+
+class EmbeddingShiftObjective(RankingObjective):
+    """§3.3 maximum-shift-distance attack: maximise d(f(x + r), f(x)), i.e. minimise -d.
+
+    reference ``[B, D]``: the clean embeddings f(x). d has zero gradient at r = 0 (both for
+    1 - cos and for the clamped Euclidean norm), so this attack needs a random start.
+    """
+
+    def __init__(self, reference: torch.Tensor, distance: Distance):
+        self.reference, self.distance = reference.detach(), distance
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        return -self.distance.paired(emb, self.reference)

@@ -1,0 +1,82 @@
+"""Distance objects: one decides cosine vs Euclidean for training, ranking and attacks alike.
+
+``pairwise(a [N, D], b [M, D]) -> [N, M]`` and ``paired(a [..., D], b [..., D]) -> [...]``.
+Both are differentiable; a smaller value means "more similar" (ranked higher).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from advrank.errors import AdvrankError
+
+
+class Distance:
+    name: str = "distance"
+
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_pml(self):
+        """The equivalent pytorch-metric-learning distance, for its losses and miners."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CosineDistance(Distance):
+    """``1 - cos(a, b)``, i.e. one minus the dot product of L2-normalised embeddings; in [0, 2]."""
+
+    name = "cosine"
+
+    def pairwise(self, a, b):
+        return 1.0 - F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
+
+    def paired(self, a, b):
+        return 1.0 - (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+    def to_pml(self):
+        from pytorch_metric_learning.distances import CosineSimilarity
+
+        return CosineSimilarity()
+
+
+class EuclideanDistance(Distance):
+    """``||a - b||_2``; the square root is taken of a clamped value so gradients stay finite."""
+
+    name = "euclidean"
+
+    def pairwise(self, a, b):
+        sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * a @ b.transpose(
+            -1, -2
+        )
+        return sq.clamp_min(1e-12).sqrt()
+
+    def paired(self, a, b):
+        return ((a - b) ** 2).sum(-1).clamp_min(1e-12).sqrt()
+
+    def to_pml(self):
+        from pytorch_metric_learning.distances import LpDistance
+
+        return LpDistance(normalize_embeddings=False, p=2)
+
+
+_DISTANCES = {"cosine": CosineDistance, "euclidean": EuclideanDistance}
+
+
+def distance_names() -> list[str]:
+    return sorted(_DISTANCES)
+
+
+def get_distance(name: str) -> Distance:
+    try:
+        return _DISTANCES[name]()
+    except KeyError:
+        raise AdvrankError(
+            f"unknown distance {name!r}; choose one of: {', '.join(distance_names())}"
+        ) from None
