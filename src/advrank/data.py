@@ -173,7 +173,7 @@ def _load_fashion(split: str, root: Path, download: bool) -> TensorImageDataset:
     return _load_mnist_like("FashionMNIST", "FashionMNIST", "fashion", split, root, download)
 
 
-# --------------------------------------------------------------------------- Stanford Online Products
+# ------------------------------------------------------------------ Stanford Online Products
 
 
 class SOPDataset(ImageDataset):

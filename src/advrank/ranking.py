@@ -69,8 +69,8 @@ def nearest_neighbors(
 
 @torch.no_grad()
 def recall_at_k(
-    gallery: torch.Tensor, labels: torch.Tensor, distance: Distance, ks: Sequence[int] = (1, 2, 4, 8),
-    chunk: int = DEFAULT_CHUNK,
+    gallery: torch.Tensor, labels: torch.Tensor, distance: Distance,
+    ks: Sequence[int] = (1, 2, 4, 8), chunk: int = DEFAULT_CHUNK,
 ) -> dict[int, float]:
     """Recall@K in percent with every gallery member used as a (left-out) query."""
     n = gallery.shape[0]
@@ -105,7 +105,8 @@ def mean_average_precision(
 
 
 def retrieval_metrics(
-    gallery: torch.Tensor, labels: torch.Tensor, distance: Distance, ks: Sequence[int] = (1, 2, 4, 8)
+    gallery: torch.Tensor, labels: torch.Tensor, distance: Distance,
+    ks: Sequence[int] = (1, 2, 4, 8),
 ) -> dict[str, float]:
     """``{"recall@1": %, ..., "map": [0, 1]}`` for the gallery used as its own query set."""
     out = {f"recall@{k}": v for k, v in recall_at_k(gallery, labels, distance, ks).items()}

@@ -78,7 +78,8 @@ class QueryObjective(RankingObjective):
                  chunk: int = 4096):
         if direction not in (RAISE, LOWER):
             raise ValueError(f"direction must be '+' or '-', got {direction!r}")
-        self.direction, self.gallery, self.distance, self.chunk = direction, gallery, distance, chunk
+        self.direction, self.gallery, self.distance = direction, gallery, distance
+        self.chunk = chunk
         self.cand_emb = gallery[candidates]  # [B, m, D]
         self.xi = float(xi)
         self.sp_emb = gallery[sp_candidates] if (sp_candidates is not None and xi) else None

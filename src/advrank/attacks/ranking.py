@@ -79,8 +79,9 @@ class RankingAttack:
         check_images(images)
         if images.shape[0] != targets.shape[0]:
             raise AdvrankError(f"{images.shape[0]} images but {targets.shape[0]} target rows")
-        objective = self.objective(targets.to(self.gallery.device),
-                                   None if sp_targets is None else sp_targets.to(self.gallery.device))
+        device = self.gallery.device
+        sp = None if sp_targets is None else sp_targets.to(device)
+        objective = self.objective(targets.to(device), sp)
         return pgd(self.model, images, objective, self.threat, generator)
 
     def __repr__(self) -> str:
