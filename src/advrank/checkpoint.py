@@ -8,8 +8,6 @@ arch, metric, loss, epochs, seed, R@1, defense and the advrank version.
 from __future__ import annotations
 
 import io
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +47,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise AdvrankError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            AttributeError, TypeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # weights_only: nothing ran, whatever the unpickler tripped on
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if first.startswith("Weights only load failed"):  # torch's text advises unsafe loading
+            first = "its pickled content is not plain tensors and containers"
+        else:
+            first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise AdvrankError(
             f"{path} is not a readable advrank checkpoint (corrupt, or not made by advrank; "
             f"nothing in it was executed): {first}"

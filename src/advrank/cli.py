@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from advrank.errors import AdvrankError
 
@@ -25,6 +24,24 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="let torchvision download missing MNIST/Fashion-MNIST files (online)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """``"1,2,5"`` -> ``(1, 2, 5)``, with a readable error for anything else."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise AdvrankError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise AdvrankError(f"{option} values must be positive, got {text!r}")
+    return values
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise AdvrankError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
 def _emit(args, obj: dict, text: str) -> None:
@@ -72,7 +89,7 @@ def cmd_evaluate(args) -> None:
     device = resolve_device(args.device)
     model, meta = model_from_checkpoint(args.checkpoint, device)
     dataset = load_dataset(meta["dataset"], "test", args.data_root, args.download)
-    ks = tuple(int(k) for k in args.ks.split(","))
+    ks = parse_ints(args.ks, "--ks")
     metrics = evaluate_model(model, dataset, get_distance(meta["metric"]), device, ks,
                              with_map=True)
     out = {"checkpoint": str(args.checkpoint), "dataset": meta["dataset"],
@@ -162,4 +179,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "build_parser", "Path"]
+__all__ = ["main", "build_parser", "parse_ints", "parse_floats"]

@@ -78,9 +78,11 @@ def cmd_grid(args) -> None:
     from advrank.grid import run_grid
 
     model, meta, gallery, device = load_target(args)
-    eps_values = (tuple(float(e) for e in args.eps_values.split(","))
+    from advrank.cli import parse_floats, parse_ints
+
+    eps_values = (parse_floats(args.eps_values, "--eps-values")
                   if args.eps_values else dataset_info(meta["dataset"]).eps_grid)
-    ks = tuple(int(k) for k in args.ks.split(","))
+    ks = parse_ints(args.ks, "--ks")
     attacks = tuple(a.strip() for a in args.attacks.split(","))
     _validate_paper(args.paper)
     paper = None if args.paper == "none" else args.paper

@@ -198,11 +198,20 @@ class SOPDataset(ImageDataset):
             header = fh.readline().split()
             if header[:2] != ["image_id", "class_id"]:
                 raise AdvrankError(f"{listing} does not look like an SOP listing: {header}")
-            for line in fh:
+            for lineno, line in enumerate(fh, start=2):
                 parts = line.split()
-                if len(parts) == 4:
+                if not parts:
+                    continue
+                try:
+                    if len(parts) != 4:
+                        raise ValueError
                     labels.append(int(parts[1]))
-                    paths.append(root / parts[3])
+                except ValueError:
+                    raise AdvrankError(
+                        f"{listing}:{lineno}: expected 'image_id class_id super_class_id path', "
+                        f"got {line.strip()!r}"
+                    ) from None
+                paths.append(root / parts[3])
         if not paths:
             raise AdvrankError(f"{listing} lists no images")
         self.paths = paths

@@ -81,7 +81,7 @@ def create_model(
     builder, default_dim = _lookup(name)
     if len(image_shape) != 3:
         raise AdvrankError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
-    embed_dim = int(embed_dim or default_dim)
+    embed_dim = int(default_dim if embed_dim is None else embed_dim)
     if embed_dim <= 0:
         raise AdvrankError(f"embed_dim must be positive, got {embed_dim}")
     channels = image_shape[0]

@@ -149,7 +149,8 @@ def train(
     if resume and out.exists():
         ckpt = load_checkpoint(out)
         old = ckpt["meta"]
-        for key in ("dataset", "arch", "metric", "loss", "embed_dim", "seed", "defense"):
+        for key in ("dataset", "arch", "metric", "loss", "margin", "lr", "embed_dim", "seed",
+                    "defense", "defense_eps", "init"):
             if old.get(key) != meta[key]:
                 raise AdvrankError(f"cannot resume {out}: it has {key}={old.get(key)!r}, "
                                    f"this run {meta[key]!r}")
@@ -160,10 +161,13 @@ def train(
         history = list(old.get("history", []))
         elapsed = float(old.get("train_seconds", 0.0))
 
-    sampler, batch_size = _sampler(train_set.labels, config.batch_size, config.samples_per_class)
+    _, batch_size = _sampler(train_set.labels, config.batch_size, config.samples_per_class)
     meta["batch_size"] = batch_size
     for epoch in range(start_epoch, config.epochs):
         seed_everything(config.seed * 1000 + epoch)  # resumable: each epoch reseeds itself
+        # a fresh sampler too: MPerClassSampler shuffles its label list in place, so a reused
+        # one would draw different batches after a resume than in an uninterrupted run
+        sampler, _ = _sampler(train_set.labels, config.batch_size, config.samples_per_class)
         loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True)
         t0 = time.time()
         model.train()

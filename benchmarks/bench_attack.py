@@ -1,0 +1,141 @@
+"""Attack speed and memory for a Table-1 cell (MNIST-shaped C2F1, eps = 0.3, w = m = 1).
+
+Reports, for each attack:
+* attacks per second (T attacks in batches of B, eta = 30 PGD steps each);
+* the time of one PGD iteration divided by the time of one forward+backward pass of the model
+  on the same batch (target <= 1.2: the rest is the ranking loss over the gallery X);
+* peak memory as |X| grows 10x (each size in a fresh subprocess; CPU: peak RSS growth during the
+  attack, CUDA: torch.cuda.max_memory_allocated), next to the size of the gallery embeddings.
+
+Random weights and synthetic data are enough here: speed does not depend on what was learnt.
+Usage: python benchmarks/bench_attack.py [--device auto] [--gallery 10000] [--batch 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def setup(n: int, device: torch.device, dim: int = 1024):
+    from advrank.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("c2f1", (1, 28, 28), dim).to(device).eval()
+    gallery = torch.nn.functional.normalize(torch.randn(n, dim, device=device), dim=1)
+    return model, gallery
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_forward_backward(model, images, repeats: int = 5) -> float:
+    from advrank.attacks.pgd import frozen
+
+    with frozen(model):
+        for i in range(repeats + 1):
+            if i == 1:
+                sync(images.device)
+                t0 = time.perf_counter()
+            x = images.clone().requires_grad_(True)
+            emb = model(x)
+            torch.autograd.grad(emb, x, grad_outputs=torch.ones_like(emb))
+        sync(images.device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def time_attack(model, gallery, attack: str, batch: int, device, steps: int = 30) -> float:
+    from advrank.attacks import LinfThreatModel, RankingAttack
+    from advrank.distances import CosineDistance
+
+    atk = RankingAttack(model, gallery, CosineDistance(), attack,
+                        LinfThreatModel(0.3, steps=steps))
+    images = torch.rand(batch, 1, 28, 28, device=device)
+    targets = torch.randint(0, gallery.shape[0], (batch, 1), device=device)
+    sp = torch.randint(0, gallery.shape[0], (batch, 5), device=device)
+    atk(images[:2], targets[:2], sp[:2])  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    atk(images, targets, sp if attack.startswith("QA") else None)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def child(n: int, attack: str, batch: int, device_name: str) -> None:
+    """One gallery size in a fresh process: print the peak memory of the attack as JSON."""
+    from advrank.utils import resolve_device
+
+    device = resolve_device(device_name)
+    model, gallery = setup(n, device)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    time_attack(model, gallery, attack, batch, device, steps=3)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss  # KiB on Linux
+    out = {"gallery": n, "attack": attack, "gallery_mib": gallery.numel() * 4 / 2**20,
+           "peak_growth_mib": peak / 1024}
+    if device.type == "cuda":
+        out["peak_growth_mib"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+    print(json.dumps(out))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--gallery", type=int, default=10000, help="|X| (MNIST test set: 10,000)")
+    p.add_argument("--batch", type=int, default=256, help="attacks per PGD batch")
+    p.add_argument("--memory-sizes", default="10000,100000",
+                   help="gallery sizes for the memory check (default 10k and 100k)")
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--attack", default="QA+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child is not None:
+        child(args.child, args.attack, args.batch, args.device)
+        return
+
+    from advrank.utils import hardware_string, resolve_device
+
+    device = resolve_device(args.device)
+    model, gallery = setup(args.gallery, device)
+    images = torch.rand(args.batch, 1, 28, 28, device=device)
+    fb = time_forward_backward(model, images)
+    rows = []
+    print(f"hardware: {hardware_string(device)}; |X| = {args.gallery}, batch = {args.batch}, "
+          f"eps = 0.3, eta = 30 steps")
+    print(f"model forward+backward on the batch: {fb * 1000:.1f} ms")
+    print(f"{'attack':7s} {'attacks/s':>10s} {'ms/iter':>8s} {'iter/fwd+bwd':>13s}")
+    for attack in ("CA+", "CA-", "QA+", "QA-"):
+        t = time_attack(model, gallery, attack, args.batch, device)
+        per_iter = t / 30
+        rows.append({"attack": attack, "attacks_per_s": args.batch / t,
+                     "iter_ms": per_iter * 1000, "ratio_iter_over_fwd_bwd": per_iter / fb})
+        print(f"{attack:7s} {args.batch / t:10.1f} {per_iter * 1000:8.1f} {per_iter / fb:13.2f}")
+
+    memory = []
+    for attack in ("CA+", "QA+"):
+        for n in (int(s) for s in args.memory_sizes.split(",")):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(n), "--attack", attack,
+                 "--batch", str(args.batch), "--device", args.device],
+                capture_output=True, text=True, check=True)
+            memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print("peak memory growth during one attack batch (beyond model + gallery):")
+    for m in memory:
+        print(f"  {m['attack']} |X| = {m['gallery']:>7d}: {m['peak_growth_mib']:8.1f} MiB "
+              f"(gallery embeddings themselves: {m['gallery_mib']:.0f} MiB)")
+    print(json.dumps({"hardware": hardware_string(device), "gallery": args.gallery,
+                      "batch": args.batch, "fwd_bwd_ms": fb * 1000, "attacks": rows,
+                      "memory": memory}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Shared test fixtures. The tests run on CPU in well under a minute (tiny models, `digits`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The tests use tiny models, for which intra-op threads cost more than they bring; on a small
+# machine shared with another job, oversubscribed threads make them ~10x slower.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Where MNIST/Fashion-MNIST live: ``$ADVRANK_DATA`` if set, else ``<repo>/../shared/data``."""
+    env = os.environ.get("ADVRANK_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
