@@ -481,7 +481,7 @@ def _universal_ranks(model: nn.Module, gallery: Gallery, spec: AttackSpec, sel: 
 def universal_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackSpec, eps: float, k: int = 1,
     seed: int = 0, fraction: float = 0.05, xi: float = 0.0, steps: int | None = None,
-    step_size: float | None = None, mode: str = "own", chunk_size: int = 256,
+    step_size: float | None = None, mode: str = "shared", chunk_size: int = 256,
     top_fraction: float = 0.01,
 ) -> dict[str, Any]:
     """Image-agnostic attack I-CA± / I-QA± (Eq. 14, Table 6): one r for a whole set of inputs.

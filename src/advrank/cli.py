@@ -64,11 +64,15 @@ def cmd_train(args) -> None:
         download=args.download, device=args.device,
     )
     transform = None
-    if getattr(args, "defense", None):
+    if args.defense:
         from advrank.defenses import make_defense
 
-        transform = make_defense(args.defense, config, eps=args.defense_eps)
+        transform = make_defense(args.defense, config, eps=args.defense_eps,
+                                 steps=args.defense_steps, step_size=args.defense_step_size)
         config.defense, config.defense_eps = args.defense, transform.eps
+        config.extra_meta["defense_threat"] = transform.describe()
+    elif args.defense_eps is not None or args.defense_steps is not None:
+        raise AdvrankError("--defense-eps/--defense-steps need --defense est or madry")
     result = train(config, args.out, resume=args.resume, init=args.init,
                    batch_transform=transform, progress=not args.quiet)
     meta = result.meta
@@ -138,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "adversarial triplets from the ranking attacks (baseline)")
     p.add_argument("--defense-eps", type=float, default=None,
                    help="defense epsilon (default: the dataset's strongest, 0.3 for MNIST)")
+    p.add_argument("--defense-steps", type=int, default=None,
+                   help="PGD steps per training batch (default: the paper's eta for that eps, "
+                        "30 at 0.3; fewer is proportionally cheaper)")
+    p.add_argument("--defense-step-size", type=float, default=None,
+                   help="PGD step size for the defense (default: the paper's alpha)")
     _common(p)
     p.set_defaults(func=cmd_train)
 

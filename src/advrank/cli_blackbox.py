@@ -211,9 +211,9 @@ def register(sub, common, emit) -> None:
                    help="PGD iterations on r (default: 100; one r must serve many inputs)")
     p.add_argument("--step-size", type=float, default=None,
                    help="PGD step (default: the paper's alpha for eps)")
-    p.add_argument("--mode", choices=("own", "shared"), default="own",
-                   help="own: each member has its own Q/C by the §4 rules; shared: one Q/C "
-                        "for all members, Eq. 14 literally (default: own)")
+    p.add_argument("--mode", choices=("own", "shared"), default="shared",
+                   help="shared: one Q/C for all members, Eq. 14 literally (default); own: "
+                        "each member has its own Q/C by the §4 rules")
     p.add_argument("--chunk-size", type=int, default=256,
                    help="members per forward/backward pass within a PGD step")
     p.add_argument("--out", default=None,

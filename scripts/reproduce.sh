@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Reproduce the paper's tables with advrank's own commands; every step resumes if interrupted.
+#
+#   scripts/reproduce.sh STEP [STEP ...]
+#   steps: mnist fashion mnist-defense fashion-defense curves transfer universal
+#
+# Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
+# grid cell, default 1000), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
+# DEF_EPOCHS (defense fine-tuning epochs, default 2), DEF_STEPS (PGD steps per defended batch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ADVRANK_DATA=${ADVRANK_DATA:-../shared/data}
+T=${T:-1000}; DEVICE=${DEVICE:-auto}; RUNS=${RUNS:-runs}; RESULTS=${RESULTS:-results}
+DEF_EPOCHS=${DEF_EPOCHS:-2}; DEF_STEPS=${DEF_STEPS:-}
+mkdir -p "$RUNS" "$RESULTS"
+
+train() {  # name dataset arch epochs seed [extra args]
+  local name=$1 dataset=$2 arch=$3 epochs=$4 seed=$5; shift 5
+  mkdir -p "$RESULTS/$name"
+  advrank train --dataset "$dataset" --arch "$arch" --epochs "$epochs" --seed "$seed" \
+    --device "$DEVICE" --out "$RUNS/$name.pt" --resume --json --quiet "$@" \
+    > "$RESULTS/$name/train.json"
+  advrank evaluate --checkpoint "$RUNS/$name.pt" --device "$DEVICE" --json \
+    > "$RESULTS/$name/evaluate.json"
+}
+
+grid() {  # name
+  advrank grid --checkpoint "$RUNS/$1.pt" --out "$RESULTS/$1" --num-attacks "$T" \
+    --device "$DEVICE" --quiet > /dev/null
+}
+
+defend() {  # name dataset vanilla-name
+  local steps=(); [[ -n $DEF_STEPS ]] && steps=(--defense-steps "$DEF_STEPS")
+  train "$1" "$2" c2f1 "$DEF_EPOCHS" 0 --defense est --defense-eps 0.3 \
+    --init "$RUNS/$3.pt" "${steps[@]}"
+}
+
+for step in "$@"; do
+  case $step in
+    mnist) train mnist-c2f1 mnist c2f1 8 0 && grid mnist-c2f1 ;;
+    fashion) train fashion-c2f1 fashion c2f1 10 0 && grid fashion-c2f1 ;;
+    mnist-defense) defend mnist-c2f1-est mnist mnist-c2f1 && grid mnist-c2f1-est ;;
+    fashion-defense) defend fashion-c2f1-est fashion fashion-c2f1 && grid fashion-c2f1-est ;;
+    curves) advrank curves --checkpoint "$RUNS/mnist-c2f1.pt" --checkpoint "$RUNS/mnist-c2f1-est.pt" \
+              --out "$RESULTS/curves-mnist" --num-attacks "${CURVE_T:-200}" --device "$DEVICE" --quiet ;;
+    transfer)
+      train mnist-lenet mnist lenet 8 0
+      train mnist-resnet18 mnist resnet18 2 0
+      train mnist-c2f1-seed1 mnist c2f1 8 1
+      advrank transfer-matrix --checkpoint LeNet="$RUNS/mnist-lenet.pt" \
+        --checkpoint C2F1="$RUNS/mnist-c2f1.pt" --checkpoint Res18="$RUNS/mnist-resnet18.pt" \
+        --checkpoint C2F1-seed1="$RUNS/mnist-c2f1-seed1.pt" \
+        --checkpoint C2F1-defended="$RUNS/mnist-c2f1-est.pt" \
+        --out "$RESULTS/transfer-mnist" --eps 0.3 --num-attacks "$T" --device "$DEVICE" --quiet ;;
+    universal)
+      mkdir -p "$RESULTS/universal-mnist"
+      for a in CA+ CA- QA+ QA-; do
+        advrank universal --checkpoint "$RUNS/mnist-c2f1.pt" --attack "$a" --eps 0.3 \
+          --device "$DEVICE" --out "$RESULTS/universal-mnist/$a" --json --quiet \
+          > "$RESULTS/universal-mnist/$a.json"
+      done ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
