@@ -53,7 +53,8 @@ def env(tmp_path_factory, one_thread):
 def test_universal_is_one_perturbation_within_eps_for_every_member(env):
     model, gallery = env["models"][0], env["galleries"][0]
     eps = 0.1
-    res = blackbox.universal_attack(model, gallery, "CA+", eps, seed=3, steps=8, chunk_size=10)
+    res = blackbox.universal_attack(model, gallery, "CA+", eps, seed=3, steps=8, chunk_size=10,
+                                   mode="own")
     r = res["perturbation"]
     assert r.shape == (1, *gallery.dataset.image_shape)
     assert r.abs().max() <= eps + 1e-7 and r.abs().max() > 0

@@ -15,7 +15,6 @@ Figures are the normalized ranks of §4 in percent (mean over the attacks, stand
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -41,7 +40,7 @@ from advrank.protocol import (
     sp_candidates,
     top_pool_size,
 )
-from advrank.utils import atomic_write_json, atomic_write_text
+from advrank.utils import atomic_write_json, atomic_write_text, file_sha256
 
 SELECT_ON = ("source", "target")
 UNIVERSAL_MODES = ("own", "shared")
@@ -207,15 +206,6 @@ def transfer_attack(
 
 
 # ------------------------------------------------------------------------- transfer matrix
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file: identifies a checkpoint's content whatever its path."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _transfer_row(

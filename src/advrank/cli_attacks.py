@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from pathlib import Path
 
 from advrank.errors import AdvrankError
-
-
-def checkpoint_sha(path: str | Path) -> str:
-    """First 12 hex digits of the checkpoint file's SHA-256 (identifies the model in results)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
 
 
 def load_target(args):
@@ -37,11 +27,11 @@ def load_target(args):
 
 def run_context(args, meta: dict, device) -> dict:
     """What results record beside the numbers: command, seed, commit, hardware, model."""
-    from advrank.utils import git_commit, hardware_string
+    from advrank.utils import file_sha256, git_commit, hardware_string
 
     return {"command": "advrank " + " ".join(sys.argv[1:]) if sys.argv else "",
             "seed": args.seed, "commit": git_commit(), "hardware": hardware_string(device),
-            "checkpoint": str(args.checkpoint), "checkpoint_sha": checkpoint_sha(args.checkpoint),
+            "checkpoint": str(args.checkpoint), "checkpoint_sha": file_sha256(args.checkpoint, 12),
             "dataset": meta["dataset"], "arch": meta["arch"], "metric": meta["metric"],
             "loss": meta.get("loss"), "defense": meta.get("defense"),
             "recall@1": meta.get("recall@1")}

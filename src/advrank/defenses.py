@@ -22,7 +22,6 @@ side by side at one eps (Tables 1 vs 2).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import sys
@@ -46,6 +45,7 @@ from advrank.utils import (
     atomic_write_json,
     atomic_write_text,
     check_images,
+    file_sha256,
 )
 
 if TYPE_CHECKING:
@@ -275,14 +275,6 @@ def robustness_point(
     return point
 
 
-def _fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def _label(path: Path, meta: dict[str, Any]) -> str:
     defense = meta.get("defense")
     if not defense:
@@ -404,7 +396,7 @@ def defense_curves(
         while label in labels_seen:  # same file name twice: keep legend entries distinct
             label += "'"
         labels_seen.add(label)
-        fp = _fingerprint(path)
+        fp = file_sha256(path, 16)
         models.append({"label": label, "checkpoint": str(path), "fingerprint": fp,
                        "dataset": meta["dataset"], "arch": meta["arch"],
                        "metric": meta["metric"], "defense": meta.get("defense"),

@@ -82,6 +82,18 @@ def check_images(images: torch.Tensor, image_shape: tuple[int, ...] | None = Non
         )
 
 
+def file_sha256(path: str | Path, length: int | None = None) -> str:
+    """Hex SHA-256 of a file (identifies a checkpoint by content, whatever its path);
+    ``length`` truncates the hex digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     """The current git commit of the source tree, or ``unknown`` outside a checkout."""
     import subprocess
