@@ -6,12 +6,14 @@
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
-# DEF_EPOCHS (defense fine-tuning epochs, default 2), DEF_STEPS (PGD steps per defended batch).
+# DEF_EPOCHS (defense fine-tuning epochs, default 1), DEF_STEPS (PGD steps per defended batch,
+# default 10; empty = the paper's eta, 30 at eps 0.3), TRANSFER_T (attacks per transfer cell,
+# default 500), CURVE_T (attacks per curve point, default 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ADVRANK_DATA=${ADVRANK_DATA:-../shared/data}
 T=${T:-1000}; DEVICE=${DEVICE:-auto}; RUNS=${RUNS:-runs}; RESULTS=${RESULTS:-results}
-DEF_EPOCHS=${DEF_EPOCHS:-2}; DEF_STEPS=${DEF_STEPS:-}
+DEF_EPOCHS=${DEF_EPOCHS:-1}; DEF_STEPS=${DEF_STEPS:-10}; TRANSFER_T=${TRANSFER_T:-500}
 mkdir -p "$RUNS" "$RESULTS"
 
 train() {  # name dataset arch epochs seed [extra args]
@@ -38,20 +40,22 @@ defend() {  # name dataset vanilla-name
 for step in "$@"; do
   case $step in
     mnist) train mnist-c2f1 mnist c2f1 8 0 && grid mnist-c2f1 ;;
-    fashion) train fashion-c2f1 fashion c2f1 10 0 && grid fashion-c2f1 ;;
+    fashion) train fashion-c2f1 fashion c2f1 6 0 && grid fashion-c2f1 ;;
     mnist-defense) defend mnist-c2f1-est mnist mnist-c2f1 && grid mnist-c2f1-est ;;
     fashion-defense) defend fashion-c2f1-est fashion fashion-c2f1 && grid fashion-c2f1-est ;;
     curves) advrank curves --checkpoint "$RUNS/mnist-c2f1.pt" --checkpoint "$RUNS/mnist-c2f1-est.pt" \
-              --out "$RESULTS/curves-mnist" --num-attacks "${CURVE_T:-200}" --device "$DEVICE" --quiet ;;
+              --out "$RESULTS/curves-mnist" --num-attacks "${CURVE_T:-100}" --device "$DEVICE" \
+              --eps-values 0 0.05 0.1 0.2 0.3 --quiet > /dev/null ;;
     transfer)
-      train mnist-lenet mnist lenet 8 0
-      train mnist-resnet18 mnist resnet18 2 0
-      train mnist-c2f1-seed1 mnist c2f1 8 1
+      train mnist-lenet mnist lenet 4 0
+      train mnist-resnet18 mnist resnet18 1 0
+      train mnist-c2f1-seed1 mnist c2f1 4 1
       advrank transfer-matrix --checkpoint LeNet="$RUNS/mnist-lenet.pt" \
         --checkpoint C2F1="$RUNS/mnist-c2f1.pt" --checkpoint Res18="$RUNS/mnist-resnet18.pt" \
         --checkpoint C2F1-seed1="$RUNS/mnist-c2f1-seed1.pt" \
         --checkpoint C2F1-defended="$RUNS/mnist-c2f1-est.pt" \
-        --out "$RESULTS/transfer-mnist" --eps 0.3 --num-attacks "$T" --device "$DEVICE" --quiet ;;
+        --out "$RESULTS/transfer-mnist" --eps 0.3 --num-attacks "$TRANSFER_T" --device "$DEVICE" \
+        --quiet > /dev/null ;;
     universal)
       mkdir -p "$RESULTS/universal-mnist"
       for a in CA+ CA- QA+ QA-; do

@@ -56,6 +56,7 @@ def _emit(args, obj: dict, text: str) -> None:
 
 def cmd_train(args) -> None:
     from advrank.training import TrainConfig, train
+    from advrank.utils import resolve_device, run_record
 
     config = TrainConfig(
         dataset=args.dataset, arch=args.arch, metric=args.metric, loss=args.loss,
@@ -78,7 +79,9 @@ def cmd_train(args) -> None:
     meta = result.meta
     _emit(args, {"checkpoint": result.checkpoint, "recall@1": meta["recall@1"],
                  "epochs": meta["epochs_done"], "train_seconds": meta["train_seconds"],
-                 "history": result.history},
+                 "history": result.history, "defense": meta.get("defense"),
+                 "defense_eps": meta.get("defense_eps"),
+                 **run_record(resolve_device(args.device), args.seed)},
           f"wrote {result.checkpoint}: R@1 {meta['recall@1']:.2f}% after "
           f"{meta['epochs_done']} epochs ({meta['train_seconds']:.0f}s)")
 
@@ -88,7 +91,7 @@ def cmd_evaluate(args) -> None:
     from advrank.data import load_dataset
     from advrank.distances import get_distance
     from advrank.training import evaluate_model
-    from advrank.utils import resolve_device
+    from advrank.utils import resolve_device, run_record
 
     device = resolve_device(args.device)
     model, meta = model_from_checkpoint(args.checkpoint, device)
@@ -98,7 +101,7 @@ def cmd_evaluate(args) -> None:
                              with_map=True)
     out = {"checkpoint": str(args.checkpoint), "dataset": meta["dataset"],
            "arch": meta["arch"], "metric": meta["metric"], "gallery_size": len(dataset),
-           **metrics}
+           **metrics, **run_record(device, args.seed)}
     text = "  ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if k.startswith("recall"))
     _emit(args, out, f"{meta['dataset']}/{meta['arch']}/{meta['metric']}: {text}  "
                      f"mAP {metrics['map']:.4f}")

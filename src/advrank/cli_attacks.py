@@ -27,10 +27,9 @@ def load_target(args):
 
 def run_context(args, meta: dict, device) -> dict:
     """What results record beside the numbers: command, seed, commit, hardware, model."""
-    from advrank.utils import file_sha256, git_commit, hardware_string
+    from advrank.utils import file_sha256, run_record
 
-    return {"command": "advrank " + " ".join(sys.argv[1:]) if sys.argv else "",
-            "seed": args.seed, "commit": git_commit(), "hardware": hardware_string(device),
+    return {**run_record(device, args.seed),
             "checkpoint": str(args.checkpoint), "checkpoint_sha": file_sha256(args.checkpoint, 12),
             "dataset": meta["dataset"], "arch": meta["arch"], "metric": meta["metric"],
             "loss": meta.get("loss"), "defense": meta.get("defense"),

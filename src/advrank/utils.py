@@ -119,3 +119,13 @@ def hardware_string(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     cpu = platform.processor() or platform.machine()
     return f"{cpu} CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def run_record(device: torch.device, seed: int) -> dict:
+    """What a result records beside its numbers: command, seed, commit, hardware, time."""
+    import sys
+    import time
+
+    return {"command": "advrank " + " ".join(sys.argv[1:]), "seed": seed,
+            "commit": git_commit(), "hardware": hardware_string(device),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
