@@ -54,7 +54,7 @@ def _fmt(mean: float, se: float) -> str:
 def cmd_transfer(args, emit) -> None:
     from advrank.attacks.threat import LinfThreatModel
     from advrank.blackbox import transfer_attack
-    from advrank.utils import resolve_device
+    from advrank.utils import resolve_device, run_record
 
     device = resolve_device(args.device)
     src_model, src_meta, src_gallery = _load(args.source, args, device)
@@ -70,7 +70,7 @@ def cmd_transfer(args, emit) -> None:
         source_gallery=src_gallery, target_gallery=tgt_gallery, progress=not args.quiet,
     )
     out.update({"source_checkpoint": str(args.source), "target_checkpoint": str(args.target),
-                "dataset": src_meta["dataset"]})
+                "dataset": src_meta["dataset"], **run_record(device, args.seed)})
     src = out["source"]
     emit(args, out,
          f"{out['attack']} eps={args.eps} k={args.k} T={out['num_attacks']}: "
@@ -83,7 +83,7 @@ def cmd_transfer(args, emit) -> None:
 
 def cmd_transfer_matrix(args, emit) -> None:
     from advrank.blackbox import transfer_markdown, transfer_matrix
-    from advrank.utils import resolve_device
+    from advrank.utils import atomic_write_json, resolve_device, run_record
 
     checkpoints = dict(args.checkpoint)
     if len(checkpoints) != len(args.checkpoint):
@@ -96,6 +96,7 @@ def cmd_transfer_matrix(args, emit) -> None:
         download=args.download, progress=not args.quiet,
     )
     out_dir = Path(args.out)
+    atomic_write_json(out_dir / "run.json", run_record(resolve_device(args.device), args.seed))
     emit(args, {**matrix, "json": str(out_dir / "transfer.json"),
                 "markdown": str(out_dir / "transfer.md")},
          transfer_markdown(matrix) + f"\nwrote {out_dir / 'transfer.json'} and "
@@ -106,7 +107,7 @@ def cmd_universal(args, emit) -> None:
     import torch
 
     from advrank.blackbox import save_universal_png, universal_attack
-    from advrank.utils import atomic_write_json, resolve_device
+    from advrank.utils import atomic_write_json, resolve_device, run_record
 
     device = resolve_device(args.device)
     model, meta, gallery = _load(args.checkpoint, args, device)
@@ -116,7 +117,8 @@ def cmd_universal(args, emit) -> None:
         mode=args.mode, chunk_size=args.chunk_size,
     )
     r = result.pop("perturbation")
-    result.update({"checkpoint": str(args.checkpoint), "dataset": meta["dataset"]})
+    result.update({"checkpoint": str(args.checkpoint), "dataset": meta["dataset"],
+                   **run_record(device, args.seed)})
     if args.out:
         out_dir = Path(args.out)
         stem = f"universal-{result['attack']}-eps{args.eps:g}-{args.mode}"

@@ -5,13 +5,15 @@ Registered by :mod:`advrank.cli`; a thin wrapper over :func:`advrank.defenses.de
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from advrank.errors import AdvrankError
 
 
 def cmd_curves(args, emit) -> None:
     from advrank.cli import parse_floats
     from advrank.defenses import DEFAULT_CURVE_EPS, defense_curves, format_curves
-    from advrank.utils import resolve_device
+    from advrank.utils import atomic_write_json, resolve_device, run_record
 
     eps_values = DEFAULT_CURVE_EPS
     if args.eps_values:  # "0 0.1", "0,0.1" and mixes: one comma-separated list
@@ -23,7 +25,9 @@ def cmd_curves(args, emit) -> None:
         k=args.k, seed=args.seed, device=resolve_device(args.device), data_root=args.data_root,
         download=args.download, batch_size=args.batch_size, progress=not args.quiet,
     )
-    emit(args, result, format_curves(result))
+    record = run_record(resolve_device(args.device), args.seed)
+    atomic_write_json(Path(args.out) / "run.json", record)
+    emit(args, {**result, **record}, format_curves(result))
 
 
 def register(sub, common, emit) -> None:
