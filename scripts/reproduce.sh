@@ -2,7 +2,7 @@
 # Reproduce the paper's tables with advrank's own commands; every step resumes if interrupted.
 #
 #   scripts/reproduce.sh STEP [STEP ...]
-#   steps: mnist fashion mnist-defense fashion-defense curves transfer universal
+#   steps: mnist fashion mnist-defense fashion-defense curves transfer universal madry-digits
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
@@ -63,6 +63,10 @@ for step in "$@"; do
           --device "$DEVICE" --out "$RESULTS/universal-mnist/$a" --json --quiet \
           > "$RESULTS/universal-mnist/$a.json"
       done ;;
+    madry-digits)  # §3.3's remark: Madry-style ranking adversarial training vs EST, from scratch
+      train digits-c2f1 digits c2f1 10 0
+      train digits-c2f1-est digits c2f1 10 0 --defense est --defense-eps 0.3
+      train digits-c2f1-madry digits c2f1 10 0 --defense madry --defense-eps 0.3 ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
