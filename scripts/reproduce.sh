@@ -2,7 +2,8 @@
 # Reproduce the paper's tables with advrank's own commands; every step resumes if interrupted.
 #
 #   scripts/reproduce.sh STEP [STEP ...]
-#   steps: mnist fashion mnist-defense fashion-defense curves transfer universal madry-digits
+#   steps: mnist fashion mnist-defense fashion-defense curves transfer-models transfer universal
+#          madry-digits
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
@@ -46,10 +47,11 @@ for step in "$@"; do
     curves) advrank curves --checkpoint "$RUNS/mnist-c2f1.pt" --checkpoint "$RUNS/mnist-c2f1-est.pt" \
               --out "$RESULTS/curves-mnist" --num-attacks "${CURVE_T:-100}" --device "$DEVICE" \
               --eps-values 0 0.05 0.1 0.2 0.3 --quiet > /dev/null ;;
-    transfer)
+    transfer-models)
       train mnist-lenet mnist lenet 4 0
-      train mnist-resnet18 mnist resnet18 1 0
-      train mnist-c2f1-seed1 mnist c2f1 4 1
+      train mnist-c2f1-seed1 mnist c2f1 2 1
+      train mnist-resnet18 mnist resnet18 1 0 ;;
+    transfer)  # after transfer-models, mnist and mnist-defense
       advrank transfer-matrix --checkpoint LeNet="$RUNS/mnist-lenet.pt" \
         --checkpoint C2F1="$RUNS/mnist-c2f1.pt" --checkpoint Res18="$RUNS/mnist-resnet18.pt" \
         --checkpoint C2F1-seed1="$RUNS/mnist-c2f1-seed1.pt" \
