@@ -34,6 +34,7 @@ from advrank.errors import AdvrankError
 from advrank.protocol import (
     AttackResult,
     Gallery,
+    RankLog,
     Selection,
     measure_ranks,
     select,
@@ -65,35 +66,6 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
 # ================================================================================ transfer
 
 
-class _RankLog:
-    """Per-attack figures for one model, accumulated batch by batch into an AttackResult."""
-
-    def __init__(self):
-        self.before, self.after, self.sp_b, self.sp_a, self.ok_b, self.ok_a = ([] for _ in range(6))
-
-    def add(self, clean: dict[str, torch.Tensor], attacked: dict[str, torch.Tensor]) -> None:
-        self.before.append(clean["rank"].cpu())
-        self.after.append(attacked["rank"].cpu())
-        self.ok_b.append(clean["top1_ok"].cpu())
-        self.ok_a.append(attacked["top1_ok"].cpu())
-        if "sp" in clean:
-            self.sp_b.append(clean["sp"].cpu())
-            self.sp_a.append(attacked["sp"].cpu())
-
-    def result(self, spec: AttackSpec, eps: float, k: int, gallery: Gallery,
-               threat: LinfThreatModel, xi: float, seconds: float) -> AttackResult:
-        return AttackResult(
-            attack=spec.name, eps=eps, k=k, num_attacks=int(sum(b.numel() for b in self.before)),
-            gallery_size=len(gallery), threat=threat.describe(), xi=xi,
-            rank_before=torch.cat(self.before).tolist(), rank_after=torch.cat(self.after).tolist(),
-            sp_rank_before=torch.cat(self.sp_b).tolist() if self.sp_b else None,
-            sp_rank_after=torch.cat(self.sp_a).tolist() if self.sp_a else None,
-            recall1_before=100.0 * torch.cat(self.ok_b).mean().item(),
-            recall1_after=100.0 * torch.cat(self.ok_a).mean().item(),
-            seconds=seconds,
-        )
-
-
 def _transfer_pass(
     source_model: nn.Module, source_gallery: Gallery, targets: Sequence[tuple[nn.Module, Gallery]],
     spec: AttackSpec, threat: LinfThreatModel, xi: float | None, selection: Selection, seed: int,
@@ -110,9 +82,9 @@ def _transfer_pass(
     t0 = time.time()
     # One log per distinct (model, gallery): the diagonal of a matrix reuses the source's.
     rankers = [(source_model, source_gallery), *targets]
-    logs: dict[tuple[int, int], tuple[nn.Module, Gallery, _RankLog]] = {}
+    logs: dict[tuple[int, int], tuple[nn.Module, Gallery, RankLog]] = {}
     for model, gallery in rankers:
-        logs.setdefault((id(model), id(gallery)), (model, gallery, _RankLog()))
+        logs.setdefault((id(model), id(gallery)), (model, gallery, RankLog()))
     bar = None
     if progress:
         from tqdm import tqdm

@@ -222,6 +222,36 @@ def measure_ranks(gallery: Gallery, spec: AttackSpec, selection: Selection,
     return out
 
 
+class RankLog:
+    """Per-attack figures of one model, accumulated batch by batch into an AttackResult."""
+
+    def __init__(self):
+        self.before, self.after, self.sp_b, self.sp_a, self.ok_b, self.ok_a = ([] for _ in range(6))
+
+    def add(self, clean: dict[str, torch.Tensor], attacked: dict[str, torch.Tensor]) -> None:
+        """Record one batch: :func:`measure_ranks` before (clean) and after the attack."""
+        self.before.append(clean["rank"].cpu())
+        self.after.append(attacked["rank"].cpu())
+        self.ok_b.append(clean["top1_ok"].cpu())
+        self.ok_a.append(attacked["top1_ok"].cpu())
+        if "sp" in clean:
+            self.sp_b.append(clean["sp"].cpu())
+            self.sp_a.append(attacked["sp"].cpu())
+
+    def result(self, spec: AttackSpec, eps: float, k: int, gallery: Gallery,
+               threat: LinfThreatModel, xi: float, seconds: float) -> AttackResult:
+        return AttackResult(
+            attack=spec.name, eps=eps, k=k, num_attacks=int(sum(b.numel() for b in self.before)),
+            gallery_size=len(gallery), threat=threat.describe(), xi=xi,
+            rank_before=torch.cat(self.before).tolist(), rank_after=torch.cat(self.after).tolist(),
+            sp_rank_before=torch.cat(self.sp_b).tolist() if self.sp_b else None,
+            sp_rank_after=torch.cat(self.sp_a).tolist() if self.sp_a else None,
+            recall1_before=100.0 * torch.cat(self.ok_b).mean().item(),
+            recall1_after=100.0 * torch.cat(self.ok_a).mean().item(),
+            seconds=seconds,
+        )
+
+
 def run_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackSpec, eps: float, k: int,
     num_attacks: int, seed: int = 0, batch_size: int = 256, xi: float | None = None, g: int = 5,
@@ -240,7 +270,7 @@ def run_attack(
     selection = selection or select(gallery, spec, k, num_attacks, seed, g, top_fraction)
     atk = RankingAttack(model, gallery.embeddings, gallery.distance, spec, threat, xi)
     t0 = time.time()
-    before, after, sp_b, sp_a, ok_b, ok_a = [], [], [], [], [], []
+    log = RankLog()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -254,27 +284,11 @@ def run_attack(
         adv = atk(images, part.targets, part.sp, generator=gen)
         with torch.no_grad():
             adv_emb = model(adv)
-        clean = measure_ranks(gallery, spec, part, gallery.embeddings[part.anchors.to(
-            gallery.embeddings.device)])
-        attacked = measure_ranks(gallery, spec, part, adv_emb)
-        before.append(clean["rank"].cpu())
-        after.append(attacked["rank"].cpu())
-        ok_b.append(clean["top1_ok"].cpu())
-        ok_a.append(attacked["top1_ok"].cpu())
-        if "sp" in clean:
-            sp_b.append(clean["sp"].cpu())
-            sp_a.append(attacked["sp"].cpu())
+        clean = gallery.embeddings[part.anchors.to(gallery.embeddings.device)]
+        log.add(measure_ranks(gallery, spec, part, clean),
+                measure_ranks(gallery, spec, part, adv_emb))
         if bar is not None:
             bar.update(part.anchors.numel())
     if bar is not None:
         bar.close()
-    return AttackResult(
-        attack=spec.name, eps=eps, k=k, num_attacks=len(selection), gallery_size=len(gallery),
-        threat=threat.describe(), xi=atk.xi,
-        rank_before=torch.cat(before).tolist(), rank_after=torch.cat(after).tolist(),
-        sp_rank_before=torch.cat(sp_b).tolist() if sp_b else None,
-        sp_rank_after=torch.cat(sp_a).tolist() if sp_a else None,
-        recall1_before=100.0 * torch.cat(ok_b).mean().item(),
-        recall1_after=100.0 * torch.cat(ok_a).mean().item(),
-        seconds=time.time() - t0,
-    )
+    return log.result(spec, eps, k, gallery, threat, atk.xi, time.time() - t0)
