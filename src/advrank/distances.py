@@ -21,6 +21,14 @@ class Distance:
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def prepare(self, gallery: torch.Tensor) -> torch.Tensor:
+        """Precompute what ``pairwise_prepared`` needs of a fixed gallery ``[N, D]`` (once)."""
+        return gallery
+
+    def pairwise_prepared(self, a: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        """``pairwise(a, b)`` with ``prepared = prepare(b)``: the per-step fast path."""
+        return self.pairwise(a, prepared)
+
     def to_pml(self):
         """The equivalent pytorch-metric-learning distance, for its losses and miners."""
         raise NotImplementedError
@@ -39,6 +47,12 @@ class CosineDistance(Distance):
 
     def paired(self, a, b):
         return 1.0 - (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+    def prepare(self, gallery):
+        return F.normalize(gallery, dim=-1)
+
+    def pairwise_prepared(self, a, prepared):
+        return 1.0 - F.normalize(a, dim=-1) @ prepared.transpose(-1, -2)
 
     def to_pml(self):
         from pytorch_metric_learning.distances import CosineSimilarity

@@ -80,6 +80,7 @@ class QueryObjective(RankingObjective):
             raise ValueError(f"direction must be '+' or '-', got {direction!r}")
         self.direction, self.gallery, self.distance = direction, gallery, distance
         self.chunk = chunk
+        self.prepared = distance.prepare(gallery)  # e.g. L2-normalised once, not every step
         self.cand_emb = gallery[candidates]  # [B, m, D]
         self.xi = float(xi)
         self.sp_emb = gallery[sp_candidates] if (sp_candidates is not None and xi) else None
@@ -90,7 +91,7 @@ class QueryObjective(RankingObjective):
         return d_qc, d_sp
 
     def _chunk_loss(self, emb, d_qc, d_sp, start: int) -> torch.Tensor:
-        d_qx = self.distance.pairwise(emb, self.gallery[start : start + self.chunk])  # [B, n]
+        d_qx = self.distance.pairwise_prepared(emb, self.prepared[start : start + self.chunk])
         diff = d_qc[:, :, None] - d_qx[:, None, :]  # [B, m, n]
         if self.direction == LOWER:
             diff = -diff
