@@ -74,12 +74,13 @@ def run_grid(
               file=sys.stderr)
     selections: dict = {}
     for attack, k, eps in todo:
-        if (attack, k) not in selections:
-            selections[(attack, k)] = select(gallery, attack, k, num_attacks,
-                                             selection_seed(seed, attack, k), g)
+        if (attack, k) not in selections:  # one draw (and one "before" measurement) per column
+            selections[(attack, k)] = (select(gallery, attack, k, num_attacks,
+                                              selection_seed(seed, attack, k), g), {})
+        selection, clean_cache = selections[(attack, k)]
         result = run_attack(model, gallery, attack, eps, k, num_attacks, seed=seed,
-                            batch_size=batch_size, g=g, selection=selections[(attack, k)],
-                            progress=progress)
+                            batch_size=batch_size, g=g, selection=selection,
+                            progress=progress, clean_cache=clean_cache)
         summary = result.summary()
         results["cells"][cell_key(attack, eps, k)] = summary
         atomic_write_json(path, results)

@@ -256,12 +256,14 @@ def run_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackSpec, eps: float, k: int,
     num_attacks: int, seed: int = 0, batch_size: int = 256, xi: float | None = None, g: int = 5,
     threat: LinfThreatModel | None = None, selection: Selection | None = None,
-    progress: bool = False, top_fraction: float = 0.01,
+    progress: bool = False, top_fraction: float = 0.01, clean_cache: dict | None = None,
 ) -> AttackResult:
     """Run T = ``num_attacks`` independent attacks of one kind at one eps, in batches.
 
     Returns ranks before/after per attack. ``threat`` overrides the paper's alpha/eta (its eps
     must equal ``eps``); ``selection`` reuses a fixed draw (e.g. across eps rows or models).
+    ``clean_cache``: a dict shared by runs of the same selection (a grid's eps rows), so the
+    "before" ranks are measured once, not once per eps.
     """
     spec = parse_attack(attack) if isinstance(attack, str) else attack
     threat = threat or LinfThreatModel(eps)
@@ -284,9 +286,15 @@ def run_attack(
         adv = atk(images, part.targets, part.sp, generator=gen)
         with torch.no_grad():
             adv_emb = model(adv)
-        clean = gallery.embeddings[part.anchors.to(gallery.embeddings.device)]
-        log.add(measure_ranks(gallery, spec, part, clean),
-                measure_ranks(gallery, spec, part, adv_emb))
+        if clean_cache is not None and s in clean_cache:
+            clean = clean_cache[s]
+        else:
+            clean_emb = gallery.embeddings[part.anchors.to(gallery.embeddings.device)]
+            clean = measure_ranks(gallery, spec, part, clean_emb)
+            if clean_cache is not None:
+                clean_cache[s] = clean
+        attacked = clean if threat.eps == 0 else measure_ranks(gallery, spec, part, adv_emb)
+        log.add(clean, attacked)
         if bar is not None:
             bar.update(part.anchors.numel())
     if bar is not None:
