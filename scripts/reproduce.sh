@@ -6,7 +6,7 @@
 #          madry-digits
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
-# grid cell, default 1000), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
+# grid cell, default 1000), KS (w/m columns, default 1,2,5,10), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
 # DEF_EPOCHS (defense fine-tuning epochs, default 1), DEF_STEPS (PGD steps per defended batch,
 # default 10; empty = the paper's eta, 30 at eps 0.3), TRANSFER_T (attacks per transfer cell,
 # default 500), CURVE_T (attacks per curve point, default 100).
@@ -29,7 +29,7 @@ train() {  # name dataset arch epochs seed [extra args]
 
 grid() {  # name
   advrank grid --checkpoint "$RUNS/$1.pt" --out "$RESULTS/$1" --num-attacks "$T" \
-    --device "$DEVICE" --quiet > /dev/null
+    --ks "${KS:-1,2,5,10}" --device "$DEVICE" --quiet > /dev/null
 }
 
 defend() {  # name dataset vanilla-name
