@@ -2,8 +2,8 @@
 # Reproduce the paper's tables with advrank's own commands; every step resumes if interrupted.
 #
 #   scripts/reproduce.sh STEP [STEP ...]
-#   steps: mnist fashion mnist-defense fashion-defense curves transfer-models transfer universal
-#          madry-digits
+#   steps: mnist fashion mnist-defense fashion-defense curves transfer-models transfer
+#          transfer-no-resnet universal madry-digits
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), KS (w/m columns, default 1,2,5,10), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
@@ -58,6 +58,13 @@ for step in "$@"; do
         --checkpoint C2F1-defended="$RUNS/mnist-c2f1-est.pt" \
         --out "$RESULTS/transfer-mnist" --eps 0.3 --num-attacks "$TRANSFER_T" --device "$DEVICE" \
         --quiet > /dev/null ;;
+    transfer-no-resnet)  # the same matrix without ResNet-18 (cheaper on a CPU)
+      advrank transfer-matrix --checkpoint LeNet="$RUNS/mnist-lenet.pt" \
+        --checkpoint C2F1="$RUNS/mnist-c2f1.pt" \
+        --checkpoint C2F1-seed1="$RUNS/mnist-c2f1-seed1.pt" \
+        --checkpoint C2F1-defended="$RUNS/mnist-c2f1-est.pt" \
+        --out "$RESULTS/transfer-mnist-no-resnet" --eps 0.3 --num-attacks "$TRANSFER_T" \
+        --device "$DEVICE" --quiet > /dev/null ;;
     universal)
       mkdir -p "$RESULTS/universal-mnist"
       for a in CA+ CA- QA+ QA-; do
