@@ -79,14 +79,33 @@ def main(root: str = "results") -> None:
         bad = monotone(cells)
         out += [("Every column moves monotonically with ε." if not bad else
                  "Not monotone in ε: " + ", ".join(bad) + "."), ""]
-    tr = root / "transfer-mnist" / "transfer.md"
-    out += ["## Table 5 — transfer between MNIST models (ε = 0.3, w = m = 1)", ""]
-    if tr.exists():
-        run = load(root / "transfer-mnist" / "run.json") or {}
-        out += [f"Command: `{run.get('command', '')}` (commit {run.get('commit')}, "
-                f"{run.get('hardware')})", "", tr.read_text(), ""]
-    else:
-        out += ["Not run yet.", ""]
+    out += ["## QA− and the SP weight ξ (MNIST, ε = 0.3, m = 1)", ""]
+    for path in sorted((root / "mnist-c2f1-xi").glob("*.json")):
+        r = load(path)
+        out.append(f"- ξ = {r['xi']:g}: rank {r['rank_before']:.2f} → {r['rank_after']:.2f}% "
+                   f"± {r['rank_after_se']:.2f}, worst C_SP rank {r['sp_rank_after']:.2f}%, "
+                   f"T = {r['num_attacks']}: `{r.get('command', '')}`")
+    out.append("")
+    for folder in ("transfer-mnist", "transfer-mnist-no-resnet"):
+        tr = root / folder / "transfer.md"
+        if not tr.exists():
+            continue
+        run = load(root / folder / "run.json") or {}
+        out += [f"## Table 5 — transfer between MNIST models ({folder})", "",
+                f"Command: `{run.get('command', '')}` (commit {run.get('commit')}, "
+                f"{run.get('hardware')})", "", tr.read_text().replace("# Transfer", "### Transfer"),
+                ""]
+    digits = [(n, load(root / n / "train.json")) for n in
+              ("digits-c2f1", "digits-c2f1-est", "digits-c2f1-madry")]
+    if all(d for _, d in digits):
+        out += ["## §3.3 — EST vs Madry-style ranking adversarial training (digits, from "
+                "scratch, ε = 0.3)", "", "| model | test R@1 per epoch (%) | loss per epoch |",
+                "|---|---|---|"]
+        for name, d in digits:
+            out.append(f"| {name} | " + ", ".join(f"{h['recall@1']:.1f}" for h in d["history"])
+                       + " | " + ", ".join(f"{h['loss']:.3f}" for h in d["history"]) + " |")
+        out += ["", "Losses use pytorch-metric-learning's average over non-zero triplets, so "
+                "they are comparable within a row, not across rows.", ""]
     out += ["## Table 6 — universal perturbations on MNIST C2F1 (ε = 0.3, w = m = 1, ξ = 0)", ""]
     rows = []
     for a in ("CA+", "CA-", "QA+", "QA-"):
