@@ -60,7 +60,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 def default_data_root() -> Path:
     """``$ADVRANK_DATA`` if set, else ``./data``."""
-    return Path(os.environ.get(DATA_ENV, "data"))
+    return Path(os.environ.get("ADVRANK_DATA", "data"))  # == DATA_ENV
 
 
 def load_dataset(
