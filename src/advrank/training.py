@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,3 @@ def evaluate_model(
         return retrieval_metrics(emb, labels, distance, ks)
     return {f"recall@{k}": v for k, v in recall_at_k(emb, labels, distance, ks).items()}
 
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    return asdict(config)
