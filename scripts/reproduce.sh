@@ -3,13 +3,14 @@
 #
 #   scripts/reproduce.sh STEP [STEP ...]
 #   steps: mnist fashion mnist-defense fashion-defense curves transfer-models transfer
-#          transfer-no-resnet universal madry-digits
+#          transfer-no-resnet universal madry-digits bench grid:NAME (the grid of RUNS/NAME.pt)
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), KS (w/m columns, default 1,2,5,10), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
 # DEF_EPOCHS (defense fine-tuning epochs, default 1), DEF_STEPS (PGD steps per defended batch,
 # default 10; empty = the paper's eta, 30 at eps 0.3), TRANSFER_T (attacks per transfer cell,
-# default 500), CURVE_T (attacks per curve point, default 100).
+# default 500), CURVE_T (attacks per curve point, default 100), BATCH (attacks per PGD batch,
+# default 256; larger is faster on a GPU and gives the same numbers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ADVRANK_DATA=${ADVRANK_DATA:-../shared/data}
@@ -29,7 +30,7 @@ train() {  # name dataset arch epochs seed [extra args]
 
 grid() {  # name
   advrank grid --checkpoint "$RUNS/$1.pt" --out "$RESULTS/$1" --num-attacks "$T" \
-    --ks "${KS:-1,2,5,10}" --device "$DEVICE" --quiet > /dev/null
+    --ks "${KS:-1,2,5,10}" --batch-size "${BATCH:-256}" --device "$DEVICE" --quiet > /dev/null
 }
 
 defend() {  # name dataset vanilla-name
@@ -76,6 +77,9 @@ for step in "$@"; do
       train digits-c2f1 digits c2f1 10 0
       train digits-c2f1-est digits c2f1 10 0 --defense est --defense-eps 0.3
       train digits-c2f1-madry digits c2f1 10 0 --defense madry --defense-eps 0.3 ;;
+    grid:*) grid "${step#grid:}" ;;
+    bench)  # attack speed and memory (benchmarks/README.md), one file per device kind
+      python3 benchmarks/bench_attack.py --device "$DEVICE" > "$RESULTS/bench_attack-$DEVICE.txt" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run reproduce.sh steps on a lent GPU machine that has torch but no network and no advrank.
+#
+#   scripts/device_run.sh SECONDS STEP [STEP ...]
+#
+# The step cuda-tests runs tests/test_cuda.py. Expects, in the repo copy: .whl/ (pytorch-metric-learning wheel), .gpu/<dataset>/*.gz (raw
+# MNIST / Fashion-MNIST files, gzipped to travel) and .gpu/runs/*.pt (checkpoints to start from).
+# Each step gets what is left of SECONDS (steps resume, so a cut-off step loses little); the
+# results and logs end up in $OUT/results.tgz, the new checkpoints (without optimiser state)
+# in $OUT/*.pt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+budget=$1; shift
+start=$(date +%s)
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
+mkdir -p /tmp/bin
+printf '#!/bin/sh\nexec python3 -c "import sys; from advrank.cli import main; sys.exit(main())" "$@"\n' \
+  > /tmp/bin/advrank
+chmod +x /tmp/bin/advrank
+export PATH=/tmp/bin:$PATH ADVRANK_DATA=/tmp/data RUNS=/tmp/runs RESULTS=/tmp/results DEVICE=${DEVICE:-cuda}
+for dir in .gpu/*/; do
+  name=$(basename "$dir")
+  [[ $name == runs ]] && continue
+  target=/tmp/data/$name/raw; mkdir -p "$target"
+  for f in "$dir"*.gz; do gunzip -c "$f" > "$target/$(basename "$f" .gz)"; done
+done
+mkdir -p "$RUNS" "$RESULTS"
+cp .gpu/runs/*.pt "$RUNS/" 2>/dev/null
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$RESULTS/gpu.txt"
+git rev-parse HEAD >> "$RESULTS/gpu.txt" 2>&1
+before=$(ls "$RUNS")
+
+for step in "$@"; do
+  left=$((budget - ($(date +%s) - start)))
+  if ((left < 10)); then echo "== skip $step (time is up)"; continue; fi
+  echo "== $step (up to ${left}s)"
+  t0=$(date +%s)
+  if [[ $step == cuda-tests ]]; then  # the GPU-only tests (skipped in CI)
+    timeout "$left" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 20
+  else
+    timeout "$left" scripts/reproduce.sh "$step" 2>&1 | tail -n 20
+  fi
+  echo "== $step: rc ${PIPESTATUS[0]}, $(($(date +%s) - t0))s"
+done
+
+python3 - "$RUNS" "$OUT" $before <<'EOF'
+import sys, pathlib, torch
+runs, out, old = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), set(sys.argv[3:])
+for p in sorted(runs.glob("*.pt")):
+    if p.name in old:
+        continue
+    ck = torch.load(p, map_location="cpu", weights_only=True)
+    ck["optimizer"] = None  # weights only: small enough to come back
+    torch.save(ck, out / p.name)
+    print("checkpoint back:", p.name, (out / p.name).stat().st_size // 2**20, "MiB")
+EOF
+tar czf "$OUT/results.tgz" -C "$RESULTS" .
+ls -la "$OUT"
