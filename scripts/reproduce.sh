@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export ADVRANK_DATA=${ADVRANK_DATA:-../shared/data}
 T=${T:-1000}; DEVICE=${DEVICE:-auto}; RUNS=${RUNS:-runs}; RESULTS=${RESULTS:-results}
-DEF_EPOCHS=${DEF_EPOCHS:-1}; DEF_STEPS=${DEF_STEPS:-10}; TRANSFER_T=${TRANSFER_T:-500}
+DEF_EPOCHS=${DEF_EPOCHS:-1}; DEF_STEPS=${DEF_STEPS-10}; TRANSFER_T=${TRANSFER_T:-500}
 mkdir -p "$RUNS" "$RESULTS"
 
 train() {  # name dataset arch epochs seed [extra args]
