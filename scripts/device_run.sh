@@ -4,7 +4,8 @@
 #   scripts/device_run.sh SECONDS STEP [STEP ...]
 #
 # The step cuda-tests runs tests/test_cuda.py. Expects, in the repo copy: .whl/ (pytorch-metric-learning wheel), .gpu/<dataset>/*.gz (raw
-# MNIST / Fashion-MNIST files, gzipped to travel) and .gpu/runs/*.pt (checkpoints to start from).
+# MNIST / Fashion-MNIST files, gzipped to travel) and .gpu/runs/*.pt (checkpoints to start from), and
+# optionally .gpu/git (a copy of .git).
 # Each step gets what is left of SECONDS (steps resume, so a cut-off step loses little); the
 # results and logs end up in $OUT/results.tgz, the new checkpoints (without optimiser state)
 # in $OUT/*.pt.
@@ -26,6 +27,8 @@ for dir in .gpu/*/; do
   for f in "$dir"*.gz; do gunzip -c "$f" > "$target/$(basename "$f" .gz)"; done
 done
 mkdir -p "$RUNS" "$RESULTS"
+# .git cannot travel; a copy in .gpu/git lets results record the commit they came from
+[[ -d .gpu/git ]] && export GIT_DIR=$PWD/.gpu/git GIT_WORK_TREE=$PWD
 cp .gpu/runs/*.pt "$RUNS/" 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$RESULTS/gpu.txt"
 git rev-parse HEAD >> "$RESULTS/gpu.txt" 2>&1
