@@ -2,7 +2,7 @@
 # Reproduce the paper's tables with advrank's own commands; every step resumes if interrupted.
 #
 #   scripts/reproduce.sh STEP [STEP ...]
-#   steps: mnist fashion mnist-defense fashion-defense curves transfer-models transfer
+#   steps: mnist fashion mnist-defense fashion-defense curves curves-fashion transfer-models transfer
 #          transfer-no-resnet universal madry-digits bench grid:NAME (the grid of RUNS/NAME.pt)
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
@@ -48,6 +48,10 @@ for step in "$@"; do
     curves) advrank curves --checkpoint "$RUNS/mnist-c2f1.pt" --checkpoint "$RUNS/mnist-c2f1-est.pt" \
               --out "$RESULTS/curves-mnist" --num-attacks "${CURVE_T:-100}" --device "$DEVICE" \
               --eps-values 0 0.05 0.1 0.2 0.3 --quiet > /dev/null ;;
+    curves-fashion) advrank curves --checkpoint "$RUNS/fashion-c2f1.pt" \
+              --checkpoint "$RUNS/fashion-c2f1-est.pt" --out "$RESULTS/curves-fashion" \
+              --num-attacks "${CURVE_T:-100}" --device "$DEVICE" --eps-values 0 0.05 0.1 0.2 0.3 \
+              --quiet > /dev/null ;;
     transfer-models)
       train mnist-lenet mnist lenet 4 0
       train mnist-c2f1-seed1 mnist c2f1 2 1
