@@ -19,6 +19,14 @@ TABLES = [  # (folder, title, paper table)
     ("fashion-c2f1", "Table 3 (top) — Fashion-MNIST, C2F1, cosine, triplet (vanilla)", "fashion"),
     ("fashion-c2f1-est", "Table 3 (bottom) — Fashion-MNIST, defended (EST)", "fashion-defended"),
 ]
+# Table 5 of the paper, vanilla models only: (from, to) -> rank after ("before" ~50 / 2.1 / 0.5)
+TRANSFER_PAPER = {
+    "CA+": {"LeNet": (16.6, 35.1, 34.3), "C2F1": (28.6, 2.1, 31.3), "Res18": (24.4, 27.0, 2.2)},
+    "QA+": {"LeNet": (20.5, 43.0, 45.8), "C2F1": (43.5, 6.3, 45.4), "Res18": (41.4, 40.4, 14.1)},
+    "CA-": {"LeNet": (63.7, 10.0, 9.1), "C2F1": (9.1, 93.9, 9.3), "Res18": (9.9, 11.8, 66.7)},
+    "QA-": {"LeNet": (7.0, 1.6, 1.8), "C2F1": (1.0, 8.6, 1.9), "Res18": (0.8, 1.2, 6.9)},
+}
+ARCHS = ("LeNet", "C2F1", "Res18")
 UNIVERSAL_PAPER = {"CA+": (50, 18.1, 18.5), "CA-": (0.6, 9.5, 9.4), "QA+": (50, 20.5, 21.0),
                    "QA-": (2.1, 7.6, 7.4)}
 
@@ -86,15 +94,7 @@ def main(root: str = "results") -> None:
                    f"± {r['rank_after_se']:.2f}, worst C_SP rank {r['sp_rank_after']:.2f}%, "
                    f"T = {r['num_attacks']}: `{r.get('command', '')}`")
     out.append("")
-    for folder in ("transfer-mnist", "transfer-mnist-no-resnet"):
-        tr = root / folder / "transfer.md"
-        if not tr.exists():
-            continue
-        run = load(root / folder / "run.json") or {}
-        out += [f"## Table 5 — transfer between MNIST models ({folder})", "",
-                f"Command: `{run.get('command', '')}` (commit {run.get('commit')}, "
-                f"{run.get('hardware')})", "", tr.read_text().replace("# Transfer", "### Transfer"),
-                ""]
+    out += transfer_section(root / "transfer-mnist")
     digits = [(n, load(root / n / "train.json")) for n in
               ("digits-c2f1", "digits-c2f1-est", "digits-c2f1-madry")]
     if all(d for _, d in digits):
@@ -123,21 +123,57 @@ def main(root: str = "results") -> None:
                 "The perturbations are saved as PNG next to each JSON in `universal-mnist/`.", ""]
     else:
         out += ["Not run yet.", ""]
-    curves = load(root / "curves-mnist" / "curves.json")
-    out += ["## Fig. 2 — attack effect and embedding shift vs ε, vanilla vs defended", ""]
-    if curves:
-        out += ["![curves](curves-mnist/curves.png)", "",
-                "| model | ε | CA+ | CA− | QA+ | QA− | mean max shift |",
-                "|---|---|---|---|---|---|---|"]
-        for p in curves["points"]:
-            out.append(f"| {p['label']} | {p['eps']:g} | " + " | ".join(
-                f"{p[f'{a}_after']:.1f}" for a in ("CA+", "CA-", "QA+", "QA-"))
-                       + f" | {p['shift_mean']:.3f} |")
-        out.append("")
-    else:
-        out += ["Not run yet.", ""]
+    for name in ("mnist", "fashion"):
+        out += curves_section(root, f"curves-{name}")
+    for name in ("cuda", "cpu"):
+        bench = root / f"bench_attack-{name}.txt"
+        if bench.exists():
+            text = bench.read_text().splitlines()
+            out += [f"## Attack benchmark ({name}): `python benchmarks/bench_attack.py`", "",
+                    "```", *[t for t in text if not t.startswith("{")], "```", ""]
+    earlier = sorted(p.name for p in (root / "earlier").glob("*") if p.is_dir())
+    if earlier:
+        out += ["## Earlier runs (`results/earlier/`)", "",
+                "Superseded by the tables above but kept, with their own commands and records: "
+                + ", ".join(f"`{e}`" for e in earlier) + ".", ""]
     (root / "README.md").write_text("\n".join(out))
     print(f"wrote {root / 'README.md'}")
+
+
+def transfer_section(folder: Path) -> list[str]:
+    tr, data = folder / "transfer.md", load(folder / "transfer.json")
+    if not tr.exists() or not data:
+        return []
+    run = load(folder / "run.json") or {}
+    out = [f"## Table 5 — transfer between MNIST models (`{folder.name}`)", "",
+           f"Command: `{run.get('command', '')}` (commit {run.get('commit')}, "
+           f"{run.get('hardware')})", "",
+           "### Ours beside the paper (vanilla models; rank after the transferred attack)", "",
+           "| attack | from \\ to | " + " | ".join(ARCHS) + " |", "|---|---|---|---|---|"]
+    results = data["results"]
+    for attack, rows in TRANSFER_PAPER.items():
+        for src, paper in rows.items():
+            cells = []
+            for dst, ref in zip(ARCHS, paper, strict=True):
+                cell = results.get(attack, {}).get(src, {}).get(dst)
+                cells.append(f"{cell['rank_after']:.1f} ({ref:g})" if cell else f"… ({ref:g})")
+            out.append(f"| {attack} | {src} | " + " | ".join(cells) + " |")
+    return out + ["", tr.read_text().replace("# Transfer", "### Transfer"), ""]
+
+
+def curves_section(root: Path, name: str) -> list[str]:
+    curves = load(root / name / "curves.json")
+    if not curves:
+        return []
+    out = [f"## Fig. 2 — attack effect and embedding shift vs ε, vanilla vs defended (`{name}`)",
+           "", f"![curves]({name}/curves.png)", "",
+           "| model | ε | CA+ | CA− | QA+ | QA− | mean shift | max shift |",
+           "|---|---|---|---|---|---|---|---|"]
+    for p in curves["points"]:
+        out.append(f"| {p['label']} | {p['eps']:g} | " + " | ".join(
+            f"{p[f'{a}_after']:.1f}" for a in ("CA+", "CA-", "QA+", "QA-"))
+                   + f" | {p['shift_mean']:.3f} | {p['shift_max']:.3f} |")
+    return out + [""]
 
 
 if __name__ == "__main__":
