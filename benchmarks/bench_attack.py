@@ -1,6 +1,6 @@
-"""Attack speed and memory for a Table-1 cell (MNIST-shaped C2F1, eps = 0.3, w = m = 1).
+"""Attack speed and memory for a Table-1 cell (MNIST-shaped C2F1, eps = 0.3).
 
-Reports, for each attack:
+Reports, for each attack (w = m = 1 unless --k says otherwise):
 * attacks per second (T attacks in batches of B, eta = 30 PGD steps each);
 * the time of one PGD iteration divided by the time of one forward+backward pass of the model
   on the same batch (target <= 1.2: the rest is the ranking loss over the gallery X);
@@ -52,14 +52,15 @@ def time_forward_backward(model, images, repeats: int = 5) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def time_attack(model, gallery, attack: str, batch: int, device, steps: int = 30) -> float:
+def time_attack(model, gallery, attack: str, batch: int, device, steps: int = 30,
+                k: int = 1) -> float:
     from advrank.attacks import LinfThreatModel, RankingAttack
     from advrank.distances import CosineDistance
 
     atk = RankingAttack(model, gallery, CosineDistance(), attack,
                         LinfThreatModel(0.3, steps=steps))
     images = torch.rand(batch, 1, 28, 28, device=device)
-    targets = torch.randint(0, gallery.shape[0], (batch, 1), device=device)
+    targets = torch.randint(0, gallery.shape[0], (batch, k), device=device)
     sp = torch.randint(0, gallery.shape[0], (batch, 5), device=device)
     atk(images[:2], targets[:2], sp[:2])  # warm-up
     sync(device)
@@ -94,7 +95,8 @@ def main() -> None:
     p.add_argument("--gallery", type=int, default=10000, help="|X| (MNIST test set: 10,000)")
     p.add_argument("--batch", type=int, default=256, help="attacks per PGD batch")
     p.add_argument("--memory-sizes", default="10000,100000",
-                   help="gallery sizes for the memory check (default 10k and 100k)")
+                   help="gallery sizes for the memory check (default 10k and 100k; \"\" skips it)")
+    p.add_argument("--k", type=int, default=1, help="w (CA) or m (QA): queries/candidates")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--attack", default="QA+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -110,11 +112,11 @@ def main() -> None:
     fb = time_forward_backward(model, images)
     rows = []
     print(f"hardware: {hardware_string(device)}; |X| = {args.gallery}, batch = {args.batch}, "
-          f"eps = 0.3, eta = 30 steps")
+          f"w = m = {args.k}, eps = 0.3, eta = 30 steps")
     print(f"model forward+backward on the batch: {fb * 1000:.1f} ms")
     print(f"{'attack':7s} {'attacks/s':>10s} {'ms/iter':>8s} {'iter/fwd+bwd':>13s}")
     for attack in ("CA+", "CA-", "QA+", "QA-"):
-        t = time_attack(model, gallery, attack, args.batch, device)
+        t = time_attack(model, gallery, attack, args.batch, device, k=args.k)
         per_iter = t / 30
         rows.append({"attack": attack, "attacks_per_s": args.batch / t,
                      "iter_ms": per_iter * 1000, "ratio_iter_over_fwd_bwd": per_iter / fb})
@@ -122,7 +124,7 @@ def main() -> None:
 
     memory = []
     for attack in ("CA+", "QA+"):
-        for n in (int(s) for s in args.memory_sizes.split(",")):
+        for n in (int(s) for s in args.memory_sizes.split(",") if s):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", str(n), "--attack", attack,
                  "--batch", str(args.batch), "--device", args.device],
@@ -133,7 +135,7 @@ def main() -> None:
         print(f"  {m['attack']} |X| = {m['gallery']:>7d}: {m['peak_growth_mib']:8.1f} MiB "
               f"(gallery embeddings themselves: {m['gallery_mib']:.0f} MiB)")
     print(json.dumps({"hardware": hardware_string(device), "gallery": args.gallery,
-                      "batch": args.batch, "fwd_bwd_ms": fb * 1000, "attacks": rows,
+                      "batch": args.batch, "k": args.k, "fwd_bwd_ms": fb * 1000, "attacks": rows,
                       "memory": memory}))
 
 

@@ -83,7 +83,9 @@ for step in "$@"; do
       train digits-c2f1-madry digits c2f1 10 0 --defense madry --defense-eps 0.3 ;;
     grid:*) grid "${step#grid:}" ;;
     bench)  # attack speed and memory (benchmarks/README.md), one file per device kind
-      python3 benchmarks/bench_attack.py --device "$DEVICE" > "$RESULTS/bench_attack-$DEVICE.txt" ;;
+      python3 benchmarks/bench_attack.py --device "$DEVICE" > "$RESULTS/bench_attack-$DEVICE.txt"
+      python3 benchmarks/bench_attack.py --device "$DEVICE" --k 10 --memory-sizes "" \
+        > "$RESULTS/bench_attack-$DEVICE-k10.txt" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -97,6 +97,44 @@ def test_query_objective_with_sp_matches_brute_force(small, dist, direction):
     assert torch.allclose(obj(emb), loss)
 
 
+def _dense_reference(direction, d_ab, d_ax, xi_terms=None):
+    """sum over X of the hinge as one dense tensor: d_ab [B, k], d_ax [B, N] (or [B, k, N])."""
+    sign = 1 if direction == "+" else -1
+    d_ax = d_ax if d_ax.dim() == 3 else d_ax[:, None, :]
+    return torch.relu(sign * (d_ab[:, :, None] - d_ax)).sum(dim=(1, 2))
+
+
+@pytest.mark.parametrize("dist", DISTANCES, ids=lambda d: d.name)
+@pytest.mark.parametrize("direction", ["+", "-"])
+def test_fast_objectives_match_dense_autograd_on_a_larger_gallery(dist, direction):
+    """The sorted/prefix-sum CA and the hand-written QA derivative against plain autograd over
+    a dense [B, k, N] hinge, with chunks that do not divide N and a repeated gallery row."""
+    g = torch.Generator().manual_seed(1)
+    gallery = torch.randn(997, 16, generator=g, dtype=torch.float64)
+    gallery[5] = gallery[4]  # exact ties in d(q, x)
+    emb = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    idx = torch.randint(0, 997, (6, 3), generator=g)
+    sp = torch.randint(0, 997, (6, 2), generator=g)
+
+    e = emb.clone().requires_grad_(True)
+    q = gallery[idx]
+    d_qc = dist.paired(q, e[:, None, :])
+    d_qx = dist.pairwise(q.reshape(-1, 16), gallery).reshape(6, 3, -1)
+    ref = _dense_reference(direction, d_qc, d_qx)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), e)
+    loss, grad = CandidateObjective(direction, q, gallery, dist, chunk=100).value_and_grad(emb)
+    assert torch.allclose(loss, ref, rtol=1e-10) and torch.allclose(grad, ref_grad, atol=1e-10)
+
+    e = emb.clone().requires_grad_(True)
+    d_x = dist.pairwise(e, gallery)
+    ref = (_dense_reference(direction, dist.paired(e[:, None, :], gallery[idx]), d_x)
+           + 50.0 * _dense_reference("+", dist.paired(e[:, None, :], gallery[sp]), d_x))
+    (ref_grad,) = torch.autograd.grad(ref.sum(), e)
+    obj = QueryObjective(direction, idx, gallery, dist, sp_candidates=sp, xi=50.0, chunk=100)
+    loss, grad = obj.value_and_grad(emb)
+    assert torch.allclose(loss, ref, rtol=1e-10) and torch.allclose(grad, ref_grad, atol=1e-9)
+
+
 def test_embedding_shift_objective_is_minus_distance(small):
     gallery, emb = small
     obj = EmbeddingShiftObjective(gallery[:3], EuclideanDistance())
