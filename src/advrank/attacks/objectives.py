@@ -41,7 +41,8 @@ class CandidateObjective(RankingObjective):
 
     queries ``[B, w, D]``: the embeddings of each attack's query set Q. The distances
     ``d(q, x)`` are constant, so they are computed once per batch, sorted, and prefix-summed
-    (``[B, w, N]``). With a = d(q, c) and k = #{x : d(q, x) < a}, the CA+ sum over X is
+    (``[B, w, N]`` each: the fixed memory of a batch of CA attacks is 8·B·w·N bytes in float32,
+    ``--batch-size`` bounds it). With a = d(q, c) and k = #{x : d(q, x) < a}, the CA+ sum over X is
     ``a * k - (sum of the k smallest d(q, x))``, and its derivative in a is k, exactly what the
     hinge's autograd gives; CA- is the mirror image. A PGD step thus costs a binary search
     per (attack, query) instead of a pass over the whole gallery.
@@ -61,8 +62,8 @@ class CandidateObjective(RankingObjective):
             ).reshape(b, w, -1)
             self.sorted = d_qx.sort(dim=-1).values.contiguous()  # [B, w, N]
             del d_qx
-            # float64 prefix sums: the loss value stays exact to ~1e-12 for large galleries
-            cums = self.sorted.to(torch.float64).cumsum(dim=-1)
+            # prefix sums for the loss *value* only (PGD uses the exact integer derivative k)
+            cums = self.sorted.cumsum(dim=-1)
             self.prefix = torch.nn.functional.pad(cums, (1, 0))  # [B, w, N + 1], prefix[0] = 0
         self.n = self.sorted.shape[-1]
 
@@ -72,12 +73,12 @@ class CandidateObjective(RankingObjective):
         if self.direction == RAISE:  # hinge active for d(q, x) < a
             k = torch.searchsorted(self.sorted, key, right=False)  # [B, w, 1]
             below = self.prefix.gather(-1, k).squeeze(-1)
-            loss = a.to(torch.float64) * k.squeeze(-1) - below
+            loss = a * k.squeeze(-1) - below
         else:  # CA-: hinge active for d(q, x) > a
             k = torch.searchsorted(self.sorted, key, right=True)
             above = self.prefix[..., -1] - self.prefix.gather(-1, k).squeeze(-1)
-            loss = above - a.to(torch.float64) * (self.n - k.squeeze(-1))
-        return loss.sum(dim=1).to(a.dtype)
+            loss = above - a * (self.n - k.squeeze(-1))
+        return loss.sum(dim=1)
 
 
 class QueryObjective(RankingObjective):
