@@ -7,15 +7,15 @@
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), KS (w/m columns, default 1,2,5,10), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
-# DEF_EPOCHS (defense fine-tuning epochs, default 1), DEF_STEPS (PGD steps per defended batch,
-# default 10; empty = the paper's eta, 30 at eps 0.3), TRANSFER_T (attacks per transfer cell,
+# DEF_EPOCHS (defense fine-tuning epochs, default 6), DEF_STEPS (PGD steps per defended batch,
+# default empty = the paper's eta, 30 at eps 0.3; 10 is the cheaper CPU setting), TRANSFER_T (attacks per transfer cell,
 # default 500), CURVE_T (attacks per curve point, default 100), BATCH (attacks per PGD batch,
 # default 256; larger is faster on a GPU and gives the same numbers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ADVRANK_DATA=${ADVRANK_DATA:-../shared/data}
 T=${T:-1000}; DEVICE=${DEVICE:-auto}; RUNS=${RUNS:-runs}; RESULTS=${RESULTS:-results}
-DEF_EPOCHS=${DEF_EPOCHS:-1}; DEF_STEPS=${DEF_STEPS-10}; TRANSFER_T=${TRANSFER_T:-500}
+DEF_EPOCHS=${DEF_EPOCHS:-6}; DEF_STEPS=${DEF_STEPS-}; TRANSFER_T=${TRANSFER_T:-500}
 mkdir -p "$RUNS" "$RESULTS"
 
 train() {  # name dataset arch epochs seed [extra args]
