@@ -3,7 +3,7 @@
 #
 #   scripts/reproduce.sh STEP [STEP ...]
 #   steps: mnist fashion mnist-defense fashion-defense curves curves-fashion transfer-models transfer
-#          transfer-no-resnet universal madry-digits bench grid:NAME (the grid of RUNS/NAME.pt)
+#          transfer-no-resnet universal universal-own madry-digits bench grid:NAME (the grid of RUNS/NAME.pt)
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), KS (w/m columns, default 1,2,5,10), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
@@ -76,6 +76,13 @@ for step in "$@"; do
         advrank universal --checkpoint "$RUNS/mnist-c2f1.pt" --attack "$a" --eps 0.3 \
           --device "$DEVICE" --out "$RESULTS/universal-mnist/$a" --json --quiet \
           > "$RESULTS/universal-mnist/$a.json"
+      done ;;
+    universal-own)  # the same, each member with its own Q/C by the §4 rules (--mode own)
+      mkdir -p "$RESULTS/universal-mnist-own"
+      for a in CA+ CA- QA+ QA-; do
+        advrank universal --checkpoint "$RUNS/mnist-c2f1.pt" --attack "$a" --eps 0.3 --mode own \
+          --device "$DEVICE" --out "$RESULTS/universal-mnist-own/$a" --json --quiet \
+          > "$RESULTS/universal-mnist-own/$a.json"
       done ;;
     madry-digits)  # §3.3's remark: Madry-style ranking adversarial training vs EST, from scratch
       train digits-c2f1 digits c2f1 10 0
