@@ -47,16 +47,9 @@ for step in "$@"; do
   echo "== $step: rc ${PIPESTATUS[0]}, $(($(date +%s) - t0))s"
 done
 
-python3 - "$RUNS" "$OUT" $before <<'EOF'
-import sys, pathlib, torch
-runs, out, old = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), set(sys.argv[3:])
-for p in sorted(runs.glob("*.pt")):
-    if p.name in old:
-        continue
-    ck = torch.load(p, map_location="cpu", weights_only=True)
-    ck["optimizer"] = None  # weights only: small enough to come back
-    torch.save(ck, out / p.name)
-    print("checkpoint back:", p.name, (out / p.name).stat().st_size // 2**20, "MiB")
-EOF
+for ckpt in "$RUNS"/*.pt; do  # new checkpoints come back without optimiser state
+  grep -qx "$(basename "$ckpt")" <<< "$before" || advrank export --checkpoint "$ckpt" \
+    --out "$OUT/$(basename "$ckpt")"
+done
 tar czf "$OUT/results.tgz" -C "$RESULTS" .
 ls -la "$OUT"

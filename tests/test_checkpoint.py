@@ -10,7 +10,13 @@ import pytest
 import torch
 
 import advrank
-from advrank.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from advrank.checkpoint import (
+    export_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from advrank.cli import main
 from advrank.errors import AdvrankError
 from advrank.models import create_model
 
@@ -67,6 +73,25 @@ def test_round_trip(saved):
     # from an already-loaded dict too
     again, _ = model_from_checkpoint(ckpt)
     assert torch.equal(again.normalize.std, torch.tensor([0.38]).view(1, 1, 1, 1))
+
+
+def test_export_keeps_weights_and_drops_optimizer_state(saved, tmp_path, capsys):
+    path, model = saved
+    out = tmp_path / "weights.pt"
+    assert main(["export", "--checkpoint", str(path), "--out", str(out), "--json"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt["optimizer"] is None and ckpt["meta"]["exported_from"] == str(path)
+    assert out.stat().st_size < path.stat().st_size / 2  # Adam's two moments are gone
+    loaded, _ = model_from_checkpoint(out)
+    x = torch.rand(3, *SHAPE)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    with pytest.raises(AdvrankError, match="different output path"):
+        export_checkpoint(path, path)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_overwrite_is_atomic_replacement(saved):

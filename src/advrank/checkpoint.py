@@ -70,6 +70,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def export_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Write a weights-only copy of ``src`` to ``dst`` (no optimiser state: about a third of
+    the size for Adam), for sharing or for attacking; ``--resume`` from it restarts Adam.
+
+    Returns the copy's metadata. The source is validated like any checkpoint first.
+    """
+    payload = load_checkpoint(src)
+    if Path(src).resolve() == Path(dst).resolve():
+        raise AdvrankError("export needs a different output path than its input")
+    payload["optimizer"] = None
+    payload["meta"] = {**payload["meta"], "exported_from": str(src)}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(dst, buf.getvalue())
+    return payload["meta"]
+
+
 def model_from_checkpoint(
     ckpt: dict[str, Any] | str | Path, device: torch.device | str = "cpu"
 ) -> tuple[EmbeddingNet, dict[str, Any]]:

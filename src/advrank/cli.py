@@ -107,6 +107,18 @@ def cmd_evaluate(args) -> None:
                      f"mAP {metrics['map']:.4f}")
 
 
+def cmd_export(args) -> None:
+    from pathlib import Path
+
+    from advrank.checkpoint import export_checkpoint
+
+    meta = export_checkpoint(args.checkpoint, args.out)
+    size = Path(args.out).stat().st_size
+    _emit(args, {"checkpoint": str(args.out), "source": str(args.checkpoint), "bytes": size,
+                 "dataset": meta["dataset"], "arch": meta["arch"]},
+          f"wrote {args.out} ({size / 2**20:.1f} MiB, weights and metadata only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from advrank.data import dataset_names
     from advrank.distances import distance_names
@@ -160,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", default="1,2,4,8", help="comma-separated K for Recall@K")
     _common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="weights-only copy of a checkpoint (no optimiser state)",
+                       description="Copy a checkpoint without its optimiser state, e.g. to "
+                                   "share it or move it to another machine.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="path of the copy")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_export)
 
     _extend(sub)
     return parser
