@@ -135,6 +135,26 @@ def test_fast_objectives_match_dense_autograd_on_a_larger_gallery(dist, directio
     assert torch.allclose(loss, ref, rtol=1e-10) and torch.allclose(grad, ref_grad, atol=1e-9)
 
 
+@pytest.mark.parametrize("direction", ["+", "-"])
+def test_query_objective_mean_reduction(small, direction):
+    """'mean' = main hinge sum / m + xi * SP hinge sum / G (Eq. 12 averaged over C and C_SP)."""
+    gallery, emb = small
+    cidx, sp = torch.tensor([[0, 3], [1, 2], [8, 4]]), torch.tensor([[5, 6], [6, 7], [7, 5]])
+    dist = CosineDistance()
+    mean = QueryObjective(direction, cidx, gallery, dist, sp_candidates=sp, xi=10.0,
+                          reduction="mean", chunk=4)
+    main_only = QueryObjective(direction, cidx, gallery, dist, chunk=4)
+    sp_only = QueryObjective("+", sp, gallery, dist, chunk=4)
+    loss, grad = mean.value_and_grad(emb)
+    l_main, g_main = main_only.value_and_grad(emb)
+    l_sp, g_sp = sp_only.value_and_grad(emb)
+    assert torch.allclose(loss, l_main / 2 + 10.0 * l_sp / 2)
+    assert torch.allclose(grad, g_main / 2 + 10.0 * g_sp / 2)
+    assert torch.allclose(mean(emb), loss)
+    with pytest.raises(ValueError, match="reduction"):
+        QueryObjective(direction, cidx, gallery, dist, reduction="max")
+
+
 def test_embedding_shift_objective_is_minus_distance(small):
     gallery, emb = small
     obj = EmbeddingShiftObjective(gallery[:3], EuclideanDistance())

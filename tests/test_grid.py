@@ -55,6 +55,8 @@ def test_grid_writes_tables_and_resumes(setup, tmp_path, monkeypatch):
 
     with pytest.raises(AdvrankError, match="num_attacks"):
         grid_mod.run_grid(model, gal, tmp_path, **{**kw, "num_attacks": 5})
+    with pytest.raises(AdvrankError, match="sp_reduction"):  # another reading of Eq. 12
+        grid_mod.run_grid(model, gal, tmp_path, **{**kw, "sp_reduction": "mean"})
 
 
 def test_paper_values_and_table_layout():

@@ -151,6 +151,22 @@ def test_attack_cli_json_fields(digits_ckpt, capsys):
     assert 0 <= out["rank_after"] <= 100
 
 
+def test_sp_mean_reduction_is_the_sum_form_with_scaled_xi(digits_ckpt, capsys):
+    """For PGD's sign step, averaging Eq. 12 over C and C_SP equals summing with xi * m / G."""
+    from advrank.cli import main
+
+    common = ["attack", "--checkpoint", str(digits_ckpt), "--attack", "QA-", "--eps", "0.1",
+              "--m", "2", "--num-attacks", "12", "--json", "--quiet", "--device", "cpu"]
+    outs = []
+    for extra in (["--sp-reduction", "mean"], ["--xi", str(100 * 2 / 5)], []):
+        assert main(common + extra) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    mean, scaled, plain = outs
+    assert mean["sp_reduction"] == "mean" and plain["sp_reduction"] == "sum"
+    assert mean["rank_after"] == pytest.approx(scaled["rank_after"], abs=1e-9)
+    assert mean["sp_rank_after"] == pytest.approx(scaled["sp_rank_after"], abs=1e-9)
+
+
 def test_attack_cli_rejects_oversized_w(digits_ckpt, capsys):
     from advrank.cli import main
 

@@ -48,20 +48,20 @@ def run_grid(
     model: nn.Module, gallery: Gallery, out_dir: str | Path, eps_values: Sequence[float],
     ks: Sequence[int] = (1, 2, 5, 10), attacks: Sequence[str] = ATTACKS, num_attacks: int = 1000,
     seed: int = 0, batch_size: int = 256, paper: str | None = None, meta: dict | None = None,
-    progress: bool = True, g: int = 5,
+    progress: bool = True, g: int = 5, sp_reduction: str = "sum",
 ) -> dict:
     """Run (or resume) the grid; returns ``{"config", "cells"}`` as also written to disk."""
     out_dir = Path(out_dir)
     attacks = [parse_attack(a).name for a in attacks]
     config = {"num_attacks": num_attacks, "seed": seed, "eps_values": list(eps_values),
               "ks": list(ks), "attacks": attacks, "gallery_size": len(gallery), "g": g,
-              "paper": paper, **(meta or {})}
+              "paper": paper, "sp_reduction": sp_reduction, **(meta or {})}
     results = {"config": config, "cells": {}}
     path = out_dir / RESULTS
     if path.exists():
         old = load_results(out_dir)
-        for key in ("num_attacks", "seed", "gallery_size", "checkpoint_sha"):
-            if old["config"].get(key) != config.get(key):
+        for key in ("num_attacks", "seed", "gallery_size", "checkpoint_sha", "sp_reduction"):
+            if old["config"].get(key, "sum" if key == "sp_reduction" else None) != config.get(key):
                 raise AdvrankError(
                     f"{path} holds a grid with {key}={old['config'].get(key)!r}, this run has "
                     f"{config.get(key)!r}; use another --out or remove it"
@@ -80,7 +80,8 @@ def run_grid(
         selection, clean_cache = selections[(attack, k)]
         result = run_attack(model, gallery, attack, eps, k, num_attacks, seed=seed,
                             batch_size=batch_size, g=g, selection=selection,
-                            progress=progress, clean_cache=clean_cache)
+                            progress=progress, clean_cache=clean_cache,
+                            sp_reduction=sp_reduction)
         summary = result.summary()
         results["cells"][cell_key(attack, eps, k)] = summary
         atomic_write_json(path, results)

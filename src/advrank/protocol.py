@@ -257,6 +257,7 @@ def run_attack(
     num_attacks: int, seed: int = 0, batch_size: int = 256, xi: float | None = None, g: int = 5,
     threat: LinfThreatModel | None = None, selection: Selection | None = None,
     progress: bool = False, top_fraction: float = 0.01, clean_cache: dict | None = None,
+    sp_reduction: str = "sum",
 ) -> AttackResult:
     """Run T = ``num_attacks`` independent attacks of one kind at one eps, in batches.
 
@@ -270,7 +271,8 @@ def run_attack(
     if threat.eps != eps:
         raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
     selection = selection or select(gallery, spec, k, num_attacks, seed, g, top_fraction)
-    atk = RankingAttack(model, gallery.embeddings, gallery.distance, spec, threat, xi)
+    atk = RankingAttack(model, gallery.embeddings, gallery.distance, spec, threat, xi,
+                        sp_reduction)
     t0 = time.time()
     log = RankLog()
     bar = None
@@ -299,4 +301,7 @@ def run_attack(
             bar.update(part.anchors.numel())
     if bar is not None:
         bar.close()
-    return log.result(spec, eps, k, gallery, threat, atk.xi, time.time() - t0)
+    result = log.result(spec, eps, k, gallery, threat, atk.xi, time.time() - t0)
+    if spec.target == "QA":
+        result.extra["sp_reduction"] = sp_reduction
+    return result

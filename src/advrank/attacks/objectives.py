@@ -14,6 +14,7 @@ import torch
 from advrank.distances import Distance
 
 RAISE, LOWER = "+", "-"
+SP_REDUCTIONS = ("sum", "mean")  # how Eq. 12's terms are reduced over C and C_SP
 
 
 class RankingObjective:
@@ -88,19 +89,29 @@ class QueryObjective(RankingObjective):
     L_SP-QA = L_QA±(q, C; X) + xi * L_QA+(q, C_SP; X)
 
     candidates ``[B, m]`` and ``sp_candidates [B, G]`` are gallery indices (C and C_SP).
+    ``reduction="sum"`` is Eq. 12 as written; ``"mean"`` averages the main term over C and the
+    SP term over C_SP instead (the reading under which our numbers match the paper's tables;
+    for PGD's sign step it equals the sum form with xi * m / G).
     """
 
     def __init__(self, direction: str, candidates: torch.Tensor, gallery: torch.Tensor,
                  distance: Distance, sp_candidates: torch.Tensor | None = None, xi: float = 0.0,
-                 chunk: int = 4096):
+                 chunk: int = 4096, reduction: str = "sum"):
         if direction not in (RAISE, LOWER):
             raise ValueError(f"direction must be '+' or '-', got {direction!r}")
+        if reduction not in SP_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {SP_REDUCTIONS}, got {reduction!r}")
         self.direction, self.gallery, self.distance = direction, gallery, distance
         self.chunk = chunk
         self.prepared = distance.prepare(gallery)  # e.g. L2-normalised once, not every step
         self.cand_emb = gallery[candidates]  # [B, m, D]
         self.xi = float(xi)
         self.sp_emb = gallery[sp_candidates] if (sp_candidates is not None and xi) else None
+        # weights of the main and the SP hinge sums
+        self.w_main, self.w_sp = 1.0, self.xi
+        if reduction == "mean":
+            self.w_main = 1.0 / candidates.shape[1]
+            self.w_sp = self.xi / sp_candidates.shape[1] if self.sp_emb is not None else 0.0
 
     def _terms(self, emb: torch.Tensor):
         d_qc = self.distance.paired(emb[:, None, :], self.cand_emb)  # [B, m]
@@ -112,9 +123,9 @@ class QueryObjective(RankingObjective):
         diff = d_qc[:, :, None] - d_qx[:, None, :]  # [B, m, n]
         if self.direction == LOWER:
             diff = -diff
-        loss = _hinge(diff).sum(dim=(1, 2))
+        loss = self.w_main * _hinge(diff).sum(dim=(1, 2))
         if d_sp is not None:
-            loss = loss + self.xi * _hinge(d_sp[:, :, None] - d_qx[:, None, :]).sum(dim=(1, 2))
+            loss = loss + self.w_sp * _hinge(d_sp[:, :, None] - d_qx[:, None, :]).sum(dim=(1, 2))
         return loss
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
@@ -139,16 +150,16 @@ class QueryObjective(RankingObjective):
                 d_qx = self.distance.pairwise_prepared(e, self.prepared[s : s + self.chunk])
             with torch.no_grad():
                 diff = sign * (d_qc.detach()[:, :, None] - d_qx.detach()[:, None, :])  # [B,m,n]
-                total += torch.relu(diff).sum(dim=(1, 2))
-                active = (diff > 0).to(e.dtype)
+                total += self.w_main * torch.relu(diff).sum(dim=(1, 2))
+                active = self.w_main * (diff > 0).to(e.dtype)
                 g_qc += sign * active.sum(dim=2)
                 w_x = -sign * active.sum(dim=1)  # [B, n]: d(loss) / d(d(q, x))
                 if d_sp is not None:
                     diff = d_sp.detach()[:, :, None] - d_qx.detach()[:, None, :]  # [B, G, n]
-                    total += self.xi * torch.relu(diff).sum(dim=(1, 2))
+                    total += self.w_sp * torch.relu(diff).sum(dim=(1, 2))
                     active = (diff > 0).to(e.dtype)
-                    g_sp += self.xi * active.sum(dim=2)
-                    w_x -= self.xi * active.sum(dim=1)
+                    g_sp += self.w_sp * active.sum(dim=2)
+                    w_x -= self.w_sp * active.sum(dim=1)
             grad += torch.autograd.grad(d_qx, e, grad_outputs=w_x)[0]
         outputs, grads = [d_qc], [g_qc]
         if d_sp is not None:

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advrank.attacks.objectives import LOWER, RAISE, CandidateObjective, QueryObjective
+from advrank.attacks.objectives import (
+    LOWER,
+    RAISE,
+    SP_REDUCTIONS,
+    CandidateObjective,
+    QueryObjective,
+)
 from advrank.attacks.pgd import pgd
 from advrank.attacks.threat import LinfThreatModel
 from advrank.distances import Distance
@@ -57,11 +63,16 @@ class RankingAttack:
     """
 
     def __init__(self, model: nn.Module, gallery: torch.Tensor, distance: Distance,
-                 spec: AttackSpec | str, threat: LinfThreatModel, xi: float | None = None):
+                 spec: AttackSpec | str, threat: LinfThreatModel, xi: float | None = None,
+                 sp_reduction: str = "sum"):
         self.model, self.gallery, self.distance = model, gallery, distance
         self.spec = parse_attack(spec) if isinstance(spec, str) else spec
         self.threat = threat
         self.xi = self.spec.paper_xi if xi is None else float(xi)
+        if sp_reduction not in SP_REDUCTIONS:
+            raise AdvrankError(f"unknown SP reduction {sp_reduction!r}; choose one of: "
+                               f"{', '.join(SP_REDUCTIONS)}")
+        self.sp_reduction = sp_reduction
 
     def objective(self, targets: torch.Tensor, sp_targets: torch.Tensor | None = None):
         n = self.gallery.shape[0]
@@ -71,7 +82,8 @@ class RankingAttack:
             return CandidateObjective(self.spec.direction, self.gallery[targets], self.gallery,
                                       self.distance)
         return QueryObjective(self.spec.direction, targets, self.gallery, self.distance,
-                              sp_candidates=sp_targets, xi=self.xi)
+                              sp_candidates=sp_targets, xi=self.xi,
+                              reduction=self.sp_reduction)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor,
                  sp_targets: torch.Tensor | None = None,
@@ -85,7 +97,8 @@ class RankingAttack:
         return pgd(self.model, images, objective, self.threat, generator)
 
     def __repr__(self) -> str:
-        return f"RankingAttack({self.spec.name}, {self.threat}, xi={self.xi})"
+        return (f"RankingAttack({self.spec.name}, {self.threat}, xi={self.xi}, "
+                f"sp_reduction={self.sp_reduction!r})")
 
 
 __all__ = ["ATTACKS", "AttackSpec", "RankingAttack", "parse_attack", "LOWER", "RAISE"]
