@@ -3,7 +3,7 @@
 #
 #   scripts/reproduce.sh STEP [STEP ...]
 #   steps: mnist fashion mnist-defense fashion-defense curves curves-fashion transfer-models transfer
-#          transfer-no-resnet universal universal-own xi-means madry-digits bench grid:NAME (the grid of RUNS/NAME.pt)
+#          transfer-no-resnet universal universal-own xi-means xi-means-fashion madry-digits bench grid:NAME (the grid of RUNS/NAME.pt)
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), KS (w/m columns, default 1,2,5,10), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
@@ -84,18 +84,19 @@ for step in "$@"; do
           --device "$DEVICE" --out "$RESULTS/universal-mnist-own/$a" --json --quiet \
           > "$RESULTS/universal-mnist-own/$a.json"
       done ;;
-    xi-means)  # Eq. 12 read with means over C and C_SP: PGD's sign step makes that the sum
-      # form with xi * m / G (G = 5); the QA cells at eps = 0.3 under that reading
-      mkdir -p "$RESULTS/mnist-c2f1-xi-means"
+    xi-means|xi-means-fashion)  # Eq. 12 read with means over C and C_SP: PGD's sign step
+      # makes that the sum form with xi * m / G (G = 5); the QA cells at eps = 0.3 under it
+      name0=mnist-c2f1; [[ $step == xi-means-fashion ]] && name0=fashion-c2f1
+      mkdir -p "$RESULTS/$name0-xi-means"
       for m in 1 2 5 10; do
         for a in QA+ QA-; do
           base=1 name=QA-plus; [[ $a == QA- ]] && base=100 name=QA-minus
           xi=$(python3 -c "print($base * $m / 5)")
-          advrank attack --checkpoint "$RUNS/mnist-c2f1.pt" --attack "$a" --eps 0.3 --m "$m" \
+          advrank attack --checkpoint "$RUNS/$name0.pt" --attack "$a" --eps 0.3 --m "$m" \
             --xi "$xi" --num-attacks "$T" --batch-size "${BATCH:-256}" --device "$DEVICE" \
-            --json --quiet > "$RESULTS/mnist-c2f1-xi-means/$name-m$m.json.part"
-          mv "$RESULTS/mnist-c2f1-xi-means/$name-m$m.json.part" \
-            "$RESULTS/mnist-c2f1-xi-means/$name-m$m.json"
+            --json --quiet > "$RESULTS/$name0-xi-means/$name-m$m.json.part"
+          mv "$RESULTS/$name0-xi-means/$name-m$m.json.part" \
+            "$RESULTS/$name0-xi-means/$name-m$m.json"
         done
       done ;;
     madry-digits)  # §3.3's remark: Madry-style ranking adversarial training vs EST, from scratch
