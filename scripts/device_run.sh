@@ -3,8 +3,9 @@
 #
 #   scripts/device_run.sh SECONDS STEP [STEP ...]
 #
-# The step cuda-tests runs tests/test_cuda.py. Expects, in the repo copy: .whl/ (pytorch-metric-learning wheel), .gpu/<dataset>/*.gz (raw
-# MNIST / Fashion-MNIST files, gzipped to travel) and .gpu/runs/*.pt (checkpoints to start from), and
+# The step cuda-tests runs tests/test_cuda.py. Expects, in the repo copy (scripts/device_pack.sh
+# makes them): .whl/ (pytorch-metric-learning wheel), .gpu/<dataset>/*.gz (raw MNIST /
+# Fashion-MNIST files, gzipped to travel), .gpu/runs/*.pt (checkpoints to start from) and
 # optionally .gpu/git (a copy of .git).
 # Each step gets what is left of SECONDS (steps resume, so a cut-off step loses little); the
 # results and logs end up in $OUT/results.tgz, the new checkpoints (without optimiser state)
@@ -22,7 +23,7 @@ chmod +x /tmp/bin/advrank
 export PATH=/tmp/bin:$PATH ADVRANK_DATA=/tmp/data RUNS=/tmp/runs RESULTS=/tmp/results DEVICE=${DEVICE:-cuda}
 for dir in .gpu/*/; do
   name=$(basename "$dir")
-  [[ $name == runs ]] && continue
+  [[ $name == runs || $name == git ]] && continue
   target=/tmp/data/$name/raw; mkdir -p "$target"
   for f in "$dir"*.gz; do gunzip -c "$f" > "$target/$(basename "$f" .gz)"; done
 done
