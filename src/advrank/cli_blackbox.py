@@ -143,12 +143,21 @@ def cmd_universal(args, emit) -> None:
 
 
 def _attack_options(p: argparse.ArgumentParser, eps_default: float | None) -> None:
+    """The threat model and protocol options shared by ``transfer`` and ``transfer-matrix``."""
     p.add_argument("--eps", type=float, required=eps_default is None, default=eps_default,
                    help="L-inf budget in pixel units" + (
                        f" (default: {eps_default})" if eps_default is not None else ""))
     p.add_argument("--k", type=int, default=1, help="w (CA) or m (QA) (default: 1)")
     p.add_argument("--steps", type=int, default=None,
                    help="PGD iterations (default: the paper's eta for this eps)")
+    p.add_argument("--num-attacks", type=int, default=None,
+                   help="number of attacks T per cell (default: |X|, as in the paper)")
+    p.add_argument("--batch-size", type=int, default=256, help="attacks per PGD batch")
+    p.add_argument("--xi", type=float, default=None,
+                   help="SP weight for QA (default: the paper's, 1 for QA+ and 100 for QA-)")
+    p.add_argument("--select-on", choices=("source", "target"), default="source",
+                   help="whose ranking the '-' top-1%% pools and C_SP come from (default: "
+                        "source, all a black-box attacker knows)")
 
 
 def register(sub, common, emit) -> None:
@@ -163,14 +172,6 @@ def register(sub, common, emit) -> None:
     p.add_argument("--target", required=True, help="checkpoint the examples are ranked by")
     p.add_argument("--attack", required=True, type=_attack, metavar=_ATTACK_METAVAR)
     _attack_options(p, None)
-    p.add_argument("--num-attacks", type=int, default=None,
-                   help="number of attacks T (default: |X|, as in the paper)")
-    p.add_argument("--batch-size", type=int, default=256, help="attacks per PGD batch")
-    p.add_argument("--xi", type=float, default=None,
-                   help="SP weight for QA (default: the paper's, 1 for QA+ and 100 for QA-)")
-    p.add_argument("--select-on", choices=("source", "target"), default="source",
-                   help="whose ranking the '-' top-1%% pools and C_SP come from (default: "
-                        "source, all a black-box attacker knows)")
     common(p)
     p.set_defaults(func=lambda args: cmd_transfer(args, emit))
 
@@ -185,13 +186,6 @@ def register(sub, common, emit) -> None:
     p.add_argument("--attacks", type=_attack_list, default=list(ATTACKS),
                    help="comma-separated attacks (default: CA+,CA-,QA+,QA-)")
     _attack_options(p, 0.3)
-    p.add_argument("--num-attacks", type=int, default=None,
-                   help="number of attacks T per cell (default: |X|, as in the paper)")
-    p.add_argument("--batch-size", type=int, default=256, help="attacks per PGD batch")
-    p.add_argument("--xi", type=float, default=None,
-                   help="SP weight for QA (default: 1 for QA+, 100 for QA-)")
-    p.add_argument("--select-on", choices=("source", "target"), default="source",
-                   help="whose ranking the '-' pools and C_SP come from (default: source)")
     common(p)
     p.set_defaults(func=lambda args: cmd_transfer_matrix(args, emit))
 

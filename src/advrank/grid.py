@@ -60,8 +60,9 @@ def run_grid(
     path = out_dir / RESULTS
     if path.exists():
         old = load_results(out_dir)
+        implied = {"sp_reduction": "sum"}  # grids written before the option existed
         for key in ("num_attacks", "seed", "gallery_size", "checkpoint_sha", "sp_reduction"):
-            if old["config"].get(key, "sum" if key == "sp_reduction" else None) != config.get(key):
+            if old["config"].get(key, implied.get(key)) != config.get(key):
                 raise AdvrankError(
                     f"{path} holds a grid with {key}={old['config'].get(key)!r}, this run has "
                     f"{config.get(key)!r}; use another --out or remove it"

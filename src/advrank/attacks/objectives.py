@@ -113,59 +113,54 @@ class QueryObjective(RankingObjective):
             self.w_main = 1.0 / candidates.shape[1]
             self.w_sp = self.xi / sp_candidates.shape[1] if self.sp_emb is not None else 0.0
 
-    def _terms(self, emb: torch.Tensor):
-        d_qc = self.distance.paired(emb[:, None, :], self.cand_emb)  # [B, m]
-        d_sp = None if self.sp_emb is None else self.distance.paired(emb[:, None, :], self.sp_emb)
-        return d_qc, d_sp
+    def _terms(self, emb: torch.Tensor) -> list[torch.Tensor]:
+        """d(q, C) ``[B, m]`` and, with the SP term, d(q, C_SP) ``[B, G]``."""
+        terms = [self.distance.paired(emb[:, None, :], self.cand_emb)]
+        if self.sp_emb is not None:
+            terms.append(self.distance.paired(emb[:, None, :], self.sp_emb))
+        return terms
 
-    def _chunk_loss(self, emb, d_qc, d_sp, start: int) -> torch.Tensor:
+    def _hinge_args(self, terms: list[torch.Tensor], d_qx: torch.Tensor):
+        """(weight, sign, hinge argument ``[B, k, n]``) per term, paired with ``terms``: the
+        main term ``±(d(q, c) - d(q, x))`` (Eq. 9/11) and the SP term ``d(q, c') - d(q, x)``."""
+        sign = 1.0 if self.direction == RAISE else -1.0
+        signs, weights = (sign, 1.0), (self.w_main, self.w_sp)
+        return [(w, s, s * (t[:, :, None] - d_qx[:, None, :]))
+                for t, w, s in zip(terms, weights, signs, strict=False)]
+
+    def _chunk_loss(self, emb, terms, start: int) -> torch.Tensor:
         d_qx = self.distance.pairwise_prepared(emb, self.prepared[start : start + self.chunk])
-        diff = d_qc[:, :, None] - d_qx[:, None, :]  # [B, m, n]
-        if self.direction == LOWER:
-            diff = -diff
-        loss = self.w_main * _hinge(diff).sum(dim=(1, 2))
-        if d_sp is not None:
-            loss = loss + self.w_sp * _hinge(d_sp[:, :, None] - d_qx[:, None, :]).sum(dim=(1, 2))
-        return loss
+        return sum(w * _hinge(arg).sum(dim=(1, 2)) for w, _, arg in self._hinge_args(terms, d_qx))
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
-        d_qc, d_sp = self._terms(emb)
-        return sum(self._chunk_loss(emb, d_qc, d_sp, s)
+        terms = self._terms(emb)
+        return sum(self._chunk_loss(emb, terms, s)
                    for s in range(0, self.gallery.shape[0], self.chunk))
 
     def value_and_grad(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Chunk by chunk over X, with the hinge's derivative written out: d(loss)/d(d(q, x))
         is minus the number of active hinge terms of x (an integer count, weighted by xi for
         C_SP), so autograd only runs through the distances, never through a [B, m, n] graph."""
-        sign = 1.0 if self.direction == RAISE else -1.0
         e = emb.detach().requires_grad_(True)
         total = torch.zeros(e.shape[0], device=e.device, dtype=e.dtype)
         grad = torch.zeros_like(e)
         with torch.enable_grad():
-            d_qc, d_sp = self._terms(e)  # [B, m], [B, G]
-        g_qc = torch.zeros_like(d_qc)
-        g_sp = None if d_sp is None else torch.zeros_like(d_sp)
+            terms = self._terms(e)  # [B, m] (and [B, G])
+        fixed = [t.detach() for t in terms]
+        term_grads = [torch.zeros_like(t) for t in fixed]
         for s in range(0, self.gallery.shape[0], self.chunk):
             with torch.enable_grad():
                 d_qx = self.distance.pairwise_prepared(e, self.prepared[s : s + self.chunk])
             with torch.no_grad():
-                diff = sign * (d_qc.detach()[:, :, None] - d_qx.detach()[:, None, :])  # [B,m,n]
-                total += self.w_main * torch.relu(diff).sum(dim=(1, 2))
-                active = self.w_main * (diff > 0).to(e.dtype)
-                g_qc += sign * active.sum(dim=2)
-                w_x = -sign * active.sum(dim=1)  # [B, n]: d(loss) / d(d(q, x))
-                if d_sp is not None:
-                    diff = d_sp.detach()[:, :, None] - d_qx.detach()[:, None, :]  # [B, G, n]
-                    total += self.w_sp * torch.relu(diff).sum(dim=(1, 2))
-                    active = (diff > 0).to(e.dtype)
-                    g_sp += self.w_sp * active.sum(dim=2)
-                    w_x -= self.w_sp * active.sum(dim=1)
+                w_x = torch.zeros_like(d_qx)  # [B, n]: d(loss) / d(d(q, x))
+                for (w, sign, arg), g in zip(self._hinge_args(fixed, d_qx.detach()),
+                                             term_grads, strict=True):
+                    total += w * torch.relu(arg).sum(dim=(1, 2))
+                    active = w * (arg > 0).to(e.dtype)
+                    g += sign * active.sum(dim=2)
+                    w_x -= sign * active.sum(dim=1)
             grad += torch.autograd.grad(d_qx, e, grad_outputs=w_x)[0]
-        outputs, grads = [d_qc], [g_qc]
-        if d_sp is not None:
-            outputs.append(d_sp)
-            grads.append(g_sp)
-        grad += torch.autograd.grad(outputs, e, grad_outputs=grads)[0]
+        grad += torch.autograd.grad(terms, e, grad_outputs=term_grads)[0]
         return total, grad
 
 
