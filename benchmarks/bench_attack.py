@@ -55,7 +55,7 @@ def time_forward_backward(model, images, repeats: int = 5) -> float:
 def time_attack(model, gallery, attack: str, batch: int, device, steps: int = 30,
                 k: int = 1) -> float:
     from advrank.attacks import LinfThreatModel, RankingAttack
-    from advrank.distances import CosineDistance
+    from advrank.core.distances import CosineDistance
 
     atk = RankingAttack(model, gallery, CosineDistance(), attack,
                         LinfThreatModel(0.3, steps=steps))
@@ -72,7 +72,7 @@ def time_attack(model, gallery, attack: str, batch: int, device, steps: int = 30
 
 def child(n: int, attack: str, batch: int, device_name: str) -> None:
     """One gallery size in a fresh process: print the peak memory of the attack as JSON."""
-    from advrank.utils import resolve_device
+    from advrank.core.runtime import resolve_device
 
     device = resolve_device(device_name)
     model, gallery = setup(n, device)
@@ -104,7 +104,7 @@ def main() -> None:
         child(args.child, args.attack, args.batch, args.device)
         return
 
-    from advrank.utils import hardware_string, resolve_device
+    from advrank.core.runtime import hardware_string, resolve_device
 
     device = resolve_device(args.device)
     model, gallery = setup(args.gallery, device)

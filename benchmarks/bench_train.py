@@ -37,8 +37,8 @@ def bare_loop(train_set, info, args, device):
     from pytorch_metric_learning.samplers import MPerClassSampler
     from torch.utils.data import DataLoader, TensorDataset
 
+    from advrank.core.runtime import seed_everything
     from advrank.models import create_model
-    from advrank.utils import seed_everything
 
     seed_everything(args.seed)
     model = create_model(args.arch, info.image_shape, args.embed_dim, info.mean, info.std)
@@ -99,7 +99,7 @@ def sampler_shape(labels, batch_size):
 
 
 def advrank_loop(args, out, n_train):
-    from advrank.checkpoint import load_checkpoint
+    from advrank.models.checkpoint import load_checkpoint
     from advrank.training import TrainConfig, train
 
     config = TrainConfig(
@@ -136,16 +136,16 @@ def main(argv=None) -> int:
                    help="torch CPU threads (default: torch's); 1 is steadier on a busy machine")
     args = p.parse_args(argv)
 
-    from advrank.data import dataset_info, load_dataset
-    from advrank.distances import get_distance
+    from advrank.core.distances import get_distance
+    from advrank.core.runtime import hardware_string, resolve_device
+    from advrank.data import dataset_spec, load_dataset
     from advrank.models import create_model
     from advrank.training import default_margin, evaluate_model
-    from advrank.utils import hardware_string, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    info = dataset_info(args.dataset)
+    info = dataset_spec(args.dataset)
     if args.margin is None:
         args.margin = default_margin("triplet", args.metric)
     train_set = load_dataset(args.dataset, "train", args.data_root)

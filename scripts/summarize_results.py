@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from advrank.reports import PAPER_TABLES, markdown_table
+from advrank.experiments.paper import PAPER_TABLES
+from advrank.reports.tables import markdown_table
 
 TABLES = [  # (folder, title, paper table)
     ("mnist-c2f1", "Table 1 — MNIST, C2F1, cosine, triplet (vanilla)", "mnist"),

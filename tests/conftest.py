@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from advrank.data import default_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,6 +18,6 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """Where MNIST/Fashion-MNIST live: ``$ADVRANK_DATA`` if set, else ``<repo>/../shared/data``."""
-    env = os.environ.get("ADVRANK_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+    """Where MNIST/Fashion-MNIST live: the folder the CLI reads too (``$ADVRANK_DATA``, else
+    ``./data``), so that a skip message names the folder a user would fill."""
+    return default_data_root()

@@ -1,17 +1,23 @@
-"""Adversarial ranking attacks: threat model, objectives (what to optimise) and PGD (how)."""
+"""Adversarial ranking attacks: the threat model, one PGD engine, and one file per attack kind.
 
-from advrank.attacks.objectives import (
-    CandidateObjective,
-    EmbeddingShiftObjective,
-    QueryObjective,
-    RankingObjective,
-)
-from advrank.attacks.pgd import pgd, project
-from advrank.attacks.ranking import ATTACKS, AttackSpec, RankingAttack, parse_attack
+``ca.py`` (CA+, CA-) and ``qa.py`` (QA+, QA-) are the paper's kinds; ``es.py`` is the
+maximum-embedding-shift attack of §3.3. A new kind is one file that subclasses
+:class:`AttackKind` and registers itself in :data:`advrank.registry.ATTACKS`.
+"""
+
+from advrank.attacks.attack import RankingAttack
+from advrank.attacks.base import AttackKind, RankingObjective, attack_names, get_attack
+from advrank.attacks.ca import CandidateAttack, CandidateObjective
+from advrank.attacks.es import EmbeddingShiftObjective, shift_distance
+from advrank.attacks.pgd import frozen, keyed_noise, pgd, project, universal_pgd
+from advrank.attacks.qa import SP_REDUCTIONS, QueryAttack, QueryObjective
+from advrank.attacks.selection import Selection, sp_candidates, top_pool_size
 from advrank.attacks.threat import LinfThreatModel, paper_step_size, paper_steps
 
 __all__ = [
-    "ATTACKS", "AttackSpec", "CandidateObjective", "EmbeddingShiftObjective",
-    "LinfThreatModel", "QueryObjective", "RankingAttack", "RankingObjective",
-    "paper_step_size", "paper_steps", "parse_attack", "pgd", "project",
+    "AttackKind", "CandidateAttack", "CandidateObjective", "EmbeddingShiftObjective",
+    "LinfThreatModel", "QueryAttack", "QueryObjective", "RankingAttack", "RankingObjective",
+    "SP_REDUCTIONS", "Selection", "attack_names", "frozen", "get_attack", "keyed_noise",
+    "paper_step_size", "paper_steps", "pgd", "project", "shift_distance", "sp_candidates",
+    "top_pool_size", "universal_pgd",
 ]

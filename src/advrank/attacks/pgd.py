@@ -1,18 +1,22 @@
-"""Projected gradient descent (Eq. 6) for a batch of independent attacks.
+"""Projected gradient descent (Eq. 6): one engine for a batch of independent attacks, and the
+universal variant (Eq. 14) where one perturbation is shared by all inputs.
 
-The objective maps embeddings ``[B, D]`` to per-attack losses ``[B]`` and supplies
+An objective maps embeddings ``[B, D]`` to per-attack losses ``[B]`` and supplies
 ``value_and_grad``; PGD backpropagates that embedding gradient through the model once per
 step, so the ranking loss over the whole gallery never sits inside the model's autograd graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
 from advrank.attacks.threat import LinfThreatModel
+from advrank.core.runtime import derived_seed
 
 
 @contextmanager
@@ -36,38 +40,46 @@ def project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x, x0 - eps), x0 + eps).clamp_(0.0, 1.0)
 
 
-def random_start(x0: torch.Tensor, eps: float, generator: torch.Generator | None = None):
-    noise = torch.rand(x0.shape, generator=generator, device="cpu", dtype=x0.dtype)
-    return project(x0 + (2 * noise.to(x0.device) - 1) * eps, x0, eps)
+def keyed_noise(seed: int, keys: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Uniform [0, 1) noise ``[B, *shape]`` whose row i depends only on ``(seed, keys[i])``.
+
+    The protocol keys each attack's random start by its position in the selection, so results
+    do not depend on how the attacks are batched. One small generator per row, once per batch
+    (not per PGD step).
+    """
+    rows = [torch.rand(tuple(shape), generator=torch.Generator().manual_seed(
+        derived_seed(seed, "random-start", int(k)))) for k in keys.tolist()]
+    return torch.stack(rows) if rows else torch.empty(0, *shape)
+
+
+def random_start(x0: torch.Tensor, eps: float, generator: torch.Generator | None = None,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+    """A uniform point of the eps-ball around ``x0`` (clipped to [0, 1]); ``noise`` (uniform
+    [0, 1), same shape) replaces the draw from ``generator`` when given."""
+    if noise is None:
+        noise = torch.rand(x0.shape, generator=generator, device="cpu", dtype=x0.dtype)
+    return project(x0 + (2 * noise.to(device=x0.device, dtype=x0.dtype) - 1) * eps, x0, eps)
 
 
 def pgd(
     model: nn.Module, images: torch.Tensor, objective, threat: LinfThreatModel,
     generator: torch.Generator | None = None, universal: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Minimise ``objective(model(images + r))`` over the threat model; returns ``images + r``.
 
     images ``[B, C, H, W]`` in [0, 1]. With ``universal=True`` one perturbation ``r [1, C, H, W]``
-    is shared by the whole batch (Eq. 14) and the summed loss drives it.
+    is shared by the whole batch (Eq. 14, :func:`universal_pgd` with one chunk). ``noise``
+    (uniform ``[B, C, H, W]``) fixes the random start, else ``generator`` draws it.
     """
     x0 = images.detach()
+    if universal:
+        r, _ = universal_pgd(model, x0, [(0, x0.shape[0], objective)], threat, generator)
+        return (x0 + r).clamp(0.0, 1.0)
     if threat.eps == 0 or threat.eta == 0:
         return x0.clone()
     with frozen(model):
-        if universal:
-            r = torch.zeros_like(x0[:1])
-            if threat.random_start:
-                r = (random_start(torch.full_like(r, 0.5), threat.eps, generator) - 0.5)
-            for _ in range(threat.eta):
-                r.requires_grad_(True)
-                x = (x0 + r).clamp(0.0, 1.0)
-                emb = model(x)
-                _, g = objective.value_and_grad(emb.detach())
-                (grad,) = torch.autograd.grad(emb, r, grad_outputs=g)
-                r = (r.detach() - threat.alpha * grad.sign()).clamp_(-threat.eps, threat.eps)
-            return (x0 + r).clamp(0.0, 1.0).detach()
-
-        x = random_start(x0, threat.eps, generator) if threat.random_start else x0.clone()
+        x = random_start(x0, threat.eps, generator, noise) if threat.random_start else x0.clone()
         for _ in range(threat.eta):
             x.requires_grad_(True)
             emb = model(x)
@@ -75,3 +87,36 @@ def pgd(
             (grad,) = torch.autograd.grad(emb, x, grad_outputs=g)
             x = project(x.detach() - threat.alpha * grad.sign(), x0, threat.eps)
         return x.detach()
+
+
+def universal_pgd(
+    model: nn.Module, images: torch.Tensor, objectives: Sequence[tuple[int, int, Any]],
+    threat: LinfThreatModel, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, list[float]]:
+    """PGD on one perturbation shared by all ``images [M, C, H, W]`` (Eq. 14).
+
+    ``objectives`` lists ``(start, end, objective)`` chunks covering the M members. Each step
+    accumulates the gradient of the summed loss over the chunks (so the whole set never sits
+    in one autograd graph), then takes one sign step on r and clips it to ``[-eps, eps]``; the
+    members see ``clip(x + r, 0, 1)``. Returns ``r [1, C, H, W]`` and the summed loss before
+    each step ``[steps]``.
+    """
+    r = torch.zeros_like(images[:1])
+    history: list[float] = []
+    if threat.eps == 0 or threat.eta == 0:
+        return r, history
+    if threat.random_start:
+        r = random_start(torch.full_like(r, 0.5), threat.eps, generator) - 0.5
+    with frozen(model):
+        for _ in range(threat.eta):
+            grad, total = torch.zeros_like(r), 0.0
+            for s, e, objective in objectives:
+                rr = r.clone().requires_grad_(True)
+                emb = model((images[s:e] + rr).clamp(0.0, 1.0))
+                loss, g = objective.value_and_grad(emb.detach())
+                (gr,) = torch.autograd.grad(emb, rr, grad_outputs=g)
+                grad += gr
+                total += loss.sum().item()
+            history.append(total)
+            r = (r - threat.alpha * grad.sign()).clamp_(-threat.eps, threat.eps)
+    return r.detach(), history

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from advrank.core.checks import check_number
 from advrank.errors import AdvrankError
 
 
@@ -15,6 +16,9 @@ def paper_step_size(eps: float) -> float:
 def paper_steps(eps: float) -> int:
     """§4: eta = min(max(10, 2 eps / alpha), 30) PGD iterations."""
     return int(min(max(10.0, 2.0 * eps / paper_step_size(eps)), 30.0))
+
+
+MAX_STEPS = 100_000  # far beyond any sensible PGD run; refuses typos such as 1e9
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,16 @@ class LinfThreatModel:
     norm: str = "Linf"
 
     def __post_init__(self):
-        if not 0.0 <= self.eps <= 1.0:
-            raise AdvrankError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
-        if self.step_size is not None and self.step_size <= 0:
-            raise AdvrankError(f"step size must be positive, got {self.step_size}")
-        if self.steps is not None and self.steps < 0:
-            raise AdvrankError(f"steps must be >= 0, got {self.steps}")
+        try:
+            check_number(self.eps, "eps (pixel units)", low=0.0, high=1.0)
+            if self.step_size is not None:
+                check_number(self.step_size, "step size", low=0.0, low_open=True, high=1.0)
+            if self.steps is not None:
+                check_number(self.steps, "steps", low=0, high=MAX_STEPS, integer=True)
+        except AdvrankError as exc:
+            raise AdvrankError(f"threat model: {exc}") from None
+        if self.norm != "Linf":
+            raise AdvrankError(f"only the Linf threat model is implemented, got {self.norm!r}")
 
     @property
     def alpha(self) -> float:
@@ -45,7 +53,7 @@ class LinfThreatModel:
 
     @property
     def eta(self) -> int:
-        return self.steps if self.steps is not None else paper_steps(self.eps)
+        return int(self.steps) if self.steps is not None else paper_steps(self.eps)
 
     def describe(self) -> dict:
         return {"norm": self.norm, "eps": self.eps, "step_size": self.alpha, "steps": self.eta,

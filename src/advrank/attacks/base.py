@@ -1,0 +1,148 @@
+"""The attack-kind unit: what every kind of attack answers, so that the protocol, grid,
+transfer, universal, audit and report code never branch on "CA"/"QA"/"+"/"-".
+
+A kind is one file under ``advrank/attacks/`` that subclasses :class:`AttackKind` and
+registers itself in :data:`advrank.registry.ATTACKS`. It says
+
+* its ``name`` and the name of its size parameter (``size_name``: "w", "m" or None);
+* ``select(gallery, k, num_attacks, seed)``: the deterministic targets of T attacks (§4 rules);
+* ``objective(embeddings, distance, part, clean)``: what PGD minimises, as an object whose
+  ``value_and_grad(emb [B, D])`` returns ``([B], [B, D])``: the gradient with respect to the
+  embeddings, so the ranking loss never enters the model's autograd graph;
+* ``measure(gallery, part, emb)``: per-attack figures ``{name: [B]}`` for the perturbed items'
+  embeddings (pass the clean ones for "before"), and ``summarize`` for a table cell.
+
+Hyper-parameters go to the constructor (``ATTACKS.get("QA-")(xi=100)``), data to the calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from advrank.attacks.selection import Selection, check_num_attacks, check_size, draw_anchors
+from advrank.core.distances import Distance
+from advrank.core.gallery import Gallery
+from advrank.errors import AdvrankError
+from advrank.registry import ATTACKS
+
+
+class RankingObjective:
+    """Base class: ``__call__(emb [B, D]) -> [B]``; ``value_and_grad`` -> (``[B]``, ``[B, D]``)."""
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def value_and_grad(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = emb.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = self(e)
+            (grad,) = torch.autograd.grad(loss.sum(), e)
+        return loss.detach(), grad
+
+
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of per-attack figures (float64)."""
+    v = values.double()
+    se = (v.std(unbiased=True) / math.sqrt(v.numel())).item() if v.numel() > 1 else 0.0
+    return v.mean().item(), se
+
+
+class AttackKind:
+    """One kind of attack; see the module docstring for what a subclass defines."""
+
+    name: ClassVar[str] = ""
+    size_name: ClassVar[str | None] = None
+    #: hyper-parameters this kind accepts, with their defaults
+    params: ClassVar[dict[str, Any]] = {}
+    #: needs the clean embeddings of the attacked images in ``objective`` (e.g. to move away)
+    needs_clean: ClassVar[bool] = False
+    #: the per-attack figure that tables show, and whether the attack drives it "up" or "down"
+    headline: ClassVar[str] = "rank"
+    direction: ClassVar[str] = "down"
+    description: ClassVar[str] = ""
+
+    def __init__(self, **params: Any):
+        unknown = {k for k, v in params.items() if v is not None} - set(self.params)
+        if unknown:
+            raise AdvrankError(f"{self.name} takes no {', '.join(sorted(unknown))} option"
+                               + (f" (it takes: {', '.join(self.params)})" if self.params
+                                  else ""))
+        merged = {**self.params, **{k: v for k, v in params.items() if v is not None}}
+        self.options = self.validate(merged)
+
+    def validate(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Check (and resolve) the hyper-parameters; subclasses refuse bad values here."""
+        return options
+
+    def check_size(self, k: int, n: int) -> None:
+        check_size(k, n, self.size_name or "k")
+
+    def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
+        raise NotImplementedError
+
+    def objective(self, embeddings: torch.Tensor, distance: Distance, part: Selection,
+                  clean: torch.Tensor | None = None) -> RankingObjective:
+        raise NotImplementedError
+
+    def measure(self, gallery: Gallery, part: Selection,
+                emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def summarize(self, before: dict[str, torch.Tensor],
+                  after: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``{fig}_before``/``_after`` and their ``_se`` for every measured figure ``[T]``."""
+        out: dict[str, float] = {}
+        for key in before:
+            for when, values in (("before", before[key]), ("after", after[key])):
+                out[f"{key}_{when}"], out[f"{key}_{when}_se"] = mean_se(values)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"attack": self.name, **self.options}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({self.name}{', ' + opts if opts else ''})"
+
+
+def get_attack(attack: str | AttackKind, **params: Any) -> AttackKind:
+    """An attack kind by name (aliases such as the Unicode minus accepted) with its options;
+    an :class:`AttackKind` instance passes through (then no options may be given)."""
+    if isinstance(attack, AttackKind):
+        if any(v is not None for v in params.values()):
+            raise AdvrankError("give options to the attack kind's constructor, not twice")
+        return attack
+    return ATTACKS.get(attack)(**params)
+
+
+def make_kinds(attacks: Sequence[str], options: dict) -> dict[str, AttackKind]:
+    """Several attack kinds (a grid, a transfer matrix), each with those of ``options`` it
+    accepts; an option that none of them accepts is refused."""
+    options = {k: v for k, v in options.items() if v is not None}
+    kinds = {}
+    for name in dict.fromkeys(ATTACKS.canonical(a) for a in attacks):
+        accepted = ATTACKS.get(name).params
+        kinds[name] = get_attack(name, **{k: v for k, v in options.items() if k in accepted})
+    unused = [k for k in options if not any(k in kind.params for kind in kinds.values())]
+    if unused:
+        raise AdvrankError(f"option {', '.join(unused)} applies to none of the attacks "
+                           f"{', '.join(kinds)}")
+    return kinds
+
+
+def attack_names() -> list[str]:
+    return ATTACKS.names()
+
+
+def select_anchors(kind: AttackKind, gallery: Gallery, k: int, num_attacks: int,
+                   seed: int) -> tuple[torch.Tensor, torch.Generator]:
+    """The §4 anchors (validated) and the generator the kind's further draws continue from."""
+    n = len(gallery)
+    check_num_attacks(num_attacks, n)
+    kind.check_size(k, n)
+    gen = torch.Generator().manual_seed(seed)
+    return draw_anchors(n, num_attacks, gen), gen

@@ -1,0 +1,59 @@
+"""The maximum-embedding-shift attack of §3.3: move f(x + r) as far from f(x) as the threat
+model allows. It drives the EST defense (Eq. 13) and Fig. 2's robustness measure."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from advrank.attacks.base import RankingObjective
+from advrank.attacks.pgd import frozen, keyed_noise, pgd
+from advrank.attacks.threat import LinfThreatModel
+from advrank.core.checks import check_images
+from advrank.core.distances import Distance, get_distance
+
+
+class EmbeddingShiftObjective(RankingObjective):
+    """Maximise d(f(x + r), f(x)), i.e. minimise -d; ``reference [B, D]`` = f(x).
+
+    d has zero gradient at r = 0 (both for 1 - cos and for the clamped Euclidean norm), so this
+    attack needs a random start.
+    """
+
+    def __init__(self, reference: torch.Tensor, distance: Distance):
+        self.reference, self.distance = reference.detach(), distance
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        return -self.distance.paired(emb, self.reference)
+
+
+def shift_distance(
+    model: nn.Module, images: torch.Tensor, distance: Distance | str, eps: float,
+    steps: int | None = None, step_size: float | None = None,
+    generator: torch.Generator | None = None, batch_size: int = 256, seed: int | None = None,
+) -> torch.Tensor:
+    """``d(f(x + r*), f(x)) [B]`` reached by the max-shift attack r* on images
+    ``[B, C, H, W]`` (on the model's device), with the paper's alpha/eta unless given.
+
+    With ``seed``, image i's random start depends only on (seed, i), so the figures do not
+    depend on ``batch_size``; otherwise ``generator`` draws the starts batch by batch.
+    """
+    check_images(images)
+    distance = get_distance(distance)
+    if eps == 0:
+        return torch.zeros(images.shape[0], device=images.device)
+    threat = LinfThreatModel(float(eps), step_size, steps, random_start=True)
+    out = []
+    with frozen(model):
+        for s in range(0, images.shape[0], batch_size):
+            x = images[s : s + batch_size]
+            noise = None
+            if seed is not None:
+                noise = keyed_noise(seed, torch.arange(s, s + x.shape[0]), x.shape[1:])
+            with torch.no_grad():
+                reference = model(x)
+            adv = pgd(model, x, EmbeddingShiftObjective(reference, distance), threat, generator,
+                      noise=noise)
+            with torch.no_grad():
+                out.append(distance.paired(model(adv), reference))
+    return torch.cat(out)

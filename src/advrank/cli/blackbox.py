@@ -1,0 +1,200 @@
+"""The black-box subcommands of §5: ``transfer``, ``transfer-matrix`` and ``universal``."""
+
+from __future__ import annotations
+
+import argparse
+
+from advrank.cli.attack import add_threat, attack_metavar, threat_from_args
+from advrank.cli.options import (
+    add_common,
+    add_kind_options,
+    add_size,
+    attack_name,
+    emit,
+    eps_value,
+    integer,
+    kind_options,
+    listed,
+    number,
+    positive_int,
+    resolve_size,
+)
+from advrank.core.io import check_writable_dir
+from advrank.errors import AdvrankError
+
+
+def _named_checkpoint(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def _fmt(mean: float, se: float) -> str:
+    return f"{mean:.1f}±{se:.1f}"
+
+
+def cmd_transfer(args) -> None:
+    from advrank.attacks import get_attack
+    from advrank.experiments.target import load_target
+    from advrank.experiments.transfer import transfer_attack
+
+    k = resolve_size(args, [args.attack])
+    kind = get_attack(args.attack, **kind_options(args))
+    threat = threat_from_args(args)
+    src = load_target(args.source, args.device, args.data_root, args.download)
+    tgt = load_target(args.target, args.device, args.data_root, args.download)
+    if src.meta["dataset"] != tgt.meta["dataset"]:
+        raise AdvrankError(f"source is a {src.meta['dataset']} model, target a "
+                           f"{tgt.meta['dataset']} one; transfer needs one shared test set")
+    out = transfer_attack(src.model, tgt.model, src.dataset, kind, args.eps, k=k,
+                          num_attacks=args.num_attacks, seed=args.seed, device=src.device,
+                          batch_size=args.batch_size, threat=threat, select_on=args.select_on,
+                          source_gallery=src.gallery, target_gallery=tgt.gallery,
+                          progress=not args.quiet)
+    out.update({"source_checkpoint": str(args.source), "target_checkpoint": str(args.target),
+                **tgt.record(args.seed)})
+    s = out["source"]
+    emit(args, out,
+         f"{out['attack']} eps={args.eps:g} k={k} T={out['num_attacks']}: target "
+         f"{tgt.meta['arch']}/{tgt.meta['metric']} "
+         f"{_fmt(out['rank_before'], out['rank_before_se'])} → "
+         f"{_fmt(out['rank_after'], out['rank_after_se'])}%  (source {src.meta['arch']}/"
+         f"{src.meta['metric']} white-box {s['rank_before']:.1f} → {s['rank_after']:.1f}%)")
+
+
+def cmd_transfer_matrix(args) -> None:
+    from advrank.attacks.base import make_kinds
+    from advrank.core.runtime import resolve_device, run_record
+    from advrank.experiments.transfer import transfer_matrix
+    from advrank.reports.tables import transfer_markdown
+
+    checkpoints = dict(args.checkpoint)
+    if len(checkpoints) != len(args.checkpoint):
+        raise AdvrankError("checkpoint names must be distinct")
+    k = resolve_size(args, args.attacks)
+    make_kinds(args.attacks, kind_options(args))
+    check_writable_dir(args.out)
+    matrix = transfer_matrix(
+        checkpoints, attacks=args.attacks, eps=args.eps, k=k, num_attacks=args.num_attacks,
+        seed=args.seed, out_dir=args.out, device=args.device, batch_size=args.batch_size,
+        steps=args.steps, select_on=args.select_on, data_root=args.data_root,
+        download=args.download, progress=not args.quiet,
+        record=run_record(resolve_device(args.device), args.seed), **kind_options(args))
+    emit(args, matrix, transfer_markdown(matrix) + f"\nwrote {args.out}/transfer.json and "
+                                                   f"{args.out}/transfer.md")
+
+
+def cmd_universal(args) -> None:
+    import io
+
+    import torch
+
+    from advrank.core.io import atomic_write_bytes, atomic_write_json
+    from advrank.experiments.target import load_target
+    from advrank.experiments.universal import universal_attack
+    from advrank.reports.plots import universal_png
+
+    k = resolve_size(args, [args.attack])
+    if args.out:
+        check_writable_dir(args.out)
+    target = load_target(args.checkpoint, args.device, args.data_root, args.download)
+    result = universal_attack(target.model, target.gallery, args.attack, args.eps, k=k,
+                              seed=args.seed, fraction=args.fraction, xi=args.xi,
+                              steps=args.steps, step_size=args.step_size, mode=args.mode,
+                              chunk_size=args.chunk_size)
+    r = result.pop("perturbation")
+    result.update(target.record(args.seed))
+    if args.out:
+        stem = f"{args.out}/universal-{result['attack']}-eps{args.eps:g}-{args.mode}"
+        clean = target.gallery.images(torch.tensor([result["example_index"]]))[0]
+        atomic_write_bytes(f"{stem}.png", universal_png(result, r, clean))
+        buf = io.BytesIO()
+        torch.save(r, buf)
+        atomic_write_bytes(f"{stem}.pt", buf.getvalue())
+        result.update({"png": f"{stem}.png", "perturbation_file": f"{stem}.pt"})
+        atomic_write_json(f"{stem}.json", result)
+    text = (f"{result['attack']} eps={args.eps:g} k={k} ({args.mode} targets, "
+            f"{result['set_size']} seen + {result['set_size']} unseen, "
+            f"{result['threat']['steps']} steps): seen "
+            f"{_fmt(result['rank_before'], result['rank_before_se'])} → "
+            f"{_fmt(result['rank_after'], result['rank_after_se'])}%, unseen "
+            f"{_fmt(result['rank_before_unseen'], result['rank_before_unseen_se'])} → "
+            f"{_fmt(result['rank_after_unseen'], result['rank_after_unseen_se'])}%")
+    if result["reported"] != result["set_size"]:
+        text += (f"  (figures over the {result['reported']} members of each set ranked highest "
+                 "before the attack)")
+    emit(args, result, text + (f"\nwrote {result['png']}" if args.out else ""))
+
+
+def _transfer_options(p: argparse.ArgumentParser, eps_default: float | None) -> None:
+    """The threat model and protocol options shared by ``transfer`` and ``transfer-matrix``."""
+    add_threat(p, eps_required=eps_default is None, eps_default=eps_default)
+    add_size(p, default=1)
+    p.add_argument("--num-attacks", type=positive_int, default=None,
+                   help="number of attacks T per cell (default: |X|, as in the paper)")
+    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
+                   help="attacks per PGD batch")
+    add_kind_options(p)
+    p.add_argument("--select-on", choices=("source", "target"), default="source",
+                   help="whose ranking the '-' top-1%% pools and C_SP come from (source: all a "
+                        "black-box attacker knows)")
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser(
+        "transfer", help="transfer attack: adversarial examples from one model, ranked by another",
+        formatter_class=formatter,
+        description="Make adversarial examples white-box on --source and rank them with "
+                    "--target (Table 5), with identical selections (the same c and Q, or q "
+                    "and C). Figures are mean normalized ranks (%) on the target.")
+    p.add_argument("--source", required=True, help="checkpoint the attack is made on")
+    p.add_argument("--target", required=True, help="checkpoint the examples are ranked by")
+    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
+    _transfer_options(p, None)
+    add_common(p)
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser(
+        "transfer-matrix", help="the full transfer matrix of Table 5, resumable",
+        formatter_class=formatter,
+        description="Fill rows = source, columns = target for each attack; writes "
+                    "OUT/transfer.json and OUT/transfer.md after every (attack, source) row, "
+                    "and resumes an interrupted run from transfer.json.")
+    p.add_argument("--checkpoint", required=True, action="append", type=_named_checkpoint,
+                   metavar="NAME=PATH", help="a model of the matrix (repeat, in table order)")
+    p.add_argument("--out", required=True, help="folder for transfer.json and transfer.md")
+    p.add_argument("--attacks", type=listed(attack_name, "attack names"),
+                   default=["CA+", "CA-", "QA+", "QA-"], help="comma-separated attacks")
+    _transfer_options(p, 0.3)
+    add_common(p)
+    p.set_defaults(func=cmd_transfer_matrix)
+
+    p = sub.add_parser(
+        "universal", help="universal (image-agnostic) perturbation, I-CA/I-QA (Table 6)",
+        formatter_class=formatter,
+        description="Find one perturbation r shared by a random 5% of X (candidates for "
+                    "CA, queries for QA), Eq. 14, and evaluate it on those and on a disjoint "
+                    "unseen 5%.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
+    p.add_argument("--eps", type=eps_value, required=True,
+                   help="L-inf budget in pixel units, e.g. 0.3 or 8/255")
+    add_size(p, default=1)
+    p.add_argument("--fraction", type=number(0.0, 0.5, low_open=True), default=0.05,
+                   help="size of the seen and of the unseen set, as a fraction of X")
+    p.add_argument("--xi", type=number(0.0, 1e6), default=None,
+                   help="SP weight for I-QA (default: 0, no SP term, as in Table 6)")
+    p.add_argument("--steps", type=integer(0, 100_000), default=None,
+                   help="PGD iterations on r (default: 100; one r must serve many inputs)")
+    p.add_argument("--step-size", type=number(0.0, 1.0, low_open=True), default=None,
+                   help="PGD step (default: the paper's alpha for eps)")
+    p.add_argument("--mode", choices=("own", "shared"), default="shared",
+                   help="shared: one Q/C for all members, Eq. 14 literally; own: each member "
+                        "has its own Q/C by the §4 rules")
+    p.add_argument("--chunk-size", type=integer(1, 1_000_000), default=256,
+                   help="members per forward/backward pass within a PGD step")
+    p.add_argument("--out", default=None,
+                   help="folder for a PNG of r and an example, r as .pt, and the JSON")
+    add_common(p)
+    p.set_defaults(func=cmd_universal)

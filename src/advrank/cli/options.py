@@ -1,0 +1,194 @@
+"""Option parsing shared by every subcommand: one parser class whose errors are one line, one
+validating type per kind of option, the common options, and JSON/text output."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any
+
+from advrank.core.io import strict_json
+from advrank.errors import AdvrankError
+from advrank.registry import ATTACKS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: every mistake becomes an :class:`AdvrankError`, which
+    ``main`` prints as ``advrank: error: ...`` with exit status 2."""
+
+    def error(self, message: str):
+        raise AdvrankError(f"{self.prog.removeprefix('advrank ')}: {message}")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (unless its help already says it, or there is none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == [] or \
+                default is argparse.SUPPRESS or not action.option_strings or action.nargs == 0:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = ",".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+# ------------------------------------------------------------------------------- value types
+
+
+def _number(text: str) -> float:
+    """A finite number; "8/255" (a fraction) is accepted too."""
+    try:
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False,
+           what: str = "a number") -> Callable[[str], float]:
+    """argparse type: a finite number (fractions like 8/255 accepted) in a range."""
+    def parse(text: str) -> float:
+        value = _number(text)
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>' if low_open else '>='} {low:g}, got {text!r}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def integer(low: int = 1, high: int = 10**9, what: str = "integer") -> Callable[[str], int]:
+    """argparse type: an integer in ``[low, high]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}], got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def listed(item: Callable[[str], Any], what: str) -> Callable[[str], list]:
+    """argparse type: comma-separated values of ``item``, duplicates removed (order kept)."""
+    def parse(text: str) -> list:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return list(dict.fromkeys(item(p) for p in parts))
+
+    parse.__name__ = what
+    return parse
+
+
+eps_value = number(0.0, 1.0, what="eps")  # pixel units: 0.03 or 8/255
+positive_int = integer(1)
+seed_value = integer(0, 2**63 - 1, "seed")
+
+
+def attack_name(text: str) -> str:
+    """argparse type: a registered attack name (aliases such as the Unicode minus accepted)."""
+    try:
+        return ATTACKS.canonical(text.strip())
+    except AdvrankError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------- common options
+
+
+def add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """``--device``, ``--seed``, ``--json``, ``--quiet`` (and the data options)."""
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, or cuda[:i]")
+    p.add_argument("--seed", type=seed_value, default=0, help="random seed; same seed, same run")
+    if data:
+        p.add_argument("--data-root", default=None,
+                       help="folder holding the datasets (default: $ADVRANK_DATA, else ./data)")
+        p.add_argument("--download", action="store_true",
+                       help="let torchvision download missing MNIST/Fashion-MNIST files (online)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
+
+
+def add_size(p: argparse.ArgumentParser, default: int | Sequence[int] | None = 1,
+             multiple: bool = False) -> None:
+    """The size of Q (w, CA) or C (m, QA): ``--k`` in every command, ``--w``/``--m`` accepted
+    as spellings checked against the attack kind."""
+    kind = listed(positive_int, "positive integers") if multiple else positive_int
+    names = ["--k", "--ks"] if multiple else ["--k"]
+    what = "comma-separated sizes" if multiple else "size"
+    p.add_argument(*names, dest="k", type=kind, default=None, metavar="K",
+                   help=f"{what} of Q (w, for CA) or C (m, for QA) (default: "
+                        f"{','.join(map(str, default)) if multiple else default})")
+    p.add_argument("--w", dest="w", type=kind, default=None, help="--k for CA attacks")
+    p.add_argument("--m", dest="m", type=kind, default=None, help="--k for QA attacks")
+    p.set_defaults(k_default=default)
+
+
+def resolve_size(args, attacks: Sequence[str]):
+    """The one size value of ``--k``/``--w``/``--m``; ``--w`` for a QA attack (or ``--m`` for
+    CA) is refused rather than silently used."""
+    given = {name: getattr(args, name) for name in ("k", "w", "m")
+             if getattr(args, name) is not None}
+    if len(given) > 1:
+        raise AdvrankError(f"give the size once: --{' and --'.join(given)} were both given")
+    if not given:
+        return args.k_default
+    (name, value), = given.items()
+    if name != "k":
+        for attack in attacks:
+            size_name = ATTACKS.get(attack).size_name
+            if size_name != name:
+                raise AdvrankError(f"--{name} does not apply to {attack} (its size is "
+                                   f"{size_name or 'not named'}; --k works for every attack)")
+    return value
+
+
+# --------------------------------------------------------------------------------- output
+
+
+def emit(args, obj: dict, text: str) -> None:
+    """One strict JSON object (``--json``) or the text, on stdout."""
+    if getattr(args, "json", False):
+        print(strict_json(obj))
+    else:
+        print(text)
+
+
+def log(args) -> Callable[[str], None]:
+    """Progress lines on stderr unless ``--quiet``."""
+    if getattr(args, "quiet", False):
+        return lambda msg: None
+    return lambda msg: print(msg, file=sys.stderr)
+
+
+def kind_options(args) -> dict[str, Any]:
+    """The attack-kind options given on the command line (None = the kind's default)."""
+    return {"xi": getattr(args, "xi", None), "g": getattr(args, "G", None),
+            "sp_reduction": getattr(args, "sp_reduction", None)}
+
+
+def add_kind_options(p: argparse.ArgumentParser) -> None:
+    """The hyper-parameters of the query attacks (refused for kinds that do not take them)."""
+    p.add_argument("--xi", type=number(0.0, 1e6), default=None,
+                   help="SP weight for QA (default: the paper's, 1 for QA+ and 100 for QA-)")
+    p.add_argument("--G", type=integer(0, 10_000), default=None,
+                   help="size of C_SP for the SP term of QA (default: 5)")
+    p.add_argument("--sp-reduction", default=None, choices=("mean", "sum"),
+                   help="QA, Eq. 12: average the hinge terms over C and C_SP as the authors' "
+                        "code does (default: mean, the reading that reproduces the paper's "
+                        "tables) or sum them as Eq. 12 is printed")

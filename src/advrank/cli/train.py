@@ -1,0 +1,167 @@
+"""``advrank train``, ``evaluate`` and ``export``: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import argparse
+
+from advrank.cli.options import (
+    add_common,
+    emit,
+    eps_value,
+    integer,
+    listed,
+    number,
+    positive_int,
+)
+from advrank.errors import AdvrankError
+from advrank.registry import DATASETS, DEFENSES, DISTANCES, LOSSES, MODELS
+
+
+def registered(registry) -> callable:
+    """argparse type: a name registered in ``registry`` (a ``name:argument`` keeps its part
+    after the colon, e.g. ``imagefolder:PATH``)."""
+    def parse(text: str) -> str:
+        base, sep, arg = text.partition(":")
+        try:
+            return registry.canonical(base) + sep + arg
+        except AdvrankError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = registry.kind
+    return parse
+
+
+def names(registry) -> str:
+    return "{" + ",".join(registry.names()) + "}"
+
+
+def cmd_train(args) -> None:
+    from advrank.core.runtime import resolve_device, run_record
+    from advrank.defenses import make_defense
+    from advrank.training import TrainConfig, train
+
+    if args.defense is None and any(v is not None for v in (
+            args.defense_eps, args.defense_steps, args.defense_step_size)):
+        raise AdvrankError("--defense-eps/--defense-steps/--defense-step-size need --defense")
+    if args.arch is None and args.init is None:
+        raise AdvrankError("give --arch (or --init to fine-tune a checkpoint)")
+    config = TrainConfig(
+        dataset=args.dataset, arch=args.arch, metric=args.metric, loss=args.loss,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, margin=args.margin,
+        embed_dim=args.embed_dim, seed=args.seed, data_root=args.data_root,
+        download=args.download, device=args.device, weights=args.weights)
+    config.validate()
+    defense = None
+    if args.defense:  # attacks with the trained model's metric (the trainer binds it)
+        defense = make_defense(args.defense, eps=args.defense_eps, dataset=args.dataset,
+                               steps=args.defense_steps, step_size=args.defense_step_size)
+    result = train(config, args.out, init=args.init, defense=defense, progress=not args.quiet,
+                   force=args.force)
+    meta = result.meta
+    emit(args, {"checkpoint": result.checkpoint, "recall@1": meta["recall@1"],
+                "epochs": meta["epochs_done"], "train_seconds": meta["train_seconds"],
+                "history": result.history, "metric": meta["metric"], "loss": meta["loss"],
+                "defense": meta.get("defense"), "defense_eps": meta.get("defense_eps"),
+                **run_record(resolve_device(args.device), args.seed)},
+         f"wrote {result.checkpoint}: R@1 {meta['recall@1']:.2f}% after "
+         f"{meta['epochs_done']} epochs ({meta['train_seconds']:.0f}s)")
+
+
+def cmd_evaluate(args) -> None:
+    from advrank.experiments.target import load_target
+    from advrank.training import evaluate_model
+
+    target = load_target(args.checkpoint, args.device, args.data_root, args.download,
+                         progress=not args.quiet)
+    metrics = evaluate_model(target.model, target.dataset, target.gallery.distance,
+                             target.device, args.ks, with_map=True, with_nmi=args.nmi)
+    out = {**target.record(args.seed), "gallery_size": len(target.gallery), **metrics}
+    text = "  ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if k.startswith("recall"))
+    extra = f"  NMI {metrics['nmi']:.2f}%" if "nmi" in metrics else ""
+    emit(args, out, f"{target.meta['dataset']}/{target.meta['arch']}/{target.meta['metric']}: "
+                    f"{text}  mAP {metrics['map']:.2f}%{extra}")
+
+
+def cmd_export(args) -> None:
+    from pathlib import Path
+
+    from advrank.models.checkpoint import export_checkpoint
+
+    meta = export_checkpoint(args.checkpoint, args.out)
+    size = Path(args.out).stat().st_size
+    emit(args, {"checkpoint": str(args.out), "source": str(args.checkpoint), "bytes": size,
+                "dataset": meta["dataset"], "arch": meta["arch"]},
+         f"wrote {args.out} ({size / 2**20:.1f} MiB, weights and metadata only)")
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser("train", help="train an embedding model (metric learning)",
+                       formatter_class=formatter,
+                       description="Train an embedding model with a metric-learning loss on "
+                                   "class-balanced batches; writes a checkpoint every epoch. "
+                                   "Rerunning the same command resumes an interrupted run.")
+    p.add_argument("--dataset", required=True, type=registered(DATASETS),
+                   metavar=names(DATASETS), help="dataset to train on")
+    p.add_argument("--arch", type=registered(MODELS), metavar=names(MODELS),
+                   help="model architecture (default: c2f1, or --init's)")
+    p.add_argument("--metric", type=registered(DISTANCES), metavar=names(DISTANCES),
+                   help="distance for training and ranking (default: cosine, or --init's)")
+    p.add_argument("--loss", type=registered(LOSSES), metavar=names(LOSSES),
+                   help="metric-learning loss (default: triplet, or --init's)")
+    p.add_argument("--margin", type=number(0.0, 100.0, low_open=True),
+                   help="loss margin in distance units (default: triplet 0.2 cosine / 1.0 "
+                        "Euclidean; contrastive 0.5 / 1.0; or --init's)")
+    p.add_argument("--epochs", type=integer(1, 100_000), default=8, help="training epochs")
+    p.add_argument("--batch-size", type=integer(4, 1_000_000), default=128,
+                   help="images per batch (m per class from batch / classes)")
+    p.add_argument("--lr", type=number(0.0, 10.0, low_open=True), default=1e-3,
+                   help="Adam learning rate")
+    p.add_argument("--embed-dim", type=integer(1, 65_536),
+                   help="embedding size (default per model: c2f1 1024, lenet 128, resnet18 512; "
+                        "or --init's)")
+    p.add_argument("--out", required=True, help="checkpoint path to write")
+    p.add_argument("--resume", action="store_true",
+                   help="accepted for old scripts: rerunning the same command always resumes")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a checkpoint of a different run at --out")
+    p.add_argument("--init", default=None,
+                   help="fine-tune this checkpoint (inherits arch, embed-dim, metric, loss and "
+                        "margin; a conflicting option is refused)")
+    p.add_argument("--weights", default=None,
+                   help="pretrained backbone weights: a torchvision/timm state_dict (.pt, "
+                        ".pth) or .safetensors, read safely; e.g. ImageNet ResNet-18 for SOP")
+    p.add_argument("--defense", default=None, type=registered(DEFENSES),
+                   metavar=names(DEFENSES),
+                   help="adversarial training: est = embedding-shift (Eq. 13); madry = "
+                        "adversarial triplets from the ranking attacks (baseline)")
+    p.add_argument("--defense-eps", type=eps_value, default=None,
+                   help="defense epsilon, e.g. 0.3 or 8/255 (default: the dataset's, 0.3 for "
+                        "MNIST)")
+    p.add_argument("--defense-steps", type=integer(1, 100_000), default=None,
+                   help="PGD steps per training batch (default: the paper's eta for that eps, "
+                        "30 at 0.3; fewer is proportionally cheaper)")
+    p.add_argument("--defense-step-size", type=number(0.0, 1.0, low_open=True), default=None,
+                   help="PGD step size for the defense (default: the paper's alpha)")
+    add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Recall@K, mAP (and NMI) of a checkpoint on its test set",
+                       formatter_class=formatter,
+                       description="Embed the test set once and rank it against itself, each "
+                                   "query left out of its own list. Every figure is in %.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--ks", type=listed(positive_int, "positive integers"), default=[1, 2, 4, 8],
+                   help="comma-separated K for Recall@K")
+    p.add_argument("--nmi", action="store_true", help="also report NMI (k-means, %%)")
+    add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="weights-only copy of a checkpoint (no optimiser state)",
+                       formatter_class=formatter,
+                       description="Copy a checkpoint without its optimiser state, e.g. to "
+                                   "share it or move it to another machine. The source is "
+                                   "validated like every command validates checkpoints.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="path of the copy")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_export)

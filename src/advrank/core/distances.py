@@ -1,0 +1,95 @@
+"""Distance objects: one decides cosine vs Euclidean for training, ranking and attacks alike.
+
+``pairwise(a [N, D], b [M, D]) -> [N, M]`` and ``paired(a [..., D], b [..., D]) -> [...]``.
+Both are differentiable; a smaller value means "more similar" (ranked higher). Distances are
+registered in :data:`advrank.registry.DISTANCES`; a new one is a subclass plus
+``DISTANCES.register(name, cls)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from advrank.registry import DISTANCES
+
+
+class Distance:
+    name: str = "distance"
+
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self, gallery: torch.Tensor) -> torch.Tensor:
+        """Precompute what ``pairwise_prepared`` needs of a fixed gallery ``[N, D]`` (once)."""
+        return gallery
+
+    def pairwise_prepared(self, a: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        """``pairwise(a, b)`` with ``prepared = prepare(b)``: the per-step fast path."""
+        return self.pairwise(a, prepared)
+
+    def to_pml(self):
+        """The equivalent pytorch-metric-learning distance, for its losses and miners."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@DISTANCES.register("cosine")
+class CosineDistance(Distance):
+    """``1 - cos(a, b)``, i.e. one minus the dot product of L2-normalised embeddings; in [0, 2]."""
+
+    name = "cosine"
+
+    def pairwise(self, a, b):
+        return 1.0 - F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
+
+    def paired(self, a, b):
+        return 1.0 - (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+    def prepare(self, gallery):
+        return F.normalize(gallery, dim=-1)
+
+    def pairwise_prepared(self, a, prepared):
+        return 1.0 - F.normalize(a, dim=-1) @ prepared.transpose(-1, -2)
+
+    def to_pml(self):
+        from pytorch_metric_learning.distances import CosineSimilarity
+
+        return CosineSimilarity()
+
+
+@DISTANCES.register("euclidean")
+class EuclideanDistance(Distance):
+    """``||a - b||_2``; the square root is taken of a clamped value so gradients stay finite."""
+
+    name = "euclidean"
+
+    def pairwise(self, a, b):
+        sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * a @ b.transpose(
+            -1, -2
+        )
+        return sq.clamp_min(1e-12).sqrt()
+
+    def paired(self, a, b):
+        return ((a - b) ** 2).sum(-1).clamp_min(1e-12).sqrt()
+
+    def to_pml(self):
+        from pytorch_metric_learning.distances import LpDistance
+
+        return LpDistance(normalize_embeddings=False, p=2)
+
+
+def distance_names() -> list[str]:
+    return DISTANCES.names()
+
+
+def get_distance(name: str | Distance) -> Distance:
+    """A distance object by registered name (a Distance passes through unchanged)."""
+    if isinstance(name, Distance):
+        return name
+    return DISTANCES.get(name)()

@@ -1,0 +1,161 @@
+"""Files: atomic writes, strict JSON, content hashes and an exclusive lock per output.
+
+Every long job writes through these (via :mod:`advrank.experiments.store` or the checkpoint
+code): a crash mid-write leaves the previous file intact, JSON never holds NaN or Infinity,
+and two processes never write the same output at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from advrank.errors import AdvrankError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a half-written file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise AdvrankError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are for everyone
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise AdvrankError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _find_non_finite(obj: Any, where: str = "") -> str | None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _find_non_finite(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _find_non_finite(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def strict_json(obj: Any, indent: int | None = None) -> str:
+    """``json.dumps`` that refuses NaN and Infinity (not JSON) with the offending key named."""
+    bad = _find_non_finite(obj)
+    if bad is not None:
+        raise AdvrankError(f"non-finite number at {bad}: the computation produced NaN or "
+                           "Infinity, so no result was written")
+    return json.dumps(obj, indent=indent, allow_nan=False)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, strict_json(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file, with one readable error for unreadable or invalid content."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise AdvrankError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdvrankError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def file_sha256(path: str | Path, length: int | None = None) -> str:
+    """Hex SHA-256 of a file (identifies a checkpoint by content, whatever its path);
+    ``length`` truncates the hex digest."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if needed) for the ``with`` block.
+
+    A second process asking for the same lock is refused at once with a clear error, instead
+    of both writing the same output. The lock is the kernel's (``flock``): it goes away with
+    the process, so a killed run never leaves a stale lock behind.
+    """
+    import fcntl
+
+    lock_path = Path(lock_path)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise AdvrankError(f"cannot write {what} ({lock_path}): {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise AdvrankError(f"{what} is being written by another advrank process "
+                                   f"(lock {lock_path}); wait for it or use another output "
+                                   "path") from None
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # the pid is only informative
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Refuse an output folder that is a file or cannot be created/written, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AdvrankError(f"{what} {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AdvrankError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise AdvrankError(f"{what} {path} is not writable")
+    return path
+
+
+def check_writable_file(path: str | Path, what: str = "output file") -> Path:
+    """Refuse an output file path that is a folder or whose folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise AdvrankError(f"{what} {path} is a folder; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    check_writable_dir(parent, f"folder of {what}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise AdvrankError(f"{what} {path} is not writable")
+    return path

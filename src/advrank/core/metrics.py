@@ -1,0 +1,132 @@
+"""Ranking metrics on an embedded gallery, chunked so that memory stays bounded.
+
+Conventions: the gallery X is ``gallery [N, D]`` (embeddings) with ``labels [N]``. A query that
+belongs to the gallery is left out of its own ranking list. ``Rank_X(q, c)`` is 0-based: the
+number of other gallery members strictly closer to q than c; the paper's normalized rank is
+``R(q, c) = 100 * Rank_X(q, c) / |X|`` (percent). Recall@K and mAP are in percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from advrank.core.distances import Distance
+
+DEFAULT_CHUNK = 1024
+
+
+def _self_mask(dist: torch.Tensor, row_index: torch.Tensor | None) -> torch.Tensor:
+    if row_index is not None:
+        dist[torch.arange(dist.shape[0], device=dist.device), row_index.to(dist.device)] = float(
+            "inf"
+        )
+    return dist
+
+
+@torch.no_grad()
+def nearest_neighbors(
+    queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: Distance,
+    query_index: torch.Tensor | None = None, chunk: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Indices ``[Q, k]`` of the k nearest gallery members of each query, nearest first.
+
+    ``query_index [Q]`` (optional) gives each query's own position in the gallery, which is
+    then left out of its list.
+    """
+    out = []
+    for s in range(0, queries.shape[0], chunk):
+        d = distance.pairwise(queries[s : s + chunk], gallery)
+        d = _self_mask(d, None if query_index is None else query_index[s : s + chunk])
+        out.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def recall_at_k(
+    gallery: torch.Tensor, labels: torch.Tensor, distance: Distance,
+    ks: Sequence[int] = (1, 2, 4, 8), chunk: int = DEFAULT_CHUNK,
+) -> dict[int, float]:
+    """Recall@K in percent with every gallery member used as a (left-out) query."""
+    n = gallery.shape[0]
+    kmax = min(max(ks), n - 1)
+    labels = labels.to(gallery.device)
+    nn_idx = nearest_neighbors(gallery, gallery, kmax, distance, torch.arange(n), chunk)
+    hit = labels[nn_idx] == labels[:, None]  # [N, kmax]
+    return {k: 100.0 * hit[:, : min(k, kmax)].any(1).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def mean_average_precision(
+    gallery: torch.Tensor, labels: torch.Tensor, distance: Distance, chunk: int = 256
+) -> float:
+    """mAP over all (left-out) queries, relevant = same label; a fraction in [0, 1]."""
+    n = gallery.shape[0]
+    labels = labels.to(gallery.device)
+    ap_sum, counted = 0.0, 0
+    for s in range(0, n, chunk):
+        rows = torch.arange(s, min(s + chunk, n), device=gallery.device)
+        d = _self_mask(distance.pairwise(gallery[rows], gallery), rows)
+        order = d.argsort(dim=1)[:, :-1]  # drop the masked self (sorted last, at +inf)
+        rel = (labels[order] == labels[rows, None]).float()  # [B, N-1]
+        hits = rel.cumsum(1)
+        prec = hits / torch.arange(1, n, device=gallery.device)
+        num_rel = rel.sum(1)
+        valid = num_rel > 0
+        ap = (prec * rel).sum(1)[valid] / num_rel[valid]
+        ap_sum += ap.sum().item()
+        counted += int(valid.sum())
+    return ap_sum / max(counted, 1)
+
+
+def nmi(gallery: torch.Tensor, labels: torch.Tensor, distance: Distance, seed: int = 0) -> float:
+    """Normalized mutual information (percent) between the labels and a k-means clustering of
+    the embeddings into as many clusters as there are labels (cosine: on unit vectors)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x = distance.prepare(gallery.float()).cpu().numpy()
+    y = labels.cpu().numpy()
+    clusters = KMeans(n_clusters=len(set(y.tolist())), n_init=3, random_state=seed).fit_predict(x)
+    return 100.0 * float(normalized_mutual_info_score(y, clusters))
+
+
+def retrieval_metrics(
+    gallery: torch.Tensor, labels: torch.Tensor, distance: Distance,
+    ks: Sequence[int] = (1, 2, 4, 8), with_nmi: bool = False,
+) -> dict[str, float]:
+    """``{"recall@1": %, ..., "map": %}`` for the gallery used as its own query set (mAP in
+    percent, like every other figure); ``nmi`` (%) too when asked."""
+    out = {f"recall@{k}": v for k, v in recall_at_k(gallery, labels, distance, ks).items()}
+    out["map"] = 100.0 * mean_average_precision(gallery, labels, distance)
+    if with_nmi:
+        out["nmi"] = nmi(gallery, labels, distance)
+    return out
+
+
+@torch.no_grad()
+def count_closer(
+    anchors: torch.Tensor, thresholds: torch.Tensor, gallery: torch.Tensor, distance: Distance,
+    exclude: torch.Tensor | None = None, targets: torch.Tensor | None = None, chunk: int = 4096,
+) -> torch.Tensor:
+    """For each anchor a and threshold t: ``#{x in gallery : d(a, x) < t}``, minus exclusions.
+
+    anchors ``[A, D]``, thresholds ``[A, K]``. ``exclude [A, E]``: gallery indices that never
+    compete for that anchor (the query itself, the clean copy of a perturbed candidate).
+    ``targets [A, K]``: the gallery index each threshold belongs to (or -1), which is not
+    counted against itself whatever the floating-point round-off. Returns ``[A, K]`` int64:
+    ``Rank_X`` (0-based) of an item at distance t from a.
+    """
+    counts = torch.zeros(thresholds.shape, dtype=torch.long, device=thresholds.device)
+    for s in range(0, gallery.shape[0], chunk):
+        d = distance.pairwise(anchors, gallery[s : s + chunk])  # [A, c]
+        cols = torch.arange(s, s + d.shape[1], device=d.device)
+        if exclude is not None:
+            excluded = (exclude[:, :, None] == cols[None, None, :]).any(1)  # [A, c]
+            d = d.masked_fill(excluded, float("inf"))
+        closer = d[:, None, :] < thresholds[:, :, None]  # [A, K, c]
+        if targets is not None:
+            closer &= targets[:, :, None] != cols[None, None, :]
+        counts += closer.sum(-1)
+    return counts

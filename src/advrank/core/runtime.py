@@ -1,0 +1,83 @@
+"""Where and how a run happens: the device, the seeds, and what a result records about it."""
+
+from __future__ import annotations
+
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from advrank.errors import AdvrankError
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Map ``auto|cpu|cuda[:i]`` (or a torch.device) to a device; ``auto`` picks CUDA when
+    available. Used by the library and the CLI alike."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise AdvrankError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got "
+                           f"{type(name).__name__}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AdvrankError(f"device {name!r} requested but CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise AdvrankError(f"unknown device {name!r}; use auto, cpu or cuda[:i]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise AdvrankError(f"unsupported device {name!r}; use auto, cpu or cuda[:i]")
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise AdvrankError(f"device {name!r} does not exist: this machine has "
+                           f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that runs are repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derived_seed(seed: int, *parts: object) -> int:
+    """A seed for one named piece of a run (a grid column, an attack), stable across runs and
+    Python processes (no ``hash()``: it is salted per process)."""
+    import zlib
+
+    key = "|".join(str(p) for p in parts).encode()
+    return (int(seed) * 1_000_003 + zlib.crc32(key)) % 2**31
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The current git commit of the source tree, or ``unknown`` outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=cwd or Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware_string(device: torch.device) -> str:
+    """A short description of where the computation ran."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def run_record(device: torch.device, seed: int) -> dict:
+    """What a result records beside its numbers: command, seed, commit, hardware, time."""
+    return {"command": "advrank " + " ".join(sys.argv[1:]), "seed": seed,
+            "commit": git_commit(), "hardware": hardware_string(device),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -1,0 +1,83 @@
+"""Datasets as [0, 1] float images with int64 labels, chosen by name from the registry.
+
+``load_dataset(name, split, root)``; a name may carry an argument after a colon
+(``imagefolder:PATH``). Each built-in dataset is one module that registers its loader in
+:data:`advrank.registry.DATASETS` with ``image_shape``, ``mean`` and ``std`` (the
+normalisation a model trained on it puts in its first layer).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from advrank.data.base import ImageDataset, TensorImageDataset
+from advrank.errors import AdvrankError
+from advrank.registry import DATASETS
+
+DATA_ENV = "ADVRANK_DATA"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the rest of the code needs to know about a dataset before loading it."""
+
+    name: str
+    image_shape: tuple[int, int, int] | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
+def default_data_root() -> Path:
+    """``$ADVRANK_DATA`` if set, else ``./data``."""
+    return Path(os.environ.get(DATA_ENV) or "data")
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"imagefolder:/x"`` -> ``("imagefolder", "/x")``; ``"mnist"`` -> ``("mnist", None)``."""
+    if not isinstance(name, str):
+        raise AdvrankError(f"a dataset name must be a string, got {type(name).__name__}")
+    base, sep, arg = name.partition(":")
+    return base, (arg if sep else None)
+
+
+def dataset_names() -> list[str]:
+    return DATASETS.names()
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    base, _ = split_name(name)
+    entry = DATASETS.entry(base)
+    info = entry.info
+    return DatasetSpec(entry.name, info.get("image_shape"), info.get("mean"), info.get("std"))
+
+
+def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
+                 download: bool = False) -> ImageDataset:
+    """Load ``split`` (``train`` or ``test``) of dataset ``name``.
+
+    ``root`` defaults to ``$ADVRANK_DATA`` (then ``./data``). With ``download=True`` torchvision
+    may fetch missing files; otherwise missing files raise an :class:`AdvrankError` that names them.
+    """
+    if split not in SPLITS:
+        raise AdvrankError(f"unknown split {split!r}; use 'train' or 'test'")
+    base, arg = split_name(name)
+    entry = DATASETS.entry(base)
+    takes_arg = entry.info.get("takes_argument", False)
+    if takes_arg and not arg:
+        raise AdvrankError(f"dataset {base!r} needs an argument: {base}:{takes_arg}")
+    if arg is not None and not takes_arg:
+        raise AdvrankError(f"dataset {base!r} takes no argument after ':' (got {name!r})")
+    root = Path(root) if root is not None else default_data_root()
+    kwargs = {"arg": arg} if takes_arg else {}
+    dataset = entry.obj(split=split, root=root, download=download, **kwargs)
+    if len(dataset) < 2:
+        raise AdvrankError(f"dataset {name!r} ({split}) has {len(dataset)} images; need at "
+                           "least 2")
+    return dataset
+
+
+__all__ = ["DATA_ENV", "DatasetSpec", "ImageDataset", "TensorImageDataset", "dataset_names",
+           "dataset_spec", "default_data_root", "load_dataset", "split_name"]

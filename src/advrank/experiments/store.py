@@ -1,0 +1,109 @@
+"""The one store every long job writes through: a results folder with a JSON file of cells.
+
+* **Identity**: the settings that define the run are stored with it; rerunning into the same
+  folder with other settings is refused instead of mixing two runs' cells.
+* **Lock**: one writer per folder; a second process is refused at once (``flock``, released
+  when the process ends, even by SIGKILL).
+* **Atomic cells**: each finished cell rewrites the file atomically, so a killed run loses at
+  most the cell in progress, and rerunning the same command resumes.
+* **Strict JSON**: no NaN or Infinity ever reaches the file.
+
+The file holds ``{"format", "config": {identity + provenance}, "cells": {key: value}}`` and
+whatever the experiment adds for its readers (``extra``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from advrank.core.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable_dir,
+    exclusive,
+    read_json,
+)
+from advrank.errors import AdvrankError
+
+LOCK_NAME = ".advrank.lock"
+
+
+class Store:
+    """A results folder (use as a context manager; see the module docstring).
+
+    ``identity``: the settings that must match an existing file (compared key by key;
+    ``implied`` gives the value a key had in files written before it existed). ``record``:
+    provenance stored beside them (command, commit, hardware...), never compared.
+    """
+
+    def __init__(self, out_dir: str | Path, filename: str, kind: str, identity: dict[str, Any],
+                 record: dict[str, Any] | None = None, implied: dict[str, Any] | None = None):
+        self.dir = Path(out_dir)
+        self.path = self.dir / filename
+        self.kind, self.identity = kind, dict(identity)
+        self.record, self.implied = dict(record or {}), dict(implied or {})
+        self.cells: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}
+        self._lock = None
+
+    def __enter__(self) -> Store:
+        check_writable_dir(self.dir)
+        self._lock = exclusive(self.dir / LOCK_NAME, f"output folder {self.dir}")
+        self._lock.__enter__()
+        try:
+            self._load()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.__exit__(*exc)
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        old = read_json(self.path, f"{self.kind} results")
+        if not isinstance(old, dict) or not isinstance(old.get("config"), dict) or \
+                not isinstance(old.get("cells"), dict) or old.get("format", self.kind) != self.kind:
+            raise AdvrankError(f"{self.path} is not an advrank {self.kind} results file; use "
+                               "another output folder or remove it")
+        for key, value in self.identity.items():
+            found = old["config"].get(key, self.implied.get(key))
+            if found != value:
+                raise AdvrankError(f"{self.path} holds a run made with other settings "
+                                   f"({key}={found!r}, this run {value!r}); use another output "
+                                   "folder or remove it")
+        self.cells = old["cells"]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.cells
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.cells.get(key, default)
+
+    def put(self, key: str, value: Any) -> None:
+        """Store one finished cell and rewrite the file atomically."""
+        self.cells[key] = value
+        self.flush()
+
+    def content(self) -> dict[str, Any]:
+        return {"format": self.kind, "config": {**self.identity, **self.record},
+                "cells": self.cells, **self.extra}
+
+    def flush(self) -> None:
+        atomic_write_json(self.path, self.content())
+
+    def write_text(self, name: str, text: str) -> Path:
+        atomic_write_text(self.dir / name, text)
+        return self.dir / name
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        atomic_write_bytes(self.dir / name, data)
+        return self.dir / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        atomic_write_json(self.dir / name, obj)
+        return self.dir / name

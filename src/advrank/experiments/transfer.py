@@ -1,0 +1,229 @@
+"""Transferability of the ranking attacks (§5, Table 5): adversarial examples made white-box on
+a *source* model, ranked by *target* models with the very same selections (the same c and Q
+for CA, the same q and C for QA). Each model ranks with its own distance and its own embedding
+of the same collection X. By default the "-" pools (top 1%) and C_SP are drawn on the source
+model's ranking, the only information a black-box attacker has; ``select_on="target"`` draws
+them on the target's instead (what the authors' released code does for "-").
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advrank.attacks.base import AttackKind, get_attack, make_kinds
+from advrank.attacks.selection import Selection
+from advrank.attacks.threat import LinfThreatModel
+from advrank.core.checks import check_choice
+from advrank.core.distances import Distance, get_distance
+from advrank.core.gallery import Gallery
+from advrank.errors import AdvrankError
+from advrank.experiments.paper import PAPER_ATTACKS
+from advrank.experiments.protocol import (
+    AttackResult,
+    RankLog,
+    attack_batches,
+    check_batch_size,
+    check_cell_options,
+)
+from advrank.experiments.store import Store
+from advrank.experiments.target import load_target
+from advrank.reports.tables import transfer_markdown
+
+SELECT_ON = ("source", "target")
+MATRIX_FORMAT = "advrank-transfer-matrix"
+_SHARED_KEYS = ("attack", "eps", "k", "k_name", "gallery_size", "threat")
+
+
+def transfer_pass(
+    source: tuple[nn.Module, Gallery], rankers: Sequence[tuple[nn.Module, Gallery]],
+    kind: AttackKind, threat: LinfThreatModel, selection: Selection, seed: int,
+    batch_size: int, progress: bool = False,
+) -> tuple[AttackResult, list[AttackResult]]:
+    """Attack ``selection`` white-box on the source and rank each batch's adversarial images on
+    the source and on every ranker; the images are made once and never all held at once.
+
+    The source figures equal a white-box ``run_attack`` with the same seed.
+    """
+    t0 = time.time()
+    everyone = [source, *rankers]
+    logs: dict[tuple[int, int], tuple[nn.Module, Gallery, RankLog]] = {}
+    for model, gallery in everyone:  # one log per distinct ranker: the diagonal reuses the source
+        logs.setdefault((id(model), id(gallery)), (model, gallery, RankLog()))
+    for part, adv in attack_batches(source[0], source[1], kind, threat, selection, seed,
+                                    batch_size, progress, f"transfer {kind.name} "
+                                                          f"eps={threat.eps:g}"):
+        with torch.no_grad():
+            for model, gallery, log in logs.values():
+                emb = gallery.embeddings
+                clean = kind.measure(gallery, part, emb[part.anchors.to(emb.device)])
+                log.add(clean, kind.measure(gallery, part, model(adv.to(emb.device))))
+    seconds, k = time.time() - t0, selection.targets.shape[1]
+    src, *others = [logs[id(m), id(g)][2].result(kind, threat.eps, k, g, threat, seconds)
+                    for m, g in everyone]
+    return src, others
+
+
+def _source_part(summary: dict) -> dict:
+    keys = ("rank_before", "rank_before_se", "rank_after", "rank_after_se", "recall@1_before",
+            "recall@1_after", "sp_rank_before", "sp_rank_after", "sp_rank_after_max")
+    return {key: summary[key] for key in keys if key in summary}
+
+
+def transfer_attack(
+    source_model: nn.Module, target_model: nn.Module, dataset, attack: str | AttackKind,
+    eps: float, k: int = 1, num_attacks: int | None = None, seed: int = 0,
+    source_distance: Distance | str = "cosine", target_distance: Distance | str | None = None,
+    device: torch.device | str = "cpu", batch_size: int = 256,
+    threat: LinfThreatModel | None = None, select_on: str = "source",
+    source_gallery: Gallery | None = None, target_gallery: Gallery | None = None,
+    progress: bool = False, **options,
+) -> dict[str, Any]:
+    """Transfer attack: make adversarial examples on the source, rank them on the target.
+
+    Both models embed the same ``dataset`` (the gallery X, each with its own distance;
+    ``target_distance`` defaults to ``source_distance``); pass prebuilt galleries to skip that.
+    T = ``num_attacks`` defaults to |X| as in the paper. The selection is drawn once by the
+    kind's rules on ``select_on``'s ranking and used unchanged on both models.
+
+    Returns the target's figures at top level and the source's white-box figures under
+    ``"source"``. Transferring a model to itself equals :func:`protocol.run_attack`.
+    """
+    kind = get_attack(attack, **options)
+    check_choice(select_on, "select_on", SELECT_ON)
+    batch_size = check_batch_size(batch_size)
+    source_distance = get_distance(source_distance)
+    target_distance = get_distance(target_distance or source_distance)
+    if source_gallery is None:
+        source_gallery = Gallery.build(source_model, dataset, source_distance, device)
+    if target_gallery is None:
+        target_gallery = Gallery.build(target_model, dataset, target_distance, device)
+    if len(source_gallery) != len(target_gallery):
+        raise AdvrankError(f"source and target galleries differ in size ({len(source_gallery)} "
+                           f"vs {len(target_gallery)}); transfer needs one shared collection")
+    threat = threat or LinfThreatModel(eps)
+    if threat.eps != eps:
+        raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
+    num_attacks = len(source_gallery) if num_attacks is None else num_attacks
+    chooser = source_gallery if select_on == "source" else target_gallery
+    selection = kind.select(chooser, k, num_attacks, seed)
+    src, (tgt,) = transfer_pass((source_model, source_gallery), [(target_model, target_gallery)],
+                                kind, threat, selection, seed, batch_size, progress)
+    out = tgt.summary()
+    out.update({"select_on": select_on, "source_distance": source_distance.name,
+                "target_distance": target_distance.name,
+                "source": _source_part(src.summary())})
+    return out
+
+
+def _transfer_row(source: str, kind: AttackKind, rankers: Mapping[str, tuple[nn.Module, Gallery]],
+                  settings: dict, batch_size: int, progress: bool) -> dict[str, dict]:
+    """One matrix row: the source's adversarial examples, ranked by every model. Targets that
+    share a selection are served by one pass (with ``select_on="source"`` that is all of them,
+    so each source's examples are made exactly once)."""
+    threat = LinfThreatModel(settings["eps"], steps=settings["steps"])
+    groups: list[tuple[Selection, list[str]]] = []
+    for name, (_, gallery) in rankers.items():
+        chooser = rankers[source][1] if settings["select_on"] == "source" else gallery
+        sel = kind.select(chooser, settings["k"], settings["num_attacks"], settings["seed"])
+        match = next((names for other, names in groups if sel.same_as(other)), None)
+        if match is None:
+            groups.append((sel, [name]))
+        else:
+            match.append(name)
+    row: dict[str, dict] = {}
+    for sel, names in groups:
+        _, results = transfer_pass(rankers[source], [rankers[n] for n in names], kind, threat,
+                                   sel, settings["seed"], batch_size, progress)
+        for name, res in zip(names, results, strict=True):
+            # attack, eps, k, threat...: the same for every cell, kept once in the settings
+            row[name] = {key: v for key, v in res.summary().items() if key not in _SHARED_KEYS}
+    return {name: row[name] for name in rankers}
+
+
+def _load_rankers(checkpoints, device, data_root, download, progress):
+    """(rankers {name: (model, gallery)}, model descriptions, dataset name, |X|)."""
+    if not checkpoints:
+        raise AdvrankError("the transfer matrix needs at least one checkpoint")
+    rankers, models, dataset_name = {}, {}, None
+    for name, path in checkpoints.items():
+        target = load_target(path, device, data_root, download, progress=progress)
+        if dataset_name is None:
+            dataset_name = target.meta["dataset"]
+        elif target.meta["dataset"] != dataset_name:
+            raise AdvrankError(f"checkpoint {name} ({path}) is for {target.meta['dataset']}, the "
+                               f"others for {dataset_name}; transfer needs one shared test set")
+        rankers[name] = (target.model, target.gallery)
+        models[name] = {"checkpoint": str(path), "sha256": target.fingerprint,
+                        "arch": target.meta["arch"], "metric": target.meta["metric"],
+                        "recall@1": target.meta.get("recall@1"),
+                        "defense": target.meta.get("defense")}
+    return rankers, models, dataset_name, len(target.gallery)
+
+
+def transfer_matrix(
+    checkpoints: Mapping[str, str | Path], attacks: Sequence[str] = PAPER_ATTACKS,
+    eps: float = 0.3, k: int = 1, num_attacks: int | None = None, seed: int = 0,
+    out_dir: str | Path = "transfer", device: torch.device | str = "auto",
+    batch_size: int = 256, steps: int | None = None, select_on: str = "source",
+    data_root: str | Path | None = None, download: bool = False, progress: bool = False,
+    record: dict | None = None, **options,
+) -> dict[str, Any]:
+    """Fill the Table 5 matrix (rows = source, columns = target) for every attack.
+
+    ``checkpoints`` maps a display name to a checkpoint path; all must share a dataset, whose
+    test split is X. Each (attack, source) row makes its adversarial examples once and ranks
+    them on every model; ``out_dir/transfer.json`` (through the store: resumable, refused when
+    made with other settings or checkpoint contents) and ``transfer.md`` are rewritten after
+    every row. ``num_attacks`` defaults to |X|; ``options`` go to the kinds that take them.
+    """
+    check_choice(select_on, "select_on", SELECT_ON)
+    kinds = make_kinds(attacks, options)
+    batch_size = check_batch_size(batch_size)
+    threat = LinfThreatModel(eps, steps=steps)
+    rankers, models, dataset_name, n = _load_rankers(checkpoints, device, data_root, download,
+                                                     progress)
+    settings = {"dataset": dataset_name, "gallery_size": n, "eps": eps, "k": k,
+                "num_attacks": n if num_attacks is None else int(num_attacks), "seed": seed,
+                "steps": steps, "select_on": select_on, "threat": threat.describe()}
+    identity = {**settings, "models": {m: v["sha256"] for m, v in models.items()}}
+    with Store(out_dir, "transfer.json", MATRIX_FORMAT, identity, record) as st:
+        check_cell_options(st.path, ({"attack": key.partition("|")[0], **cell}
+                                     for key, row in st.cells.items() for cell in row.values()),
+                           kinds)
+        for attack, kind in kinds.items():
+            for source in rankers:
+                key = f"{attack}|{source}"
+                if key in st:
+                    continue  # finished by an earlier (interrupted) run
+                t0 = time.time()
+                row = _transfer_row(source, kind, rankers, settings, batch_size, progress)
+                st.put(key, row)
+                _publish(st, settings, models, kinds)
+                if progress:
+                    print(f"transfer {attack} from {source}: " + ", ".join(
+                        f"{t} {c['rank_before']:.1f}→{c['rank_after']:.1f}"
+                        for t, c in row.items()) + f" ({time.time() - t0:.0f}s)",
+                        file=sys.stderr)
+        _publish(st, settings, models, kinds)
+        return {**st.content(), **st.extra}
+
+
+def _publish(st: Store, settings: dict, models: dict, kinds: dict) -> None:
+    """Rewrite transfer.json's readable layout (results[attack][source][target]) and
+    transfer.md from the finished rows."""
+    results: dict[str, dict] = {a: {} for a in kinds}
+    for key, row in st.cells.items():
+        attack, _, source = key.partition("|")
+        results.setdefault(attack, {})[source] = row
+    complete = all(f"{a}|{s}" in st for a in kinds for s in models)
+    st.extra = {"settings": settings, "models": models, "results": results,
+                "complete": complete}
+    st.flush()
+    st.write_text("transfer.md", transfer_markdown(st.extra))

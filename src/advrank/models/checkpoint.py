@@ -1,0 +1,192 @@
+"""Checkpoints that load without executing code: ``torch.load(weights_only=True)`` + metadata.
+
+A checkpoint is a dict ``{"format": "advrank-checkpoint", "format_version": 1, "meta": {...},
+"model": state_dict, "optimizer": state_dict | None, "epoch": int}``; ``meta`` records dataset,
+arch, metric, loss, epochs, seed, R@1, defense and the advrank version. Loading validates all
+of it (metadata schema, finite weights, shapes that fit the declared model and dataset), so a
+damaged or foreign file is refused with one line before anything uses it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advrank import __version__
+from advrank.core.io import atomic_write_bytes
+from advrank.errors import AdvrankError
+from advrank.models import EmbeddingNet, create_model
+from advrank.registry import DATASETS, DISTANCES, MODELS
+
+FORMAT = "advrank-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_META = ("dataset", "arch", "metric", "embed_dim", "image_shape", "mean", "std")
+
+
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None, epoch: int = 0,
+) -> None:
+    """Atomically write a checkpoint (a crash mid-write leaves the previous file intact)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": {**meta, "advrank_version": __version__},
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": int(epoch),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _read(path: Path) -> Any:
+    if not path.exists():
+        raise AdvrankError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise AdvrankError(f"checkpoint {path} is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only: nothing ran, whatever the unpickler tripped on
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if first.startswith("Weights only load failed"):  # torch's text advises unsafe loading
+            first = "its pickled content is not plain tensors and containers"
+        else:
+            first = f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+        raise AdvrankError(
+            f"{path} is not a readable advrank checkpoint (corrupt, or not made by advrank; "
+            f"nothing in it was executed): {first}"
+        ) from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_meta(meta: dict[str, Any], where: str) -> None:
+    """Refuse metadata that does not describe a model advrank can rebuild (one line)."""
+    def bad(field: str, why: str) -> AdvrankError:
+        return AdvrankError(f"{where}: metadata field {field!r} {why}")
+
+    if not isinstance(meta, dict):
+        raise AdvrankError(f"{where}: the metadata must be a mapping")
+    missing = [f for f in REQUIRED_META if meta.get(f) is None]
+    if missing:
+        raise AdvrankError(f"{where}: metadata lacks {', '.join(map(repr, missing))}")
+
+    for field, registry in (("dataset", DATASETS), ("arch", MODELS), ("metric", DISTANCES)):
+        value = meta.get(field)
+        if not isinstance(value, str):
+            raise bad(field, f"must be a name, got {value!r}")
+        base = value.partition(":")[0] if field == "dataset" else value
+        if base not in registry:
+            raise bad(field, f"names an unknown {registry.kind} {value!r} (a plugin not loaded?)")
+    if not _is_int(meta.get("embed_dim")) or meta["embed_dim"] < 1:
+        raise bad("embed_dim", f"must be a positive integer, got {meta.get('embed_dim')!r}")
+    shape = meta.get("image_shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(
+            _is_int(s) and 0 < s <= 4096 for s in shape):
+        raise bad("image_shape", f"must be [C, H, W] positive integers, got {shape!r}")
+    for field in ("mean", "std"):
+        values = meta.get(field)
+        if not isinstance(values, (list, tuple)) or len(values) != shape[0] or not all(
+                _is_number(v) for v in values):
+            raise bad(field, f"must be {shape[0]} finite numbers, got {values!r}")
+    if any(v <= 0 for v in meta["std"]):
+        raise bad("std", f"must be positive, got {meta['std']!r}")
+    declared = DATASETS.entry(meta["dataset"].partition(":")[0]).info.get("image_shape")
+    if declared is not None and tuple(declared) != tuple(shape):
+        raise bad("image_shape", f"{list(shape)} does not fit dataset {meta['dataset']!r} "
+                  f"({list(declared)})")
+    for field in ("margin", "defense_eps", "recall@1"):
+        if meta.get(field) is not None and not _is_number(meta[field]):
+            raise bad(field, f"must be a finite number, got {meta[field]!r}")
+    for field in ("loss", "defense"):
+        if meta.get(field) is not None and not isinstance(meta[field], str):
+            raise bad(field, f"must be a name, got {meta[field]!r}")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint; corrupt or foreign files raise one readable AdvrankError."""
+    path = Path(path)
+    payload = _read(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise AdvrankError(f"{path} is not an advrank checkpoint (no '{FORMAT}' marker)")
+    version = payload.get("format_version", 0)
+    if not _is_int(version) or version < 1:
+        raise AdvrankError(f"{path} has an invalid checkpoint format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise AdvrankError(
+            f"{path} has checkpoint format {version}, newer than this advrank ({__version__}) "
+            "reads; upgrade advrank"
+        )
+    for key in ("meta", "model"):
+        if not isinstance(payload.get(key), dict):
+            raise AdvrankError(f"{path} is an incomplete advrank checkpoint (no {key!r})")
+    if not _is_int(payload.get("epoch", 0)) or payload.get("epoch", 0) < 0:
+        raise AdvrankError(f"{path}: 'epoch' must be a non-negative integer")
+    if payload.get("optimizer") is not None and not isinstance(payload["optimizer"], dict):
+        raise AdvrankError(f"{path}: 'optimizer' must be an optimizer state or None")
+    validate_meta(payload["meta"], str(path))
+    for name, tensor in payload["model"].items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise AdvrankError(f"{path}: the weights must map names to tensors")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AdvrankError(f"{path}: weight {name!r} contains NaN or Infinity; the model "
+                               "is broken (diverged training?)")
+    return payload
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Write a weights-only copy of ``src`` to ``dst`` (no optimiser state: about a third of
+    the size for Adam), for sharing or for attacking; ``--resume`` from it restarts Adam.
+
+    Returns the copy's metadata. The source is validated fully first (its weights must build
+    the model it declares), so an export is always a checkpoint every command accepts.
+    """
+    payload = load_checkpoint(src)
+    model_from_checkpoint(payload, source=str(src))
+    if Path(dst).exists() and Path(src).resolve() == Path(dst).resolve():
+        raise AdvrankError("export needs a different output path than its input")
+    payload["optimizer"] = None
+    payload["meta"] = {**payload["meta"], "exported_from": str(src)}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(dst, buf.getvalue())
+    return payload["meta"]
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any] | str | Path, device: torch.device | str = "cpu", source: str = ""
+) -> tuple[EmbeddingNet, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes, load its weights, put it in eval mode."""
+    if not isinstance(ckpt, dict):
+        source = source or str(ckpt)
+        ckpt = load_checkpoint(ckpt)
+    meta = ckpt["meta"]
+    where = source or "checkpoint"
+    validate_meta(meta, where)
+    model = create_model(meta["arch"], meta["image_shape"], meta["embed_dim"], meta["mean"],
+                         meta["std"])
+    own, weights = model.state_dict(), ckpt["model"]
+    problems = ([f"missing {k}" for k in own if k not in weights]
+                + [f"unexpected {k}" for k in weights if k not in own]
+                + [f"{k} is {list(weights[k].shape)}, expected {list(own[k].shape)}"
+                   for k in own if k in weights and weights[k].shape != own[k].shape])
+    if problems:
+        raise AdvrankError(f"{where}: weights do not fit a {meta['arch']} model for "
+                           f"{meta['image_shape']} images with embed_dim {meta['embed_dim']}: "
+                           + "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
+    model.load_state_dict(weights)
+    from advrank.core.runtime import resolve_device
+
+    return model.to(resolve_device(device)).eval(), meta

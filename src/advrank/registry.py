@@ -1,0 +1,161 @@
+"""One registry type for every kind of part: models, datasets, distances, losses, attacks,
+and defenses.
+
+A part registers itself where it is defined (``@ATTACKS.register("CA+")``), and every caller
+looks it up by name (``ATTACKS.get("CA+")``); the command line takes its choices from
+``names()`` at run time, so adding a part never means editing the CLI.
+
+Built-in parts live in the modules listed per registry and are imported on first use (no
+import cycles, no cost until needed). Third-party packages add parts through the entry-point
+group ``advrank.plugins`` (each entry point names a module, imported once, which registers its
+parts) or, without installing anything, with ``--plugin MODULE`` / :func:`load_plugin`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from advrank.errors import AdvrankError
+
+T = TypeVar("T")
+ENTRY_POINT_GROUP = "advrank.plugins"
+
+
+@dataclass
+class Entry(Generic[T]):
+    """A registered part: the object (class or factory) and what it says about itself."""
+
+    name: str
+    obj: T
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """Names -> parts of one kind (``kind`` is used in error messages: "unknown attack ...")."""
+
+    def __init__(self, kind: str, builtins: Iterable[str] = ()):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+        self._aliases: dict[str, str] = {}
+        self._builtins = tuple(builtins)
+        self._loaded = False
+
+    def register(self, name: str, obj: T | None = None, *, aliases: Iterable[str] = (),
+                 replace: bool = False, **info: Any) -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; used bare as a decorator when ``obj`` is omitted.
+
+        ``info`` is free-form metadata (a dataset's image shape, a model's default embedding
+        size...). Registering a taken name is refused unless ``replace=True``.
+        """
+
+        def add(target: T) -> T:
+            if not isinstance(name, str) or not name or name != name.strip():
+                raise AdvrankError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+            if (name in self._entries or name in self._aliases) and not replace:
+                raise AdvrankError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = Entry(name, target, dict(info))
+            for alias in aliases:
+                self._aliases[alias] = name
+            return target
+
+        return add if obj is None else add(obj)
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # set first: the modules below call register() on this registry
+            for module in self._builtins:
+                importlib.import_module(module)
+            load_entry_point_plugins()
+
+    def canonical(self, name: str) -> str:
+        """The registered spelling of ``name`` (aliases resolved); refuses unknown names."""
+        self._ensure_loaded()
+        if not isinstance(name, str):
+            raise AdvrankError(f"a {self.kind} name must be a string, got {type(name).__name__}")
+        key = self._aliases.get(name, name)
+        if key not in self._entries:
+            raise AdvrankError(f"unknown {self.kind} {name!r}; choose one of: "
+                               f"{', '.join(self.names()) or '(none registered)'}")
+        return key
+
+    def entry(self, name: str) -> Entry[T]:
+        return self._entries[self.canonical(name)]
+
+    def get(self, name: str) -> T:
+        """The registered object (class or factory) for ``name``."""
+        return self.entry(name).obj
+
+    def names(self) -> list[str]:
+        """Registered names in registration order (built-ins first, then plugins)."""
+        self._ensure_loaded()
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_loaded()
+        return isinstance(name, str) and self._aliases.get(name, name) in self._entries
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+# The registries. Each lists the built-in modules that fill it.
+MODELS: Registry = Registry("model", ["advrank.models.builtin"])
+DATASETS: Registry = Registry("dataset", ["advrank.data.digits", "advrank.data.mnist",
+                                          "advrank.data.sop"])
+DISTANCES: Registry = Registry("distance", ["advrank.core.distances"])
+LOSSES: Registry = Registry("loss", ["advrank.training.losses"])
+ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.qa"])
+DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defenses.madry"])
+REGISTRIES = {"models": MODELS, "datasets": DATASETS,
+              "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES}
+
+_plugins_loaded: set[str] = set()
+_entry_points_done = False
+
+
+def load_plugin(spec: str) -> None:
+    """Import a plugin module by dotted name or by path to a ``.py`` file; importing it
+    registers its parts. Loading the same plugin twice does nothing."""
+    if spec in _plugins_loaded:
+        return
+    try:
+        if spec.endswith(".py"):
+            path = Path(spec)
+            if not path.is_file():
+                raise AdvrankError(f"plugin file {spec} does not exist")
+            name = f"advrank_plugin_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except AdvrankError:
+        raise
+    except Exception as exc:  # a broken plugin: say which and why, in one line
+        raise AdvrankError(f"cannot load plugin {spec!r}: {type(exc).__name__}: {exc}") from None
+    _plugins_loaded.add(spec)
+
+
+def load_entry_point_plugins() -> None:
+    """Import every module installed under the ``advrank.plugins`` entry-point group (once)."""
+    global _entry_points_done
+    if _entry_points_done:
+        return
+    _entry_points_done = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = ep.load()
+        except Exception as exc:
+            raise AdvrankError(f"cannot load plugin {ep.name!r} ({ep.value}): "
+                               f"{type(exc).__name__}: {exc}") from None
+        if callable(loaded) and not isinstance(loaded, type):
+            loaded()  # an entry point may name a register() function instead of a module

@@ -1,0 +1,1 @@
+"""Reports: tables (Markdown, CSV, plain text), plots (matplotlib) and the HTML report."""

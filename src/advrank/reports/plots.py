@@ -1,0 +1,80 @@
+"""Plots with matplotlib's object API (an Agg canvas per figure: no pyplot state, no global
+backend switch), returned as PNG bytes for the store to write atomically."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def curves_png(models: list[dict], points: list[dict], attacks: list[str], k: int,
+               size_names: dict[str, str], metric_names: set[str]) -> bytes:
+    """Fig. 2: one panel per attack (rank after attack vs eps) and one for the max embedding
+    shift; one line per model, vanilla dashed."""
+    fig = _figure(4.4 * (len(attacks) + 1), 4.2)
+    axes = fig.subplots(1, len(attacks) + 1)
+    panels = [(f"{a}_after", f"{a} ({size_names[a]}={k})", "mean normalized rank (%)")
+              for a in attacks]
+    panels.append(("shift_mean", "max embedding shift",
+                   f"{'/'.join(sorted(metric_names))} distance"))
+    for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
+        for m in models:
+            pts = sorted((p for p in points if p["label"] == m["label"]), key=lambda p: p["eps"])
+            style = "--" if not m.get("defense") else "-"
+            ax.plot([p["eps"] for p in pts], [p[key] for p in pts], style, marker="o",
+                    label=f"{m['label']}, R@1 {m['recall@1']:.1f}%")
+        ax.set_title(title)
+        ax.set_xlabel("eps")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    return _png(fig)
+
+
+def _as_image(x: torch.Tensor):
+    """``[C, H, W]`` in [0, 1] -> what imshow takes (2-D for grey, H x W x C for colour)."""
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def universal_png(result: dict, r: torch.Tensor, clean: torch.Tensor) -> bytes:
+    """The universal perturbation r ``[1, C, H, W]`` (diverging colours, scaled to
+    [-eps, eps]; colour images show its channel mean) next to one clean ``[C, H, W]`` member
+    and that member plus r."""
+    eps = float(result["eps"]) or 1.0
+    r = r[0].float().cpu()
+    clean = clean.float().cpu()
+    perturbed = (clean + r).clamp(0.0, 1.0)
+    fig = _figure(10, 3.6)
+    axes = fig.subplots(1, 3)
+    im = axes[0].imshow(r.mean(0).numpy(), cmap="RdBu_r", vmin=-eps, vmax=eps)
+    fig.colorbar(im, ax=axes[0], fraction=0.046, pad=0.04)
+    axes[0].set_title(f"universal r ({result['attack']}, ε={result['eps']})"
+                      + (", channel mean" if r.shape[0] > 1 else ""), fontsize=9)
+    axes[1].imshow(_as_image(clean), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title(f"clean (X[{result['example_index']}])", fontsize=9)
+    axes[2].imshow(_as_image(perturbed), cmap="gray", vmin=0, vmax=1)
+    axes[2].set_title("clean + r", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{result.get('mode', 'own')} Q/C, mean rank "
+                 f"{result['rank_before']:.1f}→{result['rank_after']:.1f}% (seen), "
+                 f"{result['rank_before_unseen']:.1f}→{result['rank_after_unseen']:.1f}% "
+                 f"(unseen)", fontsize=10)
+    return _png(fig, dpi=120)

@@ -1,0 +1,165 @@
+"""Tables laid out like the paper's: Markdown and CSV for grids, the transfer matrix, and
+plain-text tables for curves and comparisons. Column order and the w/m names come from the
+attack registry, so a new attack kind appears without changes here."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+
+from advrank.experiments.paper import paper_value
+from advrank.registry import ATTACKS
+
+
+def attack_order(names: Iterable[str]) -> list[str]:
+    """``names`` in registry order (CA+, CA-, QA+, QA-, then plugins), each once."""
+    present = set(names)
+    ordered = [a for a in ATTACKS.names() if a in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def size_name(attack: str) -> str:
+    """"w" for CA, "m" for QA, "k" for kinds without a named size."""
+    return (ATTACKS.get(attack).size_name if attack in ATTACKS else None) or "k"
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _cell_text(c: dict | None, paper: str | None, show_se: bool) -> str:
+    if c is None:
+        return ""
+    text = _fmt(c["rank_after"])
+    if show_se and c.get("rank_after_se") and c["eps"] > 0:
+        text += f" ± {c['rank_after_se']:.1f}"
+    ref = paper_value(paper, c["attack"], c["eps"], c["k"])
+    return text if ref is None else f"{text} ({ref:g})"
+
+
+def _sp_lines(cells: list[dict]) -> list[str]:
+    """One line per attack with C_SP figures: the worst C_SP rank after attack, max over m."""
+    lines = []
+    sp = [c for c in cells if "sp_rank_after" in c and c["eps"] > 0]
+    for a in attack_order(c["attack"] for c in sp):
+        worst: dict[float, float] = {}
+        for c in sp:
+            if c["attack"] == a:
+                worst[c["eps"]] = max(worst.get(c["eps"], 0.0), c["sp_rank_after"])
+        lines.append(f"{a}: mean worst rank of C_SP after attack, max over "
+                     f"{size_name(a)}: " + ", ".join(f"ε={e:g}: {v:.1f}%"
+                                                    for e, v in sorted(worst.items())))
+    return lines
+
+
+def markdown_table(cells: Iterable[dict], paper: str | None = None, show_se: bool = True,
+                   title: str | None = None) -> str:
+    """A Table-1 style Markdown table: rows eps, columns attack x k; cell = rank after (%).
+
+    ``cells``: dicts from ``AttackResult.summary()``. With ``paper``, each cell also shows the
+    paper's figure in brackets.
+    """
+    cells = list(cells)
+    by_key = {(c["attack"], round(c["eps"], 6), c["k"]): c for c in cells}
+    eps_values = sorted({round(c["eps"], 6) for c in cells})
+    columns = [(a, k) for a in attack_order(c["attack"] for c in cells)
+               for k in sorted({c["k"] for c in cells if c["attack"] == a})]
+    head = ["ε"] + [f"{a} {size_name(a)}={k}" for a, k in columns]
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for eps in eps_values:
+        row = [f"{eps:g}"] + [_cell_text(by_key.get((a, eps, k)), paper, show_se)
+                              for a, k in columns]
+        lines.append("| " + " | ".join(row) + " |")
+    sp = _sp_lines(cells)
+    if sp:
+        lines += [""] + sp
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ("attack", "eps", "k", "num_attacks", "gallery_size", "rank_before",
+              "rank_before_se", "rank_after", "rank_after_se", "sp_rank_before", "sp_rank_after",
+              "recall@1_before", "recall@1_after", "paper", "seconds")
+
+
+def csv_table(cells: Iterable[dict], paper: str | None = None) -> str:
+    """One CSV row per cell, with the paper's figure beside ours."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for c in cells:
+        writer.writerow({**c, "paper": paper_value(paper, c["attack"], c["eps"], c["k"])})
+    return buf.getvalue()
+
+
+def _matrix_cell(cell: dict | None, diagonal: bool) -> str:
+    if cell is None:
+        return "…"
+    text = f"{cell['rank_before']:.1f}→{cell['rank_after']:.1f}"
+    return f"**{text}**" if diagonal else text
+
+
+def transfer_markdown(matrix: dict) -> str:
+    """Table 5 as Markdown: one table per attack, rows = source, columns = target.
+
+    Each cell is "before→after" (mean normalized rank on the target, %); the diagonal (bold)
+    is the white-box attack; cells still being computed show "…".
+    """
+    names = list(matrix["models"])
+    s = matrix["settings"]
+    lines = [
+        "# Transfer of adversarial ranking examples (Table 5)", "",
+        f"Dataset {s['dataset']} (|X| = {s['gallery_size']}), eps = {s['eps']}, "
+        f"w = m = {s['k']}, T = {s['num_attacks']} attacks, seed {s['seed']}, "
+        f"selections drawn on the {s['select_on']} model.",
+        "Each cell: mean normalized rank (%) of the chosen candidates on the target model, "
+        "before → after adding the perturbation made white-box on the source model; the "
+        "diagonal (bold) is the white-box attack. \"+\" attacks lower the rank towards 0, "
+        "\"-\" attacks raise it towards 100.", "",
+    ]
+    ses = []
+    order = attack_order(matrix["results"])  # "+" kinds (rank driven down) first, as Table 5
+    attacks = sorted(order, key=lambda a: a in ATTACKS and ATTACKS.get(a).direction == "up")
+    for attack in attacks:
+        rows = matrix["results"][attack]
+        lines += [f"## {attack} transfer (black box), {size_name(attack)} = {s['k']}", "",
+                  "| From \\ To | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for src in names:
+            row = rows.get(src) or {}
+            ses += [c[key] for c in row.values() for key in ("rank_before_se", "rank_after_se")]
+            lines.append(f"| {src} | " + " | ".join(_matrix_cell(row.get(tgt), src == tgt)
+                                                   for tgt in names) + " |")
+        lines.append("")
+    if ses:
+        lines.append(f"Largest standard error of any figure: {max(ses):.2f} (all standard "
+                     "errors are in transfer.json).")
+    models = ", ".join(f"{n} = {m['arch']}/{m['metric']} (R@1 {_fmt(m.get('recall@1'))}%)"
+                       for n, m in matrix["models"].items())
+    lines += ["", f"Models: {models}.", ""]
+    return "\n".join(lines)
+
+
+def format_curves(result: dict) -> str:
+    """A plain-text table of curves output, one row per (checkpoint, eps)."""
+    attacks = result["attacks"]
+    lines = [f"{'model':<36} {'eps':>5} " + " ".join(f"{a:>6}" for a in attacks) + "  shift"]
+    for p in result["points"]:
+        ranks = " ".join(f"{p[f'{a}_after']:6.1f}" for a in attacks)
+        lines.append(f"{p['label'][:36]:<36} {p['eps']:5.3g} {ranks}  {p['shift_mean']:.3f}")
+    files = result.get("files", {})
+    lines.append(f"(mean rank % after attack, T={result['points'][0]['num_attacks']}, "
+                 f"k={result['k']}; wrote {', '.join(files.values())})")
+    return "\n".join(lines)
+
+
+def format_comparison(result: dict) -> str:
+    """Plain-text table of a vanilla-vs-defended comparison: one row per model."""
+    attacks = result["attacks"]
+    lines = [f"eps = {result['eps']:g}, w = m = {result['k']} "
+             f"(mean normalized rank %, before -> after attack)",
+             f"{'model':<36} {'R@1':>6} " + " ".join(f"{a:>12}" for a in attacks) + "  shift"]
+    for r in result["models"].values():
+        cells = " ".join(f"{r[f'{a}_before']:5.1f}->{r[f'{a}_after']:5.1f}" for a in attacks)
+        lines.append(f"{r['label'][:36]:<36} {r['recall@1']:6.2f} {cells}  {r['shift_mean']:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,285 @@
+"""Metric-learning training: class-balanced batches, pytorch-metric-learning losses, Adam.
+
+``train(config, out)`` trains a model and writes the checkpoint after every epoch, atomically.
+Rerunning the same command continues where an interrupted run stopped (or does nothing when it
+had finished); a checkpoint of a *different* run at ``out`` is refused unless ``force=True``.
+``init`` fine-tunes from another checkpoint, inheriting its architecture, embedding size,
+metric, loss and margin; a defense (``advrank.defenses``) hooks into each step's loss.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advrank.core.checks import check_number
+from advrank.core.distances import Distance, get_distance
+from advrank.core.gallery import embed_dataset
+from advrank.core.io import check_writable_file, exclusive, file_sha256
+from advrank.core.metrics import recall_at_k, retrieval_metrics
+from advrank.core.runtime import resolve_device, seed_everything
+from advrank.data import dataset_spec, load_dataset
+from advrank.defenses.base import Defense
+from advrank.errors import AdvrankError
+from advrank.models import create_model
+from advrank.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from advrank.models.weights import load_pretrained
+from advrank.registry import DISTANCES, LOSSES, MODELS
+from advrank.training.losses import default_margin, make_loss
+
+#: what a checkpoint inherits from ``--init`` when the run does not say otherwise
+INHERITED = ("arch", "embed_dim", "metric", "loss", "margin")
+#: metadata that makes two runs "the same run" (resumable into one another)
+IDENTITY = ("dataset", "arch", "metric", "loss", "margin", "lr", "embed_dim", "seed",
+            "batch_size", "samples_per_class", "defense", "defense_eps", "init", "weights")
+DEFAULTS = {"arch": "c2f1", "metric": "cosine", "loss": "triplet"}
+
+
+@dataclass
+class TrainConfig:
+    """A training run. ``arch``/``metric``/``loss``/``margin``/``embed_dim`` left as None are
+    inherited from ``init`` or take their defaults (c2f1, cosine, triplet, the loss's margin,
+    the model's embedding size)."""
+
+    dataset: str = "digits"
+    arch: str | None = None
+    metric: str | None = None
+    loss: str | None = None
+    epochs: int = 8
+    batch_size: int = 128
+    samples_per_class: int | None = None  # None: batch_size // classes (at least 2, at most 16)
+    lr: float = 1e-3
+    margin: float | None = None
+    embed_dim: int | None = None
+    seed: int = 0
+    data_root: str | None = None
+    download: bool = False
+    device: str = "auto"
+    weights: str | None = None  # pretrained backbone weights (state_dict or .safetensors)
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Refuse values that cannot train (before any data is loaded)."""
+        check_number(self.epochs, "epochs", low=1, high=100_000, integer=True)
+        check_number(self.batch_size, "batch size", low=4, high=1_000_000, integer=True)
+        check_number(self.lr, "learning rate", low=0.0, low_open=True, high=10.0)
+        check_number(self.seed, "seed", low=0, high=2**63 - 1, integer=True)
+        if self.samples_per_class is not None:
+            check_number(self.samples_per_class, "samples per class", low=2,
+                         high=self.batch_size, integer=True)
+        if self.margin is not None:
+            check_number(self.margin, "margin", low=0.0, low_open=True, high=100.0)
+        if self.embed_dim is not None:
+            check_number(self.embed_dim, "embedding size", low=1, high=65_536, integer=True)
+        for name, registry in (("arch", MODELS), ("metric", DISTANCES), ("loss", LOSSES)):
+            if getattr(self, name) is not None:
+                registry.canonical(getattr(self, name))
+        dataset_spec(self.dataset)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: str
+    meta: dict[str, Any]
+    history: list[dict[str, float]]
+
+
+def resolve_config(config: TrainConfig, init_meta: dict | None) -> TrainConfig:
+    """Fill the open settings from ``init_meta`` (fine-tuning) or the defaults; refuse an
+    explicit setting that contradicts the checkpoint being fine-tuned."""
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    if init_meta is not None:
+        if init_meta["dataset"] != config.dataset:
+            raise AdvrankError(f"--init checkpoint is for dataset {init_meta['dataset']!r}, "
+                               f"this run for {config.dataset!r}")
+        for key in INHERITED:
+            given, theirs = values[key], init_meta.get(key)
+            if given is not None and theirs is not None and given != theirs:
+                raise AdvrankError(f"--init checkpoint has {key} {theirs!r} but this run asks "
+                                   f"for {given!r}; drop the option to inherit it")
+            if given is None:
+                values[key] = theirs
+    for key, default in DEFAULTS.items():
+        values[key] = values[key] if values[key] is not None else default
+    if values["margin"] is None:
+        values["margin"] = default_margin(values["loss"], values["metric"])
+    return TrainConfig(**values)
+
+
+def _sampler(labels: torch.Tensor, batch_size: int, m: int | None):
+    """pytorch-metric-learning's MPerClassSampler: m images of each of batch_size / m classes."""
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    num_classes = int(labels.unique().numel())
+    if num_classes < 2:
+        raise AdvrankError("metric learning needs at least 2 classes in the training set")
+    if m is None:
+        m = max(2, min(16, batch_size // num_classes))
+    batch_size = max(m, (batch_size // m) * m)  # MPerClassSampler needs a multiple of m
+    if m * num_classes < batch_size:
+        batch_size = m * num_classes
+    if batch_size < 2 * m:
+        raise AdvrankError(f"batch size {batch_size} holds one class only ({m} per class); "
+                           "raise --batch-size")
+    sampler = MPerClassSampler(labels.numpy(), m=m, batch_size=batch_size,
+                               length_before_new_iter=len(labels))
+    return sampler, batch_size
+
+
+def _batch_recall(emb: torch.Tensor, labels: torch.Tensor, distance: Distance) -> float:
+    with torch.no_grad():
+        d = distance.pairwise(emb, emb)
+        d.fill_diagonal_(float("inf"))
+        return (labels[d.argmin(1)] == labels).float().mean().item() * 100.0
+
+
+def _build(config: TrainConfig, init, defense: Defense | None):
+    """(model, meta) for the run, with weights from ``init`` or ``config.weights``."""
+    init_model = init_meta = None
+    if init is not None:
+        init_model, init_meta = model_from_checkpoint(init)
+    config = resolve_config(config, init_meta)
+    spec = dataset_spec(config.dataset)
+    seed_everything(config.seed)  # the initial weights depend on the seed only
+    model = create_model(config.arch, spec.image_shape, config.embed_dim, spec.mean, spec.std)
+    if init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+    elif config.weights:
+        load_pretrained(model.backbone, config.weights)
+    if defense is not None:
+        defense.bind(config.metric)
+    meta = {
+        "dataset": config.dataset, "arch": config.arch, "metric": config.metric,
+        "loss": config.loss, "margin": config.margin, "embed_dim": model.embed_dim,
+        "image_shape": list(spec.image_shape), "mean": list(spec.mean), "std": list(spec.std),
+        "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+        "samples_per_class": config.samples_per_class, "seed": config.seed,
+        "defense": defense.name if defense else None,
+        "defense_eps": defense.eps if defense else None,
+        "defense_config": defense.describe() if defense else None,
+        "init": str(init) if init else None,
+        "weights": file_sha256(config.weights, 16) if config.weights and not init else None,
+        **config.extra_meta,
+    }
+    return config, model, meta
+
+
+def _resume(out: Path, meta: dict, model: nn.Module, optimizer, force: bool):
+    """(start epoch, history, seconds) from an unfinished or finished run of the same config
+    at ``out``; a different run there is refused unless ``force``."""
+    if not out.exists() or force:
+        return 0, [], 0.0
+    try:
+        ckpt = load_checkpoint(out)
+    except AdvrankError as exc:
+        raise AdvrankError(f"{out} exists and is not a checkpoint of this run ({exc}); pass "
+                           "--force to overwrite it") from None
+    old = ckpt["meta"]
+    for key in IDENTITY:
+        if key in old and old.get(key) != meta.get(key):
+            raise AdvrankError(f"{out} holds another run ({key}={old.get(key)!r}, this run "
+                               f"{meta.get(key)!r}); use another --out or --force to overwrite")
+    model.load_state_dict(ckpt["model"])
+    if ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    return int(ckpt.get("epoch", 0)), list(old.get("history", [])), float(
+        old.get("train_seconds", 0.0))
+
+
+def _train_epoch(model, loader, optimizer, loss_fn, distance, defense, device, bar_desc,
+                 progress: bool) -> float:
+    """One pass over ``loader``; returns the mean loss. Stops at the first non-finite loss."""
+    from tqdm import tqdm
+
+    model.train()
+    bar = tqdm(loader, desc=bar_desc, file=sys.stderr, disable=not progress, leave=False)
+    run_loss, run_r1, n = 0.0, 0.0, 0
+    for images, labels in bar:
+        images, labels = images.to(device), labels.to(device)
+        if defense is not None:
+            loss, emb = defense.training_loss(model, images, labels, loss_fn)
+        else:
+            emb = model(images)
+            loss = loss_fn(emb, labels)
+        if not torch.isfinite(loss):
+            raise AdvrankError(f"training diverged ({bar_desc}, batch {n + 1}: the loss is "
+                               f"{loss.item()}); lower --lr or check the data and options. "
+                               "The last finished epoch stays in the checkpoint")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n += 1
+        run_loss += (loss.item() - run_loss) / n
+        run_r1 += (_batch_recall(emb.detach(), labels, distance) - run_r1) / n
+        bar.set_postfix(loss=f"{run_loss:.4f}", batch_r1=f"{run_r1:.1f}")
+    return run_loss
+
+
+def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
+          defense: Defense | None = None, progress: bool = True,
+          force: bool = False) -> TrainResult:
+    """Train ``config`` and write the checkpoint to ``out`` after every epoch (see the module
+    docstring for resuming, ``init`` and ``force``). ``defense``: e.g.
+    ``make_defense("est", eps=0.3)``; the checkpoint records its ``describe()``."""
+    from torch.utils.data import DataLoader
+
+    config.validate()
+    out = check_writable_file(out, "checkpoint")
+    device = resolve_device(config.device)
+    with exclusive(out.parent / f".{out.name}.lock", f"checkpoint {out}"):
+        config, model, meta = _build(config, init, defense)
+        distance = get_distance(config.metric)
+        loss_fn = make_loss(config.loss, distance, config.margin)
+        train_set = load_dataset(config.dataset, "train", config.data_root, config.download)
+        test_set = load_dataset(config.dataset, "test", config.data_root, config.download)
+        _, meta["batch_size"] = _sampler(train_set.labels, config.batch_size,
+                                         config.samples_per_class)
+        model.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        start, history, elapsed = _resume(out, meta, model, optimizer, force)
+        if start >= config.epochs and progress:
+            print(f"{out} already holds this run, finished ({start} epochs)", file=sys.stderr)
+        for epoch in range(start, config.epochs):
+            seed_everything(config.seed * 1000 + epoch)  # resumable: each epoch reseeds itself
+            # a fresh sampler too: MPerClassSampler shuffles its label list in place, so a reused
+            # one would draw different batches after a resume than in an uninterrupted run
+            sampler, batch_size = _sampler(train_set.labels, config.batch_size,
+                                           config.samples_per_class)
+            loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True)
+            t0 = time.time()
+            loss = _train_epoch(model, loader, optimizer, loss_fn, distance, defense, device,
+                                f"epoch {epoch + 1}/{config.epochs}", progress)
+            elapsed += time.time() - t0
+            r1 = evaluate_model(model, test_set, distance, device, ks=(1,))["recall@1"]
+            history.append({"epoch": epoch + 1, "loss": loss, "recall@1": r1, "seconds": elapsed})
+            if progress:
+                print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}  test R@1 {r1:.2f}%  "
+                      f"({elapsed:.0f}s)", file=sys.stderr)
+            meta.update({"recall@1": r1, "history": history, "train_seconds": elapsed,
+                         "epochs_done": epoch + 1})
+            save_checkpoint(out, model, meta, optimizer, epoch + 1)
+        final = load_checkpoint(out)["meta"]
+    return TrainResult(checkpoint=str(out), meta=final, history=final.get("history", []))
+
+
+def evaluate_model(
+    model: nn.Module, dataset, distance: Distance | str, device: torch.device | str = "cpu",
+    ks=(1, 2, 4, 8), with_map: bool = False, with_nmi: bool = False, progress: bool = False,
+) -> dict[str, float]:
+    """Embed ``dataset`` once and compute Recall@K (and mAP, NMI; all in percent) with it as
+    gallery and queries (each query left out of its own list)."""
+    distance = get_distance(distance)
+    emb = embed_dataset(model, dataset, resolve_device(device), progress=progress)
+    labels = dataset.labels.to(emb.device)
+    if with_map or with_nmi:
+        metrics = retrieval_metrics(emb, labels, distance, ks, with_nmi=with_nmi)
+        if not with_map:
+            metrics.pop("map")
+        return metrics
+    return {f"recall@{k}": v for k, v in recall_at_k(emb, labels, distance, ks).items()}

@@ -1,0 +1,114 @@
+"""The ``advrank`` command: train / evaluate output, help, and error handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from advrank.cli import main
+from advrank.models import create_model
+from advrank.models.checkpoint import save_checkpoint
+
+TRAIN = ["train", "--dataset", "digits", "--arch", "c2f1", "--embed-dim", "16", "--epochs", "1",
+         "--device", "cpu", "--quiet"]
+
+
+def _one_json_line(text):
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return json.loads(lines[0])
+
+
+def _assert_one_error_line(capsys, *fragments):
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("advrank: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.fixture
+def untrained_ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
+    path = tmp_path / "untrained.pt"
+    save_checkpoint(path, model, {"dataset": "digits", "arch": "c2f1", "metric": "euclidean",
+                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
+                                  "std": [0.38]})
+    return path
+
+
+def test_train_then_evaluate_json(tmp_path, capsys):
+    out = tmp_path / "digits.pt"
+    assert main([*TRAIN, "--out", str(out), "--json"]) == 0
+    stdout, stderr = capsys.readouterr()
+    trained = _one_json_line(stdout)
+    assert trained["checkpoint"] == str(out) and out.is_file()
+    assert trained["epochs"] == 1 and len(trained["history"]) == 1
+    assert 50.0 < trained["recall@1"] <= 100.0  # percent
+    assert trained["train_seconds"] >= 0
+    assert "epoch 1/1" not in stderr  # --quiet
+
+    assert main(["evaluate", "--checkpoint", str(out), "--json", "--device", "cpu"]) == 0
+    evaluated = _one_json_line(capsys.readouterr().out)
+    assert evaluated["dataset"] == "digits" and evaluated["arch"] == "c2f1"
+    assert evaluated["metric"] == "cosine" and evaluated["gallery_size"] == 719
+    assert evaluated["recall@1"] == pytest.approx(trained["recall@1"])
+    assert evaluated["recall@1"] <= evaluated["recall@2"] <= evaluated["recall@8"] <= 100.0
+    assert 0.0 < evaluated["map"] <= 100.0  # percent, like recall
+
+
+def test_evaluate_text_and_ks(untrained_ckpt, capsys):
+    assert main(["evaluate", "--checkpoint", str(untrained_ckpt), "--ks", "1,5", "--json"]) == 0
+    result = _one_json_line(capsys.readouterr().out)
+    assert {k for k in result if k.startswith("recall@")} == {"recall@1", "recall@5"}
+    assert result["metric"] == "euclidean"
+    assert main(["evaluate", "--checkpoint", str(untrained_ckpt)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("digits/c2f1/euclidean: recall@1 ") and "mAP" in text
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "evaluate" in out and "usage: advrank" in out
+
+
+def test_missing_checkpoint_is_one_line_exit_2(tmp_path, capsys):
+    missing = tmp_path / "nope.pt"
+    assert main(["evaluate", "--checkpoint", str(missing)]) == 2
+    _assert_one_error_line(capsys, str(missing), "does not exist")
+
+
+def test_corrupt_checkpoint_is_one_line_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage" * 50)
+    assert main(["evaluate", "--checkpoint", str(bad), "--json"]) == 2
+    _assert_one_error_line(capsys, str(bad), "not a readable advrank checkpoint")
+
+
+def test_resume_mismatch_is_one_line_exit_2(untrained_ckpt, capsys):
+    # the file says euclidean / no training history; resuming it as cosine is refused
+    assert main([*TRAIN, "--out", str(untrained_ckpt), "--resume"]) == 2
+    _assert_one_error_line(capsys, "holds another run", "metric")
+
+
+@pytest.mark.parametrize("bad", [["--arch", "vgg"], ["--dataset", "cifar"], ["--metric", "l1"]])
+def test_unknown_choices_rejected_by_argparse(tmp_path, capsys, bad):
+    args = {"--dataset": "digits", "--arch": "c2f1", "--metric": "cosine"}
+    args[bad[0]] = bad[1]
+    argv = ["train", "--out", str(tmp_path / "x.pt"), *[x for kv in args.items() for x in kv]]
+    assert main(argv) == 2
+    _assert_one_error_line(capsys, "unknown", bad[1])
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_missing_subcommand_exit_2(capsys):
+    assert main([]) == 2
+    _assert_one_error_line(capsys, "COMMAND")
