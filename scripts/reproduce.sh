@@ -3,7 +3,8 @@
 #
 #   scripts/reproduce.sh STEP [STEP ...]
 #   steps: mnist fashion mnist-defense fashion-defense curves curves-fashion transfer-models transfer
-#          transfer-no-resnet universal universal-own xi-means xi-means-fashion madry-digits bench grid:NAME (the grid of RUNS/NAME.pt)
+#          transfer-no-resnet universal universal-own xi-means xi-means-fashion madry-digits bench
+#          grid:NAME (the grid of RUNS/NAME.pt) qa:NAME (its QA columns, default options)
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), KS (w/m columns, default 1,2,5,10), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
@@ -104,6 +105,12 @@ for step in "$@"; do
       train digits-c2f1-est digits c2f1 10 0 --defense est --defense-eps 0.3
       train digits-c2f1-madry digits c2f1 10 0 --defense madry --defense-eps 0.3 ;;
     grid:*) grid "${step#grid:}" ;;
+    qa:*)  # the QA columns (Tables 1-3) with the default options: Eq. 12 averaged, as the
+      # authors' code does; RUNS/NAME.pt -> RESULTS/NAME-qa
+      name=${step#qa:}
+      advrank grid --checkpoint "$RUNS/$name.pt" --out "$RESULTS/$name-qa" --attacks QA+,QA- \
+        --num-attacks "$T" --ks "${KS:-1,2,5,10}" --batch-size "${BATCH:-256}" \
+        --device "$DEVICE" --quiet > /dev/null ;;
     bench)  # attack speed and memory (benchmarks/README.md), one file per device kind
       python3 benchmarks/bench_attack.py --device "$DEVICE" > "$RESULTS/bench_attack-$DEVICE.txt"
       python3 benchmarks/bench_attack.py --device "$DEVICE" --k 10 --memory-sizes "" \
