@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
-from advrank.attacks.selection import Selection, random_others, top_pool_targets
+from advrank.attacks.selection import Selection, ranked_targets
 from advrank.core.checks import check_number
 from advrank.core.distances import Distance
 from advrank.core.gallery import Gallery
@@ -76,11 +76,8 @@ class CandidateAttack(AttackKind):
 
     def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
         anchors, gen = select_anchors(self, gallery, k, num_attacks, seed)
-        if self.raise_rank:
-            targets = random_others(anchors, len(gallery), k, gen)
-        else:
-            targets = top_pool_targets(gallery, anchors, k, gen, self.options["top_fraction"],
-                                       self.size_name)
+        targets = ranked_targets(gallery, anchors, k, gen, not self.raise_rank,
+                                 self.options["top_fraction"], self.size_name)
         return Selection(anchors, targets)
 
     def objective(self, embeddings, distance, part, clean=None):

@@ -18,12 +18,7 @@ from __future__ import annotations
 import torch
 
 from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
-from advrank.attacks.selection import (
-    Selection,
-    random_others,
-    sp_candidates,
-    top_pool_targets,
-)
+from advrank.attacks.selection import Selection, ranked_targets, sp_candidates
 from advrank.core.checks import check_choice, check_number
 from advrank.core.distances import Distance
 from advrank.core.gallery import Gallery
@@ -125,11 +120,8 @@ class QueryAttack(AttackKind):
 
     def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
         anchors, gen = select_anchors(self, gallery, k, num_attacks, seed)
-        if self.raise_rank:
-            targets = random_others(anchors, len(gallery), k, gen)
-        else:
-            targets = top_pool_targets(gallery, anchors, k, gen, self.options["top_fraction"],
-                                       self.size_name)
+        targets = ranked_targets(gallery, anchors, k, gen, not self.raise_rank,
+                                 self.options["top_fraction"], self.size_name)
         g = self.options["g"]
         if g > len(gallery) - 1 - k:
             raise AdvrankError(f"G = {g} does not fit: C_SP comes from the {len(gallery) - 1 - k}"

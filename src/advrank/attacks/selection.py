@@ -111,6 +111,15 @@ def top_pool_targets(gallery: Gallery, anchors: torch.Tensor, k: int, gen: torch
     return random_columns(pool, k, gen)
 
 
+def ranked_targets(gallery: Gallery, anchors: torch.Tensor, k: int, gen: torch.Generator,
+                   from_top: bool, top_fraction: float, size_name: str) -> torch.Tensor:
+    """§4's targets ``[T, k]``: k random others ("+" attacks) or k random members of the
+    anchor's top ``top_fraction`` ("-" attacks, ``from_top``)."""
+    if from_top:
+        return top_pool_targets(gallery, anchors, k, gen, top_fraction, size_name)
+    return random_others(anchors, len(gallery), k, gen)
+
+
 def sp_candidates(gallery: Gallery, queries: torch.Tensor, chosen: torch.Tensor, g: int = 5,
                   query_embeddings: torch.Tensor | None = None) -> torch.Tensor:
     """C_SP (Eq. 12): the top-G of each query in X \\ C (and not the query itself). ``[T, G]``.

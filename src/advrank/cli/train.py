@@ -95,6 +95,11 @@ def cmd_export(args) -> None:
 
 
 def register(sub, formatter) -> None:
+    _train_parser(sub, formatter)
+    _evaluate_parsers(sub, formatter)
+
+
+def _train_parser(sub, formatter) -> None:
     p = sub.add_parser("train", help="train an embedding model (metric learning)",
                        formatter_class=formatter,
                        description="Train an embedding model with a metric-learning loss on "
@@ -145,6 +150,8 @@ def register(sub, formatter) -> None:
     add_common(p)
     p.set_defaults(func=cmd_train)
 
+
+def _evaluate_parsers(sub, formatter) -> None:
     p = sub.add_parser("evaluate", help="Recall@K, mAP (and NMI) of a checkpoint on its test set",
                        formatter_class=formatter,
                        description="Embed the test set once and rank it against itself, each "
