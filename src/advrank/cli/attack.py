@@ -20,6 +20,7 @@ from advrank.cli.options import (
 )
 from advrank.core.io import check_writable_dir
 from advrank.registry import ATTACKS
+from advrank.reports.tables import format_attack
 
 
 def attack_metavar() -> str:
@@ -46,14 +47,7 @@ def cmd_attack(args) -> None:
                         seed=args.seed, batch_size=args.batch_size, threat=threat,
                         progress=not args.quiet)
     s = result.summary()
-    name = kind.size_name or "k"
-    text = (f"{kind.name} eps={args.eps:g} {name}={k}: rank {s['rank_before']:.2f}% -> "
-            f"{s['rank_after']:.2f}% (± {s['rank_after_se']:.2f}, T={s['num_attacks']}, "
-            f"|X|={s['gallery_size']})")
-    if "sp_rank_after" in s:
-        text += f"; worst C_SP rank {s['sp_rank_before']:.2f}% -> {s['sp_rank_after']:.2f}%"
-    text += f"; R@1 {s['recall@1_before']:.1f}% -> {s['recall@1_after']:.1f}%"
-    emit(args, {**s, **target.record(args.seed)}, text)
+    emit(args, {**s, **target.record(args.seed)}, format_attack(s))
 
 
 def cmd_grid(args) -> None:

@@ -24,6 +24,18 @@ def size_name(attack: str) -> str:
     return (ATTACKS.get(attack).size_name if attack in ATTACKS else None) or "k"
 
 
+def format_attack(summary: dict) -> str:
+    """One line for an attack cell: every figure the kind measured, before -> after."""
+    figures = [key[: -len("_before")] for key in summary
+               if key.endswith("_before") and f"{key[:-7]}_after" in summary]
+    parts = [f"{fig} {summary[f'{fig}_before']:.2f} -> {summary[f'{fig}_after']:.2f}"
+             + (f" (± {summary[f'{fig}_after_se']:.2f})" if f"{fig}_after_se" in summary else "")
+             for fig in figures]
+    return (f"{summary['attack']} eps={summary['eps']:g} {summary.get('k_name') or 'k'}="
+            f"{summary['k']}, T={summary['num_attacks']}, |X|={summary['gallery_size']}: "
+            + "; ".join(parts) + " (%)")
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
