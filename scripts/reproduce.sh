@@ -11,7 +11,8 @@
 # DEF_EPOCHS (defense fine-tuning epochs, default 6), DEF_STEPS (PGD steps per defended batch,
 # default empty = the paper's eta, 30 at eps 0.3; 10 is the cheaper CPU setting), TRANSFER_T (attacks per transfer cell,
 # default 500), CURVE_T (attacks per curve point, default 100), BATCH (attacks per PGD batch,
-# default 256; larger is faster on a GPU and gives the same numbers).
+# default 256; larger is faster on a GPU and gives the same numbers), EPS (eps rows of a qa:NAME
+# step, default: the paper's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ADVRANK_DATA=${ADVRANK_DATA:-../shared/data}
@@ -110,7 +111,7 @@ for step in "$@"; do
       name=${step#qa:}
       advrank grid --checkpoint "$RUNS/$name.pt" --out "$RESULTS/$name-qa" --attacks QA+,QA- \
         --num-attacks "$T" --ks "${KS:-1,2,5,10}" --batch-size "${BATCH:-256}" \
-        --device "$DEVICE" --quiet > /dev/null ;;
+        ${EPS:+--eps-values "$EPS"} --device "$DEVICE" --quiet > /dev/null ;;
     bench)  # attack speed and memory (benchmarks/README.md), one file per device kind
       python3 benchmarks/bench_attack.py --device "$DEVICE" > "$RESULTS/bench_attack-$DEVICE.txt"
       python3 benchmarks/bench_attack.py --device "$DEVICE" --k 10 --memory-sizes "" \

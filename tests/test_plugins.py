@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +55,10 @@ def test_plugin_parts_via_the_plugin_option(tmp_path):
 
 
 def test_installed_plugin_is_discovered_through_its_entry_point(tmp_path):
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "plugin-source"
+    shutil.copytree(PLUGIN, source)  # pip builds in place: keep the repository clean
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                          "--no-build-isolation", "--target", str(site), str(PLUGIN)],
+                          "--no-build-isolation", "--target", str(site), str(source)],
                          capture_output=True, text=True, timeout=300)
     if pip.returncode != 0:
         pytest.fail(f"pip could not install the example plugin: {pip.stderr[-500:]}")

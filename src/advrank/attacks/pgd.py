@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.runtime import derived_seed
+from advrank.core.runtime import derived_seed, progress_bar
 
 
 @contextmanager
@@ -92,6 +92,7 @@ def pgd(
 def universal_pgd(
     model: nn.Module, images: torch.Tensor, objectives: Sequence[tuple[int, int, Any]],
     threat: LinfThreatModel, generator: torch.Generator | None = None,
+    progress: bool | None = False,
 ) -> tuple[torch.Tensor, list[float]]:
     """PGD on one perturbation shared by all ``images [M, C, H, W]`` (Eq. 14).
 
@@ -108,7 +109,8 @@ def universal_pgd(
     if threat.random_start:
         r = random_start(torch.full_like(r, 0.5), threat.eps, generator) - 0.5
     with frozen(model):
-        for _ in range(threat.eta):
+        for _ in progress_bar(range(threat.eta), desc="universal PGD", enabled=progress,
+                              unit="step"):
             grad, total = torch.zeros_like(r), 0.0
             for s, e, objective in objectives:
                 rr = r.clone().requires_grad_(True)

@@ -42,8 +42,10 @@ def cmd_transfer(args) -> None:
     k = resolve_size(args, [args.attack])
     kind = get_attack(args.attack, **kind_options(args))
     threat = threat_from_args(args)
-    src = load_target(args.source, args.device, args.data_root, args.download)
-    tgt = load_target(args.target, args.device, args.data_root, args.download)
+    src = load_target(args.source, args.device, args.data_root, args.download,
+                      progress=not args.quiet)
+    tgt = load_target(args.target, args.device, args.data_root, args.download,
+                      progress=not args.quiet)
     if src.meta["dataset"] != tgt.meta["dataset"]:
         raise AdvrankError(f"source is a {src.meta['dataset']} model, target a "
                            f"{tgt.meta['dataset']} one; transfer needs one shared test set")
@@ -98,11 +100,12 @@ def cmd_universal(args) -> None:
     k = resolve_size(args, [args.attack])
     if args.out:
         check_writable_dir(args.out)
-    target = load_target(args.checkpoint, args.device, args.data_root, args.download)
+    target = load_target(args.checkpoint, args.device, args.data_root, args.download,
+                         progress=not args.quiet)
     result = universal_attack(target.model, target.gallery, args.attack, args.eps, k=k,
                               seed=args.seed, fraction=args.fraction, xi=args.xi,
                               steps=args.steps, step_size=args.step_size, mode=args.mode,
-                              chunk_size=args.chunk_size)
+                              chunk_size=args.chunk_size, progress=not args.quiet)
     r = result.pop("perturbation")
     result.update(target.record(args.seed))
     if args.out:

@@ -14,6 +14,14 @@ from advrank.cli.options import (
 from advrank.core.io import check_writable_dir
 
 
+def labelled(text: str) -> tuple[str | None, str]:
+    """argparse type: ``PATH`` or ``LABEL=PATH`` (the label names the model in the plot)."""
+    label, sep, path = text.partition("=")
+    if sep and label and path and "/" not in label:
+        return label, path
+    return None, text
+
+
 def cmd_curves(args) -> None:
     from advrank.core.runtime import resolve_device, run_record
     from advrank.experiments.curves import DEFAULT_CURVE_EPS, defense_curves
@@ -49,8 +57,10 @@ def register(sub, formatter) -> None:
                     "QA- (w = m = k) and the mean maximum embedding-shift distance, on the "
                     "checkpoint's test set. Writes curves.json, curves.csv and curves.png into "
                     "--out; rerunning the same command reuses the points already computed.")
-    p.add_argument("--checkpoint", action="append", required=True,
-                   help="a checkpoint to evaluate; repeat for each model (vanilla, defended)")
+    p.add_argument("--checkpoint", action="append", required=True, type=labelled,
+                   metavar="[LABEL=]PATH",
+                   help="a checkpoint to evaluate, optionally labelled (e.g. vanilla=m.pt); "
+                        "repeat for each model")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-attacks", type=positive_int, default=None,
                    help="T attacks per (attack, eps) point (default: min(1000, test set size))")

@@ -69,12 +69,10 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from advrank.experiments.target import load_target
-    from advrank.training import evaluate_model
 
     target = load_target(args.checkpoint, args.device, args.data_root, args.download,
                          progress=not args.quiet)
-    metrics = evaluate_model(target.model, target.dataset, target.gallery.distance,
-                             target.device, args.ks, with_map=True, with_nmi=args.nmi)
+    metrics = target.gallery.metrics(args.ks, with_nmi=args.nmi)
     out = {**target.record(args.seed), "gallery_size": len(target.gallery), **metrics}
     text = "  ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if k.startswith("recall"))
     extra = f"  NMI {metrics['nmi']:.2f}%" if "nmi" in metrics else ""

@@ -3,7 +3,6 @@ embeddings ``[N, D]``, the labels ``[N]`` and the distance every ranking uses.""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -12,12 +11,14 @@ from torch.utils.data import DataLoader
 
 from advrank.core.checks import check_finite
 from advrank.core.distances import Distance, get_distance
+from advrank.core.metrics import retrieval_metrics
+from advrank.core.runtime import progress_bar
 
 
 @torch.no_grad()
 def embed_dataset(
     model: nn.Module, dataset, device: torch.device | str = "cpu", batch_size: int = 512,
-    num_workers: int = 0, progress: bool = False,
+    num_workers: int = 0, progress: bool | None = None,
 ) -> torch.Tensor:
     """Embeddings ``[N, D]`` of a whole dataset (model in eval mode), returned on ``device``.
 
@@ -26,28 +27,20 @@ def embed_dataset(
     """
     model.eval()
     device = torch.device(device)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(dataset), desc="embed gallery", file=sys.stderr, leave=False,
-                   unit="img")
+    bar = progress_bar(total=len(dataset), desc="embed gallery", enabled=progress, unit="img")
     if hasattr(dataset, "images"):  # in-memory tensor dataset: slice directly, no loader overhead
         chunks = []
         for i in range(0, len(dataset), batch_size):
             chunks.append(model(dataset.images[i : i + batch_size].to(device)))
-            if bar is not None:
-                bar.update(chunks[-1].shape[0])
+            bar.update(chunks[-1].shape[0])
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                             num_workers=num_workers)
         chunks = []
         for x, _ in loader:
             chunks.append(model(x.to(device)))
-            if bar is not None:
-                bar.update(x.shape[0])
-    if bar is not None:
-        bar.close()
+            bar.update(x.shape[0])
+    bar.close()
     return check_finite(torch.cat(chunks), "the gallery embeddings")
 
 
@@ -62,7 +55,7 @@ class Gallery:
 
     @classmethod
     def build(cls, model: nn.Module, dataset, distance: Distance | str,
-              device: torch.device | str = "cpu", progress: bool = False) -> Gallery:
+              device: torch.device | str = "cpu", progress: bool | None = None) -> Gallery:
         """Embed the gallery once (model in eval mode)."""
         emb = embed_dataset(model, dataset, device, progress=progress)
         return cls(dataset, emb, dataset.labels.to(emb.device), get_distance(distance))
@@ -73,6 +66,10 @@ class Gallery:
     @property
     def device(self) -> torch.device:
         return self.embeddings.device
+
+    def metrics(self, ks=(1, 2, 4, 8), with_nmi: bool = False) -> dict[str, float]:
+        """Recall@K, mAP (and NMI), all in percent, with X as its own (left-out) query set."""
+        return retrieval_metrics(self.embeddings, self.labels, self.distance, ks, with_nmi)
 
     def images(self, index: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` in [0, 1] of the members at ``index [B]``, on the device."""

@@ -76,6 +76,16 @@ def hardware_string(device: torch.device) -> str:
     return f"{cpu} CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
+def progress_bar(iterable=None, *, total: int | None = None, desc: str = "",
+                 enabled: bool | None = None, unit: str = "it"):
+    """A tqdm bar on stderr. ``enabled=None`` (the library's default) shows it only when stderr
+    is a terminal; the CLI passes True, or False for ``--quiet``."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, unit=unit,
+                disable=None if enabled is None else not enabled, dynamic_ncols=True)
+
+
 def run_record(device: torch.device, seed: int) -> dict:
     """What a result records beside its numbers: command, seed, commit, hardware, time."""
     return {"command": "advrank " + " ".join(sys.argv[1:]), "seed": seed,

@@ -36,7 +36,7 @@ CURVES_FORMAT = "advrank-curves"
 def robustness_point(
     model: nn.Module, gallery: Gallery, eps: float, k: int = 1, num_attacks: int | None = None,
     seed: int = 0, batch_size: int = 256, attacks: Sequence[str] = PAPER_ATTACKS,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """One point of Fig. 2 for one model: each attack's (w = m = k) mean normalized rank
     (percent) before and after attack at ``eps``, and the mean/max max-shift distance.
@@ -111,7 +111,7 @@ def _check_curve_args(checkpoints, eps_values, num_attacks, k, batch_size) -> li
 
 
 def defense_curves(
-    checkpoints: Sequence[str | Path], out_dir: str | Path,
+    checkpoints: Sequence[str | Path | tuple[str, str | Path]], out_dir: str | Path,
     eps_values: Sequence[float] = DEFAULT_CURVE_EPS, num_attacks: int | None = None, k: int = 1,
     seed: int = 0, device: torch.device | str = "auto", data_root: str | Path | None = None,
     download: bool = False, batch_size: int = 256, progress: bool = True,
@@ -122,7 +122,8 @@ def defense_curves(
     Writes ``curves.json`` (through the store: resumable, one point per cell keyed by the
     checkpoint's content and eps, so a rerun reuses every point already computed),
     ``curves.csv`` and ``curves.png`` (one panel per attack plus the shift, one line per
-    checkpoint, vanilla dashed). Returns the ``curves.json`` content plus ``computed``/
+    checkpoint, vanilla dashed). A checkpoint given as ``(label, path)`` is shown under that
+    label, else as ``file (defense, eps)``. Returns the ``curves.json`` content plus ``computed``/
     ``reused`` counts.
     """
     eps_values = _check_curve_args(checkpoints, eps_values, num_attacks, k, batch_size)
@@ -130,9 +131,10 @@ def defense_curves(
                 "attacks": list(PAPER_ATTACKS)}
     models, points, computed, reused = [], [], 0, 0
     with Store(out_dir, "curves.json", CURVES_FORMAT, identity, record) as st:
-        for path in checkpoints:
+        for item in checkpoints:
+            name, path = item if isinstance(item, tuple) else (None, item)
             target = load_target(path, device, data_root, download, progress=progress)
-            label = model_label(path, target.meta)
+            label = name or model_label(path, target.meta)
             while label in {m["label"] for m in models}:  # same file name twice
                 label += "'"
             models.append(_model_row(target, label))
@@ -173,6 +175,7 @@ def defense_comparison(
     vanilla_ckpt: str | Path, defended_ckpt: str | Path, eps: float | None = None, k: int = 1,
     num_attacks: int | None = None, seed: int = 0, device: torch.device | str = "auto",
     data_root: str | Path | None = None, download: bool = False, batch_size: int = 256,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Vanilla vs defended at one eps (default: the dataset's strongest), Tables 1 vs 2 style.
 
@@ -183,14 +186,14 @@ def defense_comparison(
     rows: dict[str, dict[str, Any]] = {}
     datasets = set()
     for role, ckpt in (("vanilla", vanilla_ckpt), ("defended", defended_ckpt)):
-        target = load_target(ckpt, device, data_root, download)
+        target = load_target(ckpt, device, data_root, download, progress=progress)
         datasets.add(target.meta["dataset"])
         if len(datasets) > 1:
             raise AdvrankError(f"cannot compare checkpoints of different datasets: {datasets}")
         if eps is None:
             eps = default_defense_eps(target.meta["dataset"])
         point = robustness_point(target.model, target.gallery, eps, k, num_attacks, seed,
-                                 batch_size)
+                                 batch_size, progress=progress)
         rows[role] = {**_model_row(target, model_label(ckpt, target.meta)), **point}
     result = {"eps": eps, "k": k, "attacks": list(PAPER_ATTACKS), "models": rows}
     result["text"] = format_comparison(result)

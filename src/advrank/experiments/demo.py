@@ -24,7 +24,7 @@ DEMO_EPS = (0.0, 0.03, 0.1, 0.3)
 def run_demo(out: str | Path, epochs: int = 15, num_attacks: int = 200,
              defense_epochs: int = 5, defense_steps: int = 10, seed: int = 0,
              device: str = "auto", log: Callable[[str], None] = lambda msg: None,
-             progress: bool = False) -> tuple[dict[str, Any], str]:
+             progress: bool | None = None) -> tuple[dict[str, Any], str]:
     """Run the demo into ``out`` (resumable: finished steps are reused); returns the summary
     and a plain-text report."""
     t0, out, device = time.time(), Path(out), resolve_device(device)
@@ -52,8 +52,9 @@ def run_demo(out: str | Path, epochs: int = 15, num_attacks: int = 200,
     defense = make_defense("est", eps=0.3, metric="cosine", steps=defense_steps)
     train(TrainConfig(dataset="digits", epochs=defense_epochs, seed=seed, device=str(device)),
           defended, init=ckpt, defense=defense, progress=progress)
+    log("      comparing the vanilla and the defended model (CA±/QA± and max shift at eps 0.3)")
     comparison = defense_comparison(ckpt, defended, eps=0.3, k=1, num_attacks=num_attacks,
-                                    seed=seed, device=device)
+                                    seed=seed, device=device, progress=progress)
     text += "\nvanilla vs defended (embedding-shift adversarial training):\n"
     text += comparison["text"] + "\n"
     summary = {"vanilla": {"recall@1": metrics["recall@1"], "map": metrics["map"],

@@ -9,7 +9,6 @@ results do not depend on the batch size.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_finite, check_number
 from advrank.core.gallery import Gallery
+from advrank.core.runtime import progress_bar
 from advrank.errors import AdvrankError
 
 MAX_BATCH = 1_000_000
@@ -118,14 +118,11 @@ def check_batch_size(batch_size: int) -> int:
 
 def attack_batches(
     model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,
-    selection: Selection, seed: int, batch_size: int, progress: bool = False, desc: str = "",
+    selection: Selection, seed: int, batch_size: int, progress: bool | None = None,
+    desc: str = "",
 ) -> Iterator[tuple[Selection, torch.Tensor]]:
     """Yield ``(part, adversarial images [B, C, H, W])`` batch by batch over ``selection``."""
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(selection), desc=desc, file=sys.stderr, leave=False, unit="attack")
+    bar = progress_bar(total=len(selection), desc=desc, enabled=progress, unit="attack")
     emb = gallery.embeddings
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
@@ -135,17 +132,15 @@ def attack_batches(
         clean = emb[part.anchors.to(emb.device)]
         objective = kind.objective(emb, gallery.distance, part, clean)
         yield part, pgd(model, images, objective, threat, noise=noise)
-        if bar is not None:
-            bar.update(len(part))
-    if bar is not None:
-        bar.close()
+        bar.update(len(part))
+    bar.close()
 
 
 def run_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackKind, eps: float, k: int,
     num_attacks: int, seed: int = 0, batch_size: int = 256,
     threat: LinfThreatModel | None = None, selection: Selection | None = None,
-    progress: bool = False, clean_cache: dict | None = None, **options,
+    progress: bool | None = None, clean_cache: dict | None = None, **options,
 ) -> AttackResult:
     """Run T = ``num_attacks`` independent attacks of one kind at one eps, in batches.
 

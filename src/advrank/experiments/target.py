@@ -48,7 +48,7 @@ class Target:
 
 def load_target(checkpoint: str | Path, device: str | torch.device = "auto",
                 data_root: str | Path | None = None, download: bool = False,
-                split: str = "test", progress: bool = False) -> Target:
+                split: str = "test", progress: bool | None = None) -> Target:
     """The model of ``checkpoint`` and its dataset's ``split`` as the gallery X, embedded once
     with the checkpoint's own metric."""
     device = resolve_device(device)

@@ -44,7 +44,7 @@ _SHARED_KEYS = ("attack", "eps", "k", "k_name", "gallery_size", "threat")
 def transfer_pass(
     source: tuple[nn.Module, Gallery], rankers: Sequence[tuple[nn.Module, Gallery]],
     kind: AttackKind, threat: LinfThreatModel, selection: Selection, seed: int,
-    batch_size: int, progress: bool = False,
+    batch_size: int, progress: bool | None = None,
 ) -> tuple[AttackResult, list[AttackResult]]:
     """Attack ``selection`` white-box on the source and rank each batch's adversarial images on
     the source and on every ranker; the images are made once and never all held at once.
@@ -83,7 +83,7 @@ def transfer_attack(
     device: torch.device | str = "cpu", batch_size: int = 256,
     threat: LinfThreatModel | None = None, select_on: str = "source",
     source_gallery: Gallery | None = None, target_gallery: Gallery | None = None,
-    progress: bool = False, **options,
+    progress: bool | None = None, **options,
 ) -> dict[str, Any]:
     """Transfer attack: make adversarial examples on the source, rank them on the target.
 

@@ -89,7 +89,7 @@ def universal_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackKind, eps: float, k: int = 1,
     seed: int = 0, fraction: float = 0.05, xi: float | None = None, steps: int | None = None,
     step_size: float | None = None, mode: str = "shared", chunk_size: int = 256,
-    top_fraction: float = 0.01,
+    top_fraction: float = 0.01, progress: bool | None = None,
 ) -> dict[str, Any]:
     """Image-agnostic attack I-CA± / I-QA± (Eq. 14, Table 6): one r for a whole set of inputs.
 
@@ -119,7 +119,7 @@ def universal_attack(
     objectives = [(s, s + len(part), kind.objective(gallery.embeddings, gallery.distance, part))
                   for s in range(0, size, chunk_size)  # built once: CA caches d(q, x) per chunk
                   for part in [seen.slice(s, s + chunk_size)]]
-    r, history = universal_pgd(model, images, objectives, threat)
+    r, history = universal_pgd(model, images, objectives, threat, progress=progress)
     was_training = model.training
     model.eval()
     figures = [*_ranks(model, gallery, kind, seen, r, chunk_size),

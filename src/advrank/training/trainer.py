@@ -23,7 +23,7 @@ from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import embed_dataset
 from advrank.core.io import check_writable_file, exclusive, file_sha256
 from advrank.core.metrics import recall_at_k, retrieval_metrics
-from advrank.core.runtime import resolve_device, seed_everything
+from advrank.core.runtime import progress_bar, resolve_device, seed_everything
 from advrank.data import dataset_spec, load_dataset
 from advrank.defenses.base import Defense
 from advrank.errors import AdvrankError
@@ -195,10 +195,8 @@ def _resume(out: Path, meta: dict, model: nn.Module, optimizer, force: bool):
 def _train_epoch(model, loader, optimizer, loss_fn, distance, defense, device, bar_desc,
                  progress: bool) -> float:
     """One pass over ``loader``; returns the mean loss. Stops at the first non-finite loss."""
-    from tqdm import tqdm
-
     model.train()
-    bar = tqdm(loader, desc=bar_desc, file=sys.stderr, disable=not progress, leave=False)
+    bar = progress_bar(loader, desc=bar_desc, enabled=progress, unit="batch")
     run_loss, run_r1, n = 0.0, 0.0, 0
     for images, labels in bar:
         images, labels = images.to(device), labels.to(device)
@@ -270,7 +268,8 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
 
 def evaluate_model(
     model: nn.Module, dataset, distance: Distance | str, device: torch.device | str = "cpu",
-    ks=(1, 2, 4, 8), with_map: bool = False, with_nmi: bool = False, progress: bool = False,
+    ks=(1, 2, 4, 8), with_map: bool = False, with_nmi: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, float]:
     """Embed ``dataset`` once and compute Recall@K (and mAP, NMI; all in percent) with it as
     gallery and queries (each query left out of its own list)."""
