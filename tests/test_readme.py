@@ -1,0 +1,81 @@
+"""Every code block of README.md runs, on a CPU, as a new user would run it.
+
+Bash blocks run command by command in one scratch folder, in order (later commands use the
+files earlier ones wrote), with smaller budgets substituted for speed (epochs, attacks, PGD
+steps: the options change, never the commands). ``pip install`` and the test command itself
+are what CI runs around this test, so they are skipped. Python blocks run as scripts in the
+same folder. A block that fails fails the test with its command and stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# smaller budgets for CI: (pattern, replacement) on each command line
+BUDGET = [
+    (r"--epochs \d+", "--epochs 1"),
+    (r"--num-attacks \d+", "--num-attacks 12"),
+    (r"--defense-steps \d+", "--defense-steps 2"),
+    (r"^advrank demo$", "advrank demo --epochs 2 --num-attacks 12 --defense-epochs 1 "
+                        "--defense-steps 2"),
+    (r"^(advrank universal .*)$", r"\1 --steps 5"),
+]
+SKIP = (r"^pip install", r"^python -m pytest")
+
+
+def blocks(lang: str) -> list[str]:
+    text = README.read_text()
+    return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def commands(block: str) -> list[str]:
+    """Command lines of a bash block: comments dropped, continuations joined, ``&&`` split."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    out = []
+    for line in joined.splitlines():
+        line = line.split(" #")[0].strip() if not line.lstrip().startswith("#") else ""
+        out += [part.strip() for part in line.split("&&") if part.strip()]
+    return out
+
+
+def budget(command: str) -> str:
+    for pattern, replacement in BUDGET:
+        command = re.sub(pattern, replacement, command)
+    return command
+
+
+def run(argv_or_cmd, cwd: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(argv_or_cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900, shell=isinstance(argv_or_cmd, str))
+    assert proc.returncode == 0, f"{argv_or_cmd}\n{proc.stderr[-3000:]}"
+
+
+def test_readme_has_the_blocks_this_test_expects():
+    assert len(blocks("bash")) >= 2 and len(blocks("python")) >= 2
+    assert any("advrank demo" in b for b in blocks("bash"))
+
+
+def test_bash_blocks_run(tmp_path):
+    for block in blocks("bash"):
+        for command in commands(block):
+            if any(re.match(p, command) for p in SKIP):
+                continue
+            assert command.startswith("advrank "), f"unexpected README command: {command}"
+            argv = shlex.split(budget(command))
+            run([sys.executable, "-m", "advrank", *argv[1:]], tmp_path)
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_blocks_run(tmp_path, index):
+    script = tmp_path / f"block{index}.py"
+    script.write_text(blocks("python")[index])
+    run([sys.executable, str(script)], tmp_path)
