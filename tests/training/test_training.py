@@ -190,3 +190,29 @@ def test_make_loss_and_bad_names():
         make_loss("arcface", cos, 0.1)
     with pytest.raises(AdvrankError, match="unknown dataset"):
         train(_config(dataset="cifar"), "unused.pt", progress=False)
+
+
+def test_init_inherits_metric_loss_margin_and_refuses_conflicts(tmp_path, capsys):
+    """``--init`` fine-tuning keeps the model's metric, loss, margin, arch and embed size;
+    the defense attacks with that metric; an explicit conflicting option is refused."""
+    from advrank.cli import main
+
+    base = ["--dataset", "digits", "--epochs", "1", "--device", "cpu", "--quiet"]
+    src = tmp_path / "euclid.pt"
+    assert main(["train", *base, "--arch", "lenet", "--embed-dim", "12", "--metric",
+                 "euclidean", "--loss", "contrastive", "--margin", "0.7", "--out", str(src)]) == 0
+    defended = tmp_path / "est.pt"
+    assert main(["train", *base, "--init", str(src), "--defense", "est", "--defense-steps", "2",
+                 "--out", str(defended)]) == 0
+    meta = load_checkpoint(defended)["meta"]
+    assert (meta["metric"], meta["loss"], meta["margin"]) == ("euclidean", "contrastive", 0.7)
+    assert (meta["arch"], meta["embed_dim"]) == ("lenet", 12)
+    assert meta["defense_config"]["metric"] == "euclidean"
+    capsys.readouterr()
+    for option in (["--metric", "cosine"], ["--loss", "triplet"], ["--margin", "0.2"],
+                   ["--arch", "c2f1"], ["--embed-dim", "16"]):
+        assert main(["train", *base, "--init", str(src), *option,
+                     "--out", str(tmp_path / "x.pt")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("advrank: error: --init checkpoint has") and option[0][2:5] in err
+    assert not (tmp_path / "x.pt").exists()
