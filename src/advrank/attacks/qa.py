@@ -26,6 +26,7 @@ from advrank.attacks.selection import (
 )
 from advrank.core.checks import check_choice, check_number
 from advrank.core.distances import Distance
+from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32, prepared_gallery
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import count_closer, nearest_neighbors
 from advrank.errors import AdvrankError
@@ -36,15 +37,22 @@ SP_REDUCTIONS = ("mean", "sum")
 
 class QueryObjective(RankingObjective):
     """Eq. 9/11 (+ Eq. 12) for B attacks; ``candidates [B, m]`` and ``sp_candidates [B, G]`` are
-    gallery indices (C and C_SP); see the module docstring for ``reduction``."""
+    gallery indices (C and C_SP); see the module docstring for ``reduction``.
+
+    Every step ranks q~ against all of X, chunk by chunk (``chunk`` gallery rows at a time; with
+    ``memory`` bytes given, the chunk is sized from it). ``policy`` picks the arithmetic: the
+    fp32 reference (``_reference``, what earlier versions computed bit for bit) or, under
+    tf32/bf16, ``_fast``: products in the policy's precision and the hinge derivative from exact
+    comparison counts (:func:`hinge_weights`), never a ``[B, m, n]`` tensor.
+    """
 
     def __init__(self, raise_rank: bool, candidates: torch.Tensor, gallery: torch.Tensor,
                  distance: Distance, sp_candidates: torch.Tensor | None = None, xi: float = 0.0,
-                 chunk: int = 4096, reduction: str = "mean"):
+                 chunk: int = 4096, reduction: str = "mean", policy: ExecutionPolicy | None = None,
+                 memory: int | None = None):
         check_choice(reduction, "SP reduction", SP_REDUCTIONS)
         self.raise_rank, self.gallery, self.distance = raise_rank, gallery, distance
-        self.chunk = chunk
-        self.prepared = distance.prepare(gallery)  # e.g. L2-normalised once, not every step
+        self.policy = get_policy(policy)
         self.cand_emb = gallery[candidates]  # [B, m, D]
         self.xi = float(xi)
         self.sp_emb = gallery[sp_candidates] if (sp_candidates is not None and xi) else None
@@ -53,6 +61,24 @@ class QueryObjective(RankingObjective):
         if reduction == "mean":
             self.w_main = 1.0 / candidates.shape[1]
             self.w_sp = self.xi / sp_candidates.shape[1] if self.sp_emb is not None else 0.0
+        self.dot = distance.dot_product_form and not self.policy.reference
+        dtype = self.policy.product_dtype(gallery.dtype) if self.dot else gallery.dtype
+        self.prepared = prepared_gallery(distance, gallery, dtype)  # prepared once per gallery
+        self.chunk = self._chunk_size(chunk, memory)
+
+    @property
+    def num_terms(self) -> int:
+        return self.cand_emb.shape[1] + (0 if self.sp_emb is None else self.sp_emb.shape[1])
+
+    def _chunk_size(self, chunk: int, memory: int | None) -> int:
+        """``chunk`` as given, or sized so that a chunk's temporaries fit ``memory``: the
+        reference keeps at most ``chunk`` rows (its summation order), the fast path takes
+        as many as fit (fewer, larger products)."""
+        if memory is None:
+            return chunk
+        b, n = max(1, self.cand_emb.shape[0]), self.gallery.shape[0]
+        fitting = max(256, memory // (b * column_bytes(self.num_terms, self.policy)))
+        return min(chunk, fitting) if self.policy.reference else min(n, fitting)
 
     def _terms(self, emb: torch.Tensor) -> list[torch.Tensor]:
         """d(q, C) ``[B, m]`` and, with the SP term, d(q, C_SP) ``[B, G]``."""
@@ -70,16 +96,28 @@ class QueryObjective(RankingObjective):
                 for t, w, s in zip(terms, weights, signs, strict=False)]
 
     def _chunk_loss(self, emb, terms, start: int) -> torch.Tensor:
-        d_qx = self.distance.pairwise_prepared(emb, self.prepared[start : start + self.chunk])
+        prepared = prepared_gallery(self.distance, self.gallery)  # the reference's, fp32
+        d_qx = self.distance.pairwise_prepared(emb, prepared[start : start + self.chunk])
         return sum(w * torch.relu(arg).sum(dim=(1, 2))
                    for w, _, arg in self._hinge_args(terms, d_qx))
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        """The loss ``[B]`` with autograd, in the reference arithmetic (tests, small sets)."""
         terms = self._terms(emb)
         return sum(self._chunk_loss(emb, terms, s)
                    for s in range(0, self.gallery.shape[0], self.chunk))
 
     def value_and_grad(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.policy.reference:
+            return self._reference(emb, with_value=True)
+        return self._fast(emb, with_value=True)
+
+    def grad(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.policy.reference:
+            return self._reference(emb, with_value=False)[1]
+        return self._fast(emb, with_value=False)[1]
+
+    def _reference(self, emb: torch.Tensor, with_value: bool):
         """Chunk by chunk over X, with the hinge's derivative written out: d(loss)/d(d(q, x))
         is minus the number of active hinge terms of x (an integer count, weighted by xi for
         C_SP), so autograd only runs through the distances, never through a [B, m, n] graph."""
@@ -97,13 +135,112 @@ class QueryObjective(RankingObjective):
                 w_x = torch.zeros_like(d_qx)  # [B, n]: d(loss) / d(d(q, x))
                 for (w, sign, arg), g in zip(self._hinge_args(fixed, d_qx.detach()),
                                              term_grads, strict=True):
-                    total += w * torch.relu(arg).sum(dim=(1, 2))
+                    if with_value:
+                        total += w * torch.relu(arg).sum(dim=(1, 2))
                     active = w * (arg > 0).to(e.dtype)
                     g += sign * active.sum(dim=2)
                     w_x -= sign * active.sum(dim=1)
             grad += torch.autograd.grad(d_qx, e, grad_outputs=w_x)[0]
         grad += torch.autograd.grad(terms, e, grad_outputs=term_grads)[0]
         return total, grad
+
+    def _term_plan(self) -> tuple[list[float], list[float]]:
+        """Sign and weight of each of the k = m (+ G) hinge terms, in ``_terms`` order."""
+        sign = 1.0 if self.raise_rank else -1.0
+        m = self.cand_emb.shape[1]
+        g = 0 if self.sp_emb is None else self.sp_emb.shape[1]
+        return [sign] * m + [1.0] * g, [self.w_main] * m + [self.w_sp] * g
+
+    def _fast(self, emb: torch.Tensor, with_value: bool):
+        """The tf32/bf16 path: per chunk, d(q~, x) from one product in the policy's precision,
+        the hinge derivative from exact comparisons (:func:`hinge_weights`), and for
+        dot-product distances (cosine) the backward as one more product, written out."""
+        e = emb.detach().requires_grad_(True)
+        with torch.enable_grad():
+            terms = self._terms(e)
+            q = self.distance.transform(e) if self.dot else None
+        thresholds = torch.cat([t.detach() for t in terms], dim=1)  # [B, k]
+        signs, weights = self._term_plan()
+        weigh = compiled_hinge_weights(self.policy)
+        counts = torch.zeros(thresholds.shape, dtype=torch.long, device=e.device)
+        total = torch.zeros(e.shape[0], device=e.device, dtype=e.dtype)
+        grad = torch.zeros_like(e)
+        grad_q = None if q is None else torch.zeros_like(q)
+        q_low = None if q is None else q.detach().to(self.prepared.dtype)
+        for s in range(0, self.gallery.shape[0], self.chunk):
+            part = self.prepared[s : s + self.chunk]
+            if q is not None:
+                d_qx = self.distance.from_dot(matmul_fp32(q_low, part.T)).to(e.dtype)
+            else:
+                with torch.enable_grad():
+                    d_qx = self.distance.pairwise_prepared(e, part)
+            w_x, cnt, value = weigh(d_qx.detach(), thresholds, signs, weights, with_value)
+            counts += cnt
+            if with_value:
+                total += value
+            if q is not None:  # d = from_dot(q . x): d(loss)/dq = slope * sum_x w_x x
+                grad_q += self.distance.dot_slope * matmul_fp32(w_x.to(part.dtype), part)
+            else:
+                grad += torch.autograd.grad(d_qx, e, grad_outputs=w_x)[0]
+        coef = torch.tensor([s * w for s, w in zip(signs, weights, strict=True)],
+                            dtype=e.dtype, device=e.device)
+        term_grads = list((counts.to(e.dtype) * coef).split([t.shape[1] for t in terms], 1))
+        outputs, grads = list(terms), term_grads
+        if q is not None:
+            outputs, grads = [*terms, q], [*term_grads, grad_q.to(q.dtype)]
+        grad += torch.autograd.grad(outputs, e, grad_outputs=grads)[0]
+        return total, grad
+
+
+def column_bytes(num_terms: int, policy: ExecutionPolicy) -> int:
+    """Temporary bytes per (attack, gallery row) of one QA chunk: the reference's [B, k, n]
+    hinge tensors, or the fast path's distances, masks and counts."""
+    if policy.reference:
+        return 4 * (3 * num_terms + 4) + num_terms
+    return 24 + 3 * num_terms
+
+
+def hinge_weights(d: torch.Tensor, thresholds: torch.Tensor, signs: list[float],
+                  weights: list[float], with_value: bool = False):
+    """The hinge sum ``sum_j w_j sum_x [s_j (t_j - d_x)]_+`` of one chunk, differentiated.
+
+    d ``[B, n]`` (d(q~, x)), thresholds ``[B, k]`` (t_j = d(q~, c_j)), one sign s_j and weight
+    w_j per term. Returns ``w_x [B, n]`` = d(loss)/d(d_x) = -sum_j s_j w_j [term j active at x],
+    ``counts [B, k]`` (int64, the number of x where term j is active: d(loss)/dt_j =
+    s_j w_j counts_j) and, with ``with_value``, the loss ``[B]`` (else None). One comparison
+    pass per term; terms that share a coefficient are counted together in a small integer
+    tensor, so the float weights are written once.
+    """
+    count_dtype = torch.int16 if len(signs) < 2**15 else torch.int32
+    groups: dict[float, torch.Tensor] = {}
+    counts, value = [], None
+    for j, (s, w) in enumerate(zip(signs, weights, strict=True)):
+        t = thresholds[:, j : j + 1]
+        active = d < t if s > 0 else d > t
+        counts.append(active.sum(1))
+        if with_value:
+            part = w * s * (t[:, 0] * counts[-1] - torch.where(active, d, 0).sum(1))
+            value = part if value is None else value + part
+        c = s * w
+        if c != 0:
+            groups[c] = active.to(count_dtype) if c not in groups else groups[c].add_(active)
+    w_x = torch.zeros_like(d)
+    for c, n_active in groups.items():
+        w_x.add_(n_active, alpha=-c)
+    return w_x, torch.stack(counts, 1), value
+
+
+_COMPILED: dict = {}
+
+
+def compiled_hinge_weights(policy: ExecutionPolicy):
+    """:func:`hinge_weights`, fused by ``torch.compile`` when the policy asks (one kernel
+    instead of a few passes per term: what a 1M-item gallery on a GPU needs)."""
+    if not policy.compile:
+        return hinge_weights
+    if "hinge" not in _COMPILED:
+        _COMPILED["hinge"] = torch.compile(hinge_weights, dynamic=True)
+    return _COMPILED["hinge"]
 
 
 class QueryAttack(AttackKind):
@@ -137,7 +274,7 @@ class QueryAttack(AttackKind):
         sp = sp_candidates(gallery, anchors, targets, g) if g > 0 else None
         return Selection(anchors, targets, sp)
 
-    def objective(self, embeddings, distance, part, clean=None):
+    def objective(self, embeddings, distance, part, clean=None, policy=None, memory=None):
         dev = embeddings.device
         sp = part.sp
         if sp is None and self.options["xi"] and self.options["g"] > 0:
@@ -147,7 +284,17 @@ class QueryAttack(AttackKind):
             sp = sp_candidates(view, None, part.targets, self.options["g"], clean)
         return QueryObjective(self.raise_rank, part.targets.to(dev), embeddings, distance,
                               sp_candidates=None if sp is None else sp.to(dev),
-                              xi=self.options["xi"], reduction=self.options["sp_reduction"])
+                              xi=self.options["xi"], reduction=self.options["sp_reduction"],
+                              policy=policy, memory=memory)
+
+    def prepare(self, embeddings, distance, part, clean=None, policy=None, memory=None):
+        return self.objective(embeddings, distance, part, clean, policy, memory)
+
+    def memory_per_attack(self, gallery_size, k, dim, policy):
+        """C and C_SP embeddings plus the temporaries of a chunk of at least 1,024 rows (the
+        chunk grows with what the budget leaves)."""
+        terms = k + self.options["g"]
+        return 4 * terms * dim + column_bytes(terms, policy) * min(gallery_size, 1024)
 
     @property
     def needs_clean(self) -> bool:  # only to build C_SP when the caller did not
