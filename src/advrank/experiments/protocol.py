@@ -225,8 +225,8 @@ def attack_batches(
             shape = tuple(gallery.images(part.anchors[:1]).shape[1:])
             plan = plan_batches(model, gallery, kind, k, batch_size, shape, policy)
         pieces = plan.splitter.run(
-            lambda a, b, part=part: _attack_part(model, gallery, kind, threat,
-                                                 part.slice(a, b), seed, policy, plan.memory),
+            lambda a, b, part=part, memory=plan.memory: _attack_part(
+                model, gallery, kind, threat, part.slice(a, b), seed, policy, memory),
             0, len(part))
         yield part, torch.cat(pieces)
         if bar is not None:
