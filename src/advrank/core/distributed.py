@@ -145,9 +145,12 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     if not active():
         return tensor
     dev = _device()
-    sizes = [int(s) for s in gather_objects(int(tensor.shape[0]))]
-    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=dev)
-    padded[: tensor.shape[0]] = tensor.to(dev)
+    shapes = [tuple(s) for s in gather_objects(tuple(tensor.shape))]
+    sizes = [s[0] for s in shapes]
+    tail = next((s[1:] for s in shapes if s[0] > 0), tensor.shape[1:])  # an empty rank's
+    padded = torch.zeros((max(sizes), *tail), dtype=tensor.dtype, device=dev)  # may be [0, 0]
+    if tensor.shape[0]:
+        padded[: tensor.shape[0]] = tensor.to(dev)
     parts = [torch.empty_like(padded) for _ in sizes]
     torch.distributed.all_gather(parts, padded)
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).to(tensor.device)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from advrank.core import distributed
 from advrank.core.checks import check_finite
 from advrank.core.distances import Distance, get_distance
 
@@ -22,33 +23,38 @@ def embed_dataset(
     """Embeddings ``[N, D]`` of a whole dataset (model in eval mode), returned on ``device``.
 
     Refuses non-finite embeddings (a model with NaN/Inf weights or a zero std) instead of
-    letting them become results.
+    letting them become results. Under torchrun each process embeds a contiguous share of
+    whole batches and the shares are all-gathered: every process gets the embeddings one
+    process would compute (the same batches through the same model).
     """
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     model.eval()
     device = torch.device(device)
+    start, end = distributed.shard_range(len(dataset), batch_size)
     bar = None
-    if progress:
+    if progress and distributed.is_main():
         from tqdm import tqdm
 
-        bar = tqdm(total=len(dataset), desc="embed gallery", file=sys.stderr, leave=False,
+        bar = tqdm(total=end - start, desc="embed gallery", file=sys.stderr, leave=False,
                    unit="img")
+    chunks = []
     if hasattr(dataset, "images"):  # in-memory tensor dataset: slice directly, no loader overhead
-        chunks = []
-        for i in range(0, len(dataset), batch_size):
-            chunks.append(model(dataset.images[i : i + batch_size].to(device)))
+        for i in range(start, end, batch_size):
+            chunks.append(model(dataset.images[i : min(end, i + batch_size)].to(device)))
             if bar is not None:
                 bar.update(chunks[-1].shape[0])
     else:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers)
-        chunks = []
+        part = dataset if (start, end) == (0, len(dataset)) else Subset(dataset,
+                                                                         range(start, end))
+        loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for x, _ in loader:
             chunks.append(model(x.to(device)))
             if bar is not None:
                 bar.update(x.shape[0])
     if bar is not None:
         bar.close()
-    return check_finite(torch.cat(chunks), "the gallery embeddings")
+    emb = torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
+    return check_finite(distributed.all_gather_rows(emb), "the gallery embeddings")
 
 
 @dataclass

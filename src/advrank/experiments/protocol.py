@@ -297,7 +297,9 @@ def run_attack(
         log.add(clean, attacked)
     log.gather()
     seconds = max(distributed.gather_objects(time.time() - t0))
-    return log.result(kind, eps, k, gallery, threat, seconds)
+    result = log.result(kind, eps, k, gallery, threat, seconds)
+    result.extra["precision"] = policy.precision
+    return result
 
 
 @torch.no_grad()
