@@ -110,6 +110,11 @@ class AttackKind:
         applies)."""
         return 0
 
+    def shared_memory(self, gallery_size: int, dim: int, distance: Distance,
+                      policy: ExecutionPolicy) -> int:
+        """Bytes held once for all attacks (e.g. a prepared copy of the gallery)."""
+        return 0
+
     def measure(self, gallery: Gallery, part: Selection,
                 emb: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

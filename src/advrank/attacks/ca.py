@@ -16,7 +16,7 @@ from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
 from advrank.attacks.selection import Selection, random_others, top_pool_targets
 from advrank.core.checks import check_number
 from advrank.core.distances import Distance
-from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32, prepared_gallery
+from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import count_closer, nearest_neighbors
 from advrank.registry import ATTACKS
@@ -63,7 +63,7 @@ class CandidateObjective(RankingObjective):
             rows, k = flat[s : s + self.rows], keys[s : s + self.rows]
             if with_sums:
                 hit = rows < k if self.raise_rank else rows > k
-                counts.append(hit.sum(-1))
+                counts.append(hit.view(torch.uint8).sum(-1, dtype=torch.int32).long())
                 sums.append(torch.where(hit, rows, 0).sum(-1))
             else:
                 counts.append(count(rows, k, self.raise_rank))
@@ -96,30 +96,31 @@ def distance_table(flat: torch.Tensor, gallery: torch.Tensor, distance: Distance
     """``d(q, x)`` for queries ``[R, D]`` and the gallery ``[N, D]``: ``[R, N]`` in the
     gallery's dtype, written chunk by chunk into one preallocated table. The fp32 reference
     computes exactly what earlier versions did (``distance.pairwise`` per 4,096 rows); other
-    precisions multiply with the cached prepared gallery in the policy's product dtype."""
+    precisions take larger chunks and, for dot-product distances, multiply in the policy's
+    product dtype (bf16: fp32 accumulation). No gallery copy outlives the call."""
     n = gallery.shape[0]
     table = torch.empty(flat.shape[0], n, dtype=gallery.dtype, device=gallery.device)
     if policy.reference:
         for s in range(0, n, chunk):
             table[:, s : s + chunk] = distance.pairwise(flat, gallery[s : s + chunk])
         return table
-    dtype = policy.product_dtype(gallery.dtype)
-    if distance.dot_product_form:
-        prepared = prepared_gallery(distance, gallery, dtype)
-        q = distance.transform(flat).to(dtype)
-        big = max(chunk, (64 << 20) // max(1, flat.shape[0]))  # ~256 MiB of fp32 per product
+    big = max(chunk, (64 << 20) // max(1, flat.shape[0]))  # ~256 MiB of fp32 per product
+    if not distance.dot_product_form:
         for s in range(0, n, big):
-            table[:, s : s + big] = distance.from_dot(matmul_fp32(q, prepared[s : s + big].T))
+            table[:, s : s + big] = distance.pairwise(flat, gallery[s : s + big])
         return table
-    prepared = prepared_gallery(distance, gallery)
-    for s in range(0, n, chunk):
-        table[:, s : s + chunk] = distance.pairwise_prepared(flat, prepared[s : s + chunk])
+    dtype = policy.product_dtype(gallery.dtype)
+    q = distance.transform(flat).to(dtype)
+    for s in range(0, n, big):
+        xs = distance.prepare(gallery[s : s + big]).to(dtype)
+        table[:, s : s + big] = distance.from_dot(matmul_fp32(q, xs.T))
     return table
 
 
 def _count(rows: torch.Tensor, key: torch.Tensor, below: bool) -> torch.Tensor:
     """#{x : rows < key} (``below``) or #{x : rows > key} per row ``[R]``."""
-    return (rows < key).sum(-1) if below else (rows > key).sum(-1)
+    hit = rows < key if below else rows > key
+    return hit.view(torch.uint8).sum(-1, dtype=torch.int32).long()  # (faster than a bool sum)
 
 
 _COMPILED: dict = {}

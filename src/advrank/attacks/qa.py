@@ -26,13 +26,22 @@ from advrank.attacks.selection import (
 )
 from advrank.core.checks import check_choice, check_number
 from advrank.core.distances import Distance
-from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32, prepared_gallery
+from advrank.core.execution import (
+    ExecutionPolicy,
+    Workspace,
+    get_policy,
+    matmul_fp32,
+    prepared_gallery,
+)
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import count_closer, nearest_neighbors
 from advrank.errors import AdvrankError
 from advrank.registry import ATTACKS
 
 SP_REDUCTIONS = ("mean", "sum")
+#: the fast path's largest [B, chunk] block: beyond ~128M entries fewer, larger products stop
+#: paying off and only cost memory
+MAX_CHUNK_ELEMENTS = 1 << 27
 
 
 class QueryObjective(RankingObjective):
@@ -65,6 +74,7 @@ class QueryObjective(RankingObjective):
         dtype = self.policy.product_dtype(gallery.dtype) if self.dot else gallery.dtype
         self.prepared = prepared_gallery(distance, gallery, dtype)  # prepared once per gallery
         self.chunk = self._chunk_size(chunk, memory)
+        self.work = Workspace()  # the fast path's per-chunk buffers, reused every step
 
     @property
     def num_terms(self) -> int:
@@ -78,7 +88,9 @@ class QueryObjective(RankingObjective):
             return chunk
         b, n = max(1, self.cand_emb.shape[0]), self.gallery.shape[0]
         fitting = max(256, memory // (b * column_bytes(self.num_terms, self.policy)))
-        return min(chunk, fitting) if self.policy.reference else min(n, fitting)
+        if self.policy.reference:
+            return min(chunk, fitting)
+        return min(n, fitting, max(chunk, MAX_CHUNK_ELEMENTS // b))
 
     def _terms(self, emb: torch.Tensor) -> list[torch.Tensor]:
         """d(q, C) ``[B, m]`` and, with the SP term, d(q, C_SP) ``[B, G]``."""
@@ -162,6 +174,7 @@ class QueryObjective(RankingObjective):
         thresholds = torch.cat([t.detach() for t in terms], dim=1)  # [B, k]
         signs, weights = self._term_plan()
         weigh = compiled_hinge_weights(self.policy)
+        work = self.work
         counts = torch.zeros(thresholds.shape, dtype=torch.long, device=e.device)
         total = torch.zeros(e.shape[0], device=e.device, dtype=e.dtype)
         grad = torch.zeros_like(e)
@@ -170,16 +183,19 @@ class QueryObjective(RankingObjective):
         for s in range(0, self.gallery.shape[0], self.chunk):
             part = self.prepared[s : s + self.chunk]
             if q is not None:
-                d_qx = self.distance.from_dot(matmul_fp32(q_low, part.T)).to(e.dtype)
+                d_qx = self._dot_distances(q_low, part, e.dtype)
             else:
                 with torch.enable_grad():
                     d_qx = self.distance.pairwise_prepared(e, part)
-            w_x, cnt, value = weigh(d_qx.detach(), thresholds, signs, weights, with_value)
+            w_x, cnt, value = weigh(d_qx.detach(), thresholds, signs, weights, with_value,
+                                    work=work)
             counts += cnt
             if with_value:
                 total += value
             if q is not None:  # d = from_dot(q . x): d(loss)/dq = slope * sum_x w_x x
-                grad_q += self.distance.dot_slope * matmul_fp32(w_x.to(part.dtype), part)
+                w_low = w_x if w_x.dtype == part.dtype else work.get(
+                    "w_low", tuple(w_x.shape), part.dtype, w_x.device).copy_(w_x)
+                grad_q += self.distance.dot_slope * matmul_fp32(w_low, part)
             else:
                 grad += torch.autograd.grad(d_qx, e, grad_outputs=w_x)[0]
         coef = torch.tensor([s * w for s, w in zip(signs, weights, strict=True)],
@@ -192,6 +208,23 @@ class QueryObjective(RankingObjective):
         return total, grad
 
 
+    def _dot_distances(self, q_low: torch.Tensor, part: torch.Tensor,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """``from_dot(q . x)`` ``[B, n]`` for one chunk, in a reused buffer: the product (fp32
+        accumulation) and the affine map to distances in place."""
+        shape, dev = (q_low.shape[0], part.shape[0]), q_low.device
+        out = self.work.get("d", shape, dtype, dev)
+        if q_low.dtype == dtype:
+            torch.mm(q_low, part.T, out=out)
+        else:
+            out.copy_(matmul_fp32(q_low, part.T))
+        return out.mul_(self.distance.dot_slope).add_(self._dot_offset)
+
+    @property
+    def _dot_offset(self) -> float:
+        return float(self.distance.from_dot(torch.zeros(())))
+
+
 def column_bytes(num_terms: int, policy: ExecutionPolicy) -> int:
     """Temporary bytes per (attack, gallery row) of one QA chunk: the reference's [B, k, n]
     hinge tensors, or the fast path's distances, masks and counts."""
@@ -201,7 +234,8 @@ def column_bytes(num_terms: int, policy: ExecutionPolicy) -> int:
 
 
 def hinge_weights(d: torch.Tensor, thresholds: torch.Tensor, signs: list[float],
-                  weights: list[float], with_value: bool = False):
+                  weights: list[float], with_value: bool = False,
+                  work: Workspace | None = None):
     """The hinge sum ``sum_j w_j sum_x [s_j (t_j - d_x)]_+`` of one chunk, differentiated.
 
     d ``[B, n]`` (d(q~, x)), thresholds ``[B, k]`` (t_j = d(q~, c_j)), one sign s_j and weight
@@ -209,25 +243,34 @@ def hinge_weights(d: torch.Tensor, thresholds: torch.Tensor, signs: list[float],
     ``counts [B, k]`` (int64, the number of x where term j is active: d(loss)/dt_j =
     s_j w_j counts_j) and, with ``with_value``, the loss ``[B]`` (else None). One comparison
     pass per term; terms that share a coefficient are counted together in a small integer
-    tensor, so the float weights are written once.
+    tensor, so the float weights are written once. ``work`` reuses buffers across calls (the
+    returned ``w_x`` lives in it until the next call).
     """
-    count_dtype = torch.int16 if len(signs) < 2**15 else torch.int32
+    work = work if work is not None else Workspace()
+    shape, dev = tuple(d.shape), d.device
+    mask = work.get("mask", shape, torch.bool, dev)
+    acc_dtype = torch.uint8 if len(signs) < 2**8 else torch.int32
     groups: dict[float, torch.Tensor] = {}
     counts, value = [], None
     for j, (s, w) in enumerate(zip(signs, weights, strict=True)):
         t = thresholds[:, j : j + 1]
-        active = d < t if s > 0 else d > t
-        counts.append(active.sum(1))
+        torch.lt(d, t, out=mask) if s > 0 else torch.gt(d, t, out=mask)
+        hits = mask.view(torch.uint8)  # (a uint8 view sums faster than bool, with no copy)
+        counts.append(hits.sum(1, dtype=torch.int32))
         if with_value:
-            part = w * s * (t[:, 0] * counts[-1] - torch.where(active, d, 0).sum(1))
+            part = w * s * (t[:, 0] * counts[-1] - torch.where(mask, d, 0).sum(1))
             value = part if value is None else value + part
         c = s * w
-        if c != 0:
-            groups[c] = active.to(count_dtype) if c not in groups else groups[c].add_(active)
-    w_x = torch.zeros_like(d)
+        if c == 0:
+            continue
+        if c not in groups:
+            groups[c] = work.get(f"acc{len(groups)}", shape, acc_dtype, dev).copy_(hits)
+        else:
+            groups[c].add_(hits)
+    w_x = work.get("w_x", shape, d.dtype, dev).zero_()
     for c, n_active in groups.items():
         w_x.add_(n_active, alpha=-c)
-    return w_x, torch.stack(counts, 1), value
+    return w_x, torch.stack(counts, 1).long(), value
 
 
 _COMPILED: dict = {}
@@ -239,8 +282,26 @@ def compiled_hinge_weights(policy: ExecutionPolicy):
     if not policy.compile:
         return hinge_weights
     if "hinge" not in _COMPILED:
-        _COMPILED["hinge"] = torch.compile(hinge_weights, dynamic=True)
+        compiled = torch.compile(_hinge_weights_pure, dynamic=True)
+        _COMPILED["hinge"] = lambda d, t, s, w, v, work=None: compiled(d, t, s, w, v)
     return _COMPILED["hinge"]
+
+
+def _hinge_weights_pure(d: torch.Tensor, thresholds: torch.Tensor, signs: list[float],
+                        weights: list[float], with_value: bool = False):
+    """:func:`hinge_weights` without buffers or in-place updates: what ``torch.compile``
+    fuses into a pass or two over ``d``."""
+    w_x = torch.zeros_like(d)
+    counts, value = [], None
+    for j, (s, w) in enumerate(zip(signs, weights, strict=True)):
+        t = thresholds[:, j : j + 1]
+        active = d < t if s > 0 else d > t
+        counts.append(active.sum(1))
+        if with_value:
+            part = w * s * (t[:, 0] * counts[-1] - torch.where(active, d, 0).sum(1))
+            value = part if value is None else value + part
+        w_x = w_x - (s * w) * active.to(d.dtype)
+    return w_x, torch.stack(counts, 1), value
 
 
 class QueryAttack(AttackKind):
@@ -295,6 +356,13 @@ class QueryAttack(AttackKind):
         chunk grows with what the budget leaves)."""
         terms = k + self.options["g"]
         return 4 * terms * dim + column_bytes(terms, policy) * min(gallery_size, 1024)
+
+    def shared_memory(self, gallery_size, dim, distance, policy):
+        """The prepared (e.g. L2-normalised) gallery copy the steps multiply with, in the
+        policy's product dtype."""
+        if not distance.dot_product_form:
+            return 0
+        return gallery_size * dim * torch.finfo(policy.product_dtype(torch.float32)).bits // 8
 
     @property
     def needs_clean(self) -> bool:  # only to build C_SP when the caller did not

@@ -219,6 +219,28 @@ def prepared_gallery(distance, gallery: torch.Tensor, dtype: torch.dtype | None 
     return PREPARED.get(distance, gallery, dtype or gallery.dtype)
 
 
+class Workspace:
+    """Named buffers reused from one gallery chunk (and one PGD step) to the next. The CPU
+    allocator hands large blocks back to the system, so a fresh ``[B, n]`` tensor per chunk
+    costs its page faults every time (as long as the arithmetic on it); CUDA's caching
+    allocator makes reuse free there too."""
+
+    def __init__(self):
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+        """A contiguous tensor of ``shape`` (uninitialised) backed by buffer ``name``."""
+        numel = 1
+        for size in shape:
+            numel *= int(size)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            self.buffers.pop(name, None)
+            buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
 # ------------------------------------------------------------------------ model memory
 
 _MODEL_BYTES: dict[tuple, int] = {}

@@ -165,8 +165,7 @@ def plan_batches(model: nn.Module, gallery: Gallery, kind: AttackKind, k: int, b
     kind_b = kind.memory_per_attack(n, k, dim, policy)
     measure_b = (k + 2) * MEASURE_CHUNK * 9
     per_attack = model_b + kind_b + measure_b
-    low = policy.product_dtype(gallery.embeddings.dtype)
-    fixed = n * dim * (torch.finfo(low).bits // 8)  # the prepared gallery copy
+    fixed = kind.shared_memory(n, dim, gallery.distance, policy)  # e.g. a gallery copy
     avail = budget - fixed
     if avail < per_attack:
         raise AdvrankError(
