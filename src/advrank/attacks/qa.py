@@ -213,11 +213,7 @@ class QueryObjective(RankingObjective):
         """``from_dot(q . x)`` ``[B, n]`` for one chunk, in a reused buffer: the product (fp32
         accumulation) and the affine map to distances in place."""
         shape, dev = (q_low.shape[0], part.shape[0]), q_low.device
-        out = self.work.get("d", shape, dtype, dev)
-        if q_low.dtype == dtype:
-            torch.mm(q_low, part.T, out=out)
-        else:
-            out.copy_(matmul_fp32(q_low, part.T))
+        out = matmul_fp32(q_low, part.T, out=self.work.get("d", shape, dtype, dev))
         return out.mul_(self.distance.dot_slope).add_(self._dot_offset)
 
     @property

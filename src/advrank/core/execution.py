@@ -162,20 +162,25 @@ def get_policy(policy: ExecutionPolicy | None) -> ExecutionPolicy:
 _MM_DTYPE_OK: dict[str, bool] = {}
 
 
-def matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """``a [M, K] @ b [K, N]`` returned in fp32 whatever the (equal) input dtypes: bf16 inputs
     use cuBLAS with fp32 accumulation *and* fp32 output on CUDA; elsewhere the product is
-    computed in the input dtype (fp32 accumulation inside) and converted."""
-    if a.dtype == torch.float32 or a.dtype == torch.float64:
-        return a @ b
+    computed in the input dtype (fp32 accumulation inside) and converted. ``out``: an fp32
+    ``[M, N]`` tensor to write into (and return)."""
+    if a.dtype in (torch.float32, torch.float64):
+        return torch.mm(a, b, out=out) if out is not None else a @ b
     if a.is_cuda and _MM_DTYPE_OK.get("cuda", True):
         try:
+            if out is not None:
+                return torch.mm(a, b, out_dtype=torch.float32, out=out)
             return torch.mm(a, b, out_dtype=torch.float32)
         except (RuntimeError, TypeError) as exc:  # an older torch or cuBLAS: say so, go on
             _MM_DTYPE_OK["cuda"] = False
             print(f"advrank: bf16 products with fp32 output unavailable ({exc}); "
                   "rounding them to bf16", file=sys.stderr)
-    return (a @ b).float()
+    product = (a @ b).float()
+    return out.copy_(product) if out is not None else product
 
 
 class _PreparedCache:
