@@ -56,7 +56,7 @@ def cmd_attack(args) -> None:
     if "sp_rank_after" in s:
         text += f"; worst C_SP rank {s['sp_rank_before']:.2f}% -> {s['sp_rank_after']:.2f}%"
     text += f"; R@1 {s['recall@1_before']:.1f}% -> {s['recall@1_after']:.1f}%"
-    emit(args, {**s, **target.record(args.seed)}, text)
+    emit(args, {**s, "memory_budget": policy.memory_budget, **target.record(args.seed)}, text)
 
 
 def cmd_grid(args) -> None:

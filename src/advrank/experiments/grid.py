@@ -77,7 +77,7 @@ def run_grid(
                 "checkpoint_sha": (meta or {}).get("checkpoint_sha"),
                 "precision": policy.precision}
     record = {"eps_values": list(eps_values), "ks": list(ks), "attacks": list(kinds),
-              "paper": paper, **(meta or {})}
+              "paper": paper, "memory_budget": policy.memory_budget, **(meta or {})}
     progress = progress and distributed.is_main()
     with Store(out_dir, RESULTS, FORMAT, identity, record, implied=IMPLIED_IDENTITY) as st:
         check_cell_options(st.path, st.cells.values(), kinds)

@@ -184,6 +184,13 @@ def plan_batches(model: nn.Module, gallery: Gallery, kind: AttackKind, k: int, b
                                                         device=device))
 
 
+def plan_for(model: nn.Module, gallery: Gallery, kind: AttackKind, k: int, batch_size: int,
+             selection: Selection, policy: ExecutionPolicy) -> BatchPlan:
+    """:func:`plan_batches` with the image shape read from the selection's first anchor."""
+    shape = tuple(gallery.images(selection.anchors[:1]).shape[1:])
+    return plan_batches(model, gallery, kind, k, batch_size, shape, policy)
+
+
 def _attack_part(model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,
                  part: Selection, seed: int, policy: ExecutionPolicy,
                  memory: int | None) -> torch.Tensor:
@@ -202,7 +209,7 @@ def _attack_part(model: nn.Module, gallery: Gallery, kind: AttackKind, threat: L
 def attack_batches(
     model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,
     selection: Selection, seed: int, batch_size: int, progress: bool = False, desc: str = "",
-    policy: ExecutionPolicy | None = None, k: int | None = None,
+    policy: ExecutionPolicy | None = None, k: int | None = None, plan: BatchPlan | None = None,
 ) -> Iterator[tuple[Selection, torch.Tensor]]:
     """Yield ``(part, adversarial images [B, C, H, W])`` batch by batch over ``selection``.
 
@@ -216,13 +223,11 @@ def attack_batches(
         from tqdm import tqdm
 
         bar = tqdm(total=len(selection), desc=desc, file=sys.stderr, leave=False, unit="attack")
-    plan = None
     k = k if k is not None else (1 if selection.targets is None else selection.targets.shape[1])
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
         if plan is None:
-            shape = tuple(gallery.images(part.anchors[:1]).shape[1:])
-            plan = plan_batches(model, gallery, kind, k, batch_size, shape, policy)
+            plan = plan_for(model, gallery, kind, k, batch_size, part, policy)
         pieces = plan.splitter.run(
             lambda a, b, part=part, memory=plan.memory: _attack_part(
                 model, gallery, kind, threat, part.slice(a, b), seed, policy, memory),
@@ -274,10 +279,11 @@ def run_attack(
     mine = selection.slice(start, end)
     t0, log = time.time(), RankLog()
     desc = f"{kind.name} eps={eps:g} {kind.size_name or 'k'}={k}"
-    splitter = BatchSplitter(batch_size, f"{kind.name} measurements", device=gallery.device)
+    plan = plan_for(model, gallery, kind, k, batch_size, selection, policy)
+    splitter = BatchSplitter(plan.sub, f"{kind.name} measurements", device=gallery.device)
     for s, (part, adv) in zip(range(start, end, batch_size),
                               attack_batches(model, gallery, kind, threat, mine, seed,
-                                             batch_size, progress, desc, policy, k),
+                                             batch_size, progress, desc, policy, k, plan),
                               strict=True):
         emb = gallery.embeddings
         if clean_cache is not None and s in clean_cache:
