@@ -5,6 +5,11 @@ The attack kind decides the selection rules and the figures (normalized ranks fo
 see ``advrank/attacks/ca.py`` and ``qa.py``); this module only batches and collects. All
 selections are drawn up front and each attack's random start is keyed by its position, so
 results do not depend on the batch size.
+
+An :class:`~advrank.core.execution.ExecutionPolicy` (precision, memory budget) is passed down
+explicitly: a batch that does not fit the budget runs in sub-batches (:func:`plan_batches`),
+one that still runs out of memory is split and retried. Under torchrun each process runs a
+contiguous share of whole batches and the per-attack figures are gathered in order.
 """
 
 from __future__ import annotations
