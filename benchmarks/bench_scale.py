@@ -20,8 +20,8 @@ and the issue's targets evaluated on them. Speed does not depend on what a model
 random weights and data are enough.
 
     python benchmarks/bench_scale.py                                    # GPU, 10k/100k/1M
-    python benchmarks/bench_scale.py --sizes 10000000 --dim 512 --precisions bf16 \\
-        --out results/bench_scale-cuda-10M.json                        # 10M x 512
+    python benchmarks/bench_scale.py --sizes 10000000 --dim 512 --precisions fp32,bf16 \\
+        --memory-budget auto --out results/bench_scale-cuda-10M.json   # 10M x 512
     python benchmarks/bench_scale.py --device cpu --sizes 10000,100000 --batch 128 \\
         --num-attacks 128 --precisions fp32,bf16                        # CPU
 """
@@ -129,7 +129,8 @@ def run_case(args, attack: str, n: int, precision: str) -> dict:
     from advrank.experiments.protocol import attack_batches, plan_batches
 
     device = resolve_device(args.device)
-    policy = ExecutionPolicy(precision, args.memory_budget, args.compile)
+    policy = ExecutionPolicy(precision, args.budgets.get(attack, args.budgets["*"]),
+                             args.compile)
     kind = get_attack(attack)
     threat = LinfThreatModel(0.3, steps=args.steps)
     PREPARED.clear()
@@ -267,9 +268,10 @@ def parse_args(argv=None):
                    help="T attacks per case (default: 2 batches)")
     p.add_argument("--steps", type=int, default=30, help="PGD steps (eta)")
     p.add_argument("--k", type=int, default=1, help="w (CA) or m (QA)")
-    p.add_argument("--memory-budget", default="4GiB",
-                   help="the attacks' memory budget (auto: from the device); default 4GiB, the "
-                        "issue's bound for CA+ at 1M")
+    p.add_argument("--memory-budget", default="CA+=4GiB,auto",
+                   help="the attacks' memory budget: a size or auto (from the device), for all "
+                        "attacks or per attack as ATTACK=SIZE (default: 4GiB for CA+, the "
+                        "issue's bound at 1M, auto for the rest)")
     p.add_argument("--compile", action="store_true", help="fuse the comparison passes")
     p.add_argument("--processes", default="1",
                    help="comma-separated process counts (>1: torchrun, one GPU each)")
@@ -284,11 +286,20 @@ def parse_args(argv=None):
                                                "<device>.json)")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from advrank.core.execution import parse_bytes
-
-    args.memory_budget = None if args.memory_budget == "auto" else parse_bytes(args.memory_budget)
+    args.budgets = parse_budgets(args.memory_budget)
     args.num_attacks = args.num_attacks or 2 * args.batch
     return args
+
+
+def parse_budgets(text: str) -> dict[str, int | None]:
+    """``"CA+=4GiB,auto"`` -> ``{"CA+": 4 GiB, "*": None}`` (None: from the device)."""
+    from advrank.core.execution import parse_bytes
+
+    budgets: dict[str, int | None] = {"*": None}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        attack, _, size = item.rpartition("=")
+        budgets[attack or "*"] = None if size == "auto" else parse_bytes(size)
+    return budgets
 
 
 def main(argv=None) -> None:
@@ -310,7 +321,7 @@ def main(argv=None) -> None:
     del model
     print(f"{hardware_string(device)}; D = {args.dim}, batch {args.batch}, T = "
           f"{args.num_attacks}, {args.steps} steps, k = {args.k}, memory budget "
-          f"{'auto' if args.memory_budget is None else f'{args.memory_budget / GIB:g} GiB'}")
+          f"{args.memory_budget}")
     for p, lim in limits.items():
         print(f"model-only limit {p}: {lim['attacks_per_s']:,.0f} attacks/s "
               f"(forward+backward {lim['fwd_bwd_ms']:.2f} ms)")
@@ -321,7 +332,7 @@ def main(argv=None) -> None:
               "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
-              "args": {k: v for k, v in vars(args).items() if k != "case"},
+              "args": {k: v for k, v in vars(args).items() if k not in ("case", "budgets")},
               "limits": limits, "rows": []}
     for processes in (int(x) for x in args.processes.split(",")):
         for precision in args.precisions.split(","):
