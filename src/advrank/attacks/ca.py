@@ -45,12 +45,12 @@ class CandidateObjective(RankingObjective):
         self.policy = get_policy(policy)
         b, w, d = queries.shape
         self.n = gallery.shape[0]
+        entries = b * w * self.n
+        spare = entries // 8 if memory is None else memory - entries * gallery.element_size()
         with torch.no_grad():
             self.table = distance_table(queries.reshape(b * w, d), gallery, distance,
-                                        self.policy, chunk).view(b, w, self.n)
-        table_bytes = self.table.numel() * self.table.element_size()
-        mask_bytes = self.table.numel() // 8 if memory is None else memory - table_bytes
-        self.rows = max(1, mask_bytes // max(1, self.n))  # (attack, query) rows per pass
+                                        self.policy, chunk, spare).view(b, w, self.n)
+        self.rows = max(1, spare // max(1, self.n))  # (attack, query) rows per pass
 
     def _count(self, a: torch.Tensor, with_sums: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """k = #{x : d(q, x) < a} (CA+) or #{x : d(q, x) > a} (CA-) ``[B, w]`` int64, and with
@@ -92,19 +92,25 @@ class CandidateObjective(RankingObjective):
 
 
 def distance_table(flat: torch.Tensor, gallery: torch.Tensor, distance: Distance,
-                   policy: ExecutionPolicy, chunk: int = 4096) -> torch.Tensor:
+                   policy: ExecutionPolicy, chunk: int = 4096,
+                   spare: int | None = None) -> torch.Tensor:
     """``d(q, x)`` for queries ``[R, D]`` and the gallery ``[N, D]``: ``[R, N]`` in the
     gallery's dtype, written chunk by chunk into one preallocated table. The fp32 reference
     computes exactly what earlier versions did (``distance.pairwise`` per 4,096 rows); other
     precisions take larger chunks and, for dot-product distances, multiply in the policy's
-    product dtype (bf16: fp32 accumulation). No gallery copy outlives the call."""
+    product dtype (bf16: fp32 accumulation), as large as ``spare`` bytes of temporaries allow.
+    No gallery copy outlives the call."""
     n = gallery.shape[0]
     table = torch.empty(flat.shape[0], n, dtype=gallery.dtype, device=gallery.device)
     if policy.reference:
         for s in range(0, n, chunk):
             table[:, s : s + chunk] = distance.pairwise(flat, gallery[s : s + chunk])
         return table
-    big = max(chunk, (64 << 20) // max(1, flat.shape[0]))  # ~256 MiB of fp32 per product
+    r, d = max(1, flat.shape[0]), flat.shape[1]
+    big = (64 << 20) // r  # at most ~256 MiB of fp32 per product
+    if spare is not None:  # per gallery row: its product column, its normalised copies
+        big = min(big, spare // (4 * r + 6 * d))
+    big = max(chunk, big)
     if not distance.dot_product_form:
         for s in range(0, n, big):
             table[:, s : s + big] = distance.pairwise(flat, gallery[s : s + big])
