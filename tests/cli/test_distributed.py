@@ -53,7 +53,7 @@ def _same(a: dict, b: dict) -> None:
 
 
 def test_attack_under_torchrun_equals_one_process(ckpt, tmp_path, capsys):
-    # --k, not --m: torchrun's own parser would take --m for one of its options
+    # --k, not --m: torchrun's own parser takes --m for an abbreviation of its options
     args = ["attack", "--checkpoint", str(ckpt), "--attack", "QA+", "--eps", "0.1", "--k", "2",
             "--num-attacks", "22", "--batch-size", "4", "--steps", "4", "--device", "cpu",
             "--json", "--quiet"]

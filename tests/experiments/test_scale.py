@@ -101,3 +101,22 @@ def test_reduced_precisions_attack_as_well_and_measure_in_fp32(digits, attack, p
     assert low["rank_after"] == pytest.approx(reference["rank_after"], abs=6.0)
     if precision == "tf32":  # fp32 products on a CPU: the same attack up to rounding
         assert low["rank_after"] == pytest.approx(reference["rank_after"], abs=1.0)
+
+
+def test_gallery_embedding_splits_on_out_of_memory(digits, capsys):
+    from torch import nn
+
+    from advrank.core.gallery import embed_dataset
+
+    model, gal = digits
+
+    class Flaky(nn.Module):  # a device that cannot hold more than 20 images at once
+        def forward(self, x):
+            if x.shape[0] > 20:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return model(x)
+
+    got = embed_dataset(Flaky(), gal.dataset, batch_size=64)
+    assert torch.allclose(got, gal.embeddings, atol=1e-6)
+    assert "out of memory on 64 images to embed; splitting into batches of 16" in \
+        capsys.readouterr().err

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from advrank.core import distributed
 from advrank.core.checks import check_finite
 from advrank.core.distances import Distance, get_distance
+from advrank.core.execution import BatchSplitter
 
 
 @torch.no_grad()
@@ -38,9 +39,14 @@ def embed_dataset(
         bar = tqdm(total=end - start, desc="embed gallery", file=sys.stderr, leave=False,
                    unit="img")
     chunks = []
+    splitter = BatchSplitter(batch_size, "images to embed", device=device)
+
+    def embed(x: torch.Tensor) -> torch.Tensor:  # halves of the batch on out-of-memory
+        return torch.cat(splitter.run(lambda a, b: model(x[a:b].to(device)), 0, x.shape[0]))
+
     if hasattr(dataset, "images"):  # in-memory tensor dataset: slice directly, no loader overhead
         for i in range(start, end, batch_size):
-            chunks.append(model(dataset.images[i : min(end, i + batch_size)].to(device)))
+            chunks.append(embed(dataset.images[i : min(end, i + batch_size)]))
             if bar is not None:
                 bar.update(chunks[-1].shape[0])
     else:
@@ -48,7 +54,7 @@ def embed_dataset(
                                                                          range(start, end))
         loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for x, _ in loader:
-            chunks.append(model(x.to(device)))
+            chunks.append(embed(x))
             if bar is not None:
                 bar.update(x.shape[0])
     if bar is not None:
