@@ -50,7 +50,8 @@ def markdown(rows: list[dict], ref: dict, other: dict) -> str:
              f"| cell | {p_ref} | {p_other} | difference | SE | difference / SE | within 2 SE |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['cell']} | {r['reference']:.2f} | {r['other']:.2f} | "
+        attack, eps, k = r["cell"].split("|")
+        lines.append(f"| {attack} eps={eps} k={k} | {r['reference']:.2f} | {r['other']:.2f} | "
                      f"{r['diff']:+.2f} | {r['se']:.2f} | {r['diff_in_se']:.2f} | "
                      f"{'yes' if r['within_2se'] else '**no**'} |")
     agree = sum(r["within_2se"] for r in rows)

@@ -207,7 +207,6 @@ class QueryObjective(RankingObjective):
         grad += torch.autograd.grad(outputs, e, grad_outputs=grads)[0]
         return total, grad
 
-
     def _dot_distances(self, q_low: torch.Tensor, part: torch.Tensor,
                        dtype: torch.dtype) -> torch.Tensor:
         """``from_dot(q . x)`` ``[B, n]`` for one chunk, in a reused buffer: the product (fp32
