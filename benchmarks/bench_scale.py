@@ -140,6 +140,7 @@ def run_case(args, attack: str, n: int, precision: str) -> dict:
     plan = plan_batches(model, gallery, kind, args.k, args.batch, (1, 28, 28), policy,
                         log=False)
     warm = selection.slice(0, min(len(selection), plan.sub))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (a peak: before warm-up)
     for _ in attack_batches(model, gallery, kind, LinfThreatModel(0.3, steps=1), warm, 0,
                             args.batch, policy=policy, k=args.k):
         pass  # compile, cuBLAS workspaces, the prepared gallery copy
@@ -151,7 +152,6 @@ def run_case(args, attack: str, n: int, precision: str) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     distributed.barrier()
     t0 = time.perf_counter()
     for _ in attack_batches(model, gallery, kind, threat, mine, 0, args.batch, policy=policy,
