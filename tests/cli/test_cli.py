@@ -126,6 +126,8 @@ def test_precision_and_memory_budget_options(untrained_ckpt, capsys):
     _assert_one_error_line(capsys, "--memory-budget", "4GiB")
     assert main([*args, "--memory-budget", "10KiB"]) == 2
     _assert_one_error_line(capsys, "at least 1 MiB")
+    assert main([*args, "--memory-budget", "1000TiB"]) == 2  # more than the machine has
+    _assert_one_error_line(capsys, "memory budget", "exceeds")
 
 
 def test_python_dash_m_advrank_is_the_command():

@@ -41,6 +41,8 @@ def test_policy_validates_and_describes():
         ExecutionPolicy(memory_budget=10)
     assert ExecutionPolicy(memory_budget=2**30).budget(torch.device("cpu")) == 2**30
     assert ExecutionPolicy().budget(torch.device("cpu")) >= 2**20  # from the host
+    with pytest.raises(AdvrankError, match="exceeds"):
+        ExecutionPolicy(memory_budget=2**60).budget(torch.device("cpu"))
     assert ExecutionPolicy("tf32", 2**30).describe() == {
         "precision": "tf32", "memory_budget": 2**30, "compile": False}
 

@@ -79,6 +79,20 @@ def _available_ram() -> int:
         return 4 << 30
 
 
+def device_total(device: torch.device) -> int | None:
+    """All the memory of a CUDA device, or the host's RAM (MemTotal); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def device_budget(device: torch.device) -> int:
     """The default budget: 80% of the free memory of a CUDA device, half the available RAM
     of a CPU host (measured now: what the process already holds is not counted)."""
@@ -119,7 +133,14 @@ class ExecutionPolicy:
         return torch.bfloat16 if self.precision == "bf16" and dtype == torch.float32 else dtype
 
     def budget(self, device: torch.device) -> int:
-        return self.memory_budget if self.memory_budget is not None else device_budget(device)
+        """The budget in bytes on ``device``; one larger than the device is refused."""
+        if self.memory_budget is None:
+            return device_budget(device)
+        total = device_total(device)
+        if total is not None and self.memory_budget > total:
+            raise AdvrankError(f"memory budget {format_bytes(self.memory_budget)} exceeds the "
+                               f"{format_bytes(total)} of {device}; give at most that")
+        return self.memory_budget
 
     @contextlib.contextmanager
     def products(self, device: torch.device) -> Iterator[None]:
