@@ -71,14 +71,15 @@ def make_model(dim: int, device: torch.device):
 
 
 def make_gallery(n: int, dim: int, device: torch.device):
-    """A random unit-norm gallery ``[n, dim]`` made on the device, 1M rows at a time."""
+    """A random unit-norm gallery ``[n, dim]`` made on the device, 16k rows at a time (small
+    temporaries: a CPU's peak RSS is then the gallery's, not that of its making)."""
     from advrank.core.distances import CosineDistance
     from advrank.core.gallery import Gallery
 
     gen = torch.Generator(device=device).manual_seed(1)
     emb = torch.empty(n, dim, device=device)
-    for s in range(0, n, 1 << 20):
-        block = torch.randn(min(n, s + (1 << 20)) - s, dim, device=device, generator=gen)
+    for s in range(0, n, 1 << 14):
+        block = torch.randn(min(n, s + (1 << 14)) - s, dim, device=device, generator=gen)
         emb[s : s + block.shape[0]] = torch.nn.functional.normalize(block, dim=1)
     labels = torch.zeros(n, dtype=torch.long, device=device)
     return Gallery(SyntheticImages(n), emb, labels, CosineDistance())
