@@ -9,7 +9,9 @@ An :class:`ExecutionPolicy` is passed down explicitly (CLI ``--precision`` and
   (CUDA; on a CPU they stay fp32), and the hinge derivatives from exact comparison counts.
 * ``"bf16"``: the gallery copy the attack multiplies with is bf16 (half the memory), products
   accumulate in fp32 (and return fp32 on CUDA; a CPU rounds the product to bf16), the model
-  runs under bf16 autocast; comparisons, counts and gradients stay fp32.
+  runs under bf16 autocast; comparisons, counts and gradients stay fp32. This covers the
+  distances with a dot-product form (cosine, the paper's); others multiply in fp32 (TF32 on
+  CUDA).
 
 Whatever the precision, the *measurement* of ranks after the attack is fp32 and exact: it uses
 the fp32 gallery embeddings and the model without autocast.
