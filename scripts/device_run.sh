@@ -3,10 +3,18 @@
 #
 #   scripts/device_run.sh SECONDS STEP [STEP ...]
 #
-# The step cuda-tests runs tests/test_cuda.py. Expects, in the repo copy (scripts/device_pack.sh
-# makes them): .whl/ (pytorch-metric-learning wheel), .gpu/<dataset>/*.gz (raw MNIST /
-# Fashion-MNIST files, gzipped to travel), .gpu/runs/*.pt (checkpoints to start from) and
-# optionally .gpu/git (a copy of .git).
+# Issue 13 (scale), from this machine: scripts/device_pack.sh MNIST runs/mnist-c2f1.pt, then
+# with the device tool (carry .gpu and .whl), one call each (each under 10 minutes):
+#   DEVICE=cuda scripts/device_run.sh 570 scale
+#   DEVICE=cuda scripts/device_run.sh 570 scale-10M scale-compile
+#   DEVICE=cuda T=10000 BATCH=2000 scripts/device_run.sh 570 precision:mnist-c2f1 cuda-tests
+# (scale-gpus where several GPUs are lent). The benchmarks need no data: only the
+# precision step reads MNIST and the checkpoint.
+#
+# The step cuda-tests runs tests/experiments/test_cuda.py. Expects, in the repo copy
+# (scripts/device_pack.sh makes them): .whl/ (pytorch-metric-learning wheel),
+# .gpu/<dataset>/*.gz (raw MNIST / Fashion-MNIST files, gzipped to travel), .gpu/runs/*.pt
+# (checkpoints to start from) and optionally .gpu/git (a copy of .git).
 # Each step gets what is left of SECONDS (steps resume, so a cut-off step loses little); the
 # results and logs end up in $OUT/results.tgz, the new checkpoints (without optimiser state)
 # in $OUT/*.pt.
@@ -41,7 +49,8 @@ for step in "$@"; do
   echo "== $step (up to ${left}s)"
   t0=$(date +%s)
   if [[ $step == cuda-tests ]]; then  # the GPU-only tests (skipped in CI)
-    timeout "$left" python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 20
+    timeout "$left" python3 -m pytest -q -p no:cacheprovider tests/experiments/test_cuda.py \
+      2>&1 | tail -n 20
   else
     timeout "$left" scripts/reproduce.sh "$step" 2>&1 | tail -n 20
   fi

@@ -5,6 +5,8 @@
 #   steps: mnist fashion mnist-defense fashion-defense curves curves-fashion transfer-models transfer
 #          transfer-no-resnet universal universal-own xi-means xi-means-fashion madry-digits bench
 #          grid:NAME (the grid of RUNS/NAME.pt) qa:NAME (its QA columns, default options)
+#          scale scale-10M scale-compile scale-gpus (issue 13's benchmarks) precision:NAME (Table 1
+#          at eps 0.3 in fp32 and in bf16 for RUNS/NAME.pt, compared cell by cell)
 #
 # Environment (all optional): ADVRANK_DATA (data root, default ../shared/data), T (attacks per
 # grid cell, default 1000), KS (w/m columns, default 1,2,5,10), DEVICE (auto), RUNS (checkpoints, default runs/), RESULTS (results/),
@@ -116,6 +118,36 @@ for step in "$@"; do
       python3 benchmarks/bench_attack.py --device "$DEVICE" > "$RESULTS/bench_attack-$DEVICE.txt"
       python3 benchmarks/bench_attack.py --device "$DEVICE" --k 10 --memory-sizes "" \
         > "$RESULTS/bench_attack-$DEVICE-k10.txt" ;;
+    scale)  # attacks/s and peak memory at |X| = 10k, 100k, 1M per precision (benchmarks/README.md)
+      python3 benchmarks/bench_scale.py --device "$DEVICE" \
+        --out "$RESULTS/bench_scale-$DEVICE.json" > "$RESULTS/bench_scale-$DEVICE.txt"
+      for p in fp32 tf32 bf16; do  # the iteration / model ratios at batch 2000, |X| = 10k
+        python3 benchmarks/bench_attack.py --device "$DEVICE" --batch 2000 --memory-sizes "" \
+          --precision "$p" > "$RESULTS/bench_attack-$DEVICE-$p.txt"
+      done ;;
+    scale-10M)  # a 10M x 512 gallery, CA+ and QA+, the device's own memory budget
+      python3 benchmarks/bench_scale.py --device "$DEVICE" --sizes 10000000 --dim 512 \
+        --precisions fp32,bf16 --memory-budget auto --out "$RESULTS/bench_scale-$DEVICE-10M.json" \
+        > "$RESULTS/bench_scale-$DEVICE-10M.txt" ;;
+    scale-compile)  # the same with the comparison passes fused by torch.compile
+      python3 benchmarks/bench_scale.py --device "$DEVICE" --precisions tf32,bf16 --compile \
+        --out "$RESULTS/bench_scale-$DEVICE-compile.json" \
+        > "$RESULTS/bench_scale-$DEVICE-compile.txt" ;;
+    scale-gpus)  # 1 process, then one per GPU under torchrun: the speed-up per added GPU
+      gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
+      procs=1; for ((i = 2; i <= gpus; i *= 2)); do procs="$procs,$i"; done
+      python3 benchmarks/bench_scale.py --device "$DEVICE" --sizes 1000000 --precisions bf16 \
+        --processes "$procs" --out "$RESULTS/bench_scale-$DEVICE-gpus.json" \
+        > "$RESULTS/bench_scale-$DEVICE-gpus.txt" ;;
+    precision:*)  # Table 1 at eps 0.3 (16 columns, T attacks each) in fp32 and in bf16
+      name=${step#precision:}
+      for p in fp32 bf16; do
+        advrank grid --checkpoint "$RUNS/$name.pt" --out "$RESULTS/$name-eps0.3-$p" \
+          --eps-values 0.3 --num-attacks "$T" --ks "${KS:-1,2,5,10}" --precision "$p" \
+          --batch-size "${BATCH:-256}" --device "$DEVICE" --quiet > /dev/null
+      done
+      python3 scripts/compare_precision.py "$RESULTS/$name-eps0.3-fp32" \
+        "$RESULTS/$name-eps0.3-bf16" "$RESULTS/$name-precision" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

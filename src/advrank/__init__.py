@@ -34,6 +34,7 @@ _API = {
     # attacks
     "LinfThreatModel": "advrank.attacks", "RankingAttack": "advrank.attacks",
     "AttackKind": "advrank.attacks", "Selection": "advrank.attacks",
+    "ExecutionPolicy": "advrank.core.execution",
     # training and defenses
     "TrainConfig": "advrank.training", "train": "advrank.training",
     "evaluate_model": "advrank.training", "Defense": "advrank.defenses",

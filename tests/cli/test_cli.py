@@ -112,3 +112,28 @@ def test_unknown_choices_rejected_by_argparse(tmp_path, capsys, bad):
 def test_missing_subcommand_exit_2(capsys):
     assert main([]) == 2
     _assert_one_error_line(capsys, "COMMAND")
+
+
+def test_precision_and_memory_budget_options(untrained_ckpt, capsys):
+    args = ["attack", "--checkpoint", str(untrained_ckpt), "--attack", "CA+", "--eps", "0.1",
+            "--num-attacks", "6", "--steps", "2", "--device", "cpu", "--json", "--quiet"]
+    assert main([*args, "--precision", "bf16", "--memory-budget", "64MiB"]) == 0
+    out = _one_json_line(capsys.readouterr().out)
+    assert out["precision"] == "bf16" and out["num_attacks"] == 6
+    assert main([*args, "--precision", "fp16"]) == 2
+    _assert_one_error_line(capsys, "--precision", "fp16")
+    assert main([*args, "--memory-budget", "lots"]) == 2
+    _assert_one_error_line(capsys, "--memory-budget", "4GiB")
+    assert main([*args, "--memory-budget", "10KiB"]) == 2
+    _assert_one_error_line(capsys, "at least 1 MiB")
+    assert main([*args, "--memory-budget", "1000TiB"]) == 2  # more than the machine has
+    _assert_one_error_line(capsys, "memory budget", "exceeds")
+
+
+def test_python_dash_m_advrank_is_the_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "advrank", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("advrank ")

@@ -34,19 +34,27 @@ def _has_default(action: argparse.Action) -> bool:
             and d != [] and d is not argparse.SUPPRESS)
 
 
+def _help_entries(sub: argparse.ArgumentParser) -> dict[str, str]:
+    """Option name -> its help text (wrapped lines joined), from the formatted --help."""
+    options = sub.format_help().split("\noptions:", 1)[1]  # after the usage lines
+    entries = re.split(r"\n(?=  -)", options)  # each entry starts on a line "  -x, --xx ..."
+    out = {}
+    for entry in entries:
+        head = re.split(r"\s{2,}", entry.strip())[0]  # "-h, --help" or "--k K" before the help
+        for name in re.findall(r"(?:^|, )(--?[a-zA-Z][\w-]*)", head):
+            out[name] = " ".join(entry.split())
+    return out
+
+
 def test_help_shows_every_default():
     missing = []
     for name, sub in _subparsers(build_parser()).items():
-        options = sub.format_help().split("\noptions:", 1)[1]  # after the usage lines
-        text = " ".join(options.split())  # one line: wrapped help joined
+        entries = _help_entries(sub)
         for action in sub._actions:
-            if not _has_default(action):
-                continue
-            opt = action.option_strings[-1]
-            # the option's own help chunk: from its name to the next option's
-            chunk = re.search(re.escape(opt) + r"\b(.*?)(?= --[a-z]|$)", text)
-            if chunk is None or "default" not in chunk.group(1):
-                missing.append(f"{name} {opt}")
+            if _has_default(action):
+                opt = action.option_strings[-1]
+                if "default" not in entries.get(opt, ""):
+                    missing.append(f"{name} {opt}")
     assert not missing, f"help without its default: {missing}"
 
 

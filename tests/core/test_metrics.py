@@ -178,3 +178,21 @@ def test_embed_dataset_tensor_and_loader_paths_agree():
     assert fast.shape == (10, 16)
     torch.testing.assert_close(fast, slow)
     torch.testing.assert_close(fast, model(ds.images).detach())
+
+
+def test_nearest_neighbors_in_gallery_blocks_equals_one_block():
+    """A gallery too large for one block is ranked block by block, with the same result."""
+    from advrank.core.distances import CosineDistance
+    from advrank.core.metrics import nearest_neighbors
+
+    g = torch.Generator().manual_seed(0)
+    gallery = torch.randn(1000, 8, generator=g, dtype=torch.float64)
+    queries = gallery[:37]
+    own = torch.arange(37)
+    dist = CosineDistance()
+    whole = nearest_neighbors(queries, gallery, 12, dist, own)
+    blocked = nearest_neighbors(queries, gallery, 12, dist, own, chunk=10, block=97)
+    assert torch.equal(blocked, whole)
+    assert not (blocked == own[:, None]).any()  # each query left out of its own list
+    few = nearest_neighbors(queries, gallery, 150, dist, None, block=64)  # k > a block
+    assert torch.equal(few, nearest_neighbors(queries, gallery, 150, dist, None))

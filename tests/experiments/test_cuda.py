@@ -66,3 +66,63 @@ def test_cli_attack_with_device_cuda(tmp_path, capsys):
                  "--m", "1", "--num-attacks", "32", "--device", "cuda", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["num_attacks"] == 32 and out["rank_after"] > out["rank_before"]
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("attack", ["CA+", "QA+"])
+def test_reduced_precisions_on_cuda(digits_test, attack, precision):
+    """bf16 products with fp32 output (cuBLAS), TF32, bf16 autocast: the attack works as well
+    and the ranks are measured exactly (the clean figures equal fp32's)."""
+    from advrank.core.execution import _MM_DTYPE_OK, ExecutionPolicy
+
+    model, gallery = _gallery("cuda", digits_test)
+    sel = get_attack(attack).select(gallery, 2, 64, seed=1)
+    ref = run_attack(model, gallery, attack, 0.1, 2, 64, selection=sel, batch_size=16).summary()
+    low = run_attack(model, gallery, attack, 0.1, 2, 64, selection=sel, batch_size=16,
+                     policy=ExecutionPolicy(precision)).summary()
+    assert _MM_DTYPE_OK.get("cuda", True)  # no fallback to bf16-rounded products
+    assert low["rank_before"] == ref["rank_before"]
+    assert low["rank_after"] == pytest.approx(ref["rank_after"], abs=4.0)
+    assert low["rank_after"] < low["rank_before"]
+
+
+def test_compiled_comparisons_equal_eager_on_cuda():
+    from advrank.attacks import CandidateObjective, QueryObjective
+    from advrank.core.execution import ExecutionPolicy
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    gal = torch.nn.functional.normalize(torch.randn(5000, 64, device="cuda", generator=g), dim=1)
+    emb = torch.randn(32, 64, device="cuda", generator=g)
+    idx = torch.randint(0, 5000, (32, 2), device="cuda", generator=g)
+    sp = torch.randint(0, 5000, (32, 5), device="cuda", generator=g)
+    dist = get_distance("cosine")
+    for raise_rank in (True, False):
+        eager = QueryObjective(raise_rank, idx, gal, dist, sp_candidates=sp, xi=1.0,
+                               policy=ExecutionPolicy("tf32"))
+        fused = QueryObjective(raise_rank, idx, gal, dist, sp_candidates=sp, xi=1.0,
+                               policy=ExecutionPolicy("tf32", compile=True))
+        assert torch.allclose(eager.grad(emb), fused.grad(emb), atol=1e-4)
+        q = gal[idx]
+        eager = CandidateObjective(raise_rank, q, gal, dist, policy=ExecutionPolicy("bf16"))
+        fused = CandidateObjective(raise_rank, q, gal, dist,
+                                   policy=ExecutionPolicy("bf16", compile=True))
+        assert torch.equal(eager.grad(emb), fused.grad(emb))
+
+
+def test_memory_budget_bounds_the_peak_on_cuda(digits_test):
+    """A CA batch run within a small budget keeps a smaller peak (sub-batches) and gives the
+    figures of the unbounded run."""
+    from advrank.core.execution import ExecutionPolicy
+
+    model, gallery = _gallery("cuda", digits_test)
+    sel = get_attack("CA+").select(gallery, 10, 200, seed=1)
+    peaks, results = [], []
+    for policy in (None, ExecutionPolicy(memory_budget=2 << 20)):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        results.append(run_attack(model, gallery, "CA+", 0.1, 10, 200, selection=sel,
+                                  batch_size=200, policy=policy))
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    assert peaks[1] < peaks[0] / 2
+    assert results[1].rank_after == pytest.approx(results[0].rank_after, abs=1e-4)

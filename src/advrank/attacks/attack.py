@@ -19,6 +19,7 @@ from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_images
 from advrank.core.distances import Distance, get_distance
+from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.errors import AdvrankError
 
 
@@ -27,16 +28,20 @@ class RankingAttack:
 
     gallery ``[N, D]``: embeddings of the candidate set X, computed once by the caller.
     ``kind``: an attack name (``"CA+"``...) or an :class:`AttackKind`; ``**options`` are the
-    kind's hyper-parameters (e.g. ``xi``, ``sp_reduction`` for QA).
+    kind's hyper-parameters (e.g. ``xi``, ``sp_reduction`` for QA). ``policy``: precision
+    (:class:`~advrank.core.execution.ExecutionPolicy`); ``memory``: bytes the objective may use
+    for its working set (None: its defaults). The caller sizes the batch.
     """
 
     def __init__(self, model: nn.Module, gallery: torch.Tensor, distance: Distance | str,
-                 kind: AttackKind | str, threat: LinfThreatModel, **options):
+                 kind: AttackKind | str, threat: LinfThreatModel,
+                 policy: ExecutionPolicy | None = None, memory: int | None = None, **options):
         if not isinstance(threat, LinfThreatModel):
             raise AdvrankError(f"threat must be a LinfThreatModel, got {type(threat).__name__}")
         self.model, self.gallery, self.distance = model, gallery, get_distance(distance)
         self.kind = get_attack(kind, **options)
         self.threat = threat
+        self.policy, self.memory = get_policy(policy), memory
 
     def objective(self, part: Selection, clean: torch.Tensor | None = None):
         """The kind's objective for a batch (targets checked against the gallery size)."""
@@ -45,7 +50,8 @@ class RankingAttack:
         if targets is not None and (targets.dim() != 2 or targets.numel() and (
                 targets.min() < 0 or targets.max() >= n)):
             raise AdvrankError(f"targets must be [B, k] gallery indices in [0, {n})")
-        return self.kind.objective(self.gallery, self.distance, part, clean)
+        return self.kind.prepare(self.gallery, self.distance, part, clean, policy=self.policy,
+                                 memory=self.memory)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None,
                  sp_targets: torch.Tensor | None = None,
@@ -65,8 +71,9 @@ class RankingAttack:
                 was = self.model.training
                 clean = self.model.eval()(images)
                 self.model.train(was)
-        return pgd(self.model, images, self.objective(part, clean), self.threat, generator,
-                   noise=noise)
+        with self.policy.products(images.device):
+            return pgd(self.model, images, self.objective(part, clean), self.threat, generator,
+                       noise=noise, policy=self.policy)
 
     def __repr__(self) -> str:
         return f"RankingAttack({self.kind!r}, {self.threat})"

@@ -9,6 +9,9 @@ registers itself in :data:`advrank.registry.ATTACKS`. It says
 * ``objective(embeddings, distance, part, clean)``: what PGD minimises, as an object whose
   ``value_and_grad(emb [B, D])`` returns ``([B], [B, D])``: the gradient with respect to the
   embeddings, so the ranking loss never enters the model's autograd graph;
+* ``prepare(..., policy, memory)`` (optional): the objective under an
+  :class:`~advrank.core.execution.ExecutionPolicy` (precision) and a memory share, and
+  ``memory_per_attack`` for the protocol's sub-batching under the memory budget;
 * ``measure(gallery, part, emb)``: per-attack figures ``{name: [B]}`` for the perturbed items'
   embeddings (pass the clean ones for "before"), and ``summarize`` for a table cell.
 
@@ -25,6 +28,7 @@ import torch
 
 from advrank.attacks.selection import Selection, check_num_attacks, check_size, draw_anchors
 from advrank.core.distances import Distance
+from advrank.core.execution import ExecutionPolicy
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
 from advrank.registry import ATTACKS
@@ -42,6 +46,10 @@ class RankingObjective:
             loss = self(e)
             (grad,) = torch.autograd.grad(loss.sum(), e)
         return loss.detach(), grad
+
+    def grad(self, emb: torch.Tensor) -> torch.Tensor:
+        """The gradient ``[B, D]`` alone (what PGD uses); objectives may skip the loss value."""
+        return self.value_and_grad(emb)[1]
 
 
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -87,6 +95,25 @@ class AttackKind:
     def objective(self, embeddings: torch.Tensor, distance: Distance, part: Selection,
                   clean: torch.Tensor | None = None) -> RankingObjective:
         raise NotImplementedError
+
+    def prepare(self, embeddings: torch.Tensor, distance: Distance, part: Selection,
+                clean: torch.Tensor | None = None, policy: ExecutionPolicy | None = None,
+                memory: int | None = None) -> RankingObjective:
+        """:meth:`objective` under an execution policy (precision) with ``memory`` bytes for
+        its working set; the default ignores both. What the protocol calls."""
+        return self.objective(embeddings, distance, part, clean)
+
+    def memory_per_attack(self, gallery_size: int, k: int, dim: int,
+                          policy: ExecutionPolicy) -> int:
+        """Bytes one attack's objective holds during PGD (beyond the model), used to size the
+        sub-batches that fit the memory budget; 0 = unknown (out-of-memory splitting still
+        applies)."""
+        return 0
+
+    def shared_memory(self, gallery_size: int, dim: int, distance: Distance,
+                      policy: ExecutionPolicy) -> int:
+        """Bytes held once for all attacks (e.g. a prepared copy of the gallery)."""
+        return 0
 
     def measure(self, gallery: Gallery, part: Selection,
                 emb: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
 from advrank.attacks.selection import Selection, ranked_targets
 from advrank.core.checks import check_number
 from advrank.core.distances import Distance
+from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import count_closer, nearest_neighbors
 from advrank.registry import ATTACKS
@@ -24,43 +25,120 @@ from advrank.registry import ATTACKS
 class CandidateObjective(RankingObjective):
     """Eq. 4 (``raise_rank``) or Eq. 7 for B attacks; queries ``[B, w, D]`` are each attack's Q.
 
-    The distances ``d(q, x)`` are constant, so they are computed once per batch, sorted, and
-    prefix-summed (``[B, w, N]`` each: the fixed memory of a batch of CA attacks is 8·B·w·N
-    bytes in float32, ``--batch-size`` bounds it). With a = d(q, c) and k = #{x : d(q, x) < a},
-    the CA+ sum over X is ``a * k - (sum of the k smallest d(q, x))``, and its derivative in a is
-    k, exactly what the hinge's autograd gives; CA- is the mirror image. A PGD step thus costs
-    a binary search per (attack, query) instead of a pass over the whole gallery.
+    The distances ``d(q, x)`` are constant, so they are computed once per batch into a table
+    ``[B, w, N]`` (4·B·w·N bytes in float32; the memory budget decides how many attacks share
+    one table, see :meth:`CandidateAttack.memory_per_attack`). With a = d(q, c) and
+    k = #{x : d(q, x) < a}, the CA+ sum over X is ``a * k - (sum of the d(q, x) below a)``, and
+    its derivative in a is k, an exact integer count: a PGD step compares a with the w rows of
+    the table (one pass over B·w·N numbers, no sort); CA- is the mirror image.
+
+    ``policy``: under tf32/bf16 the table's products use that precision (bf16: the gallery copy
+    and the queries in bf16, fp32 accumulation); counts and a are fp32 either way.
+    ``memory``: bytes this objective may hold in all; what the table leaves bounds the
+    comparison pass's temporary mask (None: an eighth of the table).
     """
 
     def __init__(self, raise_rank: bool, queries: torch.Tensor, gallery: torch.Tensor,
-                 distance: Distance, chunk: int = 4096):
+                 distance: Distance, chunk: int = 4096, policy: ExecutionPolicy | None = None,
+                 memory: int | None = None):
         self.raise_rank, self.queries, self.distance = raise_rank, queries, distance
+        self.policy = get_policy(policy)
         b, w, d = queries.shape
-        flat = queries.reshape(b * w, d)
+        self.n = gallery.shape[0]
+        entries = b * w * self.n
+        spare = entries // 8 if memory is None else memory - entries * gallery.element_size()
         with torch.no_grad():
-            d_qx = torch.cat(
-                [distance.pairwise(flat, gallery[s : s + chunk])
-                 for s in range(0, gallery.shape[0], chunk)], dim=1,
-            ).reshape(b, w, -1)
-            self.sorted = d_qx.sort(dim=-1).values.contiguous()  # [B, w, N]
-            del d_qx
-            # prefix sums for the loss *value* only (PGD uses the exact integer derivative k)
-            cums = self.sorted.cumsum(dim=-1)
-            self.prefix = torch.nn.functional.pad(cums, (1, 0))  # [B, w, N + 1], prefix[0] = 0
-        self.n = self.sorted.shape[-1]
+            self.table = distance_table(queries.reshape(b * w, d), gallery, distance,
+                                        self.policy, chunk, spare).view(b, w, self.n)
+        self.rows = max(1, spare // max(1, self.n))  # (attack, query) rows per pass
+
+    def _count(self, a: torch.Tensor, with_sums: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """k = #{x : d(q, x) < a} (CA+) or #{x : d(q, x) > a} (CA-) ``[B, w]`` int64, and with
+        ``with_sums`` the sum of those d(q, x) ``[B, w]``."""
+        key = a.detach().to(self.table.dtype).unsqueeze(-1)
+        flat, keys = self.table.view(-1, self.n), key.reshape(-1, 1)
+        counts, sums = [], []
+        count = compiled_count(self.policy)
+        for s in range(0, flat.shape[0], self.rows):
+            rows, k = flat[s : s + self.rows], keys[s : s + self.rows]
+            if with_sums:
+                hit = rows < k if self.raise_rank else rows > k
+                counts.append(hit.view(torch.uint8).sum(-1, dtype=torch.int32).long())
+                sums.append(torch.where(hit, rows, 0).sum(-1))
+            else:
+                counts.append(count(rows, k, self.raise_rank))
+        shape = a.shape
+        return (torch.cat(counts).view(shape),
+                torch.cat(sums).view(shape) if with_sums else None)
+
+    def _loss(self, emb: torch.Tensor, with_value: bool) -> torch.Tensor:
+        a = self.distance.paired(self.queries, emb[:, None, :])  # [B, w]: d(q, c)
+        k, sums = self._count(a, with_value)
+        if self.raise_rank:  # hinge active for d(q, x) < a: sum = a * k - sum_below
+            loss = a * k - sums if with_value else a * k
+        else:  # CA-: hinge active for d(q, x) > a: sum = sum_above - a * k
+            loss = sums - a * k if with_value else -(a * k)
+        return loss.sum(dim=1)
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
-        a = self.distance.paired(self.queries, emb[:, None, :])  # [B, w]: d(q, c)
-        key = a.detach().to(self.sorted.dtype).unsqueeze(-1).contiguous()
-        if self.raise_rank:  # hinge active for d(q, x) < a
-            k = torch.searchsorted(self.sorted, key, right=False)  # [B, w, 1]
-            below = self.prefix.gather(-1, k).squeeze(-1)
-            loss = a * k.squeeze(-1) - below
-        else:  # CA-: hinge active for d(q, x) > a
-            k = torch.searchsorted(self.sorted, key, right=True)
-            above = self.prefix[..., -1] - self.prefix.gather(-1, k).squeeze(-1)
-            loss = above - a * (self.n - k.squeeze(-1))
-        return loss.sum(dim=1)
+        return self._loss(emb, with_value=True)
+
+    def grad(self, emb: torch.Tensor) -> torch.Tensor:
+        """The gradient alone (what PGD needs): the loss without its constant part."""
+        e = emb.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self._loss(e, with_value=False).sum(), e)
+        return g
+
+
+def distance_table(flat: torch.Tensor, gallery: torch.Tensor, distance: Distance,
+                   policy: ExecutionPolicy, chunk: int = 4096,
+                   spare: int | None = None) -> torch.Tensor:
+    """``d(q, x)`` for queries ``[R, D]`` and the gallery ``[N, D]``: ``[R, N]`` in the
+    gallery's dtype, written chunk by chunk into one preallocated table. The fp32 reference
+    computes exactly what earlier versions did (``distance.pairwise`` per 4,096 rows); other
+    precisions take larger chunks and, for dot-product distances, multiply in the policy's
+    product dtype (bf16: fp32 accumulation), as large as ``spare`` bytes of temporaries allow.
+    No gallery copy outlives the call."""
+    n = gallery.shape[0]
+    table = torch.empty(flat.shape[0], n, dtype=gallery.dtype, device=gallery.device)
+    if policy.reference:
+        for s in range(0, n, chunk):
+            table[:, s : s + chunk] = distance.pairwise(flat, gallery[s : s + chunk])
+        return table
+    r, d = max(1, flat.shape[0]), flat.shape[1]
+    big = (64 << 20) // r  # at most ~256 MiB of fp32 per product
+    if spare is not None:  # per gallery row: its product column, its normalised copies
+        big = min(big, spare // (4 * r + 6 * d))
+    big = max(chunk, big)
+    if not distance.dot_product_form:
+        for s in range(0, n, big):
+            table[:, s : s + big] = distance.pairwise(flat, gallery[s : s + big])
+        return table
+    dtype = policy.product_dtype(gallery.dtype)
+    q = distance.transform(flat).to(dtype)
+    for s in range(0, n, big):
+        xs = distance.prepare(gallery[s : s + big]).to(dtype)
+        table[:, s : s + big] = distance.from_dot(matmul_fp32(q, xs.T))
+    return table
+
+
+def _count(rows: torch.Tensor, key: torch.Tensor, below: bool) -> torch.Tensor:
+    """#{x : rows < key} (``below``) or #{x : rows > key} per row ``[R]``."""
+    hit = rows < key if below else rows > key
+    return hit.view(torch.uint8).sum(-1, dtype=torch.int32).long()  # (faster than a bool sum)
+
+
+_COMPILED: dict = {}
+
+
+def compiled_count(policy: ExecutionPolicy):
+    """:func:`_count`, fused into one pass by ``torch.compile`` when the policy asks."""
+    if not policy.compile:
+        return _count
+    if "count" not in _COMPILED:
+        _COMPILED["count"] = torch.compile(_count, dynamic=True)
+    return _COMPILED["count"]
 
 
 class CandidateAttack(AttackKind):
@@ -80,9 +158,17 @@ class CandidateAttack(AttackKind):
                                  self.options["top_fraction"], self.size_name)
         return Selection(anchors, targets)
 
-    def objective(self, embeddings, distance, part, clean=None):
+    def objective(self, embeddings, distance, part, clean=None, policy=None, memory=None):
         return CandidateObjective(self.raise_rank, embeddings[part.targets.to(embeddings.device)],
-                                  embeddings, distance)
+                                  embeddings, distance, policy=policy, memory=memory)
+
+    def prepare(self, embeddings, distance, part, clean=None, policy=None, memory=None):
+        return self.objective(embeddings, distance, part, clean, policy, memory)
+
+    def memory_per_attack(self, gallery_size, k, dim, policy):
+        """The w rows of the distance table (gallery dtype, taken as 4 bytes) plus an eighth
+        for the comparison mask."""
+        return k * gallery_size * 4 + k * gallery_size // 8 + 4 * k * dim
 
     @torch.no_grad()
     def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):

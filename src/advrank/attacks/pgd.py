@@ -16,7 +16,21 @@ import torch
 from torch import nn
 
 from advrank.attacks.threat import LinfThreatModel
+from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.runtime import derived_seed, progress_bar
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper: attacks only need input gradients,
+    and DDP's parameter-gradient bookkeeping must not see their forward passes."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def objective_grad(objective, emb: torch.Tensor) -> torch.Tensor:
+    """The objective's gradient ``[B, D]`` (``grad`` when it has one, else from
+    ``value_and_grad``)."""
+    grad = getattr(objective, "grad", None)
+    return grad(emb) if grad is not None else objective.value_and_grad(emb)[1]
 
 
 @contextmanager
@@ -64,26 +78,33 @@ def random_start(x0: torch.Tensor, eps: float, generator: torch.Generator | None
 def pgd(
     model: nn.Module, images: torch.Tensor, objective, threat: LinfThreatModel,
     generator: torch.Generator | None = None, universal: bool = False,
-    noise: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None, policy: ExecutionPolicy | None = None,
 ) -> torch.Tensor:
     """Minimise ``objective(model(images + r))`` over the threat model; returns ``images + r``.
 
     images ``[B, C, H, W]`` in [0, 1]. With ``universal=True`` one perturbation ``r [1, C, H, W]``
     is shared by the whole batch (Eq. 14, :func:`universal_pgd` with one chunk). ``noise``
-    (uniform ``[B, C, H, W]``) fixes the random start, else ``generator`` draws it.
+    (uniform ``[B, C, H, W]``) fixes the random start, else ``generator`` draws it. ``policy``:
+    under bf16 the model runs in bf16 autocast (its embeddings reach the objective in fp32).
     """
     x0 = images.detach()
+    model = unwrap(model)
     if universal:
         r, _ = universal_pgd(model, x0, [(0, x0.shape[0], objective)], threat, generator)
         return (x0 + r).clamp(0.0, 1.0)
     if threat.eps == 0 or threat.eta == 0:
         return x0.clone()
+    policy = get_policy(policy)
+    autocast = policy.precision == "bf16"
     with frozen(model):
         x = random_start(x0, threat.eps, generator, noise) if threat.random_start else x0.clone()
         for _ in range(threat.eta):
             x.requires_grad_(True)
-            emb = model(x)
-            _, g = objective.value_and_grad(emb.detach())
+            with policy.model_context(x.device):
+                emb = model(x)
+            if autocast:
+                emb = emb.float()
+            g = objective_grad(objective, emb.detach())
             (grad,) = torch.autograd.grad(emb, x, grad_outputs=g)
             x = project(x.detach() - threat.alpha * grad.sign(), x0, threat.eps)
         return x.detach()
@@ -102,6 +123,7 @@ def universal_pgd(
     members see ``clip(x + r, 0, 1)``. Returns ``r [1, C, H, W]`` and the summed loss before
     each step ``[steps]``.
     """
+    model = unwrap(model)
     r = torch.zeros_like(images[:1])
     history: list[float] = []
     if threat.eps == 0 or threat.eta == 0:

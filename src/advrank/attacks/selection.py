@@ -72,15 +72,39 @@ def draw_anchors(n: int, num_attacks: int, gen: torch.Generator) -> torch.Tensor
     return torch.randperm(n, generator=gen)[:num_attacks]
 
 
+#: above this many candidates per row, k distinct indices are drawn by rejection instead of
+#: ``multinomial`` (which needs an [rows, n] weight matrix); every gallery of the paper is below
+LARGE_DRAW = 1 << 17
+
+
 def random_others(anchors: torch.Tensor, n: int, k: int, gen: torch.Generator,
                   chunk: int = 512) -> torch.Tensor:
     """For each anchor, k distinct random indices of [0, n) other than the anchor itself."""
     rows = []
     for s in range(0, anchors.numel(), chunk):
         a = anchors[s : s + chunk]
-        idx = torch.multinomial(torch.ones(a.numel(), n - 1), k, replacement=False, generator=gen)
+        if n - 1 > LARGE_DRAW:
+            idx = distinct_randint(a.numel(), n - 1, k, gen)
+        else:
+            idx = torch.multinomial(torch.ones(a.numel(), n - 1), k, replacement=False,
+                                    generator=gen)
         rows.append(idx + (idx >= a[:, None]).long())  # skip over the anchor
     return torch.cat(rows)
+
+
+def distinct_randint(rows: int, n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """``[rows, k]``: k distinct uniform indices of [0, n) per row (k <= n), drawn i.i.d.
+    with every repeated entry redrawn until none is left: a uniform draw without replacement,
+    in O(rows * k) memory whatever n (a 10M-item gallery needs no [rows, n] matrix)."""
+    idx = torch.randint(0, n, (rows, k), generator=gen)
+    while True:
+        ordered, order = idx.sort(dim=1, stable=True)
+        repeat = torch.zeros_like(idx, dtype=torch.bool)
+        repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]  # every occurrence after the first
+        if not repeat.any():
+            return idx
+        repeat = torch.zeros_like(repeat).scatter_(1, order, repeat)
+        idx[repeat] = torch.randint(0, n, (int(repeat.sum()),), generator=gen)
 
 
 def random_columns(pool: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:

@@ -19,6 +19,9 @@ from advrank.registry import load_entry_point_plugins, load_plugin
 
 COMMAND_MODULES = ("advrank.cli.train", "advrank.cli.attack", "advrank.cli.blackbox",
                    "advrank.cli.curves")
+#: the commands that share their work among torchrun's processes (the others would only repeat
+#: it in every process, so they are refused there)
+DISTRIBUTED_COMMANDS = ("attack", "grid", "train", "evaluate")
 
 
 def _plugins(argv: list[str]) -> list[str]:
@@ -59,7 +62,18 @@ def _run(argv: list[str]) -> int:
     for plugin in _plugins(argv):
         load_plugin(plugin)
     args = build_parser().parse_args(argv)
-    args.func(args)
+    from advrank.core import distributed
+
+    if distributed.requested() > 1:
+        if args.command not in DISTRIBUTED_COMMANDS:
+            raise AdvrankError(f"{args.command} does not run under torchrun with several "
+                               f"processes (commands that do: {', '.join(DISTRIBUTED_COMMANDS)})"
+                               "; run it as one process")
+        distributed.init_from_env(getattr(args, "device", "auto"))
+    try:
+        args.func(args)
+    finally:
+        distributed.shutdown()
     return 0
 
 

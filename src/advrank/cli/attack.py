@@ -6,6 +6,7 @@ from pathlib import Path
 
 from advrank.cli.options import (
     add_common,
+    add_execution,
     add_kind_options,
     add_size,
     attack_name,
@@ -15,6 +16,7 @@ from advrank.cli.options import (
     kind_options,
     listed,
     number,
+    policy_from_args,
     positive_int,
     resolve_size,
 )
@@ -41,13 +43,15 @@ def cmd_attack(args) -> None:
     k = resolve_size(args, [args.attack])
     kind = get_attack(args.attack, **kind_options(args))  # options checked before any work
     threat = threat_from_args(args)
+    policy = policy_from_args(args)
     target = load_target(args.checkpoint, args.device, args.data_root, args.download,
                          progress=not args.quiet)
     result = run_attack(target.model, target.gallery, kind, args.eps, k, args.num_attacks,
                         seed=args.seed, batch_size=args.batch_size, threat=threat,
-                        progress=not args.quiet)
+                        progress=not args.quiet, policy=policy)
     s = result.summary()
-    emit(args, {**s, **target.record(args.seed)}, format_attack(s))
+    emit(args, {**s, "memory_budget": policy.memory_budget, **target.record(args.seed)},
+         format_attack(s))
 
 
 def cmd_grid(args) -> None:
@@ -58,6 +62,7 @@ def cmd_grid(args) -> None:
 
     ks = resolve_size(args, args.attacks)
     make_kinds(args.attacks, kind_options(args))  # options checked before any work
+    policy = policy_from_args(args)
     if args.paper != "auto":
         paper_table_for({}, args.paper)
     check_writable_dir(args.out)
@@ -67,8 +72,11 @@ def cmd_grid(args) -> None:
     paper = paper_table_for(target.meta, args.paper)
     results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
                        args.num_attacks, args.seed, args.batch_size, paper,
-                       target.record(args.seed), progress=not args.quiet, **kind_options(args))
-    table = (Path(args.out) / "table.md").read_text()
+                       target.record(args.seed), progress=not args.quiet, policy=policy,
+                       **kind_options(args))
+    from advrank.core import distributed
+
+    table = (Path(args.out) / "table.md").read_text() if distributed.is_main() else ""
     emit(args, {"out": str(args.out), "cells": list(results["cells"].values())}, table)
 
 
@@ -97,8 +105,10 @@ def register(sub, formatter) -> None:
     p.add_argument("--num-attacks", type=positive_int, default=1000,
                    help="T independent attacks")
     p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
-                   help="attacks per PGD batch (results do not depend on it)")
+                   help="attacks per PGD batch (results do not depend on it); split further "
+                        "when it does not fit --memory-budget")
     add_kind_options(p)
+    add_execution(p)
     add_common(p)
     p.set_defaults(func=cmd_attack)
 
@@ -116,8 +126,10 @@ def register(sub, formatter) -> None:
     p.add_argument("--attacks", type=listed(attack_name, "attack names"),
                    default=["CA+", "CA-", "QA+", "QA-"], help="comma-separated attacks")
     p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
-                   help="attacks per PGD batch (results do not depend on it)")
+                   help="attacks per PGD batch (results do not depend on it); split further "
+                        "when it does not fit --memory-budget")
     add_kind_options(p)
+    add_execution(p)
     p.add_argument("--paper", default="auto",
                    help="paper table to print beside ours: auto, none, mnist, mnist-defended, "
                         "fashion, fashion-defended, sop")

@@ -162,7 +162,12 @@ def resolve_size(args, attacks: Sequence[str]):
 
 
 def emit(args, obj: dict, text: str) -> None:
-    """One strict JSON object (``--json``) or the text, on stdout."""
+    """One strict JSON object (``--json``) or the text, on stdout (rank 0 alone under
+    torchrun: every process holds the same result)."""
+    from advrank.core import distributed
+
+    if not distributed.is_main():
+        return
     if getattr(args, "json", False):
         print(strict_json(obj))
     else:
@@ -171,7 +176,9 @@ def emit(args, obj: dict, text: str) -> None:
 
 def log(args) -> Callable[[str], None]:
     """Progress lines on stderr unless ``--quiet``."""
-    if getattr(args, "quiet", False):
+    from advrank.core import distributed
+
+    if getattr(args, "quiet", False) or not distributed.is_main():
         return lambda msg: None
     return lambda msg: print(msg, file=sys.stderr)
 
@@ -192,3 +199,41 @@ def add_kind_options(p: argparse.ArgumentParser) -> None:
                    help="QA, Eq. 12: average the hinge terms over C and C_SP as the authors' "
                         "code does (default: mean, the reading that reproduces the paper's "
                         "tables) or sum them as Eq. 12 is printed")
+
+
+def memory_size(text: str):
+    """argparse type: ``auto`` (None: from the device) or a size such as 4GiB."""
+    from advrank.core.execution import parse_bytes
+
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return parse_bytes(text)
+    except AdvrankError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_execution(p: argparse.ArgumentParser) -> None:
+    """``--precision``, ``--memory-budget`` and ``--compile`` (see core/execution.py)."""
+    from advrank.core.execution import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="arithmetic of the attack's distance products (and, for bf16, the "
+                        "model): fp32 reproduces the paper; tf32 and bf16 are faster on a GPU; "
+                        "ranks are always measured in fp32")
+    p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
+                   help="memory the attack may use, e.g. 4GiB (default: auto, 80%% of the "
+                        "GPU's free memory or half the available RAM); batches that do not fit "
+                        "run in sub-batches with the same results")
+    p.add_argument("--compile", action="store_true",
+                   help="fuse the per-step comparison passes with torch.compile (GPU, large "
+                        "galleries; compiles once per shape)")
+
+
+def policy_from_args(args):
+    """The :class:`~advrank.core.execution.ExecutionPolicy` of ``add_execution``'s options."""
+    from advrank.core.execution import ExecutionPolicy
+
+    return ExecutionPolicy(getattr(args, "precision", "fp32"),
+                           getattr(args, "memory_budget", None),
+                           bool(getattr(args, "compile", False)))

@@ -16,6 +16,20 @@ from advrank.registry import DISTANCES
 
 class Distance:
     name: str = "distance"
+    #: ``pairwise_prepared(a, p) == from_dot(transform(a) @ p.T)``: the attacks' reduced-
+    #: precision paths then multiply in bf16/tf32 and write the derivative out by hand
+    dot_product_form: bool = False
+
+    def transform(self, a: torch.Tensor) -> torch.Tensor:
+        """The query side of the dot-product form (``dot_product_form`` distances only)."""
+        raise NotImplementedError
+
+    def from_dot(self, products: torch.Tensor) -> torch.Tensor:
+        """Distances from the dot products ``transform(a) @ prepare(b).T``; its derivative in
+        the products is :attr:`dot_slope` (a constant)."""
+        raise NotImplementedError
+
+    dot_slope: float = 0.0
 
     def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -44,6 +58,14 @@ class CosineDistance(Distance):
     """``1 - cos(a, b)``, i.e. one minus the dot product of L2-normalised embeddings; in [0, 2]."""
 
     name = "cosine"
+    dot_product_form = True
+    dot_slope = -1.0
+
+    def transform(self, a):
+        return F.normalize(a, dim=-1)
+
+    def from_dot(self, products):
+        return 1.0 - products
 
     def pairwise(self, a, b):
         return 1.0 - F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from advrank.core import distributed
 from advrank.core.checks import check_finite
 from advrank.core.distances import Distance, get_distance
+from advrank.core.execution import BatchSplitter
 from advrank.core.metrics import retrieval_metrics
 from advrank.core.runtime import progress_bar
 
@@ -23,25 +25,36 @@ def embed_dataset(
     """Embeddings ``[N, D]`` of a whole dataset (model in eval mode), returned on ``device``.
 
     Refuses non-finite embeddings (a model with NaN/Inf weights or a zero std) instead of
-    letting them become results.
+    letting them become results. Under torchrun each process embeds a contiguous share of
+    whole batches and the shares are all-gathered: every process gets the embeddings one
+    process would compute (the same batches through the same model).
     """
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     model.eval()
     device = torch.device(device)
-    bar = progress_bar(total=len(dataset), desc="embed gallery", enabled=progress, unit="img")
+    start, end = distributed.shard_range(len(dataset), batch_size)
+    bar = progress_bar(total=end - start, desc="embed gallery", unit="img",
+                       enabled=progress if distributed.is_main() else False)
+    chunks = []
+    splitter = BatchSplitter(batch_size, "images to embed", device=device)
+
+    def embed(x: torch.Tensor) -> torch.Tensor:  # halves of the batch on out-of-memory
+        return torch.cat(splitter.run(lambda a, b: model(x[a:b].to(device)), 0, x.shape[0]))
+
     if hasattr(dataset, "images"):  # in-memory tensor dataset: slice directly, no loader overhead
-        chunks = []
-        for i in range(0, len(dataset), batch_size):
-            chunks.append(model(dataset.images[i : i + batch_size].to(device)))
+        for i in range(start, end, batch_size):
+            chunks.append(embed(dataset.images[i : min(end, i + batch_size)]))
             bar.update(chunks[-1].shape[0])
     else:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers)
-        chunks = []
+        part = dataset if (start, end) == (0, len(dataset)) else Subset(dataset,
+                                                                         range(start, end))
+        loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         for x, _ in loader:
-            chunks.append(model(x.to(device)))
+            chunks.append(embed(x))
             bar.update(x.shape[0])
     bar.close()
-    return check_finite(torch.cat(chunks), "the gallery embeddings")
+    emb = torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
+    return check_finite(distributed.all_gather_rows(emb), "the gallery embeddings")
 
 
 @dataclass

@@ -25,21 +25,52 @@ def _self_mask(dist: torch.Tensor, row_index: torch.Tensor | None) -> torch.Tens
     return dist
 
 
+#: gallery rows ranked at once by nearest_neighbors: every gallery of the paper fits one block
+#: (as before); larger ones are merged block by block so memory stays bounded
+GALLERY_BLOCK = 1 << 18
+
+
 @torch.no_grad()
 def nearest_neighbors(
     queries: torch.Tensor, gallery: torch.Tensor, k: int, distance: Distance,
     query_index: torch.Tensor | None = None, chunk: int = DEFAULT_CHUNK,
+    block: int = GALLERY_BLOCK,
 ) -> torch.Tensor:
     """Indices ``[Q, k]`` of the k nearest gallery members of each query, nearest first.
 
     ``query_index [Q]`` (optional) gives each query's own position in the gallery, which is
-    then left out of its list.
+    then left out of its list. Queries go ``chunk`` at a time against ``block`` gallery rows at
+    a time (the best k so far merged with each block's), so a 10M-item gallery needs no
+    10M-wide distance row.
     """
+    n = gallery.shape[0]
+    if n <= block:
+        out = []
+        for s in range(0, queries.shape[0], chunk):
+            d = distance.pairwise(queries[s : s + chunk], gallery)
+            d = _self_mask(d, None if query_index is None else query_index[s : s + chunk])
+            out.append(d.topk(k, dim=1, largest=False).indices)
+        return torch.cat(out)
+    chunk = max(1, min(chunk, (1 << 28) // (block + k)))  # <= 1 GiB of distances at once
     out = []
     for s in range(0, queries.shape[0], chunk):
-        d = distance.pairwise(queries[s : s + chunk], gallery)
-        d = _self_mask(d, None if query_index is None else query_index[s : s + chunk])
-        out.append(d.topk(k, dim=1, largest=False).indices)
+        q = queries[s : s + chunk]
+        own = None if query_index is None else query_index[s : s + chunk].to(gallery.device)
+        best_d = best_i = None
+        for b in range(0, n, block):
+            d = distance.pairwise(q, gallery[b : b + block])
+            if own is not None:
+                hit = (own >= b) & (own < b + d.shape[1])
+                rows = hit.nonzero().squeeze(1)
+                d[rows, own[rows] - b] = float("inf")
+            top = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+            cand_d, cand_i = top.values, top.indices + b
+            if best_d is not None:
+                cand_d, cand_i = torch.cat([best_d, cand_d], 1), torch.cat([best_i, cand_i], 1)
+                keep = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False).indices
+                cand_d, cand_i = cand_d.gather(1, keep), cand_i.gather(1, keep)
+            best_d, best_i = cand_d, cand_i
+        out.append(best_i)
     return torch.cat(out)
 
 

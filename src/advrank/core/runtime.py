@@ -24,7 +24,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise AdvrankError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got "
                            f"{type(name).__name__}")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and _distributed_rank_gpu() is not None:
+        return _distributed_rank_gpu()
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AdvrankError(f"device {name!r} requested but CUDA is not available on this machine")
     try:
@@ -38,6 +40,15 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         raise AdvrankError(f"device {name!r} does not exist: this machine has "
                            f"{torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def _distributed_rank_gpu() -> torch.device | None:
+    """Under torchrun with nccl, "cuda" means this process's GPU (``cuda:LOCAL_RANK``)."""
+    from advrank.core import distributed
+
+    if distributed.active() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", distributed.local_rank())
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -88,6 +99,11 @@ def progress_bar(iterable=None, *, total: int | None = None, desc: str = "",
 
 def run_record(device: torch.device, seed: int) -> dict:
     """What a result records beside its numbers: command, seed, commit, hardware, time."""
-    return {"command": "advrank " + " ".join(sys.argv[1:]), "seed": seed,
-            "commit": git_commit(), "hardware": hardware_string(device),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    from advrank.core import distributed
+
+    record = {"command": "advrank " + " ".join(sys.argv[1:]), "seed": seed,
+              "commit": git_commit(), "hardware": hardware_string(device),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if distributed.world_size() > 1:
+        record["processes"] = distributed.world_size()
+    return record

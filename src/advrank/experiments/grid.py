@@ -15,6 +15,8 @@ from pathlib import Path
 from torch import nn
 
 from advrank.attacks.base import make_kinds
+from advrank.core import distributed
+from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
 from advrank.core.runtime import derived_seed
@@ -26,6 +28,8 @@ from advrank.reports.tables import csv_table, markdown_table
 
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
 FORMAT = "advrank-grid"
+#: identity values of grids written before the setting existed
+IMPLIED_IDENTITY = {"precision": "fp32"}
 
 
 def cell_key(attack: str, eps: float, k: int) -> str:
@@ -56,20 +60,26 @@ def run_grid(
     model: nn.Module, gallery: Gallery, out_dir: str | Path, eps_values: Sequence[float],
     ks: Sequence[int] = (1, 2, 5, 10), attacks: Sequence[str] = PAPER_ATTACKS,
     num_attacks: int = 1000, seed: int = 0, batch_size: int = 256, paper: str | None = None,
-    meta: dict | None = None, progress: bool = True, **options,
+    meta: dict | None = None, progress: bool = True, policy: ExecutionPolicy | None = None,
+    **options,
 ) -> dict:
     """Run (or resume) the grid; returns ``{"config", "cells"}`` as also written to disk.
 
     ``options`` go to the kinds that accept them (e.g. ``sp_reduction``, ``xi`` for QA).
+    ``policy``: precision (part of the grid's identity: fp32 and bf16 cells never mix) and
+    memory budget. Under torchrun every cell is shared by the processes and rank 0 writes.
     """
     kinds = make_kinds(_unique(attacks, "attack"), options)
     eps_values, ks = _unique(eps_values, "eps value"), _unique(ks, "w/m value")
     batch_size = check_batch_size(batch_size)
+    policy = get_policy(policy)
     identity = {"num_attacks": num_attacks, "seed": seed, "gallery_size": len(gallery),
-                "checkpoint_sha": (meta or {}).get("checkpoint_sha")}
+                "checkpoint_sha": (meta or {}).get("checkpoint_sha"),
+                "precision": policy.precision}
     record = {"eps_values": list(eps_values), "ks": list(ks), "attacks": list(kinds),
-              "paper": paper, **(meta or {})}
-    with Store(out_dir, RESULTS, FORMAT, identity, record) as st:
+              "paper": paper, "memory_budget": policy.memory_budget, **(meta or {})}
+    progress = progress and distributed.is_main()
+    with Store(out_dir, RESULTS, FORMAT, identity, record, implied=IMPLIED_IDENTITY) as st:
         check_cell_options(st.path, st.cells.values(), kinds)
         todo = [(a, k, e) for a in kinds for k in ks for e in eps_values
                 if cell_key(a, e, k) not in st]
@@ -85,7 +95,7 @@ def run_grid(
             selection, clean_cache = selections[(attack, k)]
             result = run_attack(model, gallery, kind, eps, k, num_attacks, seed=seed,
                                 batch_size=batch_size, selection=selection, progress=progress,
-                                clean_cache=clean_cache)
+                                clean_cache=clean_cache, policy=policy)
             summary = result.summary()
             st.put(cell_key(attack, eps, k), summary)
             if progress:

@@ -5,10 +5,16 @@ The attack kind decides the selection rules and the figures (normalized ranks fo
 see ``advrank/attacks/ca.py`` and ``qa.py``); this module only batches and collects. All
 selections are drawn up front and each attack's random start is keyed by its position, so
 results do not depend on the batch size.
+
+An :class:`~advrank.core.execution.ExecutionPolicy` (precision, memory budget) is passed down
+explicitly: a batch that does not fit the budget runs in sub-batches (:func:`plan_batches`),
+one that still runs out of memory is split and retried. Under torchrun each process runs a
+contiguous share of whole batches and the per-attack figures are gathered in order.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,15 +24,24 @@ import torch
 from torch import nn
 
 from advrank.attacks.base import AttackKind, get_attack
-from advrank.attacks.pgd import keyed_noise, pgd
+from advrank.attacks.pgd import keyed_noise, pgd, unwrap
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
+from advrank.core import distributed
 from advrank.core.checks import check_finite, check_number
+from advrank.core.execution import (
+    BatchSplitter,
+    ExecutionPolicy,
+    format_bytes,
+    get_policy,
+    model_bytes_per_item,
+)
 from advrank.core.gallery import Gallery
 from advrank.core.runtime import progress_bar
 from advrank.errors import AdvrankError
 
 MAX_BATCH = 1_000_000
+MEASURE_CHUNK = 4096  # gallery rows per pass of count_closer
 
 
 @dataclass
@@ -73,6 +88,19 @@ class RankLog:
         self.before: dict[str, list[torch.Tensor]] = {}
         self.after: dict[str, list[torch.Tensor]] = {}
 
+    def gather(self) -> None:
+        """Under torchrun: replace this rank's figures by every rank's, in rank order."""
+        if not distributed.active():
+            return
+        mine = {"before": {k: torch.cat(v) for k, v in self.before.items()},
+                "after": {k: torch.cat(v) for k, v in self.after.items()}}
+        parts = [p for p in distributed.gather_objects(mine) if p["before"]]
+        for log, when in ((self.before, "before"), (self.after, "after")):
+            log.clear()
+            for p in parts:
+                for key, values in p[when].items():
+                    log.setdefault(key, []).append(values)
+
     def add(self, clean: dict[str, torch.Tensor], attacked: dict[str, torch.Tensor]) -> None:
         """Record one batch: the kind's ``measure`` before (clean) and after the attack."""
         for log, figures in ((self.before, clean), (self.after, attacked)):
@@ -116,31 +144,119 @@ def check_batch_size(batch_size: int) -> int:
     return int(check_number(batch_size, "batch size", low=1, high=MAX_BATCH, integer=True))
 
 
+@dataclass
+class BatchPlan:
+    """How a batch of attacks runs under the memory budget: sub-batches of at most ``sub``
+    attacks (the splitter halves them on out-of-memory), each objective with ``memory`` bytes
+    for its working set."""
+
+    sub: int
+    memory: int
+    budget: int
+    splitter: BatchSplitter
+
+
+def plan_batches(model: nn.Module, gallery: Gallery, kind: AttackKind, k: int, batch_size: int,
+                 image_shape: tuple[int, ...], policy: ExecutionPolicy,
+                 log: bool = True) -> BatchPlan:
+    """Size the sub-batches of ``batch_size`` attacks from the policy's memory budget (the
+    smallest of all ranks' under torchrun): per attack, the model's autograd buffers
+    (:func:`model_bytes_per_item`), the kind's objective (``memory_per_attack``) and the
+    measurement; the gallery copy the attack multiplies with is counted once. Refuses, before
+    any work, a budget that does not fit a single attack."""
+    device = gallery.device
+    budget = distributed.min_int(policy.budget(device))
+    n, dim = gallery.embeddings.shape
+    model_b = model_bytes_per_item(unwrap(model), image_shape, device, policy)
+    kind_b = kind.memory_per_attack(n, k, dim, policy)
+    measure_b = (k + 2) * MEASURE_CHUNK * 9
+    per_attack = model_b + kind_b + measure_b
+    fixed = kind.shared_memory(n, dim, gallery.distance, policy)  # e.g. a gallery copy
+    avail = budget - fixed
+    if avail < per_attack:
+        raise AdvrankError(
+            f"one {kind.name} attack needs about {format_bytes(per_attack)} (model "
+            f"{format_bytes(model_b)}, objective {format_bytes(kind_b)} for |X| = {n}) beside "
+            f"the {format_bytes(fixed)} gallery copy, but the memory budget is "
+            f"{format_bytes(budget)}; raise --memory-budget, lower {kind.size_name or 'k'} or "
+            "use --precision bf16")
+    sub = int(min(batch_size, avail // per_attack))
+    if sub < batch_size and log and distributed.is_main():
+        print(f"advrank: {batch_size} {kind.name} attacks need about "
+              f"{format_bytes(batch_size * per_attack)}; running sub-batches of {sub} within "
+              f"the memory budget of {format_bytes(budget)}", file=sys.stderr)
+    memory = int(avail - sub * model_b)
+    return BatchPlan(sub, memory, budget, BatchSplitter(sub, f"{kind.name} attacks",
+                                                        device=device))
+
+
+def plan_for(model: nn.Module, gallery: Gallery, kind: AttackKind, k: int, batch_size: int,
+             selection: Selection, policy: ExecutionPolicy) -> BatchPlan:
+    """:func:`plan_batches` with the image shape read from the selection's first anchor."""
+    shape = tuple(gallery.images(selection.anchors[:1]).shape[1:])
+    return plan_batches(model, gallery, kind, k, batch_size, shape, policy)
+
+
+def _attack_part(model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,
+                 part: Selection, seed: int, policy: ExecutionPolicy,
+                 memory: int | None) -> torch.Tensor:
+    """Adversarial images ``[B, C, H, W]`` of one (sub-)batch of attacks."""
+    emb = gallery.embeddings
+    images = gallery.images(part.anchors)
+    noise = (keyed_noise(seed, part.positions, images.shape[1:])
+             if threat.random_start else None)
+    clean = emb[part.anchors.to(emb.device)]
+    with policy.products(emb.device):
+        objective = kind.prepare(emb, gallery.distance, part, clean, policy=policy,
+                                 memory=memory)
+        return pgd(model, images, objective, threat, noise=noise, policy=policy)
+
+
 def attack_batches(
     model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,
     selection: Selection, seed: int, batch_size: int, progress: bool | None = None,
-    desc: str = "",
+    desc: str = "", policy: ExecutionPolicy | None = None, k: int | None = None,
+    plan: BatchPlan | None = None,
 ) -> Iterator[tuple[Selection, torch.Tensor]]:
-    """Yield ``(part, adversarial images [B, C, H, W])`` batch by batch over ``selection``."""
-    bar = progress_bar(total=len(selection), desc=desc, enabled=progress, unit="attack")
-    emb = gallery.embeddings
+    """Yield ``(part, adversarial images [B, C, H, W])`` batch by batch over ``selection``.
+
+    Each batch of ``batch_size`` attacks runs in sub-batches that fit the policy's memory
+    budget (:func:`plan_batches`), split again if memory still runs out; the results do not
+    depend on either (each attack's random start is keyed by its position).
+    """
+    policy = get_policy(policy)
+    bar = progress_bar(total=len(selection), desc=desc, unit="attack",
+                       enabled=progress if distributed.is_main() else False)
+    k = k if k is not None else (1 if selection.targets is None else selection.targets.shape[1])
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
-        images = gallery.images(part.anchors)
-        noise = (keyed_noise(seed, part.positions, images.shape[1:])
-                 if threat.random_start else None)
-        clean = emb[part.anchors.to(emb.device)]
-        objective = kind.objective(emb, gallery.distance, part, clean)
-        yield part, pgd(model, images, objective, threat, noise=noise)
+        if plan is None:
+            plan = plan_for(model, gallery, kind, k, batch_size, part, policy)
+        pieces = plan.splitter.run(
+            lambda a, b, part=part, memory=plan.memory: _attack_part(
+                model, gallery, kind, threat, part.slice(a, b), seed, policy, memory),
+            0, len(part))
+        yield part, torch.cat(pieces)
         bar.update(len(part))
     bar.close()
+
+
+def measure_part(kind: AttackKind, gallery: Gallery, part: Selection, emb: torch.Tensor,
+                 splitter: BatchSplitter | None = None) -> dict[str, torch.Tensor]:
+    """``kind.measure`` of a batch, in halves when it runs out of memory."""
+    if splitter is None:
+        return kind.measure(gallery, part, emb)
+    pieces = splitter.run(lambda a, b: kind.measure(gallery, part.slice(a, b), emb[a:b]),
+                          0, len(part))
+    return {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}
 
 
 def run_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackKind, eps: float, k: int,
     num_attacks: int, seed: int = 0, batch_size: int = 256,
     threat: LinfThreatModel | None = None, selection: Selection | None = None,
-    progress: bool | None = None, clean_cache: dict | None = None, **options,
+    progress: bool | None = None, clean_cache: dict | None = None,
+    policy: ExecutionPolicy | None = None, **options,
 ) -> AttackResult:
     """Run T = ``num_attacks`` independent attacks of one kind at one eps, in batches.
 
@@ -148,30 +264,57 @@ def run_attack(
     or an :class:`AttackKind`. ``threat`` overrides the paper's alpha/eta (its eps must equal
     ``eps``); ``selection`` reuses a fixed draw (e.g. across eps rows or models).
     ``clean_cache``: a dict shared by runs of the same selection (a grid's eps rows), so the
-    "before" figures are measured once, not once per eps.
+    "before" figures are measured once, not once per eps. ``policy``: precision and memory
+    budget (default: fp32, the budget of the device).
+
+    Under torchrun each process runs a contiguous share of whole batches and the per-attack
+    figures are gathered in order, so every process returns what one process would.
     """
     kind = get_attack(attack, **options)
+    policy = get_policy(policy)
     threat = threat or LinfThreatModel(eps)
     if threat.eps != eps:
         raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
     batch_size = check_batch_size(batch_size)
     selection = selection or kind.select(gallery, k, num_attacks, seed)
+    start, end = distributed.shard_range(len(selection), batch_size)
+    mine = selection.slice(start, end)
     t0, log = time.time(), RankLog()
     desc = f"{kind.name} eps={eps:g} {kind.size_name or 'k'}={k}"
-    for s, (part, adv) in zip(range(0, len(selection), batch_size),
-                              attack_batches(model, gallery, kind, threat, selection, seed,
-                                             batch_size, progress, desc), strict=True):
+    plan = plan_for(model, gallery, kind, k, batch_size, selection, policy)
+    splitter = BatchSplitter(plan.sub, f"{kind.name} measurements", device=gallery.device)
+    for s, (part, adv) in zip(range(start, end, batch_size),
+                              attack_batches(model, gallery, kind, threat, mine, seed,
+                                             batch_size, progress, desc, policy, k, plan),
+                              strict=True):
         emb = gallery.embeddings
         if clean_cache is not None and s in clean_cache:
             clean = clean_cache[s]
         else:
-            clean = kind.measure(gallery, part, emb[part.anchors.to(emb.device)])
+            clean = measure_part(kind, gallery, part, emb[part.anchors.to(emb.device)],
+                                 splitter)
             if clean_cache is not None:
                 clean_cache[s] = clean
         if threat.eps == 0:
             attacked = clean
         else:
             with torch.no_grad():
-                attacked = kind.measure(gallery, part, model(adv))
+                attacked = measure_part(kind, gallery, part, embed_images(model, adv, splitter),
+                                        splitter)
         log.add(clean, attacked)
-    return log.result(kind, eps, k, gallery, threat, time.time() - t0)
+    log.gather()
+    seconds = max(distributed.gather_objects(time.time() - t0))
+    result = log.result(kind, eps, k, gallery, threat, seconds)
+    result.extra["precision"] = policy.precision
+    return result
+
+
+@torch.no_grad()
+def embed_images(model: nn.Module, images: torch.Tensor,
+                 splitter: BatchSplitter | None = None) -> torch.Tensor:
+    """The model's fp32 embeddings of ``images [B, C, H, W]`` (the exact measurement: no
+    autocast), in halves on out-of-memory."""
+    model = unwrap(model)
+    if splitter is None:
+        return model(images)
+    return torch.cat(splitter.run(lambda a, b: model(images[a:b]), 0, images.shape[0]))

@@ -7,6 +7,8 @@
 * **Atomic cells**: each finished cell rewrites the file atomically, so a killed run loses at
   most the cell in progress, and rerunning the same command resumes.
 * **Strict JSON**: no NaN or Infinity ever reaches the file.
+* **One writer under torchrun**: rank 0 alone locks, reads and writes; the other processes get
+  its cells (and its refusal, if any) by broadcast and write nothing.
 
 The file holds ``{"format", "config": {identity + provenance}, "cells": {key: value}}`` and
 whatever the experiment adds for its readers (``extra``).
@@ -17,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from advrank.core import distributed
 from advrank.core.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -48,19 +51,30 @@ class Store:
         self.extra: dict[str, Any] = {}
         self._lock = None
 
+    @property
+    def writer(self) -> bool:
+        return distributed.is_main()
+
     def __enter__(self) -> Store:
-        check_writable_dir(self.dir)
-        self._lock = exclusive(self.dir / LOCK_NAME, f"output folder {self.dir}")
-        self._lock.__enter__()
-        try:
-            self._load()
-        except BaseException:
-            self._lock.__exit__(None, None, None)
-            raise
+        error = None
+        if self.writer:
+            try:
+                check_writable_dir(self.dir)
+                self._lock = exclusive(self.dir / LOCK_NAME, f"output folder {self.dir}")
+                self._lock.__enter__()
+                self._load()
+            except AdvrankError as exc:
+                error = str(exc)
+        error, self.cells = distributed.broadcast_object((error, self.cells))
+        if error is not None:
+            self.__exit__(None, None, None)
+            raise AdvrankError(error)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lock.__exit__(*exc)
+        if self._lock is not None:
+            self._lock.__exit__(*exc)
+            self._lock = None
 
     def _load(self) -> None:
         if not self.path.exists():
@@ -94,16 +108,20 @@ class Store:
                 "cells": self.cells, **self.extra}
 
     def flush(self) -> None:
-        atomic_write_json(self.path, self.content())
+        if self.writer:
+            atomic_write_json(self.path, self.content())
 
     def write_text(self, name: str, text: str) -> Path:
-        atomic_write_text(self.dir / name, text)
+        if self.writer:
+            atomic_write_text(self.dir / name, text)
         return self.dir / name
 
     def write_bytes(self, name: str, data: bytes) -> Path:
-        atomic_write_bytes(self.dir / name, data)
+        if self.writer:
+            atomic_write_bytes(self.dir / name, data)
         return self.dir / name
 
     def write_json(self, name: str, obj: Any) -> Path:
-        atomic_write_json(self.dir / name, obj)
+        if self.writer:
+            atomic_write_json(self.dir / name, obj)
         return self.dir / name

@@ -5,10 +5,19 @@ Rerunning the same command continues where an interrupted run stopped (or does n
 had finished); a checkpoint of a *different* run at ``out`` is refused unless ``force=True``.
 ``init`` fine-tunes from another checkpoint, inheriting its architecture, embedding size,
 metric, loss and margin; a defense (``advrank.defenses``) hooks into each step's loss.
+
+Under ``torchrun --nproc-per-node N`` the model is wrapped in DistributedDataParallel: every
+process draws the same batches, trains on an equal contiguous share of each, and computes the
+loss on the whole batch's embeddings (gathered from the shares, so triplet mining sees the
+batch one process sees); DDP averages the gradients. One step then equals one process's step
+up to floating-point summation order, for models without batch-norm (each process normalises
+its own share) and without a defense (each process draws the random starts of its share).
+Rank 0 alone writes the checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -18,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advrank.core import distributed
 from advrank.core.checks import check_number
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import embed_dataset
@@ -192,14 +202,38 @@ def _resume(out: Path, meta: dict, model: nn.Module, optimizer, force: bool):
         old.get("train_seconds", 0.0))
 
 
+def gathered_loss(loss_fn):
+    """Under torchrun: the loss of the *whole* batch, from every rank's share of it
+    (:func:`distributed.gather_batch`), so in-batch mining sees what one process sees."""
+    if not distributed.active():
+        return loss_fn
+
+    def loss(emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return loss_fn(distributed.gather_batch(emb), distributed.gather_batch(labels))
+
+    return loss
+
+
+def my_share(images: torch.Tensor, labels: torch.Tensor):
+    """This rank's contiguous share of a batch (all of it in one process)."""
+    w, r = distributed.world_size(), distributed.rank()
+    if w == 1:
+        return images, labels
+    n = images.shape[0] // w
+    return images[r * n : (r + 1) * n], labels[r * n : (r + 1) * n]
+
+
 def _train_epoch(model, loader, optimizer, loss_fn, distance, defense, device, bar_desc,
                  progress: bool) -> float:
-    """One pass over ``loader``; returns the mean loss. Stops at the first non-finite loss."""
+    """One pass over ``loader``; returns the mean loss. Stops at the first non-finite loss.
+    Under torchrun every process reads the same batches and trains on its share of each."""
     model.train()
-    bar = progress_bar(loader, desc=bar_desc, enabled=progress, unit="batch")
+    bar = progress_bar(loader, desc=bar_desc, unit="batch",
+                       enabled=progress if distributed.is_main() else False)
     run_loss, run_r1, n = 0.0, 0.0, 0
+    loss_fn = gathered_loss(loss_fn)
     for images, labels in bar:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = my_share(images.to(device), labels.to(device))
         if defense is not None:
             loss, emb = defense.training_loss(model, images, labels, loss_fn)
         else:
@@ -219,6 +253,26 @@ def _train_epoch(model, loader, optimizer, loss_fn, distance, defense, device, b
     return run_loss
 
 
+def check_shares(batch_size: int) -> None:
+    """Under torchrun each process takes an equal share of every batch: refuse, before any
+    training, a batch that does not divide."""
+    w = distributed.world_size()
+    if batch_size % w:
+        raise AdvrankError(f"the training batch ({batch_size} images) does not divide among "
+                           f"{w} processes; choose --batch-size a multiple of {w} (and of the "
+                           "images per class)")
+
+
+def parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model wrapped in DistributedDataParallel under torchrun (gradients averaged over the
+    processes after every backward), the model itself in one process."""
+    if not distributed.active():
+        return model
+    ids = [device.index if device.index is not None else distributed.local_rank()] \
+        if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
           defense: Defense | None = None, progress: bool = True,
           force: bool = False) -> TrainResult:
@@ -230,7 +284,10 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
     config.validate()
     out = check_writable_file(out, "checkpoint")
     device = resolve_device(config.device)
-    with exclusive(out.parent / f".{out.name}.lock", f"checkpoint {out}"):
+    progress = progress and distributed.is_main()
+    lock = exclusive(out.parent / f".{out.name}.lock", f"checkpoint {out}") \
+        if distributed.is_main() else contextlib.nullcontext()
+    with lock:
         config, model, meta = _build(config, init, defense)
         distance = get_distance(config.metric)
         loss_fn = make_loss(config.loss, distance, config.margin)
@@ -238,9 +295,11 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
         test_set = load_dataset(config.dataset, "test", config.data_root, config.download)
         _, meta["batch_size"] = _sampler(train_set.labels, config.batch_size,
                                          config.samples_per_class)
+        check_shares(meta["batch_size"])
         model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         start, history, elapsed = _resume(out, meta, model, optimizer, force)
+        trained = parallel(model, device)
         if start >= config.epochs and progress:
             print(f"{out} already holds this run, finished ({start} epochs)", file=sys.stderr)
         for epoch in range(start, config.epochs):
@@ -251,7 +310,7 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
                                            config.samples_per_class)
             loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True)
             t0 = time.time()
-            loss = _train_epoch(model, loader, optimizer, loss_fn, distance, defense, device,
+            loss = _train_epoch(trained, loader, optimizer, loss_fn, distance, defense, device,
                                 f"epoch {epoch + 1}/{config.epochs}", progress)
             elapsed += time.time() - t0
             r1 = evaluate_model(model, test_set, distance, device, ks=(1,))["recall@1"]
@@ -261,7 +320,11 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
                       f"({elapsed:.0f}s)", file=sys.stderr)
             meta.update({"recall@1": r1, "history": history, "train_seconds": elapsed,
                          "epochs_done": epoch + 1})
-            save_checkpoint(out, model, meta, optimizer, epoch + 1)
+            if distributed.world_size() > 1:
+                meta["processes"] = distributed.world_size()
+            if distributed.is_main():
+                save_checkpoint(out, model, meta, optimizer, epoch + 1)
+            distributed.barrier()
         final = load_checkpoint(out)["meta"]
     return TrainResult(checkpoint=str(out), meta=final, history=final.get("history", []))
 
