@@ -14,6 +14,7 @@ from advrank.cli.options import (
     positive_int,
 )
 from advrank.errors import AdvrankError
+from advrank.models import MAX_EMBED_DIM
 from advrank.registry import DATASETS, DEFENSES, DISTANCES, LOSSES, MODELS
 
 
@@ -116,7 +117,7 @@ def register(sub, formatter) -> None:
                    help="images per batch (m per class from batch / classes)")
     p.add_argument("--lr", type=number(0.0, 10.0, low_open=True), default=1e-3,
                    help="Adam learning rate")
-    p.add_argument("--embed-dim", type=integer(1, 65_536),
+    p.add_argument("--embed-dim", type=integer(1, MAX_EMBED_DIM),
                    help="embedding size (default per model: c2f1 1024, lenet 128, resnet18 512; "
                         "or --init's)")
     p.add_argument("--out", required=True, help="checkpoint path to write")

@@ -54,6 +54,19 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DatasetSpec(entry.name, info.get("image_shape"), info.get("mean"), info.get("std"))
 
 
+def check_dataset_name(name: str):
+    """The registry entry of ``name`` (``base`` or ``base:argument``) and its argument; refuses
+    unknown names and an argument where the dataset takes none (or none where it needs one)."""
+    base, arg = split_name(name)
+    entry = DATASETS.entry(base)
+    takes_arg = entry.info.get("takes_argument", False)
+    if takes_arg and not arg:
+        raise AdvrankError(f"dataset {base!r} needs an argument: {base}:{takes_arg}")
+    if arg is not None and not takes_arg:
+        raise AdvrankError(f"dataset {base!r} takes no argument after ':' (got {name!r})")
+    return entry, arg
+
+
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
                  download: bool = False) -> ImageDataset:
     """Load ``split`` (``train`` or ``test``) of dataset ``name``.
@@ -63,13 +76,8 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     """
     if split not in SPLITS:
         raise AdvrankError(f"unknown split {split!r}; use 'train' or 'test'")
-    base, arg = split_name(name)
-    entry = DATASETS.entry(base)
+    entry, arg = check_dataset_name(name)
     takes_arg = entry.info.get("takes_argument", False)
-    if takes_arg and not arg:
-        raise AdvrankError(f"dataset {base!r} needs an argument: {base}:{takes_arg}")
-    if arg is not None and not takes_arg:
-        raise AdvrankError(f"dataset {base!r} takes no argument after ':' (got {name!r})")
     root = Path(root) if root is not None else default_data_root()
     kwargs = {"arg": arg} if takes_arg else {}
     dataset = entry.obj(split=split, root=root, download=download, **kwargs)
@@ -79,5 +87,5 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     return dataset
 
 
-__all__ = ["DATA_ENV", "DatasetSpec", "ImageDataset", "TensorImageDataset", "dataset_names",
-           "dataset_spec", "default_data_root", "load_dataset", "split_name"]
+__all__ = ["DATA_ENV", "DatasetSpec", "ImageDataset", "TensorImageDataset", "check_dataset_name",
+           "dataset_names", "dataset_spec", "default_data_root", "load_dataset", "split_name"]

@@ -13,6 +13,10 @@ from advrank.errors import AdvrankError
 from advrank.models.base import EmbeddingNet, Normalize
 from advrank.registry import MODELS
 
+#: the largest embedding size accepted anywhere (options, checkpoints): far beyond any real
+#: model, and it keeps a damaged or hostile value from allocating terabytes
+MAX_EMBED_DIM = 65_536
+
 
 def model_names() -> list[str]:
     return MODELS.names()
@@ -34,8 +38,8 @@ def create_model(
     if len(image_shape) != 3 or any(int(s) < 1 for s in image_shape):
         raise AdvrankError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
     embed_dim = int(entry.info["default_embed_dim"] if embed_dim is None else embed_dim)
-    if embed_dim <= 0:
-        raise AdvrankError(f"embed_dim must be positive, got {embed_dim}")
+    if not 0 < embed_dim <= MAX_EMBED_DIM:
+        raise AdvrankError(f"embed_dim must lie in [1, {MAX_EMBED_DIM}], got {embed_dim}")
     channels = image_shape[0]
     mean = tuple(mean) if mean is not None else (0.0,) * channels
     std = tuple(std) if std is not None else (1.0,) * channels
@@ -48,4 +52,5 @@ def create_model(
     return EmbeddingNet(backbone, mean, std, image_shape, embed_dim)
 
 
-__all__ = ["EmbeddingNet", "Normalize", "create_model", "default_embed_dim", "model_names"]
+__all__ = ["MAX_EMBED_DIM", "EmbeddingNet", "Normalize", "create_model", "default_embed_dim",
+           "model_names"]

@@ -27,7 +27,7 @@ from advrank.core.runtime import resolve_device, seed_everything
 from advrank.data import dataset_spec, load_dataset
 from advrank.defenses.base import Defense
 from advrank.errors import AdvrankError
-from advrank.models import create_model
+from advrank.models import MAX_EMBED_DIM, create_model
 from advrank.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from advrank.models.weights import load_pretrained
 from advrank.registry import DISTANCES, LOSSES, MODELS
@@ -76,7 +76,8 @@ class TrainConfig:
         if self.margin is not None:
             check_number(self.margin, "margin", low=0.0, low_open=True, high=100.0)
         if self.embed_dim is not None:
-            check_number(self.embed_dim, "embedding size", low=1, high=65_536, integer=True)
+            check_number(self.embed_dim, "embedding size", low=1, high=MAX_EMBED_DIM,
+                         integer=True)
         for name, registry in (("arch", MODELS), ("metric", DISTANCES), ("loss", LOSSES)):
             if getattr(self, name) is not None:
                 registry.canonical(getattr(self, name))
