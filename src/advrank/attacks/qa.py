@@ -20,6 +20,7 @@ import torch
 from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
 from advrank.attacks.selection import (
     Selection,
+    check_pool,
     random_others,
     sp_candidates,
     top_pool_targets,
@@ -123,6 +124,15 @@ class QueryAttack(AttackKind):
         check_number(options["top_fraction"], "top fraction", low=0.0, low_open=True, high=1.0)
         return options
 
+    def check_fits(self, k: int, num_attacks: int, n: int) -> None:
+        super().check_fits(k, num_attacks, n)
+        if not self.raise_rank:
+            check_pool(k, n, self.options["top_fraction"], self.size_name)
+        g = self.options["g"]
+        if g > n - 1 - k:
+            raise AdvrankError(f"G = {g} does not fit: C_SP comes from the {n - 1 - k} gallery "
+                               "items outside q and C")
+
     def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
         anchors, gen = select_anchors(self, gallery, k, num_attacks, seed)
         if self.raise_rank:
@@ -131,9 +141,6 @@ class QueryAttack(AttackKind):
             targets = top_pool_targets(gallery, anchors, k, gen, self.options["top_fraction"],
                                        self.size_name)
         g = self.options["g"]
-        if g > len(gallery) - 1 - k:
-            raise AdvrankError(f"G = {g} does not fit: C_SP comes from the {len(gallery) - 1 - k}"
-                               f" gallery items outside q and C")
         sp = sp_candidates(gallery, anchors, targets, g) if g > 0 else None
         return Selection(anchors, targets, sp)
 

@@ -9,6 +9,7 @@ from advrank.cli.options import (
     integer,
     listed,
     log,
+    path_value,
     positive_int,
 )
 from advrank.core.io import check_writable_dir
@@ -49,9 +50,9 @@ def register(sub, formatter) -> None:
                     "QA- (w = m = k) and the mean maximum embedding-shift distance, on the "
                     "checkpoint's test set. Writes curves.json, curves.csv and curves.png into "
                     "--out; rerunning the same command reuses the points already computed.")
-    p.add_argument("--checkpoint", action="append", required=True,
+    p.add_argument("--checkpoint", action="append", required=True, type=path_value,
                    help="a checkpoint to evaluate; repeat for each model (vanilla, defended)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=path_value, help="output folder")
     p.add_argument("--num-attacks", type=positive_int, default=None,
                    help="T attacks per (attack, eps) point (default: min(1000, test set size))")
     p.add_argument("--eps-values", nargs="+", type=listed(eps_value, "eps values"),
@@ -70,7 +71,7 @@ def register(sub, formatter) -> None:
         description="Train C2F1 on scikit-learn's handwritten digits, evaluate Recall@K, run "
                     "a small attack grid, train a defended model and compare. Rerunning "
                     "reuses what is already in --out.")
-    p.add_argument("--out", default="advrank-demo", help="output folder")
+    p.add_argument("--out", default="advrank-demo", type=path_value, help="output folder")
     p.add_argument("--epochs", type=integer(1, 10_000), default=15, help="training epochs")
     p.add_argument("--num-attacks", type=positive_int, default=200, help="T attacks per cell")
     p.add_argument("--defense-epochs", type=integer(1, 10_000), default=5,

@@ -94,6 +94,14 @@ def listed(item: Callable[[str], Any], what: str) -> Callable[[str], list]:
     return parse
 
 
+def path_value(text: str) -> str:
+    """argparse type: a file or folder path; an empty one is refused (it would silently mean
+    the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
 eps_value = number(0.0, 1.0, what="eps")  # pixel units: 0.03 or 8/255
 positive_int = integer(1)
 seed_value = integer(0, 2**63 - 1, "seed")
@@ -116,7 +124,7 @@ def add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
                    help="auto (CUDA when available), cpu, or cuda[:i]")
     p.add_argument("--seed", type=seed_value, default=0, help="random seed; same seed, same run")
     if data:
-        p.add_argument("--data-root", default=None,
+        p.add_argument("--data-root", type=path_value, default=None,
                        help="folder holding the datasets (default: $ADVRANK_DATA, else ./data)")
         p.add_argument("--download", action="store_true",
                        help="let torchvision download missing MNIST/Fashion-MNIST files (online)")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advrank.attacks.base import check_fits_all, make_kinds
 from advrank.attacks.es import shift_distance
 from advrank.attacks.selection import draw_anchors
 from advrank.attacks.threat import LinfThreatModel
@@ -126,12 +127,19 @@ def defense_curves(
     ``reused`` counts.
     """
     eps_values = _check_curve_args(checkpoints, eps_values, num_attacks, k, batch_size)
+    kinds = make_kinds(PAPER_ATTACKS, {})
+
+    def check(n: int) -> None:  # before each gallery is embedded
+        t = min(DEFAULT_NUM_ATTACKS, n) if num_attacks is None else num_attacks
+        check_fits_all(kinds.values(), [k], t, n)
+
     identity = {"k": k, "seed": seed, "num_attacks": num_attacks,
                 "attacks": list(PAPER_ATTACKS)}
     models, points, computed, reused = [], [], 0, 0
     with Store(out_dir, "curves.json", CURVES_FORMAT, identity, record) as st:
         for path in checkpoints:
-            target = load_target(path, device, data_root, download, progress=progress)
+            target = load_target(path, device, data_root, download, progress=progress,
+                                 check=check)
             label = model_label(path, target.meta)
             while label in {m["label"] for m in models}:  # same file name twice
                 label += "'"

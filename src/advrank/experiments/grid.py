@@ -14,7 +14,8 @@ from pathlib import Path
 
 from torch import nn
 
-from advrank.attacks.base import make_kinds
+from advrank.attacks.base import check_fits_all, make_kinds
+from advrank.attacks.threat import LinfThreatModel
 from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
 from advrank.core.runtime import derived_seed
@@ -64,7 +65,10 @@ def run_grid(
     """
     kinds = make_kinds(_unique(attacks, "attack"), options)
     eps_values, ks = _unique(eps_values, "eps value"), _unique(ks, "w/m value")
+    for eps in eps_values:
+        LinfThreatModel(eps)  # every row's eps checked before the first cell runs
     batch_size = check_batch_size(batch_size)
+    check_fits_all(kinds.values(), ks, num_attacks, len(gallery))
     identity = {"num_attacks": num_attacks, "seed": seed, "gallery_size": len(gallery),
                 "checkpoint_sha": (meta or {}).get("checkpoint_sha")}
     record = {"eps_values": list(eps_values), "ks": list(ks), "attacks": list(kinds),

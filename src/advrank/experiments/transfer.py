@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrank.attacks.base import AttackKind, get_attack, make_kinds
+from advrank.attacks.base import AttackKind, check_fits_all, get_attack, make_kinds
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_choice
@@ -147,13 +147,14 @@ def _transfer_row(source: str, kind: AttackKind, rankers: Mapping[str, tuple[nn.
     return {name: row[name] for name in rankers}
 
 
-def _load_rankers(checkpoints, device, data_root, download, progress):
-    """(rankers {name: (model, gallery)}, model descriptions, dataset name, |X|)."""
+def _load_rankers(checkpoints, device, data_root, download, progress, check=None):
+    """(rankers {name: (model, gallery)}, model descriptions, dataset name, |X|);
+    ``check(|X|)`` runs before each gallery is embedded."""
     if not checkpoints:
         raise AdvrankError("the transfer matrix needs at least one checkpoint")
     rankers, models, dataset_name = {}, {}, None
     for name, path in checkpoints.items():
-        target = load_target(path, device, data_root, download, progress=progress)
+        target = load_target(path, device, data_root, download, progress=progress, check=check)
         if dataset_name is None:
             dataset_name = target.meta["dataset"]
         elif target.meta["dataset"] != dataset_name:
@@ -187,8 +188,9 @@ def transfer_matrix(
     kinds = make_kinds(attacks, options)
     batch_size = check_batch_size(batch_size)
     threat = LinfThreatModel(eps, steps=steps)
-    rankers, models, dataset_name, n = _load_rankers(checkpoints, device, data_root, download,
-                                                     progress)
+    rankers, models, dataset_name, n = _load_rankers(
+        checkpoints, device, data_root, download, progress,
+        check=lambda n: check_fits_all(kinds.values(), [k], num_attacks, n))
     settings = {"dataset": dataset_name, "gallery_size": n, "eps": eps, "k": k,
                 "num_attacks": n if num_attacks is None else int(num_attacks), "seed": seed,
                 "steps": steps, "select_on": select_on, "threat": threat.describe()}
