@@ -265,7 +265,7 @@ COMMANDS: dict[str, list[Option]] = {
         option("--select-on", ["source", "target"], [""]), *common()],
     "universal": [
         checkpoint(), option("--attack", GOOD_ATTACKS, BAD_NAMES, True), EPS, *sizes(),
-        number("--fraction", "0.01", "0.05", "0.5"), number("--xi", "0", "1"),
+        number("--fraction", "0.01", "0.05"), number("--xi", "0", "1"),
         integer("--steps", 0, 1, 2, always=True), number("--step-size", "0.01"),
         option("--mode", ["own", "shared"], ["both"]), integer("--chunk-size", 1, 7, 10**6),
         option("--out", ["FRESH"], BAD_OUT_DIRS), *common()],

@@ -108,7 +108,7 @@ def cmd_universal(args) -> None:
                          check=lambda n: check_universal(kind, k, n, args.fraction, args.mode,
                                                          args.chunk_size))
     result = universal_attack(target.model, target.gallery, kind, args.eps, k=k,
-                              seed=args.seed, fraction=args.fraction, xi=args.xi,
+                              seed=args.seed, fraction=args.fraction,
                               steps=args.steps, step_size=args.step_size, mode=args.mode,
                               chunk_size=args.chunk_size)
     r = result.pop("perturbation")

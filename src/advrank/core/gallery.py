@@ -10,8 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from advrank.core.checks import check_finite
+from advrank.core.checks import check_finite, check_flag
 from advrank.core.distances import Distance, get_distance
+from advrank.core.runtime import resolve_device
+from advrank.data.base import check_dataset
+from advrank.errors import AdvrankError
 
 
 @torch.no_grad()
@@ -24,8 +27,12 @@ def embed_dataset(
     Refuses non-finite embeddings (a model with NaN/Inf weights or a zero std) instead of
     letting them become results.
     """
+    if not isinstance(model, nn.Module):
+        raise AdvrankError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_dataset(dataset)
+    check_flag(progress, "progress")
     model.eval()
-    device = torch.device(device)
+    device = resolve_device(device)
     bar = None
     if progress:
         from tqdm import tqdm

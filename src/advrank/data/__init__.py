@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from advrank.core.checks import check_flag, check_path
 from advrank.data.base import ImageDataset, TensorImageDataset
 from advrank.errors import AdvrankError
 from advrank.registry import DATASETS
@@ -74,11 +75,12 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     ``root`` defaults to ``$ADVRANK_DATA`` (then ``./data``). With ``download=True`` torchvision
     may fetch missing files; otherwise missing files raise an :class:`AdvrankError` that names them.
     """
-    if split not in SPLITS:
+    if not isinstance(split, str) or split not in SPLITS:
         raise AdvrankError(f"unknown split {split!r}; use 'train' or 'test'")
     entry, arg = check_dataset_name(name)
     takes_arg = entry.info.get("takes_argument", False)
-    root = Path(root) if root is not None else default_data_root()
+    root = check_path(root, "data root") if root is not None else default_data_root()
+    check_flag(download, "download")
     kwargs = {"arg": arg} if takes_arg else {}
     dataset = entry.obj(split=split, root=root, download=download, **kwargs)
     if len(dataset) < 2:

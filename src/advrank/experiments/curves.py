@@ -18,6 +18,7 @@ from advrank.attacks.base import check_fits_all, make_kinds
 from advrank.attacks.es import shift_distance
 from advrank.attacks.selection import draw_anchors
 from advrank.attacks.threat import LinfThreatModel
+from advrank.core.checks import check_flag, check_int, check_list, check_path, check_seed
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import recall_at_k
 from advrank.defenses.base import default_defense_eps
@@ -94,21 +95,20 @@ def _csv_text(rows: list[dict], attacks: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def _check_curve_args(checkpoints, eps_values, num_attacks, k, batch_size) -> list[float]:
-    if not checkpoints:
-        raise AdvrankError("give at least one checkpoint")
-    eps_values = sorted({float(e) for e in eps_values})
-    if not eps_values:
-        raise AdvrankError("give at least one eps value")
-    for e in eps_values:
-        LinfThreatModel(e)  # validates the range with a readable error before any work
-    if num_attacks is not None and (not isinstance(num_attacks, int) or num_attacks < 1):
-        raise AdvrankError(f"the number of attacks must be a positive integer, got "
-                           f"{num_attacks!r}")
-    if not isinstance(k, int) or k < 1:
-        raise AdvrankError(f"w/m must be a positive integer, got {k!r}")
+def _check_curve_args(checkpoints, eps_values, num_attacks, k, seed, batch_size, progress,
+                      download) -> tuple[list, list[float]]:
+    """(checkpoints, sorted eps values), every argument checked before any work."""
+    checkpoints = check_list(checkpoints, "checkpoints", lambda p: check_path(p, "checkpoint"))
+    # validates the range with a readable error before any work
+    eps_values = sorted(check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps))
+    if num_attacks is not None:
+        check_int(num_attacks, "number of attacks")
+    check_int(k, "w/m")
+    check_seed(seed)
     check_batch_size(batch_size)
-    return eps_values
+    check_flag(progress, "progress")
+    check_flag(download, "download")
+    return checkpoints, eps_values
 
 
 def defense_curves(
@@ -126,7 +126,8 @@ def defense_curves(
     checkpoint, vanilla dashed). Returns the ``curves.json`` content plus ``computed``/
     ``reused`` counts.
     """
-    eps_values = _check_curve_args(checkpoints, eps_values, num_attacks, k, batch_size)
+    checkpoints, eps_values = _check_curve_args(checkpoints, eps_values, num_attacks, k, seed,
+                                                batch_size, progress, download)
     kinds = make_kinds(PAPER_ATTACKS, {})
 
     def check(n: int) -> None:  # before each gallery is embedded

@@ -16,12 +16,18 @@ from torch import nn
 
 from advrank.attacks.base import check_fits_all, make_kinds
 from advrank.attacks.threat import LinfThreatModel
+from advrank.core.checks import check_flag, check_int, check_list, check_name, check_seed
 from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
 from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
-from advrank.experiments.paper import PAPER_ATTACKS
-from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
+from advrank.experiments.paper import PAPER_ATTACKS, paper_table_for
+from advrank.experiments.protocol import (
+    check_batch_size,
+    check_cell_options,
+    check_gallery,
+    run_attack,
+)
 from advrank.experiments.store import Store
 from advrank.reports.tables import csv_table, markdown_table
 
@@ -46,13 +52,6 @@ def load_results(out_dir: str | Path) -> dict:
     return read_json(path, "grid results")
 
 
-def _unique(values: Sequence, what: str) -> list:
-    out = list(dict.fromkeys(values))
-    if not out:
-        raise AdvrankError(f"give at least one {what}")
-    return out
-
-
 def run_grid(
     model: nn.Module, gallery: Gallery, out_dir: str | Path, eps_values: Sequence[float],
     ks: Sequence[int] = (1, 2, 5, 10), attacks: Sequence[str] = PAPER_ATTACKS,
@@ -63,11 +62,19 @@ def run_grid(
 
     ``options`` go to the kinds that accept them (e.g. ``sp_reduction``, ``xi`` for QA).
     """
-    kinds = make_kinds(_unique(attacks, "attack"), options)
-    eps_values, ks = _unique(eps_values, "eps value"), _unique(ks, "w/m value")
-    for eps in eps_values:
-        LinfThreatModel(eps)  # every row's eps checked before the first cell runs
-    batch_size = check_batch_size(batch_size)
+    check_gallery(model, gallery)
+    kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
+                       options)
+    # every row's eps and every cell's size checked before the first cell runs
+    eps_values = check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps)
+    ks = check_list(ks, "w/m values", lambda k: check_int(k, "w/m"))
+    num_attacks = check_int(num_attacks, "number of attacks")
+    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    check_flag(progress, "progress")
+    if paper is not None:
+        paper_table_for({}, paper)
+    if meta is not None and not isinstance(meta, dict):
+        raise AdvrankError(f"meta must be a dict, got {type(meta).__name__}")
     check_fits_all(kinds.values(), ks, num_attacks, len(gallery))
     identity = {"num_attacks": num_attacks, "seed": seed, "gallery_size": len(gallery),
                 "checkpoint_sha": (meta or {}).get("checkpoint_sha")}

@@ -22,7 +22,7 @@ from advrank.attacks.base import AttackKind, get_attack
 from advrank.attacks.pgd import keyed_noise, pgd
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_finite, check_number
+from advrank.core.checks import check_finite, check_flag, check_int, check_seed
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
 
@@ -113,7 +113,26 @@ def check_cell_options(path, cells: Iterable[dict], kinds: dict[str, AttackKind]
 
 
 def check_batch_size(batch_size: int) -> int:
-    return int(check_number(batch_size, "batch size", low=1, high=MAX_BATCH, integer=True))
+    return check_int(batch_size, "batch size", low=1, high=MAX_BATCH)
+
+
+def check_threat(threat: LinfThreatModel | None, eps: float) -> LinfThreatModel:
+    """``threat``, or the paper's threat model at ``eps``; a given one must have that eps."""
+    if threat is None:
+        return LinfThreatModel(eps)
+    if not isinstance(threat, LinfThreatModel):
+        raise AdvrankError(f"threat must be a LinfThreatModel, got {type(threat).__name__}")
+    if threat.eps != eps:
+        raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps!r}")
+    return threat
+
+
+def check_gallery(model: nn.Module, gallery: Gallery) -> None:
+    if not isinstance(model, nn.Module):
+        raise AdvrankError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(gallery, Gallery):
+        raise AdvrankError(f"gallery must be a Gallery (Gallery.build(model, dataset, "
+                           f"distance)), got {type(gallery).__name__}")
 
 
 def attack_batches(
@@ -156,10 +175,10 @@ def run_attack(
     "before" figures are measured once, not once per eps.
     """
     kind = get_attack(attack, **options)
-    threat = threat or LinfThreatModel(eps)
-    if threat.eps != eps:
-        raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
-    batch_size = check_batch_size(batch_size)
+    check_gallery(model, gallery)
+    threat = check_threat(threat, eps)
+    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    check_flag(progress, "progress")
     selection = selection or kind.select(gallery, k, num_attacks, seed)
     t0, log = time.time(), RankLog()
     desc = f"{kind.name} eps={eps:g} {kind.size_name or 'k'}={k}"

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advrank.core.checks import check_flag
 from advrank.core.gallery import Gallery
 from advrank.core.io import file_sha256
 from advrank.core.runtime import resolve_device, run_record
@@ -58,6 +59,7 @@ def load_target(checkpoint: str | Path, device: str | torch.device = "auto",
     a command refuses there the options that do not fit the gallery (T, w/m, G...).
     """
     device = resolve_device(device)
+    check_flag(progress, "progress")
     model, meta = model_from_checkpoint(checkpoint, device)
     dataset = load_dataset(meta["dataset"], split, data_root, download)
     if check is not None:

@@ -20,7 +20,14 @@ from torch import nn
 from advrank.attacks.base import AttackKind, check_fits_all, get_attack, make_kinds
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_choice
+from advrank.core.checks import (
+    check_choice,
+    check_flag,
+    check_int,
+    check_list,
+    check_name,
+    check_seed,
+)
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
@@ -31,6 +38,8 @@ from advrank.experiments.protocol import (
     attack_batches,
     check_batch_size,
     check_cell_options,
+    check_gallery,
+    check_threat,
 )
 from advrank.experiments.store import Store
 from advrank.experiments.target import load_target
@@ -97,7 +106,15 @@ def transfer_attack(
     """
     kind = get_attack(attack, **options)
     check_choice(select_on, "select_on", SELECT_ON)
-    batch_size = check_batch_size(batch_size)
+    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    check_flag(progress, "progress")
+    for what, model in (("source", source_model), ("target", target_model)):
+        if not isinstance(model, nn.Module):
+            raise AdvrankError(f"the {what} model must be a torch.nn.Module, got "
+                               f"{type(model).__name__}")
+    for model, gallery in ((source_model, source_gallery), (target_model, target_gallery)):
+        if gallery is not None:
+            check_gallery(model, gallery)
     source_distance = get_distance(source_distance)
     target_distance = get_distance(target_distance or source_distance)
     if source_gallery is None:
@@ -107,9 +124,7 @@ def transfer_attack(
     if len(source_gallery) != len(target_gallery):
         raise AdvrankError(f"source and target galleries differ in size ({len(source_gallery)} "
                            f"vs {len(target_gallery)}); transfer needs one shared collection")
-    threat = threat or LinfThreatModel(eps)
-    if threat.eps != eps:
-        raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
+    threat = check_threat(threat, eps)
     num_attacks = len(source_gallery) if num_attacks is None else num_attacks
     chooser = source_gallery if select_on == "source" else target_gallery
     selection = kind.select(chooser, k, num_attacks, seed)
@@ -185,8 +200,17 @@ def transfer_matrix(
     every row. ``num_attacks`` defaults to |X|; ``options`` go to the kinds that take them.
     """
     check_choice(select_on, "select_on", SELECT_ON)
-    kinds = make_kinds(attacks, options)
-    batch_size = check_batch_size(batch_size)
+    kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
+                       options)
+    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    k = check_int(k, "w/m")
+    if num_attacks is not None:
+        num_attacks = check_int(num_attacks, "number of attacks")
+    check_flag(progress, "progress")
+    check_flag(download, "download")
+    if not isinstance(checkpoints, Mapping) or not all(
+            isinstance(name, str) and name for name in checkpoints):
+        raise AdvrankError("checkpoints must map display names to checkpoint paths")
     threat = LinfThreatModel(eps, steps=steps)
     rankers, models, dataset_name, n = _load_rankers(
         checkpoints, device, data_root, download, progress,

@@ -14,9 +14,10 @@ from advrank.attacks.base import AttackKind, get_attack, mean_se
 from advrank.attacks.pgd import universal_pgd
 from advrank.attacks.selection import Selection, sp_candidates, top_pool_size
 from advrank.attacks.threat import LinfThreatModel, paper_step_size
-from advrank.core.checks import check_choice, check_number
+from advrank.core.checks import check_choice, check_number, check_seed
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
+from advrank.experiments.protocol import check_gallery
 from advrank.registry import ATTACKS
 
 UNIVERSAL_MODES = ("own", "shared")
@@ -66,9 +67,13 @@ def _ranks(model: nn.Module, gallery: Gallery, kind: AttackKind, sel: Selection,
 def universal_kind(attack: str | AttackKind, xi: float | None) -> AttackKind:
     """The kind with Table 6's setting: no SP term (xi = 0, no C_SP) unless xi is given."""
     if isinstance(attack, AttackKind):
+        if xi is not None:
+            raise AdvrankError("give xi to the attack kind's constructor, not twice")
         return attack
     params = ATTACKS.get(attack).params
     options = {}
+    if xi is not None:
+        xi = check_number(xi, "xi (SP weight)", low=0.0, high=1e6)
     if "xi" in params:
         options = {"xi": xi or 0.0, "g": params.get("g", 0) if xi else 0}
     elif xi:
@@ -126,6 +131,8 @@ def universal_attack(
     on the CPU).
     """
     kind = universal_kind(attack, xi)
+    check_gallery(model, gallery)
+    seed = check_seed(seed)
     dev, n = gallery.embeddings.device, len(gallery)
     check_universal(kind, k, n, fraction, mode, chunk_size)
     size = set_size(fraction, n)

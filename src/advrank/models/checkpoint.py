@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from advrank import __version__
+from advrank.core.checks import check_path
 from advrank.core.io import atomic_write_bytes
 from advrank.data import check_dataset_name
 from advrank.errors import AdvrankError
@@ -195,7 +196,7 @@ def validate_payload(payload: Any, where: str) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint; corrupt or foreign files raise one readable AdvrankError."""
-    return validate_payload(_read(Path(path)), str(path))
+    return validate_payload(_read(check_path(path, "checkpoint")), str(path))
 
 
 def export_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
