@@ -325,7 +325,6 @@ def check_run(world: dict, argv: list[str], cli) -> int:
     if "--plugin" in argv:  # keep plugin values harmless: never an importable module
         argv = [a if i == 0 or argv[i - 1] != "--plugin" or a.endswith((".py", "_xyz"))
                 else "no_such_module_xyz" for i, a in enumerate(argv)]
-    print("RUN", argv, flush=True)
     status, out, err = cli(argv)
     assert status in (0, 2), (argv, status, err[-2000:])
     assert "Traceback" not in err, (argv, err[-3000:])

@@ -25,7 +25,7 @@ from advrank.defenses.base import default_defense_eps
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS
 from advrank.experiments.protocol import check_batch_size, run_attack
-from advrank.experiments.store import Store
+from advrank.experiments.store import Store, figures_problem, is_number
 from advrank.experiments.target import Target, load_target
 from advrank.reports.plots import curves_png
 from advrank.reports.tables import format_comparison, size_name
@@ -33,6 +33,20 @@ from advrank.reports.tables import format_comparison, size_name
 DEFAULT_CURVE_EPS = (0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 DEFAULT_NUM_ATTACKS = 1000  # per (attack, eps) point; the paper uses T = |X| (10,000 on MNIST)
 CURVES_FORMAT = "advrank-curves"
+
+
+def check_point(key: str, point) -> str | None:
+    """Why a stored curve point cannot be reused (None if it can)."""
+    problem = figures_problem(point, tuple(f"{a}_{w}" for a in PAPER_ATTACKS
+                                           for w in ("before", "after")))
+    if problem:
+        return problem
+    eps = point.get("eps")
+    if not is_number(eps) or not key.endswith(f"|{eps:g}"):
+        return "its eps does not match its key"
+    if not all(is_number(point.get(f)) for f in ("shift_mean", "shift_max")):
+        return "no finite shift_mean/shift_max"
+    return None
 
 
 def robustness_point(
@@ -137,7 +151,11 @@ def defense_curves(
     identity = {"k": k, "seed": seed, "num_attacks": num_attacks,
                 "attacks": list(PAPER_ATTACKS)}
     models, points, computed, reused = [], [], 0, 0
-    with Store(out_dir, "curves.json", CURVES_FORMAT, identity, record) as st:
+    if len({f"{e:g}" for e in eps_values}) != len(eps_values):
+        raise AdvrankError("eps values that agree to 6 significant digits are one point; give "
+                           "each eps once")
+    with Store(out_dir, "curves.json", CURVES_FORMAT, identity, record,
+               check_cell=check_point) as st:
         for path in checkpoints:
             target = load_target(path, device, data_root, download, progress=progress,
                                  check=check)

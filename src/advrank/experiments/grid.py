@@ -28,7 +28,7 @@ from advrank.experiments.protocol import (
     check_gallery,
     run_attack,
 )
-from advrank.experiments.store import Store
+from advrank.experiments.store import Store, figures_problem, is_number
 from advrank.reports.tables import csv_table, markdown_table
 
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
@@ -37,6 +37,19 @@ FORMAT = "advrank-grid"
 
 def cell_key(attack: str, eps: float, k: int) -> str:
     return f"{attack}|{eps:g}|{k}"
+
+
+def check_cell(key: str, cell) -> str | None:
+    """Why a stored grid cell cannot be reused (None if it can): a summary of the attack,
+    eps and k its key names, with finite figures."""
+    problem = figures_problem(cell, ("rank_before", "rank_after", "rank_after_se"))
+    if problem:
+        return problem
+    attack, eps, k = cell.get("attack"), cell.get("eps"), cell.get("k")
+    if not isinstance(attack, str) or not is_number(eps) or \
+            not isinstance(k, int) or isinstance(k, bool) or cell_key(attack, eps, k) != key:
+        return "its attack, eps and k do not match its key"
+    return None
 
 
 def selection_seed(seed: int, attack: str, k: int) -> int:
@@ -80,7 +93,11 @@ def run_grid(
                 "checkpoint_sha": (meta or {}).get("checkpoint_sha")}
     record = {"eps_values": list(eps_values), "ks": list(ks), "attacks": list(kinds),
               "paper": paper, **(meta or {})}
-    with Store(out_dir, RESULTS, FORMAT, identity, record) as st:
+    keys = {cell_key(a, e, k) for a in kinds for k in ks for e in eps_values}
+    if len(keys) != len(kinds) * len(ks) * len(eps_values):
+        raise AdvrankError("eps values that agree to 6 significant digits are one table row; "
+                           "give each eps once")
+    with Store(out_dir, RESULTS, FORMAT, identity, record, check_cell=check_cell) as st:
         check_cell_options(st.path, st.cells.values(), kinds)
         todo = [(a, k, e) for a in kinds for k in ks for e in eps_values
                 if cell_key(a, e, k) not in st]

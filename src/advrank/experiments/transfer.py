@@ -41,8 +41,9 @@ from advrank.experiments.protocol import (
     check_gallery,
     check_threat,
 )
-from advrank.experiments.store import Store
+from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import load_target
+from advrank.registry import ATTACKS
 from advrank.reports.tables import transfer_markdown
 
 SELECT_ON = ("source", "target")
@@ -219,7 +220,16 @@ def transfer_matrix(
                 "num_attacks": n if num_attacks is None else int(num_attacks), "seed": seed,
                 "steps": steps, "select_on": select_on, "threat": threat.describe()}
     identity = {**settings, "models": {m: v["sha256"] for m, v in models.items()}}
-    with Store(out_dir, "transfer.json", MATRIX_FORMAT, identity, record) as st:
+    def check_row(key: str, row) -> str | None:  # a stored (attack, source) row
+        attack, _, source = key.partition("|")
+        if attack not in ATTACKS or source not in models:
+            return "its attack or source model is unknown"
+        if not isinstance(row, dict) or set(row) != set(models):
+            return "it does not hold one cell per model"
+        return next((p for p in map(figures_problem, row.values()) if p), None)
+
+    with Store(out_dir, "transfer.json", MATRIX_FORMAT, identity, record,
+               check_cell=check_row) as st:
         check_cell_options(st.path, ({"attack": key.partition("|")[0], **cell}
                                      for key, row in st.cells.items() for cell in row.values()),
                            kinds)

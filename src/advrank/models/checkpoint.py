@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from advrank import __version__
-from advrank.core.checks import check_path
+from advrank.core.checks import check_finite, check_path
 from advrank.core.io import atomic_write_bytes
 from advrank.data import check_dataset_name
 from advrank.errors import AdvrankError
@@ -33,7 +33,11 @@ def save_checkpoint(
     path: str | Path, model: torch.nn.Module, meta: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None, epoch: int = 0,
 ) -> None:
-    """Atomically write a checkpoint (a crash mid-write leaves the previous file intact)."""
+    """Atomically write a checkpoint (a crash mid-write leaves the previous file intact).
+    Weights with NaN or Infinity are refused: a broken model never becomes a checkpoint."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            check_finite(tensor, f"weight {name!r}")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -187,10 +187,13 @@ def _resume(out: Path, meta: dict, model: nn.Module, optimizer, force: bool):
         raise AdvrankError(f"{out} exists and is not a checkpoint of this run ({exc}); pass "
                            "--force to overwrite it") from None
     old = ckpt["meta"]
-    for key in IDENTITY:
-        if key in old and old.get(key) != meta.get(key):
+    for key in IDENTITY:  # a key the file lacks counts as None, the value of an unset option
+        if old.get(key) != meta.get(key):
             raise AdvrankError(f"{out} holds another run ({key}={old.get(key)!r}, this run "
                                f"{meta.get(key)!r}); use another --out or --force to overwrite")
+    if "epochs_done" not in old:
+        raise AdvrankError(f"{out} holds a checkpoint that is not a resumable training run (no "
+                           "epochs_done); use another --out or --force to overwrite it")
     model.load_state_dict(ckpt["model"])
     if ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
