@@ -39,8 +39,8 @@ def check_images(images: torch.Tensor, image_shape: tuple[int, ...] | None = Non
 def check_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
     """Refuse NaN/Infinity in a tensor that is about to become a result or a weight."""
     if tensor.numel() and not torch.isfinite(tensor).all():
-        raise AdvrankError(f"{what} contains NaN or Infinity (a broken model or "
-                           "hyper-parameter); nothing was written")
+        raise AdvrankError(f"NaN or Infinity in {what} (a broken model or hyper-parameter); "
+                           "nothing was written")
     return tensor
 
 

@@ -112,6 +112,12 @@ def check_cell_options(path, cells: Iterable[dict], kinds: dict[str, AttackKind]
                                    "folder")
 
 
+def embed_checked(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model(images)`` ``[B, D]``, refused if not finite: a NaN embedding would rank
+    nowhere and read as a perfect attack."""
+    return check_finite(model(images), "the embeddings of the adversarial images")
+
+
 def check_batch_size(batch_size: int) -> int:
     return check_int(batch_size, "batch size", low=1, high=MAX_BATCH)
 
@@ -196,6 +202,6 @@ def run_attack(
             attacked = clean
         else:
             with torch.no_grad():
-                attacked = kind.measure(gallery, part, model(adv))
+                attacked = kind.measure(gallery, part, embed_checked(model, adv))
         log.add(clean, attacked)
     return log.result(kind, eps, k, gallery, threat, time.time() - t0)

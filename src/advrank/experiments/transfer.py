@@ -40,6 +40,7 @@ from advrank.experiments.protocol import (
     check_cell_options,
     check_gallery,
     check_threat,
+    embed_checked,
 )
 from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import load_target
@@ -73,7 +74,8 @@ def transfer_pass(
             for model, gallery, log in logs.values():
                 emb = gallery.embeddings
                 clean = kind.measure(gallery, part, emb[part.anchors.to(emb.device)])
-                log.add(clean, kind.measure(gallery, part, model(adv.to(emb.device))))
+                log.add(clean, kind.measure(gallery, part,
+                                            embed_checked(model, adv.to(emb.device))))
     seconds, k = time.time() - t0, selection.targets.shape[1]
     src, *others = [logs[id(m), id(g)][2].result(kind, threat.eps, k, g, threat, seconds)
                     for m, g in everyone]

@@ -17,7 +17,7 @@ from advrank.attacks.threat import LinfThreatModel, paper_step_size
 from advrank.core.checks import check_choice, check_number, check_seed
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
-from advrank.experiments.protocol import check_gallery
+from advrank.experiments.protocol import check_gallery, embed_checked
 from advrank.registry import ATTACKS
 
 UNIVERSAL_MODES = ("own", "shared")
@@ -60,7 +60,7 @@ def _ranks(model: nn.Module, gallery: Gallery, kind: AttackKind, sel: Selection,
         adv = (gallery.images(part.anchors) + r.to(emb.device)).clamp(0.0, 1.0)
         before.append(kind.measure(gallery, part, emb[part.anchors.to(emb.device)])
                       [kind.headline].cpu())
-        after.append(kind.measure(gallery, part, model(adv))[kind.headline].cpu())
+        after.append(kind.measure(gallery, part, embed_checked(model, adv))[kind.headline].cpu())
     return torch.cat(before), torch.cat(after)
 
 
