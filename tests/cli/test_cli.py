@@ -112,3 +112,23 @@ def test_unknown_choices_rejected_by_argparse(tmp_path, capsys, bad):
 def test_missing_subcommand_exit_2(capsys):
     assert main([]) == 2
     _assert_one_error_line(capsys, "COMMAND")
+
+
+def test_unicode_minus_and_repeated_values_everywhere(untrained_ckpt, tmp_path, cli):
+    """CA− (Unicode minus) is CA- in every command; a value repeated in a list (also spelled
+    differently: 0.1 and 1/10, CA+ and ca+) is one cell, run once."""
+    common = ["--num-attacks", "2", "--device", "cpu", "--quiet", "--json"]
+    for argv in (["attack", "--checkpoint", untrained_ckpt, "--attack", "CA−", "--eps", "0.1",
+                  "--steps", "1"],
+                 ["transfer", "--source", untrained_ckpt, "--target", untrained_ckpt,
+                  "--attack", "CA−", "--eps", "0.1", "--steps", "1"]):
+        status, out, err = cli([*argv, *common])
+        assert status == 0, err
+        assert json.loads(out)["attack"] == "CA-"
+    status, out, err = cli(["grid", "--checkpoint", untrained_ckpt, "--out", tmp_path / "g",
+                            "--attacks", "CA−,CA-,ca+,CA+", "--eps-values", "0.1,1/10,0.1",
+                            "--ks", "1,1", *common])
+    assert status == 0, err
+    cells = json.loads((tmp_path / "g" / "results.json").read_text())["cells"]
+    assert sorted(cells) == ["CA+|0.1|1", "CA-|0.1|1"]
+    assert len(json.loads(out)["cells"]) == 2

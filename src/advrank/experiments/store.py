@@ -6,7 +6,9 @@
   when the process ends, even by SIGKILL).
 * **Atomic cells**: each finished cell rewrites the file atomically, so a killed run loses at
   most the cell in progress, and rerunning the same command resumes.
-* **Strict JSON**: no NaN or Infinity ever reaches the file.
+* **Strict JSON**: no NaN or Infinity ever reaches the file (or is read back from one).
+* **Checked cells**: each experiment says what a stored cell must hold (``check_cell``); a
+  damaged or forged file is refused, and left as it is, instead of being built upon.
 
 The file holds ``{"format", "config": {identity + provenance}, "cells": {key: value}}`` and
 whatever the experiment adds for its readers (``extra``).
@@ -49,7 +51,7 @@ def figures_problem(cell: Any, required: tuple[str, ...] = ("rank_before", "rank
             return f"no {key}"
     for key, value in cell.items():
         if key.endswith(("_before", "_after", "_se", "_max")) and not is_number(value):
-            return f"{key} is {value!r}, not a finite number"
+            return f"{key} is {repr(value)[:40]}, not a finite number"
     return None
 
 
