@@ -137,3 +137,23 @@ def test_python_dash_m_advrank_is_the_command():
     out = subprocess.run([sys.executable, "-m", "advrank", "--version"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("advrank ")
+
+
+def test_unicode_minus_and_repeated_values_everywhere(untrained_ckpt, tmp_path, cli):
+    """CA− (Unicode minus) is CA- in every command; a value repeated in a list (also spelled
+    differently: 0.1 and 1/10, CA+ and ca+) is one cell, run once."""
+    common = ["--num-attacks", "2", "--device", "cpu", "--quiet", "--json"]
+    for argv in (["attack", "--checkpoint", untrained_ckpt, "--attack", "CA−", "--eps", "0.1",
+                  "--steps", "1"],
+                 ["transfer", "--source", untrained_ckpt, "--target", untrained_ckpt,
+                  "--attack", "CA−", "--eps", "0.1", "--steps", "1"]):
+        status, out, err = cli([*argv, *common])
+        assert status == 0, err
+        assert json.loads(out)["attack"] == "CA-"
+    status, out, err = cli(["grid", "--checkpoint", untrained_ckpt, "--out", tmp_path / "g",
+                            "--attacks", "CA−,CA-,ca+,CA+", "--eps-values", "0.1,1/10,0.1",
+                            "--ks", "1,1", *common])
+    assert status == 0, err
+    cells = json.loads((tmp_path / "g" / "results.json").read_text())["cells"]
+    assert sorted(cells) == ["CA+|0.1|1", "CA-|0.1|1"]
+    assert len(json.loads(out)["cells"]) == 2

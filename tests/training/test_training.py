@@ -157,6 +157,31 @@ def test_resume_with_different_config_refused(three_epochs, tmp_path, key, value
     assert forced.meta[key] == value and forced.meta["epochs_done"] == 1
 
 
+def test_out_that_is_not_a_training_run_is_refused_unless_forced(tmp_path):
+    """A foreign file, or a checkpoint that no training run wrote (same settings but no
+    epochs), is never overwritten or resumed from without --force."""
+    from advrank.models.checkpoint import save_checkpoint
+
+    text = tmp_path / "notes.pt"
+    text.write_text("my notes")
+    with pytest.raises(AdvrankError, match="is not a checkpoint of this run"):
+        train(_config(), text, progress=False)
+    assert text.read_text() == "my notes"
+    bare = tmp_path / "bare.pt"
+    config = _config()
+    info = dataset_spec("digits")
+    meta = {"dataset": "digits", "arch": "c2f1", "metric": "cosine", "loss": "triplet",
+            "margin": 0.2, "embed_dim": 16, "image_shape": list(info.image_shape),
+            "mean": list(info.mean), "std": list(info.std), "lr": config.lr, "seed": 0,
+            "batch_size": 120, "samples_per_class": None}
+    save_checkpoint(bare, create_model("c2f1", info.image_shape, 16, info.mean, info.std), meta)
+    before = bare.read_bytes()
+    with pytest.raises(AdvrankError, match="not a resumable training run"):
+        train(config, bare, progress=False)
+    assert bare.read_bytes() == before
+    assert train(config, bare, progress=False, force=True).meta["epochs_done"] == 1
+
+
 @pytest.mark.parametrize("loss,metric", [("contrastive", "cosine"), ("triplet", "euclidean"),
                                          ("contrastive", "euclidean")])
 def test_other_losses_and_metrics_train(tmp_path, loss, metric):

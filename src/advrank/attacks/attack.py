@@ -23,6 +23,17 @@ from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.errors import AdvrankError
 
 
+def _check_indices(index, n: int, name: str) -> None:
+    """None, or an integer tensor ``[B, k]`` of gallery indices in ``[0, n)``."""
+    if index is None:
+        return
+    if not isinstance(index, torch.Tensor) or index.dim() != 2 or index.is_floating_point() \
+            or index.is_complex() or index.dtype == torch.bool or (index.numel() and (
+                index.min() < 0 or index.max() >= n)):
+        raise AdvrankError(f"{name} must be an integer tensor [B, k] of gallery indices in "
+                           f"[0, {n}), got {getattr(index, 'shape', type(index).__name__)}")
+
+
 class RankingAttack:
     """A white-box ranking attack with an explicit L-inf threat model (see module docstring).
 
@@ -45,11 +56,8 @@ class RankingAttack:
 
     def objective(self, part: Selection, clean: torch.Tensor | None = None):
         """The kind's objective for a batch (targets checked against the gallery size)."""
-        n = self.gallery.shape[0]
-        targets = part.targets
-        if targets is not None and (targets.dim() != 2 or targets.numel() and (
-                targets.min() < 0 or targets.max() >= n)):
-            raise AdvrankError(f"targets must be [B, k] gallery indices in [0, {n})")
+        for name in ("targets", "sp"):
+            _check_indices(getattr(part, name), self.gallery.shape[0], name)
         return self.kind.prepare(self.gallery, self.distance, part, clean, policy=self.policy,
                                  memory=self.memory)
 
@@ -59,8 +67,12 @@ class RankingAttack:
                  noise: torch.Tensor | None = None) -> torch.Tensor:
         """images ``[B, C, H, W]`` in [0, 1] -> adversarial images, same shape."""
         check_images(images)
-        if targets is not None and images.shape[0] != targets.shape[0]:
-            raise AdvrankError(f"{images.shape[0]} images but {targets.shape[0]} target rows")
+        n = self.gallery.shape[0]
+        for name, index in (("targets", targets), ("sp_targets", sp_targets)):
+            _check_indices(index, n, name)
+            if index is not None and images.shape[0] != index.shape[0]:
+                raise AdvrankError(f"{images.shape[0]} images but {index.shape[0]} rows of "
+                                   f"{name}")
         device = self.gallery.device
         part = Selection(torch.full((images.shape[0],), -1),
                          None if targets is None else targets.to(device),

@@ -89,6 +89,13 @@ class AttackKind:
     def check_size(self, k: int, n: int) -> None:
         check_size(k, n, self.size_name or "k")
 
+    def check_fits(self, k: int, num_attacks: int, n: int) -> None:
+        """Refuse a size k or a number of attacks T that an n-item gallery cannot hold: what
+        :meth:`select` would refuse, known from |X| alone, so commands check it before the
+        gallery is embedded. Kinds with further limits extend it."""
+        check_num_attacks(num_attacks, n)
+        self.check_size(k, n)
+
     def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
         raise NotImplementedError
 
@@ -161,6 +168,15 @@ def make_kinds(attacks: Sequence[str], options: dict) -> dict[str, AttackKind]:
     return kinds
 
 
+def check_fits_all(kinds: Sequence[AttackKind], ks: Sequence[int], num_attacks: int | None,
+                   n: int) -> None:
+    """:meth:`AttackKind.check_fits` for every kind and size of a run (a grid, a matrix);
+    ``num_attacks`` None means T = |X|."""
+    for kind in kinds:
+        for k in ks:
+            kind.check_fits(k, n if num_attacks is None else num_attacks, n)
+
+
 def attack_names() -> list[str]:
     return ATTACKS.names()
 
@@ -169,7 +185,6 @@ def select_anchors(kind: AttackKind, gallery: Gallery, k: int, num_attacks: int,
                    seed: int) -> tuple[torch.Tensor, torch.Generator]:
     """The §4 anchors (validated) and the generator the kind's further draws continue from."""
     n = len(gallery)
-    check_num_attacks(num_attacks, n)
-    kind.check_size(k, n)
+    kind.check_fits(k, num_attacks, n)
     gen = torch.Generator().manual_seed(seed)
     return draw_anchors(n, num_attacks, gen), gen

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
-from advrank.attacks.selection import Selection, ranked_targets
+from advrank.attacks.selection import Selection, check_pool, ranked_targets
 from advrank.core.checks import check_number
 from advrank.core.distances import Distance
 from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32
@@ -151,6 +151,11 @@ class CandidateAttack(AttackKind):
     def validate(self, options):
         check_number(options["top_fraction"], "top fraction", low=0.0, low_open=True, high=1.0)
         return options
+
+    def check_fits(self, k: int, num_attacks: int, n: int) -> None:
+        super().check_fits(k, num_attacks, n)
+        if not self.raise_rank:
+            check_pool(k, n, self.options["top_fraction"], self.size_name)
 
     def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
         anchors, gen = select_anchors(self, gallery, k, num_attacks, seed)

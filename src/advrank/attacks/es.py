@@ -9,7 +9,7 @@ from torch import nn
 from advrank.attacks.base import RankingObjective
 from advrank.attacks.pgd import frozen, keyed_noise, pgd
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_images
+from advrank.core.checks import check_finite, check_images
 from advrank.core.distances import Distance, get_distance
 
 
@@ -55,5 +55,6 @@ def shift_distance(
             adv = pgd(model, x, EmbeddingShiftObjective(reference, distance), threat, generator,
                       noise=noise)
             with torch.no_grad():
-                out.append(distance.paired(model(adv), reference))
+                out.append(check_finite(distance.paired(model(adv), reference),
+                                        "the embedding shift"))
     return torch.cat(out)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from advrank.attacks.threat import LinfThreatModel
+from advrank.core.checks import check_finite
 from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.runtime import derived_seed, progress_bar
 
@@ -107,7 +108,7 @@ def pgd(
             g = objective_grad(objective, emb.detach())
             (grad,) = torch.autograd.grad(emb, x, grad_outputs=g)
             x = project(x.detach() - threat.alpha * grad.sign(), x0, threat.eps)
-        return x.detach()
+        return check_finite(x.detach(), "the adversarial images")
 
 
 def universal_pgd(
@@ -143,4 +144,4 @@ def universal_pgd(
                 total += loss.sum().item()
             history.append(total)
             r = (r - threat.alpha * grad.sign()).clamp_(-threat.eps, threat.eps)
-    return r.detach(), history
+    return check_finite(r.detach(), "the universal perturbation"), history

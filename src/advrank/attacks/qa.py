@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
-from advrank.attacks.selection import Selection, ranked_targets, sp_candidates
+from advrank.attacks.selection import Selection, check_pool, ranked_targets, sp_candidates
 from advrank.core.checks import check_choice, check_number
 from advrank.core.distances import Distance
 from advrank.core.execution import (
@@ -311,14 +311,20 @@ class QueryAttack(AttackKind):
         check_number(options["top_fraction"], "top fraction", low=0.0, low_open=True, high=1.0)
         return options
 
+    def check_fits(self, k: int, num_attacks: int, n: int) -> None:
+        super().check_fits(k, num_attacks, n)
+        if not self.raise_rank:
+            check_pool(k, n, self.options["top_fraction"], self.size_name)
+        g = self.options["g"]
+        if g > n - 1 - k:
+            raise AdvrankError(f"G = {g} does not fit: C_SP comes from the {n - 1 - k} gallery "
+                               "items outside q and C")
+
     def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
         anchors, gen = select_anchors(self, gallery, k, num_attacks, seed)
         targets = ranked_targets(gallery, anchors, k, gen, not self.raise_rank,
                                  self.options["top_fraction"], self.size_name)
         g = self.options["g"]
-        if g > len(gallery) - 1 - k:
-            raise AdvrankError(f"G = {g} does not fit: C_SP comes from the {len(gallery) - 1 - k}"
-                               f" gallery items outside q and C")
         sp = sp_candidates(gallery, anchors, targets, g) if g > 0 else None
         return Selection(anchors, targets, sp)
 

@@ -119,16 +119,22 @@ def check_size(k: int, n: int, size_name: str) -> None:
                            f"(need 1 <= {size_name} <= {n - 2})")
 
 
-def top_pool_targets(gallery: Gallery, anchors: torch.Tensor, k: int, gen: torch.Generator,
-                     top_fraction: float, size_name: str) -> torch.Tensor:
-    """k random members of each anchor's top ``top_fraction`` (its own copy left out)."""
-    n = len(gallery)
+def check_pool(k: int, n: int, top_fraction: float, size_name: str) -> int:
+    """The size of an n-item gallery's top ``top_fraction`` pool (each item's own copy left
+    out), which must hold k targets."""
     pool_size = top_pool_size(n - 1, top_fraction)
     if k > pool_size:
         raise AdvrankError(
             f"{size_name} = {k} is larger than the top-{top_fraction:.0%} pool of this {n}-item "
             f"gallery ({pool_size} items); lower {size_name} or raise the top fraction"
         )
+    return pool_size
+
+
+def top_pool_targets(gallery: Gallery, anchors: torch.Tensor, k: int, gen: torch.Generator,
+                     top_fraction: float, size_name: str) -> torch.Tensor:
+    """k random members of each anchor's top ``top_fraction`` (its own copy left out)."""
+    pool_size = check_pool(k, len(gallery), top_fraction, size_name)
     emb = gallery.embeddings
     pool = nearest_neighbors(emb[anchors.to(emb.device)], emb, pool_size, gallery.distance,
                              anchors.to(emb.device)).cpu()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from advrank.core.checks import check_number
+from advrank.core.checks import check_flag, check_number
 from advrank.errors import AdvrankError
 
 
@@ -44,6 +44,7 @@ class LinfThreatModel:
                 check_number(self.steps, "steps", low=0, high=MAX_STEPS, integer=True)
         except AdvrankError as exc:
             raise AdvrankError(f"threat model: {exc}") from None
+        check_flag(self.random_start, "random_start")
         if self.norm != "Linf":
             raise AdvrankError(f"only the Linf threat model is implemented, got {self.norm!r}")
 

@@ -77,21 +77,28 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+def _error(message: object) -> int:
+    """Print ``advrank: error: MESSAGE`` as one line (line breaks in it, e.g. from a path,
+    are shown escaped) and return exit status 2."""
+    text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+    print(f"advrank: error: {text}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(argv)
     except AdvrankError as exc:
-        print(f"advrank: error: {exc}", file=sys.stderr)
+        return _error(exc)
     except KeyboardInterrupt:
         print("advrank: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except OSError as exc:  # disk full, permissions: the system's words, on one line
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"advrank: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return _error(f"{exc.strerror or exc}{where}")
     except MemoryError:
-        print("advrank: error: out of memory; lower --batch-size", file=sys.stderr)
-    return 2
+        return _error("out of memory; lower --batch-size")
 
 
 __all__ = ["build_parser", "main"]

@@ -16,6 +16,7 @@ from advrank.cli.options import (
     kind_options,
     listed,
     number,
+    path_value,
     policy_from_args,
     positive_int,
     resolve_size,
@@ -45,7 +46,8 @@ def cmd_attack(args) -> None:
     threat = threat_from_args(args)
     policy = policy_from_args(args)
     target = load_target(args.checkpoint, args.device, args.data_root, args.download,
-                         progress=not args.quiet)
+                         progress=not args.quiet,
+                         check=lambda n: kind.check_fits(k, args.num_attacks, n))
     result = run_attack(target.model, target.gallery, kind, args.eps, k, args.num_attacks,
                         seed=args.seed, batch_size=args.batch_size, threat=threat,
                         progress=not args.quiet, policy=policy)
@@ -55,19 +57,20 @@ def cmd_attack(args) -> None:
 
 
 def cmd_grid(args) -> None:
-    from advrank.attacks.base import make_kinds
+    from advrank.attacks.base import check_fits_all, make_kinds
     from advrank.experiments.grid import run_grid
     from advrank.experiments.paper import paper_eps, paper_table_for
     from advrank.experiments.target import load_target
 
     ks = resolve_size(args, args.attacks)
-    make_kinds(args.attacks, kind_options(args))  # options checked before any work
+    kinds = make_kinds(args.attacks, kind_options(args))  # options checked before any work
     policy = policy_from_args(args)
     if args.paper != "auto":
         paper_table_for({}, args.paper)
     check_writable_dir(args.out)
     target = load_target(args.checkpoint, args.device, args.data_root, args.download,
-                         progress=not args.quiet)
+                         progress=not args.quiet,
+                         check=lambda n: check_fits_all(kinds.values(), ks, args.num_attacks, n))
     eps_values = args.eps_values or paper_eps(target.meta["dataset"])
     paper = paper_table_for(target.meta, args.paper)
     results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
@@ -98,7 +101,7 @@ def register(sub, formatter) -> None:
         description="White-box adversarial ranking attack (L-inf PGD) on a checkpoint's test "
                     "set used as the candidate set X, with the paper's selection rules: CA+/QA+ "
                     "pick Q/C at random, CA-/QA- from the top 1% of the ranking list.")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, type=path_value)
     p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
     add_threat(p)
     add_size(p, default=1)
@@ -117,8 +120,8 @@ def register(sub, formatter) -> None:
         formatter_class=formatter,
         description="Run every attack x eps x w/m cell and write results.json (after each "
                     "cell, so rerunning resumes), results.csv and table.md.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--checkpoint", required=True, type=path_value)
+    p.add_argument("--out", required=True, type=path_value, help="output folder")
     p.add_argument("--num-attacks", type=positive_int, default=1000, help="T attacks per cell")
     p.add_argument("--eps-values", type=listed(eps_value, "eps values"), default=None,
                    help="comma-separated eps rows (default: the paper's for the dataset)")

@@ -16,6 +16,7 @@ from advrank.cli.options import (
     kind_options,
     listed,
     number,
+    path_value,
     positive_int,
     resolve_size,
 )
@@ -25,7 +26,7 @@ from advrank.errors import AdvrankError
 
 def _named_checkpoint(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
-    if not sep or not name or not path:
+    if not sep or not name.strip() or not path.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     return name, path
 
@@ -42,9 +43,12 @@ def cmd_transfer(args) -> None:
     k = resolve_size(args, [args.attack])
     kind = get_attack(args.attack, **kind_options(args))
     threat = threat_from_args(args)
-    src = load_target(args.source, args.device, args.data_root, args.download,
+    def check(n: int) -> None:
+        kind.check_fits(k, n if args.num_attacks is None else args.num_attacks, n)
+
+    src = load_target(args.source, args.device, args.data_root, args.download, check=check,
                       progress=not args.quiet)
-    tgt = load_target(args.target, args.device, args.data_root, args.download,
+    tgt = load_target(args.target, args.device, args.data_root, args.download, check=check,
                       progress=not args.quiet)
     if src.meta["dataset"] != tgt.meta["dataset"]:
         raise AdvrankError(f"source is a {src.meta['dataset']} model, target a "
@@ -94,16 +98,20 @@ def cmd_universal(args) -> None:
 
     from advrank.core.io import atomic_write_bytes, atomic_write_json
     from advrank.experiments.target import load_target
-    from advrank.experiments.universal import universal_attack
+    from advrank.experiments.universal import check_universal, universal_attack, universal_kind
     from advrank.reports.plots import universal_png
 
     k = resolve_size(args, [args.attack])
+    kind = universal_kind(args.attack, args.xi)
+    check_universal(kind, k, None, args.fraction, args.mode, args.chunk_size)
     if args.out:
         check_writable_dir(args.out)
     target = load_target(args.checkpoint, args.device, args.data_root, args.download,
+                         check=lambda n: check_universal(kind, k, n, args.fraction, args.mode,
+                                                         args.chunk_size),
                          progress=not args.quiet)
-    result = universal_attack(target.model, target.gallery, args.attack, args.eps, k=k,
-                              seed=args.seed, fraction=args.fraction, xi=args.xi,
+    result = universal_attack(target.model, target.gallery, kind, args.eps, k=k,
+                              seed=args.seed, fraction=args.fraction,
                               steps=args.steps, step_size=args.step_size, mode=args.mode,
                               chunk_size=args.chunk_size, progress=not args.quiet)
     r = result.pop("perturbation")
@@ -151,8 +159,10 @@ def register(sub, formatter) -> None:
         description="Make adversarial examples white-box on --source and rank them with "
                     "--target (Table 5), with identical selections (the same c and Q, or q "
                     "and C). Figures are mean normalized ranks (%) on the target.")
-    p.add_argument("--source", required=True, help="checkpoint the attack is made on")
-    p.add_argument("--target", required=True, help="checkpoint the examples are ranked by")
+    p.add_argument("--source", required=True, type=path_value,
+                   help="checkpoint the attack is made on")
+    p.add_argument("--target", required=True, type=path_value,
+                   help="checkpoint the examples are ranked by")
     p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
     _transfer_options(p, None)
     add_common(p)
@@ -166,7 +176,8 @@ def register(sub, formatter) -> None:
                     "and resumes an interrupted run from transfer.json.")
     p.add_argument("--checkpoint", required=True, action="append", type=_named_checkpoint,
                    metavar="NAME=PATH", help="a model of the matrix (repeat, in table order)")
-    p.add_argument("--out", required=True, help="folder for transfer.json and transfer.md")
+    p.add_argument("--out", required=True, type=path_value,
+                   help="folder for transfer.json and transfer.md")
     p.add_argument("--attacks", type=listed(attack_name, "attack names"),
                    default=["CA+", "CA-", "QA+", "QA-"], help="comma-separated attacks")
     _transfer_options(p, 0.3)
@@ -179,7 +190,7 @@ def register(sub, formatter) -> None:
         description="Find one perturbation r shared by a random 5% of X (candidates for "
                     "CA, queries for QA), Eq. 14, and evaluate it on those and on a disjoint "
                     "unseen 5%.")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, type=path_value)
     p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
     p.add_argument("--eps", type=eps_value, required=True,
                    help="L-inf budget in pixel units, e.g. 0.3 or 8/255")
@@ -197,7 +208,7 @@ def register(sub, formatter) -> None:
                         "has its own Q/C by the §4 rules")
     p.add_argument("--chunk-size", type=integer(1, 1_000_000), default=256,
                    help="members per forward/backward pass within a PGD step")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, type=path_value,
                    help="folder for a PNG of r and an example, r as .pt, and the JSON")
     add_common(p)
     p.set_defaults(func=cmd_universal)

@@ -9,6 +9,7 @@ from advrank.cli.options import (
     integer,
     listed,
     log,
+    path_value,
     positive_int,
 )
 from advrank.core.io import check_writable_dir
@@ -18,8 +19,8 @@ def labelled(text: str) -> tuple[str | None, str]:
     """argparse type: ``PATH`` or ``LABEL=PATH`` (the label names the model in the plot)."""
     label, sep, path = text.partition("=")
     if sep and label and path and "/" not in label:
-        return label, path
-    return None, text
+        return label, path_value(path)
+    return None, path_value(text)
 
 
 def cmd_curves(args) -> None:
@@ -61,7 +62,7 @@ def register(sub, formatter) -> None:
                    metavar="[LABEL=]PATH",
                    help="a checkpoint to evaluate, optionally labelled (e.g. vanilla=m.pt); "
                         "repeat for each model")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=path_value, help="output folder")
     p.add_argument("--num-attacks", type=positive_int, default=None,
                    help="T attacks per (attack, eps) point (default: min(1000, test set size))")
     p.add_argument("--eps-values", nargs="+", type=listed(eps_value, "eps values"),
@@ -80,7 +81,7 @@ def register(sub, formatter) -> None:
         description="Train C2F1 on scikit-learn's handwritten digits, evaluate Recall@K, run "
                     "a small attack grid, train a defended model and compare. Rerunning "
                     "reuses what is already in --out.")
-    p.add_argument("--out", default="advrank-demo", help="output folder")
+    p.add_argument("--out", default="advrank-demo", type=path_value, help="output folder")
     p.add_argument("--epochs", type=integer(1, 10_000), default=15, help="training epochs")
     p.add_argument("--num-attacks", type=positive_int, default=200, help="T attacks per cell")
     p.add_argument("--defense-epochs", type=integer(1, 10_000), default=5,

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
+from advrank.core.checks import check_int, check_number
 from advrank.core.io import strict_json
 from advrank.errors import AdvrankError
 from advrank.registry import ATTACKS
@@ -40,28 +41,37 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 # ------------------------------------------------------------------------------- value types
 
 
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
 def _number(text: str) -> float:
     """A finite number; "8/255" (a fraction) is accepted too."""
     try:
         value = float(Fraction(text.strip())) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {_short(text)}") from None
+    except OverflowError:  # a fraction too large for a float
+        value = math.inf
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {_short(text)}")
     return value
+
+
+def _in_range(value: float | int, check) -> float | int:
+    """The library's validator of that kind of value (one place for ranges), as argparse's."""
+    try:
+        return check(value)
+    except AdvrankError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("the value ")) from None
 
 
 def number(low: float | None = None, high: float | None = None, low_open: bool = False,
            what: str = "a number") -> Callable[[str], float]:
     """argparse type: a finite number (fractions like 8/255 accepted) in a range."""
     def parse(text: str) -> float:
-        value = _number(text)
-        if low is not None and (value < low or (low_open and value == low)):
-            raise argparse.ArgumentTypeError(
-                f"must be {'>' if low_open else '>='} {low:g}, got {text!r}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high:g}, got {text!r}")
-        return value
+        return _in_range(_number(text), lambda v: check_number(v, "the value", low=low,
+                                                               high=high, low_open=low_open))
 
     parse.__name__ = what
     return parse
@@ -73,10 +83,8 @@ def integer(low: int = 1, high: int = 10**9, what: str = "integer") -> Callable[
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}], got {text!r}")
-        return value
+            raise argparse.ArgumentTypeError(f"expected an integer, got {_short(text)}") from None
+        return _in_range(value, lambda v: check_int(v, "the value", low=low, high=high))
 
     parse.__name__ = what
     return parse
@@ -94,6 +102,14 @@ def listed(item: Callable[[str], Any], what: str) -> Callable[[str], list]:
     return parse
 
 
+def path_value(text: str) -> str:
+    """argparse type: a file or folder path; an empty one is refused (it would silently mean
+    the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
 eps_value = number(0.0, 1.0, what="eps")  # pixel units: 0.03 or 8/255
 positive_int = integer(1)
 seed_value = integer(0, 2**63 - 1, "seed")
@@ -104,7 +120,7 @@ def attack_name(text: str) -> str:
     try:
         return ATTACKS.canonical(text.strip())
     except AdvrankError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("the value ")) from None
 
 
 # ------------------------------------------------------------------------- common options
@@ -116,7 +132,7 @@ def add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
                    help="auto (CUDA when available), cpu, or cuda[:i]")
     p.add_argument("--seed", type=seed_value, default=0, help="random seed; same seed, same run")
     if data:
-        p.add_argument("--data-root", default=None,
+        p.add_argument("--data-root", type=path_value, default=None,
                        help="folder holding the datasets (default: $ADVRANK_DATA, else ./data)")
         p.add_argument("--download", action="store_true",
                        help="let torchvision download missing MNIST/Fashion-MNIST files (online)")

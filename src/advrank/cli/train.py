@@ -11,9 +11,11 @@ from advrank.cli.options import (
     integer,
     listed,
     number,
+    path_value,
     positive_int,
 )
 from advrank.errors import AdvrankError
+from advrank.models import MAX_EMBED_DIM
 from advrank.registry import DATASETS, DEFENSES, DISTANCES, LOSSES, MODELS
 
 
@@ -83,8 +85,10 @@ def cmd_evaluate(args) -> None:
 def cmd_export(args) -> None:
     from pathlib import Path
 
+    from advrank.core.io import check_writable_file
     from advrank.models.checkpoint import export_checkpoint
 
+    check_writable_file(args.out, "copy")
     meta = export_checkpoint(args.checkpoint, args.out)
     size = Path(args.out).stat().st_size
     emit(args, {"checkpoint": str(args.out), "source": str(args.checkpoint), "bytes": size,
@@ -119,18 +123,18 @@ def _train_parser(sub, formatter) -> None:
                    help="images per batch (m per class from batch / classes)")
     p.add_argument("--lr", type=number(0.0, 10.0, low_open=True), default=1e-3,
                    help="Adam learning rate")
-    p.add_argument("--embed-dim", type=integer(1, 65_536),
+    p.add_argument("--embed-dim", type=integer(1, MAX_EMBED_DIM),
                    help="embedding size (default per model: c2f1 1024, lenet 128, resnet18 512; "
                         "or --init's)")
-    p.add_argument("--out", required=True, help="checkpoint path to write")
+    p.add_argument("--out", required=True, type=path_value, help="checkpoint path to write")
     p.add_argument("--resume", action="store_true",
                    help="accepted for old scripts: rerunning the same command always resumes")
     p.add_argument("--force", action="store_true",
                    help="overwrite a checkpoint of a different run at --out")
-    p.add_argument("--init", default=None,
+    p.add_argument("--init", default=None, type=path_value,
                    help="fine-tune this checkpoint (inherits arch, embed-dim, metric, loss and "
                         "margin; a conflicting option is refused)")
-    p.add_argument("--weights", default=None,
+    p.add_argument("--weights", default=None, type=path_value,
                    help="pretrained backbone weights: a torchvision/timm state_dict (.pt, "
                         ".pth) or .safetensors, read safely; e.g. ImageNet ResNet-18 for SOP")
     p.add_argument("--defense", default=None, type=registered(DEFENSES),
@@ -154,7 +158,7 @@ def _evaluate_parsers(sub, formatter) -> None:
                        formatter_class=formatter,
                        description="Embed the test set once and rank it against itself, each "
                                    "query left out of its own list. Every figure is in %.")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, type=path_value)
     p.add_argument("--ks", type=listed(positive_int, "positive integers"), default=[1, 2, 4, 8],
                    help="comma-separated K for Recall@K")
     p.add_argument("--nmi", action="store_true", help="also report NMI (k-means, %%)")
@@ -166,7 +170,7 @@ def _evaluate_parsers(sub, formatter) -> None:
                        description="Copy a checkpoint without its optimiser state, e.g. to "
                                    "share it or move it to another machine. The source is "
                                    "validated like every command validates checkpoints.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="path of the copy")
+    p.add_argument("--checkpoint", required=True, type=path_value)
+    p.add_argument("--out", required=True, type=path_value, help="path of the copy")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_export)

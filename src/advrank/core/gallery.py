@@ -10,11 +10,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from advrank.core import distributed
-from advrank.core.checks import check_finite
+from advrank.core.checks import check_finite, check_progress
 from advrank.core.distances import Distance, get_distance
 from advrank.core.execution import BatchSplitter
 from advrank.core.metrics import retrieval_metrics
-from advrank.core.runtime import progress_bar
+from advrank.core.runtime import progress_bar, resolve_device
+from advrank.data.base import check_dataset
+from advrank.errors import AdvrankError
 
 
 @torch.no_grad()
@@ -29,9 +31,13 @@ def embed_dataset(
     whole batches and the shares are all-gathered: every process gets the embeddings one
     process would compute (the same batches through the same model).
     """
+    if not isinstance(model, nn.Module):
+        raise AdvrankError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_dataset(dataset)
+    check_progress(progress)
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     model.eval()
-    device = torch.device(device)
+    device = resolve_device(device)
     start, end = distributed.shard_range(len(dataset), batch_size)
     bar = progress_bar(total=end - start, desc="embed gallery", unit="img",
                        enabled=progress if distributed.is_main() else False)

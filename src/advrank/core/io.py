@@ -79,14 +79,23 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, strict_json(obj, indent=2) + "\n")
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def strict_loads(text: str) -> Any:
+    """``json.loads`` that refuses NaN and Infinity (which Python's json accepts by default)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def read_json(path: str | Path, what: str = "file") -> Any:
-    """Parse a JSON file, with one readable error for unreadable or invalid content."""
+    """Parse a JSON file strictly, with one readable error for unreadable or invalid content."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return strict_loads(path.read_text())
     except OSError as exc:
         raise AdvrankError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise AdvrankError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
@@ -144,8 +153,12 @@ def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AdvrankError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise AdvrankError(f"{what} {path} is not writable")
+    try:  # really create a file: permissions, read-only mounts and /proc-like folders alike
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".advrank-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise AdvrankError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
     return path
 
 

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from advrank.core.distances import Distance
+from advrank.core.checks import check_finite, check_flag, check_int, check_list
+from advrank.core.distances import Distance, get_distance
+from advrank.errors import AdvrankError
 
 DEFAULT_CHUNK = 1024
 
@@ -28,6 +30,19 @@ def _self_mask(dist: torch.Tensor, row_index: torch.Tensor | None) -> torch.Tens
 #: gallery rows ranked at once by nearest_neighbors: every gallery of the paper fits one block
 #: (as before); larger ones are merged block by block so memory stays bounded
 GALLERY_BLOCK = 1 << 18
+
+
+def check_embeddings(gallery: torch.Tensor, labels: torch.Tensor) -> None:
+    """A finite float gallery ``[N, D]`` (N >= 2) with integer labels ``[N]``."""
+    if not isinstance(gallery, torch.Tensor) or gallery.dim() != 2 or \
+            not gallery.is_floating_point() or gallery.shape[0] < 2:
+        raise AdvrankError(f"the gallery must be a float tensor [N, D] with N >= 2, got "
+                           f"{getattr(gallery, 'shape', type(gallery).__name__)}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != gallery.shape[:1] or \
+            labels.is_floating_point():
+        raise AdvrankError(f"labels must be an integer tensor [{gallery.shape[0]}], got "
+                           f"{getattr(labels, 'shape', type(labels).__name__)}")
+    check_finite(gallery, "the gallery embeddings")
 
 
 @torch.no_grad()
@@ -80,6 +95,8 @@ def recall_at_k(
     ks: Sequence[int] = (1, 2, 4, 8), chunk: int = DEFAULT_CHUNK,
 ) -> dict[int, float]:
     """Recall@K in percent with every gallery member used as a (left-out) query."""
+    check_embeddings(gallery, labels)
+    ks = check_list(ks, "K of Recall@K", lambda k: check_int(k, "K of Recall@K"))
     n = gallery.shape[0]
     kmax = min(max(ks), n - 1)
     labels = labels.to(gallery.device)
@@ -93,6 +110,7 @@ def mean_average_precision(
     gallery: torch.Tensor, labels: torch.Tensor, distance: Distance, chunk: int = 256
 ) -> float:
     """mAP over all (left-out) queries, relevant = same label; a fraction in [0, 1]."""
+    check_embeddings(gallery, labels)
     n = gallery.shape[0]
     labels = labels.to(gallery.device)
     ap_sum, counted = 0.0, 0
@@ -129,6 +147,8 @@ def retrieval_metrics(
 ) -> dict[str, float]:
     """``{"recall@1": %, ..., "map": %}`` for the gallery used as its own query set (mAP in
     percent, like every other figure); ``nmi`` (%) too when asked."""
+    distance = get_distance(distance)
+    check_flag(with_nmi, "with_nmi")
     out = {f"recall@{k}": v for k, v in recall_at_k(gallery, labels, distance, ks).items()}
     out["map"] = 100.0 * mean_average_precision(gallery, labels, distance)
     if with_nmi:

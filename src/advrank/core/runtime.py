@@ -52,10 +52,11 @@ def _distributed_rank_gpu() -> torch.device | None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so that runs are repeatable."""
+    """Seed Python, NumPy and torch so that runs are repeatable. Any non-negative integer is
+    a seed (torch takes 64 bits and NumPy 32: larger ones are reduced modulo those)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**64)
 
 
 def derived_seed(seed: int, *parts: object) -> int:

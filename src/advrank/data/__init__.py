@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from advrank.core.checks import check_flag, check_path
 from advrank.data.base import ImageDataset, TensorImageDataset
 from advrank.errors import AdvrankError
 from advrank.registry import DATASETS
@@ -54,15 +55,9 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DatasetSpec(entry.name, info.get("image_shape"), info.get("mean"), info.get("std"))
 
 
-def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
-                 download: bool = False) -> ImageDataset:
-    """Load ``split`` (``train`` or ``test``) of dataset ``name``.
-
-    ``root`` defaults to ``$ADVRANK_DATA`` (then ``./data``). With ``download=True`` torchvision
-    may fetch missing files; otherwise missing files raise an :class:`AdvrankError` that names them.
-    """
-    if split not in SPLITS:
-        raise AdvrankError(f"unknown split {split!r}; use 'train' or 'test'")
+def check_dataset_name(name: str):
+    """The registry entry of ``name`` (``base`` or ``base:argument``) and its argument; refuses
+    unknown names and an argument where the dataset takes none (or none where it needs one)."""
     base, arg = split_name(name)
     entry = DATASETS.entry(base)
     takes_arg = entry.info.get("takes_argument", False)
@@ -70,7 +65,22 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
         raise AdvrankError(f"dataset {base!r} needs an argument: {base}:{takes_arg}")
     if arg is not None and not takes_arg:
         raise AdvrankError(f"dataset {base!r} takes no argument after ':' (got {name!r})")
-    root = Path(root) if root is not None else default_data_root()
+    return entry, arg
+
+
+def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
+                 download: bool = False) -> ImageDataset:
+    """Load ``split`` (``train`` or ``test``) of dataset ``name``.
+
+    ``root`` defaults to ``$ADVRANK_DATA`` (then ``./data``). With ``download=True`` torchvision
+    may fetch missing files; otherwise missing files raise an :class:`AdvrankError` that names them.
+    """
+    if not isinstance(split, str) or split not in SPLITS:
+        raise AdvrankError(f"unknown split {split!r}; use 'train' or 'test'")
+    entry, arg = check_dataset_name(name)
+    takes_arg = entry.info.get("takes_argument", False)
+    root = check_path(root, "data root") if root is not None else default_data_root()
+    check_flag(download, "download")
     kwargs = {"arg": arg} if takes_arg else {}
     dataset = entry.obj(split=split, root=root, download=download, **kwargs)
     if len(dataset) < 2:
@@ -79,5 +89,5 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     return dataset
 
 
-__all__ = ["DATA_ENV", "DatasetSpec", "ImageDataset", "TensorImageDataset", "dataset_names",
-           "dataset_spec", "default_data_root", "load_dataset", "split_name"]
+__all__ = ["DATA_ENV", "DatasetSpec", "ImageDataset", "TensorImageDataset", "check_dataset_name",
+           "dataset_names", "dataset_spec", "default_data_root", "load_dataset", "split_name"]

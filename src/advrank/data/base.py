@@ -24,6 +24,15 @@ class ImageDataset(Dataset):
         return torch.stack([self[int(i)][0] for i in index.tolist()])
 
 
+def check_dataset(dataset) -> None:
+    """Refuse what is not a dataset of labelled images (``labels [N]`` int, N >= 2)."""
+    labels = getattr(dataset, "labels", None)
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() \
+            or not hasattr(dataset, "__getitem__") or labels.numel() < 2:
+        raise AdvrankError(f"expected a dataset of at least 2 labelled images (an "
+                           f"advrank ImageDataset), got {type(dataset).__name__}")
+
+
 class TensorImageDataset(ImageDataset):
     """Images held in memory as one ``FloatTensor[N, C, H, W]`` in [0, 1]."""
 

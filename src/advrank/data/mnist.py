@@ -9,6 +9,8 @@ readable error instead of a traceback. ``download=True`` lets torchvision fetch 
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,36 +25,52 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: 0x0803 (3-D ubyte), 0x0801 (1-D ubyte)
+MAX_IDX_BYTES = 2**32  # 80x the 60,000-image training file
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise AdvrankError(f"cannot read {path}: {exc}") from None
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _wrong_size(path: Path, shape: tuple[int, ...], needed: int, held: str):
+    raise AdvrankError(f"{path} holds {held} bytes but its header {shape} needs {needed}: the "
+                       "file is truncated or damaged")
 
 
 def read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
-    """An IDX file of unsigned bytes with ``dims`` dimensions, every header field checked."""
-    data = _read_bytes(path)
+    """An IDX file of unsigned bytes with ``dims`` dimensions, every header field checked.
+
+    Reads the header first and then exactly the bytes it declares (plus one, to notice
+    trailing data), so a damaged header or a gzip bomb never makes it read more than that.
+    """
     header = 4 + 4 * dims
-    if len(data) < header:
-        raise AdvrankError(f"{path} is truncated: {len(data)} bytes, shorter than its "
-                           f"{header}-byte IDX header")
-    found = int.from_bytes(data[:4], "big")
-    if found != magic:
-        kind = {IMAGES_MAGIC: "an image", LABELS_MAGIC: "a label"}.get(found, "not an IDX")
-        raise AdvrankError(f"{path} has magic number {found}, expected {magic}: it is {kind} "
-                           "file (damaged, or images and labels swapped?)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
-    expected = header + int(np.prod(shape, dtype=np.int64))
-    if len(data) != expected:
-        raise AdvrankError(f"{path} holds {len(data)} bytes but its header {shape} needs "
-                           f"{expected}: the file is truncated or damaged")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    try:
+        with _open(path) as fh:
+            head = fh.read(header)
+            if len(head) < header:
+                raise AdvrankError(f"{path} is truncated: {len(head)} bytes, shorter than its "
+                                   f"{header}-byte IDX header")
+            found = int.from_bytes(head[:4], "big")
+            if found != magic:
+                kind = {IMAGES_MAGIC: "an image", LABELS_MAGIC: "a label"}.get(found,
+                                                                               "not an IDX")
+                raise AdvrankError(f"{path} has magic number {found}, expected {magic}: it is "
+                                   f"{kind} file (damaged, or images and labels swapped?)")
+            shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big")
+                          for i in range(dims))
+            size = math.prod(shape)  # Python ints: a damaged header cannot overflow it
+            if size > MAX_IDX_BYTES:
+                raise AdvrankError(f"{path} declares {shape} entries ({size} bytes), more than "
+                                   "any MNIST-like file: the header is damaged")
+            if path.suffix != ".gz" and path.stat().st_size != header + size:
+                _wrong_size(path, shape, header + size, str(path.stat().st_size))
+            data = fh.read(size + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise AdvrankError(f"cannot read {path}: {exc}") from None
+    if len(data) != size:
+        _wrong_size(path, shape, header + size, f"more than {header + size}"
+                    if len(data) > size else str(header + len(data)))
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _find(raw: Path, name: str) -> Path | None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_images, check_number
+from advrank.core.checks import check_images, check_name, check_number
 from advrank.core.distances import Distance, get_distance
 from advrank.errors import AdvrankError
 from advrank.registry import DATASETS, DEFENSES
@@ -104,7 +104,8 @@ def defense_names() -> list[str]:
 def default_defense_eps(dataset: str) -> float:
     """The customary L-inf budget of a dataset (its ``default_eps``; 0.3 for MNIST-like, 0.06
     for SOP): the paper trains with its strongest attack's eps (§4)."""
-    eps = DATASETS.entry(dataset.partition(":")[0]).info.get("default_eps")
+    eps = DATASETS.entry(check_name(dataset, "dataset").partition(":")[0]).info.get(
+        "default_eps")
     if eps is None:
         raise AdvrankError(f"dataset {dataset!r} has no default eps; give --defense-eps")
     return float(eps)

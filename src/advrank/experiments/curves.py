@@ -14,16 +14,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from advrank.attacks.base import check_fits_all, make_kinds
 from advrank.attacks.es import shift_distance
 from advrank.attacks.selection import draw_anchors
 from advrank.attacks.threat import LinfThreatModel
+from advrank.core.checks import (
+    check_flag,
+    check_int,
+    check_list,
+    check_name,
+    check_path,
+    check_progress,
+    check_seed,
+)
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import recall_at_k
 from advrank.defenses.base import default_defense_eps
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS
 from advrank.experiments.protocol import check_batch_size, run_attack
-from advrank.experiments.store import Store
+from advrank.experiments.store import Store, figures_problem, is_number
 from advrank.experiments.target import Target, load_target
 from advrank.reports.plots import curves_png
 from advrank.reports.tables import format_comparison, size_name
@@ -31,6 +41,20 @@ from advrank.reports.tables import format_comparison, size_name
 DEFAULT_CURVE_EPS = (0.0, 0.01, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 DEFAULT_NUM_ATTACKS = 1000  # per (attack, eps) point; the paper uses T = |X| (10,000 on MNIST)
 CURVES_FORMAT = "advrank-curves"
+
+
+def check_point(key: str, point) -> str | None:
+    """Why a stored curve point cannot be reused (None if it can)."""
+    problem = figures_problem(point, tuple(f"{a}_{w}" for a in PAPER_ATTACKS
+                                           for w in ("before", "after")))
+    if problem:
+        return problem
+    eps = point.get("eps")
+    if not is_number(eps) or not key.endswith(f"|{eps:g}"):
+        return "its eps does not match its key"
+    if not all(is_number(point.get(f)) for f in ("shift_mean", "shift_max")):
+        return "no finite shift_mean/shift_max"
+    return None
 
 
 def robustness_point(
@@ -93,21 +117,28 @@ def _csv_text(rows: list[dict], attacks: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def _check_curve_args(checkpoints, eps_values, num_attacks, k, batch_size) -> list[float]:
-    if not checkpoints:
-        raise AdvrankError("give at least one checkpoint")
-    eps_values = sorted({float(e) for e in eps_values})
-    if not eps_values:
-        raise AdvrankError("give at least one eps value")
-    for e in eps_values:
-        LinfThreatModel(e)  # validates the range with a readable error before any work
-    if num_attacks is not None and (not isinstance(num_attacks, int) or num_attacks < 1):
-        raise AdvrankError(f"the number of attacks must be a positive integer, got "
-                           f"{num_attacks!r}")
-    if not isinstance(k, int) or k < 1:
-        raise AdvrankError(f"w/m must be a positive integer, got {k!r}")
+def _labelled_checkpoint(item) -> tuple[str | None, str]:
+    """``path`` or ``(label, path)`` -> ``(label or None, path)``, both checked."""
+    if isinstance(item, tuple) and len(item) == 2:
+        label = None if item[0] is None else check_name(item[0], "checkpoint label")
+        return label, check_path(item[1], "checkpoint")
+    return None, check_path(item, "checkpoint")
+
+
+def _check_curve_args(checkpoints, eps_values, num_attacks, k, seed, batch_size, progress,
+                      download) -> tuple[list, list[float]]:
+    """(checkpoints, sorted eps values), every argument checked before any work."""
+    checkpoints = check_list(checkpoints, "checkpoints", _labelled_checkpoint)
+    # validates the range with a readable error before any work
+    eps_values = sorted(check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps))
+    if num_attacks is not None:
+        check_int(num_attacks, "number of attacks")
+    check_int(k, "w/m")
+    check_seed(seed)
     check_batch_size(batch_size)
-    return eps_values
+    check_progress(progress)
+    check_flag(download, "download")
+    return checkpoints, eps_values
 
 
 def defense_curves(
@@ -126,14 +157,25 @@ def defense_curves(
     label, else as ``file (defense, eps)``. Returns the ``curves.json`` content plus ``computed``/
     ``reused`` counts.
     """
-    eps_values = _check_curve_args(checkpoints, eps_values, num_attacks, k, batch_size)
+    checkpoints, eps_values = _check_curve_args(checkpoints, eps_values, num_attacks, k, seed,
+                                                batch_size, progress, download)
+    kinds = make_kinds(PAPER_ATTACKS, {})
+
+    def check(n: int) -> None:  # before each gallery is embedded
+        t = min(DEFAULT_NUM_ATTACKS, n) if num_attacks is None else num_attacks
+        check_fits_all(kinds.values(), [k], t, n)
+
     identity = {"k": k, "seed": seed, "num_attacks": num_attacks,
                 "attacks": list(PAPER_ATTACKS)}
     models, points, computed, reused = [], [], 0, 0
-    with Store(out_dir, "curves.json", CURVES_FORMAT, identity, record) as st:
-        for item in checkpoints:
-            name, path = item if isinstance(item, tuple) else (None, item)
-            target = load_target(path, device, data_root, download, progress=progress)
+    if len({f"{e:g}" for e in eps_values}) != len(eps_values):
+        raise AdvrankError("eps values that agree to 6 significant digits are one point; give "
+                           "each eps once")
+    with Store(out_dir, "curves.json", CURVES_FORMAT, identity, record,
+               check_cell=check_point) as st:
+        for name, path in checkpoints:
+            target = load_target(path, device, data_root, download, progress=progress,
+                                 check=check)
             label = name or model_label(path, target.meta)
             while label in {m["label"] for m in models}:  # same file name twice
                 label += "'"

@@ -14,16 +14,23 @@ from pathlib import Path
 
 from torch import nn
 
-from advrank.attacks.base import make_kinds
+from advrank.attacks.base import check_fits_all, make_kinds
+from advrank.attacks.threat import LinfThreatModel
 from advrank.core import distributed
+from advrank.core.checks import check_int, check_list, check_name, check_progress, check_seed
 from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
 from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
-from advrank.experiments.paper import PAPER_ATTACKS
-from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
-from advrank.experiments.store import Store
+from advrank.experiments.paper import PAPER_ATTACKS, paper_table_for
+from advrank.experiments.protocol import (
+    check_batch_size,
+    check_cell_options,
+    check_gallery,
+    run_attack,
+)
+from advrank.experiments.store import Store, figures_problem, is_number
 from advrank.reports.tables import csv_table, markdown_table
 
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
@@ -34,6 +41,19 @@ IMPLIED_IDENTITY = {"precision": "fp32"}
 
 def cell_key(attack: str, eps: float, k: int) -> str:
     return f"{attack}|{eps:g}|{k}"
+
+
+def check_cell(key: str, cell) -> str | None:
+    """Why a stored grid cell cannot be reused (None if it can): a summary of the attack,
+    eps and k its key names, with finite figures."""
+    problem = figures_problem(cell, ("rank_before", "rank_after", "rank_after_se"))
+    if problem:
+        return problem
+    attack, eps, k = cell.get("attack"), cell.get("eps"), cell.get("k")
+    if not isinstance(attack, str) or not is_number(eps) or \
+            not isinstance(k, int) or isinstance(k, bool) or cell_key(attack, eps, k) != key:
+        return "its attack, eps and k do not match its key"
+    return None
 
 
 def selection_seed(seed: int, attack: str, k: int) -> int:
@@ -49,13 +69,6 @@ def load_results(out_dir: str | Path) -> dict:
     return read_json(path, "grid results")
 
 
-def _unique(values: Sequence, what: str) -> list:
-    out = list(dict.fromkeys(values))
-    if not out:
-        raise AdvrankError(f"give at least one {what}")
-    return out
-
-
 def run_grid(
     model: nn.Module, gallery: Gallery, out_dir: str | Path, eps_values: Sequence[float],
     ks: Sequence[int] = (1, 2, 5, 10), attacks: Sequence[str] = PAPER_ATTACKS,
@@ -69,17 +82,33 @@ def run_grid(
     ``policy``: precision (part of the grid's identity: fp32 and bf16 cells never mix) and
     memory budget. Under torchrun every cell is shared by the processes and rank 0 writes.
     """
-    kinds = make_kinds(_unique(attacks, "attack"), options)
-    eps_values, ks = _unique(eps_values, "eps value"), _unique(ks, "w/m value")
-    batch_size = check_batch_size(batch_size)
+    check_gallery(model, gallery)
+    kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
+                       options)
+    # every row's eps and every cell's size checked before the first cell runs
+    eps_values = check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps)
+    ks = check_list(ks, "w/m values", lambda k: check_int(k, "w/m"))
+    num_attacks = check_int(num_attacks, "number of attacks")
+    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    check_progress(progress)
     policy = get_policy(policy)
+    if paper is not None:
+        paper_table_for({}, paper)
+    if meta is not None and not isinstance(meta, dict):
+        raise AdvrankError(f"meta must be a dict, got {type(meta).__name__}")
+    check_fits_all(kinds.values(), ks, num_attacks, len(gallery))
     identity = {"num_attacks": num_attacks, "seed": seed, "gallery_size": len(gallery),
                 "checkpoint_sha": (meta or {}).get("checkpoint_sha"),
                 "precision": policy.precision}
     record = {"eps_values": list(eps_values), "ks": list(ks), "attacks": list(kinds),
               "paper": paper, "memory_budget": policy.memory_budget, **(meta or {})}
-    progress = progress and distributed.is_main()
-    with Store(out_dir, RESULTS, FORMAT, identity, record, implied=IMPLIED_IDENTITY) as st:
+    keys = {cell_key(a, e, k) for a in kinds for k in ks for e in eps_values}
+    if len(keys) != len(kinds) * len(ks) * len(eps_values):
+        raise AdvrankError("eps values that agree to 6 significant digits are one table row; "
+                           "give each eps once")
+    progress = progress is not False and distributed.is_main()
+    with Store(out_dir, RESULTS, FORMAT, identity, record, implied=IMPLIED_IDENTITY,
+               check_cell=check_cell) as st:
         check_cell_options(st.path, st.cells.values(), kinds)
         todo = [(a, k, e) for a in kinds for k in ks for e in eps_values
                 if cell_key(a, e, k) not in st]

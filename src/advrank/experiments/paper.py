@@ -107,7 +107,7 @@ def paper_table_for(meta: dict, choice: str | None = "auto") -> str | None:
     if choice in (None, "none"):
         return None
     if choice != "auto":
-        if choice not in PAPER_TABLES:
+        if not isinstance(choice, str) or choice not in PAPER_TABLES:
             raise AdvrankError(f"unknown paper table {choice!r}; choose from auto, none, "
                                f"{', '.join(PAPER_TABLES)}")
         return choice

@@ -28,7 +28,7 @@ from advrank.attacks.pgd import keyed_noise, pgd, unwrap
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core import distributed
-from advrank.core.checks import check_finite, check_number
+from advrank.core.checks import check_finite, check_int, check_progress, check_seed
 from advrank.core.execution import (
     BatchSplitter,
     ExecutionPolicy,
@@ -140,8 +140,35 @@ def check_cell_options(path, cells: Iterable[dict], kinds: dict[str, AttackKind]
                                    "folder")
 
 
+def embed_checked(model: nn.Module, images: torch.Tensor,
+                  splitter: BatchSplitter | None = None) -> torch.Tensor:
+    """The model's embeddings ``[B, D]`` of the adversarial images (:func:`embed_images`),
+    refused if not finite: a NaN embedding would rank nowhere and read as a perfect attack."""
+    return check_finite(embed_images(model, images, splitter),
+                        "the embeddings of the adversarial images")
+
+
 def check_batch_size(batch_size: int) -> int:
-    return int(check_number(batch_size, "batch size", low=1, high=MAX_BATCH, integer=True))
+    return check_int(batch_size, "batch size", low=1, high=MAX_BATCH)
+
+
+def check_threat(threat: LinfThreatModel | None, eps: float) -> LinfThreatModel:
+    """``threat``, or the paper's threat model at ``eps``; a given one must have that eps."""
+    if threat is None:
+        return LinfThreatModel(eps)
+    if not isinstance(threat, LinfThreatModel):
+        raise AdvrankError(f"threat must be a LinfThreatModel, got {type(threat).__name__}")
+    if threat.eps != eps:
+        raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps!r}")
+    return threat
+
+
+def check_gallery(model: nn.Module, gallery: Gallery) -> None:
+    if not isinstance(model, nn.Module):
+        raise AdvrankError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(gallery, Gallery):
+        raise AdvrankError(f"gallery must be a Gallery (Gallery.build(model, dataset, "
+                           f"distance)), got {type(gallery).__name__}")
 
 
 @dataclass
@@ -271,11 +298,11 @@ def run_attack(
     figures are gathered in order, so every process returns what one process would.
     """
     kind = get_attack(attack, **options)
+    check_gallery(model, gallery)
     policy = get_policy(policy)
-    threat = threat or LinfThreatModel(eps)
-    if threat.eps != eps:
-        raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
-    batch_size = check_batch_size(batch_size)
+    threat = check_threat(threat, eps)
+    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    check_progress(progress)
     selection = selection or kind.select(gallery, k, num_attacks, seed)
     start, end = distributed.shard_range(len(selection), batch_size)
     mine = selection.slice(start, end)
@@ -299,8 +326,8 @@ def run_attack(
             attacked = clean
         else:
             with torch.no_grad():
-                attacked = measure_part(kind, gallery, part, embed_images(model, adv, splitter),
-                                        splitter)
+                attacked = measure_part(kind, gallery, part,
+                                        embed_checked(model, adv, splitter), splitter)
         log.add(clean, attacked)
     log.gather()
     seconds = max(distributed.gather_objects(time.time() - t0))

@@ -6,7 +6,9 @@
   when the process ends, even by SIGKILL).
 * **Atomic cells**: each finished cell rewrites the file atomically, so a killed run loses at
   most the cell in progress, and rerunning the same command resumes.
-* **Strict JSON**: no NaN or Infinity ever reaches the file.
+* **Strict JSON**: no NaN or Infinity ever reaches the file (or is read back from one).
+* **Checked cells**: each experiment says what a stored cell must hold (``check_cell``); a
+  damaged or forged file is refused, and left as it is, instead of being built upon.
 * **One writer under torchrun**: rank 0 alone locks, reads and writes; the other processes get
   its cells (and its refusal, if any) by broadcast and write nothing.
 
@@ -16,10 +18,13 @@ whatever the experiment adds for its readers (``extra``).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from advrank.core import distributed
+from advrank.core.checks import check_path
 from advrank.core.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -33,6 +38,26 @@ from advrank.errors import AdvrankError
 LOCK_NAME = ".advrank.lock"
 
 
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def figures_problem(cell: Any, required: tuple[str, ...] = ("rank_before", "rank_after")
+                    ) -> str | None:
+    """Why ``cell`` is not a mapping of result figures (None if it is): the ``required``
+    figures and every ``*_before``, ``*_after``, ``*_se`` and ``*_max`` must be finite numbers."""
+    if not isinstance(cell, dict):
+        return f"a {type(cell).__name__}, not a mapping"
+    for key in required:
+        if key not in cell:
+            return f"no {key}"
+    for key, value in cell.items():
+        if key.endswith(("_before", "_after", "_se", "_max")) and not is_number(value):
+            return f"{key} is {repr(value)[:40]}, not a finite number"
+    return None
+
+
 class Store:
     """A results folder (use as a context manager; see the module docstring).
 
@@ -42,8 +67,10 @@ class Store:
     """
 
     def __init__(self, out_dir: str | Path, filename: str, kind: str, identity: dict[str, Any],
-                 record: dict[str, Any] | None = None, implied: dict[str, Any] | None = None):
-        self.dir = Path(out_dir)
+                 record: dict[str, Any] | None = None, implied: dict[str, Any] | None = None,
+                 check_cell: Callable[[str, Any], str | None] | None = None):
+        self.check_cell = check_cell
+        self.dir = check_path(out_dir, "output folder")
         self.path = self.dir / filename
         self.kind, self.identity = kind, dict(identity)
         self.record, self.implied = dict(record or {}), dict(implied or {})
@@ -90,6 +117,11 @@ class Store:
                 raise AdvrankError(f"{self.path} holds a run made with other settings "
                                    f"({key}={found!r}, this run {value!r}); use another output "
                                    "folder or remove it")
+        for key, cell in old["cells"].items():
+            problem = self.check_cell(key, cell) if self.check_cell else None
+            if problem:
+                raise AdvrankError(f"{self.path} holds a damaged cell {key!r} ({problem}); "
+                                   "remove the file or use another output folder")
         self.cells = old["cells"]
 
     def __contains__(self, key: str) -> bool:

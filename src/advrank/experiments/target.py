@@ -3,6 +3,7 @@ embedded gallery — loaded by one function, :func:`load_target`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advrank.core.checks import check_progress
 from advrank.core.gallery import Gallery
 from advrank.core.io import file_sha256
 from advrank.core.runtime import resolve_device, run_record
@@ -48,11 +50,19 @@ class Target:
 
 def load_target(checkpoint: str | Path, device: str | torch.device = "auto",
                 data_root: str | Path | None = None, download: bool = False,
-                split: str = "test", progress: bool | None = None) -> Target:
+                split: str = "test", progress: bool | None = None,
+                check: Callable[[int], None] | None = None) -> Target:
     """The model of ``checkpoint`` and its dataset's ``split`` as the gallery X, embedded once
-    with the checkpoint's own metric."""
+    with the checkpoint's own metric.
+
+    ``check(|X|)`` runs once the dataset is loaded and before it is embedded (the slow part):
+    a command refuses there the options that do not fit the gallery (T, w/m, G...).
+    """
     device = resolve_device(device)
+    check_progress(progress)
     model, meta = model_from_checkpoint(checkpoint, device)
     dataset = load_dataset(meta["dataset"], split, data_root, download)
+    if check is not None:
+        check(len(dataset))
     gallery = Gallery.build(model, dataset, meta["metric"], device, progress=progress)
     return Target(model, meta, gallery, device, str(checkpoint), file_sha256(checkpoint, 12))

@@ -17,10 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrank.attacks.base import AttackKind, get_attack, make_kinds
+from advrank.attacks.base import AttackKind, check_fits_all, get_attack, make_kinds
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_choice
+from advrank.core.checks import (
+    check_choice,
+    check_flag,
+    check_int,
+    check_list,
+    check_name,
+    check_progress,
+    check_seed,
+)
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
@@ -31,9 +39,13 @@ from advrank.experiments.protocol import (
     attack_batches,
     check_batch_size,
     check_cell_options,
+    check_gallery,
+    check_threat,
+    embed_checked,
 )
-from advrank.experiments.store import Store
+from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import load_target
+from advrank.registry import ATTACKS
 from advrank.reports.tables import transfer_markdown
 
 SELECT_ON = ("source", "target")
@@ -63,7 +75,8 @@ def transfer_pass(
             for model, gallery, log in logs.values():
                 emb = gallery.embeddings
                 clean = kind.measure(gallery, part, emb[part.anchors.to(emb.device)])
-                log.add(clean, kind.measure(gallery, part, model(adv.to(emb.device))))
+                log.add(clean, kind.measure(gallery, part,
+                                            embed_checked(model, adv.to(emb.device))))
     seconds, k = time.time() - t0, selection.targets.shape[1]
     src, *others = [logs[id(m), id(g)][2].result(kind, threat.eps, k, g, threat, seconds)
                     for m, g in everyone]
@@ -97,7 +110,15 @@ def transfer_attack(
     """
     kind = get_attack(attack, **options)
     check_choice(select_on, "select_on", SELECT_ON)
-    batch_size = check_batch_size(batch_size)
+    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    check_progress(progress)
+    for what, model in (("source", source_model), ("target", target_model)):
+        if not isinstance(model, nn.Module):
+            raise AdvrankError(f"the {what} model must be a torch.nn.Module, got "
+                               f"{type(model).__name__}")
+    for model, gallery in ((source_model, source_gallery), (target_model, target_gallery)):
+        if gallery is not None:
+            check_gallery(model, gallery)
     source_distance = get_distance(source_distance)
     target_distance = get_distance(target_distance or source_distance)
     if source_gallery is None:
@@ -107,9 +128,7 @@ def transfer_attack(
     if len(source_gallery) != len(target_gallery):
         raise AdvrankError(f"source and target galleries differ in size ({len(source_gallery)} "
                            f"vs {len(target_gallery)}); transfer needs one shared collection")
-    threat = threat or LinfThreatModel(eps)
-    if threat.eps != eps:
-        raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
+    threat = check_threat(threat, eps)
     num_attacks = len(source_gallery) if num_attacks is None else num_attacks
     chooser = source_gallery if select_on == "source" else target_gallery
     selection = kind.select(chooser, k, num_attacks, seed)
@@ -147,13 +166,14 @@ def _transfer_row(source: str, kind: AttackKind, rankers: Mapping[str, tuple[nn.
     return {name: row[name] for name in rankers}
 
 
-def _load_rankers(checkpoints, device, data_root, download, progress):
-    """(rankers {name: (model, gallery)}, model descriptions, dataset name, |X|)."""
+def _load_rankers(checkpoints, device, data_root, download, progress, check=None):
+    """(rankers {name: (model, gallery)}, model descriptions, dataset name, |X|);
+    ``check(|X|)`` runs before each gallery is embedded."""
     if not checkpoints:
         raise AdvrankError("the transfer matrix needs at least one checkpoint")
     rankers, models, dataset_name = {}, {}, None
     for name, path in checkpoints.items():
-        target = load_target(path, device, data_root, download, progress=progress)
+        target = load_target(path, device, data_root, download, progress=progress, check=check)
         if dataset_name is None:
             dataset_name = target.meta["dataset"]
         elif target.meta["dataset"] != dataset_name:
@@ -184,16 +204,35 @@ def transfer_matrix(
     every row. ``num_attacks`` defaults to |X|; ``options`` go to the kinds that take them.
     """
     check_choice(select_on, "select_on", SELECT_ON)
-    kinds = make_kinds(attacks, options)
-    batch_size = check_batch_size(batch_size)
+    kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
+                       options)
+    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    k = check_int(k, "w/m")
+    if num_attacks is not None:
+        num_attacks = check_int(num_attacks, "number of attacks")
+    check_progress(progress)
+    check_flag(download, "download")
+    if not isinstance(checkpoints, Mapping) or not all(
+            isinstance(name, str) and name for name in checkpoints):
+        raise AdvrankError("checkpoints must map display names to checkpoint paths")
     threat = LinfThreatModel(eps, steps=steps)
-    rankers, models, dataset_name, n = _load_rankers(checkpoints, device, data_root, download,
-                                                     progress)
+    rankers, models, dataset_name, n = _load_rankers(
+        checkpoints, device, data_root, download, progress,
+        check=lambda n: check_fits_all(kinds.values(), [k], num_attacks, n))
     settings = {"dataset": dataset_name, "gallery_size": n, "eps": eps, "k": k,
                 "num_attacks": n if num_attacks is None else int(num_attacks), "seed": seed,
                 "steps": steps, "select_on": select_on, "threat": threat.describe()}
     identity = {**settings, "models": {m: v["sha256"] for m, v in models.items()}}
-    with Store(out_dir, "transfer.json", MATRIX_FORMAT, identity, record) as st:
+    def check_row(key: str, row) -> str | None:  # a stored (attack, source) row
+        attack, _, source = key.partition("|")
+        if attack not in ATTACKS or source not in models:
+            return "its attack or source model is unknown"
+        if not isinstance(row, dict) or set(row) != set(models):
+            return "it does not hold one cell per model"
+        return next((p for p in map(figures_problem, row.values()) if p), None)
+
+    with Store(out_dir, "transfer.json", MATRIX_FORMAT, identity, record,
+               check_cell=check_row) as st:
         check_cell_options(st.path, ({"attack": key.partition("|")[0], **cell}
                                      for key, row in st.cells.items() for cell in row.values()),
                            kinds)

@@ -14,9 +14,10 @@ from advrank.attacks.base import AttackKind, get_attack, mean_se
 from advrank.attacks.pgd import universal_pgd
 from advrank.attacks.selection import Selection, sp_candidates, top_pool_size
 from advrank.attacks.threat import LinfThreatModel, paper_step_size
-from advrank.core.checks import check_choice, check_number
+from advrank.core.checks import check_choice, check_number, check_seed
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
+from advrank.experiments.protocol import check_gallery, embed_checked
 from advrank.registry import ATTACKS
 
 UNIVERSAL_MODES = ("own", "shared")
@@ -37,9 +38,7 @@ def _selections(gallery: Gallery, kind: AttackKind, k: int, size: int, seed: int
     if mode == "own":
         sel = kind.select(gallery, k, 2 * size, seed)
         return sel.slice(0, size), sel.slice(size, 2 * size)
-    n = len(gallery)
-    if 2 * size + k > n:
-        raise AdvrankError(f"{2 * size} members + {k} shared targets exceed |X| = {n}")
+    n = len(gallery)  # the sizes were checked by check_universal
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     shared, g = perm[:k], kind.options.get("g", 0)
     out = []
@@ -61,16 +60,20 @@ def _ranks(model: nn.Module, gallery: Gallery, kind: AttackKind, sel: Selection,
         adv = (gallery.images(part.anchors) + r.to(emb.device)).clamp(0.0, 1.0)
         before.append(kind.measure(gallery, part, emb[part.anchors.to(emb.device)])
                       [kind.headline].cpu())
-        after.append(kind.measure(gallery, part, model(adv))[kind.headline].cpu())
+        after.append(kind.measure(gallery, part, embed_checked(model, adv))[kind.headline].cpu())
     return torch.cat(before), torch.cat(after)
 
 
-def _universal_kind(attack: str | AttackKind, xi: float | None) -> AttackKind:
+def universal_kind(attack: str | AttackKind, xi: float | None) -> AttackKind:
     """The kind with Table 6's setting: no SP term (xi = 0, no C_SP) unless xi is given."""
     if isinstance(attack, AttackKind):
+        if xi is not None:
+            raise AdvrankError("give xi to the attack kind's constructor, not twice")
         return attack
     params = ATTACKS.get(attack).params
     options = {}
+    if xi is not None:
+        xi = check_number(xi, "xi (SP weight)", low=0.0, high=1e6)
     if "xi" in params:
         options = {"xi": xi or 0.0, "g": params.get("g", 0) if xi else 0}
     elif xi:
@@ -78,11 +81,32 @@ def _universal_kind(attack: str | AttackKind, xi: float | None) -> AttackKind:
     return get_attack(attack, **options)
 
 
-def _check(mode: str, fraction: float, chunk_size: int) -> None:
+def set_size(fraction: float, n: int) -> int:
+    """Members of the seen (and of the unseen) set: ``fraction`` of |X|, at least one."""
+    return max(1, round(fraction * n))
+
+
+def check_universal(kind: AttackKind, k: int, n: int | None, fraction: float, mode: str,
+                    chunk_size: int) -> None:
+    """Refuse settings that cannot run; with ``n`` (|X|) also the sizes that do not fit the
+    gallery, before it is embedded."""
     check_choice(mode, "mode", UNIVERSAL_MODES)
     check_number(fraction, "fraction (seen and unseen sets are disjoint)", low=0.0,
                  low_open=True, high=0.5)
     check_number(chunk_size, "chunk size", low=1, high=1_000_000, integer=True)
+    if n is None:
+        return
+    size = set_size(fraction, n)
+    if mode == "own":
+        kind.check_fits(k, 2 * size, n)
+        return
+    kind.check_size(k, n)
+    if 2 * size + k > n:
+        raise AdvrankError(f"{2 * size} members + {k} shared targets exceed |X| = {n}")
+    g = kind.options.get("g", 0)
+    if g > n - 1 - k:
+        raise AdvrankError(f"G = {g} does not fit: C_SP comes from the {n - 1 - k} gallery "
+                           "items outside q and C")
 
 
 def universal_attack(
@@ -106,10 +130,12 @@ def universal_attack(
     ``rank_after_unseen`` (all %, with ``_se``), the loss per step, and ``perturbation`` (r,
     on the CPU).
     """
-    kind = _universal_kind(attack, xi)
-    _check(mode, fraction, chunk_size)
+    kind = universal_kind(attack, xi)
+    check_gallery(model, gallery)
+    seed = check_seed(seed)
     dev, n = gallery.embeddings.device, len(gallery)
-    size = max(1, round(fraction * n))
+    check_universal(kind, k, n, fraction, mode, chunk_size)
+    size = set_size(fraction, n)
     seen, unseen = _selections(gallery, kind, k, size, seed, mode)
     threat = LinfThreatModel(eps, step_size=step_size if step_size is not None
                              else paper_step_size(eps),

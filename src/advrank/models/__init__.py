@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from advrank.core.checks import check_int, check_sequence_of_numbers
 from advrank.errors import AdvrankError
 from advrank.models.base import EmbeddingNet, Normalize
 from advrank.registry import MODELS
+
+#: the largest embedding size accepted anywhere (options, checkpoints): far beyond any real
+#: model, and it keeps a damaged or hostile value from allocating terabytes
+MAX_EMBED_DIM = 65_536
 
 
 def model_names() -> list[str]:
@@ -31,21 +36,20 @@ def create_model(
 ) -> EmbeddingNet:
     """Build model ``name`` for ``image_shape = (C, H, W)``; normalisation defaults to none."""
     entry = MODELS.entry(name)
-    if len(image_shape) != 3 or any(int(s) < 1 for s in image_shape):
-        raise AdvrankError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
-    embed_dim = int(entry.info["default_embed_dim"] if embed_dim is None else embed_dim)
-    if embed_dim <= 0:
-        raise AdvrankError(f"embed_dim must be positive, got {embed_dim}")
+    if isinstance(image_shape, (str, bytes)) or not isinstance(image_shape, (list, tuple)) \
+            or len(image_shape) != 3:
+        raise AdvrankError(f"image_shape must be (C, H, W), got {image_shape!r}")
+    image_shape = tuple(check_int(s, "image_shape entry", 1, 4096) for s in image_shape)
+    embed_dim = check_int(entry.info["default_embed_dim"] if embed_dim is None else embed_dim,
+                          "embed_dim", 1, MAX_EMBED_DIM)
     channels = image_shape[0]
-    mean = tuple(mean) if mean is not None else (0.0,) * channels
-    std = tuple(std) if std is not None else (1.0,) * channels
-    if len(mean) != channels or len(std) != channels:
-        raise AdvrankError(f"mean/std need {channels} values (one per channel), got "
-                           f"{len(mean)}/{len(std)}")
-    if any(s <= 0 for s in std):
-        raise AdvrankError(f"std must be positive, got {list(std)}")
+    mean = (0.0,) * channels if mean is None else check_sequence_of_numbers(mean, "mean",
+                                                                            channels)
+    std = (1.0,) * channels if std is None else check_sequence_of_numbers(std, "std", channels,
+                                                                          positive=True)
     backbone = entry.obj(tuple(image_shape), embed_dim)
     return EmbeddingNet(backbone, mean, std, image_shape, embed_dim)
 
 
-__all__ = ["EmbeddingNet", "Normalize", "create_model", "default_embed_dim", "model_names"]
+__all__ = ["MAX_EMBED_DIM", "EmbeddingNet", "Normalize", "create_model", "default_embed_dim",
+           "model_names"]

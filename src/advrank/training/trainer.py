@@ -28,16 +28,23 @@ import torch
 from torch import nn
 
 from advrank.core import distributed
-from advrank.core.checks import check_number
+from advrank.core.checks import (
+    check_flag,
+    check_int,
+    check_number,
+    check_path,
+    check_progress,
+    check_seed,
+)
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import embed_dataset
 from advrank.core.io import check_writable_file, exclusive, file_sha256
 from advrank.core.metrics import recall_at_k, retrieval_metrics
 from advrank.core.runtime import progress_bar, resolve_device, seed_everything
-from advrank.data import dataset_spec, load_dataset
+from advrank.data import check_dataset_name, dataset_spec, load_dataset
 from advrank.defenses.base import Defense
 from advrank.errors import AdvrankError
-from advrank.models import create_model
+from advrank.models import MAX_EMBED_DIM, create_model
 from advrank.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from advrank.models.weights import load_pretrained
 from advrank.registry import DISTANCES, LOSSES, MODELS
@@ -76,21 +83,27 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse values that cannot train (before any data is loaded)."""
-        check_number(self.epochs, "epochs", low=1, high=100_000, integer=True)
-        check_number(self.batch_size, "batch size", low=4, high=1_000_000, integer=True)
+        check_int(self.epochs, "epochs", low=1, high=100_000)
+        check_int(self.batch_size, "batch size", low=4, high=1_000_000)
         check_number(self.lr, "learning rate", low=0.0, low_open=True, high=10.0)
-        check_number(self.seed, "seed", low=0, high=2**63 - 1, integer=True)
+        check_seed(self.seed)
         if self.samples_per_class is not None:
-            check_number(self.samples_per_class, "samples per class", low=2,
-                         high=self.batch_size, integer=True)
+            check_int(self.samples_per_class, "samples per class", low=2, high=self.batch_size)
         if self.margin is not None:
             check_number(self.margin, "margin", low=0.0, low_open=True, high=100.0)
         if self.embed_dim is not None:
-            check_number(self.embed_dim, "embedding size", low=1, high=65_536, integer=True)
+            check_int(self.embed_dim, "embedding size", low=1, high=MAX_EMBED_DIM)
         for name, registry in (("arch", MODELS), ("metric", DISTANCES), ("loss", LOSSES)):
             if getattr(self, name) is not None:
                 registry.canonical(getattr(self, name))
-        dataset_spec(self.dataset)
+        check_dataset_name(self.dataset)
+        for name in ("data_root", "weights"):
+            if getattr(self, name) is not None:
+                check_path(getattr(self, name), name)
+        check_flag(self.download, "download")
+        resolve_device(self.device)
+        if not isinstance(self.extra_meta, dict):
+            raise AdvrankError("extra_meta must be a dict")
 
 
 @dataclass
@@ -191,10 +204,13 @@ def _resume(out: Path, meta: dict, model: nn.Module, optimizer, force: bool):
         raise AdvrankError(f"{out} exists and is not a checkpoint of this run ({exc}); pass "
                            "--force to overwrite it") from None
     old = ckpt["meta"]
-    for key in IDENTITY:
-        if key in old and old.get(key) != meta.get(key):
+    for key in IDENTITY:  # a key the file lacks counts as None, the value of an unset option
+        if old.get(key) != meta.get(key):
             raise AdvrankError(f"{out} holds another run ({key}={old.get(key)!r}, this run "
                                f"{meta.get(key)!r}); use another --out or --force to overwrite")
+    if "epochs_done" not in old:
+        raise AdvrankError(f"{out} holds a checkpoint that is not a resumable training run (no "
+                           "epochs_done); use another --out or --force to overwrite it")
     model.load_state_dict(ckpt["model"])
     if ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -281,8 +297,17 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
     ``make_defense("est", eps=0.3)``; the checkpoint records its ``describe()``."""
     from torch.utils.data import DataLoader
 
+    if not isinstance(config, TrainConfig):
+        raise AdvrankError(f"config must be a TrainConfig, got {type(config).__name__}")
     config.validate()
-    out = check_writable_file(out, "checkpoint")
+    if init is not None:
+        check_path(init, "init checkpoint")
+    if defense is not None and not isinstance(defense, Defense):
+        raise AdvrankError(f"defense must be a Defense (make_defense), got "
+                           f"{type(defense).__name__}")
+    check_progress(progress)
+    check_flag(force, "force")
+    out = check_writable_file(check_path(out, "checkpoint"), "checkpoint")
     device = resolve_device(config.device)
     progress = progress and distributed.is_main()
     lock = exclusive(out.parent / f".{out.name}.lock", f"checkpoint {out}") \
@@ -337,6 +362,9 @@ def evaluate_model(
     """Embed ``dataset`` once and compute Recall@K (and mAP, NMI; all in percent) with it as
     gallery and queries (each query left out of its own list)."""
     distance = get_distance(distance)
+    for name, flag in (("with_map", with_map), ("with_nmi", with_nmi)):
+        check_flag(flag, name)
+    check_progress(progress)
     emb = embed_dataset(model, dataset, resolve_device(device), progress=progress)
     labels = dataset.labels.to(emb.device)
     if with_map or with_nmi:
