@@ -241,3 +241,27 @@ def test_attack_refuses_bad_input():
         RankingAttack(model, torch.randn(10, 4), CosineDistance(), "XA+", LinfThreatModel(0.1))
     with pytest.raises(AdvrankError, match="eps"):
         LinfThreatModel(1.5)
+
+
+def test_qa_without_sp_targets_builds_c_sp_from_the_clean_query():
+    """A direct QA- call without C_SP keeps the SP term its xi promises: C_SP is the query's
+    top-G outside C, from its clean embedding (the same as passing those indices)."""
+    from advrank.attacks.selection import sp_candidates
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 6))
+    images = torch.rand(40, 1, 2, 2)
+    with torch.no_grad():
+        emb = model(images)
+    atk = RankingAttack(model, emb, CosineDistance(), "QA-", LinfThreatModel(0.2, steps=5))
+    queries, cands = images[:3], torch.tensor([[5], [6], [7]])
+    part = Selection(torch.arange(3), cands)
+    objective = atk.objective(part, emb[:3])
+    assert objective.sp_emb is not None and objective.sp_emb.shape == (3, 5, 6)  # G = 5
+    gal = Gallery(TensorImageDataset(images, torch.zeros(40, dtype=torch.long)), emb,
+                  torch.zeros(40, dtype=torch.long), CosineDistance())
+    sp = sp_candidates(gal, None, cands, 5, emb[:3])
+    assert torch.equal(atk(queries, cands), atk(queries, cands, sp))
+    without = RankingAttack(model, emb, CosineDistance(), "QA-", LinfThreatModel(0.2, steps=5),
+                            xi=0.0)
+    assert without.objective(part, emb[:3]).sp_emb is None  # xi = 0: no SP term, by choice
