@@ -3,7 +3,9 @@
 ``load_dataset(name, split, root)``; a name may carry an argument after a colon
 (``imagefolder:PATH``). Each built-in dataset is one module that registers its loader in
 :data:`advrank.registry.DATASETS` with ``image_shape``, ``mean`` and ``std`` (the
-normalisation a model trained on it puts in its first layer).
+normalisation a model trained on it puts in its first layer). Datasets registered with
+``takes_geometry=True`` (picture collections) read their images at the size a given
+:class:`~advrank.data.geometry.Geometry` asks for (the model's input size).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from advrank.data.base import ImageDataset, TensorImageDataset
+from advrank.data.base import ImageDataset, IndexedSubset, TensorImageDataset
+from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.registry import DATASETS
 
@@ -55,11 +58,13 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
-                 download: bool = False) -> ImageDataset:
+                 download: bool = False, geometry: Geometry | None = None) -> ImageDataset:
     """Load ``split`` (``train`` or ``test``) of dataset ``name``.
 
     ``root`` defaults to ``$ADVRANK_DATA`` (then ``./data``). With ``download=True`` torchvision
     may fetch missing files; otherwise missing files raise an :class:`AdvrankError` that names them.
+    ``geometry``: the input size pictures are read at, for datasets that take one (others keep
+    their fixed image shape, which the caller checks against the model's).
     """
     if split not in SPLITS:
         raise AdvrankError(f"unknown split {split!r}; use 'train' or 'test'")
@@ -72,6 +77,8 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
         raise AdvrankError(f"dataset {base!r} takes no argument after ':' (got {name!r})")
     root = Path(root) if root is not None else default_data_root()
     kwargs = {"arg": arg} if takes_arg else {}
+    if geometry is not None and entry.info.get("takes_geometry", False):
+        kwargs["geometry"] = geometry
     dataset = entry.obj(split=split, root=root, download=download, **kwargs)
     if len(dataset) < 2:
         raise AdvrankError(f"dataset {name!r} ({split}) has {len(dataset)} images; need at "
@@ -79,5 +86,6 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     return dataset
 
 
-__all__ = ["DATA_ENV", "DatasetSpec", "ImageDataset", "TensorImageDataset", "dataset_names",
+__all__ = ["DATA_ENV", "DatasetSpec", "Geometry", "ImageDataset", "IndexedSubset",
+           "TensorImageDataset", "dataset_names",
            "dataset_spec", "default_data_root", "load_dataset", "split_name"]

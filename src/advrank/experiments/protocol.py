@@ -9,6 +9,7 @@ results do not depend on the batch size.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -151,7 +152,7 @@ def run_attack(
 
     ``attack``: a name (``"CA+"``) with the kind's ``options`` (e.g. ``xi``, ``sp_reduction``)
     or an :class:`AttackKind`. ``threat`` overrides the paper's alpha/eta (its eps must equal
-    ``eps``); ``selection`` reuses a fixed draw (e.g. across eps rows or models).
+    ``eps``; a kind with ``random_start``, e.g. ES, always starts at random); ``selection`` reuses a fixed draw (e.g. across eps rows or models).
     ``clean_cache``: a dict shared by runs of the same selection (a grid's eps rows), so the
     "before" figures are measured once, not once per eps.
     """
@@ -159,6 +160,8 @@ def run_attack(
     threat = threat or LinfThreatModel(eps)
     if threat.eps != eps:
         raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
+    if kind.random_start and not threat.random_start:  # flat at the clean input (ES)
+        threat = dataclasses.replace(threat, random_start=True)
     batch_size = check_batch_size(batch_size)
     selection = selection or kind.select(gallery, k, num_attacks, seed)
     t0, log = time.time(), RankLog()
