@@ -21,3 +21,39 @@ def data_root() -> Path:
     """Where MNIST/Fashion-MNIST live: the folder the CLI reads too (``$ADVRANK_DATA``, else
     ``./data``), so that a skip message names the folder a user would fill."""
     return default_data_root()
+
+
+CLASSES = ("circles", "stripes", "squares")
+
+
+def make_image_folder(root: Path, per_class: int = 20, size: int = 40, seed: int = 0,
+                      ext: str = ".jpg") -> Path:
+    """``root/CLASS/NNN.jpg``: ``per_class`` generated pictures in each of 3 classes (a colour
+    and a shape per class, random sizes, noise), so that even random networks rank them."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    mid = size / 2
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.zeros((size, size, 3)) + rng.uniform(0, 0.3, 3)
+            img[..., c] += 0.45
+            if c == 0:
+                mask = (yy - mid) ** 2 + (xx - mid) ** 2 < rng.uniform(0.05, 0.2) * size ** 2
+            elif c == 1:
+                mask = (xx // rng.integers(2, 6)) % 2 == 0
+            else:
+                h, w = rng.integers(size // 8, size // 3, 2)
+                mask = (abs(yy - mid) < h) & (abs(xx - mid) < w)
+            img = np.clip(img + 0.4 * mask[..., None] + rng.normal(0, 0.04, img.shape), 0, 1)
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / name / f"{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """60 generated JPEGs in 3 class sub-folders (shared; copy it before changing it)."""
+    return make_image_folder(tmp_path_factory.mktemp("pictures") / "photos")

@@ -96,8 +96,9 @@ def register(sub, formatter) -> None:
         "attack", help="run T attacks of one kind and report normalized ranks",
         formatter_class=formatter,
         description="White-box adversarial ranking attack (L-inf PGD) on a checkpoint's test "
-                    "set (or --model on --data) used as the candidate set X, with the paper's selection rules: CA+/QA+ "
-                    "pick Q/C at random, CA-/QA- from the top 1% of the ranking list.")
+                    "set (or --model on --data) used as the candidate set X, with the paper's "
+                    "selection rules: CA+/QA+ pick Q/C at random, CA-/QA- from the top 1% of "
+                    "the ranking list.")
     add_target_options(p)
     p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
     add_threat(p)

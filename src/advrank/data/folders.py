@@ -53,7 +53,8 @@ class FolderDataset(ImageDataset):
         try:
             return self.geometry.load(self.path(i)), None
         except Exception as exc:  # PIL raises many types for damaged files; all mean "skip"
-            return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            text = str(exc).strip().splitlines()
+            return None, f"{type(exc).__name__}: {text[0][:160] if text else ''}"
 
     def __getitem__(self, i: int):
         image, error = self.try_load(i)
@@ -103,9 +104,10 @@ def check_classes(labels: torch.Tensor, class_names: list[str], where: str,
         example = ""
         if names is not None:
             example = f" ({names[labels.tolist().index(c)]})"
+        more = f"; {len(lonely)} classes are like that" if len(lonely) > 1 else ""
         raise AdvrankError(f"{where}: class {class_names[c]!r} has only one image{example}; "
                            "every class needs at least 2 for retrieval (add images or remove "
-                           f"the class){f'; {len(lonely)} classes are like that' if len(lonely) > 1 else ''}")
+                           f"the class){more}")
 
 
 def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:

@@ -152,7 +152,8 @@ def run_attack(
 
     ``attack``: a name (``"CA+"``) with the kind's ``options`` (e.g. ``xi``, ``sp_reduction``)
     or an :class:`AttackKind`. ``threat`` overrides the paper's alpha/eta (its eps must equal
-    ``eps``; a kind with ``random_start``, e.g. ES, always starts at random); ``selection`` reuses a fixed draw (e.g. across eps rows or models).
+    ``eps``; a kind with ``random_start``, e.g. ES, always starts at random); ``selection``
+    reuses a fixed draw (e.g. across eps rows or models).
     ``clean_cache``: a dict shared by runs of the same selection (a grid's eps rows), so the
     "before" figures are measured once, not once per eps.
     """

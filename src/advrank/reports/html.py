@@ -203,8 +203,8 @@ def _unreadable(report: dict) -> str:
 def audit_html(report: dict, panels: list[dict]) -> str:
     """The page for a ``report.json`` content and the example panels of
     :func:`advrank.experiments.audit.example_panels`."""
-    from advrank.reports.plots import audit_png
     from advrank.registry import ATTACKS
+    from advrank.reports.plots import audit_png
 
     s, cfg = report["summary"], report["config"]
     attacks = list(dict.fromkeys(r["attack"] for r in s["attacks"]))

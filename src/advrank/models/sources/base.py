@@ -56,13 +56,16 @@ class SourceOptions:
 
 @dataclass
 class SourceNet:
-    """What a source builds: the network, its data config, what to record about it, and the
-    key prefixes a full weights file nests this network under (``visual.`` in a CLIP file)."""
+    """What a source builds: the network, its data config, what to record about it, the key
+    prefixes a full weights file nests this network under (``visual.`` in a CLIP file), and
+    the modules removed from it whose tensors a weights file may hold (``fc``: the classifier
+    of an ImageNet checkpoint, ignored rather than refused)."""
 
     net: nn.Module
     config: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
     prefixes: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 def require(module: str, package: str, source: str):
@@ -185,34 +188,39 @@ def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[st
     return state
 
 
-def load_embedder_weights(model: ExternalEmbedder, path: str, prefixes: tuple[str, ...],
+def load_embedder_weights(model: ExternalEmbedder, path: str, built: SourceNet,
                           log: Callable[[str], None]) -> str:
     """Load a weights file into ``model``; returns how the projection head was set
     (``none``, ``loaded`` or ``random``).
 
-    The file is either the network's own state_dict (any classifier tensors in it are ignored,
-    with a note) or an embedder's (keys ``net.*`` and ``projection.*``). Every tensor of the
-    network must be there with its shape: anything else is another architecture, refused.
+    The file is either the network's own state_dict or an embedder's (keys ``net.*`` and
+    ``projection.*``). It must hold every tensor of the network with its shape, and nothing
+    else but the modules the source removed (a classifier head, ignored with a note): anything
+    else is another architecture (ResNet-34 weights hold all of ResNet-18's names), refused.
     """
     state = read_state_dict(path)
     if any(k.startswith("net.") for k in state):
         net_state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         head = {k[11:]: v for k, v in state.items() if k.startswith("projection.")}
     else:
-        net_state, head = _strip(state, prefixes), {}
+        net_state, head = _strip(state, built.prefixes), {}
     own = model.net.state_dict()
     missing = [k for k in own if k not in net_state]
     wrong = [f"{k} is {list(net_state[k].shape)}, expected {list(own[k].shape)}"
              for k in own if k in net_state and net_state[k].shape != own[k].shape]
-    if missing or wrong:
-        detail = "; ".join(wrong[:2] + [f"missing {k}" for k in missing[:2]])
-        raise AdvrankError(f"weights in {path} do not fit {model.where}: {len(missing)} of its "
-                           f"{len(own)} tensors missing, {len(wrong)} of another shape ({detail})")
-    model.net.load_state_dict({k: net_state[k] for k in own})
     unused = [k for k in net_state if k not in own]
+    removed = tuple(f"{m}." for m in built.removed)
+    foreign = [k for k in unused if not k.startswith(removed)]
+    if missing or wrong or foreign:
+        detail = "; ".join(wrong[:2] + [f"missing {k}" for k in missing[:2]]
+                           + [f"no {k} in the model" for k in foreign[:2]])
+        raise AdvrankError(f"weights in {path} do not fit {model.where}: {len(missing)} of its "
+                           f"{len(own)} tensors missing, {len(wrong)} of another shape, "
+                           f"{len(foreign)} it does not have ({detail})")
+    model.net.load_state_dict({k: net_state[k] for k in own})
     if unused:
-        log(f"{path}: ignored {len(unused)} tensors the embedder does not use (e.g. "
-            f"{', '.join(unused[:3])}: a classifier head?)")
+        log(f"{path}: ignored {len(unused)} tensors of the removed "
+            f"{'/'.join(built.removed)} (e.g. {', '.join(unused[:2])})")
     if model.projection is None:
         return "none"
     if not head:
@@ -277,7 +285,7 @@ def load_source_model(spec: str, options: SourceOptions | None = None,
             model.projection = nn.Linear(feature_dim, int(options.embed_dim))
     projection = "random" if model.projection is not None else "none"
     if options.weights is not None:
-        projection = load_embedder_weights(model, options.weights, built.prefixes, log)
+        projection = load_embedder_weights(model, options.weights, built, log)
     else:
         log(f"{spec}: no --weights given, using random weights (seed {RANDOM_INIT_SEED}); "
             "fine for testing, meaningless as an audit of a real model")

@@ -22,4 +22,6 @@ def timm_source(name: str, options: SourceOptions) -> SourceNet:
     net = build_with_size(timm.create_model, "img_size", options.input_size, model_name=name,
                           pretrained=False, num_classes=0)
     config = dict(timm.data.resolve_data_config({}, model=net))
-    return SourceNet(net, config, {"library": f"timm {timm.__version__}"})
+    head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier") or ()
+    removed = (head,) if isinstance(head, str) else tuple(head)
+    return SourceNet(net, config, {"library": f"timm {timm.__version__}"}, removed=removed)

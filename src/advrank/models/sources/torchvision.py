@@ -39,14 +39,18 @@ def torchvision_source(name: str, options: SourceOptions) -> SourceNet:
         raise unknown_name("torchvision", name, known)
     net = build_with_size(models.get_model, "image_size", options.input_size, name=name,
                           weights=None)
+    removed = []
     for attr in HEADS:
         if isinstance(getattr(net, attr, None), nn.Module):
             setattr(net, attr, nn.Identity())
+            removed.append(attr)
             break
     if hasattr(net, "aux_logits"):  # Inception/GoogLeNet: one output, not a named tuple
         net.aux_logits = False
         for aux in ("AuxLogits", "aux1", "aux2"):
-            if hasattr(net, aux):
+            if getattr(net, aux, None) is not None:
                 setattr(net, aux, None)
+                removed.append(aux)
     return SourceNet(net, published_config(name),
-                     {"library": f"torchvision {torchvision.__version__}"})
+                     {"library": f"torchvision {torchvision.__version__}"},
+                     removed=tuple(removed))
