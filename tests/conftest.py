@@ -57,3 +57,40 @@ def make_image_folder(root: Path, per_class: int = 20, size: int = 40, seed: int
 def image_folder(tmp_path_factory) -> Path:
     """60 generated JPEGs in 3 class sub-folders (shared; copy it before changing it)."""
     return make_image_folder(tmp_path_factory.mktemp("pictures") / "photos")
+
+
+def _inspect_page(text: str) -> dict:
+    """Parse an HTML page strictly enough to catch broken markup; returns its ``images`` (src
+    of every <img>), every URL-bearing attribute (``urls``) and the tags seen."""
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.images, self.urls, self.tags, self.stack = [], [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag not in ("img", "meta", "br", "link", "input", "source"):
+                self.stack.append(tag)
+            for name, value in attrs:
+                if name in ("src", "href", "srcset", "poster", "action", "data", "background"):
+                    self.urls.append(value or "")
+                if tag == "img" and name == "src":
+                    self.images.append(value or "")
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}>"
+            self.stack.pop()
+
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.stack == [], f"unclosed tags {page.stack}"
+    return {"images": page.images, "urls": page.urls, "tags": page.tags}
+
+
+@pytest.fixture
+def inspect_page():
+    """``inspect_page(html_text) -> {"images", "urls", "tags"}`` (asserts balanced markup)."""
+    return _inspect_page

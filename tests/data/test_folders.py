@@ -28,7 +28,7 @@ def test_imagefolder_lists_classes_and_reads_at_geometry(image_folder):
     assert torch.equal(images[0], images[2])
     # the crop recipe: shorter side to floor(16 / 0.875) = 18, then the centre 24 x 16
     with Image.open(image_folder / "circles" / "000.jpg") as img:
-        expected = geometry.transform()(img.convert("RGB"))
+        expected = geometry.transform(img.convert("RGB"))
     assert torch.allclose(images[0], expected)
     grey = load_dataset(f"imagefolder:{image_folder}", geometry=Geometry((1, 8, 8)))
     assert grey.get_images(torch.tensor([1])).shape == (1, 1, 8, 8)

@@ -120,7 +120,8 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     from torchvision.models import resnet34
 
     torch.save(resnet34().state_dict(), tmp_path / "r34.pt")
-    with pytest.raises(AdvrankError, match="do not fit torchvision:resnet18.*it does not have.*no layer1.2"):
+    with pytest.raises(AdvrankError,
+                       match="do not fit torchvision:resnet18.*it does not have.*no layer1.2"):
         load_source_model("torchvision:resnet18", SourceOptions(
             weights=str(tmp_path / "r34.pt"), input_size=32), **QUIET)
     torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "bad.pt")

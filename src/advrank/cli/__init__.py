@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: list[str]) -> int:
+    from advrank.core.runtime import set_command
+
+    set_command(argv)  # results record this command, whoever called main()
     load_entry_point_plugins()
     for plugin in _plugins(argv):
         load_plugin(plugin)

@@ -76,8 +76,21 @@ def hardware_string(device: torch.device) -> str:
     return f"{cpu} CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
+#: the arguments of the running ``advrank`` command (set by ``advrank.cli.main``, which may be
+#: called with its own list, e.g. from tests), else those of the process
+_command: list[str] | None = None
+
+
+def set_command(argv: list[str] | None) -> None:
+    global _command
+    _command = None if argv is None else list(argv)
+
+
 def run_record(device: torch.device, seed: int) -> dict:
     """What a result records beside its numbers: command, seed, commit, hardware, time."""
-    return {"command": "advrank " + " ".join(sys.argv[1:]), "seed": seed,
+    import shlex
+
+    argv = sys.argv[1:] if _command is None else _command
+    return {"command": "advrank " + shlex.join(argv), "seed": seed,
             "commit": git_commit(), "hardware": hardware_string(device),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -9,6 +9,7 @@ attack's pixel space is therefore the **model-input image in [0, 1]**: eps = 8/2
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,8 +51,10 @@ class Geometry:
         """The PIL mode pictures are converted to: ``L`` (grey) or ``RGB``."""
         return "L" if self.input_size[0] == 1 else "RGB"
 
+    @functools.cached_property
     def transform(self):
-        """A torchvision transform: PIL image (any mode) -> ``FloatTensor[C, H, W]`` in [0, 1]."""
+        """A torchvision transform: PIL image (any mode) -> ``FloatTensor[C, H, W]`` in [0, 1]
+        (built once per geometry)."""
         import torchvision.transforms as T
 
         _, h, w = self.input_size
@@ -69,7 +72,7 @@ class Geometry:
 
         with Image.open(path) as img:
             img.draft(self.mode, (self.input_size[2] * 2, self.input_size[1] * 2))  # JPEG speed
-            return self.transform()(img.convert(self.mode))
+            return self.transform(img.convert(self.mode))
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
