@@ -104,3 +104,32 @@ def test_query_split_is_stratified_deterministic_and_name_keyed(image_folder):
     assert {rev.item_name(i) for i in qr.tolist()} == names
     with pytest.raises(AdvrankError, match="strictly between 0 and 1"):
         split_queries(ds, 1.0)
+
+
+def test_pictures_are_read_upright_in_any_mode(tmp_path):
+    """EXIF orientation is applied (a phone photo stored sideways), and grey, CMYK, RGBA and
+    palette files all become the model's channels."""
+    import numpy as np
+
+    root = tmp_path / "modes"
+    wide = np.zeros((10, 30, 3), dtype=np.uint8)
+    wide[:, :15] = 255  # left half white
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+    img = Image.fromarray(wide)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    img.save(root / "a" / "rotated.jpg", exif=exif, quality=95)
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 12, 4), dtype=np.uint8)
+    Image.fromarray(rgb[..., 0]).save(root / "a" / "grey.jpg")
+    Image.fromarray(rgb, "CMYK").save(root / "b" / "cmyk.jpg")
+    Image.fromarray(rgb, "RGBA").save(root / "b" / "alpha.png")
+    Image.fromarray(rgb[..., 0]).convert("P").save(root / "b" / "palette.gif")
+    for channels in (3, 1):
+        ds = load_dataset(f"imagefolder:{root}", geometry=Geometry((channels, 30, 30)))
+        x = ds.get_images(torch.arange(len(ds)))
+        assert x.shape == (5, channels, 30, 30) and 0 <= x.min() and x.max() <= 1
+    upright = load_dataset(f"imagefolder:{root}", geometry=Geometry((1, 30, 10)))
+    first = upright.get_images(torch.tensor([upright.paths.index("a/rotated.jpg")]))[0, 0]
+    # displayed upright the picture is 10 wide and 30 tall, its white half on top
+    assert first[:12].mean() > 0.9 and first[-12:].mean() < 0.1

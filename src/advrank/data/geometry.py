@@ -67,12 +67,13 @@ class Geometry:
         return T.Compose([*steps, T.ToTensor()])
 
     def load(self, path) -> torch.Tensor:
-        """Read one picture file as ``[C, H, W]`` in [0, 1]; PIL's errors pass through."""
-        from PIL import Image
+        """Read one picture file as ``[C, H, W]`` in [0, 1], upright as its EXIF orientation
+        says (phone photos); PIL's errors pass through."""
+        from PIL import Image, ImageOps
 
         with Image.open(path) as img:
             img.draft(self.mode, (self.input_size[2] * 2, self.input_size[1] * 2))  # JPEG speed
-            return self.transform(img.convert(self.mode))
+            return self.transform(ImageOps.exif_transpose(img).convert(self.mode))
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
