@@ -126,6 +126,10 @@ def test_audit_of_a_checkpoint_and_evaluate_with_a_split(tmp_path, image_folder,
                  "--json"]) == 0
     summary = _json(capsys)
     assert summary["gallery_size"] == 719 and len(summary["attacks"]) == 5
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--query-fraction", "0.2",
+                 "--device", "cpu", "--quiet", "--json"]) == 0
+    own = _json(capsys)  # its own test set, split into queries and gallery
+    assert own["queries"] + own["gallery_size"] == 719 and 130 < own["queries"] < 150
     # the paper's 8x8 grey model on a folder of colour photos: resized when read
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", f"imagefolder:{image_folder}",
                  "--query-fraction", "0.25", "--device", "cpu", "--quiet", "--json"]) == 0

@@ -95,8 +95,9 @@ class TargetSpec:
 
     @property
     def plain_checkpoint(self) -> bool:
-        """A checkpoint on its own test set: loaded exactly as before sources existed."""
-        return self.checkpoint is not None and self.data is None
+        """A checkpoint on its own test set, without a query split: loaded exactly as before
+        model sources existed."""
+        return self.checkpoint is not None and self.data is None and self.query_fraction is None
 
 
 @dataclass
