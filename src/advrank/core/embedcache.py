@@ -118,6 +118,28 @@ def _load(path: Path, key: dict, n: int) -> tuple[torch.Tensor, torch.Tensor, li
     return emb, keep.long(), bad
 
 
+def _part(final: Path, i: int) -> Path:
+    """Shard i's part file beside the final cache file."""
+    return final.with_suffix(f".part{i:05d}.safetensors")
+
+
+def _shard(model, dataset, indices: range, device, batch_size: int, workers: int, bar,
+           part: Path | None, key) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """One shard's ``(embeddings [M, D], kept indices [M], unreadable)``: read from its part
+    file when an interrupted run finished it, else embedded (and its part file written)."""
+    if part is not None and part.is_file():
+        e, k, b = _load(part, key, len(dataset))
+        if bar is not None:
+            bar.update(len(indices))
+        return e, k, b
+    e, k, b = _embed_range(model, dataset, indices, device, batch_size, workers, bar)
+    e = torch.cat(e) if e else torch.zeros(0, 0)
+    k = torch.cat(k) if k else torch.zeros(0, dtype=torch.long)
+    if part is not None:
+        _save(part, e, k, b, key)
+    return e, k, b
+
+
 def embed_collection(
     model: nn.Module, dataset, device: torch.device, key: dict[str, Any] | None = None,
     cache_dir: str | Path | None = None, batch_size: int = 64, workers: int = 0,
@@ -150,19 +172,9 @@ def embed_collection(
         bar = tqdm(total=n, desc="embed gallery", file=sys.stderr, leave=False, unit="img")
     embs, keeps, bad = [], [], []
     for s in range(0, n, shard_size):
-        part = final.with_suffix(f".part{s // shard_size:05d}.safetensors") if final else None
-        if part is not None and part.is_file():  # an interrupted run's finished shard
-            e, k, b = _load(part, key, n)
-            embs, keeps, bad = embs + [e], keeps + [k], bad + b
-            if bar is not None:
-                bar.update(min(shard_size, n - s))
-            continue
-        e, k, b = _embed_range(model, dataset, range(s, min(s + shard_size, n)), device,
-                               batch_size, workers, bar)
-        e = torch.cat(e) if e else torch.zeros(0, 0)
-        k = torch.cat(k) if k else torch.zeros(0, dtype=torch.long)
-        if part is not None and n > shard_size:
-            _save(part, e, k, b, key)
+        part = _part(final, s // shard_size) if final is not None and n > shard_size else None
+        e, k, b = _shard(model, dataset, range(s, min(s + shard_size, n)), device, batch_size,
+                         workers, bar, part, key)
         embs, keeps, bad = embs + [e], keeps + [k], bad + b
     if bar is not None:
         bar.close()
@@ -175,7 +187,7 @@ def embed_collection(
     info: dict[str, Any] = {}
     if final is not None:
         _save(final, emb, keep, bad, key)
-        for s in range(0, n, shard_size):
-            final.with_suffix(f".part{s // shard_size:05d}.safetensors").unlink(missing_ok=True)
+        for i in range(0, (n + shard_size - 1) // shard_size):
+            _part(final, i).unlink(missing_ok=True)
         info = {"file": str(final), "reused": False}
     return Embedded(emb.to(device), keep, bad, info)
