@@ -220,3 +220,17 @@ def test_unreadable_picture_of_a_large_folder_is_skipped_and_counted(tmp_path, c
     assert result["unreadable"][0]["item"] == "class3/0042.png"
     assert result["gallery_size"] + result["queries"] == 9_999
     assert "skipped 1 unreadable image(s) of 10000, e.g. class3/0042.png" in err
+
+
+def test_audit_counts_skipped_pictures_in_its_report(folders, model_files, tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(["audit", *model_files["python"], "--data", f"imagefolder:{folders['bad']}",
+                 "--max-unreadable", "0.05", "--out", str(out), "--eps", "8/255",
+                 "--attacks", "CA+,ES", "--num-attacks", "2", "--steps", "1", "--json"]) == 0
+    summary = _json(capsys)
+    assert summary["gallery_size"] == 59 and summary["unreadable_images"] == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["unreadable"][0]["item"] == "circles/007.jpg"
+    assert report["config"]["images_listed"] == 60
+    page = (out / "report.html").read_text()
+    assert "Unreadable images (1)" in page and "circles/007.jpg" in page
