@@ -128,7 +128,8 @@ class Target:
                 "checkpoint_sha": self.fingerprint,
                 "dataset": meta.get("dataset"), "arch": meta.get("arch"),
                 "metric": meta.get("metric"), "loss": meta.get("loss"),
-                "defense": meta.get("defense"), "recall@1": meta.get("recall@1"), **self.info}
+                "defense": meta.get("defense"), "defense_eps": meta.get("defense_eps"),
+                "recall@1": meta.get("recall@1"), **self.info}
 
     def record(self, seed: int) -> dict[str, Any]:
         """Provenance (command, seed, commit, hardware, date) plus :meth:`describe`."""

@@ -86,6 +86,10 @@ def _header(report: dict) -> str:
     model = cfg.get("model") or cfg.get("checkpoint") or cfg.get("arch")
     data = cfg.get("data") or cfg.get("dataset")
     warn = ""
+    if cfg.get("defense"):
+        eps = cfg.get("defense_eps")
+        warn = (f"<p>Defended model: {esc(cfg['defense'])} adversarial training"
+                + (f" at ε = {esc(eps_text(eps))}" if eps is not None else "") + ".</p>")
     if cfg.get("random_weights"):
         warn = ('<p class="warn">This model has random weights (no --weights was given): the '
                 'figures test the tooling, not a real model.</p>')
