@@ -67,3 +67,76 @@ def cli():
 def one_error_line():
     """:func:`assert_one_error_line`."""
     return assert_one_error_line
+
+
+CLASSES = ("circles", "stripes", "squares")
+
+
+def make_image_folder(root: Path, per_class: int = 20, size: int = 40, seed: int = 0,
+                      ext: str = ".jpg") -> Path:
+    """``root/CLASS/NNN.jpg``: ``per_class`` generated pictures in each of 3 classes (a colour
+    and a shape per class, random sizes, noise), so that even random networks rank them."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    mid = size / 2
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.zeros((size, size, 3)) + rng.uniform(0, 0.3, 3)
+            img[..., c] += 0.45
+            if c == 0:
+                mask = (yy - mid) ** 2 + (xx - mid) ** 2 < rng.uniform(0.05, 0.2) * size ** 2
+            elif c == 1:
+                mask = (xx // rng.integers(2, 6)) % 2 == 0
+            else:
+                h, w = rng.integers(size // 8, size // 3, 2)
+                mask = (abs(yy - mid) < h) & (abs(xx - mid) < w)
+            img = np.clip(img + 0.4 * mask[..., None] + rng.normal(0, 0.04, img.shape), 0, 1)
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / name / f"{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """60 generated JPEGs in 3 class sub-folders (shared; copy it before changing it)."""
+    return make_image_folder(tmp_path_factory.mktemp("pictures") / "photos")
+
+
+def _inspect_page(text: str) -> dict:
+    """Parse an HTML page strictly enough to catch broken markup; returns its ``images`` (src
+    of every <img>), every URL-bearing attribute (``urls``) and the tags seen."""
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.images, self.urls, self.tags, self.stack = [], [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag not in ("img", "meta", "br", "link", "input", "source"):
+                self.stack.append(tag)
+            for name, value in attrs:
+                if name in ("src", "href", "srcset", "poster", "action", "data", "background"):
+                    self.urls.append(value or "")
+                if tag == "img" and name == "src":
+                    self.images.append(value or "")
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}>"
+            self.stack.pop()
+
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.stack == [], f"unclosed tags {page.stack}"
+    return {"images": page.images, "urls": page.urls, "tags": page.tags}
+
+
+@pytest.fixture
+def inspect_page():
+    """``inspect_page(html_text) -> {"images", "urls", "tags"}`` (asserts balanced markup)."""
+    return _inspect_page

@@ -9,6 +9,11 @@ The names a user needs are importable from here (loaded on first use)::
     from advrank import load_target, run_attack
     target = load_target("mnist.pt", device="auto")
     result = run_attack(target.model, target.gallery, "CA+", eps=0.3, k=1, num_attacks=100)
+
+    from advrank import TargetSpec, run_audit   # any model on any picture folder
+    target = load_target(TargetSpec(model="timm:resnet50", weights="my.safetensors",
+                                    data="imagefolder:photos/"))
+    run_audit(target, "audit/")                 # audit/report.html, audit/report.json
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ _API = {
     "get_distance": "advrank.core.distances", "get_attack": "advrank.attacks",
     "make_defense": "advrank.defenses",
     # models and data
+    "load_source_model": "advrank.models.sources", "SourceOptions": "advrank.models.sources",
     "load_checkpoint": "advrank.models.checkpoint",
     "model_from_checkpoint": "advrank.models.checkpoint",
     "save_checkpoint": "advrank.models.checkpoint",
@@ -39,7 +45,9 @@ _API = {
     "TrainConfig": "advrank.training", "train": "advrank.training",
     "evaluate_model": "advrank.training", "Defense": "advrank.defenses",
     # experiments
-    "load_target": "advrank.experiments.target", "run_attack": "advrank.experiments.protocol",
+    "load_target": "advrank.experiments.target", "TargetSpec": "advrank.experiments.target",
+    "run_attack": "advrank.experiments.protocol",
+    "run_audit": "advrank.experiments.audit", "AuditConfig": "advrank.experiments.audit",
     "run_grid": "advrank.experiments.grid",
     "transfer_attack": "advrank.experiments.transfer",
     "transfer_matrix": "advrank.experiments.transfer",

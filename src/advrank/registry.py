@@ -1,5 +1,5 @@
-"""One registry type for every kind of part: models, datasets, distances, losses, attacks,
-and defenses.
+"""One registry type for every kind of part: models, model sources, datasets, distances,
+losses, attacks, and defenses.
 
 A part registers itself where it is defined (``@ATTACKS.register("CA+")``), and every caller
 looks it up by name (``ATTACKS.get("CA+")``); the command line takes its choices from
@@ -106,13 +106,19 @@ class Registry(Generic[T]):
 
 # The registries. Each lists the built-in modules that fill it.
 MODELS: Registry = Registry("model", ["advrank.models.builtin"])
+#: where outside models come from (``timm:NAME``, ``torchscript:FILE``...): one module each
+MODEL_SOURCES: Registry = Registry("model source", [
+    "advrank.models.sources.timm", "advrank.models.sources.torchvision",
+    "advrank.models.sources.open_clip", "advrank.models.sources.torchscript",
+    "advrank.models.sources.python"])
 DATASETS: Registry = Registry("dataset", ["advrank.data.digits", "advrank.data.mnist",
-                                          "advrank.data.sop"])
+                                          "advrank.data.sop", "advrank.data.folders"])
 DISTANCES: Registry = Registry("distance", ["advrank.core.distances"])
 LOSSES: Registry = Registry("loss", ["advrank.training.losses"])
-ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.qa"])
+ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.qa",
+                                        "advrank.attacks.es"])
 DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defenses.madry"])
-REGISTRIES = {"models": MODELS, "datasets": DATASETS,
+REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATASETS,
               "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES}
 
 _plugins_loaded: set[str] = set()

@@ -196,3 +196,44 @@ def test_nearest_neighbors_in_gallery_blocks_equals_one_block():
     assert not (blocked == own[:, None]).any()  # each query left out of its own list
     few = nearest_neighbors(queries, gallery, 150, dist, None, block=64)  # k > a block
     assert torch.equal(few, nearest_neighbors(queries, gallery, 150, dist, None))
+
+
+def _brute_query_metrics(q, ql, g, gl, dist, ks, own):
+    """Loop over queries: sort the gallery, drop the query's own entry, score the list."""
+    recalls = {k: 0.0 for k in ks}
+    aps = []
+    for i in range(q.shape[0]):
+        d = dist.pairwise(q[i : i + 1], g)[0]
+        order = [j for j in d.argsort().tolist() if own is None or j != int(own[i])]
+        rel = [float(gl[j] == ql[i]) for j in order]
+        for k in ks:
+            recalls[k] += 100.0 * any(rel[:k]) / q.shape[0]
+        if sum(rel):
+            hits, precisions = 0, []
+            for rank, r in enumerate(rel, start=1):
+                if r:
+                    hits += 1
+                    precisions.append(hits / rank)
+            aps.append(sum(precisions) / sum(rel))
+    return {**{f"recall@{k}": v for k, v in recalls.items()},
+            "map": 100.0 * sum(aps) / max(len(aps), 1)}
+
+
+@pytest.mark.parametrize("dist", [EUC, COS], ids=["euclidean", "cosine"])
+def test_query_metrics_match_brute_force_and_retrieval_metrics(dist):
+    gen = torch.Generator().manual_seed(3)
+    g, gl = torch.randn(40, 5, generator=gen), torch.randint(0, 4, (40,), generator=gen)
+    q, ql = torch.randn(9, 5, generator=gen), torch.randint(0, 5, (9,), generator=gen)
+    from advrank.core.metrics import query_metrics
+
+    ks = (1, 3, 10)
+    disjoint = query_metrics(q, ql, g, gl, dist, ks, chunk=4)
+    expected = _brute_query_metrics(q, ql, g, gl, dist, ks, None)
+    assert disjoint == pytest.approx(expected, abs=1e-4)
+    # members of the gallery as queries, each left out of its own list
+    own = torch.tensor([0, 7, 39, 12])
+    inside = query_metrics(g[own], gl[own], g, gl, dist, ks, own, chunk=3)
+    assert inside == pytest.approx(_brute_query_metrics(g[own], gl[own], g, gl, dist, ks, own),
+                                   abs=1e-4)
+    everyone = query_metrics(g, gl, g, gl, dist, ks, torch.arange(40))
+    assert everyone == pytest.approx(retrieval_metrics(g, gl, dist, ks), abs=1e-4)

@@ -13,7 +13,11 @@ registers itself in :data:`advrank.registry.ATTACKS`. It says
   :class:`~advrank.core.execution.ExecutionPolicy` (precision) and a memory share, and
   ``memory_per_attack`` for the protocol's sub-batching under the memory budget;
 * ``measure(gallery, part, emb)``: per-attack figures ``{name: [B]}`` for the perturbed items'
-  embeddings (pass the clean ones for "before"), and ``summarize`` for a table cell.
+  embeddings (pass the clean ones for "before"), and ``summarize`` for a table cell;
+* optionally ``view(gallery, part, emb)``: the one ranking list an attack changes, for the
+  example panels of a report (:class:`RankingView`);
+* ``random_start``: whether PGD must start at a random point of the ball (an objective with
+  zero gradient at the clean input, such as the embedding shift).
 
 Hyper-parameters go to the constructor (``ATTACKS.get("QA-")(xi=100)``), data to the calls.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -52,6 +57,21 @@ class RankingObjective:
         return self.value_and_grad(emb)[1]
 
 
+@dataclass
+class RankingView:
+    """One ranking list that an attack changes, as a report shows it: the list of
+    ``query_emb [D]`` over the gallery, with member ``replace[0]``'s embedding replaced by
+    ``replace[1] [D]`` (CA: the candidate by its perturbed self), ``exclude`` left out and
+    ``highlight`` (the attack's targets) marked. ``query``: the gallery index of the query
+    shown, or None when the perturbed image itself is the query."""
+
+    query_emb: torch.Tensor
+    query: int | None = None
+    replace: tuple[int, torch.Tensor] | None = None
+    exclude: list[int] = field(default_factory=list)
+    highlight: list[int] = field(default_factory=list)
+
+
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
     """Mean and standard error of per-attack figures (float64)."""
     v = values.double()
@@ -72,6 +92,8 @@ class AttackKind:
     headline: ClassVar[str] = "rank"
     direction: ClassVar[str] = "down"
     description: ClassVar[str] = ""
+    #: PGD must start at a random point of the ball (the objective is flat at the clean input)
+    random_start: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         unknown = {k for k, v in params.items() if v is not None} - set(self.params)
@@ -125,6 +147,11 @@ class AttackKind:
     def measure(self, gallery: Gallery, part: Selection,
                 emb: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
+        """The ranking list one attack (``part`` of length 1) changes, with the attacked item's
+        embedding ``emb [1, D]`` (the clean one for "before")."""
+        raise AdvrankError(f"{self.name} has no example view")
 
     def summarize(self, before: dict[str, torch.Tensor],
                   after: dict[str, torch.Tensor]) -> dict[str, float]:

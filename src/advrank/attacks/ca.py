@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
+from advrank.attacks.base import AttackKind, RankingObjective, RankingView, select_anchors
 from advrank.attacks.selection import Selection, check_pool, ranked_targets
 from advrank.core.checks import check_number
 from advrank.core.distances import Distance
@@ -192,6 +192,11 @@ class CandidateAttack(AttackKind):
         top1_label = torch.where(ranks == 0, labels[c_rep], labels[nearest_other])
         ok = (top1_label == labels[targets.reshape(-1)]).float().reshape(b, k).mean(1)
         return {"rank": (100.0 * ranks / n).reshape(b, k).mean(1), "recall@1": 100.0 * ok}
+
+    def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
+        """The list of the first query of Q, with c replaced by c~ (c highlighted)."""
+        q, c = int(part.targets[0, 0]), int(part.anchors[0])
+        return RankingView(gallery.embeddings[q], q, (c, emb[0]), [q], [c])
 
 
 @ATTACKS.register("CA+", aliases=("ca+",))

@@ -1,16 +1,22 @@
 """The maximum-embedding-shift attack of §3.3: move f(x + r) as far from f(x) as the threat
-model allows. It drives the EST defense (Eq. 13) and Fig. 2's robustness measure."""
+model allows. It drives the EST defense (Eq. 13) and Fig. 2's robustness measure, and is the
+attack kind ``ES`` (which needs no target set: it measures how far x~ drifts in the ranking
+of its own clean copy)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from advrank.attacks.base import RankingObjective
+from advrank.attacks.base import AttackKind, RankingObjective, RankingView, select_anchors
 from advrank.attacks.pgd import frozen, keyed_noise, pgd
+from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_finite, check_images
 from advrank.core.distances import Distance, get_distance
+from advrank.core.gallery import Gallery
+from advrank.core.metrics import count_closer, nearest_neighbors
+from advrank.registry import ATTACKS
 
 
 class EmbeddingShiftObjective(RankingObjective):
@@ -58,3 +64,43 @@ def shift_distance(
                 out.append(check_finite(distance.paired(model(adv), reference),
                                         "the embedding shift"))
     return torch.cat(out)
+
+
+@ATTACKS.register("ES", aliases=("es",))
+class EmbeddingShift(AttackKind):
+    """ES: push f(x~) as far from f(x) as eps allows (§3.3), for random members x of X.
+
+    Measures: ``shift`` (d(f(x~), f(x))), ``rank`` (R(x~, x): the % of X closer to x~ than x's
+    own clean copy; 0 before the attack) and ``recall@1`` (x~'s nearest other member shares
+    x's label). The size k is not used.
+    """
+
+    name = "ES"
+    size_name = None
+    needs_clean = True
+    random_start = True
+    direction = "up"
+    description = "move an image's embedding as far from its clean one as possible (§3.3)"
+
+    def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
+        anchors, _ = select_anchors(self, gallery, k, num_attacks, seed)
+        return Selection(anchors)
+
+    def objective(self, embeddings, distance, part, clean=None):
+        if clean is None:
+            clean = embeddings[part.anchors.to(embeddings.device)]
+        return EmbeddingShiftObjective(clean, distance)
+
+    @torch.no_grad()
+    def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):
+        g_emb, dist, labels, n = gallery.embeddings, gallery.distance, gallery.labels, len(gallery)
+        anchors = part.anchors.to(g_emb.device)
+        shift = dist.paired(emb, g_emb[anchors])
+        ranks = count_closer(emb, shift[:, None], g_emb, dist, targets=anchors[:, None])[:, 0]
+        nn1 = nearest_neighbors(emb, g_emb, 1, dist, anchors)[:, 0]
+        return {"rank": 100.0 * ranks.float() / n, "shift": shift,
+                "recall@1": 100.0 * (labels[nn1] == labels[anchors]).float()}
+
+    def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
+        """The list of x~ over all of X, its clean copy x included and highlighted."""
+        return RankingView(emb[0], None, None, [], [int(part.anchors[0])])

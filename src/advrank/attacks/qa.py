@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from advrank.attacks.base import AttackKind, RankingObjective, select_anchors
+from advrank.attacks.base import AttackKind, RankingObjective, RankingView, select_anchors
 from advrank.attacks.selection import Selection, check_pool, ranked_targets, sp_candidates
 from advrank.core.checks import check_choice, check_number
 from advrank.core.distances import Distance
@@ -379,6 +379,11 @@ class QueryAttack(AttackKind):
         nn1 = nearest_neighbors(emb, g_emb, 1, dist, anchors)[:, 0]
         out["recall@1"] = 100.0 * (labels[nn1] == labels[anchors]).float()
         return out
+
+    def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
+        """The list of q~ itself (q left out), C highlighted."""
+        q = int(part.anchors[0])
+        return RankingView(emb[0], None, None, [q], part.targets[0].tolist())
 
     def summarize(self, before, after):
         out = super().summarize(before, after)

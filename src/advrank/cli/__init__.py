@@ -18,7 +18,7 @@ from advrank.errors import AdvrankError
 from advrank.registry import load_entry_point_plugins, load_plugin
 
 COMMAND_MODULES = ("advrank.cli.train", "advrank.cli.attack", "advrank.cli.blackbox",
-                   "advrank.cli.curves")
+                   "advrank.cli.curves", "advrank.cli.audit")
 #: the commands that share their work among torchrun's processes (the others would only repeat
 #: it in every process, so they are refused there)
 DISTRIBUTED_COMMANDS = ("attack", "grid", "train", "evaluate")
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: list[str]) -> int:
+    from advrank.core.runtime import set_command
+
+    set_command(argv)  # results record this command, whoever called main()
     load_entry_point_plugins()
     for plugin in _plugins(argv):
         load_plugin(plugin)

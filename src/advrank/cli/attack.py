@@ -9,17 +9,20 @@ from advrank.cli.options import (
     add_execution,
     add_kind_options,
     add_size,
+    add_target_options,
     attack_name,
     emit,
     eps_value,
     integer,
     kind_options,
     listed,
+    load_target_from_args,
     number,
     path_value,
     policy_from_args,
     positive_int,
     resolve_size,
+    target_spec,
 )
 from advrank.core.io import check_writable_dir
 from advrank.registry import ATTACKS
@@ -39,15 +42,12 @@ def threat_from_args(args):
 def cmd_attack(args) -> None:
     from advrank.attacks import get_attack
     from advrank.experiments.protocol import run_attack
-    from advrank.experiments.target import load_target
 
     k = resolve_size(args, [args.attack])
     kind = get_attack(args.attack, **kind_options(args))  # options checked before any work
     threat = threat_from_args(args)
     policy = policy_from_args(args)
-    target = load_target(args.checkpoint, args.device, args.data_root, args.download,
-                         progress=not args.quiet,
-                         check=lambda n: kind.check_fits(k, args.num_attacks, n))
+    target = load_target_from_args(args, check=lambda n: kind.check_fits(k, args.num_attacks, n))
     result = run_attack(target.model, target.gallery, kind, args.eps, k, args.num_attacks,
                         seed=args.seed, batch_size=args.batch_size, threat=threat,
                         progress=not args.quiet, policy=policy)
@@ -60,17 +60,18 @@ def cmd_grid(args) -> None:
     from advrank.attacks.base import check_fits_all, make_kinds
     from advrank.experiments.grid import run_grid
     from advrank.experiments.paper import paper_eps, paper_table_for
-    from advrank.experiments.target import load_target
 
     ks = resolve_size(args, args.attacks)
     kinds = make_kinds(args.attacks, kind_options(args))  # options checked before any work
     policy = policy_from_args(args)
     if args.paper != "auto":
         paper_table_for({}, args.paper)
+    target_spec(args)
+    if args.eps_values is None and args.data is not None:
+        paper_eps(args.data)  # a picture collection has no paper rows: refused before work
     check_writable_dir(args.out)
-    target = load_target(args.checkpoint, args.device, args.data_root, args.download,
-                         progress=not args.quiet,
-                         check=lambda n: check_fits_all(kinds.values(), ks, args.num_attacks, n))
+    target = load_target_from_args(
+        args, check=lambda n: check_fits_all(kinds.values(), ks, args.num_attacks, n))
     eps_values = args.eps_values or paper_eps(target.meta["dataset"])
     paper = paper_table_for(target.meta, args.paper)
     results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
@@ -99,9 +100,10 @@ def register(sub, formatter) -> None:
         "attack", help="run T attacks of one kind and report normalized ranks",
         formatter_class=formatter,
         description="White-box adversarial ranking attack (L-inf PGD) on a checkpoint's test "
-                    "set used as the candidate set X, with the paper's selection rules: CA+/QA+ "
-                    "pick Q/C at random, CA-/QA- from the top 1% of the ranking list.")
-    p.add_argument("--checkpoint", required=True, type=path_value)
+                    "set (or --model on --data) used as the candidate set X, with the paper's "
+                    "selection rules: CA+/QA+ pick Q/C at random, CA-/QA- from the top 1% of "
+                    "the ranking list.")
+    add_target_options(p)
     p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
     add_threat(p)
     add_size(p, default=1)
@@ -120,7 +122,7 @@ def register(sub, formatter) -> None:
         formatter_class=formatter,
         description="Run every attack x eps x w/m cell and write results.json (after each "
                     "cell, so rerunning resumes), results.csv and table.md.")
-    p.add_argument("--checkpoint", required=True, type=path_value)
+    add_target_options(p)
     p.add_argument("--out", required=True, type=path_value, help="output folder")
     p.add_argument("--num-attacks", type=positive_int, default=1000, help="T attacks per cell")
     p.add_argument("--eps-values", type=listed(eps_value, "eps values"), default=None,

@@ -13,7 +13,7 @@ from typing import Any
 from advrank.core.checks import check_int, check_number
 from advrank.core.io import strict_json
 from advrank.errors import AdvrankError
-from advrank.registry import ATTACKS
+from advrank.registry import ATTACKS, DISTANCES
 
 
 class Parser(argparse.ArgumentParser):
@@ -253,3 +253,92 @@ def policy_from_args(args):
     return ExecutionPolicy(getattr(args, "precision", "fp32"),
                            getattr(args, "memory_budget", None),
                            bool(getattr(args, "compile", False)))
+
+
+# --------------------------------------------------------------------- what to attack
+
+
+def _model_source(text: str) -> str:
+    """argparse type: ``SOURCE:ARGUMENT`` with a registered source (checked before any work)."""
+    from advrank.models.sources import parse_source
+
+    try:
+        parse_source(text)
+    except AdvrankError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated numbers, repeats kept (``0.5,0.5,0.5``)."""
+    return tuple(_number(part) for part in text.split(","))
+
+
+def add_target_options(p: argparse.ArgumentParser, cache: bool = False) -> None:
+    """What is attacked: ``--checkpoint FILE`` (advrank's own model, its test set unless
+    ``--data``), or ``--model SOURCE --data SOURCE`` with the source's options."""
+    from advrank.registry import MODEL_SOURCES
+
+    sources = ", ".join(f"{n}:{MODEL_SOURCES.entry(n).info.get('argument', 'NAME')}"
+                        for n in MODEL_SOURCES.names())
+    g = p.add_argument_group("model and data (give --checkpoint, or --model with --data)")
+    g.add_argument("--checkpoint", default=None, type=path_value, help="an advrank checkpoint")
+    g.add_argument("--model", type=_model_source, default=None, metavar="SOURCE",
+                   help=f"an outside model: {sources}")
+    g.add_argument("--weights", default=None, type=path_value,
+                   help="--model's weights: a state_dict .pt/.pth (read with weights_only) or "
+                        ".safetensors (default: random weights, for testing only)")
+    g.add_argument("--metric", default=None, metavar="{" + ",".join(DISTANCES.names()) + "}",
+                   help="--model's ranking distance (default: cosine)")
+    g.add_argument("--data", default=None, metavar="SOURCE",
+                   help="the collection X: imagefolder:PATH (a sub-folder per class), "
+                        "csv:FILE (path,label), or a dataset name (default for --checkpoint: "
+                        "its test set)")
+    g.add_argument("--layer", default=None,
+                   help="embed with this layer's pooled output instead of the pooled features")
+    g.add_argument("--embed-dim", type=integer(1, 65_536), default=None,
+                   help="add a linear projection head of this size")
+    g.add_argument("--input-size", type=integer(8, 4096), default=None,
+                   help="override the model's input size (H = W pixels)")
+    g.add_argument("--mean", type=_floats, default=None,
+                   help="override the model's input mean, e.g. 0.5,0.5,0.5")
+    g.add_argument("--std", type=_floats, default=None,
+                   help="override the model's input std, e.g. 0.5,0.5,0.5")
+    g.add_argument("--query-fraction", type=number(0.0, 1.0, low_open=True), default=None,
+                   help="measure retrieval with a deterministic, stratified query split of "
+                        "this fraction of each class (queries vs the rest)")
+    g.add_argument("--max-unreadable", type=number(0.0, 1.0), default=0.01,
+                   help="skip (and report) undecodable pictures up to this fraction of the "
+                        "collection; more is an error")
+    g.add_argument("--workers", type=integer(0, 256), default=0,
+                   help="processes decoding pictures while embedding")
+    if cache:
+        g.add_argument("--cache-dir", default=None,
+                       help="where the collection's embeddings are cached (default: OUT/cache)")
+    else:
+        g.add_argument("--cache-dir", default=None,
+                       help="cache the collection's embeddings in this folder")
+
+
+def target_spec(args, cache_dir: str | None = None):
+    """The :class:`~advrank.experiments.target.TargetSpec` of the parsed options, validated
+    (exactly one of --checkpoint and --model; source options only with --model)."""
+    from advrank.experiments.target import TargetSpec
+
+    return TargetSpec(
+        checkpoint=args.checkpoint, model=args.model, data=args.data, metric=args.metric,
+        weights=args.weights, layer=args.layer, embed_dim=args.embed_dim,
+        input_size=args.input_size, mean=args.mean, std=args.std,
+        cache_dir=args.cache_dir or cache_dir, workers=args.workers,
+        query_fraction=args.query_fraction, max_unreadable=args.max_unreadable).validate()
+
+
+def load_target_from_args(args, cache_dir: str | None = None, split: str = "test", check=None):
+    """:func:`~advrank.experiments.target.load_target` for the parsed options; ``check(|X|)``
+    refuses options that do not fit the collection before it is embedded."""
+    from advrank.experiments.target import load_target
+
+    say = log(args)
+    return load_target(target_spec(args, cache_dir), args.device, args.data_root, args.download,
+                       split=split, progress=not args.quiet, check=check,
+                       log=lambda m: say(f"advrank: {m}"))

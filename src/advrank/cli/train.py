@@ -6,10 +6,12 @@ import argparse
 
 from advrank.cli.options import (
     add_common,
+    add_target_options,
     emit,
     eps_value,
     integer,
     listed,
+    load_target_from_args,
     number,
     path_value,
     positive_int,
@@ -70,11 +72,25 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from advrank.experiments.target import load_target
+    import torch
 
-    target = load_target(args.checkpoint, args.device, args.data_root, args.download,
-                         progress=not args.quiet)
-    metrics = target.gallery.metrics(args.ks, with_nmi=args.nmi)
+    from advrank.core.metrics import nmi, query_metrics
+
+    target = load_target_from_args(args)
+    g = target.gallery
+    if target.queries is not None:  # a --query-fraction split: queries against the rest
+        q_emb, q_labels = target.queries
+        metrics = query_metrics(q_emb, q_labels, g.embeddings, g.labels, g.distance, args.ks,
+                                None)
+        if args.nmi:
+            metrics["nmi"] = nmi(g.embeddings, g.labels, g.distance)
+    elif target.info:  # a picture collection, already embedded (unreadable pictures left out)
+        metrics = query_metrics(g.embeddings, g.labels, g.embeddings, g.labels, g.distance,
+                                args.ks, torch.arange(len(g)))
+        if args.nmi:
+            metrics["nmi"] = nmi(g.embeddings, g.labels, g.distance)
+    else:  # the gallery as its own (left-out) query set
+        metrics = g.metrics(args.ks, with_nmi=args.nmi)
     out = {**target.record(args.seed), "gallery_size": len(target.gallery), **metrics}
     text = "  ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if k.startswith("recall"))
     extra = f"  NMI {metrics['nmi']:.2f}%" if "nmi" in metrics else ""
@@ -154,11 +170,13 @@ def _train_parser(sub, formatter) -> None:
 
 
 def _evaluate_parsers(sub, formatter) -> None:
-    p = sub.add_parser("evaluate", help="Recall@K, mAP (and NMI) of a checkpoint on its test set",
+    p = sub.add_parser("evaluate", help="Recall@K, mAP (and NMI) of a model on its collection",
                        formatter_class=formatter,
-                       description="Embed the test set once and rank it against itself, each "
-                                   "query left out of its own list. Every figure is in %.")
-    p.add_argument("--checkpoint", required=True, type=path_value)
+                       description="Embed the test set (or --data) once and rank it against "
+                                   "itself, each query left out of its own list (or the "
+                                   "--query-fraction split against the rest). Every figure "
+                                   "is in %.")
+    add_target_options(p)
     p.add_argument("--ks", type=listed(positive_int, "positive integers"), default=[1, 2, 4, 8],
                    help="comma-separated K for Recall@K")
     p.add_argument("--nmi", action="store_true", help="also report NMI (k-means, %%)")

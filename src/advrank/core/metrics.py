@@ -181,3 +181,42 @@ def count_closer(
             closer &= targets[:, :, None] != cols[None, None, :]
         counts += closer.sum(-1)
     return counts
+
+
+@torch.no_grad()
+def query_metrics(
+    queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
+    gallery_labels: torch.Tensor, distance: Distance, ks: Sequence[int] = (1, 2, 4, 8),
+    query_index: torch.Tensor | None = None, chunk: int = 256,
+) -> dict[str, float]:
+    """Recall@K and mAP (percent) of separate queries ``[Q, D]`` against a gallery ``[N, D]``.
+
+    ``query_index [Q]``: each query's own position in the gallery (left out of its list), for
+    queries drawn from the gallery itself; None for a disjoint query set. With every gallery
+    member as a query this equals :func:`retrieval_metrics` (without NMI). Queries without a
+    relevant gallery member count as misses for Recall@K and are left out of mAP.
+    """
+    n = gallery.shape[0]
+    g_labels = gallery_labels.to(gallery.device)
+    q_labels = query_labels.to(gallery.device)
+    length = n - (1 if query_index is not None else 0)
+    kmax = min(max(ks), length)
+    hits_at = torch.zeros(len(ks), dtype=torch.float64)
+    ap_sum, counted = 0.0, 0
+    for s in range(0, queries.shape[0], chunk):
+        d = distance.pairwise(queries[s : s + chunk].to(gallery.device), gallery)
+        if query_index is not None:
+            d = _self_mask(d, query_index[s : s + chunk])
+        order = d.argsort(dim=1)[:, :length]  # a masked self sorts last and is dropped
+        rel = (g_labels[order] == q_labels[s : s + chunk, None]).float()  # [B, length]
+        for j, k in enumerate(ks):
+            hits_at[j] += rel[:, : min(k, kmax)].any(1).double().sum().item()
+        num_rel = rel.sum(1)
+        prec = rel.cumsum(1) / torch.arange(1, length + 1, device=gallery.device)
+        valid = num_rel > 0
+        ap_sum += ((prec * rel).sum(1)[valid] / num_rel[valid]).sum().item()
+        counted += int(valid.sum())
+    q = max(queries.shape[0], 1)
+    out = {f"recall@{k}": 100.0 * hits_at[j].item() / q for j, k in enumerate(ks)}
+    out["map"] = 100.0 * ap_sum / max(counted, 1)
+    return out

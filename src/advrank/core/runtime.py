@@ -98,11 +98,24 @@ def progress_bar(iterable=None, *, total: int | None = None, desc: str = "",
                 disable=None if enabled is None else not enabled, dynamic_ncols=True)
 
 
+#: the arguments of the running ``advrank`` command (set by ``advrank.cli.main``, which may be
+#: called with its own list, e.g. from tests), else those of the process
+_command: list[str] | None = None
+
+
+def set_command(argv: list[str] | None) -> None:
+    global _command
+    _command = None if argv is None else list(argv)
+
+
 def run_record(device: torch.device, seed: int) -> dict:
     """What a result records beside its numbers: command, seed, commit, hardware, time."""
+    import shlex
+
     from advrank.core import distributed
 
-    record = {"command": "advrank " + " ".join(sys.argv[1:]), "seed": seed,
+    argv = sys.argv[1:] if _command is None else _command
+    record = {"command": "advrank " + shlex.join(argv), "seed": seed,
               "commit": git_commit(), "hardware": hardware_string(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if distributed.world_size() > 1:

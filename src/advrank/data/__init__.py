@@ -3,7 +3,9 @@
 ``load_dataset(name, split, root)``; a name may carry an argument after a colon
 (``imagefolder:PATH``). Each built-in dataset is one module that registers its loader in
 :data:`advrank.registry.DATASETS` with ``image_shape``, ``mean`` and ``std`` (the
-normalisation a model trained on it puts in its first layer).
+normalisation a model trained on it puts in its first layer). Datasets registered with
+``takes_geometry=True`` (picture collections) read their images at the size a given
+:class:`~advrank.data.geometry.Geometry` asks for (the model's input size).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from advrank.core.checks import check_flag, check_path
-from advrank.data.base import ImageDataset, TensorImageDataset
+from advrank.data.base import ImageDataset, IndexedSubset, TensorImageDataset
+from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.registry import DATASETS
 
@@ -69,11 +72,13 @@ def check_dataset_name(name: str):
 
 
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
-                 download: bool = False) -> ImageDataset:
+                 download: bool = False, geometry: Geometry | None = None) -> ImageDataset:
     """Load ``split`` (``train`` or ``test``) of dataset ``name``.
 
     ``root`` defaults to ``$ADVRANK_DATA`` (then ``./data``). With ``download=True`` torchvision
     may fetch missing files; otherwise missing files raise an :class:`AdvrankError` that names them.
+    ``geometry``: the input size pictures are read at, for datasets that take one (others keep
+    their fixed image shape, which the caller checks against the model's).
     """
     if not isinstance(split, str) or split not in SPLITS:
         raise AdvrankError(f"unknown split {split!r}; use 'train' or 'test'")
@@ -82,6 +87,8 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     root = check_path(root, "data root") if root is not None else default_data_root()
     check_flag(download, "download")
     kwargs = {"arg": arg} if takes_arg else {}
+    if geometry is not None and entry.info.get("takes_geometry", False):
+        kwargs["geometry"] = geometry
     dataset = entry.obj(split=split, root=root, download=download, **kwargs)
     if len(dataset) < 2:
         raise AdvrankError(f"dataset {name!r} ({split}) has {len(dataset)} images; need at "
@@ -89,5 +96,6 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     return dataset
 
 
-__all__ = ["DATA_ENV", "DatasetSpec", "ImageDataset", "TensorImageDataset", "check_dataset_name",
-           "dataset_names", "dataset_spec", "default_data_root", "load_dataset", "split_name"]
+__all__ = ["DATA_ENV", "DatasetSpec", "Geometry", "ImageDataset", "IndexedSubset",
+           "TensorImageDataset", "check_dataset_name", "dataset_names", "dataset_spec",
+           "default_data_root", "load_dataset", "split_name"]

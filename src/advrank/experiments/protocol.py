@@ -14,6 +14,7 @@ contiguous share of whole batches and the per-attack figures are gathered in ord
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -289,7 +290,8 @@ def run_attack(
 
     ``attack``: a name (``"CA+"``) with the kind's ``options`` (e.g. ``xi``, ``sp_reduction``)
     or an :class:`AttackKind`. ``threat`` overrides the paper's alpha/eta (its eps must equal
-    ``eps``); ``selection`` reuses a fixed draw (e.g. across eps rows or models).
+    ``eps``; a kind with ``random_start``, e.g. ES, always starts at random); ``selection``
+    reuses a fixed draw (e.g. across eps rows or models).
     ``clean_cache``: a dict shared by runs of the same selection (a grid's eps rows), so the
     "before" figures are measured once, not once per eps. ``policy``: precision and memory
     budget (default: fp32, the budget of the device).
@@ -301,6 +303,8 @@ def run_attack(
     check_gallery(model, gallery)
     policy = get_policy(policy)
     threat = check_threat(threat, eps)
+    if kind.random_start and not threat.random_start:  # flat at the clean input (ES)
+        threat = dataclasses.replace(threat, random_start=True)
     seed, batch_size = check_seed(seed), check_batch_size(batch_size)
     check_progress(progress)
     selection = selection or kind.select(gallery, k, num_attacks, seed)

@@ -74,3 +74,16 @@ def load_pretrained(module: nn.Module, path: str | Path, quiet: bool = False) ->
     """:func:`read_state_dict` then :func:`load_matching_weights` into ``module``."""
     log = None if quiet else (lambda msg: print(f"advrank: {msg}", file=sys.stderr))
     return load_matching_weights(module, read_state_dict(path), str(path), log=log)
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state (every parameter and buffer: name, dtype, shape, bytes):
+    what identifies the weights an embedding was computed with, whatever file they came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -78,3 +78,34 @@ def universal_png(result: dict, r: torch.Tensor, clean: torch.Tensor) -> bytes:
                  f"{result['rank_before_unseen']:.1f}→{result['rank_after_unseen']:.1f}% "
                  f"(unseen)", fontsize=10)
     return _png(fig, dpi=120)
+
+
+def audit_png(rows: list[dict], attacks: list[str], metric: str) -> bytes:
+    """The audit's curves: mean normalized rank after attack vs eps (one line per attack, the
+    clean rank dotted), Recall@1 of the attacked lists vs eps, and the embedding shift."""
+    fig = _figure(13.5, 3.8)
+    axes = fig.subplots(1, 3)
+    # grey levels when every eps is a whole number of them (8/255), else [0, 1] units (0.3)
+    levels = all(abs(r["eps"] * 255 - round(r["eps"] * 255)) < 1e-6 for r in rows)
+    scale, xlabel = (255, "ε (grey levels of 255, model-input pixels)") if levels else \
+        (1, "ε (model-input pixels, [0, 1] range)")
+    for attack in attacks:
+        pts = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["eps"])
+        eps = [r["eps"] * scale for r in pts]
+        line = axes[0].plot(eps, [r["rank_after"] for r in pts], marker="o", label=attack)[0]
+        axes[0].plot(eps, [r["rank_before"] for r in pts], ":", color=line.get_color())
+        if "recall@1_after" in pts[0]:
+            axes[1].plot(eps, [r["recall@1_after"] for r in pts], marker="o", label=attack,
+                         color=line.get_color())
+        if "shift_after" in pts[0]:
+            axes[2].plot(eps, [r["shift_after"] for r in pts], marker="o", label=attack,
+                         color=line.get_color())
+    titles = ("mean normalized rank after attack (%)\n(dotted: before)",
+              "Recall@1 of the attacked lists (%)", f"embedding shift d(f(x~), f(x)), {metric}")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    return _png(fig)

@@ -1,0 +1,272 @@
+"""``advrank audit``: one model on one collection, everything a reviewer needs in one folder.
+
+Measures retrieval quality (Recall@K, mAP), runs every attack kind (CA+, CA-, QA+, QA- and the
+embedding shift ES by default) at a few eps in model-input pixel units, and writes
+
+* ``report.json`` (through the store: resumable, locked, one cell per finished measurement,
+  so an interrupted audit continues where it stopped): every figure plus the command, seed,
+  commit, hardware and the model/data fingerprints;
+* ``report.html`` (:mod:`advrank.reports.html`): one self-contained page with the tables,
+  the rank-vs-eps plots and Fig. 1-style example panels (recomputed from the seed each time:
+  the adversarial examples are not stored, only their figures).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advrank.attacks.base import AttackKind, make_kinds
+from advrank.attacks.threat import LinfThreatModel
+from advrank.core.checks import check_number
+from advrank.core.metrics import query_metrics
+from advrank.errors import AdvrankError
+from advrank.experiments.grid import cell_key, selection_seed
+from advrank.experiments.protocol import attack_batches, check_batch_size, run_attack
+from advrank.experiments.store import Store
+from advrank.experiments.target import Target
+
+AUDIT_FORMAT = "advrank-audit"
+REPORT_JSON, REPORT_HTML = "report.json", "report.html"
+#: eps for natural images, in [0, 1] pixel units of the model's input
+DEFAULT_AUDIT_EPS = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
+AUDIT_ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
+DEFAULT_NUM_ATTACKS = 200
+RECALL_KS = (1, 2, 4, 8)
+
+
+@dataclass
+class AuditConfig:
+    """What an audit runs. ``num_attacks`` None: min(200, |X|) per (attack, eps) cell;
+    ``steps``/``step_size`` None: the paper's eta/alpha for each eps; ``examples``: panels per
+    attack (at the largest eps) showing the ``top`` results before and after;
+    ``max_queries``: retrieval is measured with at most this many queries (a seeded sample
+    of X, each left out of its own list) unless the collection has a query split."""
+
+    eps_values: Sequence[float] = DEFAULT_AUDIT_EPS
+    attacks: Sequence[str] = AUDIT_ATTACKS
+    k: int = 1
+    num_attacks: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    steps: int | None = None
+    step_size: float | None = None
+    examples: int = 1
+    top: int = 5
+    max_queries: int = 5000
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, gallery_size: int | None = None) -> dict[str, AttackKind]:
+        """Check every setting (before any work); returns the attack kinds."""
+        if not self.eps_values:
+            raise AdvrankError("give at least one eps value")
+        for eps in self.eps_values:
+            LinfThreatModel(float(eps), self.step_size, self.steps)  # range checks, one line
+        check_number(self.k, "k (w/m)", low=1, integer=True)
+        check_number(self.examples, "examples per attack", low=0, high=20, integer=True)
+        check_number(self.top, "results shown per list", low=1, high=50, integer=True)
+        check_number(self.max_queries, "max queries", low=1, integer=True)
+        check_batch_size(self.batch_size)
+        if self.num_attacks is not None:
+            check_number(self.num_attacks, "number of attacks", low=1, integer=True)
+        return make_kinds(list(self.attacks), self.options)
+
+    def attacks_for(self, n: int) -> int:
+        """T per cell: as asked, or min(200, |X|)."""
+        return min(DEFAULT_NUM_ATTACKS, n) if self.num_attacks is None else int(self.num_attacks)
+
+
+def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, Any]:
+    """Recall@1/2/4/8 and mAP (%): the query split against the gallery, or members of X as
+    queries left out of their own lists (a seeded sample of ``max_queries`` when X is larger)."""
+    g = target.gallery
+    n = len(g)
+    if target.queries is not None:
+        q_emb, q_labels = target.queries
+        own, mode = None, "query split vs gallery"
+    else:
+        idx = torch.arange(n)
+        if n > max_queries:
+            idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_queries]
+            idx = idx.sort().values
+        dev = g.embeddings.device
+        q_emb, q_labels, own = g.embeddings[idx.to(dev)], g.labels[idx.to(dev)], idx
+        mode = "each member of X vs the rest" + (" (a seeded sample)" if n > max_queries else "")
+    figures = query_metrics(q_emb, q_labels, g.embeddings, g.labels, g.distance, RECALL_KS, own)
+    return {**figures, "queries": int(q_labels.numel()), "query_mode": mode,
+            "gallery_size": n, "classes": int(g.labels.unique().numel())}
+
+
+def _threat(config: AuditConfig, eps: float, kind: AttackKind) -> LinfThreatModel:
+    return LinfThreatModel(float(eps), config.step_size, config.steps, kind.random_start)
+
+
+def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
+               t: int, progress: bool, log: Callable[[str], None]) -> None:
+    todo = [(a, e) for a in kinds for e in config.eps_values
+            if cell_key(a, e, config.k) not in st]
+    if todo:
+        log(f"audit: {len(todo)} attack cells to run ({len(st.cells) - 1} already done), "
+            f"T = {t}, |X| = {len(target.gallery)}")
+    selections: dict[str, tuple] = {}
+    for attack, eps in todo:
+        kind = kinds[attack]
+        if attack not in selections:  # one draw per attack, shared by its eps rows
+            selections[attack] = (kind.select(target.gallery, config.k, t,
+                                              selection_seed(config.seed, attack, config.k)), {})
+        selection, clean_cache = selections[attack]
+        result = run_attack(target.model, target.gallery, kind, float(eps), config.k, t,
+                            seed=config.seed, batch_size=config.batch_size,
+                            threat=_threat(config, eps, kind), selection=selection,
+                            progress=progress, clean_cache=clean_cache)
+        summary = result.summary()
+        st.put(cell_key(attack, eps, config.k), summary)
+        log(f"  {attack} eps={eps:.4g}: rank {summary['rank_before']:.1f} -> "
+            f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)")
+
+
+def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
+              record: dict[str, Any] | None = None, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the audit into ``out_dir``; returns the summary that ``--json``
+    prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...)."""
+    from advrank.reports.html import audit_html
+
+    config = config or AuditConfig()
+    log = log or ((lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None))
+    kinds = config.validate()
+    n = len(target.gallery)
+    t = config.attacks_for(n)
+    if t > n:
+        raise AdvrankError(f"{t} attacks requested but the gallery has only {n} items")
+    fingerprints = fingerprints_of(target)
+    identity = {"fingerprint": target.fingerprint, **fingerprints, "metric":
+                target.meta.get("metric"), "gallery_size": n, "num_attacks": t,
+                "seed": config.seed, "k": config.k, "steps": config.steps,
+                "step_size": config.step_size, "options": {
+                    a: kind.options for a, kind in kinds.items()}}
+    settings = {k: v for k, v in asdict(config).items() if k != "options"}
+    with Store(out_dir, REPORT_JSON, AUDIT_FORMAT, identity,
+               {**(record or {}), "audit": settings}) as st:
+        if "retrieval" not in st:
+            st.put("retrieval", retrieval_figures(target, config.max_queries, config.seed))
+        _run_cells(target, st, kinds, config, t, progress, log)
+        panels = example_panels(target, kinds, config, t)
+        summary = audit_summary(st, kinds, config, target)
+        st.extra = {"summary": summary, "examples": [p["figures"] for p in panels]}
+        st.flush()
+        st.write_text(REPORT_HTML, audit_html(st.content(), panels))
+    return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
+            "report_json": str(Path(out_dir) / REPORT_JSON)}
+
+
+def fingerprints_of(target: Target) -> dict[str, str]:
+    """SHA-256 of the model's weights and of the collection (computed if loading did not)."""
+    from advrank.models.weights import state_fingerprint
+
+    return {"model_sha": target.info.get("model_sha") or state_fingerprint(target.model),
+            "data_sha": target.info.get("data_sha") or target.dataset.fingerprint()}
+
+
+def audit_summary(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
+                  target: Target) -> dict[str, Any]:
+    """The figures a reader wants first: retrieval, and one row per (attack, eps) cell."""
+    retrieval = st.get("retrieval")
+    rows = []
+    for attack in kinds:
+        for eps in config.eps_values:
+            cell = st.get(cell_key(attack, eps, config.k))
+            rows.append({"attack": attack, "eps": float(eps), "k": config.k,
+                         "direction": kinds[attack].direction,
+                         **{key: cell[key] for key in cell if key.endswith(("_before",
+                            "_after", "_se", "_max"))}, "num_attacks": cell["num_attacks"],
+                         "seconds": cell["seconds"]})
+    return {"recall@1": retrieval["recall@1"], "map": retrieval["map"],
+            "gallery_size": retrieval["gallery_size"], "retrieval": retrieval,
+            "unreadable_images": target.info.get("unreadable_images", 0),
+            "unreadable": target.info.get("unreadable", []), "attacks": rows}
+
+
+@torch.no_grad()
+def _ranked(target: Target, view, top: int) -> tuple[list[int], dict[int, int]]:
+    """The first ``top`` members of a view's ranking list and the 0-based rank of each
+    highlighted member (members strictly closer than it, exclusions left out)."""
+    g = target.gallery
+    q = view.query_emb.to(g.device)[None]
+    d = g.distance.pairwise(q, g.embeddings)[0].clone()
+    if view.replace is not None:
+        i, e = view.replace
+        d[i] = g.distance.paired(q[0], e.to(g.device))
+    if view.exclude:
+        d[torch.tensor(view.exclude, device=g.device)] = float("inf")
+    order = d.argsort()
+    ranks = {h: int((d < d[h]).sum()) for h in view.highlight}
+    return order[:top].tolist(), ranks
+
+
+def example_panels(target: Target, kinds: dict[str, AttackKind], config: AuditConfig,
+                   t: int) -> list[dict[str, Any]]:
+    """Fig. 1-style examples at the largest eps: the first ``examples`` attacks of each kind's
+    selection, re-run exactly as in the measured cell (same draw, same keyed random start).
+    Each panel: ``images`` (tensors for the page) and ``figures`` (what report.json keeps)."""
+    if config.examples == 0:
+        return []
+    g, eps = target.gallery, max(float(e) for e in config.eps_values)
+    panels = []
+    for attack, kind in kinds.items():
+        if type(kind).view is AttackKind.view:  # a plugin kind without example views
+            continue
+        selection = kind.select(g, config.k, t, selection_seed(config.seed, attack, config.k))
+        part = selection.slice(0, min(config.examples, t))
+        _, adv = next(attack_batches(target.model, g, kind, _threat(config, eps, kind), part,
+                                     config.seed, len(part)))
+        with torch.no_grad():
+            after = target.model(adv)
+        before = g.embeddings[part.anchors.to(g.device)]
+        clean = g.images(part.anchors)
+        for i in range(len(part)):
+            one = part.slice(i, i + 1)
+            panels.append(_panel(target, kind, one, eps, clean[i], adv[i], before[i : i + 1],
+                                 after[i : i + 1], config.top))
+    return panels
+
+
+def _panel(target: Target, kind: AttackKind, part, eps: float, clean: torch.Tensor,
+           adv: torch.Tensor, before: torch.Tensor, after: torch.Tensor, top: int) -> dict:
+    g = target.gallery
+    ds = g.dataset
+    n = len(g)
+
+    def item(i: int) -> dict[str, Any]:
+        label = int(g.labels[i])
+        return {"index": int(i), "name": ds.item_name(i), "label": ds.label_name(label)}
+
+    lists, ranks = {}, {}
+    for when, emb in (("before", before), ("after", after)):
+        view = kind.view(g, part, emb)
+        lists[when], ranks[when] = _ranked(target, view, top)
+    anchor = int(part.anchors[0])
+    m_before, m_after = kind.measure(g, part, before), kind.measure(g, part, after)
+    figures = {
+        "attack": kind.name, "eps": eps, "anchor": item(anchor),
+        "query": None if view.query is None else item(view.query),
+        "targets": [{**item(h), "rank_before": ranks["before"][h],
+                     "rank_after": ranks["after"][h]} for h in view.highlight],
+        "top_before": [{**item(i), "rank": r} for r, i in enumerate(lists["before"])],
+        "top_after": [{**item(i), "rank": r} for r, i in enumerate(lists["after"])],
+        "measure_before": {k: float(v[0]) for k, v in m_before.items()},
+        "measure_after": {k: float(v[0]) for k, v in m_after.items()},
+        "linf": float((adv - clean).abs().max()), "gallery_size": n,
+        "description": kind.description, "direction": kind.direction,
+    }
+    idx = sorted({*lists["before"], *lists["after"], *view.highlight,
+                  *([view.query] if view.query is not None else [])})
+    thumbs = dict(zip(idx, g.images(torch.tensor(idx)).cpu(), strict=True))
+    replaced = view.replace[0] if view.replace is not None else None
+    return {"figures": figures, "images": {"clean": clean.cpu(), "adversarial": adv.cpu(),
+                                           "thumbs": thumbs, "replaced": replaced}}

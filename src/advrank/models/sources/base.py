@@ -1,0 +1,299 @@
+"""What every model source gives and what advrank wraps around it.
+
+A source (one module per library, registered in :data:`advrank.registry.MODEL_SOURCES`) turns
+its argument (``resnet50`` in ``timm:resnet50``) into a :class:`SourceNet`: the network and its
+data config (timm's keys: ``input_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``).
+:func:`load_source_model` then builds the :class:`ExternalEmbedder` every command uses:
+
+    images [B, C, H, W] in [0, 1] -> Normalize(mean, std) -> network -> pool -> (projection)
+    -> embeddings [B, D]
+
+The resize/crop of the data config is the embedder's ``geometry``, applied when pictures are
+read (see :mod:`advrank.data.geometry` for why: eps is in model-input pixels).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advrank.core.io import file_sha256
+from advrank.data.geometry import Geometry, geometry_from_config
+from advrank.errors import AdvrankError
+from advrank.models.base import Normalize
+from advrank.models.weights import read_state_dict
+from advrank.registry import MODEL_SOURCES
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: a source that does not know its preprocessing (TorchScript, a plain nn.Module) gets this
+DEFAULT_CONFIG = {"input_size": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                  "crop_pct": 0.875, "interpolation": "bilinear"}
+RANDOM_INIT_SEED = 0
+
+
+@dataclass
+class SourceOptions:
+    """How to turn a source into an embedder. ``weights``: a state_dict ``.pt``/``.pth`` (read
+    with ``weights_only``) or ``.safetensors`` (None: random weights, for testing);
+    ``layer``: embed with this module's output (pooled) instead of the pooled features;
+    ``embed_dim``: add a linear projection head to that size; ``input_size`` (H = W), ``mean``,
+    ``std``: override the model's data config."""
+
+    weights: str | None = None
+    layer: str | None = None
+    embed_dim: int | None = None
+    input_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+@dataclass
+class SourceNet:
+    """What a source builds: the network, its data config, what to record about it, the key
+    prefixes a full weights file nests this network under (``visual.`` in a CLIP file), and
+    the modules removed from it whose tensors a weights file may hold (``fc``: the classifier
+    of an ImageNet checkpoint, ignored rather than refused)."""
+
+    net: nn.Module
+    config: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+    prefixes: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+def require(module: str, package: str, source: str):
+    """Import an optional library, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise AdvrankError(f"model source {source!r} needs the package {package} ({exc}); "
+                           "install it with: pip install 'advrank[zoo]'") from None
+
+
+def unknown_name(source: str, name: str, known: list[str]) -> AdvrankError:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return AdvrankError(f"{source} has no model {name!r}"
+                        + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
+def build_with_size(factory: Callable[..., nn.Module], size_kw: str, size: int | None,
+                    **kwargs) -> nn.Module:
+    """``factory(**kwargs)`` with ``size_kw=size`` when a size is asked for and the
+    architecture takes one (ViTs fix their input size when built; CNNs take any size)."""
+    if size is not None:
+        try:
+            return factory(**kwargs, **{size_kw: size})
+        except TypeError as exc:
+            if size_kw not in str(exc):
+                raise
+    return factory(**kwargs)
+
+
+class _Reached(Exception):
+    """Raised by the layer hook: the embedding layer is reached, the rest need not run."""
+
+
+def pool(features: torch.Tensor, where: str) -> torch.Tensor:
+    """Feature maps ``[B, C, H, W]`` (spatial mean), tokens ``[B, N, C]`` (mean over tokens) or
+    vectors ``[B, D]`` -> ``[B, D]``."""
+    if not isinstance(features, torch.Tensor):
+        raise AdvrankError(f"{where} returns {type(features).__name__}, not a tensor; wrap it "
+                           "so that it returns [B, D] embeddings (or name a --layer)")
+    if features.dim() == 4:
+        return features.mean(dim=(2, 3))
+    if features.dim() == 3:
+        return features.mean(dim=1)
+    if features.dim() == 2:
+        return features
+    raise AdvrankError(f"{where} returns shape {list(features.shape)}; expected [B, D], "
+                       "[B, N, D] or [B, C, H, W]")
+
+
+class ExternalEmbedder(nn.Module):
+    """``[B, C, H, W]`` in [0, 1] -> ``[B, D]``: normalisation, the network (up to ``layer``),
+    pooling, optional projection. ``geometry`` says how pictures become its inputs."""
+
+    def __init__(self, net: nn.Module, geometry: Geometry, mean, std, layer: str | None,
+                 where: str):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+        self.projection: nn.Linear | None = None
+        self.geometry, self.image_shape = geometry, geometry.input_size
+        self.layer, self.where, self.embed_dim = layer, where, 0
+        self._grabbed: torch.Tensor | None = None
+        if layer:
+            try:
+                module = net.get_submodule(layer)
+            except AttributeError:
+                names = [n for n, _ in net.named_modules() if n][:8]
+                raise AdvrankError(f"{where} has no layer {layer!r}; its layers are named like "
+                                   f"{', '.join(names)} ...") from None
+            module.register_forward_hook(self._grab)
+
+    def _grab(self, module, inputs, output):
+        self._grabbed = output
+        raise _Reached  # stop the forward pass: what follows the layer is not needed
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, F]`` of normalised inputs."""
+        if not self.layer:
+            return pool(self.net(x), self.where)
+        try:
+            self.net(x)
+        except _Reached:
+            pass
+        out, self._grabbed = self._grabbed, None
+        if out is None:
+            raise AdvrankError(f"{self.where}: layer {self.layer!r} did not run")
+        return pool(out[0] if isinstance(out, tuple) else out, f"layer {self.layer!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(self.normalize(x))
+        return f if self.projection is None else self.projection(f)
+
+    @torch.no_grad()
+    def probe(self) -> int:
+        """Run two blank images through; returns the feature size, or refuses a model that
+        fails on its own input size or returns non-finite values."""
+        self.eval()
+        x = torch.zeros(2, *self.image_shape)
+        try:
+            f = self.features(self.normalize(x))
+        except AdvrankError:
+            raise
+        except Exception as exc:
+            raise AdvrankError(f"{self.where} fails on a {list(x.shape)} input: "
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        if f.shape[0] != 2 or not torch.isfinite(f).all():
+            raise AdvrankError(f"{self.where} returns {list(f.shape)} (or non-finite values) for "
+                               f"a {list(x.shape)} input")
+        return int(f.shape[1])
+
+
+def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def load_embedder_weights(model: ExternalEmbedder, path: str, built: SourceNet,
+                          log: Callable[[str], None]) -> str:
+    """Load a weights file into ``model``; returns how the projection head was set
+    (``none``, ``loaded`` or ``random``).
+
+    The file is either the network's own state_dict or an embedder's (keys ``net.*`` and
+    ``projection.*``). It must hold every tensor of the network with its shape, and nothing
+    else but the modules the source removed (a classifier head, ignored with a note): anything
+    else is another architecture (ResNet-34 weights hold all of ResNet-18's names), refused.
+    """
+    state = read_state_dict(path)
+    if any(k.startswith("net.") for k in state):
+        net_state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+        head = {k[11:]: v for k, v in state.items() if k.startswith("projection.")}
+    else:
+        net_state, head = _strip(state, built.prefixes), {}
+    own = model.net.state_dict()
+    missing = [k for k in own if k not in net_state]
+    wrong = [f"{k} is {list(net_state[k].shape)}, expected {list(own[k].shape)}"
+             for k in own if k in net_state and net_state[k].shape != own[k].shape]
+    unused = [k for k in net_state if k not in own]
+    removed = tuple(f"{m}." for m in built.removed)
+    foreign = [k for k in unused if not k.startswith(removed)]
+    if missing or wrong or foreign:
+        detail = "; ".join(wrong[:2] + [f"missing {k}" for k in missing[:2]]
+                           + [f"no {k} in the model" for k in foreign[:2]])
+        raise AdvrankError(f"weights in {path} do not fit {model.where}: {len(missing)} of its "
+                           f"{len(own)} tensors missing, {len(wrong)} of another shape, "
+                           f"{len(foreign)} it does not have ({detail})")
+    model.net.load_state_dict({k: net_state[k] for k in own})
+    if unused:
+        log(f"{path}: ignored {len(unused)} tensors of the removed "
+            f"{'/'.join(built.removed)} (e.g. {', '.join(unused[:2])})")
+    if model.projection is None:
+        return "none"
+    if not head:
+        log(f"{path} has no projection.* tensors: the projection head is random (seed "
+            f"{RANDOM_INIT_SEED})")
+        return "random"
+    try:
+        model.projection.load_state_dict(head)
+    except RuntimeError as exc:
+        raise AdvrankError(f"projection weights in {path} do not fit a "
+                           f"{model.projection.in_features} -> {model.projection.out_features} "
+                           f"head: {str(exc).splitlines()[0][:200]}") from None
+    return "loaded"
+
+
+def _normalisation(config: dict, options: SourceOptions, channels: int, where: str):
+    mean = tuple(options.mean if options.mean is not None else config.get("mean", IMAGENET_MEAN))
+    std = tuple(options.std if options.std is not None else config.get("std", IMAGENET_STD))
+    if len(mean) != channels or len(std) != channels:
+        raise AdvrankError(f"{where}: mean/std need {channels} values (one per channel), got "
+                           f"{len(mean)}/{len(std)}")
+    if any(s <= 0 for s in std):
+        raise AdvrankError(f"{where}: std must be positive, got {list(std)}")
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def parse_source(spec: str) -> tuple[str, str]:
+    """``"timm:resnet50"`` -> ``("timm", "resnet50")``; refuses unknown sources (one line)."""
+    if not isinstance(spec, str):
+        raise AdvrankError(f"a model source must be a string, got {type(spec).__name__}")
+    name, sep, arg = spec.partition(":")
+    entry = MODEL_SOURCES.entry(name)
+    if not sep or not arg:
+        raise AdvrankError(f"model source {name!r} needs an argument: "
+                           f"{name}:{entry.info.get('argument', 'NAME')}")
+    return entry.name, arg
+
+
+def load_source_model(spec: str, options: SourceOptions | None = None,
+                      log: Callable[[str], None] | None = None
+                      ) -> tuple[ExternalEmbedder, dict[str, Any]]:
+    """Build the embedder for ``spec`` (``SOURCE:ARGUMENT``), in eval mode on the CPU, and what
+    results record about it. Without ``options.weights`` the weights are random but the same
+    every run (seeded), so caches and resumed runs stay valid."""
+    options = options or SourceOptions()
+    log = log or (lambda msg: print(f"advrank: {msg}", file=sys.stderr))
+    name, arg = parse_source(spec)
+    entry = MODEL_SOURCES.entry(name)
+    if options.layer and not entry.info.get("supports_layer", True):
+        raise AdvrankError(f"--layer is not available for {name} models")
+    if options.weights is not None and not Path(options.weights).is_file():
+        raise AdvrankError(f"weights file {options.weights} does not exist")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        built = entry.obj(arg, options)
+        config = {**DEFAULT_CONFIG, **{k: v for k, v in built.config.items() if v is not None}}
+        geometry = geometry_from_config(config, options.input_size)
+        mean, std = _normalisation(config, options, geometry.input_size[0], spec)
+        model = ExternalEmbedder(built.net, geometry, mean, std, options.layer, spec)
+        feature_dim = model.probe()
+        if options.embed_dim is not None:
+            model.projection = nn.Linear(feature_dim, int(options.embed_dim))
+    projection = "random" if model.projection is not None else "none"
+    if options.weights is not None:
+        projection = load_embedder_weights(model, options.weights, built, log)
+    else:
+        log(f"{spec}: no --weights given, using random weights (seed {RANDOM_INIT_SEED}); "
+            "fine for testing, meaningless as an audit of a real model")
+    model.embed_dim = int(options.embed_dim or feature_dim)
+    model.probe()  # the loaded weights must give finite embeddings too
+    info = {"model": spec, "weights": options.weights,
+            "weights_sha": file_sha256(options.weights) if options.weights else None,
+            "random_weights": options.weights is None, "layer": options.layer,
+            "feature_dim": feature_dim, "embed_dim": model.embed_dim, "projection": projection,
+            "geometry": geometry.describe(), "mean": mean, "std": std, **built.info}
+    return model.eval(), info

@@ -1,0 +1,237 @@
+"""The audit's ``report.html``: one self-contained page (every image inlined as a ``data:``
+PNG, the style inline, no script, and a Content-Security-Policy that forbids any network
+access), readable offline and safe to mail around.
+
+Sections: what was audited, retrieval quality, the attack table, the plots, Fig. 1-style
+example panels (query, amplified perturbation, adversarial image, top results before and
+after with their ranks and labels) and provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+       "base-uri 'none'; form-action 'none'")
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
+max-width:1180px;color:#1d232b;padding:0 16px;line-height:1.45}
+h1{font-size:1.55em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #dde2e8;
+padding-bottom:.2em;font-size:1.2em}.sub{color:#5a6572;margin-top:0}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #d5dbe2;padding:4px 9px;text-align:right}
+th{background:#f2f5f8}td.l,th.l{text-align:left}
+.kpi{display:flex;gap:14px;flex-wrap:wrap;margin:1em 0}
+.kpi div{background:#f2f5f8;border-radius:8px;padding:10px 16px;min-width:130px}
+.kpi b{display:block;font-size:1.5em}.warn{color:#a34b00}
+.panel{border:1px solid #d5dbe2;border-radius:8px;padding:10px 14px;margin:14px 0}
+.panel h3{margin:.1em 0 .4em;font-size:1.05em}
+.row{display:flex;gap:8px;align-items:flex-start;flex-wrap:wrap;margin:6px 0}
+.rowlabel{width:70px;font-weight:600;padding-top:36px;font-size:.9em}
+figure{margin:0;width:100px;text-align:center;font-size:.75em;color:#3b4550}
+figure img{width:96px;height:96px;object-fit:contain;border:2px solid #fff;
+background:#eef1f4}
+figure.hit img{border-color:#d0312d}figure.hit figcaption{color:#d0312d;font-weight:600}
+img.pix{image-rendering:pixelated}.plot{max-width:100%}
+figcaption{overflow-wrap:anywhere}code{font-size:.9em}
+.note{color:#5a6572;font-size:.88em}.gap{padding-top:36px;color:#5a6572}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def eps_text(eps: float) -> str:
+    """``8/255 (0.0314)`` when eps is a whole number of grey levels, else ``0.03``."""
+    levels = Fraction(eps).limit_denominator(255) * 255
+    if eps > 0 and levels.denominator == 1 and abs(float(levels) / 255 - eps) < 1e-9:
+        return f"{levels.numerator}/255 ({eps:.4f})"
+    return f"{eps:g}"
+
+
+def png_data(image: torch.Tensor) -> str:
+    """``[C, H, W]`` in [0, 1] -> a ``data:image/png;base64,...`` URI."""
+    from PIL import Image
+
+    x = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    array = x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(image: torch.Tensor, alt: str, caption: str, hit: bool = False) -> str:
+    pix = ' class="pix"' if image.shape[-1] < 96 else ""
+    return (f'<figure{" class=hit" if hit else ""}><img{pix} src="{png_data(image)}" '
+            f'alt="{esc(alt)}" title="{esc(alt)}"><figcaption>{caption}</figcaption></figure>')
+
+
+def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    head = "".join(f'<th{" class=l" if i < left else ""}>{h}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td{" class=l" if i < left else ""}>{c}</td>'
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _header(report: dict) -> str:
+    cfg, s = report["config"], report["summary"]
+    model = cfg.get("model") or cfg.get("checkpoint") or cfg.get("arch")
+    data = cfg.get("data") or cfg.get("dataset")
+    warn = ""
+    if cfg.get("defense"):
+        eps = cfg.get("defense_eps")
+        warn = (f"<p>Defended model: {esc(cfg['defense'])} adversarial training"
+                + (f" at ε = {esc(eps_text(eps))}" if eps is not None else "") + ".</p>")
+    if cfg.get("random_weights"):
+        warn = ('<p class="warn">This model has random weights (no --weights was given): the '
+                'figures test the tooling, not a real model.</p>')
+    bad = s.get("unreadable_images", 0)
+    kpis = [("Recall@1", f"{s['recall@1']:.1f}%"), ("mAP", f"{s['map']:.1f}%"),
+            ("gallery |X|", f"{s['gallery_size']:,}"), ("unreadable images skipped", f"{bad}")]
+    kpi = "".join(f"<div>{esc(k)}<b>{esc(v)}</b></div>" for k, v in kpis)
+    return (f"<h1>advrank audit: {esc(model)}</h1><p class=sub>on <code>{esc(data)}</code>, "
+            f"{esc(cfg.get('metric'))} distance, {esc(cfg.get('date', ''))}</p>{warn}"
+            f'<div class="kpi">{kpi}</div>')
+
+
+def _retrieval(report: dict) -> str:
+    r = report["summary"]["retrieval"]
+    ks = [k for k in r if k.startswith("recall@")]
+    rows = [[esc(r["query_mode"]), f"{r['queries']:,}", f"{r['classes']:,}"]
+            + [f"{r[k]:.2f}" for k in ks] + [f"{r['map']:.2f}"]]
+    return ("<h2>Retrieval quality</h2>" + _table(
+        ["queries", "#queries", "classes", *[k.replace("recall", "R") + " (%)" for k in ks],
+         "mAP (%)"], rows))
+
+
+def _attacks(report: dict, descriptions: dict[str, str]) -> str:
+    rows_in = report["summary"]["attacks"]
+    attacks = list(dict.fromkeys(r["attack"] for r in rows_in))
+    eps_values = sorted({r["eps"] for r in rows_in})
+    rows = []
+    for a in attacks:
+        cells = {r["eps"]: r for r in rows_in if r["attack"] == a}
+        first = cells[eps_values[0]]
+        row = [f"<b>{esc(a)}</b>", f"{first['rank_before']:.1f}"]
+        for e in eps_values:
+            c = cells[e]
+            row.append(f"{c['rank_after']:.1f} ± {c.get('rank_after_se', 0):.1f}"
+                       + (f"<br><span class=note>R@1 {c['recall@1_after']:.0f}%</span>"
+                          if "recall@1_after" in c else ""))
+        rows.append(row)
+    t = rows_in[0]["num_attacks"] if rows_in else 0
+    legend = "".join(f"<li><b>{esc(a)}</b>: {esc(descriptions.get(a, ''))} "
+                     f"({'lower' if _direction(rows_in, a) == 'down' else 'higher'} rank = "
+                     "attack succeeds)</li>" for a in attacks)
+    return ("<h2>Attacks</h2><p>Mean normalized rank (% of |X|, ± standard error) of the "
+            f"attacked items over T = {t} attacks per cell, before and after an L∞ attack of "
+            "budget ε in model-input pixels; under each, Recall@1 of the attacked ranking "
+            "lists.</p>" + _table(["attack", "before", *[f"ε = {esc(eps_text(e))}"
+                                                         for e in eps_values]], rows)
+            + f"<ul class=note>{legend}</ul>")
+
+
+def _direction(rows: list[dict], attack: str) -> str:
+    return next((r.get("direction", "down") for r in rows if r["attack"] == attack), "down")
+
+
+def _panel(panel: dict) -> str:
+    f, im = panel["figures"], panel["images"]
+    eps, n = f["eps"], f["gallery_size"]
+    thumbs, replaced = im["thumbs"], im["replaced"]
+    hits = {t["index"] for t in f["targets"]}
+    amp = 0.5 / eps if eps > 0 else 1.0
+    perturbation = ((im["adversarial"] - im["clean"]) * amp + 0.5).clamp(0, 1)
+    anchor = f["anchor"]
+    top = []
+    if f["query"] is not None:
+        q = f["query"]
+        top.append(_img(thumbs[q["index"]], q["name"], f"query q<br>{esc(q['label'])}"))
+    top += [_img(im["clean"], anchor["name"], f"original<br>{esc(anchor['label'])}"),
+            _img(perturbation, "perturbation", f"perturbation ×{amp:.0f}<br>(L∞ "
+                 f"{f['linf'] * 255:.1f}/255)"),
+            _img(im["adversarial"], "adversarial", "adversarial<br>(attacked image)")]
+    lists = []
+    for when in ("before", "after"):
+        figs = []
+        for entry in f[f"top_{when}"]:
+            i = entry["index"]
+            image = im["adversarial"] if (when == "after" and i == replaced) else thumbs[i]
+            figs.append(_img(image, entry["name"], f"#{entry['rank'] + 1} {esc(entry['label'])}",
+                             hit=i in hits))
+        shown = {entry["index"] for entry in f[f"top_{when}"]}
+        for t in [t for t in f["targets"] if t["index"] not in shown][:3]:  # where they are
+            i = t["index"]
+            image = im["adversarial"] if (when == "after" and i == replaced) else thumbs[i]
+            figs.append('<span class="gap">…</span>' + _img(
+                image, t["name"], f"#{t[f'rank_{when}'] + 1} {esc(t['label'])}", hit=True))
+        lists.append(f'<div class="row"><span class="rowlabel">{when}</span>{"".join(figs)}</div>')
+    targets = "; ".join(
+        f"{esc(t['name'])} ({esc(t['label'])}): #{t['rank_before'] + 1} → #{t['rank_after'] + 1}"
+        for t in f["targets"][:10])
+    mb, ma = f["measure_before"], f["measure_after"]
+    return (f'<div class="panel"><h3>{esc(f["attack"])} at ε = {esc(eps_text(eps))}: rank '
+            f"{mb['rank']:.1f}% → {ma['rank']:.1f}% of |X| = {n:,}</h3>"
+            f'<div class=note>{esc(f["description"])}; attacked image '
+            f"<code>{esc(anchor['name'])}</code>. Targets (red): {targets}</div>"
+            f'<div class="row">{"".join(top)}</div>{"".join(lists)}</div>')
+
+
+def _provenance(report: dict) -> str:
+    cfg = report["config"]
+    keys = ("command", "seed", "commit", "hardware", "date", "model", "weights", "weights_sha",
+            "checkpoint", "checkpoint_file_sha", "model_sha", "data", "dataset", "data_sha",
+            "fingerprint", "geometry", "mean", "std", "layer", "projection", "library")
+    rows = [[esc(k), f"<code>{esc(cfg[k])}</code>"] for k in keys if cfg.get(k) is not None]
+    return "<h2>Provenance</h2>" + _table(["field", "value"], rows, left=2)
+
+
+def _unreadable(report: dict) -> str:
+    s = report["summary"]
+    if not s.get("unreadable_images"):
+        return ""
+    items = "".join(f"<li><code>{esc(u['item'])}</code>: {esc(u['error'])}</li>"
+                    for u in s.get("unreadable", [])[:100])
+    return (f"<h2>Unreadable images ({s['unreadable_images']})</h2><p>These pictures could not "
+            f"be decoded and were left out of X:</p><ul class=note>{items}</ul>")
+
+
+def audit_html(report: dict, panels: list[dict]) -> str:
+    """The page for a ``report.json`` content and the example panels of
+    :func:`advrank.experiments.audit.example_panels`."""
+    from advrank.registry import ATTACKS
+    from advrank.reports.plots import audit_png
+
+    s, cfg = report["summary"], report["config"]
+    attacks = list(dict.fromkeys(r["attack"] for r in s["attacks"]))
+    descriptions = {a: ATTACKS.get(a).description for a in attacks if a in ATTACKS}
+    plot = png_data_bytes(audit_png(s["attacks"], attacks, str(cfg.get("metric"))))
+    size = cfg.get("geometry", {}).get("input_size") if isinstance(cfg.get("geometry"), dict) \
+        else None
+    pixel_note = ("ε is measured in pixels of the image the model receives"
+                  + (f" ({'×'.join(map(str, size))}, after resizing and cropping)" if size
+                     else "") + ", in [0, 1] units: 8/255 = 8 grey levels.")
+    body = (_header(report) + _retrieval(report) + _attacks(report, descriptions)
+            + f'<p class=note>{esc(pixel_note)}</p><h2>Rank vs ε</h2><img class="plot" '
+            f'src="{plot}" alt="rank vs eps plots">'
+            + "<h2>Examples</h2><p class=note>Each panel: the attacked image, its perturbation "
+            "(amplified to the full grey range) and the adversarial image; then the top results "
+            "before and after the attack (#rank, label; the attack's targets framed red).</p>"
+            + "".join(_panel(p) for p in panels) + _unreadable(report) + _provenance(report))
+    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            '<meta name=viewport content="width=device-width,initial-scale=1">'
+            f"<title>advrank audit</title><style>{STYLE}</style></head><body>{body}"
+            "<p class=note>Made by advrank; the numbers are in report.json.</p></body></html>\n")
+
+
+def png_data_bytes(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

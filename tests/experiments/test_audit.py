@@ -1,0 +1,118 @@
+"""The audit experiment on a digits checkpoint: the figures, report.json's fields, the HTML
+page (self-contained), resuming an interrupted audit and refusing other settings."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import torch
+
+from advrank.errors import AdvrankError
+from advrank.experiments import audit as audit_module
+from advrank.experiments.audit import AuditConfig, run_audit
+from advrank.experiments.target import load_target
+from advrank.models import create_model
+from advrank.models.checkpoint import save_checkpoint
+
+ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
+
+
+@pytest.fixture(scope="module")
+def digits_target(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
+    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    save_checkpoint(path, model, {"dataset": "digits", "arch": "c2f1", "metric": "cosine",
+                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
+                                  "std": [0.38]})
+    return load_target(path, "cpu")
+
+
+def _config(**kw):
+    return AuditConfig(**{"eps_values": [0.1, 0.3], "num_attacks": 4, "steps": 2,
+                          "examples": 1, "top": 3, **kw})
+
+
+def test_audit_figures_report_and_page(digits_target, tmp_path, inspect_page):
+    out = tmp_path / "audit"
+    summary = run_audit(digits_target, out, _config(), digits_target.record(0))
+    assert summary["gallery_size"] == 719 and 0 < summary["recall@1"] <= 100
+    assert 0 < summary["map"] <= 100 and summary["unreadable_images"] == 0
+    rows = summary["attacks"]
+    assert [(r["attack"], r["eps"]) for r in rows] == [(a, e) for a in ATTACKS
+                                                       for e in (0.1, 0.3)]
+    for r in rows:
+        assert {"attack", "eps", "k", "rank_before", "rank_after"} <= set(r)
+        assert r["num_attacks"] == 4 and 0 <= r["rank_after"] <= 100
+    es = [r for r in rows if r["attack"] == "ES"]
+    assert es[0]["rank_before"] == 0.0 and es[1]["shift_after"] > es[0]["shift_before"]
+
+    report = json.loads((out / "report.json").read_text())
+    cfg = report["config"]
+    for key in ("command", "seed", "commit", "hardware", "date", "model_sha", "data_sha",
+                "fingerprint", "checkpoint", "metric", "num_attacks", "audit"):
+        assert cfg.get(key) is not None, key
+    assert len(cfg["model_sha"]) == 64 and len(cfg["data_sha"]) == 64
+    assert set(report["cells"]) == {"retrieval"} | {f"{a}|{e:g}|1" for a in ATTACKS
+                                                    for e in (0.1, 0.3)}
+    assert report["summary"]["recall@1"] == summary["recall@1"]
+    assert [e["attack"] for e in report["examples"]] == list(ATTACKS)
+    for example in report["examples"]:
+        assert example["eps"] == 0.3 and len(example["top_after"]) == 3
+        assert example["linf"] <= 0.3 + 1e-6 and example["targets"]
+
+    page = (out / "report.html").read_text()
+    found = inspect_page(page)
+    assert found["urls"] and all(u.startswith("data:image/png;base64,") for u in found["urls"])
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for src in found["images"]:
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    # the plot, then per panel: (query,) original, perturbation, adversarial, the lists
+    expected = 1
+    for e in report["examples"]:
+        expected += 3 + (e["query"] is not None)
+        for when in ("before", "after"):
+            shown = {t["index"] for t in e[f"top_{when}"]}
+            expected += len(shown) + len([t for t in e["targets"][:3] if t["index"] not in shown])
+    assert len(found["images"]) == expected
+    assert found["tags"].count("table") == 3 and page.count('class="panel"') == 5
+
+
+def test_audit_resumes_and_refuses_other_settings(digits_target, tmp_path, monkeypatch):
+    out = tmp_path / "audit"
+    real = audit_module.run_attack
+    calls = []
+
+    def dies_after_three(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(args[2].name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audit_module, "run_attack", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(digits_target, out, _config(examples=0))
+    assert len(json.loads((out / "report.json").read_text())["cells"]) == 1 + 3
+    assert not (out / "report.html").exists()
+    calls.clear()
+    monkeypatch.setattr(audit_module, "run_attack",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = run_audit(digits_target, out, _config(examples=0))
+    assert len(calls) == 7 and len(resumed["attacks"]) == 10
+    calls.clear()
+    run_audit(digits_target, out, _config(examples=0))
+    assert calls == [] and (out / "report.html").is_file()
+    with pytest.raises(AdvrankError, match="other settings.*num_attacks"):
+        run_audit(digits_target, out, _config(num_attacks=5))
+
+
+def test_bad_audit_settings_are_refused_before_work(digits_target, tmp_path):
+    for config, message in [(_config(eps_values=[]), "at least one eps"),
+                            (_config(eps_values=[1.5]), "eps.*<= 1"),
+                            (_config(attacks=["CA+", "XX"]), "unknown attack 'XX'"),
+                            (_config(num_attacks=1000), "1000 attacks requested")]:
+        with pytest.raises(AdvrankError, match=message):
+            run_audit(digits_target, tmp_path / "a", config)
+    assert not (tmp_path / "a" / "report.json").exists()

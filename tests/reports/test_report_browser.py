@@ -1,0 +1,66 @@
+"""The audit's report.html opened in a real browser (headless Chromium): it loads without
+errors and shows its tables and every example image. Skipped, saying so, without Chromium."""
+
+from __future__ import annotations
+
+import pytest
+
+from advrank.reports.browser import check_page, find_chromium, screenshot
+
+pytestmark = pytest.mark.skipif(
+    find_chromium() is None,
+    reason="Chromium is absent (Debian: apt-get install chromium; .ci/run installs it): the "
+           "HTML report is not rendered in a browser")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, image_folder):
+    """An audit of a small python: model on the generated colour pictures."""
+    import textwrap
+
+    from advrank.cli import main
+
+    root = tmp_path_factory.mktemp("browser")
+    (root / "nets.py").write_text(textwrap.dedent('''
+        from torch import nn
+        def build():
+            net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 12))
+            net.data_config = {"input_size": (3, 32, 32), "crop_pct": 1.0}
+            return net
+    '''))
+    out = root / "audit"
+    assert main(["audit", "--model", f"python:{root / 'nets.py'}:build", "--data",
+                 f"imagefolder:{image_folder}", "--out", str(out), "--eps", "4/255,16/255",
+                 "--num-attacks", "4", "--steps", "3", "--device", "cpu", "--quiet"]) == 0
+    return out / "report.html"
+
+
+def test_report_loads_without_errors_and_shows_every_image(report, inspect_page):
+    expected = len(inspect_page(report.read_text())["images"])
+    shown = check_page(report)
+    assert shown["errors"] == [] and shown["broken"] == []
+    assert shown["images"] == expected > 40
+    assert shown["loaded"] == shown["visible"] == expected  # decoded and laid out
+    assert shown["tables"] == 3 and shown["table_rows"] > 10
+    assert shown["panels"] == 5 and shown["title"] == "advrank audit"
+
+
+def test_a_broken_page_is_caught(report, tmp_path):
+    page = report.read_text().replace('src="data:image/png;base64,', 'src="data:image/png;'
+                                      'base64,AAAA', 1)
+    page = page.replace("</body>", '<img src="https://example.com/x.png" alt="ext"></body>')
+    (tmp_path / "broken.html").write_text(page)
+    shown = check_page(tmp_path / "broken.html")
+    assert len(shown["broken"]) == 2 and "ext" in shown["broken"]
+    assert any("https://example.com" in e for e in shown["errors"])  # blocked, never fetched
+
+
+def test_screenshot_is_a_small_png(report, tmp_path):
+    from PIL import Image
+
+    png = screenshot(report, tmp_path / "shot.png", width=1000, height=1200)
+    with Image.open(png) as img:
+        assert img.size == (1000, 1200) and img.format == "PNG"
+        assert len(set(img.convert("RGB").getdata())) > 20  # not a blank page
+    assert png.stat().st_size < 500_000
