@@ -87,7 +87,7 @@ def run_with_kills(argv: list[str], progress: Callable[[], int], total: int,
     between two steps or in the middle of one. A run that finished before its kill (a fast
     machine) does not count: its output is removed and the next one starts over."""
     left: list[int] = []
-    for _ in range(4 * KILLS):
+    for _ in range(6 * KILLS):
         if len(left) == KILLS:
             break
         wait_for = rng.randint(min(max(1, progress()), total - 2), total - 2)
@@ -95,7 +95,7 @@ def run_with_kills(argv: list[str], progress: Callable[[], int], total: int,
         deadline = time.time() + 300
         while proc.poll() is None and progress() < wait_for and time.time() < deadline:
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.1))
+        time.sleep(rng.uniform(0.0, 0.04))  # well under one cell (>= 0.1 s here)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         if progress() >= total:
@@ -126,17 +126,17 @@ def compare_stores(killed: Path, reference: Path) -> None:
 STORE_JOBS = {  # (command line, result file, number of cells)
     "grid": (lambda ck, out: ["grid", "--checkpoint", ck["A"], "--out", out, "--attacks",
                               "CA+,QA-", "--ks", "1", "--eps-values", "0.01,0.03,0.1",
-                              "--num-attacks", "30", "--batch-size", "7", "--device", "cpu",
+                              "--num-attacks", "60", "--batch-size", "7", "--device", "cpu",
                               "--paper", "none"],
              "results.json", 6),
     "curves": (lambda ck, out: ["curves", "--checkpoint", ck["A"], "--checkpoint", ck["B"],
                                 "--out", out, "--eps-values", "0.01", "0.03",
-                                "--num-attacks", "8", "--device", "cpu"],
+                                "--num-attacks", "16", "--device", "cpu"],
                "curves.json", 4),
     "transfer-matrix": (lambda ck, out: ["transfer-matrix", "--checkpoint", f"a={ck['A']}",
                                          "--checkpoint", f"b={ck['B']}", "--out", out,
-                                         "--attacks", "CA+,QA+", "--eps", "0.1", "--steps", "4",
-                                         "--num-attacks", "20", "--device", "cpu"],
+                                         "--attacks", "CA+,QA+", "--eps", "0.1", "--steps", "80",
+                                         "--num-attacks", "40", "--device", "cpu"],
                         "transfer.json", 4),
 }
 
