@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ BUDGET = [
     (r"^advrank demo$", "advrank demo --epochs 2 --num-attacks 12 --defense-epochs 1 "
                         "--defense-steps 2"),
     (r"^(advrank universal .*)$", r"\1 --steps 5"),
+    (r"^(advrank (audit|evaluate) --model .*)$", r"\1 --input-size 64"),
+    (r"^(advrank audit .*)$", r"\1 --steps 2"),
 ]
 SKIP = (r"^pip install", r"^python -m pytest")
 
@@ -64,11 +67,29 @@ def test_readme_has_the_blocks_this_test_expects():
     assert any("advrank demo" in b for b in blocks("bash"))
 
 
-def test_bash_blocks_run(tmp_path):
+def make_inputs(command: str, cwd: Path, image_folder: Path) -> None:
+    """What a README command names but a new user would bring: their pictures (a generated
+    folder) and their model's weights (random weights of the named architecture)."""
+    folder = re.search(r"--data imagefolder:(\S+)", command)
+    if folder and not (cwd / folder.group(1)).exists():
+        shutil.copytree(image_folder, cwd / folder.group(1))
+    weights, model = re.search(r"--weights (\S+)", command), re.search(r"--model timm:(\S+)",
+                                                                      command)
+    if weights and model and not (cwd / weights.group(1)).exists():
+        import timm
+        from safetensors.torch import save_file
+
+        net = timm.create_model(model.group(1), pretrained=False)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+                  str(cwd / weights.group(1)))
+
+
+def test_bash_blocks_run(tmp_path, image_folder):
     for block in blocks("bash"):
         for command in commands(block):
             if any(re.match(p, command) for p in SKIP):
                 continue
+            make_inputs(command, tmp_path, image_folder)
             argv = shlex.split(budget(command))
             if argv[0] == "torchrun":  # torchrun is torch.distributed.run
                 run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], tmp_path)
