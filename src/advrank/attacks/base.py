@@ -17,6 +17,7 @@ Hyper-parameters go to the constructor (``ATTACKS.get("QA-")(xi=100)``), data to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ import torch
 from advrank.attacks.selection import Selection, check_num_attacks, check_size, draw_anchors
 from advrank.core.distances import Distance
 from advrank.core.gallery import Gallery
+from advrank.core.metrics import nearest_neighbors
 from advrank.errors import AdvrankError
 from advrank.registry import ATTACKS
 
@@ -63,6 +65,10 @@ class AttackKind:
     #: the per-attack figure that tables show, and whether the attack drives it "up" or "down"
     headline: ClassVar[str] = "rank"
     direction: ClassVar[str] = "down"
+    #: the headline figure's unit in text output ("%" for ranks and recalls)
+    unit: ClassVar[str] = "%"
+    #: PGD must start at a random point of the ball (the objective's gradient vanishes at r = 0)
+    random_start: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init__(self, **params: Any):
@@ -101,12 +107,58 @@ class AttackKind:
                 out[f"{key}_{when}"], out[f"{key}_{when}_se"] = mean_se(values)
         return out
 
+    def threat_for(self, threat):
+        """``threat`` (a LinfThreatModel) with a random start when this kind needs one (ES:
+        its objective's gradient vanishes at r = 0); unchanged otherwise."""
+        if self.random_start and not threat.random_start:
+            return dataclasses.replace(threat, random_start=True)
+        return threat
+
     def describe(self) -> dict[str, Any]:
         return {"attack": self.name, **self.options}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({self.name}{', ' + opts if opts else ''})"
+
+
+class QueryKind(AttackKind):
+    """A kind that perturbs a query q, a gallery member left out of its own ranking list, and
+    has no size parameter (robrank's TMA, ES, LTM, GTM, GTT): ``k`` must be 1. Subclasses
+    draw their targets in :meth:`draw` from the generator the anchors came from."""
+
+    size_name = None
+
+    def check_size(self, k: int, n: int) -> None:
+        if isinstance(k, bool) or k != 1:
+            raise AdvrankError(f"{self.name} has no size parameter; use k = 1, got {k!r}")
+        if n < 3:
+            raise AdvrankError(f"{self.name} needs a gallery of at least 3 items, got {n}")
+
+    def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
+        anchors, gen = select_anchors(self, gallery, k, num_attacks, seed)
+        return self.draw(gallery, anchors, gen)
+
+    def draw(self, gallery: Gallery, anchors: torch.Tensor, gen: torch.Generator) -> Selection:
+        return Selection(anchors)
+
+
+def neighbors_of_query(gallery: Gallery, part: Selection, emb: torch.Tensor,
+                       k: int) -> torch.Tensor:
+    """The k nearest gallery members ``[B, k]`` of the (perturbed) queries ``emb [B, D]``,
+    each query's own clean copy (its anchor) left out."""
+    anchors = part.anchors.to(gallery.device)
+    return nearest_neighbors(emb, gallery.embeddings, k, gallery.distance, anchors)
+
+
+def recall_at_1(gallery: Gallery, part: Selection, emb: torch.Tensor,
+                top1: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]``: 100 where the nearest other member of q~ (``top1 [B]`` if already known)
+    shares q's label, else 0."""
+    if top1 is None:
+        top1 = neighbors_of_query(gallery, part, emb, 1)[:, 0]
+    labels = gallery.labels
+    return 100.0 * (labels[top1] == labels[part.anchors.to(labels.device)]).float()
 
 
 def get_attack(attack: str | AttackKind, **params: Any) -> AttackKind:

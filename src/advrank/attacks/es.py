@@ -1,16 +1,21 @@
 """The maximum-embedding-shift attack of §3.3: move f(x + r) as far from f(x) as the threat
-model allows. It drives the EST defense (Eq. 13) and Fig. 2's robustness measure."""
+model allows. It drives the EST defense (Eq. 13) and Fig. 2's robustness measure, and as the
+attack kind ``ES`` (robrank's untargeted embedding shift) it is scored by the shift reached
+(ES:D) and by Recall@1 after it (ES:R)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from advrank.attacks.base import RankingObjective
+from advrank.attacks.base import QueryKind, RankingObjective, recall_at_1
 from advrank.attacks.pgd import frozen, keyed_noise, pgd
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_images
 from advrank.core.distances import Distance, get_distance
+from advrank.core.gallery import Gallery
+from advrank.errors import AdvrankError
+from advrank.registry import ATTACKS
 
 
 class EmbeddingShiftObjective(RankingObjective):
@@ -25,6 +30,36 @@ class EmbeddingShiftObjective(RankingObjective):
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
         return -self.distance.paired(emb, self.reference)
+
+
+@ATTACKS.register("ES", aliases=("es",))
+class EmbeddingShiftAttack(QueryKind):
+    """``ES``: the query q moves as far from its clean embedding f(q) as the budget allows.
+
+    Figures ``[B]``: ``shift`` = d(f(q~), f(q)) (robrank's ES:D: 1 - cos for cosine, the L2
+    distance for Euclidean) and ``recall@1`` (robrank's ES:R, %: q~'s nearest gallery member
+    other than q's own clean copy shares q's label). PGD starts at a random point of the ball,
+    since d has zero gradient at r = 0 (robrank nudges f(q) by 1e-7 instead).
+    """
+
+    name = "ES"
+    needs_clean = True
+    random_start = True
+    headline = "shift"
+    direction = "up"
+    unit = ""
+    description = "untargeted embedding shift: move q's embedding away from its clean one"
+
+    def objective(self, embeddings, distance, part, clean=None):
+        if clean is None:
+            raise AdvrankError("ES needs the clean embeddings of the attacked images")
+        return EmbeddingShiftObjective(clean, distance)
+
+    @torch.no_grad()
+    def measure(self, gallery: Gallery, part, emb: torch.Tensor):
+        reference = gallery.embeddings[part.anchors.to(gallery.device)]
+        return {"shift": gallery.distance.paired(emb, reference),
+                "recall@1": recall_at_1(gallery, part, emb)}
 
 
 def shift_distance(

@@ -18,7 +18,7 @@ from advrank.errors import AdvrankError
 from advrank.registry import load_entry_point_plugins, load_plugin
 
 COMMAND_MODULES = ("advrank.cli.train", "advrank.cli.attack", "advrank.cli.blackbox",
-                   "advrank.cli.curves")
+                   "advrank.cli.curves", "advrank.cli.robustness")
 
 
 def _plugins(argv: list[str]) -> list[str]:

@@ -46,13 +46,15 @@ def cmd_attack(args) -> None:
                         seed=args.seed, batch_size=args.batch_size, threat=threat,
                         progress=not args.quiet)
     s = result.summary()
-    name = kind.size_name or "k"
-    text = (f"{kind.name} eps={args.eps:g} {name}={k}: rank {s['rank_before']:.2f}% -> "
-            f"{s['rank_after']:.2f}% (± {s['rank_after_se']:.2f}, T={s['num_attacks']}, "
-            f"|X|={s['gallery_size']})")
+    name, fig = kind.size_name or "k", kind.headline
+    digits = 2 if kind.unit else 4  # percentages, or figures such as a cosine or a distance
+    text = (f"{kind.name} eps={args.eps:g} {name}={k}: {fig} {s[f'{fig}_before']:.{digits}f}"
+            f"{kind.unit} -> {s[f'{fig}_after']:.{digits}f}{kind.unit} (± "
+            f"{s[f'{fig}_after_se']:.{digits}f}, T={s['num_attacks']}, |X|={s['gallery_size']})")
     if "sp_rank_after" in s:
         text += f"; worst C_SP rank {s['sp_rank_before']:.2f}% -> {s['sp_rank_after']:.2f}%"
-    text += f"; R@1 {s['recall@1_before']:.1f}% -> {s['recall@1_after']:.1f}%"
+    if fig != "recall@1" and "recall@1_after" in s:
+        text += f"; R@1 {s['recall@1_before']:.1f}% -> {s['recall@1_after']:.1f}%"
     emit(args, {**s, **target.record(args.seed)}, text)
 
 

@@ -46,6 +46,7 @@ class AttackResult:
     figures: dict[str, float]
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    headline: str = "rank"
 
     @property
     def rank_before(self) -> list[float]:
@@ -58,6 +59,7 @@ class AttackResult:
     def summary(self) -> dict[str, Any]:
         """The figures a table cell shows: means (and standard errors) over the T attacks."""
         return {"attack": self.attack, "eps": self.eps, "k": self.k, "k_name": self.k_name,
+                "headline": self.headline,
                 "num_attacks": self.num_attacks, "gallery_size": self.gallery_size,
                 **self.figures, **self.options, "threat": self.threat,
                 "seconds": self.seconds, **self.extra}
@@ -90,7 +92,7 @@ class RankLog:
             threat=threat.describe(), options=options,
             before={key: v.tolist() for key, v in before.items()},
             after={key: v.tolist() for key, v in after.items()},
-            figures=kind.summarize(before, after), seconds=seconds)
+            figures=kind.summarize(before, after), seconds=seconds, headline=kind.headline)
 
 
 #: option values of cells written before the option existed
@@ -159,6 +161,7 @@ def run_attack(
     threat = threat or LinfThreatModel(eps)
     if threat.eps != eps:
         raise AdvrankError(f"threat model eps {threat.eps} differs from eps {eps}")
+    threat = kind.threat_for(threat)  # e.g. ES adds a random start; results record it
     batch_size = check_batch_size(batch_size)
     selection = selection or kind.select(gallery, k, num_attacks, seed)
     t0, log = time.time(), RankLog()

@@ -1,0 +1,71 @@
+"""Guided top-1 mismatch attack (GTM, robrank): perturb a query q so that its top-1 result
+changes class. With l the label of q's clean top-1 result (q's own copy left out), the target
+u is q's nearest gallery member whose label is not l, and PGD pulls q~ onto it:
+
+L_GTM(q~) = d(f(q~), f(u)).
+
+Scored by Recall@1 after the attack (robrank's "GTM", %; the attack drives it down).
+robrank picks u by a rank position within the masked subset and then uses that position as a
+gallery index (``argrank[i, mask].argmin()``), which names an arbitrary item; here u is the
+nearest member of another class, as its comment ("top-1 unmatching") intends.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from advrank.attacks.base import QueryKind, RankingObjective, recall_at_1
+from advrank.attacks.selection import Selection
+from advrank.core.distances import Distance
+from advrank.core.gallery import Gallery
+from advrank.errors import AdvrankError
+from advrank.registry import ATTACKS
+
+
+class PullObjective(RankingObjective):
+    """``d(emb, targets)`` per attack with the ranking distance; ``targets [B, D]``."""
+
+    def __init__(self, targets: torch.Tensor, distance: Distance):
+        self.targets, self.distance = targets.detach(), distance
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.distance.paired(emb, self.targets)
+
+
+@torch.no_grad()
+def nearest_of_other_class(gallery: Gallery, anchors: torch.Tensor,
+                           chunk: int = 1024) -> torch.Tensor:
+    """``[T]``: for each anchor q, the nearest member whose label differs from that of q's
+    top-1 result (q's own copy left out), from the clean ranking."""
+    emb, labels, dist = gallery.embeddings, gallery.labels, gallery.distance
+    if labels.unique().numel() < 2:
+        raise AdvrankError("GTM needs a gallery with at least 2 classes")
+    out = []
+    for s in range(0, anchors.numel(), chunk):
+        own = anchors[s : s + chunk].to(emb.device)
+        d = dist.pairwise(emb[own], emb)  # [c, N]
+        d[torch.arange(own.numel(), device=d.device), own] = float("inf")
+        top_label = labels[d.argmin(1)]  # [c]
+        d = d.masked_fill(labels[None, :] == top_label[:, None], float("inf"))
+        out.append(d.argmin(1).cpu())
+    return torch.cat(out)
+
+
+@ATTACKS.register("GTM", aliases=("gtm",))
+class GuidedTopMismatch(QueryKind):
+    """``GTM``: targets ``[T, 1]`` are u, the nearest member of another class than q's top-1."""
+
+    name = "GTM"
+    headline = "recall@1"
+    direction = "down"
+    description = "guided top-1 mismatch: pull q onto its nearest item of another class"
+
+    def draw(self, gallery: Gallery, anchors: torch.Tensor, gen: torch.Generator) -> Selection:
+        return Selection(anchors, nearest_of_other_class(gallery, anchors)[:, None])
+
+    def objective(self, embeddings, distance, part, clean=None):
+        return PullObjective(embeddings[part.targets[:, 0].to(embeddings.device)], distance)
+
+    @torch.no_grad()
+    def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):
+        return {"recall@1": recall_at_1(gallery, part, emb)}
