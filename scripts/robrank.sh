@@ -77,6 +77,8 @@ act() {  # dataset
 ers() {  # checkpoint-name
   local dataset=${1%%-*}
   mkdir -p "$RESULTS/ers-$dataset"
+  advrank evaluate --checkpoint "$RUNS/$1.pt" --device "$DEVICE" --nmi --ks 1,2,4,8 --json \
+    > "$RESULTS/ers-$dataset/$1.evaluate.json"
   advrank robustness --checkpoint "$RUNS/$1.pt" --profile rob28 --out "$RESULTS/ers-$dataset/$1" \
     --num-attacks "$ERS_T" --batch-size "$BATCH" --device "$DEVICE" --json --quiet \
     > "$RESULTS/ers-$dataset/$1.json"

@@ -161,6 +161,15 @@ def recall_at_1(gallery: Gallery, part: Selection, emb: torch.Tensor,
     return 100.0 * (labels[top1] == labels[part.anchors.to(labels.device)]).float()
 
 
+def check_ranked(kind: AttackKind, what: str) -> AttackKind:
+    """Refuse a kind that is not scored by normalized ranks where ``what`` (transfer, the
+    universal attack) reports ranks only."""
+    if kind.headline != "rank":
+        raise AdvrankError(f"{what} reports normalized ranks; {kind.name} is scored by "
+                           f"{kind.headline} (use advrank attack or grid for it)")
+    return kind
+
+
 def get_attack(attack: str | AttackKind, **params: Any) -> AttackKind:
     """An attack kind by name (aliases such as the Unicode minus accepted) with its options;
     an :class:`AttackKind` instance passes through (then no options may be given)."""

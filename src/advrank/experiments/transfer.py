@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrank.attacks.base import AttackKind, get_attack, make_kinds
+from advrank.attacks.base import AttackKind, check_ranked, get_attack, make_kinds
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_choice
@@ -95,7 +95,7 @@ def transfer_attack(
     Returns the target's figures at top level and the source's white-box figures under
     ``"source"``. Transferring a model to itself equals :func:`protocol.run_attack`.
     """
-    kind = get_attack(attack, **options)
+    kind = check_ranked(get_attack(attack, **options), "transfer")
     check_choice(select_on, "select_on", SELECT_ON)
     batch_size = check_batch_size(batch_size)
     source_distance = get_distance(source_distance)
@@ -185,6 +185,8 @@ def transfer_matrix(
     """
     check_choice(select_on, "select_on", SELECT_ON)
     kinds = make_kinds(attacks, options)
+    for kind in kinds.values():
+        check_ranked(kind, "transfer")
     batch_size = check_batch_size(batch_size)
     threat = LinfThreatModel(eps, steps=steps)
     rankers, models, dataset_name, n = _load_rankers(checkpoints, device, data_root, download,
