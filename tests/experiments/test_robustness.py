@@ -119,3 +119,17 @@ def test_robustness_cli_rejects_unknown_profile(digits_ckpt, capsys):
     assert main(["robustness", "--checkpoint", str(digits_ckpt), "--profile", "rob32"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("advrank: error:") and "rob28" in err
+
+
+def test_comparison_table_lays_out_robrank_rows():
+    from advrank.reports.robustness import comparison_markdown
+
+    pub = ROBRANK_FASHION["rc2f2p:ptripletC"]
+    text = comparison_markdown([{"label": "robrank ACT", **pub, "ers": ers(pub["scores"])[0]},
+                                {"label": "ours", "recall@1": 80.0, "scores": pub["scores"],
+                                 "ers": 50.0, "ers_ci": [48.0, 52.5]}], "t")
+    lines = text.splitlines()
+    assert lines[2].split(" | ")[1:6] == ["R@1", "R@2", "mAP", "NMI", "CA+"]
+    assert "| robrank ACT | 78.1 | 86.8 | 67.9 | 66.8 | 32.2 | 14.7 | 36.9 | 12.0 | 0.288 | " \
+           "0.182 | 51.5 | 68.5 | 60.1 | 0.4 | 65.4 |" in lines
+    assert lines[-1].endswith("| 50.0 [48.0, 52.5] |") and "| ours | 80.0 | – |" in lines[-1]
