@@ -10,7 +10,8 @@
 # RESULTS (default results/), DEVICE (auto), ERS_T (attacks per ERS attack, default 1000),
 # STUDY_T (attacks per study cell, default 1000), STUDY_EPOCHS (vanilla epochs, default 8),
 # STUDY_EST_EPOCHS (EST fine-tuning epochs, default 1), STUDY_EST_STEPS (default 10),
-# ACT_EPOCHS (default 2), ACT_STEPS (PGD steps per ACT batch, default 8), ACT_STEP_SIZE
+# ACT_EPOCHS (default 2), ACT_INIT (checkpoint to fine-tune, default RUNS/DATASET-c2f1.pt),
+# ACT_STEPS (PGD steps per ACT batch, default 8), ACT_STEP_SIZE
 # (default 12/255: 8 steps travel 96/255, as robrank's 32 steps of 3/255 do), BATCH (256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,9 +68,9 @@ study_grid() {
   done
 }
 
-act() {  # dataset
+act() {  # dataset; ACT_INIT overrides the checkpoint it fine-tunes (default: the vanilla one)
   train "$RESULTS/ers-$1/act" "$RUNS/$1-c2f1-act.pt" --dataset "$1" \
-    --init "$RUNS/$1-c2f1.pt" --defense act --defense-eps 77/255 \
+    --init "${ACT_INIT:-$RUNS/$1-c2f1.pt}" --defense act --defense-eps 77/255 \
     --defense-steps "$ACT_STEPS" --defense-step-size "$ACT_STEP_SIZE" \
     --epochs "$ACT_EPOCHS" --seed 0
 }

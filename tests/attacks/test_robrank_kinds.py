@@ -51,8 +51,10 @@ def brute_objective(kind, dist, gal, part, b, e):
         return 1 - _cos(e, x[int(part.targets[b, 0])])
     if kind == "ES":
         return -_d(dist, e, x[q])
-    if kind == "LTM":
-        pos = [_d(dist, e, x[j]) for j in range(len(x)) if labels[j] == labels[q] and j != q]
+    if kind in ("LTM", "LTM-textbook"):  # robrank's LTM keeps q's own copy among P(q)
+        own = kind == "LTM"
+        pos = [_d(dist, e, x[j]) for j in range(len(x))
+               if labels[j] == labels[q] and (own or j != q)]
         neg = [_d(dist, e, x[j]) for j in range(len(x)) if labels[j] != labels[q]]
         return torch.relu(max(neg) - min(pos))
     if kind == "GTM":
@@ -62,10 +64,11 @@ def brute_objective(kind, dist, gal, part, b, e):
 
 
 @pytest.mark.parametrize("dist", DISTANCES, ids=lambda d: d.name)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "LTM-textbook"])
 def test_objective_value_and_gradient_match_brute_force(dist, kind):
     gal = tiny_gallery(dist)
-    attack = get_attack(kind)
+    attack = (get_attack("LTM", own_copy_positive=False) if kind == "LTM-textbook"
+              else get_attack(kind))
     part = attack.select(gal, 1, 5, seed=1)
     g = torch.Generator().manual_seed(7)
     emb = gal.embeddings[part.anchors] + 0.3 * torch.randn(5, 5, generator=g,

@@ -4,9 +4,16 @@ of every positive (q's label, q's own copy left out):
 
 L_LTM(q~) = [ max_{n in N(q)} d(q~, n) - min_{p in P(q)} d(q~, p) ]_+ .
 
-Scored by Recall@1 after the attack (robrank's "LTM", %; the attack drives it down). robrank
-means to leave q's own copy out of P(q) but its ``mask.scatter`` (not ``scatter_``) leaves the
-mask unchanged; here the copy is left out, as everywhere else in the ranking.
+Scored by Recall@1 after the attack (robrank's "LTM", %; the attack drives it down), with q's
+own clean copy left out of the ranking.
+
+Which positives: robrank's code means to leave q's own clean copy out of P(q), but its
+``mask.scatter`` (not ``scatter_``) leaves the mask unchanged, so the copy stays in P(q). The
+nearest positive is then the copy itself (at distance 0 before the attack): the loss also
+pushes q~ away from f(q), like ES, and that is most of what makes robrank's LTM effective
+(Recall@1 11.6% on its vanilla Fashion-MNIST model). ``own_copy_positive=True`` (the default)
+keeps robrank's behaviour, so ERS stays comparable with its published rows; ``False`` is the
+textbook loss, with the copy left out of P(q).
 """
 
 from __future__ import annotations
@@ -22,21 +29,23 @@ from advrank.registry import ATTACKS
 
 
 class MisrankObjective(RankingObjective):
-    """L_LTM for B queries: ``anchors [B]`` are their gallery indices (own copies, left out of
-    P), ``labels [B, N]`` the gallery labels as seen by each (one broadcast row each).
+    """L_LTM for B queries: ``anchors [B]`` are their gallery indices (their own clean copies,
+    in P(q) when ``own_copy_positive``), ``labels [B, N]`` the gallery labels as seen by each
+    (one broadcast row each).
 
     The max and min are taken without gradient; autograd then runs through the two paired
     distances they select, which is the (sub)gradient of the max/min form.
     """
 
     def __init__(self, gallery: torch.Tensor, distance: Distance, anchors: torch.Tensor,
-                 labels: torch.Tensor):
+                 labels: torch.Tensor, own_copy_positive: bool = True):
         self.gallery, self.distance = gallery, distance
         self.prepared = distance.prepare(gallery)
         rows = torch.arange(anchors.numel(), device=gallery.device)
         own = labels[rows, anchors][:, None]  # [B, 1]
         self.pos = labels == own  # [B, N]
-        self.pos[rows, anchors] = False
+        if not own_copy_positive:
+            self.pos[rows, anchors] = False
         self.neg = labels != own
         self.valid = self.pos.any(1) & self.neg.any(1)  # [B]: both sets non-empty
 
@@ -61,6 +70,7 @@ class LearningToMisrank(QueryKind):
     view: no memory per attack), so each batch of queries knows its positives and negatives."""
 
     name = "LTM"
+    params = {"own_copy_positive": True}
     headline = "recall@1"
     direction = "down"
     description = "learning to misrank: rank all of q's negatives ahead of its positives"
@@ -75,7 +85,13 @@ class LearningToMisrank(QueryKind):
             raise AdvrankError("LTM needs a selection made by its select() (the queries' "
                                "gallery indices and the gallery labels)")
         dev = embeddings.device
-        return MisrankObjective(embeddings, distance, part.anchors.to(dev), labels.to(dev))
+        return MisrankObjective(embeddings, distance, part.anchors.to(dev), labels.to(dev),
+                                self.options["own_copy_positive"])
+
+    def validate(self, options):
+        if not isinstance(options["own_copy_positive"], bool):
+            raise AdvrankError("LTM's own_copy_positive must be True or False")
+        return options
 
     @torch.no_grad()
     def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):

@@ -44,7 +44,7 @@ from advrank.core.checks import check_number
 from advrank.core.gallery import Gallery
 from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
-from advrank.experiments.protocol import check_batch_size, run_attack
+from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
 from advrank.experiments.store import Store
 
 RESULTS, TABLE = "results.json", "robustness.md"
@@ -184,6 +184,9 @@ def run_robustness(
                 "gallery_size": n, "checkpoint_sha": (meta or {}).get("checkpoint_sha")}
     record = {"threat": prof.threat().describe(), **(meta or {})}
     with Store(out_dir, RESULTS, FORMAT, identity, record) as st:
+        # cells made with other attack options (e.g. an older LTM) are refused, not mixed in
+        check_cell_options(st.path, st.cells.values(),
+                           {a: get_attack(a, **o) for a, o in ATTACKS})
         todo = [(a, o) for a, o in ATTACKS if a not in st]
         if progress and todo:
             print(f"robustness: {len(todo)} attacks to run ({len(st.cells)} already done)",
