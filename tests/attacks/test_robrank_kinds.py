@@ -51,8 +51,8 @@ def brute_objective(kind, dist, gal, part, b, e):
         return 1 - _cos(e, x[int(part.targets[b, 0])])
     if kind == "ES":
         return -_d(dist, e, x[q])
-    if kind in ("LTM", "LTM-textbook"):  # robrank's LTM keeps q's own copy among P(q)
-        own = kind == "LTM"
+    if kind in ("LTM", "LTM-robrank"):  # robrank's code keeps q's own copy among P(q)
+        own = kind == "LTM-robrank"
         pos = [_d(dist, e, x[j]) for j in range(len(x))
                if labels[j] == labels[q] and (own or j != q)]
         neg = [_d(dist, e, x[j]) for j in range(len(x)) if labels[j] != labels[q]]
@@ -64,10 +64,10 @@ def brute_objective(kind, dist, gal, part, b, e):
 
 
 @pytest.mark.parametrize("dist", DISTANCES, ids=lambda d: d.name)
-@pytest.mark.parametrize("kind", [*KINDS, "LTM-textbook"])
+@pytest.mark.parametrize("kind", [*KINDS, "LTM-robrank"])
 def test_objective_value_and_gradient_match_brute_force(dist, kind):
     gal = tiny_gallery(dist)
-    attack = (get_attack("LTM", own_copy_positive=False) if kind == "LTM-textbook"
+    attack = (get_attack("LTM", own_copy_positive=True) if kind == "LTM-robrank"
               else get_attack(kind))
     part = attack.select(gal, 1, 5, seed=1)
     g = torch.Generator().manual_seed(7)
@@ -89,6 +89,7 @@ def test_selections_match_brute_force(dist):
     gal = tiny_gallery(dist)
     x, labels = gal.embeddings, gal.labels
     gtm = get_attack("GTM").select(gal, 1, 8, seed=2)
+    gtm_robrank = get_attack("GTM", target="robrank").select(gal, 1, 8, seed=2)
     gtt = get_attack("GTT").select(gal, 1, 8, seed=2)
     tma = get_attack("TMA").select(gal, 1, 14, seed=2)
     ltm = get_attack("LTM").select(gal, 1, 8, seed=2)
@@ -98,6 +99,9 @@ def test_selections_match_brute_force(dist):
         assert gtt.targets[b, 0] == order[0]  # GTT: q's top-1, its own copy left out
         other = [j for j in order if labels[j] != labels[order[0]]]
         assert gtm.targets[b, 0] == other[0]  # GTM: nearest of another class than the top-1
+        # robrank's code: u's position among the members of other labels, used as an index
+        position = sum(1 for j in range(other[0]) if labels[j] != labels[order[0]])
+        assert gtm_robrank.targets[b, 0] == position
         assert torch.equal(ltm.extra["labels"][b], labels)
     assert (tma.targets[:, 0] != tma.anchors).all()  # TMA: a random *other* item
     again = get_attack("TMA").select(gal, 1, 14, seed=2)
@@ -129,6 +133,22 @@ def test_scores_match_brute_force(dist):
                 assert out["retain@4"][b].item() == 100.0 * (m in order[:4])
                 assert out["retain@1"][b].item() == 100.0 * (m == order[0])
         assert set(out) >= {attack.headline}
+
+
+def test_es_nudged_start_has_a_gradient_at_the_clean_point():
+    for dist in DISTANCES:
+        gal = tiny_gallery(dist)
+        part = get_attack("ES").select(gal, 1, 4, seed=0)
+        clean = gal.embeddings[part.anchors]
+        plain = get_attack("ES").objective(gal.embeddings, dist, part, clean)
+        nudged = get_attack("ES", start="nudge").objective(gal.embeddings, dist, part, clean)
+        assert plain.value_and_grad(clean)[1].abs().max() < 1e-6  # flat at r = 0
+        assert (nudged.value_and_grad(clean)[1].abs().sum(1) > 0).all()
+        assert get_attack("ES").random_start and not get_attack("ES", start="nudge").random_start
+    with pytest.raises(AdvrankError, match="ES start"):
+        get_attack("ES", start="zero")
+    with pytest.raises(AdvrankError, match="GTM target"):
+        get_attack("GTM", target="far")
 
 
 def test_kinds_have_no_size_and_ltm_needs_its_selection():

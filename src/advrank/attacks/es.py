@@ -11,7 +11,7 @@ from torch import nn
 from advrank.attacks.base import QueryKind, RankingObjective, recall_at_1
 from advrank.attacks.pgd import frozen, keyed_noise, pgd
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_images
+from advrank.core.checks import check_choice, check_images
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
@@ -32,27 +32,46 @@ class EmbeddingShiftObjective(RankingObjective):
         return -self.distance.paired(emb, self.reference)
 
 
+ES_STARTS = ("random", "nudge")
+NUDGE = 1e-4  # relative to the embedding's rms
+
+
 @ATTACKS.register("ES", aliases=("es",))
 class EmbeddingShiftAttack(QueryKind):
     """``ES``: the query q moves as far from its clean embedding f(q) as the budget allows.
 
     Figures ``[B]``: ``shift`` = d(f(q~), f(q)) (robrank's ES:D: 1 - cos for cosine, the L2
     distance for Euclidean) and ``recall@1`` (robrank's ES:R, %: q~'s nearest gallery member
-    other than q's own clean copy shares q's label). PGD starts at a random point of the ball,
-    since d has zero gradient at r = 0 (robrank nudges f(q) by 1e-7 instead).
+    other than q's own clean copy shares q's label).
+
+    d has zero gradient at r = 0, so PGD cannot start at the clean image as it is.
+    ``start="random"`` (the default) starts at a random point of the ball, the stronger
+    attack; ``start="nudge"`` starts at the clean image and moves away from a reference nudged
+    by a hair (robrank adds 1e-7 to its unit-norm f(q); here f(q) + 1e-4 * rms(f(q)), as our
+    embeddings are not normalised), which is what the ERS profiles use.
     """
 
     name = "ES"
+    params = {"start": "random"}
     needs_clean = True
-    random_start = True
     headline = "shift"
     direction = "up"
     unit = ""
     description = "untargeted embedding shift: move q's embedding away from its clean one"
 
+    def validate(self, options):
+        check_choice(options["start"], "ES start", ES_STARTS)
+        return options
+
+    @property
+    def random_start(self) -> bool:
+        return self.options["start"] == "random"
+
     def objective(self, embeddings, distance, part, clean=None):
         if clean is None:
             raise AdvrankError("ES needs the clean embeddings of the attacked images")
+        if self.options["start"] == "nudge":  # a hair off f(q), so d has a gradient at r = 0
+            clean = clean + NUDGE * clean.pow(2).mean(-1, keepdim=True).sqrt()
         return EmbeddingShiftObjective(clean, distance)
 
     @torch.no_grad()

@@ -84,10 +84,14 @@ PROFILES = {
     "rob224": Profile("rob224", 8 / 255, 3 / 255, 32),
 }
 
-#: the attacks of every profile with their options: w = m = 1, QA without the SP term (robrank
-#: runs "QA", not "SPQA", in its rob profiles)
+#: the attacks of every profile with their options, set to run as robrank's code runs them so
+#: that ERS is comparable with its published rows: w = m = 1, QA without the SP term (robrank
+#: runs "QA", not "SPQA", in its rob profiles), ES from the clean image with a nudged
+#: reference, LTM with the query's own copy among its positives, GTM with robrank's target
+#: index (see each kind's docstring)
 ATTACKS = (("CA+", {}), ("CA-", {}), ("QA+", {"xi": 0.0, "g": 0}), ("QA-", {"xi": 0.0, "g": 0}),
-           ("TMA", {}), ("ES", {}), ("LTM", {}), ("GTM", {}), ("GTT", {}))
+           ("TMA", {}), ("ES", {"start": "nudge"}), ("LTM", {"own_copy_positive": True}),
+           ("GTM", {"target": "robrank"}), ("GTT", {}))
 
 SCORES = (
     Score("CA+", "CA+", "rank", 2.0, 0.0),
