@@ -8,8 +8,9 @@
 #
 # Environment (all optional): ADVRANK_DATA (default ../shared/data), RUNS (default runs/),
 # RESULTS (default results/), DEVICE (auto), ERS_T (attacks per ERS attack, default 1000),
-# STUDY_T (attacks per study cell, default 1000), STUDY_EPOCHS (vanilla epochs, default 8),
-# STUDY_EST_EPOCHS (EST fine-tuning epochs, default 1), STUDY_EST_STEPS (default 10),
+# STUDY_T (attacks per study cell, default 500), STUDY_EPOCHS (vanilla epochs, default 3),
+# STUDY_EST_EPOCHS (EST fine-tuning epochs, default 1), STUDY_EST_STEPS (default 5) and
+# STUDY_EST_STEP_SIZE (default 0.06: 5 steps travel eps = 0.3),
 # ACT_EPOCHS (default 2), ACT_INIT (checkpoint to fine-tune, default RUNS/DATASET-c2f1.pt),
 # ACT_STEPS (PGD steps per ACT batch, default 8), ACT_STEP_SIZE
 # (default 12/255: 8 steps travel 96/255, as robrank's 32 steps of 3/255 do), BATCH (256).
@@ -17,9 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export ADVRANK_DATA=${ADVRANK_DATA:-../shared/data}
 RUNS=${RUNS:-runs}; RESULTS=${RESULTS:-results}; DEVICE=${DEVICE:-auto}
-ERS_T=${ERS_T:-1000}; STUDY_T=${STUDY_T:-1000}; BATCH=${BATCH:-256}
-STUDY_EPOCHS=${STUDY_EPOCHS:-8}; STUDY_EST_EPOCHS=${STUDY_EST_EPOCHS:-1}
-STUDY_EST_STEPS=${STUDY_EST_STEPS:-10}
+ERS_T=${ERS_T:-1000}; STUDY_T=${STUDY_T:-500}; BATCH=${BATCH:-256}
+STUDY_EPOCHS=${STUDY_EPOCHS:-3}; STUDY_EST_EPOCHS=${STUDY_EST_EPOCHS:-1}
+STUDY_EST_STEPS=${STUDY_EST_STEPS:-5}; STUDY_EST_STEP_SIZE=${STUDY_EST_STEP_SIZE:-0.06}
 ACT_EPOCHS=${ACT_EPOCHS:-2}; ACT_STEPS=${ACT_STEPS:-8}; ACT_STEP_SIZE=${ACT_STEP_SIZE:-12/255}
 mkdir -p "$RUNS" "$RESULTS"
 
@@ -52,7 +53,8 @@ study_est() {
     read -r name _ _ <<< "$spec"
     train "$RESULTS/loss-metric-mnist/$name-est" "$RUNS/mnist-c2f1-$name-est.pt" \
       --dataset mnist --init "$(ckpt "$name")" --defense est --defense-eps 0.3 \
-      --defense-steps "$STUDY_EST_STEPS" --epochs "$STUDY_EST_EPOCHS" --seed 0
+      --defense-steps "$STUDY_EST_STEPS" --defense-step-size "$STUDY_EST_STEP_SIZE" \
+      --epochs "$STUDY_EST_EPOCHS" --seed 0
   done
 }
 
