@@ -92,9 +92,16 @@ class Registry(Generic[T]):
         return self.entry(name).obj
 
     def names(self) -> list[str]:
-        """Registered names in registration order (built-ins first, then plugins)."""
+        """Registered names: built-ins in the order of their modules in the builtins list
+        (whatever order Python imported them in), then plugins in registration order."""
         self._ensure_loaded()
-        return list(self._entries)
+        rank = {module: i for i, module in enumerate(self._builtins)}
+
+        def key(name: str) -> int:
+            module = getattr(self._entries[name].obj, "__module__", None)
+            return rank.get(module, len(rank))
+
+        return sorted(self._entries, key=key)  # stable: registration order within a module
 
     def __contains__(self, name: object) -> bool:
         self._ensure_loaded()
@@ -116,8 +123,11 @@ DATASETS: Registry = Registry("dataset", ["advrank.data.digits", "advrank.data.m
 DISTANCES: Registry = Registry("distance", ["advrank.core.distances"])
 LOSSES: Registry = Registry("loss", ["advrank.training.losses"])
 ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.qa",
-                                        "advrank.attacks.es"])
-DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defenses.madry"])
+                                        "advrank.attacks.tma", "advrank.attacks.es",
+                                        "advrank.attacks.ltm", "advrank.attacks.gtm",
+                                        "advrank.attacks.gtt"])
+DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defenses.madry",
+                                          "advrank.defenses.act"])
 REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATASETS,
               "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES}
 

@@ -58,7 +58,7 @@ def test_views_name_the_list_each_kind_changes(digits_gallery):
     _, gallery = digits_gallery
     for name in ("CA+", "QA+", "ES"):
         kind = get_attack(name)
-        part = kind.select(gallery, 2, 3, 1).slice(0, 1)
+        part = kind.select(gallery, 2 if kind.size_name else 1, 3, 1).slice(0, 1)
         emb = gallery.embeddings[part.anchors]
         view = kind.view(gallery, part, emb)
         anchor = int(part.anchors[0])

@@ -15,7 +15,7 @@ from advrank.defenses import Defense
 from advrank.errors import AdvrankError
 from advrank.models import create_model
 from advrank.models.checkpoint import load_checkpoint, model_from_checkpoint
-from advrank.training import TrainConfig, evaluate_model, make_loss, train
+from advrank.training import TrainConfig, default_margin, evaluate_model, make_loss, train
 
 
 def _config(**kw):
@@ -241,3 +241,21 @@ def test_init_inherits_metric_loss_margin_and_refuses_conflicts(tmp_path, capsys
         err = capsys.readouterr().err
         assert err.startswith("advrank: error: --init checkpoint has") and option[0][2:5] in err
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_siamese_loss_is_the_released_codes_pairwise_hinge(metric):
+    """Over every ordered pair, the diagonal included: d for positives, [m - d]_+ for
+    negatives, averaged over B^2 (the authors' ``*_c2f2_siamese.py``)."""
+    dist = get_distance(metric)
+    emb = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2, 1])
+    margin = default_margin("siamese", metric)
+    assert margin == (0.2 if metric == "cosine" else 1.0)
+    total = 0.0
+    for i in range(5):
+        for j in range(5):
+            d = dist.paired(emb[i], emb[j]).item()
+            total += d if labels[i] == labels[j] else max(0.0, margin - d)
+    got = make_loss("siamese", dist, margin)(emb, labels).item()
+    assert got == pytest.approx(total / 25, abs=1e-6)  # Euclidean d(x, x) is 1e-6, not 0

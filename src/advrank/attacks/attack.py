@@ -51,7 +51,7 @@ class RankingAttack:
             raise AdvrankError(f"threat must be a LinfThreatModel, got {type(threat).__name__}")
         self.model, self.gallery, self.distance = model, gallery, get_distance(distance)
         self.kind = get_attack(kind, **options)
-        self.threat = threat
+        self.threat = self.kind.threat_for(threat)
         self.policy, self.memory = get_policy(policy), memory
 
     def objective(self, part: Selection, clean: torch.Tensor | None = None):

@@ -17,13 +17,15 @@ registers itself in :data:`advrank.registry.ATTACKS`. It says
 * optionally ``view(gallery, part, emb)``: the one ranking list an attack changes, for the
   example panels of a report (:class:`RankingView`);
 * ``random_start``: whether PGD must start at a random point of the ball (an objective with
-  zero gradient at the clean input, such as the embedding shift).
+  zero gradient at the clean input, such as the embedding shift);
+* ``ranked``: whether its figures include ``rank`` (the audit and its report show it).
 
 Hyper-parameters go to the constructor (``ATTACKS.get("QA-")(xi=100)``), data to the calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from advrank.attacks.selection import Selection, check_num_attacks, check_size, 
 from advrank.core.distances import Distance
 from advrank.core.execution import ExecutionPolicy
 from advrank.core.gallery import Gallery
+from advrank.core.metrics import nearest_neighbors
 from advrank.errors import AdvrankError
 from advrank.registry import ATTACKS
 
@@ -91,9 +94,13 @@ class AttackKind:
     #: the per-attack figure that tables show, and whether the attack drives it "up" or "down"
     headline: ClassVar[str] = "rank"
     direction: ClassVar[str] = "down"
-    description: ClassVar[str] = ""
-    #: PGD must start at a random point of the ball (the objective is flat at the clean input)
+    #: the headline figure's unit in text output ("%" for ranks and recalls)
+    unit: ClassVar[str] = "%"
+    #: PGD must start at a random point of the ball (the objective's gradient vanishes at r = 0)
     random_start: ClassVar[bool] = False
+    #: its figures include ``rank`` (a normalized rank, %), the figure an audit reports
+    ranked: ClassVar[bool] = True
+    description: ClassVar[str] = ""
 
     def __init__(self, **params: Any):
         unknown = {k for k, v in params.items() if v is not None} - set(self.params)
@@ -110,6 +117,10 @@ class AttackKind:
 
     def check_size(self, k: int, n: int) -> None:
         check_size(k, n, self.size_name or "k")
+
+    def sizes(self, ks: Sequence[int]) -> list[int]:
+        """The sizes a run over ``ks`` uses: ``ks``, or just 1 for a kind without a size."""
+        return list(ks) if self.size_name else [1]
 
     def check_fits(self, k: int, num_attacks: int, n: int) -> None:
         """Refuse a size k or a number of attacks T that an n-item gallery cannot hold: what
@@ -162,12 +173,68 @@ class AttackKind:
                 out[f"{key}_{when}"], out[f"{key}_{when}_se"] = mean_se(values)
         return out
 
+    def threat_for(self, threat):
+        """``threat`` (a LinfThreatModel) with a random start when this kind needs one (ES:
+        its objective's gradient vanishes at r = 0); unchanged otherwise."""
+        if self.random_start and not threat.random_start:
+            return dataclasses.replace(threat, random_start=True)
+        return threat
+
     def describe(self) -> dict[str, Any]:
         return {"attack": self.name, **self.options}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({self.name}{', ' + opts if opts else ''})"
+
+
+class QueryKind(AttackKind):
+    """A kind that perturbs a query q, a gallery member left out of its own ranking list, and
+    has no size parameter (robrank's TMA, ES, LTM, GTM, GTT): ``k`` must be 1. Subclasses
+    draw their targets in :meth:`draw` from the generator the anchors came from."""
+
+    size_name = None
+    ranked = False
+
+    def check_size(self, k: int, n: int) -> None:
+        if isinstance(k, bool) or k != 1:
+            raise AdvrankError(f"{self.name} has no size parameter; use k = 1, got {k!r}")
+        if n < 3:
+            raise AdvrankError(f"{self.name} needs a gallery of at least 3 items, got {n}")
+
+    def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
+        anchors, gen = select_anchors(self, gallery, k, num_attacks, seed)
+        return self.draw(gallery, anchors, gen)
+
+    def draw(self, gallery: Gallery, anchors: torch.Tensor, gen: torch.Generator) -> Selection:
+        return Selection(anchors)
+
+
+def neighbors_of_query(gallery: Gallery, part: Selection, emb: torch.Tensor,
+                       k: int) -> torch.Tensor:
+    """The k nearest gallery members ``[B, k]`` of the (perturbed) queries ``emb [B, D]``,
+    each query's own clean copy (its anchor) left out."""
+    anchors = part.anchors.to(gallery.device)
+    return nearest_neighbors(emb, gallery.embeddings, k, gallery.distance, anchors)
+
+
+def recall_at_1(gallery: Gallery, part: Selection, emb: torch.Tensor,
+                top1: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]``: 100 where the nearest other member of q~ (``top1 [B]`` if already known)
+    shares q's label, else 0."""
+    if top1 is None:
+        top1 = neighbors_of_query(gallery, part, emb, 1)[:, 0]
+    labels = gallery.labels
+    return 100.0 * (labels[top1] == labels[part.anchors.to(labels.device)]).float()
+
+
+def check_ranked(kind: AttackKind, what: str) -> AttackKind:
+    """Refuse a kind that is not scored by normalized ranks where ``what`` (transfer, the
+    universal attack) reports ranks only."""
+    if kind.headline != "rank":
+        raise AdvrankError(f"{what} reports normalized ranks; {kind.name} is scored by "
+                           f"{kind.headline} (use advrank attack or grid for it)")
+    return kind
 
 
 def get_attack(attack: str | AttackKind, **params: Any) -> AttackKind:
@@ -200,7 +267,7 @@ def check_fits_all(kinds: Sequence[AttackKind], ks: Sequence[int], num_attacks: 
     """:meth:`AttackKind.check_fits` for every kind and size of a run (a grid, a matrix);
     ``num_attacks`` None means T = |X|."""
     for kind in kinds:
-        for k in ks:
+        for k in kind.sizes(ks):
             kind.check_fits(k, n if num_attacks is None else num_attacks, n)
 
 

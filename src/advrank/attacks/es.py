@@ -1,21 +1,21 @@
 """The maximum-embedding-shift attack of §3.3: move f(x + r) as far from f(x) as the threat
 model allows. It drives the EST defense (Eq. 13) and Fig. 2's robustness measure, and is the
-attack kind ``ES`` (which needs no target set: it measures how far x~ drifts in the ranking
-of its own clean copy)."""
+attack kind ``ES`` (robrank's untargeted embedding shift), which needs no target set: it is
+scored by the shift reached (robrank's ES:D), by Recall@1 after it (ES:R) and by how far x~
+drifts in the ranking of its own clean copy (the audit's figure)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from advrank.attacks.base import AttackKind, RankingObjective, RankingView, select_anchors
+from advrank.attacks.base import QueryKind, RankingObjective, RankingView, recall_at_1
 from advrank.attacks.pgd import frozen, keyed_noise, pgd
-from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_finite, check_images
+from advrank.core.checks import check_choice, check_finite, check_images
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import Gallery
-from advrank.core.metrics import count_closer, nearest_neighbors
+from advrank.core.metrics import count_closer
 from advrank.registry import ATTACKS
 
 
@@ -31,6 +31,64 @@ class EmbeddingShiftObjective(RankingObjective):
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
         return -self.distance.paired(emb, self.reference)
+
+
+ES_STARTS = ("random", "nudge")
+NUDGE = 1e-4  # relative to the embedding's rms
+
+
+@ATTACKS.register("ES", aliases=("es",))
+class EmbeddingShiftAttack(QueryKind):
+    """``ES``: the query q moves as far from its clean embedding f(q) as the budget allows.
+
+    Figures ``[B]``: ``shift`` = d(f(q~), f(q)) (robrank's ES:D: 1 - cos for cosine, the L2
+    distance for Euclidean), ``recall@1`` (robrank's ES:R, %: q~'s nearest gallery member
+    other than q's own clean copy shares q's label) and ``rank`` (R(q~, q), %: the share of X
+    closer to q~ than q's own clean copy; 0 before the attack).
+
+    d has zero gradient at r = 0, so PGD cannot start at the clean image as it is.
+    ``start="random"`` (the default) starts at a random point of the ball, the stronger
+    attack; ``start="nudge"`` starts at the clean image and moves away from a reference nudged
+    by a hair (robrank adds 1e-7 to its unit-norm f(q); here f(q) + 1e-4 * rms(f(q)), as our
+    embeddings are not normalised), which is what the ERS profiles use.
+    """
+
+    name = "ES"
+    params = {"start": "random"}
+    needs_clean = True
+    headline = "shift"
+    direction = "up"
+    unit = ""
+    ranked = True  # R(q~, q): how far q~ drifts in the list of its own clean copy
+    description = "untargeted embedding shift: move q's embedding away from its clean one"
+
+    def validate(self, options):
+        check_choice(options["start"], "ES start", ES_STARTS)
+        return options
+
+    @property
+    def random_start(self) -> bool:
+        return self.options["start"] == "random"
+
+    def objective(self, embeddings, distance, part, clean=None):
+        if clean is None:  # the clean images are gallery members: their stored embeddings
+            clean = embeddings[part.anchors.to(embeddings.device)]
+        if self.options["start"] == "nudge":  # a hair off f(q), so d has a gradient at r = 0
+            clean = clean + NUDGE * clean.pow(2).mean(-1, keepdim=True).sqrt()
+        return EmbeddingShiftObjective(clean, distance)
+
+    @torch.no_grad()
+    def measure(self, gallery: Gallery, part, emb: torch.Tensor):
+        g_emb, dist = gallery.embeddings, gallery.distance
+        anchors = part.anchors.to(g_emb.device)
+        shift = dist.paired(emb, g_emb[anchors])
+        ranks = count_closer(emb, shift[:, None], g_emb, dist, targets=anchors[:, None])[:, 0]
+        return {"shift": shift, "recall@1": recall_at_1(gallery, part, emb),
+                "rank": 100.0 * ranks.float() / len(gallery)}
+
+    def view(self, gallery: Gallery, part, emb: torch.Tensor) -> RankingView:
+        """The list of x~ over all of X, its clean copy x included and highlighted."""
+        return RankingView(emb[0], None, None, [], [int(part.anchors[0])])
 
 
 def shift_distance(
@@ -64,43 +122,3 @@ def shift_distance(
                 out.append(check_finite(distance.paired(model(adv), reference),
                                         "the embedding shift"))
     return torch.cat(out)
-
-
-@ATTACKS.register("ES", aliases=("es",))
-class EmbeddingShift(AttackKind):
-    """ES: push f(x~) as far from f(x) as eps allows (§3.3), for random members x of X.
-
-    Measures: ``shift`` (d(f(x~), f(x))), ``rank`` (R(x~, x): the % of X closer to x~ than x's
-    own clean copy; 0 before the attack) and ``recall@1`` (x~'s nearest other member shares
-    x's label). The size k is not used.
-    """
-
-    name = "ES"
-    size_name = None
-    needs_clean = True
-    random_start = True
-    direction = "up"
-    description = "move an image's embedding as far from its clean one as possible (§3.3)"
-
-    def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
-        anchors, _ = select_anchors(self, gallery, k, num_attacks, seed)
-        return Selection(anchors)
-
-    def objective(self, embeddings, distance, part, clean=None):
-        if clean is None:
-            clean = embeddings[part.anchors.to(embeddings.device)]
-        return EmbeddingShiftObjective(clean, distance)
-
-    @torch.no_grad()
-    def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):
-        g_emb, dist, labels, n = gallery.embeddings, gallery.distance, gallery.labels, len(gallery)
-        anchors = part.anchors.to(g_emb.device)
-        shift = dist.paired(emb, g_emb[anchors])
-        ranks = count_closer(emb, shift[:, None], g_emb, dist, targets=anchors[:, None])[:, 0]
-        nn1 = nearest_neighbors(emb, g_emb, 1, dist, anchors)[:, 0]
-        return {"rank": 100.0 * ranks.float() / n, "shift": shift,
-                "recall@1": 100.0 * (labels[nn1] == labels[anchors]).float()}
-
-    def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
-        """The list of x~ over all of X, its clean copy x included and highlighted."""
-        return RankingView(emb[0], None, None, [], [int(part.anchors[0])])

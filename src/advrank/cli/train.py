@@ -156,7 +156,8 @@ def _train_parser(sub, formatter) -> None:
     p.add_argument("--defense", default=None, type=registered(DEFENSES),
                    metavar=names(DEFENSES),
                    help="adversarial training: est = embedding-shift (Eq. 13); madry = "
-                        "adversarial triplets from the ranking attacks (baseline)")
+                        "adversarial triplets from the ranking attacks (baseline); act = "
+                        "anti-collapse triplets (robrank, T-PAMI 2024)")
     p.add_argument("--defense-eps", type=eps_value, default=None,
                    help="defense epsilon, e.g. 0.3 or 8/255 (default: the dataset's, 0.3 for "
                         "MNIST)")

@@ -4,9 +4,11 @@
 adaptation of Madry's adversarial training that §3.3 compares against.
 """
 
+from advrank.defenses.act import AntiCollapseDefense, PairCollapseObjective, mine_triplets
 from advrank.defenses.base import (
     AdversarialTrainingDefense,
     Defense,
+    PGDDefense,
     default_defense_eps,
     defense_names,
     make_defense,
@@ -14,6 +16,7 @@ from advrank.defenses.base import (
 from advrank.defenses.est import EmbeddingShiftDefense
 from advrank.defenses.madry import MadryRankingDefense, TripletInversionObjective
 
-__all__ = ["AdversarialTrainingDefense", "Defense", "EmbeddingShiftDefense",
-           "MadryRankingDefense", "TripletInversionObjective", "default_defense_eps",
-           "defense_names", "make_defense"]
+__all__ = ["AdversarialTrainingDefense", "AntiCollapseDefense", "Defense",
+           "EmbeddingShiftDefense", "MadryRankingDefense", "PGDDefense", "PairCollapseObjective",
+           "TripletInversionObjective", "default_defense_eps", "defense_names", "make_defense",
+           "mine_triplets"]

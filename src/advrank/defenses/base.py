@@ -46,21 +46,24 @@ class Defense:
         return None
 
 
-class AdversarialTrainingDefense(Defense):
-    """Adversarial training as Madry et al. do it: every training image is *replaced* by an
-    adversarial example made against the current (frozen) model, from a random start in the
-    L-inf ball; the loss is the unchanged metric-learning loss on the adversarial batch.
+class PGDDefense(Defense):
+    """A defense that trains on PGD examples within an L-inf budget: the threat model, the
+    distance the examples are made with, and the generator of their random choices.
 
     ``steps``/``step_size`` default to the paper's eta/alpha for ``eps`` (30 steps of 0.01 at
-    eps = 0.3). ``generator`` seeds the random start; ``None`` uses torch's global generator,
-    which the trainer reseeds every epoch, so resumed runs stay repeatable.
+    eps = 0.3). ``generator`` seeds the random start (and any other draw); ``None`` uses
+    torch's global generator, which the trainer reseeds every epoch, so resumed runs stay
+    repeatable. ``random_start``: whether PGD starts at a random point of the ball.
     """
+
+    random_start: ClassVar[bool] = True
 
     def __init__(self, eps: float, steps: int | None = None, step_size: float | None = None,
                  metric: Distance | str | None = None,
                  generator: torch.Generator | None = None):
         check_number(eps, "defense eps (pixel units)", low=0.0, low_open=True, high=1.0)
-        self.threat = LinfThreatModel(float(eps), step_size, steps, random_start=True)
+        self.threat = LinfThreatModel(float(eps), step_size, steps,
+                                      random_start=self.random_start)
         # no metric: the trained model's (the trainer binds it), cosine when used on its own
         self.distance = get_distance(metric or "cosine")
         self._metric_given = metric is not None
@@ -73,6 +76,18 @@ class AdversarialTrainingDefense(Defense):
     @property
     def eps(self) -> float:
         return self.threat.eps
+
+    def describe(self) -> dict[str, Any]:
+        return {"defense": self.name, "metric": self.distance.name, **self.threat.describe()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.threat}, metric={self.distance.name})"
+
+
+class AdversarialTrainingDefense(PGDDefense):
+    """Adversarial training as Madry et al. do it: every training image is *replaced* by an
+    adversarial example made against the current (frozen) model, from a random start in the
+    L-inf ball; the loss is the unchanged metric-learning loss on the adversarial batch."""
 
     def perturb(self, model: nn.Module, images: torch.Tensor,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,12 +104,6 @@ class AdversarialTrainingDefense(Defense):
         model.train()
         emb = model(adv)
         return criterion(emb, labels), emb
-
-    def describe(self) -> dict[str, Any]:
-        return {"defense": self.name, "metric": self.distance.name, **self.threat.describe()}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.threat}, metric={self.distance.name})"
 
 
 def defense_names() -> list[str]:

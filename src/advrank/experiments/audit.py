@@ -74,7 +74,12 @@ class AuditConfig:
         check_batch_size(self.batch_size)
         if self.num_attacks is not None:
             check_number(self.num_attacks, "number of attacks", low=1, integer=True)
-        return make_kinds(list(self.attacks), self.options)
+        kinds = make_kinds(list(self.attacks), self.options)
+        for kind in kinds.values():
+            if not kind.ranked:
+                raise AdvrankError(f"an audit reports normalized ranks; {kind.name} has none "
+                                   "(use advrank attack or advrank robustness for it)")
+        return kinds
 
     def attacks_for(self, n: int) -> int:
         """T per cell: as asked, or min(200, |X|)."""
@@ -102,6 +107,11 @@ def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, 
             "gallery_size": n, "classes": int(g.labels.unique().numel())}
 
 
+def _k(kind: AttackKind, config: AuditConfig) -> int:
+    """The size an attack runs at: ``config.k`` (w or m), or 1 for a kind without one (ES)."""
+    return kind.sizes([config.k])[0]
+
+
 def _threat(config: AuditConfig, eps: float, kind: AttackKind) -> LinfThreatModel:
     return LinfThreatModel(float(eps), config.step_size, config.steps, kind.random_start)
 
@@ -109,23 +119,23 @@ def _threat(config: AuditConfig, eps: float, kind: AttackKind) -> LinfThreatMode
 def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
                t: int, progress: bool, log: Callable[[str], None]) -> None:
     todo = [(a, e) for a in kinds for e in config.eps_values
-            if cell_key(a, e, config.k) not in st]
+            if cell_key(a, e, _k(kinds[a], config)) not in st]
     if todo:
         log(f"audit: {len(todo)} attack cells to run ({len(st.cells) - 1} already done), "
             f"T = {t}, |X| = {len(target.gallery)}")
     selections: dict[str, tuple] = {}
     for attack, eps in todo:
-        kind = kinds[attack]
+        kind, k = kinds[attack], _k(kinds[attack], config)
         if attack not in selections:  # one draw per attack, shared by its eps rows
-            selections[attack] = (kind.select(target.gallery, config.k, t,
-                                              selection_seed(config.seed, attack, config.k)), {})
+            selections[attack] = (kind.select(target.gallery, k, t,
+                                              selection_seed(config.seed, attack, k)), {})
         selection, clean_cache = selections[attack]
-        result = run_attack(target.model, target.gallery, kind, float(eps), config.k, t,
+        result = run_attack(target.model, target.gallery, kind, float(eps), k, t,
                             seed=config.seed, batch_size=config.batch_size,
                             threat=_threat(config, eps, kind), selection=selection,
                             progress=progress, clean_cache=clean_cache)
         summary = result.summary()
-        st.put(cell_key(attack, eps, config.k), summary)
+        st.put(cell_key(attack, eps, k), summary)
         log(f"  {attack} eps={eps:.4g}: rank {summary['rank_before']:.1f} -> "
             f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)")
 
@@ -180,8 +190,9 @@ def audit_summary(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
     rows = []
     for attack in kinds:
         for eps in config.eps_values:
-            cell = st.get(cell_key(attack, eps, config.k))
-            rows.append({"attack": attack, "eps": float(eps), "k": config.k,
+            k = _k(kinds[attack], config)
+            cell = st.get(cell_key(attack, eps, k))
+            rows.append({"attack": attack, "eps": float(eps), "k": k,
                          "direction": kinds[attack].direction,
                          **{key: cell[key] for key in cell if key.endswith(("_before",
                             "_after", "_se", "_max"))}, "num_attacks": cell["num_attacks"],
@@ -221,7 +232,8 @@ def example_panels(target: Target, kinds: dict[str, AttackKind], config: AuditCo
     for attack, kind in kinds.items():
         if type(kind).view is AttackKind.view:  # a plugin kind without example views
             continue
-        selection = kind.select(g, config.k, t, selection_seed(config.seed, attack, config.k))
+        k = _k(kind, config)
+        selection = kind.select(g, k, t, selection_seed(config.seed, attack, k))
         part = selection.slice(0, min(config.examples, t))
         _, adv = next(attack_batches(target.model, g, kind, _threat(config, eps, kind), part,
                                      config.seed, len(part)))

@@ -110,8 +110,9 @@ def run_grid(
     with Store(out_dir, RESULTS, FORMAT, identity, record, implied=IMPLIED_IDENTITY,
                check_cell=check_cell) as st:
         check_cell_options(st.path, st.cells.values(), kinds)
-        todo = [(a, k, e) for a in kinds for k in ks for e in eps_values
-                if cell_key(a, e, k) not in st]
+        # a kind without a size parameter (TMA, ES, ...) has one column, k = 1
+        todo = [(a, k, e) for a in kinds for k in kinds[a].sizes(ks)
+                for e in eps_values if cell_key(a, e, k) not in st]
         if progress and todo:
             print(f"grid: {len(todo)} cells to run ({len(st.cells)} already done)",
                   file=sys.stderr)
@@ -128,8 +129,9 @@ def run_grid(
             summary = result.summary()
             st.put(cell_key(attack, eps, k), summary)
             if progress:
-                print(f"  {attack} eps={eps:g} k={k}: {summary['rank_before']:.1f} -> "
-                      f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)",
+                fig = kind.headline
+                print(f"  {attack} eps={eps:g} k={k}: {fig} {summary[f'{fig}_before']:.3g} -> "
+                      f"{summary[f'{fig}_after']:.3g}{kind.unit} ({summary['seconds']:.0f}s)",
                       file=sys.stderr)
         results = st.content()
         write_tables(st, results)
@@ -144,7 +146,8 @@ def write_tables(store: Store, results: dict) -> None:
     r1 = cfg.get("recall@1")
     title = (f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')} / {cfg.get('metric', '?')} "
              f"(R@1 = {'?' if r1 is None else f'{r1:.1f}'}%), T = {cfg['num_attacks']} "
-             f"attacks per cell, |X| = {cfg['gallery_size']}; cell = mean rank after attack "
-             f"(%) ± standard error" + (" (paper's figure)" if paper else ""))
+             f"attacks per cell, |X| = {cfg['gallery_size']}; cell = mean of the attack's headline "
+             f"figure after attack (normalized rank, %, for CA/QA) ± standard error"
+             + (" (paper's figure)" if paper else ""))
     store.write_text(CSV, csv_table(cells, paper))
     store.write_text(TABLE, markdown_table(cells, paper, title=title))

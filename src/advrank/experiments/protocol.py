@@ -14,7 +14,6 @@ contiguous share of whole batches and the per-attack figures are gathered in ord
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -62,6 +61,7 @@ class AttackResult:
     figures: dict[str, float]
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    headline: str = "rank"
 
     @property
     def rank_before(self) -> list[float]:
@@ -74,6 +74,7 @@ class AttackResult:
     def summary(self) -> dict[str, Any]:
         """The figures a table cell shows: means (and standard errors) over the T attacks."""
         return {"attack": self.attack, "eps": self.eps, "k": self.k, "k_name": self.k_name,
+                "headline": self.headline,
                 "num_attacks": self.num_attacks, "gallery_size": self.gallery_size,
                 **self.figures, **self.options, "threat": self.threat,
                 "seconds": self.seconds, **self.extra}
@@ -119,11 +120,11 @@ class RankLog:
             threat=threat.describe(), options=options,
             before={key: v.tolist() for key, v in before.items()},
             after={key: v.tolist() for key, v in after.items()},
-            figures=kind.summarize(before, after), seconds=seconds)
+            figures=kind.summarize(before, after), seconds=seconds, headline=kind.headline)
 
 
 #: option values of cells written before the option existed
-IMPLIED_OPTIONS = {"sp_reduction": "sum", "g": 5, "top_fraction": 0.01}
+IMPLIED_OPTIONS = {"sp_reduction": "sum", "g": 5, "top_fraction": 0.01, "start": "random"}
 
 
 def check_cell_options(path, cells: Iterable[dict], kinds: dict[str, AttackKind]) -> None:
@@ -303,8 +304,7 @@ def run_attack(
     check_gallery(model, gallery)
     policy = get_policy(policy)
     threat = check_threat(threat, eps)
-    if kind.random_start and not threat.random_start:  # flat at the clean input (ES)
-        threat = dataclasses.replace(threat, random_start=True)
+    threat = kind.threat_for(threat)  # e.g. ES adds a random start; results record it
     seed, batch_size = check_seed(seed), check_batch_size(batch_size)
     check_progress(progress)
     selection = selection or kind.select(gallery, k, num_attacks, seed)

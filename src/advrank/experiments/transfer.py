@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrank.attacks.base import AttackKind, check_fits_all, get_attack, make_kinds
+from advrank.attacks.base import (
+    AttackKind,
+    check_fits_all,
+    check_ranked,
+    get_attack,
+    make_kinds,
+)
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import (
@@ -108,7 +114,7 @@ def transfer_attack(
     Returns the target's figures at top level and the source's white-box figures under
     ``"source"``. Transferring a model to itself equals :func:`protocol.run_attack`.
     """
-    kind = get_attack(attack, **options)
+    kind = check_ranked(get_attack(attack, **options), "transfer")
     check_choice(select_on, "select_on", SELECT_ON)
     seed, batch_size = check_seed(seed), check_batch_size(batch_size)
     check_progress(progress)
@@ -206,6 +212,8 @@ def transfer_matrix(
     check_choice(select_on, "select_on", SELECT_ON)
     kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
                        options)
+    for kind in kinds.values():
+        check_ranked(kind, "transfer")
     seed, batch_size = check_seed(seed), check_batch_size(batch_size)
     k = check_int(k, "w/m")
     if num_attacks is not None:

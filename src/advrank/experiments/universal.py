@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrank.attacks.base import AttackKind, get_attack, mean_se
+from advrank.attacks.base import AttackKind, check_ranked, get_attack, mean_se
 from advrank.attacks.pgd import universal_pgd
 from advrank.attacks.selection import Selection, sp_candidates, top_pool_size
 from advrank.attacks.threat import LinfThreatModel, paper_step_size
@@ -130,7 +130,7 @@ def universal_attack(
     ``rank_after_unseen`` (all %, with ``_se``), the loss per step, and ``perturbation`` (r,
     on the CPU).
     """
-    kind = universal_kind(attack, xi)
+    kind = check_ranked(universal_kind(attack, xi), "the universal attack")
     check_gallery(model, gallery)
     seed = check_seed(seed)
     dev, n = gallery.embeddings.device, len(gallery)

@@ -25,27 +25,44 @@ def size_name(attack: str) -> str:
 
 
 def format_attack(summary: dict) -> str:
-    """One line for an attack cell: every figure the kind measured, before -> after."""
+    """One line for an attack cell: its headline figure first, then every other figure the
+    kind measured, before -> after (± standard error). Figures are % except a unit-less
+    headline (a cosine, a distance), shown with 4 decimals."""
+    head, digits = headline_of(summary)
     figures = [key[: -len("_before")] for key in summary
                if key.endswith("_before") and f"{key[:-7]}_after" in summary]
-    parts = [f"{fig} {summary[f'{fig}_before']:.2f} -> {summary[f'{fig}_after']:.2f}"
-             + (f" (± {summary[f'{fig}_after_se']:.2f})" if f"{fig}_after_se" in summary else "")
-             for fig in figures]
+    figures.sort(key=lambda fig: fig != head)  # stable: the headline first
+    parts = []
+    for fig in figures:
+        unit, places = ("%", 2) if fig != head or digits == 1 else ("", 4)
+        se = summary.get(f"{fig}_after_se")
+        parts.append(f"{fig} {summary[f'{fig}_before']:.{places}f}{unit} -> "
+                     f"{summary[f'{fig}_after']:.{places}f}{unit}"
+                     + (f" (± {se:.{places}f})" if se is not None else ""))
     return (f"{summary['attack']} eps={summary['eps']:g} {summary.get('k_name') or 'k'}="
-            f"{summary['k']}, T={summary['num_attacks']}, |X|={summary['gallery_size']}: "
-            + "; ".join(parts) + " (%)")
+            f"{summary['k']}: " + "; ".join(parts)
+            + f" (T={summary['num_attacks']}, |X|={summary['gallery_size']})")
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def headline_of(cell: dict) -> tuple[str, int]:
+    """The figure a cell shows (its kind's headline; "rank" in cells written before kinds had
+    other headlines) and its number of decimals (1 for %, 3 for a cosine or a distance)."""
+    name = cell.get("headline", "rank")
+    unit = ATTACKS.get(cell["attack"]).unit if cell["attack"] in ATTACKS else "%"
+    return name, 1 if unit else 3
+
+
 def _cell_text(c: dict | None, paper: str | None, show_se: bool) -> str:
     if c is None:
         return ""
-    text = _fmt(c["rank_after"])
-    if show_se and c.get("rank_after_se") and c["eps"] > 0:
-        text += f" ± {c['rank_after_se']:.1f}"
+    fig, digits = headline_of(c)
+    text = _fmt(c[f"{fig}_after"], digits)
+    if show_se and c.get(f"{fig}_after_se") and c["eps"] > 0:
+        text += f" ± {c[f'{fig}_after_se']:.{digits}f}"
     ref = paper_value(paper, c["attack"], c["eps"], c["k"])
     return text if ref is None else f"{text} ({ref:g})"
 
@@ -67,7 +84,8 @@ def _sp_lines(cells: list[dict]) -> list[str]:
 
 def markdown_table(cells: Iterable[dict], paper: str | None = None, show_se: bool = True,
                    title: str | None = None) -> str:
-    """A Table-1 style Markdown table: rows eps, columns attack x k; cell = rank after (%).
+    """A Table-1 style Markdown table: rows eps, columns attack x k; cell = the attack's
+    headline figure after attack (the normalized rank, %, for CA/QA).
 
     ``cells``: dicts from ``AttackResult.summary()``. With ``paper``, each cell also shows the
     paper's figure in brackets.
@@ -92,7 +110,8 @@ def markdown_table(cells: Iterable[dict], paper: str | None = None, show_se: boo
 
 CSV_FIELDS = ("attack", "eps", "k", "num_attacks", "gallery_size", "rank_before",
               "rank_before_se", "rank_after", "rank_after_se", "sp_rank_before", "sp_rank_after",
-              "recall@1_before", "recall@1_after", "paper", "seconds")
+              "recall@1_before", "recall@1_after", "paper", "seconds", "headline",
+              "headline_before", "headline_after", "headline_after_se")
 
 
 def csv_table(cells: Iterable[dict], paper: str | None = None) -> str:
@@ -101,7 +120,11 @@ def csv_table(cells: Iterable[dict], paper: str | None = None) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for c in cells:
-        writer.writerow({**c, "paper": paper_value(paper, c["attack"], c["eps"], c["k"])})
+        fig, _ = headline_of(c)
+        writer.writerow({**c, "paper": paper_value(paper, c["attack"], c["eps"], c["k"]),
+                         "headline": fig, "headline_before": c[f"{fig}_before"],
+                         "headline_after": c[f"{fig}_after"],
+                         "headline_after_se": c.get(f"{fig}_after_se")})
     return buf.getvalue()
 
 

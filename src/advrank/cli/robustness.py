@@ -1,0 +1,56 @@
+"""``advrank robustness``: robrank's Empirical Robustness Score of a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from advrank.cli.options import add_common, emit, integer, positive_int
+from advrank.core.io import check_writable_dir
+
+
+def default_out(checkpoint: str, profile: str) -> Path:
+    """``robustness-<checkpoint name>-<profile>`` in the current folder."""
+    return Path(f"robustness-{Path(checkpoint).stem}-{profile}")
+
+
+def cmd_robustness(args) -> None:
+    from advrank.experiments.robustness import get_profile, run_robustness
+    from advrank.experiments.target import load_target
+
+    profile = get_profile(args.profile)  # refused before any work
+    out = Path(args.out) if args.out else default_out(args.checkpoint, profile.name)
+    check_writable_dir(out)
+    target = load_target(args.checkpoint, args.device, args.data_root, args.download,
+                         progress=not args.quiet)
+    result = run_robustness(target.model, target.gallery, out, profile.name, args.num_attacks,
+                            args.seed, args.batch_size, args.bootstrap,
+                            target.record(args.seed), progress=not args.quiet)
+    text = (out / "robustness.md").read_text()
+    emit(args, {"out": str(out), **result}, text)
+
+
+def register(sub, formatter) -> None:
+    from advrank.experiments.robustness import PROFILES
+
+    p = sub.add_parser(
+        "robustness", help="robrank's Empirical Robustness Score (ERS) of a checkpoint",
+        formatter_class=formatter,
+        description="Run the ten attacks of a robrank profile (CA+, CA-, QA+, QA- with w = m "
+                    "= 1, TMA, ES, LTM, GTM, GTT; rob28: eps 77/255, rob224: eps 8/255; alpha "
+                    "3/255, 32 PGD steps) on the checkpoint's test set, rescale the ten scores "
+                    "to [0, 100] and average them into ERS, with a bootstrap 95% interval. "
+                    "Writes results.json after each attack (rerunning resumes) and "
+                    "robustness.md.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--profile", required=True, choices=tuple(PROFILES),
+                   help="rob28 for 28x28 inputs (MNIST, Fashion-MNIST), rob224 for 224x224")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: robustness-<checkpoint name>-<profile>)")
+    p.add_argument("--num-attacks", type=positive_int, default=None,
+                   help="T items per attack (default: the whole test set, as robrank)")
+    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
+                   help="attacks per PGD batch (results do not depend on it)")
+    p.add_argument("--bootstrap", type=integer(1, 10_000_000), default=1000,
+                   help="bootstrap resamples for the ERS interval")
+    add_common(p)
+    p.set_defaults(func=cmd_robustness)

@@ -1,0 +1,244 @@
+"""robrank's Empirical Robustness Score (ERS; Zhou et al., T-PAMI 2024, ``tools/pjswipe.py``):
+one number for a model's robustness, the mean of ten rescaled attack scores, each in [0, 100]
+with 100 = unaffected.
+
+A profile (``rob28`` for 28x28 inputs, ``rob224`` for 224x224; robrank's ``cmdline.py``) fixes
+the threat model: eps = 77/255 or 8/255, alpha = 3/255, 32 PGD steps. Nine attacks give the ten
+raw scores (ES gives two):
+
+=====  ======  =======================================  ==========================
+score  attack  raw score (mean over the T attacks)       rescaled
+=====  ======  =======================================  ==========================
+CA+    CA+     R_CA after (%), w = 1                      2 * CA+
+CA-    CA-     R_CA after (%), w = 1                      100 - CA-
+QA+    QA+     R_QA after (%), m = 1, no SP term          2 * QA+
+QA-    QA-     R_QA after (%), m = 1, no SP term          100 - QA-
+TMA    TMA     cos(f(q~), f(t))                           100 * (1 - TMA)
+ES:D   ES      d(f(q~), f(q))                             100 * (2 - ES:D) / 2
+ES:R   ES      Recall@1 after (%)                         ES:R
+LTM    LTM     Recall@1 after (%)                         LTM
+GTM    GTM     Recall@1 after (%)                         GTM
+GTT    GTT     retain@4 after (%)                         GTT
+=====  ======  =======================================  ==========================
+
+ERS = the mean of the ten rescaled scores. robrank gives no uncertainty; here a percentile
+bootstrap over each attack's T items (resampled independently per attack, jointly for the two
+ES scores, seeded) gives a 95% interval. Results go through the store: rerunning the same
+command skips the attacks already done.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advrank.attacks.base import get_attack
+from advrank.attacks.selection import check_num_attacks
+from advrank.attacks.threat import LinfThreatModel
+from advrank.core.checks import check_number
+from advrank.core.gallery import Gallery
+from advrank.core.runtime import derived_seed
+from advrank.errors import AdvrankError
+from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
+from advrank.experiments.store import Store
+
+RESULTS, TABLE = "results.json", "robustness.md"
+FORMAT = "advrank-robustness"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A threat model of robrank's ``Swipe`` profiles."""
+
+    name: str
+    eps: float
+    step_size: float
+    steps: int
+
+    def threat(self) -> LinfThreatModel:
+        return LinfThreatModel(self.eps, self.step_size, self.steps)
+
+
+@dataclass(frozen=True)
+class Score:
+    """One of the ten ERS scores: the mean of ``attack``'s per-item ``figure`` after attack,
+    rescaled linearly to ``scale * raw + offset``."""
+
+    name: str
+    attack: str
+    figure: str
+    scale: float
+    offset: float
+
+    def rescale(self, raw: float | torch.Tensor) -> float | torch.Tensor:
+        return self.scale * raw + self.offset
+
+
+PROFILES = {
+    "rob28": Profile("rob28", 77 / 255, 3 / 255, 32),
+    "rob224": Profile("rob224", 8 / 255, 3 / 255, 32),
+}
+
+#: the attacks of every profile with their options, set to run as robrank's code runs them so
+#: that ERS is comparable with its published rows: w = m = 1, QA without the SP term (robrank
+#: runs "QA", not "SPQA", in its rob profiles), ES from the clean image with a nudged
+#: reference, LTM with the query's own copy among its positives, GTM with robrank's target
+#: index (see each kind's docstring)
+ATTACKS = (("CA+", {}), ("CA-", {}), ("QA+", {"xi": 0.0, "g": 0}), ("QA-", {"xi": 0.0, "g": 0}),
+           ("TMA", {}), ("ES", {"start": "nudge"}), ("LTM", {"own_copy_positive": True}),
+           ("GTM", {"target": "robrank"}), ("GTT", {}))
+
+SCORES = (
+    Score("CA+", "CA+", "rank", 2.0, 0.0),
+    Score("CA-", "CA-", "rank", -1.0, 100.0),
+    Score("QA+", "QA+", "rank", 2.0, 0.0),
+    Score("QA-", "QA-", "rank", -1.0, 100.0),
+    Score("TMA", "TMA", "cosine", -100.0, 100.0),
+    Score("ES:D", "ES", "shift", -50.0, 100.0),
+    Score("ES:R", "ES", "recall@1", 1.0, 0.0),
+    Score("LTM", "LTM", "recall@1", 1.0, 0.0),
+    Score("GTM", "GTM", "recall@1", 1.0, 0.0),
+    Score("GTT", "GTT", "retain@4", 1.0, 0.0),
+)
+SCORE_NAMES = tuple(s.name for s in SCORES)
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise AdvrankError(f"unknown robustness profile {name!r}; choose one of: "
+                           f"{', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def ers(raw: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """ERS and the rescaled scores from the ten raw scores (``{name: value}``)."""
+    missing = [s.name for s in SCORES if s.name not in raw]
+    if missing:
+        raise AdvrankError(f"ERS needs all ten scores; missing {', '.join(missing)}")
+    rescaled = {s.name: float(s.rescale(float(raw[s.name]))) for s in SCORES}
+    return sum(rescaled.values()) / len(rescaled), rescaled
+
+
+def bootstrap_interval(items: dict[str, dict[str, list[float]]], resamples: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ERS. ``items[attack][figure]``: the per-item values
+    after attack ``[T_attack]``; each attack's items are resampled with replacement (the same
+    draw for all figures of one attack), ``resamples`` times, from a generator seeded by
+    ``seed``."""
+    check_number(resamples, "bootstrap resamples", low=1, high=10**7, integer=True)
+    gen = torch.Generator().manual_seed(seed)
+    total = torch.zeros(resamples, dtype=torch.float64)
+    draws: dict[str, torch.Tensor] = {}
+    for score in SCORES:
+        values = torch.tensor(items[score.attack][score.figure], dtype=torch.float64)
+        if score.attack not in draws:  # one draw per attack, shared by its figures
+            draws[score.attack] = torch.randint(values.numel(), (resamples, values.numel()),
+                                                generator=gen)
+        total += score.rescale(values[draws[score.attack]].mean(1))
+    total /= len(SCORES)
+    tail = (1.0 - level) / 2
+    low, high = torch.quantile(total, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
+    return float(low), float(high)
+
+
+def summarize(cells: dict[str, dict], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """``{"ers", "ers_ci", "scores", "rescaled", "clean"}`` from the stored attack cells."""
+    raw = {s.name: cells[s.attack][f"{s.figure}_after"] for s in SCORES}
+    clean = {s.name: cells[s.attack][f"{s.figure}_before"] for s in SCORES}
+    value, rescaled = ers(raw)
+    items = {a: cells[a]["items"] for a in dict.fromkeys(s.attack for s in SCORES)}
+    low, high = bootstrap_interval(items, resamples, seed)
+    return {"ers": value, "ers_ci": [low, high], "scores": raw, "rescaled": rescaled,
+            "clean": clean, "bootstrap_resamples": resamples}
+
+
+def _run_one(model: nn.Module, gallery: Gallery, attack: str, options: dict, profile: Profile,
+             num_attacks: int, seed: int, batch_size: int, progress: bool) -> dict:
+    kind = get_attack(attack, **options)
+    selection = kind.select(gallery, 1, num_attacks, derived_seed(seed, "robustness", attack))
+    result = run_attack(model, gallery, kind, profile.eps, 1, num_attacks, seed=seed,
+                        batch_size=batch_size, threat=profile.threat(), selection=selection,
+                        progress=progress)
+    figures = sorted({s.figure for s in SCORES if s.attack == attack})
+    return {**result.summary(), "items": {f: result.after[f] for f in figures}}
+
+
+def run_robustness(
+    model: nn.Module, gallery: Gallery, out_dir: str | Path, profile: str = "rob28",
+    num_attacks: int | None = None, seed: int = 0, batch_size: int = 256,
+    resamples: int = 1000, meta: dict | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the profile's nine attacks on ``gallery`` (T = ``num_attacks`` items
+    each, default |X|), write ``results.json`` after each and ``robustness.md`` at the end;
+    returns the summary (see :func:`summarize`) with the run's settings."""
+    from advrank.reports.robustness import robustness_markdown
+
+    prof = get_profile(profile)
+    n = len(gallery)
+    num_attacks = n if num_attacks is None else num_attacks
+    check_num_attacks(num_attacks, n)
+    batch_size = check_batch_size(batch_size)
+    check_number(resamples, "bootstrap resamples", low=1, high=10**7, integer=True)
+    identity = {"profile": prof.name, "num_attacks": num_attacks, "seed": seed,
+                "gallery_size": n, "checkpoint_sha": (meta or {}).get("checkpoint_sha")}
+    record = {"threat": prof.threat().describe(), **(meta or {})}
+    with Store(out_dir, RESULTS, FORMAT, identity, record) as st:
+        # cells made with other attack options (e.g. an older LTM) are refused, not mixed in
+        check_cell_options(st.path, st.cells.values(),
+                           {a: get_attack(a, **o) for a, o in ATTACKS})
+        todo = [(a, o) for a, o in ATTACKS if a not in st]
+        if progress and todo:
+            print(f"robustness: {len(todo)} attacks to run ({len(st.cells)} already done)",
+                  file=sys.stderr)
+        for attack, options in todo:
+            cell = _run_one(model, gallery, attack, options, prof, num_attacks, seed,
+                            batch_size, progress)
+            st.put(attack, cell)
+            if progress:
+                fig = cell["headline"]
+                print(f"  {attack}: {fig} {cell[f'{fig}_before']:.3g} -> "
+                      f"{cell[f'{fig}_after']:.3g} ({cell['seconds']:.0f}s)", file=sys.stderr)
+        summary = summarize(st.cells, resamples, seed)
+        st.extra["summary"] = summary
+        st.flush()
+        result = {**summary, "profile": prof.name, "num_attacks": num_attacks,
+                  "gallery_size": n, "config": st.content()["config"]}
+        st.write_text(TABLE, robustness_markdown(result))
+    return result
+
+
+def _published(r1: float, r2: float, map_: float, nmi: float, scores: str) -> dict[str, Any]:
+    """A row of robrank's ``doc/dmltab-*.txt`` (retrieval figures as fractions there)."""
+    values = [float(v) for v in scores.replace("|", " ").split()]
+    return {"recall@1": 100 * r1, "recall@2": 100 * r2, "map": 100 * map_, "nmi": 100 * nmi,
+            "scores": dict(zip(SCORE_NAMES, values, strict=True))}
+
+
+#: robrank's published Fashion-MNIST rows (``doc/dmltab-fashion.txt``, rc2f2 = its C2F2 model;
+#: ``d`` = EST, ``p`` = ACT; C cosine, E Euclidean, N Euclidean on unit vectors). ERS is not
+#: printed there; :func:`ers` gives it from the ten scores (8.2 / 61.6 / 65.4 for C).
+ROBRANK_FASHION = {
+    "rc2f2:ptripletC": _published(0.873, 0.928, 0.850, 0.778,
+                                  "1.0 99.5 0.3 99.0 0.986 | 1.594 30.7 11.6 13.8 0.0"),
+    "rc2f2d:ptripletC": _published(0.758, 0.854, 0.613, 0.630,
+                                   "33.5 12.5 40.4 8.3 0.660 | 0.040 53.2 49.6 53.6 0.4"),
+    "rc2f2p:ptripletC": _published(0.781, 0.868, 0.679, 0.668,
+                                   "32.2 14.7 36.9 12.0 0.288 | 0.182 51.5 68.5 60.1 0.4"),
+    "rc2f2:ptripletN": _published(0.876, 0.929, 0.844, 0.766,
+                                  "1.1 96.8 0.3 97.8 0.990 | 1.604 0.1 0.0 12.6 0.0"),
+    "rc2f2d:ptripletN": _published(0.766, 0.860, 0.592, 0.610,
+                                   "14.9 36.1 20.9 48.6 0.966 | 0.288 62.0 28.0 20.8 0.0"),
+    "rc2f2p:ptripletN": _published(0.787, 0.871, 0.688, 0.672,
+                                   "33.6 14.6 38.5 12.1 0.259 | 0.541 48.5 59.5 60.2 0.1"),
+    "rc2f2:ptripletE": _published(0.874, 0.927, 0.835, 0.814,
+                                  "0.7 96.8 0.3 93.3 0.987 | 10.91 24.0 0.3 7.0 0.0"),
+    "rc2f2d:ptripletE": _published(0.821, 0.892, 0.639, 0.641,
+                                   "10.5 53.8 12.5 65.0 0.821 | 4.608 52.9 22.3 14.6 0.0"),
+    "rc2f2p:ptripletE": _published(0.786, 0.867, 0.643, 0.646,
+                                   "27.7 18.6 38.4 17.4 0.477 | 9.307 53.9 47.8 49.6 0.0"),
+}
