@@ -234,3 +234,21 @@ def test_audit_counts_skipped_pictures_in_its_report(folders, model_files, tmp_p
     assert report["config"]["images_listed"] == 60
     page = (out / "report.html").read_text()
     assert "Unreadable images (1)" in page and "circles/007.jpg" in page
+
+
+def test_robustness_of_an_outside_model(model_files, image_folder, tmp_path, capsys):
+    """``advrank robustness --model ... --data ...``: ERS of a model advrank did not train,
+    with its provenance; the audit refuses the kinds that measure no rank."""
+    model, data = model_files["python"], ["--data", f"imagefolder:{image_folder}"]
+    out = tmp_path / "ers"
+    assert main(["robustness", *model, *data, "--profile", "rob28", "--out", str(out),
+                 "--num-attacks", "3", "--bootstrap", "50", "--json"]) == 0
+    res = _json(capsys)
+    assert set(res["scores"]) == set(res["rescaled"]) and len(res["scores"]) == 10
+    low, high = res["ers_ci"]
+    assert 0 <= low <= res["ers"] <= high <= 100
+    cfg = json.loads((out / "results.json").read_text())["config"]
+    assert cfg["model"] == model[1] and len(cfg["data_sha"]) == 64
+    assert main(["audit", *model, *data, "--out", str(tmp_path / "a"), "--attacks", "CA+,LTM",
+                 "--num-attacks", "2"]) == 2
+    _one_error(capsys, "LTM has none")

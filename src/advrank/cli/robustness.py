@@ -1,27 +1,38 @@
-"""``advrank robustness``: robrank's Empirical Robustness Score of a checkpoint."""
+"""``advrank robustness``: robrank's Empirical Robustness Score of a model."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from advrank.cli.options import add_common, emit, integer, positive_int
+from advrank.cli.options import (
+    add_common,
+    add_target_options,
+    emit,
+    integer,
+    load_target_from_args,
+    positive_int,
+)
 from advrank.core.io import check_writable_dir
 
 
-def default_out(checkpoint: str, profile: str) -> Path:
-    """``robustness-<checkpoint name>-<profile>`` in the current folder."""
-    return Path(f"robustness-{Path(checkpoint).stem}-{profile}")
+def default_out(args, profile: str) -> Path:
+    """``robustness-<checkpoint or model name>-<profile>`` in the current folder."""
+    name = Path(args.checkpoint).stem if args.checkpoint else re.sub(r"[^\w.-]+", "_",
+                                                                      str(args.model))
+    return Path(f"robustness-{name}-{profile}")
 
 
 def cmd_robustness(args) -> None:
+    from advrank.attacks.selection import check_num_attacks
     from advrank.experiments.robustness import get_profile, run_robustness
-    from advrank.experiments.target import load_target
 
     profile = get_profile(args.profile)  # refused before any work
-    out = Path(args.out) if args.out else default_out(args.checkpoint, profile.name)
+    out = Path(args.out) if args.out else default_out(args, profile.name)
     check_writable_dir(out)
-    target = load_target(args.checkpoint, args.device, args.data_root, args.download,
-                         progress=not args.quiet)
+    check = None if args.num_attacks is None else (
+        lambda n: check_num_attacks(args.num_attacks, n))
+    target = load_target_from_args(args, check=check)
     result = run_robustness(target.model, target.gallery, out, profile.name, args.num_attacks,
                             args.seed, args.batch_size, args.bootstrap,
                             target.record(args.seed), progress=not args.quiet)
@@ -33,15 +44,15 @@ def register(sub, formatter) -> None:
     from advrank.experiments.robustness import PROFILES
 
     p = sub.add_parser(
-        "robustness", help="robrank's Empirical Robustness Score (ERS) of a checkpoint",
+        "robustness", help="robrank's Empirical Robustness Score (ERS) of a model",
         formatter_class=formatter,
         description="Run the ten attacks of a robrank profile (CA+, CA-, QA+, QA- with w = m "
                     "= 1, TMA, ES, LTM, GTM, GTT; rob28: eps 77/255, rob224: eps 8/255; alpha "
-                    "3/255, 32 PGD steps) on the checkpoint's test set, rescale the ten scores "
-                    "to [0, 100] and average them into ERS, with a bootstrap 95% interval. "
-                    "Writes results.json after each attack (rerunning resumes) and "
-                    "robustness.md.")
-    p.add_argument("--checkpoint", required=True)
+                    "3/255, 32 PGD steps) on a checkpoint's test set (or --model on --data), "
+                    "rescale the ten scores to [0, 100] and average them into ERS, with a "
+                    "bootstrap 95% interval. Writes results.json after each attack (rerunning "
+                    "resumes) and robustness.md.")
+    add_target_options(p)
     p.add_argument("--profile", required=True, choices=tuple(PROFILES),
                    help="rob28 for 28x28 inputs (MNIST, Fashion-MNIST), rob224 for 224x224")
     p.add_argument("--out", default=None,
