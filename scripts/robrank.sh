@@ -5,6 +5,8 @@
 #   scripts/robrank.sh STEP [STEP ...]
 #   steps: study-vanilla study-est study-grid study-table act-fashion act-mnist
 #          ers:NAME (ERS of RUNS/NAME.pt; rob28) ers-table
+#   study-vanilla:N, study-est:N and study-grid:N do one study model N (ct et cc ec; a
+#   study-grid name may end in -est), e.g. to run several at once on separate cores
 #
 # Environment (all optional): ADVRANK_DATA (default ../shared/data), RUNS (default runs/),
 # RESULTS (default results/), DEVICE (auto), ERS_T (attacks per ERS attack, default 1000),
@@ -40,33 +42,38 @@ ckpt() {  # study name -> checkpoint (the cosine/triplet model is the shared van
   if [[ $1 == ct ]]; then echo "$RUNS/mnist-c2f1.pt"; else echo "$RUNS/mnist-c2f1-$1.pt"; fi
 }
 
-study_vanilla() {  # the cosine/triplet model comes from reproduce.sh mnist (same recipe)
+study_specs() {  # the STUDY entries, or only the one named $1
   for spec in "${STUDY[@]}"; do
-    read -r name metric loss <<< "$spec"
-    train "$RESULTS/loss-metric-mnist/$name" "$(ckpt "$name")" --dataset mnist \
-      --arch c2f1 --metric "$metric" --loss "$loss" --epochs "$STUDY_EPOCHS" --seed 0
+    [[ -z ${1:-} || $spec == "$1 "* ]] && echo "$spec"
   done
 }
 
+study_vanilla() {  # the cosine/triplet model comes from reproduce.sh mnist (same recipe)
+  while read -r name metric loss; do
+    train "$RESULTS/loss-metric-mnist/$name" "$(ckpt "$name")" --dataset mnist \
+      --arch c2f1 --metric "$metric" --loss "$loss" --epochs "$STUDY_EPOCHS" --seed 0
+  done < <(study_specs "${1:-}")
+}
+
 study_est() {
-  for spec in "${STUDY[@]}"; do
-    read -r name _ _ <<< "$spec"
+  while read -r name _ _; do
     train "$RESULTS/loss-metric-mnist/$name-est" "$RUNS/mnist-c2f1-$name-est.pt" \
       --dataset mnist --init "$(ckpt "$name")" --defense est --defense-eps 0.3 \
       --defense-steps "$STUDY_EST_STEPS" --defense-step-size "$STUDY_EST_STEP_SIZE" \
       --epochs "$STUDY_EST_EPOCHS" --seed 0
-  done
+  done < <(study_specs "${1:-}")
 }
 
-study_grid() {
-  for spec in "${STUDY[@]}"; do
-    read -r name _ _ <<< "$spec"
-    for model in "$name" "$name-est"; do
-      local path="$RUNS/mnist-c2f1-$model.pt"; [[ $model == ct ]] && path=$(ckpt ct)
-      advrank grid --checkpoint "$path" --out "$RESULTS/loss-metric-mnist/$model" --num-attacks "$STUDY_T" --ks 1 \
-        --eps-values 0.1,0.3 --batch-size "$BATCH" --device "$DEVICE" --paper none --quiet \
-        > /dev/null
-    done
+study_grid() {  # all eight models, or the one named $1 (e.g. cc or cc-est)
+  local models=()
+  if [[ -n ${1:-} ]]; then models=("$1"); else
+    while read -r name _ _; do models+=("$name" "$name-est"); done < <(study_specs)
+  fi
+  for model in "${models[@]}"; do
+    local path="$RUNS/mnist-c2f1-$model.pt"; [[ $model == ct ]] && path=$(ckpt ct)
+    advrank grid --checkpoint "$path" --out "$RESULTS/loss-metric-mnist/$model" \
+      --num-attacks "$STUDY_T" --ks 1 --eps-values 0.1,0.3 --batch-size "$BATCH" \
+      --device "$DEVICE" --paper none --quiet > /dev/null
   done
 }
 
@@ -90,8 +97,11 @@ ers() {  # checkpoint-name
 for step in "$@"; do
   case $step in
     study-vanilla) study_vanilla ;;
+    study-vanilla:*) study_vanilla "${step#*:}" ;;
     study-est) study_est ;;
+    study-est:*) study_est "${step#*:}" ;;
     study-grid) study_grid ;;
+    study-grid:*) study_grid "${step#*:}" ;;
     study-table) python scripts/robrank_tables.py study "$RESULTS" ;;
     act-fashion) act fashion ;;
     act-mnist) act mnist ;;
