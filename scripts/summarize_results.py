@@ -121,6 +121,7 @@ def main(root: str = "results") -> None:
             text = bench.read_text().splitlines()
             out += [f"## Attack benchmark ({name}): `python benchmarks/bench_attack.py`", "",
                     "```", *[t for t in text if not t.startswith("{")], "```", ""]
+    out += followup_sections(root)
     earlier = sorted(p.name for p in (root / "earlier").glob("*") if p.is_dir())
     if earlier:
         out += ["## Earlier runs (`results/earlier/`)", "",
@@ -128,6 +129,25 @@ def main(root: str = "results") -> None:
                 + ", ".join(f"`{e}`" for e in earlier) + ".", ""]
     (root / "README.md").write_text("\n".join(out))
     print(f"wrote {root / 'README.md'}")
+
+
+def followup_sections(root: Path) -> list[str]:
+    """The robrank tables (their own table.md, one level down in the headings) and pointers
+    to the audit and scale folders, which carry their own README/NOTES."""
+    out = []
+    for name in ("ers-fashion", "ers-mnist", "loss-metric-mnist"):
+        table = root / name / "table.md"
+        if table.exists():
+            lines = table.read_text().splitlines()
+            out += [f"#{lines[0]} (`{name}`)", *lines[1:], ""]
+    pointers = [(f"audit-{d}", "README.md", f"`advrank audit` of the vanilla and EST {d} models")
+                for d in ("mnist", "fashion")]
+    pointers.append(("scale", "NOTES.md", "precision, memory budget and the scale benchmark"))
+    found = [f"- `{d}/`: {what} ({d}/{doc})" for d, doc, what in pointers
+             if (root / d / doc).exists()]
+    if found:
+        out += ["## Audits and scale", "", *found, ""]
+    return out
 
 
 def qa_default_section(root: Path, name: str = "mnist") -> list[str]:
