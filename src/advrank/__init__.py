@@ -2,7 +2,9 @@
 
 Implements Zhou et al., "Adversarial Ranking Attack and Defense", ECCV 2020: the candidate and
 query attacks (CA+/CA-/QA+/QA-) as batched L-inf PGD, the paper's evaluation protocol,
-embedding-shift adversarial training, transfer and universal perturbations.
+embedding-shift adversarial training, transfer and universal perturbations; and the
+follow-up suite of robrank (T-PAMI 2024): TMA, ES, LTM, GTM and GTT attacks, the ERS score and
+the ACT defense.
 
 The names a user needs are importable from here (loaded on first use)::
 
@@ -53,6 +55,7 @@ _API = {
     "transfer_matrix": "advrank.experiments.transfer",
     "universal_attack": "advrank.experiments.universal",
     "defense_curves": "advrank.experiments.curves",
+    "run_robustness": "advrank.experiments.robustness", "ers": "advrank.experiments.robustness",
     "resolve_device": "advrank.core.runtime",
 }
 
