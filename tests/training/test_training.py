@@ -142,6 +142,10 @@ def test_resume_of_finished_run_does_not_train(three_epochs, tmp_path):
     before = out.read_bytes()
     result = train(_config(epochs=3), out, progress=False)
     assert len(result.history) == 3 and out.read_bytes() == before
+    # fewer epochs than the file holds: refused, not reported as a 2-epoch run
+    with pytest.raises(AdvrankError, match="trained for 3 epochs, more than the 2 asked"):
+        train(_config(epochs=2), out, progress=False)
+    assert out.read_bytes() == before
 
 
 @pytest.mark.parametrize("key,value", [("arch", "lenet"), ("metric", "euclidean"),

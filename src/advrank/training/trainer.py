@@ -211,6 +211,10 @@ def _resume(out: Path, meta: dict, model: nn.Module, optimizer, force: bool):
     if "epochs_done" not in old:
         raise AdvrankError(f"{out} holds a checkpoint that is not a resumable training run (no "
                            "epochs_done); use another --out or --force to overwrite it")
+    if int(ckpt.get("epoch", 0)) > int(meta["epochs"]):  # never report 8 epochs as this run's 3
+        raise AdvrankError(f"{out} holds this run trained for {ckpt.get('epoch')} epochs, more "
+                           f"than the {meta['epochs']} asked; ask for --epochs "
+                           f"{ckpt.get('epoch')}, use another --out, or --force to retrain")
     model.load_state_dict(ckpt["model"])
     if ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
