@@ -115,7 +115,8 @@ def _displacement(cell: dict) -> float:
 
 def study_table(results: Path) -> str:
     folder = results / "loss-metric-mnist"
-    head = ["model", "R@1"] + [f"{a} ε={e:g}" for a in ATTACKS for e in EPS] + ["mean shift"]
+    head = (["model", "epochs", "R@1"] + [f"{a} ε={e:g}" for a in ATTACKS for e in EPS]
+            + ["mean shift"])
     lines = ["# Loss / metric study on MNIST (ECCV 2020, §4 \"further experiments\")", "",
              "C2F1 on MNIST; cells: mean normalized rank after attack (%), w = m = 1, T "
              "attacks per cell (paper's selection rules, alpha/eta and SP term); \"mean shift\":"
@@ -123,14 +124,17 @@ def study_table(results: Path) -> str:
              "direction (percentage points; lower = more robust).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     shifts: dict[str, float] = {}
+    notes: list[str] = []
     for name, metric, loss in STUDY:
         for suffix, defense in (("", "vanilla"), ("-est", "EST")):
             data = _read(folder / f"{name}{suffix}" / "results.json")
             ev = _read(folder / f"{name}{suffix}" / "evaluate.json") or {}
+            trained = _read(folder / f"{name}{suffix}" / "train.json") or {}
             if data is None:
                 continue
             cells = {(c["attack"], round(c["eps"], 6)): c for c in data["cells"].values()}
-            row = [f"{metric} / {loss} / {defense}", f"{ev.get('recall@1', float('nan')):.2f}"]
+            row = [f"{metric} / {loss} / {defense}", str(trained.get("epochs", "?")),
+                   f"{ev.get('recall@1', float('nan')):.2f}"]
             found = [cells.get((a, e)) for a in ATTACKS for e in EPS]
             row += ["…" if c is None else f"{c['rank_after']:.1f}" for c in found]
             done = [c for c in found if c is not None]
@@ -139,7 +143,11 @@ def study_table(results: Path) -> str:
             row.append(f"{shifts[f'{name}{suffix}']:.1f}" if f"{name}{suffix}" in shifts
                        else "…")
             lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines + ["", *claims(shifts), ""])
+            cfg = data["config"]
+            notes.append(f"- {name}{suffix}: trained by `{trained.get('command')}`; attacked by "
+                         f"`{cfg.get('command')}` (T = {cfg['num_attacks']}, seed "
+                         f"{cfg['seed']}, commit {cfg.get('commit')}, {cfg.get('hardware')})")
+    return "\n".join(lines + ["", *claims(shifts), "", *notes, ""])
 
 
 def claims(shifts: dict[str, float]) -> list[str]:
