@@ -95,7 +95,9 @@ def test_train_under_torchrun_is_the_same_run(tmp_path, capsys):
 
 
 def test_commands_that_do_not_share_their_work_are_refused(ckpt, tmp_path):
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    # what torchrun gives its workers (the refusal comes before any rendezvous)
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "2", "RANK": "0",
+           "LOCAL_RANK": "0"}
     out = subprocess.run([sys.executable, "-m", "advrank", "universal", "--checkpoint",
                           str(ckpt), "--attack", "CA+", "--eps", "0.1", "--out",
                           str(tmp_path / "u")], capture_output=True, text=True, env=env,

@@ -67,7 +67,7 @@ def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from advrank.core import distributed
 
-    if distributed.requested() > 1:
+    if distributed.launched():
         if args.command not in DISTRIBUTED_COMMANDS:
             raise AdvrankError(f"{args.command} does not run under torchrun with several "
                                f"processes (commands that do: {', '.join(DISTRIBUTED_COMMANDS)})"

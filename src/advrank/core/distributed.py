@@ -1,10 +1,12 @@
 """Several processes, one result: ``torchrun --nproc-per-node N -m advrank ...``.
 
-torchrun starts N copies of the command and tells each its place through its own variables
-(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, and the rendezvous address); reading them is how
-``torch.distributed`` joins a process group, and :func:`init_from_env` does exactly that when
-``WORLD_SIZE > 1`` (gloo on CPU, nccl on CUDA). In one process every function here is a no-op
-returning the one-process answer, so the library runs unchanged without torchrun.
+torchrun starts N copies of the command and tells each its place (world size, rank, local
+rank, rendezvous address). advrank reads none of that itself: PyTorch's own API says whether
+torchrun launched this process (``torch.distributed.is_torchelastic_launched``) and which GPU
+is this process's (``torch.distributed.get_node_local_rank``), and ``init_process_group``
+joins the group (gloo on CPU, nccl on CUDA) and knows its size. In one process every function
+here is a no-op returning the one-process answer, so the library runs unchanged without
+torchrun.
 
 How work is split so that N processes give the numbers of one: a list of batches is cut into
 N contiguous runs of *whole* batches (:func:`shard_batches`), so every batch is the same batch
@@ -15,7 +17,6 @@ Rank 0 alone writes files.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -51,22 +52,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def requested() -> int:
-    """The number of processes torchrun started (1 outside torchrun)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise AdvrankError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not an integer "
-                           "(set by torchrun)") from None
+def launched() -> bool:
+    """True when torchrun started this process (PyTorch's own test of its launcher)."""
+    return available() and torch.distributed.is_torchelastic_launched()
 
 
 def init_from_env(device: str = "auto") -> bool:
-    """Join torchrun's process group when it started several processes; True if it did.
+    """Join torchrun's process group when torchrun started this process; True if the group
+    has several processes.
 
     ``device``: the command's ``--device``; CUDA (or auto on a CUDA machine) uses nccl and one
-    GPU per process (``cuda:LOCAL_RANK``), CPU uses gloo.
+    GPU per process (``cuda:`` the node-local rank), CPU uses gloo.
     """
-    if requested() <= 1 or active():
+    if not launched() or active():
         return active()
     if not available():
         raise AdvrankError("this torch build has no torch.distributed; run one process")
@@ -74,7 +72,7 @@ def init_from_env(device: str = "auto") -> bool:
     if str(device).startswith("cuda:"):
         raise AdvrankError("under torchrun give --device cuda (each process takes the GPU of "
                            "its LOCAL_RANK), not a numbered device")
-    _STATE["local_rank"] = int(os.environ.get("LOCAL_RANK", "0"))
+    _STATE["local_rank"] = torch.distributed.get_node_local_rank(fallback_rank=0)
     if use_cuda:
         if _STATE["local_rank"] >= torch.cuda.device_count():
             raise AdvrankError(f"process {_STATE['local_rank']} has no GPU: this machine has "
@@ -82,7 +80,7 @@ def init_from_env(device: str = "auto") -> bool:
         torch.cuda.set_device(_STATE["local_rank"])
     torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
     _STATE["owned"] = True
-    return True
+    return active()
 
 
 def shutdown() -> None:

@@ -20,7 +20,6 @@ from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.registry import DATASETS
 
-DATA_ENV = "ADVRANK_DATA"
 SPLITS = ("train", "test")
 
 
@@ -36,7 +35,7 @@ class DatasetSpec:
 
 def default_data_root() -> Path:
     """``$ADVRANK_DATA`` if set, else ``./data``."""
-    return Path(os.environ.get(DATA_ENV) or "data")
+    return Path(os.environ.get("ADVRANK_DATA") or "data")
 
 
 def split_name(name: str) -> tuple[str, str | None]:
@@ -96,6 +95,6 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     return dataset
 
 
-__all__ = ["DATA_ENV", "DatasetSpec", "Geometry", "ImageDataset", "IndexedSubset",
+__all__ = ["DatasetSpec", "Geometry", "ImageDataset", "IndexedSubset",
            "TensorImageDataset", "check_dataset_name", "dataset_names", "dataset_spec",
            "default_data_root", "load_dataset", "split_name"]
