@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from advrank.experiments.robustness import ROBRANK_FASHION, SCORES, ers
+from advrank.experiments.robustness import ROBRANK_FASHION, ers, raw_scores
 from advrank.models.checkpoint import load_checkpoint
 from advrank.reports.robustness import comparison_markdown
 
@@ -60,7 +60,7 @@ def strict_row(label: str, data: dict, replaced: dict) -> dict | None:
     cells = {**data["cells"], **replaced.get("cells", {})}
     if not all(a in cells for a in ("ES", "GTM")):
         return None
-    raw = {s.name: cells[s.attack][f"{s.figure}_after"] for s in SCORES}
+    raw = raw_scores(cells)
     return {"label": label, "scores": raw, "ers": ers(raw)[0]}
 
 

@@ -146,10 +146,15 @@ def bootstrap_interval(items: dict[str, dict[str, list[float]]], resamples: int 
     return float(low), float(high)
 
 
+def raw_scores(cells: dict[str, dict], when: str = "after") -> dict[str, float]:
+    """The ten raw scores ``{name: value}`` of stored attack cells (``when``: after the
+    attacks, or "before" them)."""
+    return {s.name: cells[s.attack][f"{s.figure}_{when}"] for s in SCORES}
+
+
 def summarize(cells: dict[str, dict], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """``{"ers", "ers_ci", "scores", "rescaled", "clean"}`` from the stored attack cells."""
-    raw = {s.name: cells[s.attack][f"{s.figure}_after"] for s in SCORES}
-    clean = {s.name: cells[s.attack][f"{s.figure}_before"] for s in SCORES}
+    raw, clean = raw_scores(cells), raw_scores(cells, "before")
     value, rescaled = ers(raw)
     items = {a: cells[a]["items"] for a in dict.fromkeys(s.attack for s in SCORES)}
     low, high = bootstrap_interval(items, resamples, seed)
