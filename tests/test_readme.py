@@ -31,7 +31,7 @@ BUDGET = [
     (r"^(advrank (audit|evaluate) --model .*)$", r"\1 --input-size 64"),
     (r"^(advrank audit .*)$", r"\1 --steps 2"),
 ]
-SKIP = (r"^pip install", r"^python -m pytest")
+SKIP = (r"^pip install", r"^python -m pytest", r"^python -m venv", r"^\. \.venv/bin/activate")
 
 
 def blocks(lang: str) -> list[str]:

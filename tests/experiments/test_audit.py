@@ -77,7 +77,7 @@ def test_audit_figures_report_and_page(digits_target, tmp_path, inspect_page):
             shown = {t["index"] for t in e[f"top_{when}"]}
             expected += len(shown) + len([t for t in e["targets"][:3] if t["index"] not in shown])
     assert len(found["images"]) == expected
-    assert found["tags"].count("table") == 3 and page.count('class="panel"') == 5
+    assert found["tags"].count("table") == 4 and page.count('class="panel"') == 5
 
 
 def test_audit_resumes_and_refuses_other_settings(digits_target, tmp_path, monkeypatch):

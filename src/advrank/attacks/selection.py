@@ -41,6 +41,14 @@ class Selection:
         return Selection(self.anchors[s:e], cut(self.targets), cut(self.sp),
                          {k: v[s:e] for k, v in self.extra.items()}, self.positions[s:e])
 
+    def take(self, index: torch.Tensor) -> Selection:
+        """The attacks at ``index [n]`` (positions kept, so each keeps its random start)."""
+        def cut(t):
+            return None if t is None else t[index]
+
+        return Selection(self.anchors[index], cut(self.targets), cut(self.sp),
+                         {k: v[index] for k, v in self.extra.items()}, self.positions[index])
+
     def same_as(self, other: Selection) -> bool:
         def eq(a, b):
             return (a is None and b is None) or (

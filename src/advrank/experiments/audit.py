@@ -30,6 +30,7 @@ from advrank.experiments.grid import cell_key, selection_seed
 from advrank.experiments.protocol import attack_batches, check_batch_size, run_attack
 from advrank.experiments.store import Store
 from advrank.experiments.target import Target
+from advrank.experiments.verdict import audit_verdict
 
 AUDIT_FORMAT = "advrank-audit"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
@@ -168,7 +169,9 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
         _run_cells(target, st, kinds, config, t, progress, log)
         panels = example_panels(target, kinds, config, t)
         summary = audit_summary(st, kinds, config, target)
-        st.extra = {"summary": summary, "examples": [p["figures"] for p in panels]}
+        examples = [p["figures"] for p in panels]
+        summary["verdict"] = audit_verdict(summary["attacks"], examples)
+        st.extra = {"summary": summary, "examples": examples}
         st.flush()
         st.write_text(REPORT_HTML, audit_html(st.content(), panels))
     return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
@@ -220,10 +223,16 @@ def _ranked(target: Target, view, top: int) -> tuple[list[int], dict[int, int]]:
     return order[:top].tolist(), ranks
 
 
+#: the first attacks of a kind's selection among which the example panels are picked
+EXAMPLE_POOL = 32
+
+
 def example_panels(target: Target, kinds: dict[str, AttackKind], config: AuditConfig,
                    t: int) -> list[dict[str, Any]]:
-    """Fig. 1-style examples at the largest eps: the first ``examples`` attacks of each kind's
-    selection, re-run exactly as in the measured cell (same draw, same keyed random start).
+    """Fig. 1-style examples at the largest eps: among the first ``EXAMPLE_POOL`` attacks of
+    each kind's selection (re-run exactly as in the measured cell: same draw, same keyed
+    random start), the ``examples`` whose rank moved furthest in the attack's direction, so
+    the panels show what the attack can do rather than a random draw.
     Each panel: ``images`` (tensors for the page) and ``figures`` (what report.json keeps)."""
     if config.examples == 0:
         return []
@@ -234,18 +243,30 @@ def example_panels(target: Target, kinds: dict[str, AttackKind], config: AuditCo
             continue
         k = _k(kind, config)
         selection = kind.select(g, k, t, selection_seed(config.seed, attack, k))
-        part = selection.slice(0, min(config.examples, t))
-        _, adv = next(attack_batches(target.model, g, kind, _threat(config, eps, kind), part,
-                                     config.seed, len(part)))
+        pool = selection.slice(0, min(EXAMPLE_POOL, t))
+        advs = torch.cat([adv for _, adv in attack_batches(
+            target.model, g, kind, _threat(config, eps, kind), pool, config.seed,
+            config.batch_size)])
         with torch.no_grad():
-            after = target.model(adv)
-        before = g.embeddings[part.anchors.to(g.device)]
+            after = target.model(advs)
+        before = g.embeddings[pool.anchors.to(g.device)]
+        chosen = _largest_moves(kind, kind.measure(g, pool, before)["rank"],
+                                kind.measure(g, pool, after)["rank"], config.examples)
+        part = pool.take(chosen)
         clean = g.images(part.anchors)
-        for i in range(len(part)):
-            one = part.slice(i, i + 1)
-            panels.append(_panel(target, kind, one, eps, clean[i], adv[i], before[i : i + 1],
-                                 after[i : i + 1], config.top))
+        for i, j in enumerate(chosen.tolist()):
+            panels.append(_panel(target, kind, part.slice(i, i + 1), eps, clean[i], advs[j],
+                                 before[j : j + 1], after[j : j + 1], config.top))
     return panels
+
+
+def _largest_moves(kind: AttackKind, before: torch.Tensor, after: torch.Tensor,
+                   n: int) -> torch.Tensor:
+    """Indices of the ``n`` attacks (of ``before``/``after`` ranks ``[P]``) that moved their
+    rank furthest in the kind's direction of success; ties keep the selection order."""
+    move = (before - after) if kind.direction == "down" else (after - before)
+    order = torch.sort(-move.float().cpu(), stable=True).indices
+    return order[: min(n, move.numel())]
 
 
 def _panel(target: Target, kind: AttackKind, part, eps: float, clean: torch.Tensor,

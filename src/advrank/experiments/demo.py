@@ -57,6 +57,10 @@ def run_demo(out: str | Path, epochs: int = 15, num_attacks: int = 200,
                                     seed=seed, device=device, progress=progress)
     text += "\nvanilla vs defended (embedding-shift adversarial training):\n"
     text += comparison["text"] + "\n"
+    text += (f"(the comparison draws its own T = {num_attacks} attacks per model, with the same "
+             "seed for both, independently of the grid's per-cell draws: its vanilla row differs "
+             "from the grid's eps = 0.3 column by sampling error; the grid's results.json has "
+             "each cell's standard error)\n")
     summary = {"vanilla": {"recall@1": metrics["recall@1"], "map": metrics["map"],
                            "cells": cells},
                "defense_comparison": {k: v for k, v in comparison.items() if k != "text"},

@@ -38,7 +38,11 @@ const ok=i=>i.complete&&i.naturalWidth>0;
 const out={images:im.length,loaded:im.filter(ok).length,visible:im.filter(shown).length,
 broken:im.filter(i=>!ok(i)).map(i=>i.alt),tables:document.querySelectorAll('table').length,
 table_rows:document.querySelectorAll('table tr').length,
-panels:document.querySelectorAll('.panel').length,title:document.title,errors:__errors};
+panels:document.querySelectorAll('.panel').length,title:document.title,errors:__errors,
+width:innerWidth,scroll_width:document.documentElement.scrollWidth,
+verdict:(document.getElementById('verdict')||{}).textContent||'',
+verdict_top:(document.getElementById('verdict')||{getBoundingClientRect:()=>({top:-1})})
+.getBoundingClientRect().top};
 const p=document.createElement('pre');p.id='advrank-check';p.textContent=JSON.stringify(out);
 document.body.appendChild(p)});</script>"""
 
@@ -65,11 +69,14 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
             raise AdvrankError(f"Chromium did not finish within {timeout:.0f}s") from None
 
 
-def check_page(html_path: str | Path, timeout: float = 120) -> dict[str, Any]:
-    """Load a copy of the page with a probe script (the page itself has none and forbids
-    scripts, so the copy's policy admits inline scripts and nothing else) and return what it
-    showed: ``images``, ``loaded``, ``visible``, ``broken``, ``tables``, ``table_rows``,
-    ``panels``, ``title`` and ``errors`` (script errors, failed loads, blocked requests)."""
+def check_page(html_path: str | Path, timeout: float = 120, width: int = 1280,
+               height: int = 1700) -> dict[str, Any]:
+    """Load a copy of the page in a ``width`` x ``height`` window with a probe script (the
+    page itself has none and forbids scripts, so the copy's policy admits inline scripts and
+    nothing else) and return what it showed: ``images``, ``loaded``, ``visible``, ``broken``,
+    ``tables``, ``table_rows``, ``panels``, ``title``, ``errors`` (script errors, failed
+    loads, blocked requests), ``width`` and ``scroll_width`` (wider than ``width``: the page
+    scrolls sideways), ``verdict`` (its text) and ``verdict_top`` (pixels from the top)."""
     page = Path(html_path).read_text(encoding="utf-8")
     page = page.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';")
     page = page.replace("<head>", "<head>" + _PROBE_HEAD, 1)
@@ -77,7 +84,8 @@ def check_page(html_path: str | Path, timeout: float = 120) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="advrank-page-") as tmp:
         probe = Path(tmp) / "page.html"
         probe.write_text(page, encoding="utf-8")
-        done = _run(["--dump-dom", "--virtual-time-budget=10000", probe.as_uri()], timeout)
+        done = _run(["--dump-dom", f"--window-size={width},{height}",
+                     "--virtual-time-budget=10000", probe.as_uri()], timeout)
     found = re.search(r'<pre id="advrank-check">(.*?)</pre>', done.stdout, re.S)
     if not found:
         raise AdvrankError(f"Chromium produced no page check (exit {done.returncode}): "

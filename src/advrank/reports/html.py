@@ -23,14 +23,19 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
 max-width:1180px;color:#1d232b;padding:0 16px;line-height:1.45}
-h1{font-size:1.55em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #dde2e8;
-padding-bottom:.2em;font-size:1.2em}.sub{color:#5a6572;margin-top:0}
+h1{font-size:1.55em;margin-bottom:.2em;overflow-wrap:break-word}h2{margin-top:1.8em;
+border-bottom:1px solid #dde2e8;padding-bottom:.2em;font-size:1.2em}.sub{color:#5a6572;
+margin-top:0;overflow-wrap:break-word}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 th,td{border:1px solid #d5dbe2;padding:4px 9px;text-align:right}
-th{background:#f2f5f8}td.l,th.l{text-align:left}
+th{background:#f2f5f8}td.l,th.l{text-align:left}td code{overflow-wrap:anywhere}
 .kpi{display:flex;gap:14px;flex-wrap:wrap;margin:1em 0}
 .kpi div{background:#f2f5f8;border-radius:8px;padding:10px 16px;min-width:130px}
 .kpi b{display:block;font-size:1.5em}.warn{color:#a34b00}
+.verdict{border-left:6px solid #d0312d;background:#fdf1f0;padding:10px 16px;
+border-radius:6px;margin:1em 0}.verdict.ok{border-color:#2e7d32;background:#eff7ef}
+.verdict p{margin:.35em 0}.verdict .big{font-size:1.15em;font-weight:600}
 .panel{border:1px solid #d5dbe2;border-radius:8px;padding:10px 14px;margin:14px 0}
 .panel h3{margin:.1em 0 .4em;font-size:1.05em}
 .row{display:flex;gap:8px;align-items:flex-start;flex-wrap:wrap;margin:6px 0}
@@ -39,9 +44,14 @@ figure{margin:0;width:100px;text-align:center;font-size:.75em;color:#3b4550}
 figure img{width:96px;height:96px;object-fit:contain;border:2px solid #fff;
 background:#eef1f4}
 figure.hit img{border-color:#d0312d}figure.hit figcaption{color:#d0312d;font-weight:600}
-img.pix{image-rendering:pixelated}.plot{max-width:100%}
-figcaption{overflow-wrap:anywhere}code{font-size:.9em}
+img.pix{image-rendering:pixelated}.plot{max-width:100%;height:auto}
+figcaption span{display:block;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+code{font-size:.9em}
 .note{color:#5a6572;font-size:.88em}.gap{padding-top:36px;color:#5a6572}
+.up{color:#1565c0}.down{color:#d0312d}.nw{white-space:nowrap}
+@media (max-width:900px){body{margin:12px auto;padding:0 10px}
+figure{width:76px}figure img{width:72px;height:72px}.rowlabel{width:100%;padding-top:0}
+.gap{padding-top:0}.kpi div{min-width:100px;padding:8px 12px}}
 """
 
 
@@ -78,12 +88,37 @@ def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
     head = "".join(f'<th{" class=l" if i < left else ""}>{h}</th>' for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(f'<td{" class=l" if i < left else ""}>{c}</td>'
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _label(text: Any) -> str:
+    """One caption line that never breaks inside a word (cut with an ellipsis, in full on
+    hover)."""
+    return f'<span title="{esc(text)}">{esc(text)}</span>'
+
+
+def _caption(rank: int, label: Any) -> str:
+    """A result's caption: its 1-based rank in the list and its class, each on a line named
+    by what it is, so "#1" and a label "7" never read as "#17"."""
+    return _label(f"rank {rank:,}") + _label(f"class {label}")
+
+
+def model_name(cfg: dict) -> str:
+    """What the page calls the model: the outside model's spec, else the checkpoint's file
+    name (not its full local path) and architecture."""
+    from pathlib import PurePath
+
+    if cfg.get("model"):
+        return str(cfg["model"])
+    if cfg.get("checkpoint"):
+        arch = f" ({cfg['arch']})" if cfg.get("arch") else ""
+        return PurePath(str(cfg["checkpoint"])).name + arch
+    return str(cfg.get("arch", "model"))
 
 
 def _header(report: dict) -> str:
     cfg, s = report["config"], report["summary"]
-    model = cfg.get("model") or cfg.get("checkpoint") or cfg.get("arch")
+    model = model_name(cfg)
     data = cfg.get("data") or cfg.get("dataset")
     warn = ""
     if cfg.get("defense"):
@@ -100,6 +135,75 @@ def _header(report: dict) -> str:
     return (f"<h1>advrank audit: {esc(model)}</h1><p class=sub>on <code>{esc(data)}</code>, "
             f"{esc(cfg.get('metric'))} distance, {esc(cfg.get('date', ''))}</p>{warn}"
             f'<div class="kpi">{kpi}</div>')
+
+
+def _arrow(direction: str) -> str:
+    """The direction in which an attack's rank moves when it succeeds, as a coloured arrow."""
+    return '<b class="down">↓</b>' if direction == "down" else '<b class="up">↑</b>'
+
+
+def _where(rank: float, n: int) -> str:
+    """A normalized rank (% of |X|) in words a reader can picture."""
+    position = max(1, round(rank / 100 * n) + 1)
+    return f"rank {rank:.1f}% (#{position:,} of {n:,})"
+
+
+def _verdict(report: dict) -> str:
+    """The plain-language verdict at the top of the page (from ``summary.verdict``)."""
+    v = report["summary"].get("verdict")
+    if not v:
+        return ""
+    lines = []
+    strong, small = v.get("strongest_at_largest"), v.get("strongest_at_smallest")
+    if v["vulnerable"]:
+        lines.append(f'<p class=big>Vulnerable: from ε = {esc(eps_text(v["first_eps"]))} an '
+                     f"attack moves the average attacked picture by at least "
+                     f"{v['threshold']:.0f} points of the ranking list.</p>")
+    else:
+        lines.append(f'<p class=big>No attack moved the average rank by {v["threshold"]:.0f} '
+                     "points or more at the budgets tested.</p>")
+    worst, n = v.get("worst_example"), report["summary"]["gallery_size"]
+    if worst:
+        where = (f"from #{worst['position_before']:,} to #{worst['position_after']:,} of {n:,}"
+                 if worst.get("position_before") else
+                 f"from {worst['rank_before']:.1f}% to {worst['rank_after']:.1f}%")
+        lines.append(f"<p>Worst case seen: at ε = {esc(eps_text(worst['eps']))}, "
+                     f"<b>{esc(worst['attack'])}</b> moves one picture "
+                     f"(<code>{esc(worst['anchor'])}</code> in the collection) {where}.</p>")
+    if strong:
+        lines.append(f"<p>Hurts most at ε = {esc(eps_text(strong['eps']))}: "
+                     f"<b>{esc(strong['attack'])}</b> {_arrow(strong['direction'])}, mean "
+                     f"{_where(strong['rank_before'], n)} → {strong['rank_after']:.1f}%.")
+        if small and small["eps"] != strong["eps"]:
+            lines[-1] += (f" At the smallest budget, ε = {esc(eps_text(small['eps']))}: "
+                          f"<b>{esc(small['attack'])}</b>, {small['rank_before']:.1f}% → "
+                          f"{small['rank_after']:.1f}%.")
+        lines[-1] += "</p>"
+    ers = v.get("ers")
+    lines.append(f"<p>ERS (robrank's robustness score): {ers:.1f}.</p>" if ers is not None else
+                 "<p class=note>ERS (robrank's one-number robustness score) is not part of an "
+                 "audit: <code>advrank robustness</code> measures it.</p>")
+    cls = "verdict" if v["vulnerable"] else "verdict ok"
+    return f'<h2>Verdict</h2><div class="{cls}" id="verdict">{"".join(lines)}</div>'
+
+
+def _settings(report: dict) -> str:
+    """What was run, and how long it took."""
+    cfg, v = report["config"], report["summary"].get("verdict") or {}
+    a = cfg.get("audit", {})
+    rows_in = report["summary"]["attacks"]
+    t = rows_in[0]["num_attacks"] if rows_in else a.get("num_attacks")
+    steps = a.get("steps") if a.get("steps") is not None else "the paper's η for each ε"
+    alpha = a.get("step_size")
+    alpha = eps_text(alpha) if alpha is not None else "the paper's α for each ε"
+    eps = ", ".join(eps_text(e) for e in a.get("eps_values", []))
+    rows = [["attacks", esc(", ".join(a.get("attacks", [])))],
+            ["ε (model-input pixels)", esc(eps)],
+            ["attacks per cell T", esc(t)], ["w / m", esc(a.get("k"))],
+            ["PGD steps", esc(steps)], ["step size", esc(alpha)],
+            ["seed", esc(a.get("seed"))], ["batch size", esc(a.get("batch_size"))],
+            ["attack time", f"{v.get('seconds', 0) / 60:.1f} min"]]
+    return "<h2>Settings</h2>" + _table(["setting", "value"], rows, left=2)
 
 
 def _retrieval(report: dict) -> str:
@@ -120,7 +224,8 @@ def _attacks(report: dict, descriptions: dict[str, str]) -> str:
     for a in attacks:
         cells = {r["eps"]: r for r in rows_in if r["attack"] == a}
         first = cells[eps_values[0]]
-        row = [f"<b>{esc(a)}</b>", f"{first['rank_before']:.1f}"]
+        row = [f"<span class=nw><b>{esc(a)}</b> {_arrow(_direction(rows_in, a))}</span>",
+               f"{first['rank_before']:.1f}"]
         for e in eps_values:
             c = cells[e]
             row.append(f"{c['rank_after']:.1f} ± {c.get('rank_after_se', 0):.1f}"
@@ -129,7 +234,8 @@ def _attacks(report: dict, descriptions: dict[str, str]) -> str:
         rows.append(row)
     t = rows_in[0]["num_attacks"] if rows_in else 0
     legend = "".join(f"<li><b>{esc(a)}</b>: {esc(descriptions.get(a, ''))} "
-                     f"({'lower' if _direction(rows_in, a) == 'down' else 'higher'} rank = "
+                     f"({_arrow(_direction(rows_in, a))} "
+                     f"{'lower' if _direction(rows_in, a) == 'down' else 'higher'} rank = "
                      "attack succeeds)</li>" for a in attacks)
     return ("<h2>Attacks</h2><p>Mean normalized rank (% of |X|, ± standard error) of the "
             f"attacked items over T = {t} attacks per cell, before and after an L∞ attack of "
@@ -154,28 +260,31 @@ def _panel(panel: dict) -> str:
     top = []
     if f["query"] is not None:
         q = f["query"]
-        top.append(_img(thumbs[q["index"]], q["name"], f"query q<br>{esc(q['label'])}"))
-    top += [_img(im["clean"], anchor["name"], f"original<br>{esc(anchor['label'])}"),
-            _img(perturbation, "perturbation", f"perturbation ×{amp:.0f}<br>(L∞ "
-                 f"{f['linf'] * 255:.1f}/255)"),
-            _img(im["adversarial"], "adversarial", "adversarial<br>(attacked image)")]
+        top.append(_img(thumbs[q["index"]], q["name"], _label("query q")
+                        + _label(f"class {q['label']}")))
+    top += [_img(im["clean"], anchor["name"], _label("original")
+                 + _label(f"class {anchor['label']}")),
+            _img(perturbation, "perturbation", _label(f"perturbation ×{amp:.0f}")
+                 + _label(f"L∞ {f['linf'] * 255:.1f}/255")),
+            _img(im["adversarial"], "adversarial", _label("adversarial") + _label("(attacked)"))]
     lists = []
     for when in ("before", "after"):
         figs = []
         for entry in f[f"top_{when}"]:
             i = entry["index"]
             image = im["adversarial"] if (when == "after" and i == replaced) else thumbs[i]
-            figs.append(_img(image, entry["name"], f"#{entry['rank'] + 1} {esc(entry['label'])}",
+            figs.append(_img(image, entry["name"], _caption(entry["rank"] + 1, entry["label"]),
                              hit=i in hits))
         shown = {entry["index"] for entry in f[f"top_{when}"]}
         for t in [t for t in f["targets"] if t["index"] not in shown][:3]:  # where they are
             i = t["index"]
             image = im["adversarial"] if (when == "after" and i == replaced) else thumbs[i]
             figs.append('<span class="gap">…</span>' + _img(
-                image, t["name"], f"#{t[f'rank_{when}'] + 1} {esc(t['label'])}", hit=True))
+                image, t["name"], _caption(t[f"rank_{when}"] + 1, t["label"]), hit=True))
         lists.append(f'<div class="row"><span class="rowlabel">{when}</span>{"".join(figs)}</div>')
     targets = "; ".join(
-        f"{esc(t['name'])} ({esc(t['label'])}): #{t['rank_before'] + 1} → #{t['rank_after'] + 1}"
+        f"{esc(t['name'])} (class {esc(t['label'])}): rank {t['rank_before'] + 1:,} → "
+        f"{t['rank_after'] + 1:,}"
         for t in f["targets"][:10])
     mb, ma = f["measure_before"], f["measure_after"]
     return (f'<div class="panel"><h3>{esc(f["attack"])} at ε = {esc(eps_text(eps))}: rank '
@@ -219,13 +328,17 @@ def audit_html(report: dict, panels: list[dict]) -> str:
     pixel_note = ("ε is measured in pixels of the image the model receives"
                   + (f" ({'×'.join(map(str, size))}, after resizing and cropping)" if size
                      else "") + ", in [0, 1] units: 8/255 = 8 grey levels.")
-    body = (_header(report) + _retrieval(report) + _attacks(report, descriptions)
+    body = (_header(report) + _verdict(report) + _retrieval(report)
+            + _attacks(report, descriptions)
             + f'<p class=note>{esc(pixel_note)}</p><h2>Rank vs ε</h2><img class="plot" '
             f'src="{plot}" alt="rank vs eps plots">'
-            + "<h2>Examples</h2><p class=note>Each panel: the attacked image, its perturbation "
-            "(amplified to the full grey range) and the adversarial image; then the top results "
-            "before and after the attack (#rank, label; the attack's targets framed red).</p>"
-            + "".join(_panel(p) for p in panels) + _unreadable(report) + _provenance(report))
+            + "<h2>Examples</h2><p class=note>For each attack, the attack that moved its rank "
+            "furthest among the first attacks of its selection at the largest ε. Each panel: the "
+            "attacked image, its perturbation (amplified to the full grey range) and the "
+            "adversarial image; then the top results before and after the attack (rank in the "
+            "list, class; the attack's targets framed red).</p>"
+            + "".join(_panel(p) for p in panels) + _unreadable(report) + _settings(report)
+            + _provenance(report))
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name=viewport content="width=device-width,initial-scale=1">'

@@ -81,9 +81,11 @@ def universal_png(result: dict, r: torch.Tensor, clean: torch.Tensor) -> bytes:
 
 
 def audit_png(rows: list[dict], attacks: list[str], metric: str) -> bytes:
-    """The audit's curves: mean normalized rank after attack vs eps (one line per attack, the
-    clean rank dotted), Recall@1 of the attacked lists vs eps, and the embedding shift."""
-    fig = _figure(13.5, 3.8)
+    """The audit's curves, each starting at ε = 0 (the clean figure): mean normalized rank
+    after attack vs eps (one line per attack, its clean rank dotted; the legend's arrow says
+    which way is success), Recall@1 of the attacked lists vs eps (axis from 0) and the
+    embedding shift. One legend under the panels, so it covers no line."""
+    fig = _figure(13.5, 4.3)
     axes = fig.subplots(1, 3)
     # grey levels when every eps is a whole number of them (8/255), else [0, 1] units (0.3)
     levels = all(abs(r["eps"] * 255 - round(r["eps"] * 255)) < 1e-6 for r in rows)
@@ -91,21 +93,29 @@ def audit_png(rows: list[dict], attacks: list[str], metric: str) -> bytes:
         (1, "ε (model-input pixels, [0, 1] range)")
     for attack in attacks:
         pts = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["eps"])
-        eps = [r["eps"] * scale for r in pts]
-        line = axes[0].plot(eps, [r["rank_after"] for r in pts], marker="o", label=attack)[0]
-        axes[0].plot(eps, [r["rank_before"] for r in pts], ":", color=line.get_color())
+        eps = [0.0] + [r["eps"] * scale for r in pts]
+        arrow = "↓" if pts[0].get("direction", "down") == "down" else "↑"
+        line = axes[0].plot(eps, [pts[0]["rank_before"]] + [r["rank_after"] for r in pts],
+                            marker="o", label=f"{attack} (success {arrow})")[0]
+        axes[0].plot(eps, [r["rank_before"] for r in pts[:1] + pts], ":",
+                     color=line.get_color())
         if "recall@1_after" in pts[0]:
-            axes[1].plot(eps, [r["recall@1_after"] for r in pts], marker="o", label=attack,
-                         color=line.get_color())
+            axes[1].plot(eps, [pts[0]["recall@1_before"]] + [r["recall@1_after"] for r in pts],
+                         marker="o", color=line.get_color())
         if "shift_after" in pts[0]:
-            axes[2].plot(eps, [r["shift_after"] for r in pts], marker="o", label=attack,
+            axes[2].plot(eps, [0.0] + [r["shift_after"] for r in pts], marker="o",
                          color=line.get_color())
-    titles = ("mean normalized rank after attack (%)\n(dotted: before)",
+    titles = ("mean normalized rank (%)\n(ε = 0 and dotted: before the attack)",
               "Recall@1 of the attacked lists (%)", f"embedding shift d(f(x~), f(x)), {metric}")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small")
+    axes[0].set_ylim(0, 100)
+    axes[1].set_ylim(0, 102)
+    axes[2].set_ylim(bottom=0)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 8),
+                   fontsize="small")
     return _png(fig)
