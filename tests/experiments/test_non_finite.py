@@ -52,7 +52,8 @@ def setup():
 def test_attack_on_a_model_that_turns_nan_is_refused(setup, attack, steps):
     _, model, gallery = setup
     threat = LinfThreatModel(0.1, steps=steps)
-    with pytest.raises(AdvrankError, match="NaN or Infinity in the (adversarial images|embed)"):
+    with pytest.raises(AdvrankError,
+                       match="NaN or Infinity in the (adversarial images|embed|input gradient)"):
         run_attack(model, gallery, attack, 0.1, 1, 5, threat=threat)
 
 
@@ -68,6 +69,53 @@ def test_transfer_universal_and_shift_refuse_nan(setup):
     with pytest.raises(AdvrankError, match="NaN or Infinity"):
         universal_attack(model, gallery, "CA+", 0.1, steps=1, fraction=0.1)
     with pytest.raises(AdvrankError, match="NaN or Infinity"):
+        shift_distance(model, dataset.images[:4], "cosine", 0.1, steps=1, seed=0)
+
+
+class NanBackward(torch.autograd.Function):
+    """Identity forward, NaN gradient: the forward (and so every embedding) stays finite."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+class NanGradient(nn.Module):
+    """A model whose embeddings are finite but whose input gradient is NaN (issue 22: sign(NaN)
+    is 0, so PGD never moved and the report said "perfectly robust")."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(NanBackward.apply(x))
+
+
+@pytest.fixture(scope="module")
+def nan_gradient(setup):
+    dataset, _, _ = setup
+    torch.manual_seed(0)
+    model = NanGradient(create_model("c2f1", (1, 8, 8), 8, [0.3], [0.38]).eval())
+    return dataset, model, Gallery.build(model, dataset, "cosine")
+
+
+@pytest.mark.parametrize("attack", ["CA+", "QA-", "TMA"])
+def test_a_nan_input_gradient_is_an_error_not_robust(nan_gradient, attack):
+    _, model, gallery = nan_gradient
+    with pytest.raises(AdvrankError, match="NaN or Infinity in the input gradient"):
+        run_attack(model, gallery, attack, 0.1, 1, 5, threat=LinfThreatModel(0.1, steps=2))
+
+
+def test_universal_and_shift_refuse_a_nan_input_gradient(nan_gradient):
+    dataset, model, gallery = nan_gradient
+    with pytest.raises(AdvrankError, match="NaN or Infinity in the input gradient"):
+        universal_attack(model, gallery, "CA+", 0.1, steps=1, fraction=0.1)
+    with pytest.raises(AdvrankError, match="NaN or Infinity in the input gradient"):
         shift_distance(model, dataset.images[:4], "cosine", 0.1, steps=1, seed=0)
 
 

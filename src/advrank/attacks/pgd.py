@@ -19,6 +19,7 @@ from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_finite
 from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.runtime import derived_seed, progress_bar
+from advrank.errors import AdvrankError
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -48,6 +49,28 @@ def frozen(model: nn.Module):
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
         model.train(was_training)
+
+
+class GradientWatch:
+    """Records whether any step's gradient held NaN/Infinity (``sign`` of NaN is 0, so such a
+    step silently does not move and the attack would report a perfectly robust model).
+
+    The flag is a device tensor, so the steps never wait for the device; :meth:`check` reads
+    it once, when the attack ends, and raises one AdvrankError."""
+
+    def __init__(self):
+        self.bad: torch.Tensor | None = None
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        step_bad = ~torch.isfinite(grad).all()
+        self.bad = step_bad if self.bad is None else self.bad | step_bad
+        return grad
+
+    def check(self) -> None:
+        if self.bad is not None and bool(self.bad):
+            raise AdvrankError("NaN or Infinity in the input gradient during the attack (a "
+                               "model that embeds NaN, or is not differentiable there); no "
+                               "result was written")
 
 
 def project(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
@@ -99,6 +122,7 @@ def pgd(
     autocast = policy.precision == "bf16"
     with frozen(model):
         x = random_start(x0, threat.eps, generator, noise) if threat.random_start else x0.clone()
+        watch = GradientWatch()
         for _ in range(threat.eta):
             x.requires_grad_(True)
             with policy.model_context(x.device):
@@ -107,7 +131,8 @@ def pgd(
                 emb = emb.float()
             g = objective_grad(objective, emb.detach())
             (grad,) = torch.autograd.grad(emb, x, grad_outputs=g)
-            x = project(x.detach() - threat.alpha * grad.sign(), x0, threat.eps)
+            x = project(x.detach() - threat.alpha * watch(grad).sign(), x0, threat.eps)
+        watch.check()
         return check_finite(x.detach(), "the adversarial images")
 
 
@@ -131,6 +156,7 @@ def universal_pgd(
         return r, history
     if threat.random_start:
         r = random_start(torch.full_like(r, 0.5), threat.eps, generator) - 0.5
+    watch = GradientWatch()
     with frozen(model):
         for _ in progress_bar(range(threat.eta), desc="universal PGD", enabled=progress,
                               unit="step"):
@@ -143,5 +169,6 @@ def universal_pgd(
                 grad += gr
                 total += loss.sum().item()
             history.append(total)
-            r = (r - threat.alpha * grad.sign()).clamp_(-threat.eps, threat.eps)
+            r = (r - threat.alpha * watch(grad).sign()).clamp_(-threat.eps, threat.eps)
+    watch.check()
     return check_finite(r.detach(), "the universal perturbation"), history

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,39 +110,102 @@ def file_sha256(path: str | Path, length: int | None = None) -> str:
     return h.hexdigest()[:length]
 
 
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | \
+    getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_lock(folder_fd: int, name: str, lock_path: Path, what: str) -> int:
+    """Open (creating if needed) the lock file ``name`` inside the open folder ``folder_fd``.
+
+    Never follows a symlink (``O_NOFOLLOW``: whoever can write a shared output folder could
+    otherwise point the lock at any file this process may write, which would be truncated)
+    and never blocks on a FIFO (``O_NONBLOCK``). Anything but a plain file with one link is
+    refused, so a hard link to someone's file is left as it is too."""
+    try:
+        fd = os.open(name, _LOCK_FLAGS, 0o666, dir_fd=folder_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR):
+            raise AdvrankError(f"{what}: the lock path {lock_path} is not a plain file (a "
+                               "symlink, folder or special file); remove it") from None
+        raise AdvrankError(f"cannot write {what} ({lock_path}): {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise AdvrankError(f"{what}: the lock path {lock_path} is not a plain file of its own "
+                           "(a special file or a hard link to another file); remove it")
+    return fd
+
+
+def _same_file(fd: int, folder_fd: int, name: str) -> bool:
+    """Whether ``name`` in the folder is still the file open as ``fd`` (not removed or
+    replaced by the writer that held the lock before us)."""
+    try:
+        now = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _take_lock(folder_fd: int, name: str, lock_path: Path, what: str) -> int:
+    """The fd of the lock file, flock-ed by this process (see :func:`exclusive`)."""
+    import fcntl
+
+    for _ in range(100):  # each retry means a writer finished in between: bounded, not a spin
+        fd = _open_lock(folder_fd, name, lock_path, what)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise AdvrankError(f"{what} is being written by another advrank process "
+                                   f"(lock {lock_path}); wait for it or use another output "
+                                   "path") from None
+            raise AdvrankError(f"cannot lock {what} ({lock_path}): "
+                               f"{exc.strerror or exc}") from None
+        if _same_file(fd, folder_fd, name):
+            return fd
+        os.close(fd)  # we locked a file its holder removed on leaving: lock the current one
+    raise AdvrankError(f"cannot lock {what} ({lock_path}): it keeps being replaced")
+
+
 @contextlib.contextmanager
 def exclusive(lock_path: str | Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_path`` (created if needed) for the ``with`` block.
 
     A second process asking for the same lock is refused at once with a clear error, instead
     of both writing the same output. The lock is the kernel's (``flock``): it goes away with
-    the process, so a killed run never leaves a stale lock behind.
-    """
-    import fcntl
+    the process, so a killed run never leaves a stale lock behind (only a harmless empty-ish
+    file, which the next run reuses). The lock file is created inside its folder only and never
+    through a symlink (see :func:`_open_lock`); a finished run removes it.
 
+    Removing a flock-ed file is safe here because the holder removes it *before* releasing,
+    and whoever takes a lock checks afterwards that the path still names the file it locked
+    (retrying otherwise): a process that opened the old file just before its removal cannot
+    end up holding a lock on a file no one else can see.
+    """
     lock_path = Path(lock_path)
+    folder = lock_path.parent if str(lock_path.parent) else Path(".")
     try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        folder.mkdir(parents=True, exist_ok=True)
+        folder_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as exc:
         raise AdvrankError(f"cannot write {what} ({lock_path}): {exc.strerror or exc}") from None
     try:
+        fd = _take_lock(folder_fd, lock_path.name, lock_path, what)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise AdvrankError(f"{what} is being written by another advrank process "
-                                   f"(lock {lock_path}); wait for it or use another output "
-                                   "path") from None
-            raise
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass  # the pid is only informative
-        yield
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass  # the pid is only informative
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # still ours: we hold the lock on this very file
+                os.unlink(lock_path.name, dir_fd=folder_fd)
+            os.close(fd)  # closing releases the flock, after the removal (see above)
     finally:
-        os.close(fd)  # closing releases the flock
+        os.close(folder_fd)
 
 
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
