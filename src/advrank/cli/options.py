@@ -360,3 +360,16 @@ def add_index(p: argparse.ArgumentParser, default: str | None = None, what: str 
                    help="nearest-neighbour search: exact, flat (FAISS brute force), hnsw "
                         "(HNSW32), ivfpq (IVF,PQ sized from the gallery) or a FAISS factory "
                         f"string such as IVF64,Flat{what}")
+
+
+def index_from_args(args, target):
+    """The ``--index`` search over the target's gallery (None without ``--index``), saved in
+    ``--cache-dir`` when one is given."""
+    spec = getattr(args, "index", None)
+    if spec is None:
+        return None
+    from advrank.core.index import build_index
+
+    return build_index(target.gallery.embeddings, target.meta["metric"], spec,
+                       getattr(args, "cache_dir", None), target.fingerprint,
+                       lambda m: log(args)(f"advrank: {m}"))
