@@ -159,6 +159,14 @@ class AttackKind:
                 emb: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def measure_topk(self, gallery: Gallery, part: Selection, emb: torch.Tensor, index,
+                     depth: int) -> dict[str, torch.Tensor]:
+        """The kind's ranks as a search ``index`` (:class:`~advrank.core.index.VectorIndex`)
+        returns them: ``rank_topk [B]`` (0-based position among the index's top ``depth``,
+        ``depth`` when beyond it) and ``in_topk [B]`` (100 when within it). Empty for kinds
+        not scored by ranks."""
+        return {}
+
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The ranking list one attack (``part`` of length 1) changes, with the attacked item's
         embedding ``emb [1, D]`` (the clean one for "before")."""
@@ -226,6 +234,18 @@ def recall_at_1(gallery: Gallery, part: Selection, emb: torch.Tensor,
         top1 = neighbors_of_query(gallery, part, emb, 1)[:, 0]
     labels = gallery.labels
     return 100.0 * (labels[top1] == labels[part.anchors.to(labels.device)]).float()
+
+
+def topk_positions(ids: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor,
+                   depth: int) -> torch.Tensor:
+    """Positions ``[B, m]`` of ``targets [B, m]`` in the returned lists ``ids [B, L]`` once the
+    members ``exclude [B, e]`` (the query itself, a clean copy) and the padding (-1) are
+    dropped; ``depth`` where a target is not among the first ``depth`` kept."""
+    kept = (ids >= 0) & ~(ids[:, :, None] == exclude[:, None, :]).any(-1)  # [B, L]
+    position = kept.long().cumsum(1) - 1  # [B, L]
+    hit = (ids[:, None, :] == targets[:, :, None]) & kept[:, None, :]  # [B, m, L]
+    found = torch.where(hit, position[:, None, :], depth).min(-1).values
+    return found.clamp_max(depth)
 
 
 def check_ranked(kind: AttackKind, what: str) -> AttackKind:

@@ -193,6 +193,25 @@ class CandidateAttack(AttackKind):
         ok = (top1_label == labels[targets.reshape(-1)]).float().reshape(b, k).mean(1)
         return {"rank": (100.0 * ranks / n).reshape(b, k).mean(1), "recall@1": 100.0 * ok}
 
+    @torch.no_grad()
+    def measure_topk(self, gallery, part, emb, index, depth):
+        """Where c~ falls in the index's answer for each query of Q (the query and c's clean
+        copy left out): the number of returned members nearer than d(q, c~), ``depth`` when
+        the index's top ``depth`` are all nearer, i.e. c~ would be beyond its answer.
+        Averaged over Q; ``in_topk``: the % of Q whose answer would hold c~."""
+        g_emb, dist = gallery.embeddings, gallery.distance
+        targets = part.targets.to(g_emb.device)
+        b, k = targets.shape
+        q = g_emb[targets].reshape(b * k, -1)
+        thr = dist.paired(q, emb.repeat_interleave(k, 0)).float().cpu()  # d(q, c~) [B*k]
+        ids, scores = index.search(q, min(depth + 2, index.size))
+        excl = torch.stack([targets.reshape(-1).cpu(), part.anchors.cpu().repeat_interleave(k)],
+                           1)
+        kept = (ids >= 0) & ~(ids[:, :, None] == excl[:, None, :]).any(-1)
+        nearer = (kept & (scores < thr[:, None])).sum(1).clamp_max(depth).float()
+        return {"rank_topk": nearer.reshape(b, k).mean(1),
+                "in_topk": 100.0 * (nearer < depth).float().reshape(b, k).mean(1)}
+
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of the first query of Q, with c replaced by c~ (c highlighted)."""
         q, c = int(part.targets[0, 0]), int(part.anchors[0])

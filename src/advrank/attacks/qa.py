@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import torch
 
-from advrank.attacks.base import AttackKind, RankingObjective, RankingView, select_anchors
+from advrank.attacks.base import (
+    AttackKind,
+    RankingObjective,
+    RankingView,
+    select_anchors,
+    topk_positions,
+)
 from advrank.attacks.selection import Selection, check_pool, ranked_targets, sp_candidates
 from advrank.core.checks import check_choice, check_number
 from advrank.core.distances import Distance
@@ -379,6 +385,15 @@ class QueryAttack(AttackKind):
         nn1 = nearest_neighbors(emb, g_emb, 1, dist, anchors)[:, 0]
         out["recall@1"] = 100.0 * (labels[nn1] == labels[anchors]).float()
         return out
+
+    @torch.no_grad()
+    def measure_topk(self, gallery, part, emb, index, depth):
+        """Where the index puts C in q~'s list (q's own clean copy left out), averaged over
+        C: the position (``depth`` beyond the top ``depth``) and the % of C within it."""
+        anchors, targets = part.anchors.cpu()[:, None], part.targets.cpu()
+        ids, _ = index.search(emb, min(depth + 1, index.size))
+        pos = topk_positions(ids, targets, anchors, depth).float()
+        return {"rank_topk": pos.mean(1), "in_topk": 100.0 * (pos < depth).float().mean(1)}
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), C highlighted."""

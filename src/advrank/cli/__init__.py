@@ -18,7 +18,8 @@ from advrank.errors import AdvrankError
 from advrank.registry import load_entry_point_plugins, load_plugin
 
 COMMAND_MODULES = ("advrank.cli.train", "advrank.cli.attack", "advrank.cli.blackbox",
-                   "advrank.cli.curves", "advrank.cli.audit", "advrank.cli.robustness")
+                   "advrank.cli.curves", "advrank.cli.audit", "advrank.cli.robustness",
+                   "advrank.cli.serve")
 #: the commands that share their work among torchrun's processes (the others would only repeat
 #: it in every process, so they are refused there)
 DISTRIBUTED_COMMANDS = ("attack", "grid", "train", "evaluate")

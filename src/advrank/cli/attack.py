@@ -7,12 +7,14 @@ from pathlib import Path
 from advrank.cli.options import (
     add_common,
     add_execution,
+    add_index,
     add_kind_options,
     add_size,
     add_target_options,
     attack_name,
     emit,
     eps_value,
+    index_from_args,
     integer,
     kind_options,
     listed,
@@ -50,7 +52,8 @@ def cmd_attack(args) -> None:
     target = load_target_from_args(args, check=lambda n: kind.check_fits(k, args.num_attacks, n))
     result = run_attack(target.model, target.gallery, kind, args.eps, k, args.num_attacks,
                         seed=args.seed, batch_size=args.batch_size, threat=threat,
-                        progress=not args.quiet, policy=policy)
+                        progress=not args.quiet, policy=policy,
+                        index=index_from_args(args, target))
     s = result.summary()
     emit(args, {**s, "memory_budget": policy.memory_budget, **target.record(args.seed)},
          format_attack(s))
@@ -77,7 +80,7 @@ def cmd_grid(args) -> None:
     results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
                        args.num_attacks, args.seed, args.batch_size, paper,
                        target.record(args.seed), progress=not args.quiet, policy=policy,
-                       **kind_options(args))
+                       index=index_from_args(args, target), **kind_options(args))
     from advrank.core import distributed
 
     table = (Path(args.out) / "table.md").read_text() if distributed.is_main() else ""
@@ -114,6 +117,7 @@ def register(sub, formatter) -> None:
                         "when it does not fit --memory-budget")
     add_kind_options(p)
     add_execution(p)
+    add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
     add_common(p)
     p.set_defaults(func=cmd_attack)
 
@@ -138,5 +142,6 @@ def register(sub, formatter) -> None:
     p.add_argument("--paper", default="auto",
                    help="paper table to print beside ours: auto, none, mnist, mnist-defended, "
                         "fashion, fashion-defended, sop")
+    add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
     add_common(p)
     p.set_defaults(func=cmd_grid)

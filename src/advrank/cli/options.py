@@ -342,3 +342,34 @@ def load_target_from_args(args, cache_dir: str | None = None, split: str = "test
     return load_target(target_spec(args, cache_dir), args.device, args.data_root, args.download,
                        split=split, progress=not args.quiet, check=check,
                        log=lambda m: say(f"advrank: {m}"))
+
+
+def index_spec(text: str) -> str:
+    """argparse type: an index preset (exact, flat, hnsw, ivfpq) or a FAISS factory string."""
+    from advrank.core.index import check_index_spec
+
+    try:
+        return check_index_spec(text)
+    except AdvrankError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_index(p: argparse.ArgumentParser, default: str | None = None, what: str = "") -> None:
+    """``--index``: the nearest-neighbour search (see advrank/core/index.py)."""
+    p.add_argument("--index", type=index_spec, default=default, metavar="INDEX",
+                   help="nearest-neighbour search: exact, flat (FAISS brute force), hnsw "
+                        "(HNSW32), ivfpq (IVF,PQ sized from the gallery) or a FAISS factory "
+                        f"string such as IVF64,Flat{what}")
+
+
+def index_from_args(args, target):
+    """The ``--index`` search over the target's gallery (None without ``--index``), saved in
+    ``--cache-dir`` when one is given."""
+    spec = getattr(args, "index", None)
+    if spec is None:
+        return None
+    from advrank.core.index import build_index
+
+    return build_index(target.gallery.embeddings, target.meta["metric"], spec,
+                       getattr(args, "cache_dir", None), target.fingerprint,
+                       lambda m: log(args)(f"advrank: {m}"))

@@ -69,11 +69,19 @@ class Geometry:
     def load(self, path) -> torch.Tensor:
         """Read one picture file as ``[C, H, W]`` in [0, 1], upright as its EXIF orientation
         says (phone photos); PIL's errors pass through."""
-        from PIL import Image, ImageOps
+        from PIL import Image
 
         with Image.open(path) as img:
-            img.draft(self.mode, (self.input_size[2] * 2, self.input_size[1] * 2))  # JPEG speed
-            return self.transform(ImageOps.exif_transpose(img).convert(self.mode))
+            return self.read(img)
+
+    def read(self, img) -> torch.Tensor:
+        """An opened, not yet decoded PIL picture as ``[C, H, W]`` in [0, 1]: EXIF orientation,
+        the model's channels, resize/crop (what :meth:`load` and the search service's upload
+        decoding share); PIL's errors pass through."""
+        from PIL import ImageOps
+
+        img.draft(self.mode, (self.input_size[2] * 2, self.input_size[1] * 2))  # JPEG speed
+        return self.transform(ImageOps.exif_transpose(img).convert(self.mode))
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)

@@ -36,7 +36,7 @@ from advrank.reports.tables import csv_table, markdown_table
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
 FORMAT = "advrank-grid"
 #: identity values of grids written before the setting existed
-IMPLIED_IDENTITY = {"precision": "fp32"}
+IMPLIED_IDENTITY = {"precision": "fp32", "index": None}
 
 
 def cell_key(attack: str, eps: float, k: int) -> str:
@@ -74,13 +74,15 @@ def run_grid(
     ks: Sequence[int] = (1, 2, 5, 10), attacks: Sequence[str] = PAPER_ATTACKS,
     num_attacks: int = 1000, seed: int = 0, batch_size: int = 256, paper: str | None = None,
     meta: dict | None = None, progress: bool = True, policy: ExecutionPolicy | None = None,
-    **options,
+    index=None, **options,
 ) -> dict:
     """Run (or resume) the grid; returns ``{"config", "cells"}`` as also written to disk.
 
     ``options`` go to the kinds that accept them (e.g. ``sp_reduction``, ``xi`` for QA).
     ``policy``: precision (part of the grid's identity: fp32 and bf16 cells never mix) and
-    memory budget. Under torchrun every cell is shared by the processes and rank 0 writes.
+    memory budget. ``index``: a VectorIndex whose ranks are measured beside the exact ones
+    (part of the grid's identity). Under torchrun every cell is shared by the processes and
+    rank 0 writes.
     """
     check_gallery(model, gallery)
     kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
@@ -99,7 +101,8 @@ def run_grid(
     check_fits_all(kinds.values(), ks, num_attacks, len(gallery))
     identity = {"num_attacks": num_attacks, "seed": seed, "gallery_size": len(gallery),
                 "checkpoint_sha": (meta or {}).get("checkpoint_sha"),
-                "precision": policy.precision}
+                "precision": policy.precision,
+                "index": None if index is None else index.spec}
     record = {"eps_values": list(eps_values), "ks": list(ks), "attacks": list(kinds),
               "paper": paper, "memory_budget": policy.memory_budget, **(meta or {})}
     keys = {cell_key(a, e, k) for a in kinds for k in ks for e in eps_values}
@@ -125,7 +128,7 @@ def run_grid(
             selection, clean_cache = selections[(attack, k)]
             result = run_attack(model, gallery, kind, eps, k, num_attacks, seed=seed,
                                 batch_size=batch_size, selection=selection, progress=progress,
-                                clean_cache=clean_cache, policy=policy)
+                                clean_cache=clean_cache, policy=policy, index=index)
             summary = result.summary()
             st.put(cell_key(attack, eps, k), summary)
             if progress:

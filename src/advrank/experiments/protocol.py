@@ -280,12 +280,38 @@ def measure_part(kind: AttackKind, gallery: Gallery, part: Selection, emb: torch
     return {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}
 
 
+#: how deep the index measurement looks: a deployed search shows its top results, not |X|
+INDEX_DEPTH = 100
+
+
+class IndexMeasure:
+    """The measurement hook of ``--index``: beside the exact figures, each attack's
+    ``rank_topk``/``in_topk`` as exact search and as the index return them (suffixes
+    ``_exact`` and ``_index``), over the top ``depth`` results."""
+
+    def __init__(self, gallery: Gallery, index, depth: int = INDEX_DEPTH):
+        from advrank.core.index import build_index
+
+        self.depth = check_int(depth, "index depth", low=1)
+        self.searches = {"exact": build_index(gallery.embeddings, gallery.distance.name),
+                         "index": index}
+
+    def __call__(self, kind: AttackKind, gallery: Gallery, part: Selection,
+                 emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, search in self.searches.items():
+            depth = min(self.depth, search.size - 2)
+            for key, values in kind.measure_topk(gallery, part, emb, search, depth).items():
+                out[f"{key}_{name}"] = values
+        return out
+
+
 def run_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackKind, eps: float, k: int,
     num_attacks: int, seed: int = 0, batch_size: int = 256,
     threat: LinfThreatModel | None = None, selection: Selection | None = None,
     progress: bool | None = None, clean_cache: dict | None = None,
-    policy: ExecutionPolicy | None = None, **options,
+    policy: ExecutionPolicy | None = None, index=None, **options,
 ) -> AttackResult:
     """Run T = ``num_attacks`` independent attacks of one kind at one eps, in batches.
 
@@ -295,7 +321,9 @@ def run_attack(
     reuses a fixed draw (e.g. across eps rows or models).
     ``clean_cache``: a dict shared by runs of the same selection (a grid's eps rows), so the
     "before" figures are measured once, not once per eps. ``policy``: precision and memory
-    budget (default: fp32, the budget of the device).
+    budget (default: fp32, the budget of the device). ``index``: a
+    :class:`~advrank.core.index.VectorIndex` over the gallery; its figures are added beside
+    the exact ones (:class:`IndexMeasure`), which stay the headline.
 
     Under torchrun each process runs a contiguous share of whole batches and the per-attack
     figures are gathered in order, so every process returns what one process would.
@@ -314,6 +342,7 @@ def run_attack(
     desc = f"{kind.name} eps={eps:g} {kind.size_name or 'k'}={k}"
     plan = plan_for(model, gallery, kind, k, batch_size, selection, policy)
     splitter = BatchSplitter(plan.sub, f"{kind.name} measurements", device=gallery.device)
+    extra = IndexMeasure(gallery, index) if index is not None else None
     for s, (part, adv) in zip(range(start, end, batch_size),
                               attack_batches(model, gallery, kind, threat, mine, seed,
                                              batch_size, progress, desc, policy, k, plan),
@@ -324,19 +353,25 @@ def run_attack(
         else:
             clean = measure_part(kind, gallery, part, emb[part.anchors.to(emb.device)],
                                  splitter)
+            if extra is not None:
+                clean = {**clean, **extra(kind, gallery, part, emb[part.anchors.to(emb.device)])}
             if clean_cache is not None:
                 clean_cache[s] = clean
         if threat.eps == 0:
             attacked = clean
         else:
             with torch.no_grad():
-                attacked = measure_part(kind, gallery, part,
-                                        embed_checked(model, adv, splitter), splitter)
+                adv_emb = embed_checked(model, adv, splitter)
+                attacked = measure_part(kind, gallery, part, adv_emb, splitter)
+                if extra is not None:
+                    attacked = {**attacked, **extra(kind, gallery, part, adv_emb)}
         log.add(clean, attacked)
     log.gather()
     seconds = max(distributed.gather_objects(time.time() - t0))
     result = log.result(kind, eps, k, gallery, threat, seconds)
     result.extra["precision"] = policy.precision
+    if index is not None:
+        result.extra.update({"index": index.info, "index_depth": extra.depth})
     return result
 
 

@@ -1,0 +1,191 @@
+"""``advrank serve`` as a user runs it: a subprocess on loopback, searched over HTTP, sent bad
+uploads and a bounded flood; every bad request gets one JSON 4xx (503 when saturated), the
+service keeps answering, and its answer for a fixed picture never changes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("faiss")
+
+from PIL import Image  # noqa: E402
+
+LIMITS = ["--max-body-bytes", "200000", "--max-pixels", "1000000", "--max-concurrency", "2",
+          "--max-k", "50"]
+
+
+def picture(fmt: str = "PNG", size=(8, 8), mode: str = "L", seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = size[::-1] + ((3,) if mode == "RGB" else ())
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory):
+    from advrank.training import TrainConfig, train
+
+    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), path,
+          progress=False)
+    return path
+
+
+def _ready_line(proc: subprocess.Popen, timeout: float) -> str:
+    """The first stdout line of ``proc`` (read in a thread so a hung start fails the test)."""
+    found: list[str] = []
+    reader = threading.Thread(target=lambda: found.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert found and found[0].startswith("serving on http://127.0.0.1:"), \
+        (found, proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
+    return found[0].strip()
+
+
+@pytest.fixture(scope="module")
+def service(digits_ckpt, tmp_path_factory):
+    """``(base URL, process)`` of a running ``advrank serve`` (HNSW index, scores shown)."""
+    cache = tmp_path_factory.mktemp("cache")
+    argv = [sys.executable, "-m", "advrank", "serve", "--checkpoint", str(digits_ckpt),
+            "--port", "0", "--index", "hnsw", "--scores", "--cache-dir", str(cache), "--quiet",
+            "--device", "cpu", *LIMITS]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        base = _ready_line(proc, 60).removeprefix("serving on ")
+        deadline = time.time() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.time() < deadline, "the service never answered /health"
+                time.sleep(0.1)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def search(base: str, body: bytes, ctype: str = "image/png", k: int | str | None = 5):
+    params = {} if k is None else {"k": str(k)}
+    return httpx.post(f"{base}/search", content=body, params=params,
+                      headers={"content-type": ctype}, timeout=30)
+
+
+def test_info_and_health_describe_the_service(service, digits_ckpt):
+    base, _ = service
+    assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+    info = httpx.get(f"{base}/info").json()
+    assert info["gallery_size"] > 100 and info["input_size"] == [1, 8, 8]
+    assert info["index"]["index"] == "hnsw" and info["index"]["size"] == info["gallery_size"]
+    assert info["metric"] == "cosine" and info["feedback"] == "top-k ids and scores"
+    assert info["limits"]["max_pixels"] == 1_000_000 and info["max_k"] == 50
+
+
+def test_search_answers_what_the_library_computes(service, digits_ckpt):
+    """Raw and multipart uploads give the same answer, and it is the in-process pipeline's
+    (decode -> model -> the same deterministically built HNSW index)."""
+    from advrank.core.index import build_index
+    from advrank.experiments.target import load_target
+    from advrank.serve.app import target_geometry
+    from advrank.serve.decode import decode_upload
+
+    base, _ = service
+    body = picture("PNG", (20, 13), "RGB", seed=3)
+    raw = search(base, body, k=7)
+    assert raw.status_code == 200, raw.text
+    multi = httpx.post(f"{base}/search", params={"k": "7"},
+                       files={"file": ("q.png", body, "image/png")}, timeout=30)
+    assert multi.json() == raw.json()
+    target = load_target(str(digits_ckpt), "cpu")
+    index = build_index(target.gallery.embeddings, "cosine", "hnsw")
+    image = decode_upload(body, target_geometry(target), 10**6)
+    ids, scores = index.search(target.model(image[None]), 7)
+    assert raw.json()["ids"] == ids[0].tolist()
+    assert raw.json()["scores"] == pytest.approx(scores[0].tolist(), abs=1e-5)
+    assert search(base, body, k=None).json()["ids"] == index.search(
+        target.model(image[None]), 10)[0][0].tolist()  # k defaults to 10
+
+
+def _bad_requests() -> list[tuple[str, dict, int]]:
+    jpeg = picture("JPEG", (64, 64), "RGB")
+    bomb = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(bomb, "PNG")  # 4 Mpx in a few KB
+    gif = io.BytesIO()
+    Image.new("L", (8, 8)).save(gif, "GIF")
+    png = picture()
+    return [
+        ("not an image", {"content": b"hello, world" * 10}, 400),
+        ("empty", {"content": b""}, 400),
+        ("truncated PNG", {"content": png[: len(png) // 2]}, 400),
+        ("truncated JPEG", {"content": jpeg[: len(jpeg) // 2],
+                            "headers": {"content-type": "image/jpeg"}}, 400),
+        ("decompression bomb", {"content": bomb.getvalue()}, 413),
+        ("too large", {"content": os.urandom(300_000)}, 413),
+        ("wrong content type", {"content": png, "headers": {"content-type": "text/plain"}}, 415),
+        ("no content type", {"content": png, "headers": {"content-type": ""}}, 415),
+        ("GIF", {"content": gif.getvalue(), "headers": {"content-type": "image/gif"}}, 415),
+        ("multipart without file", {"files": {"other": ("a.png", png, "image/png")}}, 400),
+        ("k not a number", {"content": png, "params": {"k": "ten"}}, 400),
+        ("k zero", {"content": png, "params": {"k": "0"}}, 400),
+        ("k above max", {"content": png, "params": {"k": "51"}}, 400),
+    ]
+
+
+async def _flood(base: str, body: bytes, n: int) -> list[tuple[int, dict]]:
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        async def one(i):
+            r = await client.post("/search", content=body, params={"k": "5"},
+                                  headers={"content-type": "image/png"})
+            return r.status_code, r.json()
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_bad_uploads_and_a_flood_leave_the_service_answering_the_same(service):
+    base, proc = service
+    fixed = picture("PNG", (28, 28), seed=11)
+    first = search(base, fixed).json()
+    for name, request, status in _bad_requests():
+        kwargs = {"headers": {"content-type": "image/png"}, **request}
+        r = httpx.post(f"{base}/search", timeout=30, **kwargs)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        body = r.json()
+        assert list(body) == ["error"] and body["error"].strip(), (name, body)
+    assert httpx.get(f"{base}/search").status_code == 405
+    assert list(httpx.get(f"{base}/nowhere").json()) == ["error"]
+    t0 = time.time()
+    answers = asyncio.run(_flood(base, fixed, 200))
+    assert time.time() - t0 < 60
+    codes = [code for code, _ in answers]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 2, codes
+    assert all(body == first for code, body in answers if code == 200)
+    assert all(list(body) == ["error"] for code, body in answers if code == 503)
+    assert proc.poll() is None
+    assert search(base, fixed).json() == first
+
+
+def test_sigterm_stops_the_service_cleanly(service):
+    _, proc = service
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert "the search service stopped" in proc.stderr.read()
