@@ -119,7 +119,8 @@ MODEL_SOURCES: Registry = Registry("model source", [
     "advrank.models.sources.open_clip", "advrank.models.sources.torchscript",
     "advrank.models.sources.python"])
 DATASETS: Registry = Registry("dataset", ["advrank.data.digits", "advrank.data.mnist",
-                                          "advrank.data.sop", "advrank.data.folders"])
+                                          "advrank.data.sop", "advrank.data.folders",
+                                          "advrank.data.cub", "advrank.data.cars"])
 DISTANCES: Registry = Registry("distance", ["advrank.core.distances"])
 LOSSES: Registry = Registry("loss", ["advrank.training.losses"])
 ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.qa",
@@ -127,7 +128,7 @@ ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.q
                                         "advrank.attacks.ltm", "advrank.attacks.gtm",
                                         "advrank.attacks.gtt"])
 DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defenses.madry",
-                                          "advrank.defenses.act"])
+                                          "advrank.defenses.act", "advrank.defenses.hm"])
 REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATASETS,
               "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES}
 
