@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from advrank.core.distances import get_distance
-from advrank.data import dataset_spec, load_dataset
 from advrank.defenses import (
     AntiCollapseDefense,
     PairCollapseObjective,
@@ -15,22 +14,10 @@ from advrank.defenses import (
     mine_triplets,
 )
 from advrank.errors import AdvrankError
-from advrank.models import create_model
 from advrank.training import make_loss
 
 COSINE = get_distance("cosine")
 
-
-@pytest.fixture(scope="module")
-def batch():
-    ds = load_dataset("digits", "train")
-    return ds.images[:60], ds.labels[:60]
-
-
-def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    info = dataset_spec("digits")
-    return create_model("c2f1", (1, 8, 8), embed_dim=16, mean=info.mean, std=info.std)
 
 
 def test_mined_triplets_are_valid_distinct_and_seeded():
@@ -63,7 +50,7 @@ def test_pair_collapse_objective_matches_brute_force(metric):
     assert torch.equal(loss[:3], loss[3:])
 
 
-def test_collapse_stays_in_the_ball_and_pulls_pairs_together(batch):
+def test_collapse_stays_in_the_ball_and_pulls_pairs_together(batch, tiny_model):
     images, _ = batch
     model = tiny_model().eval()
     act = AntiCollapseDefense(0.2, steps=5, step_size=0.05)
@@ -85,7 +72,7 @@ def _margin(model, images, anc, adv_p, adv_n) -> float:
         return (COSINE.paired(a, model(adv_n)) - COSINE.paired(a, model(adv_p))).mean().item()
 
 
-def test_act_steps_widen_the_adversarial_triplet_margin(batch):
+def test_act_steps_widen_the_adversarial_triplet_margin(batch, tiny_model):
     images, labels = batch
     model = tiny_model(1)
     act = make_defense("act", eps=0.3, steps=5, step_size=0.1, metric="cosine")
@@ -111,7 +98,7 @@ def test_act_steps_widen_the_adversarial_triplet_margin(batch):
     assert _margin(model, images, anc, fresh_p, fresh_n) > before  # a new attack, too
 
 
-def test_act_refuses_losses_without_triplets(batch):
+def test_act_refuses_losses_without_triplets(batch, tiny_model):
     images, labels = batch
     act = make_defense("act", eps=0.3, steps=1, metric="cosine")
     with pytest.raises(AdvrankError, match="pytorch-metric-learning loss"):

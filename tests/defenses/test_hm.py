@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from advrank.core.distances import get_distance
-from advrank.data import dataset_spec, load_dataset
 from advrank.defenses import make_defense
 from advrank.defenses.hm import (
     HardnessObjective,
@@ -16,22 +15,10 @@ from advrank.defenses.hm import (
     mine_soft_hard,
 )
 from advrank.errors import AdvrankError
-from advrank.models import create_model
 from advrank.training import make_loss
 
 COSINE = get_distance("cosine")
 
-
-@pytest.fixture(scope="module")
-def batch():
-    ds = load_dataset("digits", "train")
-    return ds.images[:60], ds.labels[:60]
-
-
-def tiny_model(seed: int = 0):
-    torch.manual_seed(seed)
-    info = dataset_spec("digits")
-    return create_model("c2f1", (1, 8, 8), embed_dim=16, mean=info.mean, std=info.std)
 
 
 def test_gradual_destination_schedule():
@@ -72,7 +59,7 @@ def test_et_objective_gradient_and_zero_for_hard_triplets():
     assert easy.value_and_grad(emb)[1].abs().max() == 0
 
 
-def test_manipulated_triplets_are_harder_and_in_the_ball(batch):
+def test_manipulated_triplets_are_harder_and_in_the_ball(batch, tiny_model):
     images, labels = batch
     model = tiny_model().eval()
     hm = make_defense("hm", eps=0.2, steps=5, step_size=0.05)
@@ -91,7 +78,7 @@ def test_manipulated_triplets_are_harder_and_in_the_ball(batch):
 
 
 @pytest.mark.parametrize("name", ["hm", "hm-ics"])
-def test_hm_training_lowers_the_adversarial_loss(batch, name):
+def test_hm_training_lowers_the_adversarial_loss(batch, name, tiny_model):
     images, labels = batch
     model = tiny_model()
     criterion = make_loss("triplet", COSINE, 0.2)
@@ -112,7 +99,7 @@ def test_hm_training_lowers_the_adversarial_loss(batch, name):
     assert desc["defense"] == name and desc["ics_weight"] == (0.5 if name == "hm-ics" else 0.0)
 
 
-def test_hm_refuses_a_loss_without_triplets(batch):
+def test_hm_refuses_a_loss_without_triplets(batch, tiny_model):
     images, labels = batch
     with pytest.raises(AdvrankError, match="margin"):
         make_defense("hm", eps=0.1, steps=1).training_loss(
