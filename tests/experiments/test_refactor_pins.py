@@ -32,8 +32,11 @@ def models():
     return ds, src, tgt, Gallery.build(src, ds, "cosine"), Gallery.build(tgt, ds, "euclidean")
 
 
-def _same(got, pinned):
-    assert got == pytest.approx(pinned, abs=1e-9)
+def _same(got, pinned, key=None):
+    """``got`` equals the pin, or one variant recorded for ``key`` (the same pre-refactor code
+    on another CPU, whose summation order flips a rank tie), exactly up to 1e-9."""
+    accepted = [pinned, *PINS["variants"].get(key, [])]
+    assert any(got == pytest.approx(p, abs=1e-9) for p in accepted), (got, accepted)
 
 
 def test_grid_is_unchanged(models, tmp_path):
@@ -50,7 +53,8 @@ def test_grid_is_unchanged(models, tmp_path):
                    num_attacks=6, seed=3, batch_size=4, progress=False, sp_reduction="mean")
     for key, pinned in PINS["grid_mean"].items():
         c = res["cells"][key]
-        _same([c["rank_before"], c["rank_after"], c.get("sp_rank_after")], pinned)
+        _same([c["rank_before"], c["rank_after"], c.get("sp_rank_after")], pinned,
+              f"grid_mean {key}")
 
 
 @pytest.mark.parametrize("attack", ["CA+", "QA-"])
@@ -60,7 +64,7 @@ def test_transfer_is_unchanged(models, attack):
                         source_gallery=gs, target_gallery=gt,
                         **({"sp_reduction": "sum"} if attack.startswith("QA") else {}))
     _same([r["rank_before"], r["rank_after"], r["source"]["rank_before"],
-           r["source"]["rank_after"]], PINS[f"transfer {attack}"])
+           r["source"]["rank_after"]], PINS[f"transfer {attack}"], f"transfer {attack}")
 
 
 @pytest.mark.parametrize("attack,mode", [("CA+", "shared"), ("QA+", "own"), ("CA-", "shared")])
