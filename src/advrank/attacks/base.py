@@ -167,6 +167,13 @@ class AttackKind:
         not scored by ranks."""
         return {}
 
+    def query_score(self, gallery: Gallery, part: Selection, feedback, ask):
+        """What a query-only attack of this kind minimises from an oracle's ``feedback``:
+        ``score(answer, rows [N]) -> [N]``; ``ask`` sends further (counted) queries the score
+        needs. Kinds without one are refused for ``--oracle``."""
+        raise AdvrankError(f"{self.name} has no query-only form (it needs gradients); "
+                           "query-only attacks: the kinds with a query score, e.g. QA+ and QA-")
+
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The ranking list one attack (``part`` of length 1) changes, with the attacked item's
         embedding ``emb [1, D]`` (the clean one for "before")."""

@@ -395,6 +395,13 @@ class QueryAttack(AttackKind):
         pos = topk_positions(ids, targets, anchors, depth).float()
         return {"rank_topk": pos.mean(1), "in_topk": 100.0 * (pos < depth).float().mean(1)}
 
+    def query_score(self, gallery: Gallery, part: Selection, feedback, ask):
+        """The query-only score of these attacks from an oracle's feedback (see
+        :mod:`advrank.attacks.feedback`): the rank of C, or its top-k surrogate."""
+        from advrank.attacks.feedback import feedback_score
+
+        return feedback_score(self.raise_rank, gallery, part, feedback, ask)
+
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), C highlighted."""
         q = int(part.anchors[0])

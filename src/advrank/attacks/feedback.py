@@ -1,0 +1,80 @@
+"""What a query-only QA attack minimises, computed from an oracle's feedback alone
+(:class:`FeedbackScore`), for the B attacks of a selection (the §4 one of the white-box kind).
+
+* ``full`` feedback: the normalized rank of the candidates C in q~'s list (q's own clean copy
+  left out), as ``measure`` computes it: QA+ minimises it, QA- maximises it.
+* ``topk:K`` / ``topk-scores:K``: a surrogate from the visible list. Each candidate c is first
+  searched once (its clean picture: m queries per attack, counted), which gives its own
+  neighbourhood N(c); the score is the weighted presence of C (weight K) and of N(c) (weight
+  1) in q~'s visible list, by position (``topk``) or by distance (``topk-scores``: the nearest
+  weighs 1, the last visible 0). QA+ raises the presence, QA- lowers it. Unlike the rank,
+  the surrogate still moves while C is out of sight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from advrank.attacks.base import topk_positions
+from advrank.attacks.selection import Selection
+from advrank.core.gallery import Gallery
+from advrank.oracles.base import Answer, Feedback
+
+
+def visible_weights(answer: Answer, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kept [N, L], weight [N, L])``: the visible members other than ``exclude [N, e]``
+    and padding, weighted 1 for the nearest down to 1/L by position, or, with scores, by
+    distance (nearest 1, last visible 0)."""
+    ids = answer.ids
+    kept = (ids >= 0) & ~(ids[:, :, None] == exclude[:, None, :]).any(-1)
+    position = kept.long().cumsum(1) - 1
+    length = kept.sum(1, keepdim=True).clamp_min(1)
+    weight = (length - position).float() / length
+    if answer.scores is not None:
+        d = torch.where(kept, answer.scores, torch.nan)
+        lo = torch.where(kept, d, torch.inf).min(1, keepdim=True).values
+        hi = torch.where(kept, d, -torch.inf).max(1, keepdim=True).values
+        weight = ((hi - d) / (hi - lo).clamp_min(1e-12)).nan_to_num(0.0)
+    return kept, torch.where(kept, weight, 0.0)
+
+
+class FeedbackScore:
+    """``score(answer, rows) -> [N]`` for answers of the attacks ``rows [N]`` of ``part``;
+    ``neighbors [B, m, K]``: N(c) of each candidate (top-k feedback only)."""
+
+    def __init__(self, raise_rank: bool, part: Selection, feedback: Feedback,
+                 gallery_size: int, neighbors: torch.Tensor | None = None):
+        self.sign = 1.0 if raise_rank else -1.0
+        self.targets, self.anchors = part.targets.cpu(), part.anchors.cpu()[:, None]
+        self.feedback, self.n, self.neighbors = feedback, gallery_size, neighbors
+
+    def __call__(self, answer: Answer, rows: torch.Tensor) -> torch.Tensor:
+        targets, exclude = self.targets[rows], self.anchors[rows]
+        if self.feedback.level == "full":
+            depth = answer.ids.shape[1]
+            pos = topk_positions(answer.ids, targets, exclude, depth).float()
+            return self.sign * 100.0 * pos.mean(1) / self.n
+        kept, weight = visible_weights(answer, exclude)
+        k = max(1, answer.ids.shape[1])
+        in_c = (answer.ids[:, :, None] == targets[:, None, :]).sum(-1)
+        nb = self.neighbors[rows].flatten(1)
+        in_nb = ((answer.ids[:, :, None] == nb[:, None, :]) & (nb[:, None, :] >= 0)).sum(-1)
+        presence = (weight * (k * in_c + in_nb)).sum(1) / (2 * k * targets.shape[1])
+        return -self.sign * presence
+
+
+def feedback_score(raise_rank: bool, gallery: Gallery, part: Selection, feedback: Feedback,
+                   ask: Callable) -> FeedbackScore:
+    """The :class:`FeedbackScore` of B QA attacks; at top-k feedback, each candidate's clean
+    picture is searched first through ``ask(images [B, m, C, H, W]) -> (answer, rows, sent)``
+    (the counted oracle) for its neighbourhood N(c)."""
+    neighbors = None
+    if feedback.level != "full":
+        b, m = part.targets.shape
+        images = gallery.images(part.targets.flatten())
+        answer, _, sent = ask(images.reshape(b, m, *images.shape[1:]))
+        neighbors = torch.full((b, m, answer.ids.shape[1]), -1, dtype=torch.long)
+        neighbors[sent] = answer.ids
+    return FeedbackScore(raise_rank, part, feedback, len(gallery), neighbors)
