@@ -304,6 +304,7 @@ class QueryAttack(AttackKind):
     """QA+ / QA-: the adversarial image is the query q; targets ``[T, m]`` are C, ``sp`` C_SP."""
 
     size_name = "m"
+    query_only = True
     params = {"xi": None, "g": 5, "sp_reduction": "mean", "top_fraction": 0.01}
     raise_rank = True
     paper_xi = 1.0

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from advrank.attacks.base import AttackKind, get_attack
+from advrank.attacks.base import AttackKind, check_query_only, get_attack
 from advrank.attacks.query.base import Ball, CountedObjective, QueryOptimizer, get_optimizer
 from advrank.attacks.selection import Selection
 from advrank.core.checks import check_number, check_progress, check_seed
@@ -66,7 +66,7 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     selection order). The result's ``extra`` holds ``queries_used`` (mean per attack),
     ``queries_used_max``, the oracle and the optimiser; batches draw from one generator each
     (keyed by seed and position), so results depend on ``batch_size``."""
-    kind, optimizer = get_attack(attack), get_optimizer(optimizer)
+    kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
     budget, seed = check_budget(budget), check_seed(seed)
     batch_size = check_batch_size(batch_size)

@@ -34,9 +34,12 @@ def split_oracle_spec(text: Any) -> tuple[str, str]:
         scheme = text.partition("://")[0].lower()
         if not text.partition("://")[2].strip("/"):
             raise AdvrankError(f"the oracle URL {text!r} names no host")
-        return ORACLES.canonical(scheme), text
-    name, _, argument = text.partition(":")
-    return ORACLES.canonical(name), argument
+        name, argument = ORACLES.canonical(scheme), text
+    else:
+        name, _, argument = text.partition(":")
+        name = ORACLES.canonical(name)
+    ORACLES.get(name).check_argument(argument)
+    return name, argument
 
 
 def make_oracle(spec: str, target, feedback: Feedback | str, **options: Any) -> Oracle:

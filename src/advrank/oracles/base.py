@@ -98,6 +98,10 @@ class Oracle:
         self.gallery_size = check_int(gallery_size, "gallery size", low=1, high=2**40)
         self.queries = 0
 
+    @classmethod
+    def check_argument(cls, argument: str) -> None:
+        """Refuse a bad spec argument (``local:ARGUMENT``, a URL) before any work."""
+
     def search(self, images: torch.Tensor, depth: int,
                scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(ids [N, depth], scores [N, depth] or None)`` for ``images [N, C, H, W]``."""

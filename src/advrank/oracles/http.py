@@ -76,6 +76,17 @@ class HttpOracle(Oracle):
         self.info: dict[str, Any] = {}
 
     @classmethod
+    def check_argument(cls, argument: str) -> None:
+        httpx = _httpx()
+        try:
+            url = httpx.URL(argument)
+        except Exception:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise AdvrankError(f"the oracle URL must look like http://HOST:PORT, got "
+                               f"{argument!r}")
+
+    @classmethod
     def from_spec(cls, argument: str, target, feedback: Feedback, **options: Any) -> HttpOracle:
         """The service at ``argument`` (a URL), checked against ``target``: same gallery size
         and input size, a ``max_k`` deep enough for ``feedback``, scores when it needs them."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advrank.core.checks import check_int
-from advrank.core.index import VectorIndex, build_index
+from advrank.core.index import VectorIndex, build_index, check_index_spec
 from advrank.oracles.base import Feedback, Oracle
 from advrank.registry import ORACLES
 
@@ -29,6 +29,11 @@ class LocalOracle(Oracle):
         self.chunk = check_int(chunk, "oracle chunk", low=1)
         self.eight_bit = bool(eight_bit)
         self.device = next(iter(model.parameters())).device
+
+    @classmethod
+    def check_argument(cls, argument: str) -> None:
+        if argument:
+            check_index_spec(argument)
 
     @classmethod
     def from_spec(cls, argument: str, target, feedback: Feedback, **options: Any) -> LocalOracle:
