@@ -14,7 +14,7 @@ import time
 import pytest
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits_ckpt(tmp_path_factory):
     from advrank.training import TrainConfig, train
 
