@@ -1,6 +1,6 @@
-"""Query-only QA+/QA- on a tiny digits model through the local oracle: the §4 selection of the
-white-box kinds, the rank moved the right way from the oracle's feedback alone, the budget
-kept, and the figures in the result."""
+"""Query-only QA+/QA- (and ES, the untargeted top-k disruption) on a tiny digits model through
+the local oracle: the §4 selection of the white-box kinds, the rank moved the right way from
+the oracle's feedback alone, the budget kept, and the figures in the result."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def target(tmp_path_factory):
     return load_target(str(path), "cpu")
 
 
-@pytest.mark.parametrize("attack,direction", [("QA+", -1), ("QA-", 1)])
+@pytest.mark.parametrize("attack,direction", [("QA+", -1), ("QA-", 1), ("ES", 1)])
 def test_query_only_qa_moves_the_rank_the_right_way(target, attack, direction):
     oracle = make_oracle("local", target, "full")
     r = run_query_attack(target, attack, oracle, "random", 0.3, 1, T, BUDGET, seed=3)
@@ -34,6 +34,8 @@ def test_query_only_qa_moves_the_rank_the_right_way(target, attack, direction):
     assert r.extra["queries_used_max"] <= BUDGET and oracle.queries <= T * BUDGET
     assert r.extra["queries_used"] == pytest.approx(oracle.queries / T)
     assert r.threat == {"norm": "Linf", "eps": 0.3, "eight_bit": False, "query_budget": BUDGET}
+    if attack == "ES":  # ES: its rank starts at 0 and the shift is measured too
+        assert f["shift_after"] > 0.05 > f["shift_before"]
     from advrank.attacks import get_attack
 
     # the selection (and so "before") is the white-box kind's

@@ -1,8 +1,10 @@
-"""What a query-only QA attack minimises, computed from an oracle's feedback alone
-(:class:`FeedbackScore`), for the B attacks of a selection (the §4 one of the white-box kind).
+"""What a query-only attack minimises, computed from an oracle's feedback alone
+(:class:`FeedbackScore`), for the B attacks of a selection (the §4 one of the white-box kind):
+raise (QA+) or sink (QA-) targets C in q~'s list; ES, the untargeted top-k disruption, sinks
+q's own clean copy (and with it q's clean neighbourhood).
 
-* ``full`` feedback: the normalized rank of the candidates C in q~'s list (q's own clean copy
-  left out), as ``measure`` computes it: QA+ minimises it, QA- maximises it.
+* ``full`` feedback: the normalized rank of the targets in q~'s list (for QA, q's own clean
+  copy left out), as ``measure`` computes it: QA+ minimises it, QA- and ES maximise it.
 * ``topk:K`` / ``topk-scores:K``: a surrogate from the visible list. Each candidate c is first
   searched once (its clean picture: m queries per attack, counted), which gives its own
   neighbourhood N(c); the score is the weighted presence of C (weight K) and of N(c) (weight
@@ -18,7 +20,6 @@ from collections.abc import Callable
 import torch
 
 from advrank.attacks.base import topk_positions
-from advrank.attacks.selection import Selection
 from advrank.core.gallery import Gallery
 from advrank.oracles.base import Answer, Feedback
 
@@ -41,17 +42,18 @@ def visible_weights(answer: Answer, exclude: torch.Tensor) -> tuple[torch.Tensor
 
 
 class FeedbackScore:
-    """``score(answer, rows) -> [N]`` for answers of the attacks ``rows [N]`` of ``part``;
-    ``neighbors [B, m, K]``: N(c) of each candidate (top-k feedback only)."""
+    """``score(answer, rows) -> [N]`` for answers of the attacks ``rows [N]``: raise (or sink)
+    ``targets [B, m]`` in lists without ``exclude [B, e]``; ``neighbors [B, m, K]``: N(c) of
+    each target (top-k feedback only)."""
 
-    def __init__(self, raise_rank: bool, part: Selection, feedback: Feedback,
-                 gallery_size: int, neighbors: torch.Tensor | None = None):
+    def __init__(self, raise_rank: bool, targets: torch.Tensor, exclude: torch.Tensor,
+                 feedback: Feedback, gallery_size: int, neighbors: torch.Tensor | None = None):
         self.sign = 1.0 if raise_rank else -1.0
-        self.targets, self.anchors = part.targets.cpu(), part.anchors.cpu()[:, None]
+        self.targets, self.exclude = targets.cpu(), exclude.cpu()
         self.feedback, self.n, self.neighbors = feedback, gallery_size, neighbors
 
     def __call__(self, answer: Answer, rows: torch.Tensor) -> torch.Tensor:
-        targets, exclude = self.targets[rows], self.anchors[rows]
+        targets, exclude = self.targets[rows], self.exclude[rows]
         if self.feedback.level == "full":
             depth = answer.ids.shape[1]
             pos = topk_positions(answer.ids, targets, exclude, depth).float()
@@ -65,16 +67,17 @@ class FeedbackScore:
         return -self.sign * presence
 
 
-def feedback_score(raise_rank: bool, gallery: Gallery, part: Selection, feedback: Feedback,
-                   ask: Callable) -> FeedbackScore:
-    """The :class:`FeedbackScore` of B QA attacks; at top-k feedback, each candidate's clean
-    picture is searched first through ``ask(images [B, m, C, H, W]) -> (answer, rows, sent)``
-    (the counted oracle) for its neighbourhood N(c)."""
+def feedback_score(raise_rank: bool, gallery: Gallery, targets: torch.Tensor,
+                   exclude: torch.Tensor, feedback: Feedback, ask: Callable) -> FeedbackScore:
+    """The :class:`FeedbackScore` of B attacks on ``targets [B, m]`` (lists without ``exclude
+    [B, e]``); at top-k feedback, each target's clean picture is searched first through
+    ``ask(images [B, m, C, H, W]) -> (answer, rows, sent)`` (the counted oracle) for its
+    neighbourhood N(c)."""
     neighbors = None
     if feedback.level != "full":
-        b, m = part.targets.shape
-        images = gallery.images(part.targets.flatten())
+        b, m = targets.shape
+        images = gallery.images(targets.flatten())
         answer, _, sent = ask(images.reshape(b, m, *images.shape[1:]))
         neighbors = torch.full((b, m, answer.ids.shape[1]), -1, dtype=torch.long)
         neighbors[sent] = answer.ids
-    return FeedbackScore(raise_rank, part, feedback, len(gallery), neighbors)
+    return FeedbackScore(raise_rank, targets, exclude, feedback, len(gallery), neighbors)

@@ -401,7 +401,8 @@ class QueryAttack(AttackKind):
         :mod:`advrank.attacks.feedback`): the rank of C, or its top-k surrogate."""
         from advrank.attacks.feedback import feedback_score
 
-        return feedback_score(self.raise_rank, gallery, part, feedback, ask)
+        return feedback_score(self.raise_rank, gallery, part.targets, part.anchors[:, None],
+                              feedback, ask)
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), C highlighted."""
