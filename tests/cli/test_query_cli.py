@@ -1,5 +1,6 @@
 """``advrank attack``'s query-only options are checked before any work: each mistake is one
-error line (no checkpoint is read: these fail at parsing or validation)."""
+error line (no checkpoint is read: these fail at parsing, validation or, for a service that
+does not answer, the oracle's preflight)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ BASE = ["attack", "--checkpoint", "missing.pt", "--attack", "QA+", "--eps", "0.3
     (["--query-budget", "10"], "add --oracle"),
     (["--oracle", "local", "--steps", "5"], "white-box PGD"),
     (["--oracle", "local", "--index", "flat"], "white-box PGD"),
+    (["--oracle", "local", "--precision", "bf16"], "white-box PGD"),
+    (["--oracle", "http://127.0.0.1:1"], "cannot reach the search service"),
 ])
 def test_bad_query_options_give_one_error_line(cli, one_error_line, extra, fragment):
     one_error_line(*cli([*BASE, *extra]), fragment)

@@ -57,7 +57,8 @@ def query_settings(args) -> dict | None:
         return None
     pgd = {"--steps": args.steps, "--step-size": args.step_size,
            "--random-start": args.random_start or None, "--index": args.index,
-           "--compile": args.compile or None}
+           "--compile": args.compile or None, "--memory-budget": args.memory_budget,
+           "--precision": None if args.precision == "fp32" else args.precision}
     given = [flag for flag, value in pgd.items() if value is not None]
     if given:
         raise AdvrankError(f"{', '.join(given)} apply to white-box PGD, not to a query-only "
@@ -71,10 +72,11 @@ def cmd_query_attack(args, kind, k: int, query: dict) -> None:
     from advrank.attacks.base import check_query_only
     from advrank.attacks.query import get_optimizer
     from advrank.experiments.query import run_query_attack
-    from advrank.oracles import make_oracle
+    from advrank.oracles import make_oracle, preflight
 
     check_query_only(kind)
     optimizer = get_optimizer(query["optimizer"])
+    preflight(args.oracle)  # e.g. an unreachable service, before the gallery is embedded
     target = load_target_from_args(args, check=lambda n: kind.check_fits(k, args.num_attacks, n))
     oracle = make_oracle(args.oracle, target, query["feedback"], cache_dir=args.cache_dir)
     try:

@@ -42,6 +42,12 @@ def split_oracle_spec(text: Any) -> tuple[str, str]:
     return name, argument
 
 
+def preflight(spec: str) -> None:
+    """The oracle's cheap checks (a service that answers) before any slow work."""
+    name, argument = split_oracle_spec(spec)
+    ORACLES.get(name).preflight(argument)
+
+
 def make_oracle(spec: str, target, feedback: Feedback | str, **options: Any) -> Oracle:
     """The oracle of ``spec`` (see :func:`split_oracle_spec`) for ``target`` (its gallery is
     the one the attacks select from), at ``feedback``."""
@@ -50,4 +56,4 @@ def make_oracle(spec: str, target, feedback: Feedback | str, **options: Any) -> 
 
 
 __all__ = ["LEVELS", "Answer", "Feedback", "Oracle", "QueryCounter", "check_budget",
-           "make_oracle", "parse_feedback", "split_oracle_spec"]
+           "make_oracle", "parse_feedback", "preflight", "split_oracle_spec"]

@@ -102,6 +102,10 @@ class Oracle:
     def check_argument(cls, argument: str) -> None:
         """Refuse a bad spec argument (``local:ARGUMENT``, a URL) before any work."""
 
+    @classmethod
+    def preflight(cls, argument: str) -> None:
+        """Cheap checks before the gallery is loaded (e.g. that a service answers)."""
+
     def search(self, images: torch.Tensor, depth: int,
                scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(ids [N, depth], scores [N, depth] or None)`` for ``images [N, C, H, W]``."""

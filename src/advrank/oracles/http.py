@@ -87,6 +87,19 @@ class HttpOracle(Oracle):
                                f"{argument!r}")
 
     @classmethod
+    def preflight(cls, argument: str) -> None:
+        """The service answers ``GET /health`` (before the slow local gallery is embedded)."""
+        httpx = _httpx()
+        try:
+            r = httpx.get(argument.rstrip("/") + "/health", timeout=10)
+        except httpx.HTTPError as exc:
+            raise AdvrankError(f"cannot reach the search service at {argument}: "
+                               f"{type(exc).__name__}: {str(exc)[:120]}") from None
+        if r.status_code != 200:
+            raise AdvrankError(f"the search service at {argument} answered {r.status_code} "
+                               "to GET /health")
+
+    @classmethod
     def from_spec(cls, argument: str, target, feedback: Feedback, **options: Any) -> HttpOracle:
         """The service at ``argument`` (a URL), checked against ``target``: same gallery size
         and input size, a ``max_k`` deep enough for ``feedback``, scores when it needs them."""
