@@ -27,8 +27,11 @@ def target(tmp_path_factory):
 
 @pytest.mark.parametrize("attack,direction", [("QA+", -1), ("QA-", 1), ("ES", 1)])
 def test_query_only_qa_moves_the_rank_the_right_way(target, attack, direction):
+    from advrank.attacks import get_attack
+
     oracle = make_oracle("local", target, "full")
-    r = run_query_attack(target, attack, oracle, "random", 0.3, 1, T, BUDGET, seed=3)
+    kind = get_attack(attack, xi=0) if attack != "ES" else get_attack(attack)  # rank alone
+    r = run_query_attack(target, kind, oracle, "random", 0.3, 1, T, BUDGET, seed=3)
     f = r.figures
     assert direction * (f["rank_after"] - f["rank_before"]) > 5.0, f
     assert r.extra["queries_used_max"] <= BUDGET and oracle.queries <= T * BUDGET
@@ -36,13 +39,25 @@ def test_query_only_qa_moves_the_rank_the_right_way(target, attack, direction):
     assert r.threat == {"norm": "Linf", "eps": 0.3, "eight_bit": False, "query_budget": BUDGET}
     if attack == "ES":  # ES: its rank starts at 0 and the shift is measured too
         assert f["shift_after"] > 0.05 > f["shift_before"]
-    from advrank.attacks import get_attack
 
     # the selection (and so "before") is the white-box kind's
     sel = get_attack(attack).select(target.gallery, 1, T, 3)
     clean = get_attack(attack).measure(target.gallery, sel, target.gallery.embeddings[
         sel.anchors])
     assert r.before["rank"] == pytest.approx(clean["rank"].tolist())
+
+
+def test_the_sp_term_keeps_the_query_s_neighbours_near(target):
+    """QA-'s SP term (the paper's xi = 100) in the query-only score: C_SP stays nearer than
+    with the rank alone."""
+    from advrank.attacks import get_attack
+
+    figures = {}
+    for xi in (0.0, 100.0):
+        oracle = make_oracle("local", target, "full")
+        figures[xi] = run_query_attack(target, get_attack("QA-", xi=xi), oracle, "random", 0.3,
+                                       1, 8, 80, seed=5).figures
+    assert figures[100.0]["sp_rank_after"] < figures[0.0]["sp_rank_after"] - 5, figures
 
 
 def test_top_k_feedback_counts_the_candidates_searches_and_starts_where_told(target):

@@ -398,11 +398,13 @@ class QueryAttack(AttackKind):
 
     def query_score(self, gallery: Gallery, part: Selection, feedback, ask):
         """The query-only score of these attacks from an oracle's feedback (see
-        :mod:`advrank.attacks.feedback`): the rank of C, or its top-k surrogate."""
+        :mod:`advrank.attacks.feedback`): the rank of C, or its top-k surrogate, plus xi times
+        the SP term on C_SP (ranks in place of Eq. 12's hinge sums, so the same xi binds
+        harder; ``xi=0`` drops it)."""
         from advrank.attacks.feedback import feedback_score
 
         return feedback_score(self.raise_rank, gallery, part.targets, part.anchors[:, None],
-                              feedback, ask)
+                              feedback, ask, part.sp, self.options["xi"])
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), C highlighted."""
