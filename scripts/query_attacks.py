@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--optimizer", default="random")
     p.add_argument("--feedback", default="full")
     p.add_argument("--attacks", default="QA+,QA-")
+    p.add_argument("--query-xi", default=None,
+                   help="--xi of the query-only runs only (default: the paper's, as the "
+                        "white-box runs use; 0 ranks C alone, without keeping C_SP near)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=200)
@@ -94,9 +97,10 @@ def one_attack(args, attack: str, url: str) -> dict:
               str(args.num_attacks), "--seed", str(args.seed), "--device", args.device,
               "--batch-size", str(args.batch_size)]
     white = run_json(["attack", "--checkpoint", args.target, *common])
+    xi = [] if args.query_xi is None else ["--xi", str(args.query_xi)]
     query = run_json(["attack", "--checkpoint", args.target, *common, "--oracle", url,
                       "--feedback", args.feedback, "--query-budget", str(args.query_budget),
-                      "--optimizer", args.optimizer])
+                      "--optimizer", args.optimizer, *xi])
     transfer = run_json(["transfer", "--source", args.source, "--target", args.target,
                          *common, "--select-on", "target"])
     shift = {name: abs(r["rank_after"] - r["rank_before"])
@@ -106,6 +110,9 @@ def one_attack(args, attack: str, url: str) -> dict:
             "rank_before": white["rank_before"],
             "rank_after": {"white_box": white["rank_after"], "query_only": query["rank_after"],
                            "transfer": transfer["rank_after"]},
+            "sp_rank_after": {"white_box": white.get("sp_rank_after"),
+                              "query_only": query.get("sp_rank_after"),
+                              "transfer": transfer.get("sp_rank_after")},
             "queries_used": query["queries_used"],
             "queries_per_second": query["queries_sent"] / max(query["seconds"], 1e-9),
             "half_white_box": shift["query_only"] >= 0.5 * shift["white_box"],
@@ -118,13 +125,15 @@ def markdown(rows: list[dict], args) -> str:
     lines = [f"# Query-only attacks on {args.target} through {via} (eps = {args.eps}, "
              f"T = {args.num_attacks}, {args.feedback} feedback, <= {args.query_budget} "
              f"queries, {args.optimizer})", "",
-             "| attack | before | white-box | query-only | transfer (LeNet) | queries used | "
-             "queries/s | >= 1/2 white-box | beats transfer |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| attack | before | white-box | query-only | transfer (LeNet) | SP rank white-box "
+             "/ query-only | queries used | queries/s | >= 1/2 white-box | beats transfer |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        a = r["rank_after"]
+        a, sp = r["rank_after"], r["sp_rank_after"]
+        sp_text = (f"{sp['white_box']:.1f} / {sp['query_only']:.1f}"
+                   if sp["white_box"] is not None and sp["query_only"] is not None else "-")
         lines.append(f"| {r['attack']} | {r['rank_before']:.1f} | {a['white_box']:.1f} | "
-                     f"{a['query_only']:.1f} | {a['transfer']:.1f} | "
+                     f"{a['query_only']:.1f} | {a['transfer']:.1f} | {sp_text} | "
                      f"{r['queries_used']:.0f} | {r['queries_per_second']:.0f} | "
                      f"{'yes' if r['half_white_box'] else 'no'} | "
                      f"{'yes' if r['beats_transfer'] else 'no'} |")
