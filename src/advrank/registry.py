@@ -129,8 +129,15 @@ ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.q
                                         "advrank.attacks.gtt"])
 DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defenses.madry",
                                           "advrank.defenses.act", "advrank.defenses.hm"])
+#: what a deployed search answers (advrank/oracles/): one module per schema
+ORACLES: Registry = Registry("oracle", ["advrank.oracles.local", "advrank.oracles.http"])
+#: query-only optimisers (advrank/attacks/query/): one module each
+OPTIMIZERS: Registry = Registry("optimizer", ["advrank.attacks.query.random_search",
+                                              "advrank.attacks.query.nes",
+                                              "advrank.attacks.query.spsa"])
 REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATASETS,
-              "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES}
+              "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES,
+              "oracles": ORACLES, "optimizers": OPTIMIZERS}
 
 _plugins_loaded: set[str] = set()
 _entry_points_done = False

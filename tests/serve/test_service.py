@@ -8,9 +8,6 @@ import asyncio
 import io
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
@@ -35,54 +32,12 @@ def picture(fmt: str = "PNG", size=(8, 8), mode: str = "L", seed: int = 0) -> by
 
 
 @pytest.fixture(scope="module")
-def digits_ckpt(tmp_path_factory):
-    from advrank.training import TrainConfig, train
-
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), path,
-          progress=False)
-    return path
-
-
-def _ready_line(proc: subprocess.Popen, timeout: float) -> str:
-    """The first stdout line of ``proc`` (read in a thread so a hung start fails the test)."""
-    found: list[str] = []
-    reader = threading.Thread(target=lambda: found.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    assert found and found[0].startswith("serving on http://127.0.0.1:"), \
-        (found, proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
-    return found[0].strip()
-
-
-@pytest.fixture(scope="module")
-def service(digits_ckpt, tmp_path_factory):
+def service(digits_ckpt, tmp_path_factory, serve):
     """``(base URL, process)`` of a running ``advrank serve`` (HNSW index, scores shown)."""
     cache = tmp_path_factory.mktemp("cache")
-    argv = [sys.executable, "-m", "advrank", "serve", "--checkpoint", str(digits_ckpt),
-            "--port", "0", "--index", "hnsw", "--scores", "--cache-dir", str(cache), "--quiet",
-            "--device", "cpu", *LIMITS]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        base = _ready_line(proc, 60).removeprefix("serving on ")
-        deadline = time.time() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.time() < deadline, "the service never answered /health"
-                time.sleep(0.1)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serve(digits_ckpt, "--index", "hnsw", "--scores", "--cache-dir", str(cache),
+               *LIMITS) as running:
+        yield running
 
 
 def search(base: str, body: bytes, ctype: str = "image/png", k: int | str | None = 5):

@@ -100,6 +100,8 @@ class AttackKind:
     random_start: ClassVar[bool] = False
     #: its figures include ``rank`` (a normalized rank, %), the figure an audit reports
     ranked: ClassVar[bool] = True
+    #: it has a query-only form (:meth:`query_score`): attacked through an oracle
+    query_only: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init__(self, **params: Any):
@@ -166,6 +168,13 @@ class AttackKind:
         ``depth`` when beyond it) and ``in_topk [B]`` (100 when within it). Empty for kinds
         not scored by ranks."""
         return {}
+
+    def query_score(self, gallery: Gallery, part: Selection, feedback, ask):
+        """What a query-only attack of this kind minimises from an oracle's ``feedback``:
+        ``score(answer, rows [N]) -> [N]``; ``ask`` sends further (counted) queries the score
+        needs. Kinds without one are refused for ``--oracle``."""
+        check_query_only(self)  # refuses a kind without one
+        raise NotImplementedError
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The ranking list one attack (``part`` of length 1) changes, with the attacked item's
@@ -246,6 +255,15 @@ def topk_positions(ids: torch.Tensor, targets: torch.Tensor, exclude: torch.Tens
     hit = (ids[:, None, :] == targets[:, :, None]) & kept[:, None, :]  # [B, m, L]
     found = torch.where(hit, position[:, None, :], depth).min(-1).values
     return found.clamp_max(depth)
+
+
+def check_query_only(kind: AttackKind) -> AttackKind:
+    """Refuse a kind without a query-only form (one that needs gradients) for an oracle."""
+    if not kind.query_only:
+        names = [n for n in ATTACKS.names() if ATTACKS.get(n).query_only]
+        raise AdvrankError(f"{kind.name} has no query-only form (it needs gradients); "
+                           f"query-only attacks: {', '.join(names)}")
+    return kind
 
 
 def check_ranked(kind: AttackKind, what: str) -> AttackKind:

@@ -60,6 +60,7 @@ class EmbeddingShiftAttack(QueryKind):
     direction = "up"
     unit = ""
     ranked = True  # R(q~, q): how far q~ drifts in the list of its own clean copy
+    query_only = True  # as an untargeted top-k disruption (:meth:`query_score`)
     description = "untargeted embedding shift: move q's embedding away from its clean one"
 
     def validate(self, options):
@@ -85,6 +86,15 @@ class EmbeddingShiftAttack(QueryKind):
         ranks = count_closer(emb, shift[:, None], g_emb, dist, targets=anchors[:, None])[:, 0]
         return {"shift": shift, "recall@1": recall_at_1(gallery, part, emb),
                 "rank": 100.0 * ranks.float() / len(gallery)}
+
+    def query_score(self, gallery: Gallery, part, feedback, ask):
+        """The untargeted top-k disruption from an oracle's feedback: sink q's own clean copy
+        in q~'s list (R(q~, q) at full feedback; at top-k, q and its clean top-k out of the
+        visible list; see :mod:`advrank.attacks.feedback`)."""
+        from advrank.attacks.feedback import feedback_score
+
+        anchors = part.anchors.cpu()[:, None]
+        return feedback_score(False, gallery, anchors, anchors[:, :0], feedback, ask)
 
     def view(self, gallery: Gallery, part, emb: torch.Tensor) -> RankingView:
         """The list of x~ over all of X, its clean copy x included and highlighted."""

@@ -304,6 +304,7 @@ class QueryAttack(AttackKind):
     """QA+ / QA-: the adversarial image is the query q; targets ``[T, m]`` are C, ``sp`` C_SP."""
 
     size_name = "m"
+    query_only = True
     params = {"xi": None, "g": 5, "sp_reduction": "mean", "top_fraction": 0.01}
     raise_rank = True
     paper_xi = 1.0
@@ -394,6 +395,16 @@ class QueryAttack(AttackKind):
         ids, _ = index.search(emb, min(depth + 1, index.size))
         pos = topk_positions(ids, targets, anchors, depth).float()
         return {"rank_topk": pos.mean(1), "in_topk": 100.0 * (pos < depth).float().mean(1)}
+
+    def query_score(self, gallery: Gallery, part: Selection, feedback, ask):
+        """The query-only score of these attacks from an oracle's feedback (see
+        :mod:`advrank.attacks.feedback`): the rank of C, or its top-k surrogate, plus xi times
+        the SP term on C_SP (ranks in place of Eq. 12's hinge sums, so the same xi binds
+        harder; ``xi=0`` drops it)."""
+        from advrank.attacks.feedback import feedback_score
+
+        return feedback_score(self.raise_rank, gallery, part.targets, part.anchors[:, None],
+                              feedback, ask, part.sp, self.options["xi"])
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), C highlighted."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from advrank.cli.options import (
+    QUERY_DEFAULTS,
     add_common,
     add_execution,
     add_index,
     add_kind_options,
+    add_query_options,
     add_size,
     add_target_options,
     attack_name,
@@ -27,6 +29,7 @@ from advrank.cli.options import (
     target_spec,
 )
 from advrank.core.io import check_writable_dir
+from advrank.errors import AdvrankError
 from advrank.registry import ATTACKS
 from advrank.reports.tables import format_attack
 
@@ -41,12 +44,63 @@ def threat_from_args(args):
     return LinfThreatModel(args.eps, args.step_size, args.steps, args.random_start)
 
 
+def query_settings(args) -> dict | None:
+    """The query-only settings (defaults filled in), None for a white-box attack; options of
+    the other mode are refused in one line."""
+    named = {"--feedback": args.feedback, "--query-budget": args.query_budget,
+             "--optimizer": args.optimizer}
+    if args.oracle is None:
+        given = [flag for flag, value in named.items() if value is not None]
+        if given:
+            raise AdvrankError(f"{', '.join(given)} apply to a query-only attack: add --oracle "
+                               "local or --oracle http://HOST:PORT")
+        return None
+    pgd = {"--steps": args.steps, "--step-size": args.step_size,
+           "--random-start": args.random_start or None, "--index": args.index,
+           "--compile": args.compile or None, "--memory-budget": args.memory_budget,
+           "--precision": None if args.precision == "fp32" else args.precision}
+    given = [flag for flag, value in pgd.items() if value is not None]
+    if given:
+        raise AdvrankError(f"{', '.join(given)} apply to white-box PGD, not to a query-only "
+                           "attack (--oracle)")
+    return {key: default if getattr(args, key) is None else getattr(args, key)
+            for key, default in QUERY_DEFAULTS.items()}
+
+
+def cmd_query_attack(args, kind, k: int, query: dict) -> None:
+    """``advrank attack --oracle ...``: query-only attacks through a search's answers."""
+    from advrank.attacks.base import check_query_only
+    from advrank.attacks.query import get_optimizer
+    from advrank.experiments.query import run_query_attack
+    from advrank.oracles import make_oracle, preflight
+
+    check_query_only(kind)
+    optimizer = get_optimizer(query["optimizer"])
+    preflight(args.oracle)  # e.g. an unreachable service, before the gallery is embedded
+    target = load_target_from_args(args, check=lambda n: kind.check_fits(k, args.num_attacks, n))
+    oracle = make_oracle(args.oracle, target, query["feedback"], cache_dir=args.cache_dir)
+    try:
+        result = run_query_attack(target, kind, oracle, optimizer, args.eps, k,
+                                  args.num_attacks, query["query_budget"], seed=args.seed,
+                                  batch_size=args.batch_size, progress=not args.quiet)
+    finally:
+        oracle.close()
+    s = result.summary()
+    emit(args, {**s, **target.record(args.seed)},
+         f"{format_attack(s)}\n{s['queries_used']:.0f} queries per attack (budget "
+         f"{s['query_budget']}) to the {s['oracle']} oracle, {s['feedback']} feedback, "
+         f"{s['optimizer']}")
+
+
 def cmd_attack(args) -> None:
     from advrank.attacks import get_attack
     from advrank.experiments.protocol import run_attack
 
     k = resolve_size(args, [args.attack])
     kind = get_attack(args.attack, **kind_options(args))  # options checked before any work
+    query = query_settings(args)
+    if query is not None:
+        return cmd_query_attack(args, kind, k, query)
     threat = threat_from_args(args)
     policy = policy_from_args(args)
     target = load_target_from_args(args, check=lambda n: kind.check_fits(k, args.num_attacks, n))
@@ -118,6 +172,7 @@ def register(sub, formatter) -> None:
     add_kind_options(p)
     add_execution(p)
     add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
+    add_query_options(p)
     add_common(p)
     p.set_defaults(func=cmd_attack)
 

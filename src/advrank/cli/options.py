@@ -373,3 +373,52 @@ def index_from_args(args, target):
     return build_index(target.gallery.embeddings, target.meta["metric"], spec,
                        getattr(args, "cache_dir", None), target.fingerprint,
                        lambda m: log(args)(f"advrank: {m}"))
+
+
+# ------------------------------------------------------------------- query-only attacks
+
+
+def _as_type(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """argparse type from a library validator (its AdvrankError as argparse's message)."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except AdvrankError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = what
+    return parse
+
+
+def add_query_options(p: argparse.ArgumentParser) -> None:
+    """``--oracle``, ``--feedback``, ``--query-budget``, ``--optimizer``: a query-only attack
+    through a search's answers (choices from the ORACLES and OPTIMIZERS registries)."""
+    from advrank.oracles import parse_feedback, split_oracle_spec
+    from advrank.registry import OPTIMIZERS, ORACLES
+
+    def oracle_spec(text: str) -> str:
+        split_oracle_spec(text)
+        return text.strip()
+
+    def optimizer_name(text: str) -> str:
+        return OPTIMIZERS.canonical(text.strip())
+
+    oracles = ", ".join(f"{n}:{ORACLES.entry(n).info.get('argument', '')}"
+                        for n in ORACLES.names())
+    g = p.add_argument_group("query-only attack (black-box: the search's answers, no gradients)")
+    g.add_argument("--oracle", type=_as_type(oracle_spec, "oracle"), default=None,
+                   metavar="{local[:INDEX],http://HOST:PORT}",
+                   help=f"attack through this search instead of with gradients ({oracles}); "
+                        "the attacks are still drawn from and measured on the local gallery")
+    g.add_argument("--feedback", type=_as_type(parse_feedback, "feedback"), default=None,
+                   metavar="{full,topk:K,topk-scores:K}",
+                   help="what the attacker sees: the full ranking (a simulation, the upper "
+                        "bound), the top K ids with scores, or the top K ids (default: full)")
+    g.add_argument("--query-budget", type=integer(1, 10**9), default=None, metavar="B",
+                   help="queries per attack; none past it is sent (default: 1000)")
+    g.add_argument("--optimizer", type=_as_type(optimizer_name, "optimizer"), default=None,
+                   metavar="{" + ",".join(OPTIMIZERS.names()) + "}",
+                   help="the query-only optimiser (default: random, Square-style random search)")
+
+
+QUERY_DEFAULTS = {"feedback": "full", "query_budget": 1000, "optimizer": "random"}

@@ -1,0 +1,192 @@
+"""The HTTP oracle: any search endpoint with the schema of ``advrank serve`` (``POST
+/search?k=K`` with a PNG body -> ``{"ids": [...], "scores": [...] or null}``, ``GET /info``).
+
+Pictures travel as 8-bit PNGs, so the oracle is ``eight_bit``: attacks search the 8-bit grid.
+A batch's requests go out concurrently (at most ``concurrency`` in flight, never more than the
+service's own limit); a 503 (busy) is retried after its ``Retry-After``. Any other failure is
+one :class:`AdvrankError` line. An adapter for another schema is one such file registering
+its own name in :data:`advrank.registry.ORACLES`.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from advrank.core.checks import check_int, check_number
+from advrank.errors import AdvrankError
+from advrank.oracles.base import Feedback, Oracle
+from advrank.registry import ORACLES
+
+MAX_RETRIES = 50  # 503s per request before giving up (the service keeps refusing)
+
+
+def _httpx():
+    try:
+        import httpx
+    except ImportError:
+        raise AdvrankError("the HTTP oracle needs httpx: pip install 'advrank[serve]'") \
+            from None
+    return httpx
+
+
+def png_bytes(images: torch.Tensor) -> list[bytes]:
+    """``images [N, C, H, W]`` in [0, 1] as PNG files (grey for C = 1, RGB for C = 3), each
+    sample rounded to 8 bits."""
+    from PIL import Image
+
+    if images.shape[1] not in (1, 3):
+        raise AdvrankError(f"PNG uploads hold 1 or 3 channels, got {images.shape[1]}")
+    pixels = (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    arrays = pixels.permute(0, 2, 3, 1).numpy()
+    out = []
+    for a in arrays:  # one encoder call per picture: PIL has no batch encoder
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a)).save(
+            buf, "PNG", compress_level=1)
+        out.append(buf.getvalue())
+    return out
+
+
+@ORACLES.register("http", aliases=("https",), argument="//HOST:PORT")
+class HttpOracle(Oracle):
+    """The search at ``url`` (e.g. ``http://127.0.0.1:8000``) over a ``gallery_size``-item
+    gallery; ``concurrency`` requests in flight, ``timeout`` seconds per request."""
+
+    name = "http"
+    eight_bit = True
+
+    def __init__(self, url: str, feedback: Feedback | str, gallery_size: int,
+                 concurrency: int = 8, timeout: float = 60.0):
+        super().__init__(feedback, gallery_size)
+        httpx = _httpx()
+        self.url = url.rstrip("/")
+        self.concurrency = check_int(concurrency, "oracle concurrency", low=1, high=1024)
+        check_number(timeout, "oracle timeout", low=0.0, low_open=True, high=3600.0)
+        self.client = httpx.Client(base_url=self.url, timeout=timeout,
+                                   limits=httpx.Limits(max_connections=self.concurrency))
+        self.pool = ThreadPoolExecutor(self.concurrency)
+        self.slots = threading.Semaphore(self.concurrency)  # lowered to the service's limit
+        self.info: dict[str, Any] = {}
+
+    @classmethod
+    def check_argument(cls, argument: str) -> None:
+        httpx = _httpx()
+        try:
+            url = httpx.URL(argument)
+        except Exception:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise AdvrankError(f"the oracle URL must look like http://HOST:PORT, got "
+                               f"{argument!r}")
+
+    @classmethod
+    def preflight(cls, argument: str) -> None:
+        """The service answers ``GET /health`` (before the slow local gallery is embedded)."""
+        httpx = _httpx()
+        try:
+            r = httpx.get(argument.rstrip("/") + "/health", timeout=10)
+        except httpx.HTTPError as exc:
+            raise AdvrankError(f"cannot reach the search service at {argument}: "
+                               f"{type(exc).__name__}: {str(exc)[:120]}") from None
+        if r.status_code != 200:
+            raise AdvrankError(f"the search service at {argument} answered {r.status_code} "
+                               "to GET /health")
+
+    @classmethod
+    def from_spec(cls, argument: str, target, feedback: Feedback, **options: Any) -> HttpOracle:
+        """The service at ``argument`` (a URL), checked against ``target``: same gallery size
+        and input size, a ``max_k`` deep enough for ``feedback``, scores when it needs them."""
+        oracle = cls(argument, feedback, len(target.gallery),
+                     concurrency=options.get("concurrency", 8))
+        try:
+            oracle.check_service(target)
+        except Exception:
+            oracle.close()
+            raise
+        return oracle
+
+    def _request(self, method: str, path: str, **kwargs):
+        httpx = _httpx()
+        for _ in range(MAX_RETRIES):
+            try:
+                r = self.client.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise AdvrankError(f"cannot reach the search service at {self.url}: "
+                                   f"{type(exc).__name__}: {str(exc)[:120]}") from None
+            if r.status_code != 503:
+                break
+            time.sleep(min(1.0, float(r.headers.get("retry-after", "0.05") or 0.05)) / 10)
+        if r.status_code != 200:
+            try:
+                why = str(r.json().get("error"))[:200]
+            except Exception:
+                why = r.text[:200]
+            raise AdvrankError(f"the search service at {self.url} answered {r.status_code} "
+                               f"to {method} {path}: {why}")
+        try:
+            return r.json()
+        except ValueError:
+            raise AdvrankError(f"the search service at {self.url} answered {path} with "
+                               "something that is not JSON") from None
+
+    def check_service(self, target) -> None:
+        info = self._request("GET", "/info")
+        if not isinstance(info, dict) or "gallery_size" not in info:
+            raise AdvrankError(f"{self.url}/info does not describe a search service")
+        self.info = info
+        limit = (info.get("limits") or {}).get("max_concurrency")
+        if isinstance(limit, int) and 1 <= limit < self.concurrency:
+            self.slots = threading.Semaphore(limit)  # no more in flight than it serves
+        if info["gallery_size"] != len(target.gallery):
+            raise AdvrankError(f"the service at {self.url} ranks {info['gallery_size']} items, "
+                               f"the local gallery has {len(target.gallery)}: serve the same "
+                               "checkpoint and data")
+        shape = list(target.meta.get("image_shape") or [])
+        if shape and info.get("input_size") and list(info["input_size"]) != shape:
+            raise AdvrankError(f"the service takes pictures {info['input_size']}, the local "
+                               f"model {shape}")
+        depth = self.feedback.depth(self.gallery_size)
+        if int(info.get("max_k", 0)) < depth:
+            raise AdvrankError(f"{self.feedback.describe()} feedback needs {depth} results per "
+                               f"search; the service gives at most {info.get('max_k')} (start "
+                               f"it with --max-k {depth})")
+        if self.feedback.scores and not info.get("scores"):
+            raise AdvrankError(f"the service at {self.url} shows no scores (start it with "
+                               "--scores) for topk-scores feedback")
+
+    def _one(self, body: bytes, depth: int) -> tuple[list[int], list[float] | None]:
+        with self.slots:
+            out = self._request("POST", "/search", content=body, params={"k": str(depth)},
+                                headers={"content-type": "image/png"})
+        ids = out.get("ids") if isinstance(out, dict) else None
+        if not isinstance(ids, list):
+            raise AdvrankError(f"the search service at {self.url} answered without ids")
+        return ids[:depth], out.get("scores")
+
+    def search(self, images, depth, scores):
+        answers = list(self.pool.map(lambda b: self._one(b, depth), png_bytes(images)))
+        ids = torch.full((len(answers), depth), -1, dtype=torch.long)
+        dist = torch.full((len(answers), depth), float("inf")) if scores else None
+        for row, (i, s) in enumerate(answers):  # JSON lists -> padded rows
+            ids[row, : len(i)] = torch.tensor(i, dtype=torch.long)
+            if scores:
+                if not isinstance(s, list) or len(s) != len(i):
+                    raise AdvrankError(f"the search service at {self.url} gave no scores")
+                dist[row, : len(s)] = torch.tensor(s, dtype=torch.float32)
+        return ids, dist
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.client.close()
+
+    def describe(self) -> dict[str, Any]:
+        keep = ("model", "fingerprint", "gallery_size", "index", "max_k")
+        return {**super().describe(), "url": self.url, "concurrency": self.concurrency,
+                "service": {k: self.info.get(k) for k in keep}}

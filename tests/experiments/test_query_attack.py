@@ -1,0 +1,90 @@
+"""Query-only QA+/QA- (and ES, the untargeted top-k disruption) on a tiny digits model through
+the local oracle: the §4 selection of the white-box kinds, the rank moved the right way from
+the oracle's feedback alone, the budget kept, and the figures in the result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advrank.errors import AdvrankError
+from advrank.experiments.query import run_query_attack
+from advrank.oracles import make_oracle
+
+T, BUDGET = 12, 120
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    from advrank.experiments.target import load_target
+    from advrank.training import TrainConfig, train
+
+    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), path,
+          progress=False)
+    return load_target(str(path), "cpu")
+
+
+@pytest.mark.parametrize("attack,direction", [("QA+", -1), ("QA-", 1), ("ES", 1)])
+def test_query_only_qa_moves_the_rank_the_right_way(target, attack, direction):
+    from advrank.attacks import get_attack
+
+    oracle = make_oracle("local", target, "full")
+    kind = get_attack(attack, xi=0) if attack != "ES" else get_attack(attack)  # rank alone
+    r = run_query_attack(target, kind, oracle, "random", 0.3, 1, T, BUDGET, seed=3)
+    f = r.figures
+    assert direction * (f["rank_after"] - f["rank_before"]) > 5.0, f
+    assert r.extra["queries_used_max"] <= BUDGET and oracle.queries <= T * BUDGET
+    assert r.extra["queries_used"] == pytest.approx(oracle.queries / T)
+    assert r.threat == {"norm": "Linf", "eps": 0.3, "eight_bit": False, "query_budget": BUDGET}
+    if attack == "ES":  # ES: its rank starts at 0 and the shift is measured too
+        assert f["shift_after"] > 0.05 > f["shift_before"]
+
+    # the selection (and so "before") is the white-box kind's
+    sel = get_attack(attack).select(target.gallery, 1, T, 3)
+    clean = get_attack(attack).measure(target.gallery, sel, target.gallery.embeddings[
+        sel.anchors])
+    assert r.before["rank"] == pytest.approx(clean["rank"].tolist())
+
+
+def test_the_sp_term_keeps_the_query_s_neighbours_near(target):
+    """QA-'s SP term (the paper's xi = 100) in the query-only score: C_SP stays nearer than
+    with the rank alone."""
+    from advrank.attacks import get_attack
+
+    figures = {}
+    for xi in (0.0, 100.0):
+        oracle = make_oracle("local", target, "full")
+        figures[xi] = run_query_attack(target, get_attack("QA-", xi=xi), oracle, "random", 0.3,
+                                       1, 8, 80, seed=5).figures
+    assert figures[100.0]["sp_rank_after"] < figures[0.0]["sp_rank_after"] - 5, figures
+
+
+def test_top_k_feedback_counts_the_candidates_searches_and_starts_where_told(target):
+    """At top-k feedback the m candidates are searched first (counted); a given start (as
+    from a transfer attack) is where the optimiser begins."""
+    oracle = make_oracle("local", target, "topk:10")
+    r = run_query_attack(target, "QA-", oracle, "nes", 0.2, 1, 4, 61, seed=1)
+    assert r.extra["queries_used_max"] <= 61 and r.extra["feedback"] == "topk:10"
+    # 1 neighbourhood search + 1 start + 2 rounds of 20 (NES); a third would pass the budget
+    assert r.extra["queries_used"] == 42 and oracle.queries == 4 * 42
+    from advrank.attacks import get_attack
+
+    sel = get_attack("QA-").select(target.gallery, 1, 4, 1)
+    start = (target.gallery.images(sel.anchors) + 0.05).clamp(0, 1)
+    oracle = make_oracle("local", target, "full")
+    r = run_query_attack(target, "QA-", oracle, "nes", 0.2, 1, 4, 1, seed=1, start=start)
+    with torch.no_grad():
+        emb = target.model(start)
+    moved = get_attack("QA-").measure(target.gallery, sel, emb)["rank"]
+    assert r.after["rank"] == pytest.approx(moved.tolist(), abs=1e-4)  # budget 1: the start
+
+
+def test_kinds_without_a_query_form_and_bad_budgets_are_refused(target):
+    oracle = make_oracle("local", target, "full")
+    with pytest.raises(AdvrankError, match="no query-only form"):
+        run_query_attack(target, "CA+", oracle, "random", 0.3, 1, 2, 10)
+    for bad in (0, -5, float("nan")):
+        with pytest.raises(AdvrankError, match="query budget"):
+            run_query_attack(target, "QA+", oracle, "random", 0.3, 1, 2, bad)
+    assert oracle.queries == 0

@@ -1,0 +1,107 @@
+"""Oracles: feedback levels show what they promise and hide the rest, the local oracle through
+a flat FAISS index answers as exact search, and no query past the budget is ever sent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from advrank.core.index import build_index
+from advrank.errors import AdvrankError
+from advrank.models import create_model
+from advrank.oracles import (
+    Feedback,
+    QueryCounter,
+    check_budget,
+    make_oracle,
+    parse_feedback,
+    split_oracle_spec,
+)
+from advrank.oracles.local import LocalOracle
+
+
+@pytest.fixture(scope="module")
+def ranker():
+    """A seeded tiny C2F1 (16-d) and a 120-picture gallery's embeddings."""
+    torch.manual_seed(0)
+    model = create_model("c2f1", (1, 8, 8), embed_dim=16).eval()
+    with torch.no_grad():
+        gallery = model(torch.rand(120, 1, 8, 8))
+    return model, gallery
+
+
+def local(ranker, feedback, spec="exact"):
+    model, gallery = ranker
+    return LocalOracle(model, build_index(gallery, "cosine", spec), feedback)
+
+
+def test_feedback_specs_parse_and_bad_ones_are_refused():
+    assert parse_feedback("full") == Feedback("full")
+    assert parse_feedback(" TopK:7 ") == Feedback("topk", 7)
+    assert parse_feedback("topk-scores:3").scores
+    for bad in ("topk", "topk:0", "topk:-2", "topk:x", "full:3", "scores:3", "", None, 5):
+        with pytest.raises(AdvrankError):
+            parse_feedback(bad)
+
+
+def test_budget_and_oracle_specs_are_checked():
+    assert check_budget(2000) == 2000 and check_budget(50.0) == 50
+    for bad in (0, -1, math.nan, math.inf, 1.5, True, "10"):
+        with pytest.raises(AdvrankError):
+            check_budget(bad)
+    assert split_oracle_spec("local") == ("local", "")
+    assert split_oracle_spec("local:hnsw") == ("local", "hnsw")
+    assert split_oracle_spec("http://127.0.0.1:8000") == ("http", "http://127.0.0.1:8000")
+    for bad in ("", "nowhere", "ftp://host", "http://", "http://:80", "local:\tx"):
+        with pytest.raises(AdvrankError):
+            split_oracle_spec(bad)
+
+
+def test_feedback_levels_hide_what_they_should(ranker):
+    x = torch.rand(5, 1, 8, 8)
+    full = local(ranker, "full").answer(x)
+    assert full.scores is None and full.ids.shape == (5, 120)
+    assert (full.ids.sort(1).values == torch.arange(120)).all()  # the whole ranking
+    top = local(ranker, "topk:4").answer(x)
+    assert top.scores is None and torch.equal(top.ids, full.ids[:, :4])
+    scored = local(ranker, "topk-scores:4").answer(x)
+    assert torch.equal(scored.ids, top.ids) and scored.scores.shape == (5, 4)
+    assert (scored.scores.diff(dim=1) >= 0).all()  # distances, nearest first
+    assert local(ranker, "topk:500").answer(x).ids.shape == (5, 120)  # K beyond |X|
+
+
+def test_local_oracle_through_a_flat_index_answers_as_exact_search(ranker):
+    x = torch.rand(16, 1, 8, 8)
+    exact = local(ranker, "topk-scores:20").answer(x)
+    flat = local(ranker, "topk-scores:20", "flat").answer(x)
+    assert torch.equal(exact.ids, flat.ids)
+    assert torch.allclose(exact.scores, flat.scores, atol=1e-5)
+
+
+def test_the_counter_never_lets_a_query_past_the_budget(ranker):
+    """Rounds of 3 against a budget of 7: the oracle itself sees 7 per attack, no more, and
+    inactive attacks send nothing."""
+    from advrank.oracles.base import ask
+
+    oracle, counter = local(ranker, "topk:3"), QueryCounter(4, 7)
+    active = torch.tensor([True, True, False, True])
+    for _ in range(5):
+        answer, rows, sent = ask(oracle, counter, torch.rand(4, 3, 1, 8, 8), active)
+        assert answer.ids.shape[0] == rows.numel() == int(sent.sum())
+        assert (counter.used <= 7).all()
+    assert counter.used.tolist() == [7, 7, 0, 7]
+    assert oracle.queries == 21 and counter.remaining.tolist() == [0, 0, 7, 0]
+    with pytest.raises(AdvrankError):
+        QueryCounter(2, 0)
+
+
+def test_make_oracle_builds_the_local_one_for_a_target(ranker):
+    from types import SimpleNamespace
+
+    model, gallery = ranker
+    target = SimpleNamespace(gallery=SimpleNamespace(embeddings=gallery), model=model,
+                             meta={"metric": "cosine"}, fingerprint="f")
+    oracle = make_oracle("local:flat", target, "topk:5")
+    assert oracle.describe()["index"]["index"] == "flat" and oracle.gallery_size == 120

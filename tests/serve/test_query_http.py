@@ -1,0 +1,80 @@
+"""A query-only attack on ``advrank serve`` over HTTP, as the issue's checks run it: the PNG
+path answers as the local oracle does on the 8-bit picture, ``advrank attack --oracle URL``
+stays within its budget and reports it, and a service that does not match is refused."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def service(digits_ckpt, serve):
+    with serve(digits_ckpt, "--max-k", "100", "--max-concurrency", "3") as running:
+        yield running[0]
+
+
+def test_the_http_oracle_answers_as_the_local_one_on_the_8_bit_picture(service, digits_ckpt):
+    from advrank.experiments.target import load_target
+    from advrank.oracles import make_oracle
+
+    target = load_target(str(digits_ckpt), "cpu")
+    x = torch.rand(6, 1, 8, 8)
+    remote = make_oracle(service, target, "topk:20", concurrency=4)
+    try:
+        got = remote.answer(x)
+    finally:
+        remote.close()
+    want = make_oracle("local", target, "topk:20").answer((x * 255).round() / 255)
+    assert torch.equal(got.ids, want.ids) and got.scores is None and remote.queries == 6
+    assert remote.describe()["service"]["gallery_size"] == len(target.gallery)
+
+
+def test_attack_through_the_service_keeps_its_budget(service, digits_ckpt, cli):
+    status, out, err = cli(["attack", "--checkpoint", digits_ckpt, "--oracle", service,
+                            "--attack", "QA-", "--feedback", "topk:10", "--query-budget", "25",
+                            "--optimizer", "nes", "--eps", "0.3", "--num-attacks", "3",
+                            "--device", "cpu", "--json", "--quiet"])
+    assert status == 0, err
+    r = json.loads(out)
+    assert 0 < r["queries_used"] <= 25 and r["queries_used_max"] <= 25
+    assert r["queries_sent"] == pytest.approx(3 * r["queries_used"])
+    assert len([r["rank_before"], r["rank_after"]]) == 2 and r["num_attacks"] == 3
+    assert r["oracle"] == "http" and r["threat"]["eight_bit"] and r["optimizer"] == "nes"
+    assert r["command"].startswith("advrank attack") and "commit" in r
+
+
+def test_a_service_that_does_not_match_is_refused(service, digits_ckpt, cli, one_error_line):
+    from advrank.errors import AdvrankError
+    from advrank.oracles.http import HttpOracle
+
+    # full feedback needs every id: the service gives at most 100 of 719
+    status, out, err = cli(["attack", "--checkpoint", digits_ckpt, "--oracle", service,
+                            "--attack", "QA+", "--feedback", "full", "--eps", "0.3",
+                            "--num-attacks", "2", "--device", "cpu", "--quiet"])
+    one_error_line(status, out, err, "--max-k 719")
+    other = SimpleNamespace(gallery=[0] * 500, meta={"image_shape": [1, 8, 8]})
+    with pytest.raises(AdvrankError, match="ranks 719 items"):
+        HttpOracle.from_spec(service, other, "topk:10")
+    # nothing listens on port 1
+    status, out, err = cli(["attack", "--checkpoint", digits_ckpt, "--oracle",
+                            "http://127.0.0.1:1", "--attack", "QA+", "--eps", "0.3",
+                            "--num-attacks", "2", "--device", "cpu", "--quiet"])
+    one_error_line(status, out, err, "cannot reach the search service")
+
+
+def test_the_same_attack_through_the_local_oracle(digits_ckpt, cli):
+    status, out, err = cli(["attack", "--checkpoint", digits_ckpt, "--oracle", "local:flat",
+                            "--attack", "QA+", "--query-budget", "30", "--eps", "0.3",
+                            "--num-attacks", "3", "--device", "cpu", "--json", "--quiet"])
+    assert status == 0, err
+    r = json.loads(out)
+    assert r["queries_used_max"] <= 30 and r["feedback"] == "full" and r["optimizer"] == "random"
+    assert r["index"]["index"] == "flat" and not r["threat"]["eight_bit"]
