@@ -135,8 +135,9 @@ def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: 
                             progress=False, clean_cache=clean_cache, bar=bar)
         summary = result.summary()
         st.put(cell_key(attack, eps, k), summary)
-        log(f"  {attack} eps={format_eps(eps)}: rank {summary['rank_before']:.1f} -> "
-            f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)")
+        with bar.external_write_mode():  # a line above the bar, not through it
+            log(f"  {attack} eps={format_eps(eps)}: rank {summary['rank_before']:.1f} -> "
+                f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)")
 
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
