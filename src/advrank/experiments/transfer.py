@@ -34,6 +34,7 @@ from advrank.core.checks import (
     check_name,
     check_progress,
     check_seed,
+    format_eps,
 )
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import Gallery
@@ -76,7 +77,7 @@ def transfer_pass(
         logs.setdefault((id(model), id(gallery)), (model, gallery, RankLog()))
     for part, adv in attack_batches(source[0], source[1], kind, threat, selection, seed,
                                     batch_size, progress, f"transfer {kind.name} "
-                                                          f"eps={threat.eps:g}"):
+                                                          f"eps={format_eps(threat.eps)}"):
         with torch.no_grad():
             for model, gallery, log in logs.values():
                 emb = gallery.embeddings
