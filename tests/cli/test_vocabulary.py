@@ -96,13 +96,18 @@ def test_model_options_have_help():
                 assert action.help and action.help != argparse.SUPPRESS, (name, flag)
 
 
-def test_old_eps_spelling_still_works_with_a_note(capsys):
+def test_old_eps_spelling_still_works_with_a_note(cli, tmp_path):
     parser = build_parser()
     old = parser.parse_args(["grid", "--out", "o", "--eps-values", "0", "2/255,0.1"])
     new = parser.parse_args(["grid", "--out", "o", "--eps", "0,2/255,0.1"])
     assert old.eps == new.eps == [0.0, 2 / 255, 0.1]
-    err = capsys.readouterr().err
-    assert err.count("--eps-values is deprecated") == 1 and len(err.strip().splitlines()) == 1
+    argv = ["grid", "--out", str(tmp_path / "o"), "--eps-values", "0.1", "--checkpoint",
+            str(tmp_path / "missing.pt"), "--device", "cpu"]
+    status, out, err = cli(argv)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 2 and "--eps-values is deprecated" in lines[0]
+    status, out, err = cli([*argv, "--quiet"])  # --quiet: the error line alone
+    assert status == 2 and len(err.strip().splitlines()) == 1
     curves = parser.parse_args(["curves", "--checkpoint", "m.pt", "--out", "o",
                                 "--eps-values", "0", "0.1"])
     assert curves.eps == [0.0, 0.1]

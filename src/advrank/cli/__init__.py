@@ -66,6 +66,10 @@ def _run(argv: list[str]) -> int:
     for plugin in _plugins(argv):
         load_plugin(plugin)
     args = build_parser().parse_args(argv)
+    from advrank.cli.options import log
+
+    for note in getattr(args, "deprecations", None) or []:  # old spellings, still accepted
+        log(args)(note)
     from advrank.core import distributed
 
     if distributed.launched():

@@ -153,11 +153,13 @@ class _OneEps(argparse.Action):
 
 class _DeprecatedEps(argparse.Action):
     """``--eps-values`` (the old spelling, space- or comma-separated): same values as
-    ``--eps``, with a one-line note on stderr."""
+    ``--eps``, with a one-line note (``main`` prints the parsed ``deprecations`` on stderr,
+    unless ``--quiet``)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"advrank: note: {option_string} is deprecated; use --eps (same values)",
-              file=sys.stderr)
+        notes = list(getattr(namespace, "deprecations", None) or [])
+        note = f"advrank: note: {option_string} is deprecated; use --eps (same values)"
+        namespace.deprecations = list(dict.fromkeys([*notes, note]))
         setattr(namespace, self.dest, list(dict.fromkeys(e for part in values for e in part)))
 
 
