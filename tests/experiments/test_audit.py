@@ -149,3 +149,18 @@ def test_default_t_fits_the_collection_with_a_note(digits_target, tmp_path):
     assert summary["attacks"][0]["num_attacks"] == 719
     assert any("note: T = 719" in n for n in notes)
     assert any("estimated time" in n or "no attack left" in n for n in notes)
+
+
+def test_probe_halves_a_batch_that_does_not_fit(digits_target):
+    from types import SimpleNamespace
+
+    sizes = []
+
+    def small_memory(images):
+        sizes.append(images.shape[0])
+        if images.shape[0] > 2:
+            raise torch.OutOfMemoryError("no room")
+        return digits_target.model(images)
+
+    probe = SimpleNamespace(gallery=digits_target.gallery, model=small_memory)
+    assert audit_module.probe_seconds(probe, 8) > 0 and sizes == [8, 4, 2]

@@ -192,17 +192,29 @@ FAST_SETTING = "--eps 8/255 --num-attacks 100"
 
 def probe_seconds(target: Target, batch: int) -> float:
     """Wall-clock seconds of one forward and backward pass of the model on ``batch`` members
-    of X: what one PGD step of one batch costs (the ranking objective is small beside it)."""
+    of X: what one PGD step of one batch costs (the ranking objective is small beside it).
+    A batch that does not fit the memory is probed in halves (as the attacks run it) and the
+    time scaled back up."""
     import time
 
     g = target.gallery
-    images = g.images(torch.arange(min(batch, len(g)))).requires_grad_(True)
-    _sync(g.device)
-    start = time.perf_counter()
-    with torch.enable_grad():  # the input's gradient alone, as PGD takes it (frozen model)
-        torch.autograd.grad(target.model(images).sum(), images)
-    _sync(g.device)
-    return time.perf_counter() - start
+    size = min(batch, len(g))
+    while True:
+        images = g.images(torch.arange(size)).requires_grad_(True)
+        try:
+            _sync(g.device)
+            start = time.perf_counter()
+            with torch.enable_grad():  # the input's gradient alone, as PGD takes it
+                torch.autograd.grad(target.model(images).sum(), images)
+            _sync(g.device)
+            return (time.perf_counter() - start) * min(batch, len(g)) / size
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            del images
+            if g.device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def _sync(device: torch.device) -> None:
