@@ -51,10 +51,10 @@ for step in "$@"; do
     fashion-defense) defend fashion-c2f1-est fashion fashion-c2f1 && grid fashion-c2f1-est ;;
     curves) advrank curves --checkpoint "$RUNS/mnist-c2f1.pt" --checkpoint "$RUNS/mnist-c2f1-est.pt" \
               --out "$RESULTS/curves-mnist" --num-attacks "${CURVE_T:-100}" --device "$DEVICE" \
-              --eps-values 0 0.05 0.1 0.2 0.3 --quiet > /dev/null ;;
+              --eps 0,0.05,0.1,0.2,0.3 --quiet > /dev/null ;;
     curves-fashion) advrank curves --checkpoint "$RUNS/fashion-c2f1.pt" \
               --checkpoint "$RUNS/fashion-c2f1-est.pt" --out "$RESULTS/curves-fashion" \
-              --num-attacks "${CURVE_T:-100}" --device "$DEVICE" --eps-values 0 0.05 0.1 0.2 0.3 \
+              --num-attacks "${CURVE_T:-100}" --device "$DEVICE" --eps 0,0.05,0.1,0.2,0.3 \
               --quiet > /dev/null ;;
     transfer-models)
       train mnist-lenet mnist lenet 4 0
@@ -113,7 +113,7 @@ for step in "$@"; do
       name=${step#qa:}
       advrank grid --checkpoint "$RUNS/$name.pt" --out "$RESULTS/$name-qa" --attacks QA+,QA- \
         --num-attacks "$T" --ks "${KS:-1,2,5,10}" --batch-size "${BATCH:-256}" \
-        ${EPS:+--eps-values "$EPS"} --device "$DEVICE" --quiet > /dev/null ;;
+        ${EPS:+--eps "$EPS"} --device "$DEVICE" --quiet > /dev/null ;;
     bench)  # attack speed and memory (benchmarks/README.md), one file per device kind
       python3 benchmarks/bench_attack.py --device "$DEVICE" > "$RESULTS/bench_attack-$DEVICE.txt"
       python3 benchmarks/bench_attack.py --device "$DEVICE" --k 10 --memory-sizes "" \
@@ -143,7 +143,7 @@ for step in "$@"; do
       name=${step#precision:}
       for p in fp32 bf16; do
         advrank grid --checkpoint "$RUNS/$name.pt" --out "$RESULTS/$name-eps0.3-$p" \
-          --eps-values 0.3 --num-attacks "$T" --ks "${KS:-1,2,5,10}" --precision "$p" \
+          --eps 0.3 --num-attacks "$T" --ks "${KS:-1,2,5,10}" --precision "$p" \
           --batch-size "${BATCH:-256}" --device "$DEVICE" --quiet > /dev/null
       done
       python3 scripts/compare_precision.py "$RESULTS/$name-eps0.3-fp32" \

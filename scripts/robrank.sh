@@ -73,7 +73,7 @@ study_grid() {  # all eight models, or the one named $1 (e.g. cc or cc-est)
   for model in "${models[@]}"; do
     local path="$RUNS/mnist-c2f1-$model.pt"; [[ $model == ct ]] && path=$(ckpt ct)
     advrank grid --checkpoint "$path" --out "$RESULTS/loss-metric-mnist/$model" \
-      --num-attacks "$STUDY_T" --ks 1 --eps-values 0.1,0.3 --batch-size "$BATCH" \
+      --num-attacks "$STUDY_T" --ks 1 --eps 0.1,0.3 --batch-size "$BATCH" \
       --device "$DEVICE" --paper none --quiet > /dev/null
   done
 }

@@ -68,3 +68,58 @@ def test_installed_plugin_is_discovered_through_its_entry_point(tmp_path):
     attacked = advrank(["attack", "--checkpoint", "m.pt", "--attack", "AWAY", "--eps", "0.2",
                         "--num-attacks", "5"], [site], tmp_path)
     assert trained["epochs"] == 2 and attacked["num_attacks"] == 5
+
+
+#: run in one subprocess (one torch import; the plugin stays out of this process's registry)
+PARAMETER_RUN = """
+import contextlib, io, json, sys
+from advrank.cli import build_parser, main
+from advrank.registry import load_plugin
+
+load_plugin("advrank_example")
+out = {"help": {}}
+commands = next(a for a in build_parser()._actions if hasattr(a, "choices") and
+                isinstance(a.choices, dict)).choices
+for name in ("attack", "grid"):
+    out["help"][name] = " ".join(commands[name].format_help().split())
+
+def run(name, argv):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        status = main([*argv, "--json", "--quiet", "--device", "cpu"])
+    assert status == 0, (name, status)
+    out[name] = json.loads(buf.getvalue())
+
+run("train", ["train", "--dataset", "blobs", "--arch", "mlp", "--epochs", "1", "--batch-size",
+              "30", "--out", "m.pt"])
+common = ["--checkpoint", "m.pt", "--num-attacks", "6", "--attack"]
+run("pushed", ["attack", *common, "AWAY", "--eps", "0.2", "--neighbour", "2"])
+run("pulled", ["attack", *common, "AWAY", "--eps", "0.2", "--neighbour", "2", "--toward",
+               "true"])
+run("grid", ["grid", *common[:-1], "--attacks", "AWAY", "--out", "grid", "--eps", "0.2",
+             "--neighbour", "3"])
+print(json.dumps(out))
+"""
+
+
+def test_plugin_kind_parameters_reach_help_and_results(tmp_path):
+    """AWAY declares ``neighbour`` and ``toward`` once; with no CLI edit they are flags of
+    ``attack`` and ``grid``, reach the kind, and every result records them."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(PLUGIN), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, "-c", PARAMETER_RUN], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for command, text in out["help"].items():
+        assert "--neighbour N AWAY: which neighbour is the target" in text, command
+        assert "--toward {true,false} AWAY: pull the query toward the target" in text
+        assert "AWAY: push a query away from its nearest neighbour" in text
+    pushed, pulled = out["pushed"], out["pulled"]
+    assert (pushed["neighbour"], pushed["toward"]) == (2, False)
+    assert (pulled["neighbour"], pulled["toward"]) == (2, True)
+    assert pulled["rank_after"] < pushed["rank_after"]  # the flag changed the attack
+    assert out["grid"]["cells"] and all(c["neighbour"] == 3 and c["toward"] is False
+                                        for c in out["grid"]["cells"])
+    stored = (tmp_path / "grid" / "results.json").read_text()
+    assert '"neighbour": 3' in stored and '"toward": false' in stored

@@ -254,3 +254,23 @@ def test_robustness_of_an_outside_model(model_files, image_folder, tmp_path, cap
     assert main(["audit", *model, *data, "--out", str(tmp_path / "a"), "--attacks", "CA+,LTM",
                  "--num-attacks", "2"]) == 2
     _one_error(capsys, "LTM has none")
+
+
+def test_readme_audit_on_100_pictures_estimates_first_and_fits_t(image_folder, tmp_path,
+                                                                  capsys):
+    """README's audit command (a small model, one eps, two kinds, one PGD step for speed) on a
+    folder of 100 pictures: no --num-attacks needed (T = |X| with a note), the estimated time
+    comes before the first attack, and one progress bar runs over every cell."""
+    photos = shutil.copytree(image_folder, tmp_path / "photos")
+    for i, picture in enumerate(sorted(photos.rglob("*.jpg"))[:40]):  # 60 + 40 pictures
+        shutil.copy(picture, picture.with_name(f"copy{i:02d}.jpg"))
+    assert sum(1 for _ in photos.rglob("*.jpg")) == 100
+    assert main(["audit", "--model", "timm:test_vit", "--input-size", "32", "--data",
+                 f"imagefolder:{photos}", "--out", str(tmp_path / "audit"), "--eps", "8/255",
+                 "--attacks", "CA+,ES", "--steps", "1", "--examples", "0",
+                 "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "T = 100 attacks" in err and "estimated time about" in err
+    assert err.index("estimated time") < err.index("CA+ eps=8/255: rank")
+    assert "audit:" in err and ("attack/s" in err or "s/attack" in err)  # the tqdm bar
+    assert "CA+ eps=8/255" in out and "wrote" in out

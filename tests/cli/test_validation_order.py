@@ -72,6 +72,9 @@ SIZED = [
     ("m = 20", ["grid", "--out", "OUT", "--attacks", "CA+,QA-", "--ks", "1,20",
                 "--num-attacks", "5", "--eps-values", "0.1"]),
     ("720 attacks", ["curves", "--out", "OUT", "--num-attacks", "720"]),
+    ("720 attacks", ["audit", "--out", "OUT", "--num-attacks", "720"]),
+    ("720 attacks", ["robustness", "--profile", "rob28", "--out", "OUT", "--num-attacks",
+                     "720"]),
     ("m = 50", ["transfer", "--target", "CKPT", "--attack", "QA-", "--eps", "0.1", "--k",
                 "50"]),
     ("999 attacks", ["transfer-matrix", "--checkpoint", "a=CKPT", "--out", "OUT",
@@ -84,7 +87,8 @@ SIZED = [
 
 
 def _argv(words, ckpt, tmp_path):
-    first_checkpoint = {"attack": "--checkpoint", "grid": "--checkpoint", "curves":
+    first_checkpoint = {"attack": "--checkpoint", "grid": "--checkpoint", "audit":
+                        "--checkpoint", "robustness": "--checkpoint", "curves":
                         "--checkpoint", "universal": "--checkpoint", "transfer": "--source"}
     subs = {"CKPT": str(ckpt), "OUT": str(tmp_path / "out"), "FILE": str(ckpt),
             "DIR": str(tmp_path), "NEW": str(tmp_path / "new.pt")}

@@ -116,3 +116,51 @@ def test_bad_audit_settings_are_refused_before_work(digits_target, tmp_path):
         with pytest.raises(AdvrankError, match=message):
             run_audit(digits_target, tmp_path / "a", config)
     assert not (tmp_path / "a" / "report.json").exists()
+
+
+def test_audit_plan_estimates_from_a_timed_probe(digits_target, monkeypatch):
+    config = _config(attacks=["CA+", "ES"], eps_values=[0.0, 0.1, 0.3], batch_size=3)
+    kinds = config.validate()
+    todo = [(a, e) for a in kinds for e in config.eps_values]
+    probes = []
+    monkeypatch.setattr(audit_module, "probe_seconds",
+                        lambda target, batch: probes.append(batch) or 0.5)
+    plan = audit_module.audit_plan(digits_target, kinds, config, 4, todo)
+    # eps 0 runs no PGD; 2 batches of 3 (T = 4) x 2 steps per cell, then the example panels'
+    # pool (4 attacks at the largest eps) per kind: 2 batches x 2 steps each
+    assert plan["steps"] == 2 * 2 * 2 * 2 + 2 * 2 * 2
+    assert plan["attacks"] == 6 * 4 + 2 * 4
+    assert probes == [3] and plan["seconds"] == pytest.approx(0.5 * plan["steps"])
+    message = audit_module.estimate_message(plan)
+    assert "estimated time about 12 s" in message and "warning" not in message
+    monkeypatch.setattr(audit_module, "LONG_AUDIT_SECONDS", 1.0)
+    long = audit_module.estimate_message(audit_module.audit_plan(digits_target, kinds, config,
+                                                                 4, todo))
+    assert "warning" in long and audit_module.FAST_SETTING in long
+    assert audit_module.audit_plan(digits_target, kinds, config, 4, [])["steps"] == 8
+    assert audit_module.probe_seconds(digits_target, 3) > 0  # the real probe runs
+
+
+def test_default_t_fits_the_collection_with_a_note(digits_target, tmp_path):
+    notes = []
+    summary = run_audit(digits_target, tmp_path / "a",
+                        _config(attacks=["CA+"], eps_values=[0.0], num_attacks=None,
+                                examples=0), log=notes.append)
+    assert summary["attacks"][0]["num_attacks"] == 719
+    assert any("note: T = 719" in n for n in notes)
+    assert any("estimated time" in n or "no attack left" in n for n in notes)
+
+
+def test_probe_halves_a_batch_that_does_not_fit(digits_target):
+    from types import SimpleNamespace
+
+    sizes = []
+
+    def small_memory(images):
+        sizes.append(images.shape[0])
+        if images.shape[0] > 2:
+            raise torch.OutOfMemoryError("no room")
+        return digits_target.model(images)
+
+    probe = SimpleNamespace(gallery=digits_target.gallery, model=small_memory)
+    assert audit_module.probe_seconds(probe, 8) > 0 and sizes == [8, 4, 2]

@@ -26,6 +26,7 @@ Hyper-parameters go to the constructor (``ATTACKS.get("QA-")(xi=100)``), data to
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from advrank.attacks.params import Param, params_from_defaults
 from advrank.attacks.selection import Selection, check_num_attacks, check_size, draw_anchors
 from advrank.core.distances import Distance
 from advrank.core.execution import ExecutionPolicy
@@ -87,7 +89,9 @@ class AttackKind:
 
     name: ClassVar[str] = ""
     size_name: ClassVar[str | None] = None
-    #: hyper-parameters this kind accepts, with their defaults
+    #: the hyper-parameters this kind accepts, declared once (see :mod:`advrank.attacks.params`)
+    parameters: ClassVar[tuple[Param, ...]] = ()
+    #: ``{name: default}`` of :attr:`parameters` (derived; old plugins may still set it alone)
     params: ClassVar[dict[str, Any]] = {}
     #: needs the clean embeddings of the attacked images in ``objective`` (e.g. to move away)
     needs_clean: ClassVar[bool] = False
@@ -104,13 +108,26 @@ class AttackKind:
     query_only: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs: Any):
+        """Derive ``params`` from ``parameters`` (or, for an old-style kind that sets only a
+        ``params`` dict, the declarations from it) and give the class a signature listing its
+        parameters, so ``help()`` and ``inspect.signature`` show them."""
+        super().__init_subclass__(**kwargs)
+        if "parameters" not in cls.__dict__ and "params" in cls.__dict__:
+            cls.parameters = params_from_defaults(cls.__dict__["params"])
+        cls.params = {p.name: p.default for p in cls.parameters}
+        cls.__signature__ = inspect.Signature([
+            inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default)
+            for p in cls.parameters])
+
     def __init__(self, **params: Any):
         unknown = {k for k, v in params.items() if v is not None} - set(self.params)
         if unknown:
             raise AdvrankError(f"{self.name} takes no {', '.join(sorted(unknown))} option"
                                + (f" (it takes: {', '.join(self.params)})" if self.params
                                   else ""))
-        merged = {**self.params, **{k: v for k, v in params.items() if v is not None}}
+        given = {p.name: p.check(params.get(p.name), self.name) for p in self.parameters}
+        merged = {**self.params, **{k: v for k, v in given.items() if v is not None}}
         self.options = self.validate(merged)
 
     def validate(self, options: dict[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from advrank.attacks.base import AttackKind, RankingObjective, RankingView, select_anchors
+from advrank.attacks.params import TOP_FRACTION
 from advrank.attacks.selection import Selection, check_pool, ranked_targets
-from advrank.core.checks import check_number
 from advrank.core.distances import Distance
 from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32
 from advrank.core.gallery import Gallery
@@ -145,12 +145,8 @@ class CandidateAttack(AttackKind):
     """CA+ / CA-: the adversarial image is the candidate c; targets ``[T, w]`` are Q."""
 
     size_name = "w"
-    params = {"top_fraction": 0.01}
+    parameters = (TOP_FRACTION,)
     raise_rank = True
-
-    def validate(self, options):
-        check_number(options["top_fraction"], "top fraction", low=0.0, low_open=True, high=1.0)
-        return options
 
     def check_fits(self, k: int, num_attacks: int, n: int) -> None:
         super().check_fits(k, num_attacks, n)

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from advrank.attacks.base import QueryKind, RankingObjective, RankingView, recall_at_1
+from advrank.attacks.params import Param
 from advrank.attacks.pgd import frozen, keyed_noise, pgd
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_choice, check_finite, check_images
+from advrank.core.checks import check_finite, check_images
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import count_closer
@@ -54,7 +55,9 @@ class EmbeddingShiftAttack(QueryKind):
     """
 
     name = "ES"
-    params = {"start": "random"}
+    parameters = (Param("start", str, "random", "where PGD starts: a random point of the ball "
+                        "(the stronger attack) or the clean image, moving away from a nudged "
+                        "reference (robrank's ERS profiles)", choices=ES_STARTS),)
     needs_clean = True
     headline = "shift"
     direction = "up"
@@ -62,10 +65,6 @@ class EmbeddingShiftAttack(QueryKind):
     ranked = True  # R(q~, q): how far q~ drifts in the list of its own clean copy
     query_only = True  # as an untargeted top-k disruption (:meth:`query_score`)
     description = "untargeted embedding shift: move q's embedding away from its clean one"
-
-    def validate(self, options):
-        check_choice(options["start"], "ES start", ES_STARTS)
-        return options
 
     @property
     def random_start(self) -> bool:

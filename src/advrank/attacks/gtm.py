@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from advrank.attacks.base import QueryKind, RankingObjective, recall_at_1
+from advrank.attacks.params import Param
 from advrank.attacks.selection import Selection
-from advrank.core.checks import check_choice
 from advrank.core.distances import Distance
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
@@ -70,14 +70,12 @@ class GuidedTopMismatch(QueryKind):
     (or robrank's u', with ``target="robrank"``)."""
 
     name = "GTM"
-    params = {"target": "nearest"}
+    parameters = (Param("target", str, "nearest", "the item q is pulled onto: its nearest "
+                        "member of another class, or robrank's index slip (comparable with "
+                        "robrank's published ERS)", choices=TARGETS, flag="gtm-target"),)
     headline = "recall@1"
     direction = "down"
     description = "guided top-1 mismatch: pull q onto its nearest item of another class"
-
-    def validate(self, options):
-        check_choice(options["target"], "GTM target", TARGETS)
-        return options
 
     def draw(self, gallery: Gallery, anchors: torch.Tensor, gen: torch.Generator) -> Selection:
         robrank = self.options["target"] == "robrank"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from advrank.attacks.base import QueryKind, RankingObjective, recall_at_1
+from advrank.attacks.params import Param
 from advrank.attacks.selection import Selection
 from advrank.core.distances import Distance
 from advrank.core.gallery import Gallery
@@ -68,7 +69,8 @@ class LearningToMisrank(QueryKind):
     view: no memory per attack), so each batch of queries knows its positives and negatives."""
 
     name = "LTM"
-    params = {"own_copy_positive": False}
+    parameters = (Param("own_copy_positive", bool, False, "count q's own clean copy among "
+                        "its positives (robrank's reading) instead of leaving it out"),)
     headline = "recall@1"
     direction = "down"
     description = "learning to misrank: rank all of q's negatives ahead of its positives"
@@ -85,11 +87,6 @@ class LearningToMisrank(QueryKind):
         dev = embeddings.device
         return MisrankObjective(embeddings, distance, part.anchors.to(dev), labels.to(dev),
                                 self.options["own_copy_positive"])
-
-    def validate(self, options):
-        if not isinstance(options["own_copy_positive"], bool):
-            raise AdvrankError("LTM's own_copy_positive must be True or False")
-        return options
 
     @torch.no_grad()
     def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):

@@ -24,8 +24,9 @@ from advrank.attacks.base import (
     select_anchors,
     topk_positions,
 )
+from advrank.attacks.params import TOP_FRACTION, Param
 from advrank.attacks.selection import Selection, check_pool, ranked_targets, sp_candidates
-from advrank.core.checks import check_choice, check_number
+from advrank.core.checks import check_choice
 from advrank.core.distances import Distance
 from advrank.core.execution import (
     ExecutionPolicy,
@@ -305,17 +306,20 @@ class QueryAttack(AttackKind):
 
     size_name = "m"
     query_only = True
-    params = {"xi": None, "g": 5, "sp_reduction": "mean", "top_fraction": 0.01}
+    parameters = (
+        Param("xi", float, None, "weight of the semantics-preserving term, Eq. 12 (default: "
+              "the paper's, 1 for QA+ and 100 for QA-)", low=0.0, high=1e6),
+        Param("g", int, 5, "size G of C_SP, the query's top-G kept in place by the SP term",
+              low=0, high=10_000, flag="G"),
+        Param("sp_reduction", str, "mean", "average the hinge terms over C and C_SP as the "
+              "authors' code does (mean: reproduces the paper's tables) or sum them as Eq. 12 "
+              "is printed", choices=SP_REDUCTIONS),
+        TOP_FRACTION)
     raise_rank = True
     paper_xi = 1.0
 
     def validate(self, options):
-        options["xi"] = self.paper_xi if options["xi"] is None else options["xi"]
-        check_number(options["xi"], "xi (SP weight)", low=0.0, high=1e6)
-        options["xi"] = float(options["xi"])
-        check_number(options["g"], "G (size of C_SP)", low=0, high=10_000, integer=True)
-        check_choice(options["sp_reduction"], "SP reduction", SP_REDUCTIONS)
-        check_number(options["top_fraction"], "top fraction", low=0.0, low_open=True, high=1.0)
+        options["xi"] = float(self.paper_xi if options["xi"] is None else options["xi"])
         return options
 
     def check_fits(self, k: int, num_attacks: int, n: int) -> None:

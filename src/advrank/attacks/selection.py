@@ -5,6 +5,7 @@ generator, so results do not depend on the batch size used later."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -72,6 +73,23 @@ def check_num_attacks(num_attacks: int, n: int) -> None:
     if num_attacks > n:
         raise AdvrankError(f"{num_attacks} attacks requested but the gallery has only {n} items "
                            "(T <= |X|: each item is attacked at most once)")
+
+
+#: T when none is asked for: min(DEFAULT_NUM_ATTACKS, |X|), in every command
+DEFAULT_NUM_ATTACKS = 1000
+
+
+def num_attacks_for(num_attacks: int | None, n: int,
+                    note: Callable[[str], None] | None = None) -> int:
+    """T on an n-item collection: ``num_attacks`` (checked: at most n), or when None the one
+    default rule min(DEFAULT_NUM_ATTACKS, n), with ``note`` told when n caps it."""
+    if num_attacks is not None:
+        check_num_attacks(num_attacks, n)
+        return int(num_attacks)
+    if n < DEFAULT_NUM_ATTACKS and note is not None:
+        note(f"T = {n} attacks (the collection's size; the default is "
+             f"min({DEFAULT_NUM_ATTACKS}, |X|))")
+    return min(DEFAULT_NUM_ATTACKS, n)
 
 
 def draw_anchors(n: int, num_attacks: int, gen: torch.Generator) -> torch.Tensor:

@@ -66,6 +66,7 @@ def _run(argv: list[str]) -> int:
     for plugin in _plugins(argv):
         load_plugin(plugin)
     args = build_parser().parse_args(argv)
+    from advrank.cli.options import log
     from advrank.core import distributed
 
     if distributed.launched():
@@ -74,6 +75,8 @@ def _run(argv: list[str]) -> int:
                                f"processes (commands that do: {', '.join(DISTRIBUTED_COMMANDS)})"
                                "; run it as one process")
         distributed.init_from_env(getattr(args, "device", "auto"))
+    for note in getattr(args, "deprecations", None) or []:  # old spellings, still accepted
+        log(args)(note)  # (rank 0 alone under torchrun)
     try:
         args.func(args)
     finally:

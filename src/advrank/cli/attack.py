@@ -6,25 +6,28 @@ from pathlib import Path
 
 from advrank.cli.options import (
     QUERY_DEFAULTS,
+    add_batch_size,
     add_common,
+    add_eps,
     add_execution,
     add_index,
     add_kind_options,
+    add_num_attacks,
     add_query_options,
     add_size,
     add_target_options,
+    attack_help,
     attack_name,
     emit,
-    eps_value,
     index_from_args,
     integer,
     kind_options,
     listed,
     load_target_from_args,
+    num_attacks_from_args,
     number,
     path_value,
     policy_from_args,
-    positive_int,
     resolve_size,
     target_spec,
 )
@@ -71,17 +74,20 @@ def cmd_query_attack(args, kind, k: int, query: dict) -> None:
     """``advrank attack --oracle ...``: query-only attacks through a search's answers."""
     from advrank.attacks.base import check_query_only
     from advrank.attacks.query import get_optimizer
+    from advrank.attacks.selection import num_attacks_for
     from advrank.experiments.query import run_query_attack
     from advrank.oracles import make_oracle, preflight
 
     check_query_only(kind)
     optimizer = get_optimizer(query["optimizer"])
     preflight(args.oracle)  # e.g. an unreachable service, before the gallery is embedded
-    target = load_target_from_args(args, check=lambda n: kind.check_fits(k, args.num_attacks, n))
+    target = load_target_from_args(
+        args, check=lambda n: kind.check_fits(k, num_attacks_for(args.num_attacks, n), n))
+    t = num_attacks_from_args(args, len(target.gallery))
     oracle = make_oracle(args.oracle, target, query["feedback"], cache_dir=args.cache_dir)
     try:
         result = run_query_attack(target, kind, oracle, optimizer, args.eps, k,
-                                  args.num_attacks, query["query_budget"], seed=args.seed,
+                                  t, query["query_budget"], seed=args.seed,
                                   batch_size=args.batch_size, progress=not args.quiet)
     finally:
         oracle.close()
@@ -94,6 +100,7 @@ def cmd_query_attack(args, kind, k: int, query: dict) -> None:
 
 def cmd_attack(args) -> None:
     from advrank.attacks import get_attack
+    from advrank.attacks.selection import num_attacks_for
     from advrank.experiments.protocol import run_attack
 
     k = resolve_size(args, [args.attack])
@@ -103,8 +110,10 @@ def cmd_attack(args) -> None:
         return cmd_query_attack(args, kind, k, query)
     threat = threat_from_args(args)
     policy = policy_from_args(args)
-    target = load_target_from_args(args, check=lambda n: kind.check_fits(k, args.num_attacks, n))
-    result = run_attack(target.model, target.gallery, kind, args.eps, k, args.num_attacks,
+    target = load_target_from_args(
+        args, check=lambda n: kind.check_fits(k, num_attacks_for(args.num_attacks, n), n))
+    t = num_attacks_from_args(args, len(target.gallery))
+    result = run_attack(target.model, target.gallery, kind, args.eps, k, t,
                         seed=args.seed, batch_size=args.batch_size, threat=threat,
                         progress=not args.quiet, policy=policy,
                         index=index_from_args(args, target))
@@ -115,6 +124,7 @@ def cmd_attack(args) -> None:
 
 def cmd_grid(args) -> None:
     from advrank.attacks.base import check_fits_all, make_kinds
+    from advrank.attacks.selection import num_attacks_for
     from advrank.experiments.grid import run_grid
     from advrank.experiments.paper import paper_eps, paper_table_for
 
@@ -124,15 +134,16 @@ def cmd_grid(args) -> None:
     if args.paper != "auto":
         paper_table_for({}, args.paper)
     target_spec(args)
-    if args.eps_values is None and args.data is not None:
+    if args.eps is None and args.data is not None:
         paper_eps(args.data)  # a picture collection has no paper rows: refused before work
     check_writable_dir(args.out)
-    target = load_target_from_args(
-        args, check=lambda n: check_fits_all(kinds.values(), ks, args.num_attacks, n))
-    eps_values = args.eps_values or paper_eps(target.meta["dataset"])
+    target = load_target_from_args(args, check=lambda n: check_fits_all(
+        kinds.values(), ks, num_attacks_for(args.num_attacks, n), n))
+    eps_values = args.eps or paper_eps(target.meta["dataset"])
     paper = paper_table_for(target.meta, args.paper)
+    t = num_attacks_from_args(args, len(target.gallery))
     results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
-                       args.num_attacks, args.seed, args.batch_size, paper,
+                       t, args.seed, args.batch_size, paper,
                        target.record(args.seed), progress=not args.quiet, policy=policy,
                        index=index_from_args(args, target), **kind_options(args))
     from advrank.core import distributed
@@ -142,8 +153,7 @@ def cmd_grid(args) -> None:
 
 
 def add_threat(p, eps_required: bool = True, eps_default: float | None = None) -> None:
-    p.add_argument("--eps", type=eps_value, required=eps_required, default=eps_default,
-                   help="L-inf budget in [0, 1] pixel units, e.g. 0.3 or 8/255")
+    add_eps(p, multiple=False, default=eps_default, required=eps_required)
     p.add_argument("--steps", type=integer(0, 100_000), default=None,
                    help="PGD iterations (default: paper, min(max(10, 2 eps / alpha), 30))")
     p.add_argument("--step-size", type=number(0.0, 1.0, low_open=True), default=None,
@@ -161,14 +171,12 @@ def register(sub, formatter) -> None:
                     "selection rules: CA+/QA+ pick Q/C at random, CA-/QA- from the top 1% of "
                     "the ranking list.")
     add_target_options(p)
-    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
+    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
+                   help=attack_help())
     add_threat(p)
     add_size(p, default=1)
-    p.add_argument("--num-attacks", type=positive_int, default=1000,
-                   help="T independent attacks")
-    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
-                   help="attacks per PGD batch (results do not depend on it); split further "
-                        "when it does not fit --memory-budget")
+    add_num_attacks(p, "independent attacks")
+    add_batch_size(p)
     add_kind_options(p)
     add_execution(p)
     add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
@@ -183,15 +191,14 @@ def register(sub, formatter) -> None:
                     "cell, so rerunning resumes), results.csv and table.md.")
     add_target_options(p)
     p.add_argument("--out", required=True, type=path_value, help="output folder")
-    p.add_argument("--num-attacks", type=positive_int, default=1000, help="T attacks per cell")
-    p.add_argument("--eps-values", type=listed(eps_value, "eps values"), default=None,
-                   help="comma-separated eps rows (default: the paper's for the dataset)")
+    add_num_attacks(p, "attacks per cell")
+    add_eps(p, multiple=True, what="eps row",
+            default_text="the paper's rows for the dataset")
     add_size(p, default=[1, 2, 5, 10], multiple=True)
     p.add_argument("--attacks", type=listed(attack_name, "attack names"),
-                   default=["CA+", "CA-", "QA+", "QA-"], help="comma-separated attacks")
-    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
-                   help="attacks per PGD batch (results do not depend on it); split further "
-                        "when it does not fit --memory-budget")
+                   default=["CA+", "CA-", "QA+", "QA-"],
+                   help=attack_help("comma-separated attack kinds"))
+    add_batch_size(p)
     add_kind_options(p)
     add_execution(p)
     p.add_argument("--paper", default="auto",

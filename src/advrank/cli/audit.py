@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from advrank.cli.options import (
-    _number,
+    add_batch_size,
     add_common,
+    add_eps,
     add_kind_options,
+    add_num_attacks,
     add_size,
     add_target_options,
+    attack_help,
     attack_name,
     emit,
+    format_eps,
     integer,
     kind_options,
     listed,
@@ -26,18 +29,8 @@ from advrank.cli.options import (
 from advrank.core.io import check_writable_dir
 
 
-def audit_eps(text: str) -> float:
-    """argparse type: one eps in [0, 1] pixel units (``8/255`` or ``0.03``), with a hint for
-    the common slip of giving grey levels (``8``)."""
-    value = _number(text)
-    if not 0.0 <= value <= 1.0:
-        hint = f" (in [0, 1] pixel units: write {text.strip()}/255 for {text.strip()} grey " \
-               "levels)" if 1.0 < value <= 255.0 else " (it is in [0, 1] pixel units)"
-        raise argparse.ArgumentTypeError(f"eps must lie in [0, 1], got {text!r}{hint}")
-    return value
-
-
 def cmd_audit(args) -> None:
+    from advrank.attacks.base import check_fits_all
     from advrank.experiments.audit import AuditConfig, run_audit
 
     k = resolve_size(args, args.attacks)
@@ -46,10 +39,12 @@ def cmd_audit(args) -> None:
                          batch_size=args.batch_size, steps=args.steps,
                          step_size=args.step_size, examples=args.examples, top=args.top,
                          max_queries=args.max_queries, options=kind_options(args))
-    config.validate()  # everything checked before the model is loaded
+    kinds = config.validate()  # everything checked before the model is loaded
     target_spec(args)
     check_writable_dir(args.out)
-    target = load_target_from_args(args, cache_dir=str(Path(args.out) / "cache"))
+    target = load_target_from_args(args, cache_dir=str(Path(args.out) / "cache"),
+                                   check=lambda n: check_fits_all(kinds.values(), [k],
+                                                                  config.attacks_for(n), n))
     say = log(args)
     summary = run_audit(target, args.out, config, target.record(args.seed),
                         progress=not args.quiet, log=say)
@@ -58,14 +53,14 @@ def cmd_audit(args) -> None:
              + (f"  ({summary['unreadable_images']} unreadable skipped)"
                 if summary["unreadable_images"] else "")]
     for row in summary["attacks"]:
-        lines.append(f"{row['attack']:>4} eps={row['eps']:.4g}: rank {row['rank_before']:.1f}% "
-                     f"-> {row['rank_after']:.1f}%")
+        lines.append(f"{row['attack']:>4} eps={format_eps(row['eps'])}: rank "
+                     f"{row['rank_before']:.1f}% -> {row['rank_after']:.1f}%")
     lines.append(f"wrote {summary['report_html']} and {summary['report_json']}")
     emit(args, summary, "\n".join(lines))
 
 
 def register(sub, formatter) -> None:
-    from advrank.experiments.audit import AUDIT_ATTACKS, DEFAULT_AUDIT_EPS
+    from advrank.experiments.audit import AUDIT_ATTACKS, DEFAULT_AUDIT_EPS, FAST_SETTING
 
     p = sub.add_parser(
         "audit", help="audit a retrieval model on an image collection: report.html + .json",
@@ -74,27 +69,26 @@ def register(sub, formatter) -> None:
                     "(CA+, CA-, QA+, QA-) and the embedding shift (ES) at a few eps, and write "
                     "OUT/report.html (self-contained: tables, plots, example panels) and "
                     "OUT/report.json. eps is in [0, 1] pixel units of the model's input image "
-                    "(after resizing/cropping). Rerunning the same command resumes.\n\n"
+                    "(after resizing/cropping). It prints its estimated time (from one timed "
+                    "forward+backward pass) before the attacks start and shows one progress "
+                    f"bar; for a quick look add {FAST_SETTING}. Rerunning the same command "
+                    "resumes.\n\n"
                     "  advrank audit --model timm:resnet50 --weights my.safetensors \\\n"
                     "      --data imagefolder:photos/ --out audit/\n"
                     "  advrank audit --checkpoint mnist.pt --eps 0.03,0.1,0.3 --out audit/")
     add_target_options(p, cache=True)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--eps", type=listed(audit_eps, "eps values"),
-                   default=list(DEFAULT_AUDIT_EPS),
-                   help="comma-separated L-inf budgets in [0, 1] pixel units, 8/255 or 0.03 "
-                        "(default: 2/255,4/255,8/255,16/255)")
+    add_eps(p, multiple=True, default=list(DEFAULT_AUDIT_EPS))
     p.add_argument("--attacks", type=listed(attack_name, "attack names"),
-                   default=list(AUDIT_ATTACKS), help="comma-separated attack kinds")
+                   default=list(AUDIT_ATTACKS),
+                   help=attack_help("comma-separated attack kinds, each scored by ranks"))
     add_size(p, default=1)
-    p.add_argument("--num-attacks", type=positive_int, default=None,
-                   help="T attacks per (attack, eps) cell (default: min(200, |X|))")
+    add_num_attacks(p, "attacks per (attack, eps) cell")
     p.add_argument("--steps", type=integer(0, 100_000), default=None,
                    help="PGD iterations (default: paper, min(max(10, 2 eps / alpha), 30))")
     p.add_argument("--step-size", type=number(0.0, 1.0, low_open=True), default=None,
                    help="PGD step (default: paper, min(max(eps / 10, 1/255), 0.01))")
-    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=64,
-                   help="attacks per PGD batch (results do not depend on it)")
+    add_batch_size(p)
     p.add_argument("--examples", type=integer(0, 20), default=1,
                    help="example panels per attack (at the largest eps)")
     p.add_argument("--top", type=integer(1, 50), default=5,

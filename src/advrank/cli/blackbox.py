@@ -6,18 +6,24 @@ import argparse
 
 from advrank.cli.attack import add_threat, attack_metavar, threat_from_args
 from advrank.cli.options import (
+    add_batch_size,
     add_common,
+    add_eps,
     add_kind_options,
+    add_num_attacks,
     add_size,
+    attack_help,
     attack_name,
     emit,
-    eps_value,
+    format_eps,
     integer,
     kind_options,
     listed,
+    model_label,
+    num_attacks_for,
+    num_attacks_from_args,
     number,
     path_value,
-    positive_int,
     resolve_size,
 )
 from advrank.core.io import check_writable_dir
@@ -44,7 +50,7 @@ def cmd_transfer(args) -> None:
     kind = get_attack(args.attack, **kind_options(args))
     threat = threat_from_args(args)
     def check(n: int) -> None:
-        kind.check_fits(k, n if args.num_attacks is None else args.num_attacks, n)
+        kind.check_fits(k, num_attacks_for(args.num_attacks, n), n)
 
     src = load_target(args.source, args.device, args.data_root, args.download, check=check,
                       progress=not args.quiet)
@@ -54,7 +60,8 @@ def cmd_transfer(args) -> None:
         raise AdvrankError(f"source is a {src.meta['dataset']} model, target a "
                            f"{tgt.meta['dataset']} one; transfer needs one shared test set")
     out = transfer_attack(src.model, tgt.model, src.dataset, kind, args.eps, k=k,
-                          num_attacks=args.num_attacks, seed=args.seed, device=src.device,
+                          num_attacks=num_attacks_from_args(args, len(src.gallery)),
+                          seed=args.seed, device=src.device,
                           batch_size=args.batch_size, threat=threat, select_on=args.select_on,
                           source_gallery=src.gallery, target_gallery=tgt.gallery,
                           progress=not args.quiet)
@@ -62,11 +69,12 @@ def cmd_transfer(args) -> None:
                 **tgt.record(args.seed)})
     s = out["source"]
     emit(args, out,
-         f"{out['attack']} eps={args.eps:g} k={k} T={out['num_attacks']}: target "
-         f"{tgt.meta['arch']}/{tgt.meta['metric']} "
+         f"{out['attack']} eps={format_eps(args.eps)} k={k} T={out['num_attacks']}: target "
+         f"{model_label(args.target, tgt.meta)} "
          f"{_fmt(out['rank_before'], out['rank_before_se'])} → "
-         f"{_fmt(out['rank_after'], out['rank_after_se'])}%  (source {src.meta['arch']}/"
-         f"{src.meta['metric']} white-box {s['rank_before']:.1f} → {s['rank_after']:.1f}%)")
+         f"{_fmt(out['rank_after'], out['rank_after_se'])}%  (source "
+         f"{model_label(args.source, src.meta)} white-box {s['rank_before']:.1f} → "
+         f"{s['rank_after']:.1f}%)")
 
 
 def cmd_transfer_matrix(args) -> None:
@@ -142,10 +150,8 @@ def _transfer_options(p: argparse.ArgumentParser, eps_default: float | None) -> 
     """The threat model and protocol options shared by ``transfer`` and ``transfer-matrix``."""
     add_threat(p, eps_required=eps_default is None, eps_default=eps_default)
     add_size(p, default=1)
-    p.add_argument("--num-attacks", type=positive_int, default=None,
-                   help="number of attacks T per cell (default: |X|, as in the paper)")
-    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
-                   help="attacks per PGD batch")
+    add_num_attacks(p, "attacks per cell")
+    add_batch_size(p)
     add_kind_options(p)
     p.add_argument("--select-on", choices=("source", "target"), default="source",
                    help="whose ranking the '-' top-1%% pools and C_SP come from (source: all a "
@@ -163,7 +169,8 @@ def register(sub, formatter) -> None:
                    help="checkpoint the attack is made on")
     p.add_argument("--target", required=True, type=path_value,
                    help="checkpoint the examples are ranked by")
-    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
+    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
+                   help=attack_help())
     _transfer_options(p, None)
     add_common(p)
     p.set_defaults(func=cmd_transfer)
@@ -179,7 +186,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--out", required=True, type=path_value,
                    help="folder for transfer.json and transfer.md")
     p.add_argument("--attacks", type=listed(attack_name, "attack names"),
-                   default=["CA+", "CA-", "QA+", "QA-"], help="comma-separated attacks")
+                   default=["CA+", "CA-", "QA+", "QA-"],
+                   help=attack_help("comma-separated attack kinds"))
     _transfer_options(p, 0.3)
     add_common(p)
     p.set_defaults(func=cmd_transfer_matrix)
@@ -190,10 +198,11 @@ def register(sub, formatter) -> None:
         description="Find one perturbation r shared by a random 5% of X (candidates for "
                     "CA, queries for QA), Eq. 14, and evaluate it on those and on a disjoint "
                     "unseen 5%.")
-    p.add_argument("--checkpoint", required=True, type=path_value)
-    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar())
-    p.add_argument("--eps", type=eps_value, required=True,
-                   help="L-inf budget in pixel units, e.g. 0.3 or 8/255")
+    p.add_argument("--checkpoint", required=True, type=path_value,
+                   help="the advrank checkpoint attacked (its test set is X)")
+    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
+                   help=attack_help())
+    add_eps(p, multiple=False, required=True)
     add_size(p, default=1)
     p.add_argument("--fraction", type=number(0.0, 0.5, low_open=True), default=0.05,
                    help="size of the seen and of the unseen set, as a fraction of X")

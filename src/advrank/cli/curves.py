@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from advrank.cli.options import (
+    add_batch_size,
     add_common,
+    add_eps,
+    add_num_attacks,
     emit,
-    eps_value,
     integer,
-    listed,
     log,
     path_value,
     positive_int,
@@ -28,9 +29,7 @@ def cmd_curves(args) -> None:
     from advrank.experiments.curves import DEFAULT_CURVE_EPS, defense_curves
     from advrank.reports.tables import format_curves
 
-    eps_values = DEFAULT_CURVE_EPS
-    if args.eps_values:  # "0 0.1", "0,0.1" and mixes: one list
-        eps_values = [e for part in args.eps_values for e in part]
+    eps_values = args.eps or DEFAULT_CURVE_EPS
     check_writable_dir(args.out)
     result = defense_curves(
         args.checkpoint, args.out, eps_values=eps_values, num_attacks=args.num_attacks,
@@ -63,15 +62,11 @@ def register(sub, formatter) -> None:
                    help="a checkpoint to evaluate, optionally labelled (e.g. vanilla=m.pt); "
                         "repeat for each model")
     p.add_argument("--out", required=True, type=path_value, help="output folder")
-    p.add_argument("--num-attacks", type=positive_int, default=None,
-                   help="T attacks per (attack, eps) point (default: min(1000, test set size))")
-    p.add_argument("--eps-values", nargs="+", type=listed(eps_value, "eps values"),
-                   default=None, metavar="EPS",
-                   help="eps grid, space- or comma-separated "
-                        "(default: 0 0.01 0.03 0.05 0.1 0.15 0.2 0.25 0.3)")
+    add_num_attacks(p, "attacks per (attack, eps) point")
+    add_eps(p, multiple=True, what="eps point",
+            default_text="0,0.01,0.03,0.05,0.1,0.15,0.2,0.25,0.3")
     p.add_argument("--k", type=positive_int, default=1, help="w (CA) and m (QA)")
-    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
-                   help="attacks run together")
+    add_batch_size(p)
     add_common(p)
     p.set_defaults(func=cmd_curves)
 

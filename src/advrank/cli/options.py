@@ -21,7 +21,12 @@ class Parser(argparse.ArgumentParser):
     ``main`` prints as ``advrank: error: ...`` with exit status 2."""
 
     def error(self, message: str):
-        raise AdvrankError(f"{self.prog.removeprefix('advrank ')}: {message}")
+        where = self.prog.removeprefix("advrank").strip()  # the subcommand, if any
+        commands = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        if commands and "COMMAND" in message:  # `advrank` alone: say what to type
+            message = (f"give a command: {', '.join(commands[0].choices)} "
+                       "(advrank COMMAND --help for each)")
+        raise AdvrankError(f"{where}: {message}" if where else message)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -115,6 +120,112 @@ positive_int = integer(1)
 seed_value = integer(0, 2**63 - 1, "seed")
 
 
+def eps_list(text: str) -> list[float]:
+    """argparse type: one eps or comma-separated ones, in [0, 1] pixel units (``8/255`` or
+    ``0.03``), with a hint for the common slip of giving grey levels (``8``)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected one or comma-separated eps values, got "
+                                         f"{text!r}")
+    out = []
+    for part in parts:
+        value = _number(part)
+        if not 0.0 <= value <= 1.0:
+            hint = f" (in [0, 1] pixel units: write {part}/255 for {part} grey levels)" \
+                if 1.0 < value <= 255.0 else " (it is in [0, 1] pixel units)"
+            raise argparse.ArgumentTypeError(f"eps must lie in [0, 1], got {part!r}{hint}")
+        out.append(value)
+    return list(dict.fromkeys(out))
+
+
+eps_list.__name__ = "eps"
+
+
+class _OneEps(argparse.Action):
+    """``--eps`` of a command that runs one eps: the shared list syntax, one value kept."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) != 1:
+            parser.error(f"{option_string}: this command runs one eps, got {len(values)} "
+                         "(grid, curves and audit take a list)")
+        setattr(namespace, self.dest, values[0])
+
+
+class _DeprecatedEps(argparse.Action):
+    """``--eps-values`` (the old spelling, space- or comma-separated): same values as
+    ``--eps``, with a one-line note (``main`` prints the parsed ``deprecations`` on stderr,
+    unless ``--quiet``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        notes = list(getattr(namespace, "deprecations", None) or [])
+        note = f"advrank: note: {option_string} is deprecated; use --eps (same values)"
+        namespace.deprecations = list(dict.fromkeys([*notes, note]))
+        setattr(namespace, self.dest, list(dict.fromkeys(e for part in values for e in part)))
+
+
+def add_eps(p: argparse.ArgumentParser, multiple: bool, default: Any = None,
+            required: bool = False, what: str = "L-inf budget",
+            default_text: str | None = None) -> None:
+    """``--eps``: one spelling, one syntax (a value or a comma list, in [0, 1] pixel units, 8/255
+    or 0.03) in every command; commands that run one eps keep one value. Commands that take
+    several also accept the old ``--eps-values``, with a deprecation note."""
+    shown = default_text or (default if not isinstance(default, (list, tuple)) else
+                             ",".join(format_eps(e) for e in default))
+    text = (f"{what}{'s' if multiple else ''} in [0, 1] pixel units, e.g. "
+            f"{'2/255,8/255 or 0.1,0.3' if multiple else '8/255 or 0.3'}"
+            + (f" (default: {shown})" if shown is not None else ""))
+    p.add_argument("--eps", dest="eps", type=eps_list, default=default, required=required,
+                   action=None if multiple else _OneEps, metavar="EPS[,EPS...]"
+                   if multiple else "EPS", help=text)
+    if multiple:
+        p.add_argument("--eps-values", dest="eps", type=eps_list, nargs="+",
+                       action=_DeprecatedEps, help=argparse.SUPPRESS)
+
+
+def format_eps(eps: float) -> str:
+    """eps as logs show it: ``2/255`` where eps is an exact multiple of 1/255 (what users
+    type), else ``0.03``."""
+    from advrank.core.checks import format_eps as fmt
+
+    return fmt(eps)
+
+
+def add_num_attacks(p: argparse.ArgumentParser, what: str = "attacks") -> None:
+    """``--num-attacks``: T, one default rule everywhere: min(1000, |X|), with a note on
+    stderr when the collection caps it (see :func:`~advrank.attacks.selection.num_attacks_for`)."""
+    from advrank.attacks.selection import DEFAULT_NUM_ATTACKS
+
+    p.add_argument("--num-attacks", type=positive_int, default=None, metavar="T",
+                   help=f"T {what} (default: min({DEFAULT_NUM_ATTACKS}, |X|), with a note when "
+                        "|X| caps it); a T above |X| is refused")
+
+
+def add_batch_size(p: argparse.ArgumentParser) -> None:
+    """``--batch-size``: attacks per PGD batch, the same default in every attacking command."""
+    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=BATCH_SIZE,
+                   help="attacks per PGD batch (results do not depend on it); split further "
+                        "when it does not fit the memory")
+
+
+#: attacks per PGD batch, every command
+BATCH_SIZE = 256
+
+
+def num_attacks_for(num_attacks: int | None, n: int) -> int:
+    """T for ``--num-attacks`` on an n-item collection, without the note (for checks)."""
+    from advrank.attacks.selection import num_attacks_for as rule
+
+    return rule(num_attacks, n)
+
+
+def num_attacks_from_args(args, n: int) -> int:
+    """T for ``--num-attacks`` on an n-item collection (the note goes to stderr)."""
+    from advrank.attacks.selection import num_attacks_for
+
+    say = log(args)
+    return num_attacks_for(args.num_attacks, n, lambda m: say(f"advrank: note: {m}"))
+
+
 def attack_name(text: str) -> str:
     """argparse type: a registered attack name (aliases such as the Unicode minus accepted)."""
     try:
@@ -199,22 +310,57 @@ def log(args) -> Callable[[str], None]:
     return lambda msg: print(msg, file=sys.stderr)
 
 
+def _kind_dest(name: str) -> str:
+    return f"kind_option_{name}"
+
+
 def kind_options(args) -> dict[str, Any]:
-    """The attack-kind options given on the command line (None = the kind's default)."""
-    return {"xi": getattr(args, "xi", None), "g": getattr(args, "G", None),
-            "sp_reduction": getattr(args, "sp_reduction", None)}
+    """The attack-kind options given on the command line (None = the kind's default), by
+    parameter name, for every parameter ``add_kind_options`` made a flag for."""
+    return {name: getattr(args, _kind_dest(name)) for name in getattr(args, "kind_params", ())}
+
+
+def _param_type(param) -> Callable[[str], Any]:
+    """argparse type: the declaration's own parsing and range check."""
+    def parse(text: str) -> Any:
+        try:
+            return param.parse(text)
+        except AdvrankError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = param.type.__name__
+    return parse
 
 
 def add_kind_options(p: argparse.ArgumentParser) -> None:
-    """The hyper-parameters of the query attacks (refused for kinds that do not take them)."""
-    p.add_argument("--xi", type=number(0.0, 1e6), default=None,
-                   help="SP weight for QA (default: the paper's, 1 for QA+ and 100 for QA-)")
-    p.add_argument("--G", type=integer(0, 10_000), default=None,
-                   help="size of C_SP for the SP term of QA (default: 5)")
-    p.add_argument("--sp-reduction", default=None, choices=("mean", "sum"),
-                   help="QA, Eq. 12: average the hinge terms over C and C_SP as the authors' "
-                        "code does (default: mean, the reading that reproduces the paper's "
-                        "tables) or sum them as Eq. 12 is printed")
+    """One flag per distinct hyper-parameter name across the registered attack kinds
+    (``--xi``, ``--top-fraction``...), generated from the kinds' :class:`Param` declarations:
+    a plugin kind's parameters appear with no CLI edit. A flag given for a kind that does not
+    take it is refused when the kind is made (before any work)."""
+    from advrank.attacks.params import collect
+
+    found = collect([ATTACKS.get(name) for name in ATTACKS.names()])
+    g = p.add_argument_group("attack-kind parameters (each applies to the kinds named)")
+    for name, (param, kinds) in found.items():
+        g.add_argument(*param.flags, dest=_kind_dest(name), type=_param_type(param),
+                       default=None, choices=None, metavar=_param_metavar(param),
+                       help=f"{', '.join(kinds)}: {param.describe()}".replace("%", "%%"))
+    p.set_defaults(kind_params=tuple(found))
+
+
+def _param_metavar(param) -> str:
+    if param.choices:
+        return "{" + ",".join(param.choices) + "}"
+    return {bool: "{true,false}", int: "N", float: "X", str: "TEXT"}[param.type]
+
+
+def attack_help(what: str = "the attack kind") -> str:
+    """``--attack``'s help: every registered kind with its own one-line description."""
+    def line(kind) -> str:
+        return kind.description or (kind.__doc__ or "-").strip().splitlines()[0]
+
+    kinds = "; ".join(f"{n}: {line(ATTACKS.get(n))}" for n in ATTACKS.names())
+    return f"{what} ({kinds})".replace("%", "%%")
 
 
 def memory_size(text: str):
@@ -253,6 +399,14 @@ def policy_from_args(args):
     return ExecutionPolicy(getattr(args, "precision", "fp32"),
                            getattr(args, "memory_budget", None),
                            bool(getattr(args, "compile", False)))
+
+
+def model_label(path, meta: dict) -> str:
+    """How text output names a model: its file name and what it is (two c2f1/cosine
+    checkpoints stay apart), e.g. ``robust.pt (c2f1/cosine)``."""
+    from pathlib import Path
+
+    return f"{Path(str(path)).name} ({meta.get('arch', '?')}/{meta.get('metric', '?')})"
 
 
 # --------------------------------------------------------------------- what to attack

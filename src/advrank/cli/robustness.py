@@ -6,12 +6,15 @@ import re
 from pathlib import Path
 
 from advrank.cli.options import (
+    add_batch_size,
     add_common,
+    add_num_attacks,
     add_target_options,
     emit,
     integer,
     load_target_from_args,
-    positive_int,
+    num_attacks_for,
+    num_attacks_from_args,
 )
 from advrank.core.io import check_writable_dir
 
@@ -24,16 +27,14 @@ def default_out(args, profile: str) -> Path:
 
 
 def cmd_robustness(args) -> None:
-    from advrank.attacks.selection import check_num_attacks
     from advrank.experiments.robustness import get_profile, run_robustness
 
     profile = get_profile(args.profile)  # refused before any work
     out = Path(args.out) if args.out else default_out(args, profile.name)
     check_writable_dir(out)
-    check = None if args.num_attacks is None else (
-        lambda n: check_num_attacks(args.num_attacks, n))
-    target = load_target_from_args(args, check=check)
-    result = run_robustness(target.model, target.gallery, out, profile.name, args.num_attacks,
+    target = load_target_from_args(args, check=lambda n: num_attacks_for(args.num_attacks, n))
+    t = num_attacks_from_args(args, len(target.gallery))
+    result = run_robustness(target.model, target.gallery, out, profile.name, t,
                             args.seed, args.batch_size, args.bootstrap,
                             target.record(args.seed), progress=not args.quiet)
     text = (out / "robustness.md").read_text()
@@ -57,10 +58,8 @@ def register(sub, formatter) -> None:
                    help="rob28 for 28x28 inputs (MNIST, Fashion-MNIST), rob224 for 224x224")
     p.add_argument("--out", default=None,
                    help="output folder (default: robustness-<checkpoint name>-<profile>)")
-    p.add_argument("--num-attacks", type=positive_int, default=None,
-                   help="T items per attack (default: the whole test set, as robrank)")
-    p.add_argument("--batch-size", type=integer(1, 1_000_000), default=256,
-                   help="attacks per PGD batch (results do not depend on it)")
+    add_num_attacks(p, "items per attack (robrank attacks the whole test set: give its size)")
+    add_batch_size(p)
     p.add_argument("--bootstrap", type=integer(1, 10_000_000), default=1000,
                    help="bootstrap resamples for the ERS interval")
     add_common(p)

@@ -19,6 +19,7 @@ from advrank.cli.options import (
 from advrank.errors import AdvrankError
 from advrank.models import MAX_EMBED_DIM
 from advrank.registry import DATASETS, DEFENSES, DISTANCES, LOSSES, MODELS
+from advrank.training.trainer import DEFAULTS as TRAIN_DEFAULTS
 
 
 def registered(registry) -> callable:
@@ -36,7 +37,13 @@ def registered(registry) -> callable:
 
 
 def names(registry) -> str:
-    return "{" + ",".join(registry.names()) + "}"
+    """``{a,b,...}`` of a registry's names, each with the argument it takes (``imagefolder:PATH``,
+    from the part's ``takes_argument``)."""
+    def name(n: str) -> str:
+        arg = registry.entry(n).info.get("takes_argument")
+        return f"{n}:{arg}" if arg else n
+
+    return "{" + ",".join(map(name, registry.names())) + "}"
 
 
 def cmd_train(args) -> None:
@@ -47,8 +54,6 @@ def cmd_train(args) -> None:
     if args.defense is None and any(v is not None for v in (
             args.defense_eps, args.defense_steps, args.defense_step_size)):
         raise AdvrankError("--defense-eps/--defense-steps/--defense-step-size need --defense")
-    if args.arch is None and args.init is None:
-        raise AdvrankError("give --arch (or --init to fine-tune a checkpoint)")
     config = TrainConfig(
         dataset=args.dataset, arch=args.arch, metric=args.metric, loss=args.loss,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, margin=args.margin,
@@ -124,9 +129,11 @@ def _train_parser(sub, formatter) -> None:
                                    "class-balanced batches; writes a checkpoint every epoch. "
                                    "Rerunning the same command resumes an interrupted run.")
     p.add_argument("--dataset", required=True, type=registered(DATASETS),
-                   metavar=names(DATASETS), help="dataset to train on")
+                   metavar=names(DATASETS),
+                   help="dataset to train on; imagefolder:PATH (a sub-folder per class) and "
+                        "csv:FILE (path,label rows) name their pictures")
     p.add_argument("--arch", type=registered(MODELS), metavar=names(MODELS),
-                   help="model architecture (default: c2f1, or --init's)")
+                   help=f"model architecture (default: {TRAIN_DEFAULTS['arch']}, or --init's)")
     p.add_argument("--metric", type=registered(DISTANCES), metavar=names(DISTANCES),
                    help="distance for training and ranking (default: cosine, or --init's)")
     p.add_argument("--loss", type=registered(LOSSES), metavar=names(LOSSES),
@@ -189,7 +196,8 @@ def _evaluate_parsers(sub, formatter) -> None:
                        description="Copy a checkpoint without its optimiser state, e.g. to "
                                    "share it or move it to another machine. The source is "
                                    "validated like every command validates checkpoints.")
-    p.add_argument("--checkpoint", required=True, type=path_value)
+    p.add_argument("--checkpoint", required=True, type=path_value,
+                   help="the advrank checkpoint to copy")
     p.add_argument("--out", required=True, type=path_value, help="path of the copy")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_export)

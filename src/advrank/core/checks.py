@@ -73,6 +73,16 @@ def check_number(value: Any, name: str, *, low: float | None = None, high: float
     return float(value)
 
 
+def format_eps(eps: float) -> str:
+    """eps for logs and text: ``0.3`` when short, else ``2/255`` where eps is (to float
+    precision) a multiple of 1/255, the way users write pixel budgets, else ``:g``."""
+    short = f"{float(eps):g}"
+    grey = round(float(eps) * 255)
+    if len(short) <= 5 or grey == 0 or abs(float(eps) - grey / 255) > 1e-12:
+        return short
+    return f"{grey}/255"
+
+
 def check_choice(value: Any, name: str, choices: tuple[str, ...] | list[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise AdvrankError(f"{name} must be one of {', '.join(map(str, choices))}, got "

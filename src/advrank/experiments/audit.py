@@ -22,9 +22,11 @@ from typing import Any
 import torch
 
 from advrank.attacks.base import AttackKind, make_kinds
+from advrank.attacks.selection import num_attacks_for
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import check_number
+from advrank.core.checks import check_number, format_eps
 from advrank.core.metrics import query_metrics
+from advrank.core.runtime import progress_bar
 from advrank.errors import AdvrankError
 from advrank.experiments.grid import cell_key, selection_seed
 from advrank.experiments.protocol import attack_batches, check_batch_size, run_attack
@@ -37,13 +39,13 @@ REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 #: eps for natural images, in [0, 1] pixel units of the model's input
 DEFAULT_AUDIT_EPS = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
 AUDIT_ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
-DEFAULT_NUM_ATTACKS = 200
 RECALL_KS = (1, 2, 4, 8)
 
 
 @dataclass
 class AuditConfig:
-    """What an audit runs. ``num_attacks`` None: min(200, |X|) per (attack, eps) cell;
+    """What an audit runs. ``num_attacks`` None: min(1000, |X|) per (attack, eps) cell (the
+    one default rule of :func:`~advrank.attacks.selection.num_attacks_for`);
     ``steps``/``step_size`` None: the paper's eta/alpha for each eps; ``examples``: panels per
     attack (at the largest eps) showing the ``top`` results before and after;
     ``max_queries``: retrieval is measured with at most this many queries (a seeded sample
@@ -54,7 +56,7 @@ class AuditConfig:
     k: int = 1
     num_attacks: int | None = None
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 256
     steps: int | None = None
     step_size: float | None = None
     examples: int = 1
@@ -82,9 +84,10 @@ class AuditConfig:
                                    "(use advrank attack or advrank robustness for it)")
         return kinds
 
-    def attacks_for(self, n: int) -> int:
-        """T per cell: as asked, or min(200, |X|)."""
-        return min(DEFAULT_NUM_ATTACKS, n) if self.num_attacks is None else int(self.num_attacks)
+    def attacks_for(self, n: int, note: Callable[[str], None] | None = None) -> int:
+        """T per cell: as asked (at most |X|), or min(1000, |X|) (``note`` told when |X| caps
+        it)."""
+        return num_attacks_for(self.num_attacks, n, note)
 
 
 def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, Any]:
@@ -118,12 +121,7 @@ def _threat(config: AuditConfig, eps: float, kind: AttackKind) -> LinfThreatMode
 
 
 def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
-               t: int, progress: bool, log: Callable[[str], None]) -> None:
-    todo = [(a, e) for a in kinds for e in config.eps_values
-            if cell_key(a, e, _k(kinds[a], config)) not in st]
-    if todo:
-        log(f"audit: {len(todo)} attack cells to run ({len(st.cells) - 1} already done), "
-            f"T = {t}, |X| = {len(target.gallery)}")
+               t: int, todo: list[tuple[str, float]], bar, log: Callable[[str], None]) -> None:
     selections: dict[str, tuple] = {}
     for attack, eps in todo:
         kind, k = kinds[attack], _k(kinds[attack], config)
@@ -134,11 +132,12 @@ def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: 
         result = run_attack(target.model, target.gallery, kind, float(eps), k, t,
                             seed=config.seed, batch_size=config.batch_size,
                             threat=_threat(config, eps, kind), selection=selection,
-                            progress=progress, clean_cache=clean_cache)
+                            progress=False, clean_cache=clean_cache, bar=bar)
         summary = result.summary()
         st.put(cell_key(attack, eps, k), summary)
-        log(f"  {attack} eps={eps:.4g}: rank {summary['rank_before']:.1f} -> "
-            f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)")
+        with bar.external_write_mode():  # a line above the bar, not through it
+            log(f"  {attack} eps={format_eps(eps)}: rank {summary['rank_before']:.1f} -> "
+                f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)")
 
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
@@ -152,9 +151,7 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
     log = log or ((lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None))
     kinds = config.validate()
     n = len(target.gallery)
-    t = config.attacks_for(n)
-    if t > n:
-        raise AdvrankError(f"{t} attacks requested but the gallery has only {n} items")
+    t = config.attacks_for(n, lambda m: log(f"audit: note: {m}"))
     fingerprints = fingerprints_of(target)
     identity = {"fingerprint": target.fingerprint, **fingerprints, "metric":
                 target.meta.get("metric"), "gallery_size": n, "num_attacks": t,
@@ -166,8 +163,17 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
                {**(record or {}), "audit": settings}) as st:
         if "retrieval" not in st:
             st.put("retrieval", retrieval_figures(target, config.max_queries, config.seed))
-        _run_cells(target, st, kinds, config, t, progress, log)
-        panels = example_panels(target, kinds, config, t)
+        todo = [(a, e) for a in kinds for e in config.eps_values
+                if cell_key(a, e, _k(kinds[a], config)) not in st]
+        plan = audit_plan(target, kinds, config, t, todo)
+        if todo:
+            log(f"audit: {len(todo)} attack cells to run ({len(st.cells) - 1} already done), "
+                f"T = {t}, |X| = {n}")
+        log(estimate_message(plan))
+        with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
+                          enabled=progress) as bar:
+            _run_cells(target, st, kinds, config, t, todo, bar, log)
+            panels = example_panels(target, kinds, config, t, bar)
         summary = audit_summary(st, kinds, config, target)
         examples = [p["figures"] for p in panels]
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
@@ -176,6 +182,85 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
         st.write_text(REPORT_HTML, audit_html(st.content(), panels))
     return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
             "report_json": str(Path(out_dir) / REPORT_JSON)}
+
+
+#: an audit estimated beyond this many seconds is announced with a warning and the fast setting
+LONG_AUDIT_SECONDS = 30 * 60
+#: the documented quick look: one eps, fewer attacks
+FAST_SETTING = "--eps 8/255 --num-attacks 100"
+
+
+def probe_seconds(target: Target, batch: int) -> float:
+    """Wall-clock seconds of one forward and backward pass of the model on ``batch`` members
+    of X: what one PGD step of one batch costs (the ranking objective is small beside it).
+    A batch that does not fit the memory is probed in halves (as the attacks run it) and the
+    time scaled back up."""
+    import time
+
+    g = target.gallery
+    size = min(batch, len(g))
+    while True:
+        images = g.images(torch.arange(size)).requires_grad_(True)
+        try:
+            _sync(g.device)
+            start = time.perf_counter()
+            with torch.enable_grad():  # the input's gradient alone, as PGD takes it
+                torch.autograd.grad(target.model(images).sum(), images)
+            _sync(g.device)
+            return (time.perf_counter() - start) * min(batch, len(g)) / size
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            del images
+            if g.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def audit_plan(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t: int,
+               todo: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    """The work left and its estimated time: a timed probe (one forward+backward of a batch)
+    times the PGD steps of each cell times its batches, plus the example panels' attacks.
+    Nothing is probed when no attack is left. Returns ``attacks`` (for one progress bar),
+    ``steps`` (batch-steps), ``probe_seconds``, ``seconds`` (the estimate)."""
+    batch = min(config.batch_size, t)
+    batches = -(-t // batch)
+    steps = sum(_threat(config, e, kinds[a]).eta * batches for a, e in todo if float(e) > 0)
+    attacks = len(todo) * t
+    if config.examples:  # the panels re-run a pool of each kind's attacks at the largest eps
+        pool = min(EXAMPLE_POOL, t)
+        eps = max(float(e) for e in config.eps_values)
+        attacks += len(kinds) * pool
+        steps += sum(_threat(config, eps, kind).eta * -(-pool // batch) for kind in
+                     kinds.values()) if eps > 0 else 0
+    probe = probe_seconds(target, batch) if steps else 0.0
+    return {"attacks": attacks, "steps": steps, "batch": batch, "probe_seconds": probe,
+            "seconds": probe * steps, "long": probe * steps > LONG_AUDIT_SECONDS}
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def estimate_message(plan: dict[str, Any]) -> str:
+    """The line an audit prints before its attacks start (and a warning when long)."""
+    if not plan["steps"]:
+        return "audit: no attack left to run"
+    text = (f"audit: estimated time about {format_duration(plan['seconds'])} "
+            f"({plan['steps']} PGD steps of {plan['batch']}-image batches, one took "
+            f"{plan['probe_seconds']:.2f} s)")
+    if plan["long"]:
+        text += (f"\naudit: warning: this is a long run; for a quick look use "
+                 f"{FAST_SETTING} (Ctrl-C stops it; rerunning resumes)")
+    return text
 
 
 def fingerprints_of(target: Target) -> dict[str, str]:
@@ -228,7 +313,7 @@ EXAMPLE_POOL = 32
 
 
 def example_panels(target: Target, kinds: dict[str, AttackKind], config: AuditConfig,
-                   t: int) -> list[dict[str, Any]]:
+                   t: int, bar=None) -> list[dict[str, Any]]:
     """Fig. 1-style examples at the largest eps: among the first ``EXAMPLE_POOL`` attacks of
     each kind's selection (re-run exactly as in the measured cell: same draw, same keyed
     random start), the ``examples`` whose rank moved furthest in the attack's direction, so
@@ -246,7 +331,7 @@ def example_panels(target: Target, kinds: dict[str, AttackKind], config: AuditCo
         pool = selection.slice(0, min(EXAMPLE_POOL, t))
         advs = torch.cat([adv for _, adv in attack_batches(
             target.model, g, kind, _threat(config, eps, kind), pool, config.seed,
-            config.batch_size)])
+            config.batch_size, bar=bar)])
         with torch.no_grad():
             after = target.model(advs)
         before = g.embeddings[pool.anchors.to(g.device)]

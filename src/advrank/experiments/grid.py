@@ -17,7 +17,14 @@ from torch import nn
 from advrank.attacks.base import check_fits_all, make_kinds
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core import distributed
-from advrank.core.checks import check_int, check_list, check_name, check_progress, check_seed
+from advrank.core.checks import (
+    check_int,
+    check_list,
+    check_name,
+    check_progress,
+    check_seed,
+    format_eps,
+)
 from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
@@ -133,7 +140,8 @@ def run_grid(
             st.put(cell_key(attack, eps, k), summary)
             if progress:
                 fig = kind.headline
-                print(f"  {attack} eps={eps:g} k={k}: {fig} {summary[f'{fig}_before']:.3g} -> "
+                print(f"  {attack} eps={format_eps(eps)} k={k}: {fig} "
+                      f"{summary[f'{fig}_before']:.3g} -> "
                       f"{summary[f'{fig}_after']:.3g}{kind.unit} ({summary['seconds']:.0f}s)",
                       file=sys.stderr)
         results = st.content()

@@ -28,7 +28,13 @@ from advrank.attacks.pgd import keyed_noise, pgd, unwrap
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core import distributed
-from advrank.core.checks import check_finite, check_int, check_progress, check_seed
+from advrank.core.checks import (
+    check_finite,
+    check_int,
+    check_progress,
+    check_seed,
+    format_eps,
+)
 from advrank.core.execution import (
     BatchSplitter,
     ExecutionPolicy,
@@ -245,17 +251,20 @@ def attack_batches(
     model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,
     selection: Selection, seed: int, batch_size: int, progress: bool | None = None,
     desc: str = "", policy: ExecutionPolicy | None = None, k: int | None = None,
-    plan: BatchPlan | None = None,
+    plan: BatchPlan | None = None, bar=None,
 ) -> Iterator[tuple[Selection, torch.Tensor]]:
     """Yield ``(part, adversarial images [B, C, H, W])`` batch by batch over ``selection``.
 
     Each batch of ``batch_size`` attacks runs in sub-batches that fit the policy's memory
     budget (:func:`plan_batches`), split again if memory still runs out; the results do not
-    depend on either (each attack's random start is keyed by its position).
+    depend on either (each attack's random start is keyed by its position). ``bar``: an open
+    progress bar (e.g. one over a whole audit) to advance instead of a bar of its own.
     """
     policy = get_policy(policy)
-    bar = progress_bar(total=len(selection), desc=desc, unit="attack",
-                       enabled=progress if distributed.is_main() else False)
+    own = bar is None
+    if own:
+        bar = progress_bar(total=len(selection), desc=desc, unit="attack",
+                           enabled=progress if distributed.is_main() else False)
     k = k if k is not None else (1 if selection.targets is None else selection.targets.shape[1])
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
@@ -267,7 +276,8 @@ def attack_batches(
             0, len(part))
         yield part, torch.cat(pieces)
         bar.update(len(part))
-    bar.close()
+    if own:
+        bar.close()
 
 
 def measure_part(kind: AttackKind, gallery: Gallery, part: Selection, emb: torch.Tensor,
@@ -311,7 +321,7 @@ def run_attack(
     num_attacks: int, seed: int = 0, batch_size: int = 256,
     threat: LinfThreatModel | None = None, selection: Selection | None = None,
     progress: bool | None = None, clean_cache: dict | None = None,
-    policy: ExecutionPolicy | None = None, index=None, **options,
+    policy: ExecutionPolicy | None = None, index=None, bar=None, **options,
 ) -> AttackResult:
     """Run T = ``num_attacks`` independent attacks of one kind at one eps, in batches.
 
@@ -323,7 +333,8 @@ def run_attack(
     "before" figures are measured once, not once per eps. ``policy``: precision and memory
     budget (default: fp32, the budget of the device). ``index``: a
     :class:`~advrank.core.index.VectorIndex` over the gallery; its figures are added beside
-    the exact ones (:class:`IndexMeasure`), which stay the headline.
+    the exact ones (:class:`IndexMeasure`), which stay the headline. ``bar``: an open progress
+    bar to advance (one bar over several runs) instead of one per run.
 
     Under torchrun each process runs a contiguous share of whole batches and the per-attack
     figures are gathered in order, so every process returns what one process would.
@@ -339,13 +350,14 @@ def run_attack(
     start, end = distributed.shard_range(len(selection), batch_size)
     mine = selection.slice(start, end)
     t0, log = time.time(), RankLog()
-    desc = f"{kind.name} eps={eps:g} {kind.size_name or 'k'}={k}"
+    desc = f"{kind.name} eps={format_eps(eps)} {kind.size_name or 'k'}={k}"
     plan = plan_for(model, gallery, kind, k, batch_size, selection, policy)
     splitter = BatchSplitter(plan.sub, f"{kind.name} measurements", device=gallery.device)
     extra = IndexMeasure(gallery, index) if index is not None else None
     for s, (part, adv) in zip(range(start, end, batch_size),
                               attack_batches(model, gallery, kind, threat, mine, seed,
-                                             batch_size, progress, desc, policy, k, plan),
+                                             batch_size, progress, desc, policy, k, plan,
+                                             bar),
                               strict=True):
         emb = gallery.embeddings
         if clean_cache is not None and s in clean_cache:

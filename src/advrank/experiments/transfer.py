@@ -24,7 +24,7 @@ from advrank.attacks.base import (
     get_attack,
     make_kinds,
 )
-from advrank.attacks.selection import Selection
+from advrank.attacks.selection import Selection, num_attacks_for
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import (
     check_choice,
@@ -34,6 +34,7 @@ from advrank.core.checks import (
     check_name,
     check_progress,
     check_seed,
+    format_eps,
 )
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import Gallery
@@ -76,7 +77,7 @@ def transfer_pass(
         logs.setdefault((id(model), id(gallery)), (model, gallery, RankLog()))
     for part, adv in attack_batches(source[0], source[1], kind, threat, selection, seed,
                                     batch_size, progress, f"transfer {kind.name} "
-                                                          f"eps={threat.eps:g}"):
+                                                          f"eps={format_eps(threat.eps)}"):
         with torch.no_grad():
             for model, gallery, log in logs.values():
                 emb = gallery.embeddings
@@ -207,7 +208,8 @@ def transfer_matrix(
     test split is X. Each (attack, source) row makes its adversarial examples once and ranks
     them on every model; ``out_dir/transfer.json`` (through the store: resumable, refused when
     made with other settings or checkpoint contents) and ``transfer.md`` are rewritten after
-    every row. ``num_attacks`` defaults to |X|; ``options`` go to the kinds that take them.
+    every row. ``num_attacks`` defaults to min(1000, |X|) (the one rule of every command);
+    ``options`` go to the kinds that take them.
     """
     check_choice(select_on, "select_on", SELECT_ON)
     kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
@@ -226,9 +228,9 @@ def transfer_matrix(
     threat = LinfThreatModel(eps, steps=steps)
     rankers, models, dataset_name, n = _load_rankers(
         checkpoints, device, data_root, download, progress,
-        check=lambda n: check_fits_all(kinds.values(), [k], num_attacks, n))
+        check=lambda n: check_fits_all(kinds.values(), [k], num_attacks_for(num_attacks, n), n))
     settings = {"dataset": dataset_name, "gallery_size": n, "eps": eps, "k": k,
-                "num_attacks": n if num_attacks is None else int(num_attacks), "seed": seed,
+                "num_attacks": num_attacks_for(num_attacks, n), "seed": seed,
                 "steps": steps, "select_on": select_on, "threat": threat.describe()}
     identity = {**settings, "models": {m: v["sha256"] for m, v in models.items()}}
     def check_row(key: str, row) -> str | None:  # a stored (attack, source) row
