@@ -13,6 +13,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,9 @@ BUDGET = [
     (r"^(advrank universal .*)$", r"\1 --steps 5"),
     (r"^(advrank (audit|evaluate) --model .*)$", r"\1 --input-size 64"),
     (r"^(advrank audit .*)$", r"\1 --steps 2"),
+    (r"--query-budget \d+", "--query-budget 40"),
 ]
+PORT = "8765"  # the README's service port; the test serves on a free one instead
 SKIP = (r"^pip install", r"^python -m pytest", r"^python -m venv", r"^\. \.venv/bin/activate")
 
 
@@ -84,18 +88,45 @@ def make_inputs(command: str, cwd: Path, image_folder: Path) -> None:
                   str(cwd / weights.group(1)))
 
 
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def start_service(argv: list[str], cwd: Path) -> subprocess.Popen:
+    """A README command ending in ``&`` (``advrank serve``): started in the background on
+    loopback; returns once it says where it serves."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = proc.stdout.readline()
+    assert line.startswith("serving on "), f"{argv}: {line!r}"
+    return proc
+
+
 def test_bash_blocks_run(tmp_path, image_folder):
-    for block in blocks("bash"):
-        for command in commands(block):
-            if any(re.match(p, command) for p in SKIP):
-                continue
-            make_inputs(command, tmp_path, image_folder)
-            argv = shlex.split(budget(command))
-            if argv[0] == "torchrun":  # torchrun is torch.distributed.run
-                run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], tmp_path)
-                continue
-            assert argv[0] == "advrank", f"unexpected README command: {command}"
-            run([sys.executable, "-m", "advrank", *argv[1:]], tmp_path)
+    port, services = free_port(), []
+    try:
+        for block in blocks("bash"):
+            for command in commands(block):
+                if any(re.match(p, command) for p in SKIP):
+                    continue
+                make_inputs(command, tmp_path, image_folder)
+                background = command.endswith("&")
+                argv = shlex.split(budget(command.rstrip("& ")).replace(PORT, port))
+                if argv[0] == "torchrun":  # torchrun is torch.distributed.run
+                    run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], tmp_path)
+                    continue
+                assert argv[0] == "advrank", f"unexpected README command: {command}"
+                argv = [sys.executable, "-m", "advrank", *argv[1:]]
+                if background:
+                    services.append(start_service(argv, tmp_path))
+                else:
+                    run(argv, tmp_path)
+    finally:
+        for proc in services:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
