@@ -129,8 +129,11 @@ ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.q
                                         "advrank.attacks.gtt"])
 DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defenses.madry",
                                           "advrank.defenses.act", "advrank.defenses.hm"])
+#: upload pipelines (``none``, ``png``, ``jpeg:Q``): what a search service does to a picture
+PIPELINES: Registry = Registry("pipeline", ["advrank.core.pipeline"])
 REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATASETS,
-              "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES}
+              "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES,
+              "pipelines": PIPELINES}
 
 _plugins_loaded: set[str] = set()
 _entry_points_done = False
