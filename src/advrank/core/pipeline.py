@@ -169,7 +169,7 @@ def pil_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     out = np.empty_like(levels)
     for i, pixels in enumerate(levels):
         buf = io.BytesIO()
-        Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).save(
+        Image.fromarray(pixels[..., 0] if mode == "L" else pixels).save(
             buf, "JPEG", quality=quality, subsampling=2, optimize=False)
         buf.seek(0)
         with Image.open(buf) as img:
