@@ -135,8 +135,11 @@ ORACLES: Registry = Registry("oracle", ["advrank.oracles.local", "advrank.oracle
 OPTIMIZERS: Registry = Registry("optimizer", ["advrank.attacks.query.random_search",
                                               "advrank.attacks.query.nes",
                                               "advrank.attacks.query.spsa"])
+#: upload pipelines (``none``, ``png``, ``jpeg:Q``): what a search service does to a picture
+PIPELINES: Registry = Registry("pipeline", ["advrank.core.pipeline"])
 REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATASETS,
               "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES,
+              "pipelines": PIPELINES,
               "oracles": ORACLES, "optimizers": OPTIMIZERS}
 
 _plugins_loaded: set[str] = set()

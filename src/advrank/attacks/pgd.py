@@ -110,6 +110,8 @@ def pgd(
     is shared by the whole batch (Eq. 14, :func:`universal_pgd` with one chunk). ``noise``
     (uniform ``[B, C, H, W]``) fixes the random start, else ``generator`` draws it. ``policy``:
     under bf16 the model runs in bf16 autocast (its embeddings reach the objective in fp32).
+    With ``threat.through_pipeline`` the model sees each step's images through the upload
+    pipeline's differentiable approximation (the returned images are the float ones).
     """
     x0 = images.detach()
     model = unwrap(model)
@@ -125,8 +127,9 @@ def pgd(
         watch = GradientWatch()
         for _ in range(threat.eta):
             x.requires_grad_(True)
+            seen = threat.attacked_input(x)  # through the upload pipeline when asked
             with policy.model_context(x.device):
-                emb = model(x)
+                emb = model(seen)
             if autocast:
                 emb = emb.float()
             g = objective_grad(objective, emb.detach())
@@ -163,7 +166,7 @@ def universal_pgd(
             grad, total = torch.zeros_like(r), 0.0
             for s, e, objective in objectives:
                 rr = r.clone().requires_grad_(True)
-                emb = model((images[s:e] + rr).clamp(0.0, 1.0))
+                emb = model(threat.attacked_input((images[s:e] + rr).clamp(0.0, 1.0)))
                 loss, g = objective.value_and_grad(emb.detach())
                 (gr,) = torch.autograd.grad(emb, rr, grad_outputs=g)
                 grad += gr

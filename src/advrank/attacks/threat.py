@@ -1,10 +1,15 @@
-"""The threat model every attack states: L-inf ball of radius eps intersected with [0, 1]."""
+"""The threat model every attack states: L-inf ball of radius eps intersected with [0, 1], and
+the upload pipeline (:mod:`advrank.core.pipeline`) the perturbed picture goes through before a
+deployed search embeds it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from advrank.core.checks import check_flag, check_number
+from advrank.core.pipeline import ImagePipeline, NoPipeline, get_pipeline
 from advrank.errors import AdvrankError
 
 
@@ -27,6 +32,11 @@ class LinfThreatModel:
 
     ``step_size``/``steps`` default to the paper's alpha and eta for this eps; PGD starts at the
     clean input unless ``random_start`` (uniform in the ball), as the paper does.
+
+    ``pipeline`` (an :class:`~advrank.core.pipeline.ImagePipeline` or its spec, ``png``,
+    ``jpeg:75``): what a deployed search does to the picture before embedding it; the
+    protocol measures the adversarial images after it too. ``through_pipeline``: PGD attacks
+    the model behind the pipeline's differentiable approximation instead of the bare model.
     """
 
     eps: float
@@ -34,6 +44,8 @@ class LinfThreatModel:
     steps: int | None = None
     random_start: bool = False
     norm: str = "Linf"
+    pipeline: ImagePipeline | str | None = None
+    through_pipeline: bool = False
 
     def __post_init__(self):
         try:
@@ -47,6 +59,13 @@ class LinfThreatModel:
         check_flag(self.random_start, "random_start")
         if self.norm != "Linf":
             raise AdvrankError(f"only the Linf threat model is implemented, got {self.norm!r}")
+        pipeline = get_pipeline(self.pipeline)
+        # "none" is no pipeline: the same threat model (and results) as the paper's
+        object.__setattr__(self, "pipeline", None if isinstance(pipeline, NoPipeline)
+                           else pipeline)
+        check_flag(self.through_pipeline, "through_pipeline")
+        if self.through_pipeline and self.pipeline is None:
+            raise AdvrankError("attacking through the pipeline needs a pipeline (png, jpeg:Q)")
 
     @property
     def alpha(self) -> float:
@@ -56,6 +75,14 @@ class LinfThreatModel:
     def eta(self) -> int:
         return int(self.steps) if self.steps is not None else paper_steps(self.eps)
 
+    def attacked_input(self, images: torch.Tensor) -> torch.Tensor:
+        """What PGD feeds the model for ``images [B, C, H, W]``: the pipeline's differentiable
+        approximation when attacking through it, else the images themselves."""
+        return self.pipeline.differentiable(images) if self.through_pipeline else images
+
     def describe(self) -> dict:
-        return {"norm": self.norm, "eps": self.eps, "step_size": self.alpha, "steps": self.eta,
-                "random_start": self.random_start}
+        out = {"norm": self.norm, "eps": self.eps, "step_size": self.alpha, "steps": self.eta,
+               "random_start": self.random_start}
+        if self.pipeline is not None:  # absent in the paper's setting: earlier results match
+            out.update(pipeline=self.pipeline.spec, through_pipeline=self.through_pipeline)
+        return out

@@ -13,6 +13,7 @@ from advrank.cli.options import (
     add_index,
     add_kind_options,
     add_num_attacks,
+    add_pipeline,
     add_query_options,
     add_size,
     add_target_options,
@@ -30,6 +31,7 @@ from advrank.cli.options import (
     policy_from_args,
     resolve_size,
     target_spec,
+    upload_threat,
 )
 from advrank.core.io import check_writable_dir
 from advrank.errors import AdvrankError
@@ -42,9 +44,7 @@ def attack_metavar() -> str:
 
 
 def threat_from_args(args):
-    from advrank.attacks import LinfThreatModel
-
-    return LinfThreatModel(args.eps, args.step_size, args.steps, args.random_start)
+    return upload_threat(args, args.eps)
 
 
 def query_settings(args) -> dict | None:
@@ -131,6 +131,7 @@ def cmd_grid(args) -> None:
     ks = resolve_size(args, args.attacks)
     kinds = make_kinds(args.attacks, kind_options(args))  # options checked before any work
     policy = policy_from_args(args)
+    upload_threat(args)  # the pipeline options, checked before any work
     if args.paper != "auto":
         paper_table_for({}, args.paper)
     target_spec(args)
@@ -145,7 +146,8 @@ def cmd_grid(args) -> None:
     results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
                        t, args.seed, args.batch_size, paper,
                        target.record(args.seed), progress=not args.quiet, policy=policy,
-                       index=index_from_args(args, target), **kind_options(args))
+                       index=index_from_args(args, target), pipeline=args.pipeline,
+                       through_pipeline=args.through_pipeline, **kind_options(args))
     from advrank.core import distributed
 
     table = (Path(args.out) / "table.md").read_text() if distributed.is_main() else ""
@@ -181,6 +183,7 @@ def register(sub, formatter) -> None:
     add_execution(p)
     add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
     add_query_options(p)
+    add_pipeline(p)
     add_common(p)
     p.set_defaults(func=cmd_attack)
 
@@ -205,5 +208,6 @@ def register(sub, formatter) -> None:
                    help="paper table to print beside ours: auto, none, mnist, mnist-defended, "
                         "fashion, fashion-defended, sop")
     add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
+    add_pipeline(p)
     add_common(p)
     p.set_defaults(func=cmd_grid)

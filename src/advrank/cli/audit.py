@@ -8,14 +8,17 @@ from advrank.cli.options import (
     add_batch_size,
     add_common,
     add_eps,
+    add_index,
     add_kind_options,
     add_num_attacks,
+    add_pipeline,
     add_size,
     add_target_options,
     attack_help,
     attack_name,
     emit,
     format_eps,
+    index_from_args,
     integer,
     kind_options,
     listed,
@@ -38,7 +41,8 @@ def cmd_audit(args) -> None:
                          num_attacks=args.num_attacks, seed=args.seed,
                          batch_size=args.batch_size, steps=args.steps,
                          step_size=args.step_size, examples=args.examples, top=args.top,
-                         max_queries=args.max_queries, options=kind_options(args))
+                         max_queries=args.max_queries, options=kind_options(args),
+                         pipeline=args.pipeline, through_pipeline=args.through_pipeline)
     kinds = config.validate()  # everything checked before the model is loaded
     target_spec(args)
     check_writable_dir(args.out)
@@ -47,14 +51,17 @@ def cmd_audit(args) -> None:
                                                                   config.attacks_for(n), n))
     say = log(args)
     summary = run_audit(target, args.out, config, target.record(args.seed),
-                        progress=not args.quiet, log=say)
+                        progress=not args.quiet, log=say, index=index_from_args(args, target))
     lines = [f"{summary['gallery_size']} images: R@1 {summary['recall@1']:.1f}%  "
              f"mAP {summary['map']:.1f}%"
              + (f"  ({summary['unreadable_images']} unreadable skipped)"
                 if summary["unreadable_images"] else "")]
     for row in summary["attacks"]:
         lines.append(f"{row['attack']:>4} eps={format_eps(row['eps'])}: rank "
-                     f"{row['rank_before']:.1f}% -> {row['rank_after']:.1f}%")
+                     f"{row['rank_before']:.1f}% -> {row['rank_after']:.1f}%" + (
+                         f" (after {config.pipeline}: {row['rank_pipeline_before']:.1f}% -> "
+                         f"{row['rank_pipeline_after']:.1f}%)" if "rank_pipeline_after" in row
+                         else ""))
     lines.append(f"wrote {summary['report_html']} and {summary['report_json']}")
     emit(args, summary, "\n".join(lines))
 
@@ -96,5 +103,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--max-queries", type=positive_int, default=5000,
                    help="queries used to measure Recall@K/mAP (a seeded sample of X when larger)")
     add_kind_options(p)
+    add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
+    add_pipeline(p)
     add_common(p)
     p.set_defaults(func=cmd_audit)

@@ -576,3 +576,39 @@ def add_query_options(p: argparse.ArgumentParser) -> None:
 
 
 QUERY_DEFAULTS = {"feedback": "full", "query_budget": 1000, "optimizer": "random"}
+# ------------------------------------------------------------------------ upload pipeline
+
+
+def pipeline_spec(text: str) -> str:
+    """argparse type: an upload pipeline spec (none, png, jpeg:Q), in its canonical spelling."""
+    from advrank.core.pipeline import get_pipeline
+
+    try:
+        return get_pipeline(text).spec
+    except AdvrankError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_pipeline(p: argparse.ArgumentParser) -> None:
+    """``--pipeline`` and ``--through-pipeline`` (see advrank/core/pipeline.py)."""
+    from advrank.registry import PIPELINES
+
+    p.add_argument("--pipeline", type=pipeline_spec, default=None, metavar="PIPELINE",
+                   help="the upload pipeline of a deployed search: the adversarial images are "
+                        "measured after it too (figures *_pipeline): "
+                        f"{', '.join(PIPELINES.names())} (jpeg:Q, Q in 1..100, e.g. jpeg:75)")
+    p.add_argument("--through-pipeline", action="store_true",
+                   help="attack through the pipeline (its differentiable approximation: "
+                        "straight-through rounding, a DCT-domain JPEG) instead of on float "
+                        "pixels")
+
+
+def upload_threat(args, eps: float = 0.0):
+    """The threat model at ``eps`` with ``add_pipeline``'s options (validated before any
+    work: --through-pipeline needs --pipeline)."""
+    from advrank.attacks.threat import LinfThreatModel
+
+    return LinfThreatModel(eps, getattr(args, "step_size", None), getattr(args, "steps", None),
+                           bool(getattr(args, "random_start", False)),
+                           pipeline=getattr(args, "pipeline", None),
+                           through_pipeline=bool(getattr(args, "through_pipeline", False)))

@@ -40,6 +40,8 @@ REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 DEFAULT_AUDIT_EPS = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
 AUDIT_ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
 RECALL_KS = (1, 2, 4, 8)
+#: identity values of audits written before the setting existed
+IMPLIED_IDENTITY = {"index": None, "pipeline": None, "through_pipeline": False}
 
 
 @dataclass
@@ -49,7 +51,9 @@ class AuditConfig:
     ``steps``/``step_size`` None: the paper's eta/alpha for each eps; ``examples``: panels per
     attack (at the largest eps) showing the ``top`` results before and after;
     ``max_queries``: retrieval is measured with at most this many queries (a seeded sample
-    of X, each left out of its own list) unless the collection has a query split."""
+    of X, each left out of its own list) unless the collection has a query split;
+    ``pipeline`` (``png``, ``jpeg:75``): the upload pipeline the adversarial images are also
+    measured after (figures ``*_pipeline``), attacked through when ``through_pipeline``."""
 
     eps_values: Sequence[float] = DEFAULT_AUDIT_EPS
     attacks: Sequence[str] = AUDIT_ATTACKS
@@ -63,13 +67,16 @@ class AuditConfig:
     top: int = 5
     max_queries: int = 5000
     options: dict[str, Any] = field(default_factory=dict)
+    pipeline: str | None = None
+    through_pipeline: bool = False
 
     def validate(self, gallery_size: int | None = None) -> dict[str, AttackKind]:
         """Check every setting (before any work); returns the attack kinds."""
         if not self.eps_values:
             raise AdvrankError("give at least one eps value")
-        for eps in self.eps_values:
-            LinfThreatModel(float(eps), self.step_size, self.steps)  # range checks, one line
+        for eps in self.eps_values:  # range checks, one line
+            LinfThreatModel(float(eps), self.step_size, self.steps, pipeline=self.pipeline,
+                            through_pipeline=self.through_pipeline)
         check_number(self.k, "k (w/m)", low=1, integer=True)
         check_number(self.examples, "examples per attack", low=0, high=20, integer=True)
         check_number(self.top, "results shown per list", low=1, high=50, integer=True)
@@ -117,11 +124,13 @@ def _k(kind: AttackKind, config: AuditConfig) -> int:
 
 
 def _threat(config: AuditConfig, eps: float, kind: AttackKind) -> LinfThreatModel:
-    return LinfThreatModel(float(eps), config.step_size, config.steps, kind.random_start)
+    return LinfThreatModel(float(eps), config.step_size, config.steps, kind.random_start,
+                           pipeline=config.pipeline, through_pipeline=config.through_pipeline)
 
 
 def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
-               t: int, todo: list[tuple[str, float]], bar, log: Callable[[str], None]) -> None:
+               t: int, todo: list[tuple[str, float]], bar, log: Callable[[str], None],
+               index=None) -> None:
     selections: dict[str, tuple] = {}
     for attack, eps in todo:
         kind, k = kinds[attack], _k(kinds[attack], config)
@@ -132,7 +141,7 @@ def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: 
         result = run_attack(target.model, target.gallery, kind, float(eps), k, t,
                             seed=config.seed, batch_size=config.batch_size,
                             threat=_threat(config, eps, kind), selection=selection,
-                            progress=False, clean_cache=clean_cache, bar=bar)
+                            progress=False, clean_cache=clean_cache, bar=bar, index=index)
         summary = result.summary()
         st.put(cell_key(attack, eps, k), summary)
         with bar.external_write_mode():  # a line above the bar, not through it
@@ -142,9 +151,11 @@ def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: 
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
               record: dict[str, Any] | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, index=None) -> dict[str, Any]:
     """Run (or resume) the audit into ``out_dir``; returns the summary that ``--json``
-    prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...)."""
+    prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...).
+    ``index``: a :class:`~advrank.core.index.VectorIndex` over the gallery whose ranks are
+    measured beside the exact ones (``*_index``), part of the audit's identity."""
     from advrank.reports.html import audit_html
 
     config = config or AuditConfig()
@@ -157,10 +168,11 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
                 target.meta.get("metric"), "gallery_size": n, "num_attacks": t,
                 "seed": config.seed, "k": config.k, "steps": config.steps,
                 "step_size": config.step_size, "options": {
-                    a: kind.options for a, kind in kinds.items()}}
+                    a: kind.options for a, kind in kinds.items()},
+                "index": None if index is None else index.spec, **_upload_identity(config)}
     settings = {k: v for k, v in asdict(config).items() if k != "options"}
     with Store(out_dir, REPORT_JSON, AUDIT_FORMAT, identity,
-               {**(record or {}), "audit": settings}) as st:
+               {**(record or {}), "audit": settings}, implied=IMPLIED_IDENTITY) as st:
         if "retrieval" not in st:
             st.put("retrieval", retrieval_figures(target, config.max_queries, config.seed))
         todo = [(a, e) for a in kinds for e in config.eps_values
@@ -172,7 +184,7 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
         log(estimate_message(plan))
         with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
                           enabled=progress) as bar:
-            _run_cells(target, st, kinds, config, t, todo, bar, log)
+            _run_cells(target, st, kinds, config, t, todo, bar, log, index)
             panels = example_panels(target, kinds, config, t, bar)
         summary = audit_summary(st, kinds, config, target)
         examples = [p["figures"] for p in panels]
@@ -261,6 +273,13 @@ def estimate_message(plan: dict[str, Any]) -> str:
         text += (f"\naudit: warning: this is a long run; for a quick look use "
                  f"{FAST_SETTING} (Ctrl-C stops it; rerunning resumes)")
     return text
+
+
+def _upload_identity(config: AuditConfig) -> dict[str, Any]:
+    """The pipeline settings as the audit's identity records them (None: the float pixels)."""
+    pipeline = LinfThreatModel(0.0, pipeline=config.pipeline).pipeline
+    return {"pipeline": None if pipeline is None else pipeline.spec,
+            "through_pipeline": config.through_pipeline}
 
 
 def fingerprints_of(target: Target) -> dict[str, str]:

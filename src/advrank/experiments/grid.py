@@ -8,6 +8,7 @@ brackets).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,12 +39,13 @@ from advrank.experiments.protocol import (
     run_attack,
 )
 from advrank.experiments.store import Store, figures_problem, is_number
-from advrank.reports.tables import csv_table, markdown_table
+from advrank.reports.tables import csv_table, headline_of, markdown_table
 
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
 FORMAT = "advrank-grid"
 #: identity values of grids written before the setting existed
-IMPLIED_IDENTITY = {"precision": "fp32", "index": None}
+IMPLIED_IDENTITY = {"precision": "fp32", "index": None, "pipeline": None,
+                    "through_pipeline": False}
 
 
 def cell_key(attack: str, eps: float, k: int) -> str:
@@ -81,21 +83,24 @@ def run_grid(
     ks: Sequence[int] = (1, 2, 5, 10), attacks: Sequence[str] = PAPER_ATTACKS,
     num_attacks: int = 1000, seed: int = 0, batch_size: int = 256, paper: str | None = None,
     meta: dict | None = None, progress: bool = True, policy: ExecutionPolicy | None = None,
-    index=None, **options,
+    index=None, pipeline=None, through_pipeline: bool = False, **options,
 ) -> dict:
     """Run (or resume) the grid; returns ``{"config", "cells"}`` as also written to disk.
 
     ``options`` go to the kinds that accept them (e.g. ``sp_reduction``, ``xi`` for QA).
     ``policy``: precision (part of the grid's identity: fp32 and bf16 cells never mix) and
     memory budget. ``index``: a VectorIndex whose ranks are measured beside the exact ones
-    (part of the grid's identity). Under torchrun every cell is shared by the processes and
-    rank 0 writes.
+    (part of the grid's identity). ``pipeline`` (``png``, ``jpeg:75`` or an ImagePipeline):
+    the upload pipeline whose figures are measured beside the float ones, attacked through
+    when ``through_pipeline`` (both part of the grid's identity). Under torchrun every cell
+    is shared by the processes and rank 0 writes.
     """
     check_gallery(model, gallery)
     kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
                        options)
     # every row's eps and every cell's size checked before the first cell runs
     eps_values = check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps)
+    upload = LinfThreatModel(0.0, pipeline=pipeline, through_pipeline=through_pipeline)
     ks = check_list(ks, "w/m values", lambda k: check_int(k, "w/m"))
     num_attacks = check_int(num_attacks, "number of attacks")
     seed, batch_size = check_seed(seed), check_batch_size(batch_size)
@@ -109,7 +114,9 @@ def run_grid(
     identity = {"num_attacks": num_attacks, "seed": seed, "gallery_size": len(gallery),
                 "checkpoint_sha": (meta or {}).get("checkpoint_sha"),
                 "precision": policy.precision,
-                "index": None if index is None else index.spec}
+                "index": None if index is None else index.spec,
+                "pipeline": None if upload.pipeline is None else upload.pipeline.spec,
+                "through_pipeline": upload.through_pipeline}
     record = {"eps_values": list(eps_values), "ks": list(ks), "attacks": list(kinds),
               "paper": paper, "memory_budget": policy.memory_budget, **(meta or {})}
     keys = {cell_key(a, e, k) for a in kinds for k in ks for e in eps_values}
@@ -133,9 +140,11 @@ def run_grid(
                 selections[(attack, k)] = (
                     kind.select(gallery, k, num_attacks, selection_seed(seed, attack, k)), {})
             selection, clean_cache = selections[(attack, k)]
+            threat = dataclasses.replace(upload, eps=eps)
             result = run_attack(model, gallery, kind, eps, k, num_attacks, seed=seed,
-                                batch_size=batch_size, selection=selection, progress=progress,
-                                clean_cache=clean_cache, policy=policy, index=index)
+                                batch_size=batch_size, threat=threat, selection=selection,
+                                progress=progress, clean_cache=clean_cache, policy=policy,
+                                index=index)
             summary = result.summary()
             st.put(cell_key(attack, eps, k), summary)
             if progress:
@@ -161,4 +170,12 @@ def write_tables(store: Store, results: dict) -> None:
              f"figure after attack (normalized rank, %, for CA/QA) ± standard error"
              + (" (paper's figure)" if paper else ""))
     store.write_text(CSV, csv_table(cells, paper))
-    store.write_text(TABLE, markdown_table(cells, paper, title=title))
+    table = markdown_table(cells, paper, title=title)
+    if cfg.get("pipeline"):  # the same cells as a deployed search ranks them
+        through = "attacked through it" if cfg.get("through_pipeline") else \
+            "attacked on float pixels"
+        table += "\n" + markdown_table(
+            [{**c, "headline": f"{headline_of(c)[0]}_pipeline"} for c in cells],
+            title=f"After the upload pipeline {cfg['pipeline']} ({through}): the same cells "
+                  "measured on the adversarial images as the search service decodes them")
+    store.write_text(TABLE, table)

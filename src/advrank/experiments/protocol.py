@@ -316,6 +316,51 @@ class IndexMeasure:
         return out
 
 
+class PipelineMeasure:
+    """The measurement hook of ``--pipeline``: each attack's figures once its images have made
+    the upload pipeline's round trip (``[B, C, H, W]`` -> pipeline -> model -> the kind's
+    ``measure``, and the ``--index`` hook's figures when there is one), suffix ``_pipeline``:
+    what a deployed search ranks, beside the float pixels' figures."""
+
+    def __init__(self, model: nn.Module, pipeline, index: IndexMeasure | None = None,
+                 splitter: BatchSplitter | None = None):
+        self.model, self.pipeline, self.index, self.splitter = model, pipeline, index, splitter
+
+    def __call__(self, kind: AttackKind, gallery: Gallery, part: Selection,
+                 images: torch.Tensor) -> dict[str, torch.Tensor]:
+        emb = embed_checked(self.model, self.pipeline(images), self.splitter)
+        out = measure_part(kind, gallery, part, emb, self.splitter)
+        if self.index is not None:
+            out.update(self.index(kind, gallery, part, emb))
+        return {f"{key}_pipeline": values for key, values in out.items()}
+
+
+class Measurement:
+    """Everything :func:`run_attack` measures of a batch of attacked items: the kind's exact
+    figures of their embeddings ``[B, D]``, and the ``--index`` and ``--pipeline`` hooks'
+    (the pipeline's from their images ``[B, C, H, W]``)."""
+
+    def __init__(self, model: nn.Module, gallery: Gallery, kind: AttackKind,
+                 threat: LinfThreatModel, splitter: BatchSplitter, index=None):
+        self.gallery, self.kind, self.splitter = gallery, kind, splitter
+        self.index = IndexMeasure(gallery, index) if index is not None else None
+        self.pipeline = (PipelineMeasure(model, threat.pipeline, self.index, splitter)
+                         if threat.pipeline is not None else None)
+
+    def __call__(self, part: Selection, emb: torch.Tensor,
+                 images: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``images`` None: the clean ones (read from the gallery when the pipeline needs
+        them)."""
+        g = self.gallery
+        out = measure_part(self.kind, g, part, emb, self.splitter)
+        if self.index is not None:
+            out.update(self.index(self.kind, g, part, emb))
+        if self.pipeline is not None:
+            images = g.images(part.anchors) if images is None else images
+            out.update(self.pipeline(self.kind, g, part, images))
+        return out
+
+
 def run_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackKind, eps: float, k: int,
     num_attacks: int, seed: int = 0, batch_size: int = 256,
@@ -333,8 +378,10 @@ def run_attack(
     "before" figures are measured once, not once per eps. ``policy``: precision and memory
     budget (default: fp32, the budget of the device). ``index``: a
     :class:`~advrank.core.index.VectorIndex` over the gallery; its figures are added beside
-    the exact ones (:class:`IndexMeasure`), which stay the headline. ``bar``: an open progress
-    bar to advance (one bar over several runs) instead of one per run.
+    the exact ones (:class:`IndexMeasure`), which stay the headline. A threat model with a
+    ``pipeline`` adds the figures after the upload pipeline (:class:`PipelineMeasure`,
+    "before": the clean images through it). ``bar``: an open progress bar to advance (one
+    bar over several runs) instead of one per run.
 
     Under torchrun each process runs a contiguous share of whole batches and the per-attack
     figures are gathered in order, so every process returns what one process would.
@@ -353,37 +400,31 @@ def run_attack(
     desc = f"{kind.name} eps={format_eps(eps)} {kind.size_name or 'k'}={k}"
     plan = plan_for(model, gallery, kind, k, batch_size, selection, policy)
     splitter = BatchSplitter(plan.sub, f"{kind.name} measurements", device=gallery.device)
-    extra = IndexMeasure(gallery, index) if index is not None else None
+    measure = Measurement(model, gallery, kind, threat, splitter, index)
+    emb = gallery.embeddings
     for s, (part, adv) in zip(range(start, end, batch_size),
                               attack_batches(model, gallery, kind, threat, mine, seed,
                                              batch_size, progress, desc, policy, k, plan,
                                              bar),
                               strict=True):
-        emb = gallery.embeddings
         if clean_cache is not None and s in clean_cache:
             clean = clean_cache[s]
         else:
-            clean = measure_part(kind, gallery, part, emb[part.anchors.to(emb.device)],
-                                 splitter)
-            if extra is not None:
-                clean = {**clean, **extra(kind, gallery, part, emb[part.anchors.to(emb.device)])}
+            clean = measure(part, emb[part.anchors.to(emb.device)], None)
             if clean_cache is not None:
                 clean_cache[s] = clean
         if threat.eps == 0:
             attacked = clean
         else:
             with torch.no_grad():
-                adv_emb = embed_checked(model, adv, splitter)
-                attacked = measure_part(kind, gallery, part, adv_emb, splitter)
-                if extra is not None:
-                    attacked = {**attacked, **extra(kind, gallery, part, adv_emb)}
+                attacked = measure(part, embed_checked(model, adv, splitter), adv)
         log.add(clean, attacked)
     log.gather()
     seconds = max(distributed.gather_objects(time.time() - t0))
     result = log.result(kind, eps, k, gallery, threat, seconds)
     result.extra["precision"] = policy.precision
     if index is not None:
-        result.extra.update({"index": index.info, "index_depth": extra.depth})
+        result.extra.update({"index": index.info, "index_depth": measure.index.depth})
     return result
 
 

@@ -111,7 +111,8 @@ def markdown_table(cells: Iterable[dict], paper: str | None = None, show_se: boo
 CSV_FIELDS = ("attack", "eps", "k", "num_attacks", "gallery_size", "rank_before",
               "rank_before_se", "rank_after", "rank_after_se", "sp_rank_before", "sp_rank_after",
               "recall@1_before", "recall@1_after", "paper", "seconds", "headline",
-              "headline_before", "headline_after", "headline_after_se")
+              "headline_before", "headline_after", "headline_after_se",
+              "rank_pipeline_before", "rank_pipeline_after", "rank_pipeline_after_se")
 
 
 def csv_table(cells: Iterable[dict], paper: str | None = None) -> str:
