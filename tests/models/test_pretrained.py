@@ -76,3 +76,15 @@ def test_pretrained_needs_a_source_that_publishes_weights(offline_caches, tmp_pa
     with pytest.raises(AdvrankError, match="not available for torchscript"):
         load_source_model(f"torchscript:{tmp_path / 'm.ts'}",
                           SourceOptions(pretrained="DEFAULT"), **QUIET)
+
+
+def test_open_clip_pretrained_needs_a_published_tag_and_says_where_it_goes(offline_caches):
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model("ViT-B-32")
+    with pytest.raises(AdvrankError, match="needs a tag: one of") as err:
+        load_source_model("open_clip:ViT-B-32", SourceOptions(pretrained="DEFAULT"), **QUIET)
+    assert all(tag in str(err.value) for tag in tags)
+    with pytest.raises(AdvrankError, match="not cached") as err:
+        load_source_model("open_clip:ViT-B-32", SourceOptions(pretrained=tags[0]), **QUIET)
+    assert "\n" not in str(err.value)
