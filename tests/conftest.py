@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,11 @@ class OfflineCaches:
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(rev)
         save_file(net.state_dict(), repo / "snapshots" / rev / "model.safetensors")
+        config = {"architecture": name, "num_classes": 1000,
+                  "pretrained_cfg": {k: v for k, v in net.pretrained_cfg.items()
+                                     if k in ("input_size", "mean", "std", "crop_pct",
+                                              "interpolation", "classifier")}}
+        (repo / "snapshots" / rev / "config.json").write_text(json.dumps(config))
         return net.state_dict()
 
 

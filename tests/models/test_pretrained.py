@@ -48,6 +48,14 @@ def test_timm_pretrained_reads_the_hf_cache_first(offline_caches):
     assert info["weights"].endswith("model.safetensors")
 
 
+def test_timm_hf_hub_name_reads_config_and_weights_from_the_hf_cache(offline_caches):
+    state = offline_caches.put_timm_hf("resnet10t")
+    model, info = load_source_model("timm:hf-hub:timm/resnet10t.c3_in1k",
+                                    SourceOptions(pretrained="DEFAULT"), **QUIET)
+    _same(model.net, state)
+    assert info["weights"].endswith("model.safetensors") and not info["random_weights"]
+
+
 def test_missing_weights_offline_say_which_file_and_where(offline_caches):
     from torchvision.models import ResNet18_Weights
 
