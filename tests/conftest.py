@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,85 @@ def _inspect_page(text: str) -> dict:
 def inspect_page():
     """``inspect_page(html_text) -> {"images", "urls", "tags"}`` (asserts balanced markup)."""
     return _inspect_page
+
+
+# --------------------------------------------------- published weights, cached and offline
+
+
+class OfflineCaches:
+    """The libraries' weight caches moved under a temporary folder, with the network off: a
+    connection attempt raises ``OSError``. ``put_*`` write random weights of the right
+    architecture under the exact name the library caches them as (seeded, and returned so
+    that a test can check they are the ones loaded)."""
+
+    def __init__(self, root: Path):
+        self.torch_hub = root / "torch_hub"
+        self.hf = root / "hf"
+
+    def put_torchvision(self, name: str) -> dict[str, torch.Tensor]:
+        from torchvision import models
+
+        from advrank.models.pretrained import hub_checkpoint_path
+
+        torch.manual_seed(7)
+        state = models.get_model(name, weights=None).state_dict()
+        path = hub_checkpoint_path(models.get_model_weights(name).DEFAULT.url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        return state
+
+    def put_timm_url(self, name: str) -> dict[str, torch.Tensor]:
+        """timm's weights as the torch hub file of its ``pretrained_cfg`` url."""
+        import timm
+
+        from advrank.models.pretrained import hub_checkpoint_path
+
+        torch.manual_seed(8)
+        net = timm.create_model(name, pretrained=False)
+        path = hub_checkpoint_path(net.pretrained_cfg["url"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), path)
+        return net.state_dict()
+
+    def put_timm_hf(self, name: str) -> dict[str, torch.Tensor]:
+        """timm's weights as its HF hub ``model.safetensors`` in the HF cache layout
+        (``models--ORG--NAME/snapshots/REV/`` with ``refs/main`` naming REV)."""
+        import timm
+        from safetensors.torch import save_file
+
+        torch.manual_seed(9)
+        net = timm.create_model(name, pretrained=False)
+        repo = self.hf / ("models--" + net.pretrained_cfg["hf_hub_id"].replace("/", "--"))
+        rev = "0" * 40
+        (repo / "snapshots" / rev).mkdir(parents=True)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(rev)
+        save_file(net.state_dict(), repo / "snapshots" / rev / "model.safetensors")
+        config = {"architecture": name, "num_classes": 1000,
+                  "pretrained_cfg": {k: v for k, v in net.pretrained_cfg.items()
+                                     if k in ("input_size", "mean", "std", "crop_pct",
+                                              "interpolation", "classifier")}}
+        (repo / "snapshots" / rev / "config.json").write_text(json.dumps(config))
+        return net.state_dict()
+
+
+@pytest.fixture
+def offline_caches(tmp_path, monkeypatch) -> OfflineCaches:
+    """Empty torch hub and HF caches under ``tmp_path``, no network (hermetic)."""
+    import socket
+
+    import huggingface_hub.constants
+
+    caches = OfflineCaches(tmp_path / "caches")
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(caches.torch_hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(caches.hf))
+    # the hub client retries a refused connection for ~20 s; its offline mode fails at once
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return caches

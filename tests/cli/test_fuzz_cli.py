@@ -217,6 +217,8 @@ COMMANDS: dict[str, list[Option]] = {
         flag("--resume"), flag("--force"),
         option("--init", st.nothing(), ["CKPT", *BAD_PATHS]),
         option("--weights", st.nothing(), ["CKPT", "TEXT", "EMPTY", "NO_SUCH", "DIR"]),
+        # c2f1/lenet publish no weights: every --pretrained is refused, none reaches a network
+        option("--pretrained", st.nothing(), ["DEFAULT", "IMAGENET1K_V1", "", "EMPTY"]),
         option("--defense", ["est", "madry"], ["trades"]), number("--defense-eps", *GOOD_EPS),
         integer("--defense-steps", 1, 2, always=True),
         number("--defense-step-size", "0.01", "1"), *common()],

@@ -19,9 +19,9 @@ def _embed(model, x):
 
 
 def test_registry():
-    assert set(model_names()) >= {"c2f1", "lenet", "resnet18"}
-    assert {n: default_embed_dim(n) for n in ("c2f1", "lenet", "resnet18")} == {
-        "c2f1": 1024, "lenet": 128, "resnet18": 512}
+    assert set(model_names()) >= {"c2f1", "lenet", "resnet18", "resnet50"}
+    assert {n: default_embed_dim(n) for n in ("c2f1", "lenet", "resnet18", "resnet50")} == {
+        "c2f1": 1024, "lenet": 128, "resnet18": 512, "resnet50": 512}
 
 
 @pytest.mark.parametrize("shape", SMALL_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -45,7 +45,7 @@ def test_default_and_custom_embed_dim(arch):
     assert _embed(create_model(arch, shape, embed_dim=7), torch.rand(2, *shape)).shape == (2, 7)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "c2f1"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "c2f1"])
 def test_output_shape_sop_images(arch):
     info = dataset_spec("sop")
     model = create_model(arch, info.image_shape, embed_dim=16, mean=info.mean, std=info.std)
@@ -94,3 +94,15 @@ def test_bad_arguments():
         create_model("c2f1", (28, 28))
     with pytest.raises(AdvrankError, match="embed_dim"):
         create_model("c2f1", (1, 8, 8), embed_dim=-3)
+
+
+def test_resnet50_is_torchvision_resnet50_with_an_embedding_head():
+    """robrank's rres50 backbone: every tensor of torchvision's ResNet-50 but the classifier,
+    which becomes a 2048 -> D linear head; the ImageNet stem at 224 px."""
+    from torchvision.models import resnet50
+
+    model = create_model("resnet50", (3, 224, 224), embed_dim=32)
+    own, tv = model.backbone.state_dict(), resnet50(weights=None).state_dict()
+    assert {k: v.shape for k, v in own.items() if not k.startswith("fc.")} == {
+        k: v.shape for k, v in tv.items() if not k.startswith("fc.")}
+    assert own["fc.weight"].shape == (32, 2048) and own["conv1.weight"].shape == (64, 3, 7, 7)

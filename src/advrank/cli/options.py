@@ -442,6 +442,11 @@ def add_target_options(p: argparse.ArgumentParser, cache: bool = False) -> None:
     g.add_argument("--weights", default=None, type=path_value,
                    help="--model's weights: a state_dict .pt/.pth (read with weights_only) or "
                         ".safetensors (default: random weights, for testing only)")
+    g.add_argument("--pretrained", nargs="?", const="DEFAULT", default=None, metavar="TAG",
+                   help="--model's published weights, as its library loads them: torchvision's "
+                        "weights enum (DEFAULT or a member), timm's pretrained_cfg (Hugging "
+                        "Face hub or torch hub file), open_clip's TAG; from the library's cache "
+                        "or downloaded into it")
     g.add_argument("--metric", default=None, metavar="{" + ",".join(DISTANCES.names()) + "}",
                    help="--model's ranking distance (default: cosine)")
     g.add_argument("--data", default=None, metavar="SOURCE",
@@ -481,7 +486,8 @@ def target_spec(args, cache_dir: str | None = None):
 
     return TargetSpec(
         checkpoint=args.checkpoint, model=args.model, data=args.data, metric=args.metric,
-        weights=args.weights, layer=args.layer, embed_dim=args.embed_dim,
+        weights=args.weights, pretrained=args.pretrained, layer=args.layer,
+        embed_dim=args.embed_dim,
         input_size=args.input_size, mean=args.mean, std=args.std,
         cache_dir=args.cache_dir or cache_dir, workers=args.workers,
         query_fraction=args.query_fraction, max_unreadable=args.max_unreadable).validate()

@@ -58,7 +58,8 @@ def cmd_train(args) -> None:
         dataset=args.dataset, arch=args.arch, metric=args.metric, loss=args.loss,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, margin=args.margin,
         embed_dim=args.embed_dim, seed=args.seed, data_root=args.data_root,
-        download=args.download, device=args.device, weights=args.weights)
+        download=args.download, device=args.device, weights=args.weights,
+        pretrained=args.pretrained)
     config.validate()
     defense = None
     if args.defense:  # attacks with the trained model's metric (the trainer binds it)
@@ -147,7 +148,8 @@ def _train_parser(sub, formatter) -> None:
     p.add_argument("--lr", type=number(0.0, 10.0, low_open=True), default=1e-3,
                    help="Adam learning rate")
     p.add_argument("--embed-dim", type=integer(1, MAX_EMBED_DIM),
-                   help="embedding size (default per model: c2f1 1024, lenet 128, resnet18 512; "
+                   help="embedding size (default per model: c2f1 1024, lenet 128, resnet18 and "
+                        "resnet50 512; "
                         "or --init's)")
     p.add_argument("--out", required=True, type=path_value, help="checkpoint path to write")
     p.add_argument("--resume", action="store_true",
@@ -160,6 +162,11 @@ def _train_parser(sub, formatter) -> None:
     p.add_argument("--weights", default=None, type=path_value,
                    help="pretrained backbone weights: a torchvision/timm state_dict (.pt, "
                         ".pth) or .safetensors, read safely; e.g. ImageNet ResNet-18 for SOP")
+    p.add_argument("--pretrained", nargs="?", const="DEFAULT", default=None, metavar="WEIGHTS",
+                   help="start from the published ImageNet weights of --arch's backbone "
+                        "(resnet18, resnet50: torchvision's DEFAULT, or a weights enum member "
+                        "such as IMAGENET1K_V2), read from the torch hub cache or downloaded "
+                        "into it")
     p.add_argument("--defense", default=None, type=registered(DEFENSES),
                    metavar=names(DEFENSES),
                    help="adversarial training: est = embedding-shift (Eq. 13); madry = "

@@ -34,14 +34,15 @@ from advrank.models.checkpoint import model_from_checkpoint
 from advrank.registry import DATASETS, DISTANCES
 
 #: options that only make sense with a model source
-SOURCE_ONLY = ("weights", "layer", "embed_dim", "input_size", "mean", "std")
+SOURCE_ONLY = ("weights", "pretrained", "layer", "embed_dim", "input_size", "mean", "std")
 
 
 @dataclass
 class TargetSpec:
     """Exactly one of ``checkpoint`` or ``model`` (a source such as ``timm:resnet50``, which
-    needs ``data``). ``metric`` (default cosine), ``weights``, ``layer``, ``embed_dim``,
-    ``input_size``, ``mean``, ``std``: see :class:`advrank.models.sources.SourceOptions`.
+    needs ``data``). ``metric`` (default cosine), ``weights``, ``pretrained``, ``layer``,
+    ``embed_dim``, ``input_size``, ``mean``, ``std``: see
+    :class:`advrank.models.sources.SourceOptions`.
     ``cache_dir``: where picture-collection embeddings are cached (None: not cached);
     ``query_fraction``: a deterministic query/gallery split (queries only measure retrieval);
     ``max_unreadable``: the fraction of undecodable pictures skipped before giving up."""
@@ -51,6 +52,7 @@ class TargetSpec:
     data: str | None = None
     metric: str | None = None
     weights: str | None = None
+    pretrained: str | None = None
     layer: str | None = None
     embed_dim: int | None = None
     input_size: int | None = None
@@ -151,7 +153,7 @@ def _build_model(spec: TargetSpec, log) -> tuple[nn.Module, dict, Geometry, dict
     from advrank.models.sources import SourceOptions, load_source_model
 
     options = SourceOptions(spec.weights, spec.layer, spec.embed_dim, spec.input_size,
-                            spec.mean, spec.std)
+                            spec.mean, spec.std, spec.pretrained)
     model, info = load_source_model(spec.model, options, log)
     meta = {"dataset": spec.data, "arch": spec.model, "metric": spec.metric or "cosine",
             "embed_dim": model.embed_dim, "image_shape": list(model.image_shape),

@@ -1,8 +1,10 @@
-"""The paper's architectures (§4.1, §5): ``c2f1``, ``lenet`` and ``resnet18``.
+"""The paper's architectures (§4.1, §5): ``c2f1``, ``lenet``, ``resnet18``; and ``resnet50``
+(robrank's ResNet-50).
 
 Each is a builder ``(image_shape, embed_dim) -> nn.Module`` registered in
-:data:`advrank.registry.MODELS` with its default embedding size; :func:`advrank.models.
-create_model` wraps it with the input normalisation.
+:data:`advrank.registry.MODELS` with its default embedding size and, for ``pretrained``, the
+torchvision model whose published weights fit its backbone (``train --pretrained``);
+:func:`advrank.models.create_model` wraps it with the input normalisation.
 """
 
 from __future__ import annotations
@@ -41,20 +43,35 @@ def lenet(image_shape, embed_dim: int) -> nn.Module:
     )
 
 
-@MODELS.register("resnet18", default_embed_dim=512)
-def resnet18(image_shape, embed_dim: int) -> nn.Module:
-    """torchvision's ResNet-18 with its classifier replaced by an embedding layer.
+def _torchvision_resnet(factory, image_shape, embed_dim: int) -> nn.Module:
+    """A torchvision ResNet with its classifier replaced by a linear embedding layer.
 
     Small inputs (under 64 px, e.g. 1x28x28) get a 3x3 stride-1 stem (then the usual max-pool,
     28 -> 14 -> 7 -> 4 -> 2) so the feature map is not reduced to nothing; 3x224x224 inputs keep
-    the ImageNet stem, so ImageNet weights (``train --weights``) fit it.
+    the ImageNet stem, so ImageNet weights (``train --pretrained`` or ``--weights``) fit it.
     """
-    from torchvision.models import resnet18 as tv_resnet18
-
-    net = tv_resnet18(weights=None, num_classes=embed_dim)
+    net = factory(weights=None, num_classes=embed_dim)
     channels, height, _ = image_shape
     if height < 64:
         net.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     elif channels != 3:
         net.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return net
+
+
+@MODELS.register("resnet18", default_embed_dim=512, pretrained="resnet18")
+def resnet18(image_shape, embed_dim: int) -> nn.Module:
+    """torchvision's ResNet-18 with an embedding head (robrank's ``rres18``)."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    return _torchvision_resnet(tv_resnet18, image_shape, embed_dim)
+
+
+@MODELS.register("resnet50", default_embed_dim=512, pretrained="resnet50")
+def resnet50(image_shape, embed_dim: int) -> nn.Module:
+    """torchvision's ResNet-50 with a linear 2048 -> ``embed_dim`` embedding head: robrank's
+    ``rres50`` backbone (its ``rres50p`` is this model trained with ``--defense act``), at
+    224 px with the ImageNet normalisation inside the model (the cub/cars/sop specs')."""
+    from torchvision.models import resnet50 as tv_resnet50
+
+    return _torchvision_resnet(tv_resnet50, image_shape, embed_dim)

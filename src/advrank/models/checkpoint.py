@@ -91,6 +91,7 @@ OPTIONAL_META: dict[str, tuple[str, Any]] = {
     "defense": ("a name", lambda v: isinstance(v, str)),
     "init": ("a path", lambda v: isinstance(v, str)),
     "weights": ("a hash", lambda v: isinstance(v, str)),
+    "pretrained": ("a weights tag", lambda v: isinstance(v, str)),
     "advrank_version": ("a version string", lambda v: isinstance(v, str)),
     "exported_from": ("a path", lambda v: isinstance(v, str)),
     "margin": ("a positive finite number", lambda v: _is_number(v) and v > 0),

@@ -46,6 +46,7 @@ from advrank.defenses.base import Defense
 from advrank.errors import AdvrankError
 from advrank.models import MAX_EMBED_DIM, create_model
 from advrank.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from advrank.models.pretrained import builtin_weights, check_pretrained
 from advrank.models.weights import load_pretrained
 from advrank.registry import DISTANCES, LOSSES, MODELS
 from advrank.training.losses import default_margin, make_loss
@@ -54,7 +55,8 @@ from advrank.training.losses import default_margin, make_loss
 INHERITED = ("arch", "embed_dim", "metric", "loss", "margin")
 #: metadata that makes two runs "the same run" (resumable into one another)
 IDENTITY = ("dataset", "arch", "metric", "loss", "margin", "lr", "embed_dim", "seed",
-            "batch_size", "samples_per_class", "defense", "defense_eps", "init", "weights")
+            "batch_size", "samples_per_class", "defense", "defense_eps", "init", "weights",
+            "pretrained")
 DEFAULTS = {"arch": "c2f1", "metric": "cosine", "loss": "triplet"}
 
 
@@ -79,6 +81,7 @@ class TrainConfig:
     download: bool = False
     device: str = "auto"
     weights: str | None = None  # pretrained backbone weights (state_dict or .safetensors)
+    pretrained: str | None = None  # published weights ("DEFAULT" or a torchvision enum member)
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -100,6 +103,8 @@ class TrainConfig:
         for name in ("data_root", "weights"):
             if getattr(self, name) is not None:
                 check_path(getattr(self, name), name)
+        if self.pretrained is not None:
+            check_pretrained(self.pretrained, self.arch, self.weights)
         check_flag(self.download, "download")
         resolve_device(self.device)
         if not isinstance(self.extra_meta, dict):
@@ -166,15 +171,20 @@ def _build(config: TrainConfig, init, defense: Defense | None):
     """(model, meta) for the run, with weights from ``init`` or ``config.weights``."""
     init_model = init_meta = None
     if init is not None:
+        if config.pretrained is not None:
+            raise AdvrankError("--pretrained does not go with --init (the checkpoint being "
+                               "fine-tuned has its own weights)")
         init_model, init_meta = model_from_checkpoint(init)
     config = resolve_config(config, init_meta)
+    weights = config.weights or (builtin_weights(config.arch, config.pretrained)
+                                 if config.pretrained else None)
     spec = dataset_spec(config.dataset)
     seed_everything(config.seed)  # the initial weights depend on the seed only
     model = create_model(config.arch, spec.image_shape, config.embed_dim, spec.mean, spec.std)
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
-    elif config.weights:
-        load_pretrained(model.backbone, config.weights)
+    elif weights:
+        load_pretrained(model.backbone, weights)
     if defense is not None:
         defense.bind(config.metric)
     meta = {
@@ -187,7 +197,8 @@ def _build(config: TrainConfig, init, defense: Defense | None):
         "defense_eps": defense.eps if defense else None,
         "defense_config": defense.describe() if defense else None,
         "init": str(init) if init else None,
-        "weights": file_sha256(config.weights, 16) if config.weights and not init else None,
+        "weights": file_sha256(weights, 16) if weights and not init else None,
+        "pretrained": config.pretrained,
         **config.extra_meta,
     }
     return config, model, meta

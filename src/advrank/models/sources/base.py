@@ -44,7 +44,9 @@ class SourceOptions:
     with ``weights_only``) or ``.safetensors`` (None: random weights, for testing);
     ``layer``: embed with this module's output (pooled) instead of the pooled features;
     ``embed_dim``: add a linear projection head to that size; ``input_size`` (H = W), ``mean``,
-    ``std``: override the model's data config."""
+    ``std``: override the model's data config; ``pretrained``: the library's published weights
+    (``DEFAULT``, a torchvision weights enum member, an open_clip tag; see
+    :mod:`advrank.models.pretrained`) instead of ``weights``."""
 
     weights: str | None = None
     layer: str | None = None
@@ -52,6 +54,7 @@ class SourceOptions:
     input_size: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    pretrained: str | None = None
 
 
 @dataclass
@@ -59,13 +62,15 @@ class SourceNet:
     """What a source builds: the network, its data config, what to record about it, the key
     prefixes a full weights file nests this network under (``visual.`` in a CLIP file), and
     the modules removed from it whose tensors a weights file may hold (``fc``: the classifier
-    of an ImageNet checkpoint, ignored rather than refused)."""
+    of an ImageNet checkpoint, ignored rather than refused); ``pretrained``: the published
+    weights file the source located for ``--pretrained``."""
 
     net: nn.Module
     config: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
     prefixes: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    pretrained: str | None = None
 
 
 def require(module: str, package: str, source: str):
@@ -273,6 +278,12 @@ def load_source_model(spec: str, options: SourceOptions | None = None,
         raise AdvrankError(f"--layer is not available for {name} models")
     if options.weights is not None and not Path(options.weights).is_file():
         raise AdvrankError(f"weights file {options.weights} does not exist")
+    if options.pretrained is not None:
+        if options.weights is not None:
+            raise AdvrankError("give --weights FILE or --pretrained, not both")
+        if not entry.info.get("pretrained"):
+            raise AdvrankError(f"--pretrained is not available for {name} models (give "
+                               "--weights FILE)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         built = entry.obj(arg, options)
@@ -284,16 +295,17 @@ def load_source_model(spec: str, options: SourceOptions | None = None,
         if options.embed_dim is not None:
             model.projection = nn.Linear(feature_dim, int(options.embed_dim))
     projection = "random" if model.projection is not None else "none"
-    if options.weights is not None:
-        projection = load_embedder_weights(model, options.weights, built, log)
+    weights = options.weights if options.pretrained is None else built.pretrained
+    if weights is not None:
+        projection = load_embedder_weights(model, weights, built, log)
     else:
         log(f"{spec}: no --weights given, using random weights (seed {RANDOM_INIT_SEED}); "
             "fine for testing, meaningless as an audit of a real model")
     model.embed_dim = int(options.embed_dim or feature_dim)
     model.probe()  # the loaded weights must give finite embeddings too
-    info = {"model": spec, "weights": options.weights,
-            "weights_sha": file_sha256(options.weights) if options.weights else None,
-            "random_weights": options.weights is None, "layer": options.layer,
+    info = {"model": spec, "weights": weights, "pretrained": options.pretrained,
+            "weights_sha": file_sha256(weights) if weights else None,
+            "random_weights": weights is None, "layer": options.layer,
             "feature_dim": feature_dim, "embed_dim": model.embed_dim, "projection": projection,
             "geometry": geometry.describe(), "mean": mean, "std": std, **built.info}
     return model.eval(), info

@@ -1,7 +1,8 @@
 """``torchvision:NAME``: a torchvision classification architecture as an embedder (its
 classifier replaced by the identity, so the pooled features are the embedding), with the
 preprocessing torchvision publishes for its ImageNet weights (read from the weights enum's
-metadata; nothing is downloaded)."""
+metadata). ``--pretrained [MEMBER]``: the weights enum's file (DEFAULT or e.g. IMAGENET1K_V2)
+from the torch hub cache, downloaded into it when missing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from advrank.models.pretrained import torchvision_weights
 from advrank.models.sources.base import SourceNet, SourceOptions, build_with_size, unknown_name
 from advrank.registry import MODEL_SOURCES
 
@@ -29,7 +31,8 @@ def published_config(name: str) -> dict[str, Any]:
         return {}
 
 
-@MODEL_SOURCES.register("torchvision", argument="NAME", example="torchvision:resnet50")
+@MODEL_SOURCES.register("torchvision", argument="NAME", example="torchvision:resnet50",
+                        pretrained=True)
 def torchvision_source(name: str, options: SourceOptions) -> SourceNet:
     import torchvision
     from torchvision import models
@@ -37,6 +40,8 @@ def torchvision_source(name: str, options: SourceOptions) -> SourceNet:
     known = models.list_models(module=models)
     if name not in known:
         raise unknown_name("torchvision", name, known)
+    pretrained = (str(torchvision_weights(name, options.pretrained))
+                  if options.pretrained is not None else None)
     net = build_with_size(models.get_model, "image_size", options.input_size, name=name,
                           weights=None)
     removed = []
@@ -53,4 +58,4 @@ def torchvision_source(name: str, options: SourceOptions) -> SourceNet:
                 removed.append(aux)
     return SourceNet(net, published_config(name),
                      {"library": f"torchvision {torchvision.__version__}"},
-                     removed=tuple(removed))
+                     removed=tuple(removed), pretrained=pretrained)

@@ -1,0 +1,91 @@
+"""The defense-table scripts: their --dry-run command lines parse with advrank's own parser
+(every option valid, nothing run), with the recipe each table promises; the table script
+turns result files into the rows they hold."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advrank.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dry_run(script: str, *args: str, **env: str) -> list[str]:
+    done = subprocess.run(["bash", str(REPO / "scripts" / script), "--dry-run", *args],
+                          capture_output=True, text=True, env={**os.environ, **env},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def parsed(line: str):
+    """advrank's parsed namespace of one printed ``advrank ... > FILE`` line."""
+    words = shlex.split(line.split(" > ")[0])
+    assert words[0] == "advrank"
+    return build_parser().parse_args(words[1:])
+
+
+def test_tab_sota_dry_run_is_the_cvpr22_recipe():
+    lines = dry_run("tab_sota.sh")
+    commands = [parsed(x) for x in lines if x.startswith("advrank ")]
+    assert len(commands) == 3 * 5 * 3 and lines[-1].startswith("python3 scripts/defense_table")
+    trains = [a for a in commands if a.func.__name__ == "cmd_train"]
+    assert {(a.dataset, a.defense) for a in trains} == {
+        (d, x) for d in ("cub", "cars", "sop") for x in (None, "est", "act", "hm", "hm-ics")}
+    for a in trains:
+        assert (a.arch, a.pretrained, a.loss, a.epochs, a.batch_size) == (
+            "resnet18", "DEFAULT", "triplet", 75, 56)
+        if a.defense:
+            assert (a.defense_eps, a.defense_steps, a.defense_step_size) == pytest.approx(
+                (8 / 255, 32, 1 / 255))
+    ers = [a for a in commands if a.func.__name__ == "cmd_robustness"]
+    assert len(ers) == 15 and {a.profile for a in ers} == {"rob224"}
+    assert {a.checkpoint for a in ers} == {a.out for a in trains}
+
+
+def test_tab_sota_refuses_an_unknown_dataset():
+    done = subprocess.run(["bash", str(REPO / "scripts" / "tab_sota.sh"), "--dry-run", "cifar"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown dataset cifar" in done.stderr
+
+
+def test_fashion_defenses_dry_run_has_one_budget():
+    lines = dry_run("fashion_defenses.sh", STEPS="8", STEP_SIZE="12/255")
+    commands = [parsed(x) for x in lines if x.startswith("advrank ")]
+    trains = [a for a in commands if a.func.__name__ == "cmd_train"]
+    assert [a.defense for a in trains] == [None, "est", "act", "hm", "hm-ics"]
+    assert {(a.dataset, a.arch, a.epochs, a.batch_size, a.lr, a.seed) for a in trains} == {
+        ("fashion", "c2f1", 8, 128, 1e-3, 0)}
+    assert {(a.defense_eps, a.defense_steps, a.defense_step_size) for a in trains[1:]} == {
+        (77 / 255, 8, 12 / 255)}
+    ers = [a for a in commands if a.func.__name__ == "cmd_robustness"]
+    assert [a.profile for a in ers] == ["rob28"] * 5 and min(a.num_attacks for a in ers) >= 500
+    assert "--scores" in lines[-1]
+
+
+def test_defense_table_rows(tmp_path):
+    scores = {f"S{i}": float(i) for i in range(10)}
+    for defense, r1, ers in (("hm", 80.25, 31.0), ("none", 90.0, 5.5)):
+        folder = tmp_path / "fashion" / defense
+        folder.mkdir(parents=True)
+        (folder / "evaluate.json").write_text(json.dumps({"recall@1": r1}))
+        (folder / "robustness.json").write_text(json.dumps(
+            {"ers": ers, "ers_ci": [ers - 1, ers + 2], "scores": scores}))
+    (tmp_path / "fashion" / "act").mkdir()  # not measured yet
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "defense_table.py"),
+                           str(tmp_path), "fashion", "--scores"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    rows = done.stdout.splitlines()
+    assert rows[0].split(" | ")[3:5] == ["S0", "S1"] and rows[0].endswith("ERS [95% CI] |")
+    assert rows[2] == "| fashion | vanilla | 90.0 | " + " | ".join(
+        f"{v:.3g}" for v in scores.values()) + " | 5.5 [4.5, 7.5] |"
+    assert rows[3] == "| fashion | ACT | - | " + "- | " * 10 + "- |"
+    assert rows[4].startswith("| fashion | HM | 80.2 |") and rows[4].endswith("31.0 [30.0, 33.0] |")
