@@ -13,7 +13,6 @@ embedding shift ES by default) at a few eps in model-input pixel units, and writ
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +25,15 @@ from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_number
 from advrank.core.metrics import query_metrics
 from advrank.errors import AdvrankError
-from advrank.experiments.grid import cell_key, selection_seed
-from advrank.experiments.protocol import attack_batches, check_batch_size, run_attack
+from advrank.experiments.protocol import (
+    ColumnSelections,
+    attack_batches,
+    cell_key,
+    check_batch_size,
+    run_attack,
+    selection_seed,
+)
+from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
@@ -117,28 +123,72 @@ def _threat(config: AuditConfig, eps: float, kind: AttackKind) -> LinfThreatMode
     return LinfThreatModel(float(eps), config.step_size, config.steps, kind.random_start)
 
 
-def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
-               t: int, progress: bool, log: Callable[[str], None]) -> None:
-    todo = [(a, e) for a in kinds for e in config.eps_values
-            if cell_key(a, e, _k(kinds[a], config)) not in st]
-    if todo:
-        log(f"audit: {len(todo)} attack cells to run ({len(st.cells) - 1} already done), "
-            f"T = {t}, |X| = {len(target.gallery)}")
-    selections: dict[str, tuple] = {}
-    for attack, eps in todo:
-        kind, k = kinds[attack], _k(kinds[attack], config)
-        if attack not in selections:  # one draw per attack, shared by its eps rows
-            selections[attack] = (kind.select(target.gallery, k, t,
-                                              selection_seed(config.seed, attack, k)), {})
-        selection, clean_cache = selections[attack]
-        result = run_attack(target.model, target.gallery, kind, float(eps), k, t,
-                            seed=config.seed, batch_size=config.batch_size,
-                            threat=_threat(config, eps, kind), selection=selection,
-                            progress=progress, clean_cache=clean_cache)
-        summary = result.summary()
-        st.put(cell_key(attack, eps, k), summary)
-        log(f"  {attack} eps={eps:.4g}: rank {summary['rank_before']:.1f} -> "
-            f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)")
+class Audit(Experiment):
+    """The audit's declaration: a retrieval cell, then one cell per (attack, eps); see
+    :func:`run_audit`."""
+
+    name, filename, format = "audit", REPORT_JSON, AUDIT_FORMAT
+
+    def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
+                 progress: bool = False):
+        self.kinds = config.validate()
+        n = len(target.gallery)
+        self.t = config.attacks_for(n)
+        if self.t > n:
+            raise AdvrankError(f"{self.t} attacks requested but the gallery has only {n} items")
+        self.target, self.config, self.extra_record = target, config, record or {}
+        self.progress = progress
+        self.columns = ColumnSelections(target.gallery, self.t, config.seed)
+
+    def identity(self) -> dict[str, Any]:
+        target, config = self.target, self.config
+        return {"fingerprint": target.fingerprint, **fingerprints_of(target),
+                "metric": target.meta.get("metric"), "gallery_size": len(target.gallery),
+                "num_attacks": self.t, "seed": config.seed, "k": config.k,
+                "steps": config.steps, "step_size": config.step_size,
+                "options": {a: kind.options for a, kind in self.kinds.items()}}
+
+    def record(self) -> dict[str, Any]:
+        settings = {k: v for k, v in asdict(self.config).items() if k != "options"}
+        return {**self.extra_record, "audit": settings}
+
+    def cells(self, store: Store) -> list[Cell]:
+        config = self.config
+        return [Cell("retrieval", lambda: retrieval_figures(self.target, config.max_queries,
+                                                             config.seed)),
+                *(Cell(cell_key(a, e, _k(self.kinds[a], config)),
+                       lambda a=a, e=e: self.cell(a, e))
+                  for a in self.kinds for e in config.eps_values)]
+
+    def announce(self, todo: int, done: int) -> str:
+        return (f"audit: {todo} cells to run ({done} already done), T = {self.t}, "
+                f"|X| = {len(self.target.gallery)}")
+
+    def cell(self, attack: str, eps: float) -> dict[str, Any]:
+        kind, config = self.kinds[attack], self.config
+        k = _k(kind, config)
+        selection, clean_cache = self.columns(attack, kind, k)
+        return run_attack(self.target.model, self.target.gallery, kind, float(eps), k, self.t,
+                          seed=config.seed, batch_size=config.batch_size,
+                          threat=_threat(config, eps, kind), selection=selection,
+                          progress=self.progress, clean_cache=clean_cache).summary()
+
+    def finished(self, store: Store, cell: Cell, value: Any, seconds: float, log) -> None:
+        if cell.key != "retrieval":
+            log(f"  {value['attack']} eps={value['eps']:.4g}: rank {value['rank_before']:.1f} "
+                f"-> {value['rank_after']:.1f}% ({value['seconds']:.0f}s)")
+
+    def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
+        from advrank.reports.html import audit_html
+
+        panels = example_panels(self.target, self.kinds, self.config, self.t)
+        summary = audit_summary(store, self.kinds, self.config, self.target)
+        examples = [p["figures"] for p in panels]
+        summary["verdict"] = audit_verdict(summary["attacks"], examples)
+        store.extra = {"summary": summary, "examples": examples}
+        store.flush()
+        store.write_text(REPORT_HTML, audit_html(store.content(), panels))
+        return summary
 
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
@@ -146,34 +196,8 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the audit into ``out_dir``; returns the summary that ``--json``
     prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...)."""
-    from advrank.reports.html import audit_html
-
-    config = config or AuditConfig()
-    log = log or ((lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None))
-    kinds = config.validate()
-    n = len(target.gallery)
-    t = config.attacks_for(n)
-    if t > n:
-        raise AdvrankError(f"{t} attacks requested but the gallery has only {n} items")
-    fingerprints = fingerprints_of(target)
-    identity = {"fingerprint": target.fingerprint, **fingerprints, "metric":
-                target.meta.get("metric"), "gallery_size": n, "num_attacks": t,
-                "seed": config.seed, "k": config.k, "steps": config.steps,
-                "step_size": config.step_size, "options": {
-                    a: kind.options for a, kind in kinds.items()}}
-    settings = {k: v for k, v in asdict(config).items() if k != "options"}
-    with Store(out_dir, REPORT_JSON, AUDIT_FORMAT, identity,
-               {**(record or {}), "audit": settings}) as st:
-        if "retrieval" not in st:
-            st.put("retrieval", retrieval_figures(target, config.max_queries, config.seed))
-        _run_cells(target, st, kinds, config, t, progress, log)
-        panels = example_panels(target, kinds, config, t)
-        summary = audit_summary(st, kinds, config, target)
-        examples = [p["figures"] for p in panels]
-        summary["verdict"] = audit_verdict(summary["attacks"], examples)
-        st.extra = {"summary": summary, "examples": examples}
-        st.flush()
-        st.write_text(REPORT_HTML, audit_html(st.content(), panels))
+    audit = Audit(target, config or AuditConfig(), record, progress)
+    summary = run(audit, out_dir, log or progress_log(progress))
     return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
             "report_json": str(Path(out_dir) / REPORT_JSON)}
 

@@ -20,10 +20,11 @@ from advrank.core.checks import check_int, check_list, check_name, check_progres
 from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
-from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS, paper_lookup, paper_table_for
 from advrank.experiments.protocol import (
+    ColumnSelections,
+    cell_key,
     check_batch_size,
     check_cell_options,
     check_gallery,
@@ -39,10 +40,6 @@ FORMAT = "advrank-grid"
 IMPLIED_IDENTITY = {"precision": "fp32", "index": None}
 
 
-def cell_key(attack: str, eps: float, k: int) -> str:
-    return f"{attack}|{eps:g}|{k}"
-
-
 def check_cell(key: str, cell) -> str | None:
     """Why a stored grid cell cannot be reused (None if it can): a summary of the attack,
     eps and k its key names, with finite figures."""
@@ -54,11 +51,6 @@ def check_cell(key: str, cell) -> str | None:
             not isinstance(k, int) or isinstance(k, bool) or cell_key(attack, eps, k) != key:
         return "its attack, eps and k do not match its key"
     return None
-
-
-def selection_seed(seed: int, attack: str, k: int) -> int:
-    """One selection per (attack, k), shared by every eps row, so rows differ only in eps."""
-    return derived_seed(seed, attack, k)
 
 
 def load_results(out_dir: str | Path) -> dict:
@@ -101,7 +93,7 @@ class Grid(Experiment):
         self.model, self.gallery, self.index = model, gallery, index
         self.paper, self.meta = paper, meta or {}
         self.progress = progress is not False and distributed.is_main()
-        self.selections: dict = {}  # one draw (and one "before" measurement) per column
+        self.columns = ColumnSelections(gallery, self.num_attacks, self.seed)
 
     def identity(self) -> dict:
         return {"num_attacks": self.num_attacks, "seed": self.seed,
@@ -129,10 +121,7 @@ class Grid(Experiment):
 
     def cell(self, attack: str, eps: float, k: int) -> dict:
         kind = self.kinds[attack]
-        if (attack, k) not in self.selections:
-            self.selections[(attack, k)] = (kind.select(
-                self.gallery, k, self.num_attacks, selection_seed(self.seed, attack, k)), {})
-        selection, clean_cache = self.selections[(attack, k)]
+        selection, clean_cache = self.columns(attack, kind, k)
         return run_attack(self.model, self.gallery, kind, eps, k, self.num_attacks,
                           seed=self.seed, batch_size=self.batch_size, selection=selection,
                           progress=self.progress, clean_cache=clean_cache, policy=self.policy,

@@ -37,7 +37,7 @@ from advrank.core.execution import (
     model_bytes_per_item,
 )
 from advrank.core.gallery import Gallery
-from advrank.core.runtime import progress_bar
+from advrank.core.runtime import derived_seed, progress_bar
 from advrank.errors import AdvrankError
 
 MAX_BATCH = 1_000_000
@@ -140,6 +140,32 @@ def check_cell_options(path, cells: Iterable[dict], kinds: dict[str, AttackKind]
                 raise AdvrankError(f"{path} holds {kind.name} results made with {key}="
                                    f"{found!r}, this run has {value!r}; use another output "
                                    "folder")
+
+
+def cell_key(attack: str, eps: float, k: int) -> str:
+    """The store key of an (attack, eps, w/m) cell of a grid or an audit."""
+    return f"{attack}|{eps:g}|{k}"
+
+
+def selection_seed(seed: int, attack: str, k: int) -> int:
+    """One selection per (attack, k), shared by every eps row, so rows differ only in eps."""
+    return derived_seed(seed, attack, k)
+
+
+class ColumnSelections:
+    """The selection of each (attack, k) column, drawn once and shared by its eps rows with
+    one cache of the clean ("before") figures: ``columns(attack, kind, k) -> (selection,
+    cache)``."""
+
+    def __init__(self, gallery: Gallery, num_attacks: int, seed: int):
+        self.gallery, self.num_attacks, self.seed = gallery, num_attacks, seed
+        self.drawn: dict[tuple[str, int], tuple[Selection, dict]] = {}
+
+    def __call__(self, attack: str, kind: AttackKind, k: int) -> tuple[Selection, dict]:
+        if (attack, k) not in self.drawn:
+            self.drawn[(attack, k)] = (kind.select(
+                self.gallery, k, self.num_attacks, selection_seed(self.seed, attack, k)), {})
+        return self.drawn[(attack, k)]
 
 
 def embed_checked(model: nn.Module, images: torch.Tensor,
