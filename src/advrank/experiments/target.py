@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrank.core.checks import check_number, check_progress
+from advrank.core.checks import check_number, check_path, check_progress
 from advrank.core.embedcache import embed_collection
 from advrank.core.gallery import Gallery
 from advrank.core.io import file_sha256, strict_json
@@ -220,6 +220,14 @@ def _load_collection(model, meta, geometry, spec: TargetSpec, device, data_root,
     if check is not None and len(gallery) != n_listed:  # again, without the left-out images
         check(len(gallery))
     return gallery, queries, info
+
+
+def target_form(item: Any, what: str = "checkpoint") -> Path | TargetSpec:
+    """What :func:`load_target` accepts, checked before any work: a checkpoint path (it must
+    exist) or a :class:`TargetSpec` (validated)."""
+    if isinstance(item, TargetSpec):
+        return item.validate()
+    return check_path(item, what)
 
 
 def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device = "auto",
