@@ -133,7 +133,11 @@ class Curves(Experiment):
 
     def __init__(self, targets, eps_values, num_attacks, k, seed, batch_size, progress,
                  load: Callable[..., Target], record: dict | None):
-        self.targets = check_list(targets, "checkpoints", _labelled_target)
+        if isinstance(targets, (str, bytes)) or not isinstance(targets, (list, tuple)) \
+                or not targets:
+            raise AdvrankError("checkpoints must be a non-empty list of models")
+        # a repeated model would only redo the same work (a TargetSpec is not hashable)
+        self.targets = list({repr(t): t for t in map(_labelled_target, targets)}.values())
         # validates the range with a readable error before any work
         self.eps_values = sorted(check_list(eps_values, "eps values",
                                             lambda e: LinfThreatModel(e).eps))
