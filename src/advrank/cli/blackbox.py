@@ -160,6 +160,11 @@ def _transfer_options(p: argparse.ArgumentParser, eps_default: float | None) -> 
 
 
 def register(sub, formatter) -> None:
+    for add in (_add_transfer, _add_transfer_matrix, _add_universal):
+        add(sub, formatter)
+
+
+def _add_transfer(sub, formatter) -> None:
     p = sub.add_parser(
         "transfer", help="transfer attack: adversarial examples from one model, ranked by another",
         formatter_class=formatter,
@@ -180,6 +185,8 @@ def register(sub, formatter) -> None:
     add_common(p)
     p.set_defaults(func=cmd_transfer)
 
+
+def _add_transfer_matrix(sub, formatter) -> None:
     p = sub.add_parser(
         "transfer-matrix", help="the full transfer matrix of Table 5, resumable",
         formatter_class=formatter,
@@ -197,6 +204,8 @@ def register(sub, formatter) -> None:
     add_common(p)
     p.set_defaults(func=cmd_transfer_matrix)
 
+
+def _add_universal(sub, formatter) -> None:
     p = sub.add_parser(
         "universal", help="universal (image-agnostic) perturbation, I-CA/I-QA (Table 6)",
         formatter_class=formatter,

@@ -357,8 +357,7 @@ def run_attack(
     kind = get_attack(attack, **options)
     check_gallery(model, gallery)
     policy = get_policy(policy)
-    threat = check_threat(threat, eps)
-    threat = kind.threat_for(threat)  # e.g. ES adds a random start; results record it
+    threat = kind.threat_for(check_threat(threat, eps))  # ES adds a random start (recorded)
     seed, batch_size = check_seed(seed), check_batch_size(batch_size)
     check_progress(progress)
     selection = selection or kind.select(gallery, k, num_attacks, seed)
@@ -374,31 +373,33 @@ def run_attack(
                                              batch_size, progress, desc, policy, k, plan),
                               strict=True):
         emb = gallery.embeddings
-        if clean_cache is not None and s in clean_cache:
-            clean = clean_cache[s]
-        else:
-            clean = measure_part(kind, gallery, part, emb[part.anchors.to(emb.device)],
-                                 splitter)
-            if extra is not None:
-                clean = {**clean, **extra(kind, gallery, part, emb[part.anchors.to(emb.device)])}
+        clean = None if clean_cache is None else clean_cache.get(s)
+        if clean is None:
+            clean = _figures(kind, gallery, part, emb[part.anchors.to(emb.device)], splitter,
+                             extra)
             if clean_cache is not None:
                 clean_cache[s] = clean
         if threat.eps == 0:
             attacked = clean
         else:
             with torch.no_grad():
-                adv_emb = embed_checked(model, adv, splitter)
-                attacked = measure_part(kind, gallery, part, adv_emb, splitter)
-                if extra is not None:
-                    attacked = {**attacked, **extra(kind, gallery, part, adv_emb)}
+                attacked = _figures(kind, gallery, part, embed_checked(model, adv, splitter),
+                                    splitter, extra)
         log.add(clean, attacked)
     log.gather()
     seconds = max(distributed.gather_objects(time.time() - t0))
     result = log.result(kind, eps, k, gallery, threat, seconds)
-    result.extra["precision"] = policy.precision
-    if index is not None:
-        result.extra.update({"index": index.info, "index_depth": extra.depth})
+    result.extra.update({"precision": policy.precision, **({} if index is None else {
+        "index": index.info, "index_depth": extra.depth})})
     return result
+
+
+def _figures(kind: AttackKind, gallery: Gallery, part: Selection, emb: torch.Tensor,
+             splitter: BatchSplitter, extra: IndexMeasure | None) -> dict[str, torch.Tensor]:
+    """The kind's figures ``{name: [B]}`` of a batch's embeddings ``[B, D]`` (clean or
+    adversarial), with the index's beside them when one is measured."""
+    figures = measure_part(kind, gallery, part, emb, splitter)
+    return figures if extra is None else {**figures, **extra(kind, gallery, part, emb)}
 
 
 @torch.no_grad()
