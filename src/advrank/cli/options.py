@@ -274,11 +274,6 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(_number(part) for part in text.split(","))
 
 
-#: the options that describe one outside model; with several models (``labelled``) each is
-#: given as ``NAME=VALUE`` for one model, or plain for every ``--model``
-PER_MODEL = ("weights", "metric", "layer", "embed_dim", "input_size", "mean", "std")
-
-
 def _label(text: str) -> tuple[str | None, str]:
     """``NAME=VALUE`` -> ``(NAME, VALUE)``; anything else (a path holding "=" in a folder
     name, a source such as ``timm:x``) -> ``(None, text)``."""
@@ -311,8 +306,12 @@ def add_target_options(p: argparse.ArgumentParser, cache: bool = False,
                         for n in MODEL_SOURCES.names())
     g = p.add_argument_group("model and data (give --checkpoint, or --model with --data)")
 
+    own: list[str] = []  # the options that describe one model (NAME= with several)
+
     def one(name: str, kind, help: str, form: str | None = None, **kw) -> None:
-        if labelled and (form or name.lstrip("-").replace("-", "_") in PER_MODEL):
+        if form is None:
+            own.append(name.lstrip("-").replace("-", "_"))
+        if labelled:
             kw["metavar"] = f"[NAME=]{kw.get('metavar') or name.lstrip('-').upper()}"
             g.add_argument(name, type=_labelled(kind, form), action="append",
                            help=help + ("; repeat for each model" if form else
@@ -352,6 +351,7 @@ def add_target_options(p: argparse.ArgumentParser, cache: bool = False,
     g.add_argument("--cache-dir", default=None,
                    help="where the collection's embeddings are cached (default: OUT/cache)"
                    if cache else "cache the collection's embeddings in this folder")
+    p.set_defaults(model_options=tuple(own))
 
 
 def target_specs(args, cache_dir: str | None = None) -> list[tuple[str | None, Any]]:
@@ -367,7 +367,7 @@ def target_specs(args, cache_dir: str | None = None) -> list[tuple[str | None, A
     if len(set(names)) != len(names):
         raise AdvrankError(f"model names must be distinct, got {', '.join(names)}")
     own: list[dict[str, Any]] = [{} for _ in given]
-    for key in PER_MODEL:
+    for key in args.model_options:
         values = sorted(getattr(args, key) or [], key=lambda v: v[0] is not None)
         seen: set = set()
         for name, value in values:  # plain values first, named ones override them

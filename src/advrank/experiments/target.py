@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,19 @@ from advrank.data import load_dataset, split_name
 from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.models.checkpoint import model_from_checkpoint
+from advrank.models.sources.base import SourceOptions
 from advrank.registry import DATASETS, DISTANCES
 
-#: options that only make sense with a model source
-SOURCE_ONLY = ("weights", "layer", "embed_dim", "input_size", "mean", "std")
+#: options that only make sense with a model source: the fields of SourceOptions
+SOURCE_ONLY = tuple(f.name for f in fields(SourceOptions))
 
 
 @dataclass
-class TargetSpec:
+class TargetSpec(SourceOptions):
     """Exactly one of ``checkpoint`` or ``model`` (a source such as ``timm:resnet50``, which
-    needs ``data``). ``metric`` (default cosine), ``weights``, ``layer``, ``embed_dim``,
-    ``input_size``, ``mean``, ``std``: see :class:`advrank.models.sources.SourceOptions`.
-    ``cache_dir``: where picture-collection embeddings are cached (None: not cached);
+    needs ``data``). ``metric`` (default cosine); ``weights``, ``layer``, ``embed_dim``,
+    ``input_size``, ``mean``, ``std``: the :class:`~advrank.models.sources.SourceOptions` it
+    extends. ``cache_dir``: where picture-collection embeddings are cached (None: not cached);
     ``query_fraction``: a deterministic query/gallery split (queries only measure retrieval);
     ``max_unreadable``: the fraction of undecodable pictures skipped before giving up."""
 
@@ -50,12 +51,6 @@ class TargetSpec:
     model: str | None = None
     data: str | None = None
     metric: str | None = None
-    weights: str | None = None
-    layer: str | None = None
-    embed_dim: int | None = None
-    input_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     cache_dir: str | None = None
     workers: int = 0
     batch_size: int = 64
@@ -148,10 +143,9 @@ def _build_model(spec: TargetSpec, log) -> tuple[nn.Module, dict, Geometry, dict
         geometry = Geometry(tuple(meta["image_shape"]), None, "bilinear")
         info = {"checkpoint_file_sha": file_sha256(spec.checkpoint, 12)}
         return model, meta, geometry, info
-    from advrank.models.sources import SourceOptions, load_source_model
+    from advrank.models.sources import load_source_model
 
-    options = SourceOptions(spec.weights, spec.layer, spec.embed_dim, spec.input_size,
-                            spec.mean, spec.std)
+    options = SourceOptions(**{name: getattr(spec, name) for name in SOURCE_ONLY})
     model, info = load_source_model(spec.model, options, log)
     meta = {"dataset": spec.data, "arch": spec.model, "metric": spec.metric or "cosine",
             "embed_dim": model.embed_dim, "image_shape": list(model.image_shape),
@@ -241,7 +235,8 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
     ``check(|X|)`` runs once the collection is listed and before it is embedded (the slow
     part): a command refuses there the options that do not fit the gallery (T, w/m, G...).
     """
-    spec = checkpoint if isinstance(checkpoint, TargetSpec) else TargetSpec(str(checkpoint))
+    spec = checkpoint if isinstance(checkpoint, TargetSpec) else \
+        TargetSpec(checkpoint=str(checkpoint))
     spec.validate()
     device = resolve_device(device)
     check_progress(progress)
