@@ -17,20 +17,13 @@ from advrank.attacks.base import check_fits_all, make_kinds
 from advrank.attacks.es import shift_distance
 from advrank.attacks.selection import draw_anchors
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import (
-    check_flag,
-    check_int,
-    check_list,
-    check_name,
-    check_progress,
-    check_seed,
-)
+from advrank.core.checks import check_flag, check_int, check_list, check_name
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import recall_at_k
 from advrank.defenses.base import default_defense_eps
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS
-from advrank.experiments.protocol import check_batch_size, run_attack
+from advrank.experiments.protocol import check_run, run_attack
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store, figures_problem, is_number
 from advrank.experiments.target import Target, TargetSpec, load_target, target_form
@@ -144,11 +137,9 @@ class Curves(Experiment):
         if len({f"{e:g}" for e in self.eps_values}) != len(self.eps_values):
             raise AdvrankError("eps values that agree to 6 significant digits are one point; "
                                "give each eps once")
-        self.num_attacks = None if num_attacks is None else check_int(num_attacks,
-                                                                      "number of attacks")
-        self.k, self.seed = check_int(k, "w/m"), check_seed(seed)
-        self.batch_size = check_batch_size(batch_size)
-        self.progress = check_progress(progress)
+        self.num_attacks, self.seed, self.batch_size = check_run(num_attacks, seed, batch_size,
+                                                                 progress)
+        self.k, self.progress = check_int(k, "w/m"), progress
         self.load, self._record = load, record or {}
         self.kinds = make_kinds(PAPER_ATTACKS, {})
         self.models: list[dict[str, Any]] = []

@@ -180,6 +180,16 @@ def check_batch_size(batch_size: int) -> int:
     return check_int(batch_size, "batch size", low=1, high=MAX_BATCH)
 
 
+def check_run(num_attacks: int | None, seed: int, batch_size: int,
+              progress: bool | None) -> tuple[int | None, int, int]:
+    """The settings every attack experiment shares, checked before any work: T (None: the
+    experiment's default), the seed and the batch size (returned) and the progress setting."""
+    if num_attacks is not None:
+        num_attacks = check_int(num_attacks, "number of attacks")
+    check_progress(progress)
+    return num_attacks, check_seed(seed), check_batch_size(batch_size)
+
+
 def check_threat(threat: LinfThreatModel | None, eps: float) -> LinfThreatModel:
     """``threat``, or the paper's threat model at ``eps``; a given one must have that eps."""
     if threat is None:

@@ -45,6 +45,7 @@ from advrank.experiments.protocol import (
     check_batch_size,
     check_cell_options,
     check_gallery,
+    check_run,
     check_threat,
     embed_checked,
 )
@@ -283,11 +284,8 @@ def transfer_matrix(
     """
     check_choice(select_on, "select_on", SELECT_ON)
     kinds = _matrix_kinds(attacks, options)
-    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    num_attacks, seed, batch_size = check_run(num_attacks, seed, batch_size, progress)
     k = check_int(k, "w/m")
-    if num_attacks is not None:
-        num_attacks = check_int(num_attacks, "number of attacks")
-    check_progress(progress)
     check_flag(download, "download")
     if not isinstance(checkpoints, Mapping) or not all(
             isinstance(name, str) and name for name in checkpoints):
