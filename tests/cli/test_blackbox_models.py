@@ -90,3 +90,21 @@ def test_labelled_model_options_are_checked_before_work(argv, fragment, capsys, 
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("advrank: error:") and fragment in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_universal_into_a_folder_resumes_and_refuses_other_settings(data, capsys, tmp_path):
+    argv = ["universal", "--model", "timm:resnet10t", *data, "--attack", "CA+", "--eps",
+            "8/255", "--fraction", "0.05", "--steps", "1", "--out", str(tmp_path), *SMALL]
+    assert main(argv) == 0
+    first = _json(capsys)
+    stored = json.loads((tmp_path / "universal.json").read_text())
+    assert list(stored["cells"]) == ["universal-I-CA+-eps0.0313725-shared"]
+    pt = tmp_path / "universal-I-CA+-eps0.0313725-shared.pt"
+    stamp = pt.stat().st_mtime_ns
+    assert main(argv) == 0  # the stored cell and its r are reused, not recomputed
+    again = _json(capsys)
+    assert pt.stat().st_mtime_ns == stamp
+    assert again["rank_after"] == first["rank_after"] and again["seconds"] == first["seconds"]
+    assert main([*argv, "--seed", "1"]) == 2
+    assert "other settings (seed=0, this run 1)" in capsys.readouterr().err
+

@@ -101,13 +101,12 @@ def cmd_transfer_matrix(args) -> None:
 
 
 def cmd_universal(args) -> None:
-    import io
-
-    import torch
-
-    from advrank.core.io import atomic_write_bytes, atomic_write_json
-    from advrank.experiments.universal import check_universal, universal_attack, universal_kind
-    from advrank.reports.plots import universal_png
+    from advrank.experiments.universal import (
+        check_universal,
+        run_universal,
+        universal_attack,
+        universal_kind,
+    )
 
     k = resolve_size(args, [args.attack])
     kind = universal_kind(args.attack, args.xi)
@@ -117,21 +116,16 @@ def cmd_universal(args) -> None:
     target = load_target_from_args(
         args, check=lambda n: check_universal(kind, k, n, args.fraction, args.mode,
                                               args.chunk_size))
-    result = universal_attack(target.model, target.gallery, kind, args.eps, k=k,
-                              seed=args.seed, fraction=args.fraction,
-                              steps=args.steps, step_size=args.step_size, mode=args.mode,
-                              chunk_size=args.chunk_size, progress=not args.quiet)
-    r = result.pop("perturbation")
-    result.update(target.record(args.seed))
-    if args.out:
-        stem = f"{args.out}/universal-{result['attack']}-eps{args.eps:g}-{args.mode}"
-        clean = target.gallery.images(torch.tensor([result["example_index"]]))[0]
-        atomic_write_bytes(f"{stem}.png", universal_png(result, r, clean))
-        buf = io.BytesIO()
-        torch.save(r, buf)
-        atomic_write_bytes(f"{stem}.pt", buf.getvalue())
-        result.update({"png": f"{stem}.png", "perturbation_file": f"{stem}.pt"})
-        atomic_write_json(f"{stem}.json", result)
+    settings = {"k": k, "seed": args.seed, "fraction": args.fraction, "steps": args.steps,
+                "step_size": args.step_size, "mode": args.mode, "chunk_size": args.chunk_size}
+    if args.out:  # a results folder: resumable, with r, a picture and the JSON
+        result = run_universal(target, kind, args.eps, args.out, progress=not args.quiet,
+                               **settings)
+    else:
+        result = universal_attack(target.model, target.gallery, kind, args.eps,
+                                  progress=not args.quiet, **settings)
+        result.pop("perturbation")
+        result.update(target.record(args.seed))
     text = (f"{result['attack']} eps={args.eps:g} k={k} ({args.mode} targets, "
             f"{result['set_size']} seen + {result['set_size']} unseen, "
             f"{result['threat']['steps']} steps): seen "
