@@ -146,23 +146,31 @@ _plugins_loaded: set[str] = set()
 _entry_points_done = False
 
 
+def import_python(target: str, prefix: str, what: str):
+    """The one loader of Python code named by the user: a module by dotted name, or a ``.py``
+    file by path (run as module ``prefix + stem``); a missing file is refused as
+    ``{what} PATH does not exist``. Whatever the code raises goes to the caller, which says
+    which code and why."""
+    if not target.endswith(".py"):
+        return importlib.import_module(target)
+    path = Path(target).expanduser()
+    if not path.is_file():
+        raise AdvrankError(f"{what} {target} does not exist")
+    name = f"{prefix}{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def load_plugin(spec: str) -> None:
     """Import a plugin module by dotted name or by path to a ``.py`` file; importing it
     registers its parts. Loading the same plugin twice does nothing."""
     if spec in _plugins_loaded:
         return
     try:
-        if spec.endswith(".py"):
-            path = Path(spec)
-            if not path.is_file():
-                raise AdvrankError(f"plugin file {spec} does not exist")
-            name = f"advrank_plugin_{path.stem}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            importlib.import_module(spec)
+        import_python(spec, "advrank_plugin_", "plugin file")
     except AdvrankError:
         raise
     except Exception as exc:  # a broken plugin: say which and why, in one line

@@ -10,7 +10,7 @@ from advrank.core.distances import get_distance
 from advrank.core.gallery import Gallery
 from advrank.data import TensorImageDataset, load_dataset
 from advrank.errors import AdvrankError
-from advrank.experiments.paper import paper_value
+from advrank.experiments.paper import paper_lookup, paper_value
 from advrank.models import create_model
 from advrank.reports.tables import markdown_table
 
@@ -66,5 +66,5 @@ def test_paper_values_and_table_layout():
     assert paper_value("fashion-defended", "QA-", 0.3, 1) == 3.9
     assert paper_value("mnist", "CA+", 0.05, 1) is None
     cells = [{"attack": "CA+", "eps": 0.3, "k": 1, "rank_after": 2.0, "rank_after_se": 0.1}]
-    md = markdown_table(cells, paper="mnist")
+    md = markdown_table(cells, paper=paper_lookup("mnist"))
     assert "| 0.3 | 2.0 ± 0.1 (2.1) |" in md

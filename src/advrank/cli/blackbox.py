@@ -12,6 +12,7 @@ from advrank.cli.options import (
     add_kind_options,
     add_num_attacks,
     add_size,
+    add_target_options,
     attack_help,
     attack_name,
     emit,
@@ -19,26 +20,32 @@ from advrank.cli.options import (
     integer,
     kind_options,
     listed,
+    load_target_from_args,
     model_label,
     num_attacks_for,
     num_attacks_from_args,
     number,
     path_value,
     resolve_size,
+    target_specs,
 )
 from advrank.core.io import check_writable_dir
 from advrank.errors import AdvrankError
 
 
-def _named_checkpoint(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name.strip() or not path.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
-
-
 def _fmt(mean: float, se: float) -> str:
     return f"{mean:.1f}±{se:.1f}"
+
+
+def _transfer_pair(args) -> dict:
+    """{"source": spec, "target": spec} of ``--source``/``--target`` (checkpoints) or the
+    labelled model options (``--model source=timm:x`` and the like)."""
+    specs = dict(target_specs(args))
+    if set(specs) != {"source", "target"}:
+        raise AdvrankError("give the two models as --source PATH and --target PATH, or as "
+                           "--checkpoint/--model source=... and target=..., got "
+                           f"{', '.join(map(str, specs))}")
+    return specs
 
 
 def cmd_transfer(args) -> None:
@@ -49,13 +56,13 @@ def cmd_transfer(args) -> None:
     k = resolve_size(args, [args.attack])
     kind = get_attack(args.attack, **kind_options(args))
     threat = threat_from_args(args)
+    specs = _transfer_pair(args)
+
     def check(n: int) -> None:
         kind.check_fits(k, num_attacks_for(args.num_attacks, n), n)
 
-    src = load_target(args.source, args.device, args.data_root, args.download, check=check,
-                      progress=not args.quiet)
-    tgt = load_target(args.target, args.device, args.data_root, args.download, check=check,
-                      progress=not args.quiet)
+    src, tgt = (load_target(specs[role], args.device, args.data_root, args.download,
+                            check=check, progress=not args.quiet) for role in specs)
     if src.meta["dataset"] != tgt.meta["dataset"]:
         raise AdvrankError(f"source is a {src.meta['dataset']} model, target a "
                            f"{tgt.meta['dataset']} one; transfer needs one shared test set")
@@ -65,7 +72,7 @@ def cmd_transfer(args) -> None:
                           batch_size=args.batch_size, threat=threat, select_on=args.select_on,
                           source_gallery=src.gallery, target_gallery=tgt.gallery,
                           progress=not args.quiet)
-    out.update({"source_checkpoint": str(args.source), "target_checkpoint": str(args.target),
+    out.update({"source_checkpoint": src.source, "target_checkpoint": tgt.source,
                 **tgt.record(args.seed)})
     s = out["source"]
     emit(args, out,
@@ -83,14 +90,16 @@ def cmd_transfer_matrix(args) -> None:
     from advrank.experiments.transfer import transfer_matrix
     from advrank.reports.tables import transfer_markdown
 
-    checkpoints = dict(args.checkpoint)
-    if len(checkpoints) != len(args.checkpoint):
-        raise AdvrankError("checkpoint names must be distinct")
+    specs = target_specs(args)
+    unnamed = [spec.checkpoint or spec.model for name, spec in specs if name is None]
+    if unnamed:
+        raise AdvrankError(f"name each model of the matrix: --checkpoint NAME=PATH or --model "
+                           f"NAME=SOURCE, got {unnamed[0]!r}")
     k = resolve_size(args, args.attacks)
     make_kinds(args.attacks, kind_options(args))
     check_writable_dir(args.out)
     matrix = transfer_matrix(
-        checkpoints, attacks=args.attacks, eps=args.eps, k=k, num_attacks=args.num_attacks,
+        dict(specs), attacks=args.attacks, eps=args.eps, k=k, num_attacks=args.num_attacks,
         seed=args.seed, out_dir=args.out, device=args.device, batch_size=args.batch_size,
         steps=args.steps, select_on=args.select_on, data_root=args.data_root,
         download=args.download, progress=not args.quiet,
@@ -100,39 +109,31 @@ def cmd_transfer_matrix(args) -> None:
 
 
 def cmd_universal(args) -> None:
-    import io
-
-    import torch
-
-    from advrank.core.io import atomic_write_bytes, atomic_write_json
-    from advrank.experiments.target import load_target
-    from advrank.experiments.universal import check_universal, universal_attack, universal_kind
-    from advrank.reports.plots import universal_png
+    from advrank.experiments.universal import (
+        check_universal,
+        run_universal,
+        universal_attack,
+        universal_kind,
+    )
 
     k = resolve_size(args, [args.attack])
     kind = universal_kind(args.attack, args.xi)
     check_universal(kind, k, None, args.fraction, args.mode, args.chunk_size)
     if args.out:
         check_writable_dir(args.out)
-    target = load_target(args.checkpoint, args.device, args.data_root, args.download,
-                         check=lambda n: check_universal(kind, k, n, args.fraction, args.mode,
-                                                         args.chunk_size),
-                         progress=not args.quiet)
-    result = universal_attack(target.model, target.gallery, kind, args.eps, k=k,
-                              seed=args.seed, fraction=args.fraction,
-                              steps=args.steps, step_size=args.step_size, mode=args.mode,
-                              chunk_size=args.chunk_size, progress=not args.quiet)
-    r = result.pop("perturbation")
-    result.update(target.record(args.seed))
-    if args.out:
-        stem = f"{args.out}/universal-{result['attack']}-eps{args.eps:g}-{args.mode}"
-        clean = target.gallery.images(torch.tensor([result["example_index"]]))[0]
-        atomic_write_bytes(f"{stem}.png", universal_png(result, r, clean))
-        buf = io.BytesIO()
-        torch.save(r, buf)
-        atomic_write_bytes(f"{stem}.pt", buf.getvalue())
-        result.update({"png": f"{stem}.png", "perturbation_file": f"{stem}.pt"})
-        atomic_write_json(f"{stem}.json", result)
+    target = load_target_from_args(
+        args, check=lambda n: check_universal(kind, k, n, args.fraction, args.mode,
+                                              args.chunk_size))
+    settings = {"k": k, "seed": args.seed, "fraction": args.fraction, "steps": args.steps,
+                "step_size": args.step_size, "mode": args.mode, "chunk_size": args.chunk_size}
+    if args.out:  # a results folder: resumable, with r, a picture and the JSON
+        result = run_universal(target, kind, args.eps, args.out, progress=not args.quiet,
+                               **settings)
+    else:
+        result = universal_attack(target.model, target.gallery, kind, args.eps,
+                                  progress=not args.quiet, **settings)
+        result.pop("perturbation")
+        result.update(target.record(args.seed))
     text = (f"{result['attack']} eps={args.eps:g} k={k} ({args.mode} targets, "
             f"{result['set_size']} seen + {result['set_size']} unseen, "
             f"{result['threat']['steps']} steps): seen "
@@ -159,30 +160,43 @@ def _transfer_options(p: argparse.ArgumentParser, eps_default: float | None) -> 
 
 
 def register(sub, formatter) -> None:
+    for add in (_add_transfer, _add_transfer_matrix, _add_universal):
+        add(sub, formatter)
+
+
+def _add_transfer(sub, formatter) -> None:
     p = sub.add_parser(
         "transfer", help="transfer attack: adversarial examples from one model, ranked by another",
         formatter_class=formatter,
         description="Make adversarial examples white-box on --source and rank them with "
-                    "--target (Table 5), with identical selections (the same c and Q, or q "
-                    "and C). Figures are mean normalized ranks (%) on the target.")
-    p.add_argument("--source", required=True, type=path_value,
-                   help="checkpoint the attack is made on")
-    p.add_argument("--target", required=True, type=path_value,
-                   help="checkpoint the examples are ranked by")
+                    "--target (checkpoints; or --model source=SOURCE / target=SOURCE with "
+                    "--data, either kind for either role) (Table 5), with identical "
+                    "selections (the same c and Q, or q and C). Figures are mean normalized "
+                    "ranks (%) on the target.")
+    p.add_argument("--source", dest="targets", action="append",
+                   type=lambda t: ("checkpoint", "source", path_value(t)), metavar="PATH",
+                   help="checkpoint the attack is made on (or --model source=SOURCE)")
+    p.add_argument("--target", dest="targets", action="append",
+                   type=lambda t: ("checkpoint", "target", path_value(t)), metavar="PATH",
+                   help="checkpoint the examples are ranked by (or --model target=SOURCE)")
+    add_target_options(p, labelled=True)
     p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
                    help=attack_help())
     _transfer_options(p, None)
     add_common(p)
     p.set_defaults(func=cmd_transfer)
 
+
+def _add_transfer_matrix(sub, formatter) -> None:
     p = sub.add_parser(
         "transfer-matrix", help="the full transfer matrix of Table 5, resumable",
         formatter_class=formatter,
-        description="Fill rows = source, columns = target for each attack; writes "
+        description="Fill rows = source, columns = target for each attack (models: "
+                    "--checkpoint NAME=PATH or --model NAME=SOURCE with --data, in table "
+                    "order); writes "
                     "OUT/transfer.json and OUT/transfer.md after every (attack, source) row, "
                     "and resumes an interrupted run from transfer.json.")
-    p.add_argument("--checkpoint", required=True, action="append", type=_named_checkpoint,
-                   metavar="NAME=PATH", help="a model of the matrix (repeat, in table order)")
+    add_target_options(p, labelled=True)  # NAME=PATH or NAME=SOURCE, in table order
     p.add_argument("--out", required=True, type=path_value,
                    help="folder for transfer.json and transfer.md")
     p.add_argument("--attacks", type=listed(attack_name, "attack names"),
@@ -192,14 +206,15 @@ def register(sub, formatter) -> None:
     add_common(p)
     p.set_defaults(func=cmd_transfer_matrix)
 
+
+def _add_universal(sub, formatter) -> None:
     p = sub.add_parser(
         "universal", help="universal (image-agnostic) perturbation, I-CA/I-QA (Table 6)",
         formatter_class=formatter,
         description="Find one perturbation r shared by a random 5% of X (candidates for "
                     "CA, queries for QA), Eq. 14, and evaluate it on those and on a disjoint "
                     "unseen 5%.")
-    p.add_argument("--checkpoint", required=True, type=path_value,
-                   help="the advrank checkpoint attacked (its test set is X)")
+    add_target_options(p)
     p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
                    help=attack_help())
     add_eps(p, multiple=False, required=True)

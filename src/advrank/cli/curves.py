@@ -7,21 +7,15 @@ from advrank.cli.options import (
     add_common,
     add_eps,
     add_num_attacks,
+    add_target_options,
     emit,
     integer,
     log,
     path_value,
     positive_int,
+    target_specs,
 )
 from advrank.core.io import check_writable_dir
-
-
-def labelled(text: str) -> tuple[str | None, str]:
-    """argparse type: ``PATH`` or ``LABEL=PATH`` (the label names the model in the plot)."""
-    label, sep, path = text.partition("=")
-    if sep and label and path and "/" not in label:
-        return label, path_value(path)
-    return None, path_value(text)
 
 
 def cmd_curves(args) -> None:
@@ -30,9 +24,10 @@ def cmd_curves(args) -> None:
     from advrank.reports.tables import format_curves
 
     eps_values = args.eps or DEFAULT_CURVE_EPS
+    models = target_specs(args)
     check_writable_dir(args.out)
     result = defense_curves(
-        args.checkpoint, args.out, eps_values=eps_values, num_attacks=args.num_attacks,
+        models, args.out, eps_values=eps_values, num_attacks=args.num_attacks,
         k=args.k, seed=args.seed, device=args.device, data_root=args.data_root,
         download=args.download, batch_size=args.batch_size, progress=not args.quiet,
         record=run_record(resolve_device(args.device), args.seed))
@@ -53,14 +48,13 @@ def register(sub, formatter) -> None:
     p = sub.add_parser(
         "curves", help="Fig. 2: attack ranks and max embedding shift vs eps, per checkpoint",
         formatter_class=formatter,
-        description="For each checkpoint and eps: mean normalized rank after CA+, CA-, QA+ and "
+        description="For each model and eps: mean normalized rank after CA+, CA-, QA+ and "
                     "QA- (w = m = k) and the mean maximum embedding-shift distance, on the "
-                    "checkpoint's test set. Writes curves.json, curves.csv and curves.png into "
-                    "--out; rerunning the same command reuses the points already computed.")
-    p.add_argument("--checkpoint", action="append", required=True, type=labelled,
-                   metavar="[LABEL=]PATH",
-                   help="a checkpoint to evaluate, optionally labelled (e.g. vanilla=m.pt); "
-                        "repeat for each model")
+                    "checkpoint's test set (or --data). Models: --checkpoint [LABEL=]PATH or "
+                    "--model [LABEL=]SOURCE, repeated. Writes curves.json, curves.csv and "
+                    "curves.png into --out; rerunning the same command reuses the points "
+                    "already computed.")
+    add_target_options(p, labelled=True)  # vanilla=m.pt labels a model in the plot
     p.add_argument("--out", required=True, type=path_value, help="output folder")
     add_num_attacks(p, "attacks per (attack, eps) point")
     add_eps(p, multiple=True, what="eps point",

@@ -428,41 +428,77 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(_number(part) for part in text.split(","))
 
 
-def add_target_options(p: argparse.ArgumentParser, cache: bool = False) -> None:
+def _label(text: str) -> tuple[str | None, str]:
+    """``NAME=VALUE`` -> ``(NAME, VALUE)``; anything else (a path holding "=" in a folder
+    name, a source such as ``timm:x``) -> ``(None, text)``."""
+    name, sep, value = text.partition("=")
+    if sep and name and value and not any(c in name for c in "/\\:"):
+        return name, value
+    return None, text
+
+
+def _labelled(kind: Callable[[str], Any], form: str | None = None) -> Callable[[str], tuple]:
+    """argparse type: ``[NAME=]VALUE`` with VALUE of ``kind``; ``form`` (checkpoint or model)
+    tags the forms of one model, kept in command-line order."""
+    def parse(text: str) -> tuple:
+        name, value = _label(text)
+        return (name, kind(value)) if form is None else (form, name, kind(value))
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def add_target_options(p: argparse.ArgumentParser, cache: bool = False,
+                       labelled: bool = False) -> None:
     """What is attacked: ``--checkpoint FILE`` (advrank's own model, its test set unless
-    ``--data``), or ``--model SOURCE --data SOURCE`` with the source's options."""
+    ``--data``), or ``--model SOURCE --data SOURCE`` with the source's options. ``labelled``:
+    several models, each ``--checkpoint [NAME=]FILE`` or ``--model [NAME=]SOURCE`` (repeat),
+    their own options as ``--weights NAME=FILE`` and the like (see :func:`target_specs`)."""
     from advrank.registry import MODEL_SOURCES
 
     sources = ", ".join(f"{n}:{MODEL_SOURCES.entry(n).info.get('argument', 'NAME')}"
                         for n in MODEL_SOURCES.names())
     g = p.add_argument_group("model and data (give --checkpoint, or --model with --data)")
-    g.add_argument("--checkpoint", default=None, type=path_value, help="an advrank checkpoint")
-    g.add_argument("--model", type=_model_source, default=None, metavar="SOURCE",
-                   help=f"an outside model: {sources}")
-    g.add_argument("--weights", default=None, type=path_value,
-                   help="--model's weights: a state_dict .pt/.pth (read with weights_only) or "
-                        ".safetensors (default: random weights, for testing only)")
-    g.add_argument("--pretrained", nargs="?", const="DEFAULT", default=None, metavar="TAG",
-                   help="--model's published weights, as its library loads them: torchvision's "
-                        "weights enum (DEFAULT or a member), timm's pretrained_cfg (Hugging "
-                        "Face hub or torch hub file), open_clip's TAG; from the library's cache "
-                        "or downloaded into it")
-    g.add_argument("--metric", default=None, metavar="{" + ",".join(DISTANCES.names()) + "}",
-                   help="--model's ranking distance (default: cosine)")
+
+    own: list[str] = []  # the options that describe one model (NAME= with several)
+
+    def one(name: str, kind, help: str, form: str | None = None, **kw) -> None:
+        if form is None:
+            own.append(name.lstrip("-").replace("-", "_"))
+        if labelled:
+            kw["metavar"] = f"[NAME=]{kw.get('metavar') or name.lstrip('-').upper()}"
+            g.add_argument(name, type=_labelled(kind, form), action="append",
+                           help=help + ("; repeat for each model" if form else
+                                        " (NAME=: for that model alone)"),
+                           **({"dest": "targets"} if form else {}), **kw)
+        else:
+            g.add_argument(name, type=kind, help=help, **kw)
+
+    one("--checkpoint", path_value, "an advrank checkpoint", "checkpoint", default=None)
+    one("--model", _model_source, f"an outside model: {sources}", "model", default=None,
+        metavar="SOURCE")
+    one("--weights", path_value, "--model's weights: a state_dict .pt/.pth (read with "
+        "weights_only) or .safetensors (default: random weights, for testing only)",
+        default=None)
+    one("--pretrained", str, "--model's published weights, as its library loads them: "
+        "torchvision's weights enum (DEFAULT or a member), timm's pretrained_cfg (Hugging Face "
+        "hub or torch hub file), open_clip's TAG; from the library's cache or downloaded into "
+        "it", default=None, metavar="TAG",
+        **({} if labelled else {"nargs": "?", "const": "DEFAULT"}))
+    one("--metric", str, "--model's ranking distance (default: cosine)", default=None,
+        metavar="{" + ",".join(DISTANCES.names()) + "}")
     g.add_argument("--data", default=None, metavar="SOURCE",
                    help="the collection X: imagefolder:PATH (a sub-folder per class), "
                         "csv:FILE (path,label), or a dataset name (default for --checkpoint: "
                         "its test set)")
-    g.add_argument("--layer", default=None,
-                   help="embed with this layer's pooled output instead of the pooled features")
-    g.add_argument("--embed-dim", type=integer(1, 65_536), default=None,
-                   help="add a linear projection head of this size")
-    g.add_argument("--input-size", type=integer(8, 4096), default=None,
-                   help="override the model's input size (H = W pixels)")
-    g.add_argument("--mean", type=_floats, default=None,
-                   help="override the model's input mean, e.g. 0.5,0.5,0.5")
-    g.add_argument("--std", type=_floats, default=None,
-                   help="override the model's input std, e.g. 0.5,0.5,0.5")
+    one("--layer", str, "embed with this layer's pooled output instead of the pooled features",
+        default=None)
+    one("--embed-dim", integer(1, 65_536), "add a linear projection head of this size",
+        default=None)
+    one("--input-size", integer(8, 4096), "override the model's input size (H = W pixels)",
+        default=None)
+    one("--mean", _floats, "override the model's input mean, e.g. 0.5,0.5,0.5", default=None)
+    one("--std", _floats, "override the model's input std, e.g. 0.5,0.5,0.5", default=None)
     g.add_argument("--query-fraction", type=number(0.0, 1.0, low_open=True), default=None,
                    help="measure retrieval with a deterministic, stratified query split of "
                         "this fraction of each class (queries vs the rest)")
@@ -471,12 +507,48 @@ def add_target_options(p: argparse.ArgumentParser, cache: bool = False) -> None:
                         "collection; more is an error")
     g.add_argument("--workers", type=integer(0, 256), default=0,
                    help="processes decoding pictures while embedding")
-    if cache:
-        g.add_argument("--cache-dir", default=None,
-                       help="where the collection's embeddings are cached (default: OUT/cache)")
-    else:
-        g.add_argument("--cache-dir", default=None,
-                       help="cache the collection's embeddings in this folder")
+    g.add_argument("--cache-dir", default=None,
+                   help="where the collection's embeddings are cached (default: OUT/cache)"
+                   if cache else "cache the collection's embeddings in this folder")
+    p.set_defaults(model_options=tuple(own))
+
+
+def target_specs(args, cache_dir: str | None = None) -> list[tuple[str | None, Any]]:
+    """The ``(NAME or None, TargetSpec)`` of each model of ``add_target_options(labelled=True)``,
+    in command-line order, validated; a plain per-model option applies to every ``--model``,
+    ``NAME=VALUE`` to that model alone (and wins over the plain one)."""
+    from advrank.experiments.target import TargetSpec
+
+    given = getattr(args, "targets", None) or []
+    if not given:
+        raise AdvrankError("give a model: --checkpoint FILE or --model SOURCE (with --data)")
+    names = [name for _, name, _ in given if name is not None]
+    if len(set(names)) != len(names):
+        raise AdvrankError(f"model names must be distinct, got {', '.join(names)}")
+    own: list[dict[str, Any]] = [{} for _ in given]
+    for key in args.model_options:
+        values = sorted(getattr(args, key) or [], key=lambda v: v[0] is not None)
+        seen: set = set()
+        for name, value in values:  # plain values first, named ones override them
+            option = f"--{key.replace('_', '-')}"
+            if name in seen:
+                raise AdvrankError(f"{option} is given twice for "
+                                   + (f"model {name}" if name else "every model"))
+            if name is None and not any(form == "model" for form, _, _ in given):
+                raise AdvrankError(f"{option} applies to --model, not to --checkpoint (a "
+                                   "checkpoint carries its own weights, metric and input size)")
+            if name is not None and name not in names:
+                raise AdvrankError(f"{option} {name}=...: no model is named {name} (the models: "
+                                   f"{', '.join(names) or 'none named'})")
+            seen.add(name)
+            for i, (form, label, _) in enumerate(given):
+                if label == name or (name is None and form == "model"):
+                    own[i][key] = value
+    shared = {"data": args.data, "cache_dir": args.cache_dir or cache_dir,
+              "workers": args.workers, "query_fraction": args.query_fraction,
+              "max_unreadable": args.max_unreadable}
+    return [(label, TargetSpec(**{form: value}, **shared, **own[i]).validate())
+            for i, (form, label, value) in enumerate(given)]
 
 
 def target_spec(args, cache_dir: str | None = None):

@@ -13,7 +13,7 @@ embedding shift ES by default) at a few eps in model-input pixel units, and writ
 
 from __future__ import annotations
 
-import sys
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +28,15 @@ from advrank.core.checks import check_number, format_eps
 from advrank.core.metrics import query_metrics
 from advrank.core.runtime import progress_bar
 from advrank.errors import AdvrankError
-from advrank.experiments.grid import cell_key, selection_seed
-from advrank.experiments.protocol import attack_batches, check_batch_size, run_attack
+from advrank.experiments.protocol import (
+    ColumnSelections,
+    attack_batches,
+    cell_key,
+    check_batch_size,
+    run_attack,
+    selection_seed,
+)
+from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
@@ -128,25 +135,89 @@ def _threat(config: AuditConfig, eps: float, kind: AttackKind) -> LinfThreatMode
                            pipeline=config.pipeline, through_pipeline=config.through_pipeline)
 
 
-def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
-               t: int, todo: list[tuple[str, float]], bar, log: Callable[[str], None],
-               index=None) -> None:
-    selections: dict[str, tuple] = {}
-    for attack, eps in todo:
-        kind, k = kinds[attack], _k(kinds[attack], config)
-        if attack not in selections:  # one draw per attack, shared by its eps rows
-            selections[attack] = (kind.select(target.gallery, k, t,
-                                              selection_seed(config.seed, attack, k)), {})
-        selection, clean_cache = selections[attack]
-        result = run_attack(target.model, target.gallery, kind, float(eps), k, t,
-                            seed=config.seed, batch_size=config.batch_size,
-                            threat=_threat(config, eps, kind), selection=selection,
-                            progress=False, clean_cache=clean_cache, bar=bar, index=index)
-        summary = result.summary()
-        st.put(cell_key(attack, eps, k), summary)
-        with bar.external_write_mode():  # a line above the bar, not through it
-            log(f"  {attack} eps={format_eps(eps)}: rank {summary['rank_before']:.1f} -> "
-                f"{summary['rank_after']:.1f}% ({summary['seconds']:.0f}s)")
+class Audit(Experiment):
+    """The audit's declaration: a retrieval cell, then one cell per (attack, eps); see
+    :func:`run_audit`."""
+
+    name, filename, format, implied = "audit", REPORT_JSON, AUDIT_FORMAT, IMPLIED_IDENTITY
+
+    def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
+                 progress: bool = False, log: Callable[[str], None] | None = None,
+                 index=None):
+        self.kinds = config.validate()
+        self.log = log or (lambda m: None)
+        self.t = config.attacks_for(len(target.gallery), lambda m: self.log(f"audit: note: {m}"))
+        self.target, self.config, self.extra_record = target, config, record or {}
+        self.progress, self.index, self.bar = progress, index, None
+        self.columns = ColumnSelections(target.gallery, self.t, config.seed)
+
+    def identity(self) -> dict[str, Any]:
+        target, config = self.target, self.config
+        return {"fingerprint": target.fingerprint, **fingerprints_of(target),
+                "metric": target.meta.get("metric"), "gallery_size": len(target.gallery),
+                "num_attacks": self.t, "seed": config.seed, "k": config.k,
+                "steps": config.steps, "step_size": config.step_size,
+                "options": {a: kind.options for a, kind in self.kinds.items()},
+                "index": None if self.index is None else self.index.spec,
+                **_upload_identity(config)}
+
+    def record(self) -> dict[str, Any]:
+        settings = {k: v for k, v in asdict(self.config).items() if k != "options"}
+        return {**self.extra_record, "audit": settings}
+
+    def cells(self, store: Store) -> list[Cell]:
+        config = self.config
+        return [Cell("retrieval", lambda: retrieval_figures(self.target, config.max_queries,
+                                                             config.seed)),
+                *(Cell(cell_key(a, e, _k(self.kinds[a], config)),
+                       lambda a=a, e=e: self.cell(a, e))
+                  for a in self.kinds for e in config.eps_values)]
+
+    def announce(self, todo: int, done: int) -> str:
+        return (f"audit: {todo} cells to run ({done} already done), T = {self.t}, "
+                f"|X| = {len(self.target.gallery)}")
+
+    @contextlib.contextmanager
+    def running(self, store: Store):
+        """The estimate before the first attack, then one progress bar over every cell's
+        attacks and the example panels."""
+        todo = [(a, e) for a in self.kinds for e in self.config.eps_values
+                if cell_key(a, e, _k(self.kinds[a], self.config)) not in store]
+        plan = audit_plan(self.target, self.kinds, self.config, self.t, todo)
+        self.log(estimate_message(plan))
+        with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
+                          enabled=self.progress) as self.bar:
+            yield
+        self.bar = None
+
+    def cell(self, attack: str, eps: float) -> dict[str, Any]:
+        kind, config = self.kinds[attack], self.config
+        k = _k(kind, config)
+        selection, clean_cache = self.columns(attack, kind, k)
+        return run_attack(self.target.model, self.target.gallery, kind, float(eps), k, self.t,
+                          seed=config.seed, batch_size=config.batch_size,
+                          threat=_threat(config, eps, kind), selection=selection,
+                          progress=False, clean_cache=clean_cache, bar=self.bar,
+                          index=self.index).summary()
+
+    def finished(self, store: Store, cell: Cell, value: Any, seconds: float, log) -> None:
+        if cell.key != "retrieval":
+            with self.bar.external_write_mode():  # a line above the bar, not through it
+                log(f"  {value['attack']} eps={format_eps(value['eps'])}: rank "
+                    f"{value['rank_before']:.1f} -> {value['rank_after']:.1f}% "
+                    f"({value['seconds']:.0f}s)")
+
+    def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
+        from advrank.reports.html import audit_html
+
+        panels = example_panels(self.target, self.kinds, self.config, self.t, self.bar)
+        summary = audit_summary(store, self.kinds, self.config, self.target)
+        examples = [p["figures"] for p in panels]
+        summary["verdict"] = audit_verdict(summary["attacks"], examples)
+        store.extra = {"summary": summary, "examples": examples}
+        store.flush()
+        store.write_text(REPORT_HTML, audit_html(store.content(), panels))
+        return summary
 
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
@@ -156,42 +227,9 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
     prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...).
     ``index``: a :class:`~advrank.core.index.VectorIndex` over the gallery whose ranks are
     measured beside the exact ones (``*_index``), part of the audit's identity."""
-    from advrank.reports.html import audit_html
-
-    config = config or AuditConfig()
-    log = log or ((lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None))
-    kinds = config.validate()
-    n = len(target.gallery)
-    t = config.attacks_for(n, lambda m: log(f"audit: note: {m}"))
-    fingerprints = fingerprints_of(target)
-    identity = {"fingerprint": target.fingerprint, **fingerprints, "metric":
-                target.meta.get("metric"), "gallery_size": n, "num_attacks": t,
-                "seed": config.seed, "k": config.k, "steps": config.steps,
-                "step_size": config.step_size, "options": {
-                    a: kind.options for a, kind in kinds.items()},
-                "index": None if index is None else index.spec, **_upload_identity(config)}
-    settings = {k: v for k, v in asdict(config).items() if k != "options"}
-    with Store(out_dir, REPORT_JSON, AUDIT_FORMAT, identity,
-               {**(record or {}), "audit": settings}, implied=IMPLIED_IDENTITY) as st:
-        if "retrieval" not in st:
-            st.put("retrieval", retrieval_figures(target, config.max_queries, config.seed))
-        todo = [(a, e) for a in kinds for e in config.eps_values
-                if cell_key(a, e, _k(kinds[a], config)) not in st]
-        plan = audit_plan(target, kinds, config, t, todo)
-        if todo:
-            log(f"audit: {len(todo)} attack cells to run ({len(st.cells) - 1} already done), "
-                f"T = {t}, |X| = {n}")
-        log(estimate_message(plan))
-        with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
-                          enabled=progress) as bar:
-            _run_cells(target, st, kinds, config, t, todo, bar, log, index)
-            panels = example_panels(target, kinds, config, t, bar)
-        summary = audit_summary(st, kinds, config, target)
-        examples = [p["figures"] for p in panels]
-        summary["verdict"] = audit_verdict(summary["attacks"], examples)
-        st.extra = {"summary": summary, "examples": examples}
-        st.flush()
-        st.write_text(REPORT_HTML, audit_html(st.content(), panels))
+    log = log or progress_log(progress)
+    audit = Audit(target, config or AuditConfig(), record, progress, log, index)
+    summary = run(audit, out_dir, log)
     return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
             "report_json": str(Path(out_dir) / REPORT_JSON)}
 

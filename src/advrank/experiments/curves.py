@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,16 @@ from advrank.attacks.base import check_fits_all, make_kinds
 from advrank.attacks.es import shift_distance
 from advrank.attacks.selection import draw_anchors
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import (
-    check_flag,
-    check_int,
-    check_list,
-    check_name,
-    check_path,
-    check_progress,
-    check_seed,
-)
+from advrank.core.checks import check_flag, check_int, check_list, check_name
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import recall_at_k
 from advrank.defenses.base import default_defense_eps
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS
-from advrank.experiments.protocol import check_batch_size, run_attack
+from advrank.experiments.protocol import check_run, run_attack
+from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store, figures_problem, is_number
-from advrank.experiments.target import Target, load_target
+from advrank.experiments.target import Target, TargetSpec, load_target, target_form
 from advrank.reports.plots import curves_png
 from advrank.reports.tables import format_comparison, size_name
 
@@ -117,100 +109,117 @@ def _csv_text(rows: list[dict], attacks: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def _labelled_checkpoint(item) -> tuple[str | None, str]:
-    """``path`` or ``(label, path)`` -> ``(label or None, path)``, both checked."""
+def _labelled_target(item) -> tuple[str | None, Path | TargetSpec]:
+    """``target`` or ``(label, target)`` -> ``(label or None, target)``, both checked; a target
+    is a checkpoint path or a :class:`TargetSpec` (an outside model on a collection)."""
     if isinstance(item, tuple) and len(item) == 2:
         label = None if item[0] is None else check_name(item[0], "checkpoint label")
-        return label, check_path(item[1], "checkpoint")
-    return None, check_path(item, "checkpoint")
+        return label, target_form(item[1])
+    return None, target_form(item)
 
 
-def _check_curve_args(checkpoints, eps_values, num_attacks, k, seed, batch_size, progress,
-                      download) -> tuple[list, list[float]]:
-    """(checkpoints, sorted eps values), every argument checked before any work."""
-    checkpoints = check_list(checkpoints, "checkpoints", _labelled_checkpoint)
-    # validates the range with a readable error before any work
-    eps_values = sorted(check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps))
-    if num_attacks is not None:
-        check_int(num_attacks, "number of attacks")
-    check_int(k, "w/m")
-    check_seed(seed)
-    check_batch_size(batch_size)
-    check_progress(progress)
-    check_flag(download, "download")
-    return checkpoints, eps_values
+class Curves(Experiment):
+    """Fig. 2's declaration: one point per (model, eps), keyed by the model's fingerprint;
+    models are loaded one at a time as their points come up. See :func:`defense_curves`."""
+
+    name, filename, format = "curves", "curves.json", CURVES_FORMAT
+
+    def __init__(self, targets, eps_values, num_attacks, k, seed, batch_size, progress,
+                 load: Callable[..., Target], record: dict | None):
+        if isinstance(targets, (str, bytes)) or not isinstance(targets, (list, tuple)) \
+                or not targets:
+            raise AdvrankError("checkpoints must be a non-empty list of models")
+        # a repeated model would only redo the same work (a TargetSpec is not hashable)
+        self.targets = list({repr(t): t for t in map(_labelled_target, targets)}.values())
+        # validates the range with a readable error before any work
+        self.eps_values = sorted(check_list(eps_values, "eps values",
+                                            lambda e: LinfThreatModel(e).eps))
+        if len({f"{e:g}" for e in self.eps_values}) != len(self.eps_values):
+            raise AdvrankError("eps values that agree to 6 significant digits are one point; "
+                               "give each eps once")
+        self.num_attacks, self.seed, self.batch_size = check_run(num_attacks, seed, batch_size,
+                                                                 progress)
+        self.k, self.progress = check_int(k, "w/m"), progress
+        self.load, self._record = load, record or {}
+        self.kinds = make_kinds(PAPER_ATTACKS, {})
+        self.models: list[dict[str, Any]] = []
+
+    def identity(self) -> dict[str, Any]:
+        return {"k": self.k, "seed": self.seed, "num_attacks": self.num_attacks,
+                "attacks": list(PAPER_ATTACKS)}
+
+    def record(self) -> dict[str, Any]:
+        return self._record
+
+    def check_cell(self, key: str, point) -> str | None:
+        return check_point(key, point)
+
+    def fits(self, n: int) -> None:  # before each gallery is embedded
+        t = min(DEFAULT_NUM_ATTACKS, n) if self.num_attacks is None else self.num_attacks
+        check_fits_all(self.kinds.values(), [self.k], t, n)
+
+    def cells(self, store: Store) -> Iterator[Cell]:
+        for name, form in self.targets:
+            target = self.load(form, check=self.fits)
+            label = name or model_label(target.source, target.meta)
+            while label in {m["label"] for m in self.models}:  # same file name twice
+                label += "'"
+            self.models.append(_model_row(target, label))
+            for eps in self.eps_values:
+                yield Cell(f"{target.fingerprint}|{eps:g}", lambda t=target, e=eps:
+                           robustness_point(t.model, t.gallery, e, self.k, self.num_attacks,
+                                            self.seed, self.batch_size,
+                                            progress=self.progress), label)
+
+    def finished(self, store: Store, cell: Cell, value: dict, seconds: float, log) -> None:
+        ranks = "  ".join(f"{a} {value[f'{a}_after']:.1f}" for a in PAPER_ATTACKS)
+        log(f"{cell.label} eps={value['eps']:g}: {ranks}  shift {value['shift_mean']:.3f} "
+            f"({value['seconds']:.1f}s)")
+
+    def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
+        points = [{**store.get(f"{m['fingerprint']}|{eps:g}"), "label": m["label"],
+                   "checkpoint": m["checkpoint"], "fingerprint": m["fingerprint"],
+                   "defense": m["defense"], "defense_eps": m["defense_eps"]}
+                  for m in self.models for eps in self.eps_values]
+        files = {"json": str(store.path), "csv": str(store.dir / "curves.csv"),
+                 "png": str(store.dir / "curves.png")}
+        store.extra = {"eps_values": self.eps_values, "attacks": list(PAPER_ATTACKS),
+                       "checkpoints": self.models, "points": points, "files": files}
+        store.flush()
+        store.write_text("curves.csv", _csv_text(points, PAPER_ATTACKS))
+        store.write_bytes("curves.png", curves_png(
+            self.models, points, list(PAPER_ATTACKS), self.k,
+            {a: size_name(a) for a in PAPER_ATTACKS}, {m["metric"] for m in self.models}))
+        return {**store.content(), "k": self.k, "computed": len(computed),
+                "reused": len(points) - len(computed)}
 
 
 def defense_curves(
-    checkpoints: Sequence[str | Path | tuple[str, str | Path]], out_dir: str | Path,
-    eps_values: Sequence[float] = DEFAULT_CURVE_EPS, num_attacks: int | None = None, k: int = 1,
-    seed: int = 0, device: torch.device | str = "auto", data_root: str | Path | None = None,
+    checkpoints: Sequence[str | Path | TargetSpec | tuple[str, str | Path | TargetSpec]],
+    out_dir: str | Path, eps_values: Sequence[float] = DEFAULT_CURVE_EPS,
+    num_attacks: int | None = None, k: int = 1, seed: int = 0,
+    device: torch.device | str = "auto", data_root: str | Path | None = None,
     download: bool = False, batch_size: int = 256, progress: bool = True,
     record: dict | None = None,
 ) -> dict[str, Any]:
-    """Fig. 2: for each checkpoint and eps, :func:`robustness_point` on its own test set.
+    """Fig. 2: for each model and eps, :func:`robustness_point` on its collection.
 
-    Writes ``curves.json`` (through the store: resumable, one point per cell keyed by the
-    checkpoint's content and eps, so a rerun reuses every point already computed),
-    ``curves.csv`` and ``curves.png`` (one panel per attack plus the shift, one line per
-    checkpoint, vanilla dashed). A checkpoint given as ``(label, path)`` is shown under that
-    label, else as ``file (defense, eps)``. Returns the ``curves.json`` content plus ``computed``/
+    A model is a checkpoint (its own test set) or a :class:`TargetSpec` (e.g. an outside model
+    on a picture folder). Writes ``curves.json`` (through the store: resumable, one point per
+    cell keyed by the model's fingerprint and eps, so a rerun reuses every point already
+    computed), ``curves.csv`` and ``curves.png`` (one panel per attack plus the shift, one line
+    per model, vanilla dashed). A model given as ``(label, model)`` is shown under that label,
+    else as ``name (defense, eps)``. Returns the ``curves.json`` content plus ``computed``/
     ``reused`` counts.
     """
-    checkpoints, eps_values = _check_curve_args(checkpoints, eps_values, num_attacks, k, seed,
-                                                batch_size, progress, download)
-    kinds = make_kinds(PAPER_ATTACKS, {})
+    check_flag(download, "download")
 
-    def check(n: int) -> None:  # before each gallery is embedded
-        t = min(DEFAULT_NUM_ATTACKS, n) if num_attacks is None else num_attacks
-        check_fits_all(kinds.values(), [k], t, n)
+    def load(form, check):
+        return load_target(form, device, data_root, download, progress=progress, check=check)
 
-    identity = {"k": k, "seed": seed, "num_attacks": num_attacks,
-                "attacks": list(PAPER_ATTACKS)}
-    models, points, computed, reused = [], [], 0, 0
-    if len({f"{e:g}" for e in eps_values}) != len(eps_values):
-        raise AdvrankError("eps values that agree to 6 significant digits are one point; give "
-                           "each eps once")
-    with Store(out_dir, "curves.json", CURVES_FORMAT, identity, record,
-               check_cell=check_point) as st:
-        for name, path in checkpoints:
-            target = load_target(path, device, data_root, download, progress=progress,
-                                 check=check)
-            label = name or model_label(path, target.meta)
-            while label in {m["label"] for m in models}:  # same file name twice
-                label += "'"
-            models.append(_model_row(target, label))
-            for eps in eps_values:
-                key = f"{target.fingerprint}|{eps:g}"
-                if key in st:
-                    reused += 1
-                else:
-                    point = robustness_point(target.model, target.gallery, eps, k, num_attacks,
-                                             seed, batch_size, progress=progress)
-                    st.put(key, point)
-                    computed += 1
-                    _log_point(label, point, progress)
-                points.append({**st.get(key), "label": label, "checkpoint": str(path),
-                               "fingerprint": target.fingerprint,
-                               "defense": target.meta.get("defense"),
-                               "defense_eps": target.meta.get("defense_eps")})
-        files = {"json": str(st.path), "csv": str(st.dir / "curves.csv"),
-                 "png": str(st.dir / "curves.png")}
-        st.extra = {"eps_values": eps_values, "attacks": list(PAPER_ATTACKS),
-                    "checkpoints": models, "points": points, "files": files}
-        st.flush()
-        st.write_text("curves.csv", _csv_text(points, PAPER_ATTACKS))
-        st.write_bytes("curves.png", curves_png(
-            models, points, list(PAPER_ATTACKS), k, {a: size_name(a) for a in PAPER_ATTACKS},
-            {m["metric"] for m in models}))
-        return {**st.content(), "k": k, "computed": computed, "reused": reused}
-
-
-def _log_point(label: str, point: dict, progress: bool) -> None:
-    if progress:
-        ranks = "  ".join(f"{a} {point[f'{a}_after']:.1f}" for a in PAPER_ATTACKS)
-        print(f"{label} eps={point['eps']:g}: {ranks}  shift {point['shift_mean']:.3f} "
-              f"({point['seconds']:.1f}s)", file=sys.stderr)
+    curves = Curves(checkpoints, eps_values, num_attacks, k, seed, batch_size, progress, load,
+                    record)
+    return run(curves, out_dir, progress_log(progress))
 
 
 def defense_comparison(

@@ -9,7 +9,6 @@ brackets).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,15 +28,17 @@ from advrank.core.checks import (
 from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
-from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
-from advrank.experiments.paper import PAPER_ATTACKS, paper_table_for
+from advrank.experiments.paper import PAPER_ATTACKS, paper_lookup, paper_table_for
 from advrank.experiments.protocol import (
+    ColumnSelections,
+    cell_key,
     check_batch_size,
     check_cell_options,
     check_gallery,
     run_attack,
 )
+from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store, figures_problem, is_number
 from advrank.reports.tables import csv_table, headline_of, markdown_table
 
@@ -46,10 +47,6 @@ FORMAT = "advrank-grid"
 #: identity values of grids written before the setting existed
 IMPLIED_IDENTITY = {"precision": "fp32", "index": None, "pipeline": None,
                     "through_pipeline": False}
-
-
-def cell_key(attack: str, eps: float, k: int) -> str:
-    return f"{attack}|{eps:g}|{k}"
 
 
 def check_cell(key: str, cell) -> str | None:
@@ -65,17 +62,96 @@ def check_cell(key: str, cell) -> str | None:
     return None
 
 
-def selection_seed(seed: int, attack: str, k: int) -> int:
-    """One selection per (attack, k), shared by every eps row, so rows differ only in eps."""
-    return derived_seed(seed, attack, k)
-
-
 def load_results(out_dir: str | Path) -> dict:
     """Read a grid's ``results.json`` (``{"config": ..., "cells": {key: summary}}``)."""
     path = Path(out_dir) / RESULTS
     if not path.exists():
         raise AdvrankError(f"no grid results at {path}")
     return read_json(path, "grid results")
+
+
+class Grid(Experiment):
+    """The grid's declaration: one cell per (attack, eps, w/m), every setting checked at
+    construction (before any work); see :func:`run_grid`."""
+
+    name, filename, format, implied = "grid", RESULTS, FORMAT, IMPLIED_IDENTITY
+
+    def __init__(self, model: nn.Module, gallery: Gallery, eps_values: Sequence[float],
+                 ks: Sequence[int], attacks: Sequence[str], num_attacks: int, seed: int,
+                 batch_size: int, paper: str | None, meta: dict | None, progress: bool,
+                 policy: ExecutionPolicy | None, index, options: dict, pipeline=None,
+                 through_pipeline: bool = False):
+        check_gallery(model, gallery)
+        self.kinds = make_kinds(check_list(attacks, "attacks",
+                                           lambda a: check_name(a, "attack")), options)
+        # every row's eps and every cell's size checked before the first cell runs
+        self.eps_values = check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps)
+        self.upload = LinfThreatModel(0.0, pipeline=pipeline, through_pipeline=through_pipeline)
+        self.ks = check_list(ks, "w/m values", lambda k: check_int(k, "w/m"))
+        self.num_attacks = check_int(num_attacks, "number of attacks")
+        self.seed, self.batch_size = check_seed(seed), check_batch_size(batch_size)
+        check_progress(progress)
+        self.policy = get_policy(policy)
+        if paper is not None:
+            paper_table_for({}, paper)
+        if meta is not None and not isinstance(meta, dict):
+            raise AdvrankError(f"meta must be a dict, got {type(meta).__name__}")
+        check_fits_all(self.kinds.values(), self.ks, self.num_attacks, len(gallery))
+        keys = {cell_key(a, e, k) for a in self.kinds for k in self.ks for e in self.eps_values}
+        if len(keys) != len(self.kinds) * len(self.ks) * len(self.eps_values):
+            raise AdvrankError("eps values that agree to 6 significant digits are one table "
+                               "row; give each eps once")
+        self.model, self.gallery, self.index = model, gallery, index
+        self.paper, self.meta = paper, meta or {}
+        self.progress = progress is not False and distributed.is_main()
+        self.columns = ColumnSelections(gallery, self.num_attacks, self.seed)
+
+    def identity(self) -> dict:
+        return {"num_attacks": self.num_attacks, "seed": self.seed,
+                "gallery_size": len(self.gallery),
+                "checkpoint_sha": self.meta.get("checkpoint_sha"),
+                "precision": self.policy.precision,
+                "index": None if self.index is None else self.index.spec,
+                "pipeline": None if self.upload.pipeline is None else self.upload.pipeline.spec,
+                "through_pipeline": self.upload.through_pipeline}
+
+    def record(self) -> dict:
+        return {"eps_values": list(self.eps_values), "ks": list(self.ks),
+                "attacks": list(self.kinds), "paper": self.paper,
+                "memory_budget": self.policy.memory_budget, **self.meta}
+
+    def check_cell(self, key: str, cell) -> str | None:
+        return check_cell(key, cell)
+
+    def prepare(self, store: Store) -> None:
+        check_cell_options(store.path, store.cells.values(), self.kinds)
+
+    def cells(self, store: Store) -> list[Cell]:
+        # a kind without a size parameter (TMA, ES, ...) has one column, k = 1
+        return [Cell(cell_key(a, e, k), lambda a=a, e=e, k=k: self.cell(a, e, k))
+                for a in self.kinds for k in self.kinds[a].sizes(self.ks)
+                for e in self.eps_values]
+
+    def cell(self, attack: str, eps: float, k: int) -> dict:
+        kind = self.kinds[attack]
+        selection, clean_cache = self.columns(attack, kind, k)
+        return run_attack(self.model, self.gallery, kind, eps, k, self.num_attacks,
+                          seed=self.seed, batch_size=self.batch_size, selection=selection,
+                          threat=dataclasses.replace(self.upload, eps=eps),
+                          progress=self.progress, clean_cache=clean_cache, policy=self.policy,
+                          index=self.index).summary()
+
+    def finished(self, store: Store, cell: Cell, value: dict, seconds: float, log) -> None:
+        kind = self.kinds[value["attack"]]
+        fig = kind.headline
+        log(f"  {value['attack']} eps={format_eps(value['eps'])} k={value['k']}: {fig} "
+            f"{value[f'{fig}_before']:.3g} -> {value[f'{fig}_after']:.3g}{kind.unit} "
+            f"({value['seconds']:.0f}s)")
+
+    def publish(self, store: Store, computed: list[str]) -> dict:
+        results = store.content()
+        write_tables(store, results)
+        return results
 
 
 def run_grid(
@@ -95,67 +171,9 @@ def run_grid(
     when ``through_pipeline`` (both part of the grid's identity). Under torchrun every cell
     is shared by the processes and rank 0 writes.
     """
-    check_gallery(model, gallery)
-    kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
-                       options)
-    # every row's eps and every cell's size checked before the first cell runs
-    eps_values = check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps)
-    upload = LinfThreatModel(0.0, pipeline=pipeline, through_pipeline=through_pipeline)
-    ks = check_list(ks, "w/m values", lambda k: check_int(k, "w/m"))
-    num_attacks = check_int(num_attacks, "number of attacks")
-    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
-    check_progress(progress)
-    policy = get_policy(policy)
-    if paper is not None:
-        paper_table_for({}, paper)
-    if meta is not None and not isinstance(meta, dict):
-        raise AdvrankError(f"meta must be a dict, got {type(meta).__name__}")
-    check_fits_all(kinds.values(), ks, num_attacks, len(gallery))
-    identity = {"num_attacks": num_attacks, "seed": seed, "gallery_size": len(gallery),
-                "checkpoint_sha": (meta or {}).get("checkpoint_sha"),
-                "precision": policy.precision,
-                "index": None if index is None else index.spec,
-                "pipeline": None if upload.pipeline is None else upload.pipeline.spec,
-                "through_pipeline": upload.through_pipeline}
-    record = {"eps_values": list(eps_values), "ks": list(ks), "attacks": list(kinds),
-              "paper": paper, "memory_budget": policy.memory_budget, **(meta or {})}
-    keys = {cell_key(a, e, k) for a in kinds for k in ks for e in eps_values}
-    if len(keys) != len(kinds) * len(ks) * len(eps_values):
-        raise AdvrankError("eps values that agree to 6 significant digits are one table row; "
-                           "give each eps once")
-    progress = progress is not False and distributed.is_main()
-    with Store(out_dir, RESULTS, FORMAT, identity, record, implied=IMPLIED_IDENTITY,
-               check_cell=check_cell) as st:
-        check_cell_options(st.path, st.cells.values(), kinds)
-        # a kind without a size parameter (TMA, ES, ...) has one column, k = 1
-        todo = [(a, k, e) for a in kinds for k in kinds[a].sizes(ks)
-                for e in eps_values if cell_key(a, e, k) not in st]
-        if progress and todo:
-            print(f"grid: {len(todo)} cells to run ({len(st.cells)} already done)",
-                  file=sys.stderr)
-        selections: dict = {}
-        for attack, k, eps in todo:
-            kind = kinds[attack]
-            if (attack, k) not in selections:  # one draw (and one "before" measurement) per column
-                selections[(attack, k)] = (
-                    kind.select(gallery, k, num_attacks, selection_seed(seed, attack, k)), {})
-            selection, clean_cache = selections[(attack, k)]
-            threat = dataclasses.replace(upload, eps=eps)
-            result = run_attack(model, gallery, kind, eps, k, num_attacks, seed=seed,
-                                batch_size=batch_size, threat=threat, selection=selection,
-                                progress=progress, clean_cache=clean_cache, policy=policy,
-                                index=index)
-            summary = result.summary()
-            st.put(cell_key(attack, eps, k), summary)
-            if progress:
-                fig = kind.headline
-                print(f"  {attack} eps={format_eps(eps)} k={k}: {fig} "
-                      f"{summary[f'{fig}_before']:.3g} -> "
-                      f"{summary[f'{fig}_after']:.3g}{kind.unit} ({summary['seconds']:.0f}s)",
-                      file=sys.stderr)
-        results = st.content()
-        write_tables(st, results)
-    return results
+    grid = Grid(model, gallery, eps_values, ks, attacks, num_attacks, seed, batch_size, paper,
+                meta, progress, policy, index, options, pipeline, through_pipeline)
+    return run(grid, out_dir, progress_log(grid.progress))
 
 
 def write_tables(store: Store, results: dict) -> None:
@@ -169,8 +187,8 @@ def write_tables(store: Store, results: dict) -> None:
              f"attacks per cell, |X| = {cfg['gallery_size']}; cell = mean of the attack's headline "
              f"figure after attack (normalized rank, %, for CA/QA) ± standard error"
              + (" (paper's figure)" if paper else ""))
-    store.write_text(CSV, csv_table(cells, paper))
-    table = markdown_table(cells, paper, title=title)
+    store.write_text(CSV, csv_table(cells, paper_lookup(paper)))
+    table = markdown_table(cells, paper_lookup(paper), title=title)
     if cfg.get("pipeline"):  # the same cells as a deployed search ranks them
         through = "attacked through it" if cfg.get("through_pipeline") else \
             "attacked on float pixels"

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from advrank.errors import AdvrankError
 
 PAPER_ATTACKS = ("CA+", "CA-", "QA+", "QA-")
@@ -90,6 +92,14 @@ def paper_value(table: str | None, attack: str, eps: float, k: int) -> float | N
         if abs(e - eps) < 1e-9:
             return vals[KS.index(k)]
     return None
+
+
+def paper_lookup(table: str | None) -> Callable[[str, float, int], float | None] | None:
+    """What the report tables take to show the paper's figures beside ours:
+    ``(attack, eps, k) -> figure or None`` for ``table``, None without a table."""
+    if not table:
+        return None
+    return lambda attack, eps, k: paper_value(table, attack, eps, k)
 
 
 def paper_eps(dataset: str) -> tuple[float, ...]:

@@ -43,7 +43,7 @@ from advrank.core.execution import (
     model_bytes_per_item,
 )
 from advrank.core.gallery import Gallery
-from advrank.core.runtime import progress_bar
+from advrank.core.runtime import derived_seed, progress_bar
 from advrank.errors import AdvrankError
 
 MAX_BATCH = 1_000_000
@@ -148,6 +148,32 @@ def check_cell_options(path, cells: Iterable[dict], kinds: dict[str, AttackKind]
                                    "folder")
 
 
+def cell_key(attack: str, eps: float, k: int) -> str:
+    """The store key of an (attack, eps, w/m) cell of a grid or an audit."""
+    return f"{attack}|{eps:g}|{k}"
+
+
+def selection_seed(seed: int, attack: str, k: int) -> int:
+    """One selection per (attack, k), shared by every eps row, so rows differ only in eps."""
+    return derived_seed(seed, attack, k)
+
+
+class ColumnSelections:
+    """The selection of each (attack, k) column, drawn once and shared by its eps rows with
+    one cache of the clean ("before") figures: ``columns(attack, kind, k) -> (selection,
+    cache)``."""
+
+    def __init__(self, gallery: Gallery, num_attacks: int, seed: int):
+        self.gallery, self.num_attacks, self.seed = gallery, num_attacks, seed
+        self.drawn: dict[tuple[str, int], tuple[Selection, dict]] = {}
+
+    def __call__(self, attack: str, kind: AttackKind, k: int) -> tuple[Selection, dict]:
+        if (attack, k) not in self.drawn:
+            self.drawn[(attack, k)] = (kind.select(
+                self.gallery, k, self.num_attacks, selection_seed(self.seed, attack, k)), {})
+        return self.drawn[(attack, k)]
+
+
 def embed_checked(model: nn.Module, images: torch.Tensor,
                   splitter: BatchSplitter | None = None) -> torch.Tensor:
     """The model's embeddings ``[B, D]`` of the adversarial images (:func:`embed_images`),
@@ -158,6 +184,16 @@ def embed_checked(model: nn.Module, images: torch.Tensor,
 
 def check_batch_size(batch_size: int) -> int:
     return check_int(batch_size, "batch size", low=1, high=MAX_BATCH)
+
+
+def check_run(num_attacks: int | None, seed: int, batch_size: int,
+              progress: bool | None) -> tuple[int | None, int, int]:
+    """The settings every attack experiment shares, checked before any work: T (None: the
+    experiment's default), the seed and the batch size (returned) and the progress setting."""
+    if num_attacks is not None:
+        num_attacks = check_int(num_attacks, "number of attacks")
+    check_progress(progress)
+    return num_attacks, check_seed(seed), check_batch_size(batch_size)
 
 
 def check_threat(threat: LinfThreatModel | None, eps: float) -> LinfThreatModel:
@@ -389,8 +425,7 @@ def run_attack(
     kind = get_attack(attack, **options)
     check_gallery(model, gallery)
     policy = get_policy(policy)
-    threat = check_threat(threat, eps)
-    threat = kind.threat_for(threat)  # e.g. ES adds a random start; results record it
+    threat = kind.threat_for(check_threat(threat, eps))  # ES adds a random start (recorded)
     seed, batch_size = check_seed(seed), check_batch_size(batch_size)
     check_progress(progress)
     selection = selection or kind.select(gallery, k, num_attacks, seed)
@@ -422,10 +457,10 @@ def run_attack(
     log.gather()
     seconds = max(distributed.gather_objects(time.time() - t0))
     result = log.result(kind, eps, k, gallery, threat, seconds)
-    result.extra["precision"] = policy.precision
-    if index is not None:
-        result.extra.update({"index": index.info, "index_depth": measure.index.depth})
+    result.extra.update({"precision": policy.precision, **({} if index is None else {
+        "index": index.info, "index_depth": measure.index.depth})})
     return result
+
 
 
 @torch.no_grad()

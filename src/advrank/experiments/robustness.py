@@ -29,7 +29,6 @@ command skips the attacks already done.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from advrank.core.gallery import Gallery
 from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
 from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
+from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store
 
 RESULTS, TABLE = "results.json", "robustness.md"
@@ -173,6 +173,63 @@ def _run_one(model: nn.Module, gallery: Gallery, attack: str, options: dict, pro
     return {**result.summary(), "items": {f: result.after[f] for f in figures}}
 
 
+class Robustness(Experiment):
+    """The ERS declaration: one cell per attack of the profile; see :func:`run_robustness`."""
+
+    name, filename, format = "robustness", RESULTS, FORMAT
+
+    def __init__(self, model: nn.Module, gallery: Gallery, profile: str,
+                 num_attacks: int | None, seed: int, batch_size: int, resamples: int,
+                 meta: dict | None, progress: bool):
+        self.profile = get_profile(profile)
+        n = len(gallery)
+        self.num_attacks = n if num_attacks is None else num_attacks
+        check_num_attacks(self.num_attacks, n)
+        self.batch_size = check_batch_size(batch_size)
+        self.resamples = check_number(resamples, "bootstrap resamples", low=1, high=10**7,
+                                      integer=True)
+        self.model, self.gallery, self.seed = model, gallery, seed
+        self.meta, self.progress = meta or {}, progress
+
+    def identity(self) -> dict[str, Any]:
+        return {"profile": self.profile.name, "num_attacks": self.num_attacks,
+                "seed": self.seed, "gallery_size": len(self.gallery),
+                "checkpoint_sha": self.meta.get("checkpoint_sha")}
+
+    def record(self) -> dict[str, Any]:
+        return {"threat": self.profile.threat().describe(), **self.meta}
+
+    def prepare(self, store: Store) -> None:
+        # cells made with other attack options (e.g. an older LTM) are refused, not mixed in
+        check_cell_options(store.path, store.cells.values(),
+                           {a: get_attack(a, **o) for a, o in ATTACKS})
+
+    def cells(self, store: Store) -> list[Cell]:
+        return [Cell(attack, lambda attack=attack, options=options: _run_one(
+                    self.model, self.gallery, attack, options, self.profile, self.num_attacks,
+                    self.seed, self.batch_size, self.progress))
+                for attack, options in ATTACKS]
+
+    def announce(self, todo: int, done: int) -> str:
+        return f"robustness: {todo} attacks to run ({done} already done)"
+
+    def finished(self, store: Store, cell: Cell, value: dict, seconds: float, log) -> None:
+        fig = value["headline"]
+        log(f"  {cell.key}: {fig} {value[f'{fig}_before']:.3g} -> "
+            f"{value[f'{fig}_after']:.3g} ({value['seconds']:.0f}s)")
+
+    def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
+        from advrank.reports.robustness import robustness_markdown
+
+        summary = summarize(store.cells, self.resamples, self.seed)
+        store.extra["summary"] = summary
+        store.flush()
+        result = {**summary, "profile": self.profile.name, "num_attacks": self.num_attacks,
+                  "gallery_size": len(self.gallery), "config": store.content()["config"]}
+        store.write_text(TABLE, robustness_markdown(result, SCORES))
+        return result
+
+
 def run_robustness(
     model: nn.Module, gallery: Gallery, out_dir: str | Path, profile: str = "rob28",
     num_attacks: int | None = None, seed: int = 0, batch_size: int = 256,
@@ -181,40 +238,9 @@ def run_robustness(
     """Run (or resume) the profile's nine attacks on ``gallery`` (T = ``num_attacks`` items
     each, default |X|), write ``results.json`` after each and ``robustness.md`` at the end;
     returns the summary (see :func:`summarize`) with the run's settings."""
-    from advrank.reports.robustness import robustness_markdown
-
-    prof = get_profile(profile)
-    n = len(gallery)
-    num_attacks = n if num_attacks is None else num_attacks
-    check_num_attacks(num_attacks, n)
-    batch_size = check_batch_size(batch_size)
-    check_number(resamples, "bootstrap resamples", low=1, high=10**7, integer=True)
-    identity = {"profile": prof.name, "num_attacks": num_attacks, "seed": seed,
-                "gallery_size": n, "checkpoint_sha": (meta or {}).get("checkpoint_sha")}
-    record = {"threat": prof.threat().describe(), **(meta or {})}
-    with Store(out_dir, RESULTS, FORMAT, identity, record) as st:
-        # cells made with other attack options (e.g. an older LTM) are refused, not mixed in
-        check_cell_options(st.path, st.cells.values(),
-                           {a: get_attack(a, **o) for a, o in ATTACKS})
-        todo = [(a, o) for a, o in ATTACKS if a not in st]
-        if progress and todo:
-            print(f"robustness: {len(todo)} attacks to run ({len(st.cells)} already done)",
-                  file=sys.stderr)
-        for attack, options in todo:
-            cell = _run_one(model, gallery, attack, options, prof, num_attacks, seed,
-                            batch_size, progress)
-            st.put(attack, cell)
-            if progress:
-                fig = cell["headline"]
-                print(f"  {attack}: {fig} {cell[f'{fig}_before']:.3g} -> "
-                      f"{cell[f'{fig}_after']:.3g} ({cell['seconds']:.0f}s)", file=sys.stderr)
-        summary = summarize(st.cells, resamples, seed)
-        st.extra["summary"] = summary
-        st.flush()
-        result = {**summary, "profile": prof.name, "num_attacks": num_attacks,
-                  "gallery_size": n, "config": st.content()["config"]}
-        st.write_text(TABLE, robustness_markdown(result))
-    return result
+    experiment = Robustness(model, gallery, profile, num_attacks, seed, batch_size, resamples,
+                            meta, progress)
+    return run(experiment, out_dir, progress_log(progress))
 
 
 def _published(r1: float, r2: float, map_: float, nmi: float, scores: str) -> dict[str, Any]:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from advrank.core.checks import check_number, check_progress
+from advrank.core.checks import check_number, check_path, check_progress
 from advrank.core.embedcache import embed_collection
 from advrank.core.gallery import Gallery
 from advrank.core.io import file_sha256, strict_json
@@ -31,19 +31,19 @@ from advrank.data import load_dataset, split_name
 from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.models.checkpoint import model_from_checkpoint
+from advrank.models.sources.base import SourceOptions
 from advrank.registry import DATASETS, DISTANCES
 
-#: options that only make sense with a model source
-SOURCE_ONLY = ("weights", "pretrained", "layer", "embed_dim", "input_size", "mean", "std")
+#: options that only make sense with a model source: the fields of SourceOptions
+SOURCE_ONLY = tuple(f.name for f in fields(SourceOptions))
 
 
 @dataclass
-class TargetSpec:
+class TargetSpec(SourceOptions):
     """Exactly one of ``checkpoint`` or ``model`` (a source such as ``timm:resnet50``, which
-    needs ``data``). ``metric`` (default cosine), ``weights``, ``pretrained``, ``layer``,
-    ``embed_dim``, ``input_size``, ``mean``, ``std``: see
-    :class:`advrank.models.sources.SourceOptions`.
-    ``cache_dir``: where picture-collection embeddings are cached (None: not cached);
+    needs ``data``). ``metric`` (default cosine); ``weights``, ``pretrained``, ``layer``,
+    ``embed_dim``, ``input_size``, ``mean``, ``std``: the
+    :class:`~advrank.models.sources.SourceOptions` it extends. ``cache_dir``: where picture-collection embeddings are cached (None: not cached);
     ``query_fraction``: a deterministic query/gallery split (queries only measure retrieval);
     ``max_unreadable``: the fraction of undecodable pictures skipped before giving up."""
 
@@ -51,13 +51,6 @@ class TargetSpec:
     model: str | None = None
     data: str | None = None
     metric: str | None = None
-    weights: str | None = None
-    pretrained: str | None = None
-    layer: str | None = None
-    embed_dim: int | None = None
-    input_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     cache_dir: str | None = None
     workers: int = 0
     batch_size: int = 64
@@ -150,10 +143,9 @@ def _build_model(spec: TargetSpec, log) -> tuple[nn.Module, dict, Geometry, dict
         geometry = Geometry(tuple(meta["image_shape"]), None, "bilinear")
         info = {"checkpoint_file_sha": file_sha256(spec.checkpoint, 12)}
         return model, meta, geometry, info
-    from advrank.models.sources import SourceOptions, load_source_model
+    from advrank.models.sources import load_source_model
 
-    options = SourceOptions(spec.weights, spec.layer, spec.embed_dim, spec.input_size,
-                            spec.mean, spec.std, spec.pretrained)
+    options = SourceOptions(**{name: getattr(spec, name) for name in SOURCE_ONLY})
     model, info = load_source_model(spec.model, options, log)
     meta = {"dataset": spec.data, "arch": spec.model, "metric": spec.metric or "cosine",
             "embed_dim": model.embed_dim, "image_shape": list(model.image_shape),
@@ -224,6 +216,14 @@ def _load_collection(model, meta, geometry, spec: TargetSpec, device, data_root,
     return gallery, queries, info
 
 
+def target_form(item: Any, what: str = "checkpoint") -> Path | TargetSpec:
+    """What :func:`load_target` accepts, checked before any work: a checkpoint path (it must
+    exist) or a :class:`TargetSpec` (validated)."""
+    if isinstance(item, TargetSpec):
+        return item.validate()
+    return check_path(item, what)
+
+
 def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device = "auto",
                 data_root: str | Path | None = None, download: bool = False,
                 split: str = "test", progress: bool | None = None,
@@ -235,7 +235,8 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
     ``check(|X|)`` runs once the collection is listed and before it is embedded (the slow
     part): a command refuses there the options that do not fit the gallery (T, w/m, G...).
     """
-    spec = checkpoint if isinstance(checkpoint, TargetSpec) else TargetSpec(str(checkpoint))
+    spec = checkpoint if isinstance(checkpoint, TargetSpec) else \
+        TargetSpec(checkpoint=str(checkpoint))
     spec.validate()
     device = resolve_device(device)
     check_progress(progress)

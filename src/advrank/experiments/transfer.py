@@ -8,7 +8,6 @@ them on the target's instead (what the authors' released code does for "-").
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,11 +46,13 @@ from advrank.experiments.protocol import (
     check_batch_size,
     check_cell_options,
     check_gallery,
+    check_run,
     check_threat,
     embed_checked,
 )
+from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store, figures_problem
-from advrank.experiments.target import load_target
+from advrank.experiments.target import TargetSpec, load_target, target_form
 from advrank.registry import ATTACKS
 from advrank.reports.tables import transfer_markdown
 
@@ -173,29 +174,100 @@ def _transfer_row(source: str, kind: AttackKind, rankers: Mapping[str, tuple[nn.
     return {name: row[name] for name in rankers}
 
 
-def _load_rankers(checkpoints, device, data_root, download, progress, check=None):
+def _load_rankers(targets, load, check=None):
     """(rankers {name: (model, gallery)}, model descriptions, dataset name, |X|);
     ``check(|X|)`` runs before each gallery is embedded."""
-    if not checkpoints:
+    if not targets:
         raise AdvrankError("the transfer matrix needs at least one checkpoint")
     rankers, models, dataset_name = {}, {}, None
-    for name, path in checkpoints.items():
-        target = load_target(path, device, data_root, download, progress=progress, check=check)
+    for name, form in targets.items():
+        target = load(form, check=check)
         if dataset_name is None:
             dataset_name = target.meta["dataset"]
         elif target.meta["dataset"] != dataset_name:
-            raise AdvrankError(f"checkpoint {name} ({path}) is for {target.meta['dataset']}, the "
-                               f"others for {dataset_name}; transfer needs one shared test set")
+            raise AdvrankError(f"checkpoint {name} ({target.source}) is for "
+                               f"{target.meta['dataset']}, the others for {dataset_name}; "
+                               "transfer needs one shared test set")
         rankers[name] = (target.model, target.gallery)
-        models[name] = {"checkpoint": str(path), "sha256": target.fingerprint,
+        models[name] = {"checkpoint": target.source, "sha256": target.fingerprint,
                         "arch": target.meta["arch"], "metric": target.meta["metric"],
                         "recall@1": target.meta.get("recall@1"),
                         "defense": target.meta.get("defense")}
     return rankers, models, dataset_name, len(target.gallery)
 
 
+class TransferMatrix(Experiment):
+    """Table 5's declaration: one cell per (attack, source) row, holding the source's
+    examples ranked by every model; the tables are rewritten after every row. See
+    :func:`transfer_matrix`."""
+
+    name, filename, format = "transfer", "transfer.json", MATRIX_FORMAT
+
+    def __init__(self, kinds: dict[str, AttackKind], rankers: dict, models: dict,
+                 settings: dict, batch_size: int, progress: bool, record: dict | None):
+        self.kinds, self.rankers, self.models = kinds, rankers, models
+        self.settings, self.batch_size, self.progress = settings, batch_size, progress
+        self._record = record or {}
+
+    def identity(self) -> dict[str, Any]:
+        return {**self.settings, "models": {m: v["sha256"] for m, v in self.models.items()}}
+
+    def record(self) -> dict[str, Any]:
+        return self._record
+
+    def check_cell(self, key: str, row) -> str | None:  # a stored (attack, source) row
+        attack, _, source = key.partition("|")
+        if attack not in ATTACKS or source not in self.models:
+            return "its attack or source model is unknown"
+        if not isinstance(row, dict) or set(row) != set(self.models):
+            return "it does not hold one cell per model"
+        return next((p for p in map(figures_problem, row.values()) if p), None)
+
+    def prepare(self, store: Store) -> None:
+        check_cell_options(store.path, ({"attack": key.partition("|")[0], **cell}
+                                        for key, row in store.cells.items()
+                                        for cell in row.values()), self.kinds)
+
+    def cells(self, store: Store) -> list[Cell]:
+        return [Cell(f"{attack}|{source}", lambda source=source, kind=kind: _transfer_row(
+                    source, kind, self.rankers, self.settings, self.batch_size, self.progress))
+                for attack, kind in self.kinds.items() for source in self.rankers]
+
+    def announce(self, todo: int, done: int) -> str:
+        return f"transfer: {todo} rows to run ({done} already done)"
+
+    def finished(self, store: Store, cell: Cell, row: dict, seconds: float, log) -> None:
+        self.publish(store, [])
+        attack, _, source = cell.key.partition("|")
+        log(f"transfer {attack} from {source}: " + ", ".join(
+            f"{t} {c['rank_before']:.1f}→{c['rank_after']:.1f}" for t, c in row.items())
+            + f" ({seconds:.0f}s)")
+
+    def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
+        """Rewrite transfer.json's readable layout (results[attack][source][target]) and
+        transfer.md from the finished rows."""
+        results: dict[str, dict] = {a: {} for a in self.kinds}
+        for key, row in store.cells.items():
+            attack, _, source = key.partition("|")
+            results.setdefault(attack, {})[source] = row
+        complete = all(f"{a}|{s}" in store for a in self.kinds for s in self.models)
+        store.extra = {"settings": self.settings, "models": self.models, "results": results,
+                       "complete": complete}
+        store.flush()
+        store.write_text("transfer.md", transfer_markdown(store.extra))
+        return {**store.content(), **store.extra}
+
+
+def _matrix_kinds(attacks: Sequence[str], options: dict) -> dict[str, AttackKind]:
+    kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
+                       options)
+    for kind in kinds.values():
+        check_ranked(kind, "transfer")
+    return kinds
+
+
 def transfer_matrix(
-    checkpoints: Mapping[str, str | Path], attacks: Sequence[str] = PAPER_ATTACKS,
+    checkpoints: Mapping[str, str | Path | TargetSpec], attacks: Sequence[str] = PAPER_ATTACKS,
     eps: float = 0.3, k: int = 1, num_attacks: int | None = None, seed: int = 0,
     out_dir: str | Path = "transfer", device: torch.device | str = "auto",
     batch_size: int = 256, steps: int | None = None, select_on: str = "source",
@@ -204,75 +276,30 @@ def transfer_matrix(
 ) -> dict[str, Any]:
     """Fill the Table 5 matrix (rows = source, columns = target) for every attack.
 
-    ``checkpoints`` maps a display name to a checkpoint path; all must share a dataset, whose
-    test split is X. Each (attack, source) row makes its adversarial examples once and ranks
-    them on every model; ``out_dir/transfer.json`` (through the store: resumable, refused when
-    made with other settings or checkpoint contents) and ``transfer.md`` are rewritten after
-    every row. ``num_attacks`` defaults to min(1000, |X|) (the one rule of every command);
-    ``options`` go to the kinds that take them.
+    ``checkpoints`` maps a display name to a model: a checkpoint path or a
+    :class:`TargetSpec` (an outside model on a collection); all must share a collection X.
+    Each (attack, source) row makes its adversarial examples once and ranks them on every
+    model; ``out_dir/transfer.json`` (through the store: resumable, refused when made with
+    other settings or model contents) and ``transfer.md`` are rewritten after every row.
+    ``num_attacks`` defaults to min(1000, |X|) (the one rule of every command); ``options``
+    go to the kinds that take them.
     """
     check_choice(select_on, "select_on", SELECT_ON)
-    kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
-                       options)
-    for kind in kinds.values():
-        check_ranked(kind, "transfer")
-    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
+    kinds = _matrix_kinds(attacks, options)
+    num_attacks, seed, batch_size = check_run(num_attacks, seed, batch_size, progress)
     k = check_int(k, "w/m")
-    if num_attacks is not None:
-        num_attacks = check_int(num_attacks, "number of attacks")
-    check_progress(progress)
     check_flag(download, "download")
     if not isinstance(checkpoints, Mapping) or not all(
             isinstance(name, str) and name for name in checkpoints):
         raise AdvrankError("checkpoints must map display names to checkpoint paths")
+    targets = {name: target_form(form) for name, form in checkpoints.items()}
     threat = LinfThreatModel(eps, steps=steps)
     rankers, models, dataset_name, n = _load_rankers(
-        checkpoints, device, data_root, download, progress,
+        targets, lambda form, check: load_target(form, device, data_root, download,
+                                                 progress=progress, check=check),
         check=lambda n: check_fits_all(kinds.values(), [k], num_attacks_for(num_attacks, n), n))
     settings = {"dataset": dataset_name, "gallery_size": n, "eps": eps, "k": k,
                 "num_attacks": num_attacks_for(num_attacks, n), "seed": seed,
                 "steps": steps, "select_on": select_on, "threat": threat.describe()}
-    identity = {**settings, "models": {m: v["sha256"] for m, v in models.items()}}
-    def check_row(key: str, row) -> str | None:  # a stored (attack, source) row
-        attack, _, source = key.partition("|")
-        if attack not in ATTACKS or source not in models:
-            return "its attack or source model is unknown"
-        if not isinstance(row, dict) or set(row) != set(models):
-            return "it does not hold one cell per model"
-        return next((p for p in map(figures_problem, row.values()) if p), None)
-
-    with Store(out_dir, "transfer.json", MATRIX_FORMAT, identity, record,
-               check_cell=check_row) as st:
-        check_cell_options(st.path, ({"attack": key.partition("|")[0], **cell}
-                                     for key, row in st.cells.items() for cell in row.values()),
-                           kinds)
-        for attack, kind in kinds.items():
-            for source in rankers:
-                key = f"{attack}|{source}"
-                if key in st:
-                    continue  # finished by an earlier (interrupted) run
-                t0 = time.time()
-                row = _transfer_row(source, kind, rankers, settings, batch_size, progress)
-                st.put(key, row)
-                _publish(st, settings, models, kinds)
-                if progress:
-                    print(f"transfer {attack} from {source}: " + ", ".join(
-                        f"{t} {c['rank_before']:.1f}→{c['rank_after']:.1f}"
-                        for t, c in row.items()) + f" ({time.time() - t0:.0f}s)",
-                        file=sys.stderr)
-        _publish(st, settings, models, kinds)
-        return {**st.content(), **st.extra}
-
-
-def _publish(st: Store, settings: dict, models: dict, kinds: dict) -> None:
-    """Rewrite transfer.json's readable layout (results[attack][source][target]) and
-    transfer.md from the finished rows."""
-    results: dict[str, dict] = {a: {} for a in kinds}
-    for key, row in st.cells.items():
-        attack, _, source = key.partition("|")
-        results.setdefault(attack, {})[source] = row
-    complete = all(f"{a}|{s}" in st for a in kinds for s in models)
-    st.extra = {"settings": settings, "models": models, "results": results,
-                "complete": complete}
-    st.flush()
-    st.write_text("transfer.md", transfer_markdown(st.extra))
+    matrix = TransferMatrix(kinds, rankers, models, settings, batch_size, progress, record)
+    return run(matrix, out_dir, progress_log(progress))

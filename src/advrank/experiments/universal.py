@@ -4,7 +4,9 @@ shared by a set of candidates (I-CA) or queries (I-QA). It is optimised on a ran
 
 from __future__ import annotations
 
+import io
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +20,9 @@ from advrank.core.checks import check_choice, check_number, check_seed
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
 from advrank.experiments.protocol import check_gallery, embed_checked
+from advrank.experiments.runner import Cell, Experiment, run
+from advrank.experiments.store import Store, figures_problem
+from advrank.experiments.target import Target
 from advrank.registry import ATTACKS
 
 UNIVERSAL_MODES = ("own", "shared")
@@ -169,3 +174,68 @@ def universal_attack(
                 "seen": seen.anchors.tolist(), "unseen": unseen.anchors.tolist(),
                 "perturbation": r.cpu()})
     return out
+
+
+class Universal(Experiment):
+    """The universal attack as a declaration, for a results folder: one cell per (attack,
+    eps, k, mode), its perturbation r beside it as ``STEM.pt`` (written before the cell, so a
+    stored cell always has its r), and the readers' files ``STEM.json`` and ``STEM.png``
+    rewritten from them. See :func:`run_universal`."""
+
+    name, filename, format = "universal", "universal.json", "advrank-universal"
+
+    def __init__(self, target: Target, kind: AttackKind, eps: float, out_dir: str | Path,
+                 progress: bool | None = None, **settings):
+        self.target, self.kind, self.eps, self.progress = target, kind, eps, progress
+        self.settings = {"k": 1, "seed": 0, "fraction": 0.05, "steps": None,
+                         "step_size": None, "mode": "shared", "chunk_size": 256, **settings}
+        check_universal(kind, self.settings["k"], len(target.gallery),
+                        self.settings["fraction"], self.settings["mode"],
+                        self.settings["chunk_size"])
+        self.dir = Path(out_dir)
+        self.stem = f"universal-I-{kind.name}-eps{eps:g}-{self.settings['mode']}"
+
+    def identity(self) -> dict[str, Any]:
+        s = self.settings
+        return {"fingerprint": self.target.fingerprint, "seed": s["seed"],
+                "fraction": s["fraction"], "steps": s["steps"], "step_size": s["step_size"],
+                "chunk_size": s["chunk_size"]}
+
+    def check_cell(self, key: str, cell) -> str | None:
+        if not (self.dir / f"{key}.pt").is_file():
+            return f"its perturbation {key}.pt is missing"
+        return figures_problem(cell, ("rank_before", "rank_after", "rank_before_unseen",
+                                      "rank_after_unseen"))
+
+    def cells(self, store: Store) -> list[Cell]:
+        return [Cell(self.stem, lambda: self.attack(store))]
+
+    def attack(self, store: Store) -> dict[str, Any]:
+        result = universal_attack(self.target.model, self.target.gallery, self.kind, self.eps,
+                                  progress=self.progress, **self.settings)
+        buf = io.BytesIO()
+        torch.save(result.pop("perturbation"), buf)
+        store.write_bytes(f"{self.stem}.pt", buf.getvalue())
+        return result
+
+    def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
+        from advrank.reports.plots import universal_png
+
+        result = {**store.get(self.stem), **self.target.record(self.settings["seed"])}
+        r = torch.load(store.dir / f"{self.stem}.pt", weights_only=True)
+        clean = self.target.gallery.images(torch.tensor([result["example_index"]]))[0]
+        png = store.write_bytes(f"{self.stem}.png", universal_png(result, r, clean))
+        result.update({"png": str(png), "perturbation_file": str(store.dir / f"{self.stem}.pt")})
+        store.write_json(f"{self.stem}.json", result)
+        return result
+
+
+def run_universal(target: Target, attack: str | AttackKind, eps: float, out_dir: str | Path,
+                  xi: float | None = None, progress: bool | None = None,
+                  **settings) -> dict[str, Any]:
+    """:func:`universal_attack` on ``target`` into ``out_dir`` (resumable, locked, refused
+    when the folder holds a run with other settings); returns the result, with ``png`` and
+    ``perturbation_file``, as also written to ``STEM.json``."""
+    experiment = Universal(target, universal_kind(attack, xi), eps, out_dir, progress,
+                           **settings)
+    return run(experiment, out_dir)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from advrank.experiments.paper import paper_value
 from advrank.registry import ATTACKS
+
+#: the paper's figure of a cell, ``(attack, eps, k) -> figure or None`` (given by the caller:
+#: reports render what they receive)
+PaperLookup = Callable[[str, float, int], "float | None"]
 
 
 def attack_order(names: Iterable[str]) -> list[str]:
@@ -56,14 +59,18 @@ def headline_of(cell: dict) -> tuple[str, int]:
     return name, 1 if unit else 3
 
 
-def _cell_text(c: dict | None, paper: str | None, show_se: bool) -> str:
+def _paper(paper: PaperLookup | None, c: dict) -> float | None:
+    return None if paper is None else paper(c["attack"], c["eps"], c["k"])
+
+
+def _cell_text(c: dict | None, paper: PaperLookup | None, show_se: bool) -> str:
     if c is None:
         return ""
     fig, digits = headline_of(c)
     text = _fmt(c[f"{fig}_after"], digits)
     if show_se and c.get(f"{fig}_after_se") and c["eps"] > 0:
         text += f" ± {c[f'{fig}_after_se']:.{digits}f}"
-    ref = paper_value(paper, c["attack"], c["eps"], c["k"])
+    ref = _paper(paper, c)
     return text if ref is None else f"{text} ({ref:g})"
 
 
@@ -82,13 +89,14 @@ def _sp_lines(cells: list[dict]) -> list[str]:
     return lines
 
 
-def markdown_table(cells: Iterable[dict], paper: str | None = None, show_se: bool = True,
+def markdown_table(cells: Iterable[dict], paper: PaperLookup | None = None, show_se: bool = True,
                    title: str | None = None) -> str:
     """A Table-1 style Markdown table: rows eps, columns attack x k; cell = the attack's
     headline figure after attack (the normalized rank, %, for CA/QA).
 
-    ``cells``: dicts from ``AttackResult.summary()``. With ``paper``, each cell also shows the
-    paper's figure in brackets.
+    ``cells``: dicts from ``AttackResult.summary()``. With ``paper`` (``(attack, eps, k) ->
+    figure or None``, e.g. ``experiments.paper.paper_lookup("mnist")``), each cell also shows
+    the paper's figure in brackets.
     """
     cells = list(cells)
     by_key = {(c["attack"], round(c["eps"], 6), c["k"]): c for c in cells}
@@ -115,14 +123,14 @@ CSV_FIELDS = ("attack", "eps", "k", "num_attacks", "gallery_size", "rank_before"
               "rank_pipeline_before", "rank_pipeline_after", "rank_pipeline_after_se")
 
 
-def csv_table(cells: Iterable[dict], paper: str | None = None) -> str:
+def csv_table(cells: Iterable[dict], paper: PaperLookup | None = None) -> str:
     """One CSV row per cell, with the paper's figure beside ours."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for c in cells:
         fig, _ = headline_of(c)
-        writer.writerow({**c, "paper": paper_value(paper, c["attack"], c["eps"], c["k"]),
+        writer.writerow({**c, "paper": _paper(paper, c),
                          "headline": fig, "headline_before": c[f"{fig}_before"],
                          "headline_after": c[f"{fig}_after"],
                          "headline_after_se": c.get(f"{fig}_after_se")})

@@ -304,14 +304,9 @@ def parallel(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
-          defense: Defense | None = None, progress: bool = True,
-          force: bool = False) -> TrainResult:
-    """Train ``config`` and write the checkpoint to ``out`` after every epoch (see the module
-    docstring for resuming, ``init`` and ``force``). ``defense``: e.g.
-    ``make_defense("est", eps=0.3)``; the checkpoint records its ``describe()``."""
-    from torch.utils.data import DataLoader
-
+def _check_train_args(config: TrainConfig, out: str | Path, init: str | Path | None,
+                      defense: Defense | None, progress: bool, force: bool) -> Path:
+    """Every argument of :func:`train` checked before any work; returns the checkpoint path."""
     if not isinstance(config, TrainConfig):
         raise AdvrankError(f"config must be a TrainConfig, got {type(config).__name__}")
     config.validate()
@@ -322,7 +317,18 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
                            f"{type(defense).__name__}")
     check_progress(progress)
     check_flag(force, "force")
-    out = check_writable_file(check_path(out, "checkpoint"), "checkpoint")
+    return check_writable_file(check_path(out, "checkpoint"), "checkpoint")
+
+
+def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
+          defense: Defense | None = None, progress: bool = True,
+          force: bool = False) -> TrainResult:
+    """Train ``config`` and write the checkpoint to ``out`` after every epoch (see the module
+    docstring for resuming, ``init`` and ``force``). ``defense``: e.g.
+    ``make_defense("est", eps=0.3)``; the checkpoint records its ``describe()``."""
+    from torch.utils.data import DataLoader
+
+    out = _check_train_args(config, out, init, defense, progress, force)
     device = resolve_device(config.device)
     progress = progress and distributed.is_main()
     lock = exclusive(out.parent / f".{out.name}.lock", f"checkpoint {out}") \

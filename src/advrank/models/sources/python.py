@@ -9,31 +9,16 @@ pooled). Its preprocessing comes from a ``data_config`` dict attribute (timm's k
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
 from torch import nn
 
 from advrank.errors import AdvrankError
 from advrank.models.sources.base import SourceNet, SourceOptions
-from advrank.registry import MODEL_SOURCES
+from advrank.registry import MODEL_SOURCES, import_python
 
 
 def _import(module_name: str, spec: str):
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name).expanduser()
-            if not path.is_file():
-                raise AdvrankError(f"python model file {path} does not exist")
-            name = f"advrank_user_model_{path.stem}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-            return module
-        return importlib.import_module(module_name)
+        return import_python(module_name, "advrank_user_model_", "python model file")
     except AdvrankError:
         raise
     except Exception as exc:  # ImportError, or the module itself failing
