@@ -77,10 +77,10 @@ def cmd_transfer(args) -> None:
     s = out["source"]
     emit(args, out,
          f"{out['attack']} eps={format_eps(args.eps)} k={k} T={out['num_attacks']}: target "
-         f"{model_label(args.target, tgt.meta)} "
+         f"{model_label(tgt.source, tgt.meta)} "
          f"{_fmt(out['rank_before'], out['rank_before_se'])} → "
          f"{_fmt(out['rank_after'], out['rank_after_se'])}%  (source "
-         f"{model_label(args.source, src.meta)} white-box {s['rank_before']:.1f} → "
+         f"{model_label(src.source, src.meta)} white-box {s['rank_before']:.1f} → "
          f"{s['rank_after']:.1f}%)")
 
 

@@ -448,6 +448,21 @@ def _labelled(kind: Callable[[str], Any], form: str | None = None) -> Callable[[
     return parse
 
 
+def _add_collection_options(g, cache: bool) -> None:
+    """How the collection X is read and embedded (shared by every model of a command)."""
+    g.add_argument("--query-fraction", type=number(0.0, 1.0, low_open=True), default=None,
+                   help="measure retrieval with a deterministic, stratified query split of "
+                        "this fraction of each class (queries vs the rest)")
+    g.add_argument("--max-unreadable", type=number(0.0, 1.0), default=0.01,
+                   help="skip (and report) undecodable pictures up to this fraction of the "
+                        "collection; more is an error")
+    g.add_argument("--workers", type=integer(0, 256), default=0,
+                   help="processes decoding pictures while embedding")
+    g.add_argument("--cache-dir", default=None,
+                   help="where the collection's embeddings are cached (default: OUT/cache)"
+                   if cache else "cache the collection's embeddings in this folder")
+
+
 def add_target_options(p: argparse.ArgumentParser, cache: bool = False,
                        labelled: bool = False) -> None:
     """What is attacked: ``--checkpoint FILE`` (advrank's own model, its test set unless
@@ -499,17 +514,7 @@ def add_target_options(p: argparse.ArgumentParser, cache: bool = False,
         default=None)
     one("--mean", _floats, "override the model's input mean, e.g. 0.5,0.5,0.5", default=None)
     one("--std", _floats, "override the model's input std, e.g. 0.5,0.5,0.5", default=None)
-    g.add_argument("--query-fraction", type=number(0.0, 1.0, low_open=True), default=None,
-                   help="measure retrieval with a deterministic, stratified query split of "
-                        "this fraction of each class (queries vs the rest)")
-    g.add_argument("--max-unreadable", type=number(0.0, 1.0), default=0.01,
-                   help="skip (and report) undecodable pictures up to this fraction of the "
-                        "collection; more is an error")
-    g.add_argument("--workers", type=integer(0, 256), default=0,
-                   help="processes decoding pictures while embedding")
-    g.add_argument("--cache-dir", default=None,
-                   help="where the collection's embeddings are cached (default: OUT/cache)"
-                   if cache else "cache the collection's embeddings in this folder")
+    _add_collection_options(g, cache)
     p.set_defaults(model_options=tuple(own))
 
 

@@ -396,6 +396,17 @@ class Measurement:
             out.update(self.pipeline(self.kind, g, part, images))
         return out
 
+    def clean(self, part: Selection, cache: dict | None, s: int) -> dict[str, torch.Tensor]:
+        """The "before" figures of batch ``s`` of a selection, measured once per selection
+        when a ``cache`` is shared by its runs (a grid's eps rows)."""
+        if cache is not None and s in cache:
+            return cache[s]
+        emb = self.gallery.embeddings
+        figures = self(part, emb[part.anchors.to(emb.device)], None)
+        if cache is not None:
+            cache[s] = figures
+        return figures
+
 
 def run_attack(
     model: nn.Module, gallery: Gallery, attack: str | AttackKind, eps: float, k: int,
@@ -436,18 +447,12 @@ def run_attack(
     plan = plan_for(model, gallery, kind, k, batch_size, selection, policy)
     splitter = BatchSplitter(plan.sub, f"{kind.name} measurements", device=gallery.device)
     measure = Measurement(model, gallery, kind, threat, splitter, index)
-    emb = gallery.embeddings
     for s, (part, adv) in zip(range(start, end, batch_size),
                               attack_batches(model, gallery, kind, threat, mine, seed,
                                              batch_size, progress, desc, policy, k, plan,
                                              bar),
                               strict=True):
-        if clean_cache is not None and s in clean_cache:
-            clean = clean_cache[s]
-        else:
-            clean = measure(part, emb[part.anchors.to(emb.device)], None)
-            if clean_cache is not None:
-                clean_cache[s] = clean
+        clean = measure.clean(part, clean_cache, s)
         if threat.eps == 0:
             attacked = clean
         else:

@@ -43,7 +43,8 @@ class TargetSpec(SourceOptions):
     """Exactly one of ``checkpoint`` or ``model`` (a source such as ``timm:resnet50``, which
     needs ``data``). ``metric`` (default cosine); ``weights``, ``pretrained``, ``layer``,
     ``embed_dim``, ``input_size``, ``mean``, ``std``: the
-    :class:`~advrank.models.sources.SourceOptions` it extends. ``cache_dir``: where picture-collection embeddings are cached (None: not cached);
+    :class:`~advrank.models.sources.SourceOptions` it extends. ``cache_dir``: where
+    picture-collection embeddings are cached (None: not cached);
     ``query_fraction``: a deterministic query/gallery split (queries only measure retrieval);
     ``max_unreadable``: the fraction of undecodable pictures skipped before giving up."""
 
