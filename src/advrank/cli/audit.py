@@ -24,6 +24,7 @@ from advrank.cli.options import (
     target_spec,
 )
 from advrank.core.io import check_writable_dir
+from advrank.experiments.store import claim
 
 
 def audit_eps(text: str) -> float:
@@ -47,12 +48,13 @@ def cmd_audit(args) -> None:
                          step_size=args.step_size, examples=args.examples, top=args.top,
                          max_queries=args.max_queries, options=kind_options(args))
     config.validate()  # everything checked before the model is loaded
-    target_spec(args)
+    target_spec(args, cache_dir=str(Path(args.out) / "cache"))
     check_writable_dir(args.out)
-    target = load_target_from_args(args, cache_dir=str(Path(args.out) / "cache"))
-    say = log(args)
-    summary = run_audit(target, args.out, config, target.record(args.seed),
-                        progress=not args.quiet, log=say)
+    with claim(args.out):  # the folder is ours before anything is written there
+        target = load_target_from_args(args, cache_dir=str(Path(args.out) / "cache"),
+                                       check=config.check_gallery)
+        summary = run_audit(target, args.out, config, target.record(args.seed),
+                            progress=not args.quiet, log=log(args), force=args.force)
     lines = [f"{summary['gallery_size']} images: R@1 {summary['recall@1']:.1f}%  "
              f"mAP {summary['map']:.1f}%"
              + (f"  ({summary['unreadable_images']} unreadable skipped)"
@@ -101,6 +103,9 @@ def register(sub, formatter) -> None:
                    help="results shown per ranking list in the panels")
     p.add_argument("--max-queries", type=positive_int, default=5000,
                    help="queries used to measure Recall@K/mAP (a seeded sample of X when larger)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a report.html in --out that no report.json belongs to, and "
+                        "start over instead of resuming")
     add_kind_options(p)
     add_common(p)
     p.set_defaults(func=cmd_audit)

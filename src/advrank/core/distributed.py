@@ -23,7 +23,7 @@ import torch
 
 from advrank.errors import AdvrankError
 
-_STATE: dict[str, Any] = {"local_rank": 0, "owned": False}
+_STATE: dict[str, Any] = {"local_rank": 0, "owned": False, "rank": 0}
 
 
 def available() -> bool:
@@ -50,6 +50,12 @@ def local_rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def last_rank() -> int:
+    """This process's rank in the group it joined last (kept after :func:`shutdown`, so an
+    error that ends the command is printed by rank 0 alone); 0 in one process."""
+    return rank() if active() else _STATE["rank"]
 
 
 def launched() -> bool:
@@ -80,6 +86,7 @@ def init_from_env(device: str = "auto") -> bool:
         torch.cuda.set_device(_STATE["local_rank"])
     torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
     _STATE["owned"] = True
+    _STATE["rank"] = torch.distributed.get_rank()
     return active()
 
 

@@ -28,7 +28,7 @@ from advrank.core.metrics import query_metrics
 from advrank.errors import AdvrankError
 from advrank.experiments.grid import cell_key, selection_seed
 from advrank.experiments.protocol import attack_batches, check_batch_size, run_attack
-from advrank.experiments.store import Store
+from advrank.experiments.store import FIGURE_RANGES, Store, figures_problem, range_problem
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
 
@@ -85,6 +85,41 @@ class AuditConfig:
     def attacks_for(self, n: int) -> int:
         """T per cell: as asked, or min(200, |X|)."""
         return min(DEFAULT_NUM_ATTACKS, n) if self.num_attacks is None else int(self.num_attacks)
+
+    def check_gallery(self, n: int) -> None:
+        """Refuse T or k that do not fit a collection of ``n`` members (before it is
+        embedded: ``load_target``'s ``check``)."""
+        if self.attacks_for(n) > n:
+            raise AdvrankError(f"{self.attacks_for(n)} attacks requested but the gallery has "
+                               f"only {n} items")
+        if self.k >= n:
+            raise AdvrankError(f"k = {self.k} needs a gallery of more than {self.k} items; it "
+                               f"has {n}")
+
+
+def check_cell(key: str, cell) -> str | None:
+    """Why a stored audit cell cannot be reused (None if it can): the retrieval figures as
+    percentages, or an attack summary with finite figures in their range."""
+    if key == "retrieval":
+        if not isinstance(cell, dict):
+            return f"a {type(cell).__name__}, not a mapping"
+        for name in ("map", *(f"recall@{k}" for k in RECALL_KS)):
+            value = cell.get(name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                    not 0.0 <= value <= 100.0:
+                return f"{name} is {repr(value)[:40]}, not a percentage"
+        if not isinstance(cell.get("gallery_size"), int) or not isinstance(cell.get("queries"),
+                                                                          int):
+            return "no gallery size or query count"
+        return None
+    problem = figures_problem(cell) or range_problem(cell, FIGURE_RANGES)
+    if problem:
+        return problem
+    t, seconds = cell.get("num_attacks"), cell.get("seconds")
+    if not isinstance(t, int) or isinstance(t, bool) or t < 1 or \
+            not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+        return "no attack count or time"
+    return None
 
 
 def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, Any]:
@@ -143,18 +178,19 @@ def _run_cells(target: Target, st: Store, kinds: dict[str, AttackKind], config: 
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
               record: dict[str, Any] | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, force: bool = False
+              ) -> dict[str, Any]:
     """Run (or resume) the audit into ``out_dir``; returns the summary that ``--json``
-    prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...)."""
+    prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...).
+    ``force``: overwrite a report.html that is not this run's and start over."""
     from advrank.reports.html import audit_html
 
     config = config or AuditConfig()
     log = log or ((lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None))
     kinds = config.validate()
     n = len(target.gallery)
+    config.check_gallery(n)
     t = config.attacks_for(n)
-    if t > n:
-        raise AdvrankError(f"{t} attacks requested but the gallery has only {n} items")
     fingerprints = fingerprints_of(target)
     identity = {"fingerprint": target.fingerprint, **fingerprints, "metric":
                 target.meta.get("metric"), "gallery_size": n, "num_attacks": t,
@@ -163,7 +199,8 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
                     a: kind.options for a, kind in kinds.items()}}
     settings = {k: v for k, v in asdict(config).items() if k != "options"}
     with Store(out_dir, REPORT_JSON, AUDIT_FORMAT, identity,
-               {**(record or {}), "audit": settings}) as st:
+               {**(record or {}), "audit": settings}, check_cell=check_cell,
+               outputs=(REPORT_HTML,), force=force) as st:
         if "retrieval" not in st:
             st.put("retrieval", retrieval_figures(target, config.max_queries, config.seed))
         _run_cells(target, st, kinds, config, t, progress, log)

@@ -45,7 +45,7 @@ from advrank.core.gallery import Gallery
 from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
 from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
-from advrank.experiments.store import Store
+from advrank.experiments.store import FIGURE_RANGES, Store, figures_problem, range_problem
 
 RESULTS, TABLE = "results.json", "robustness.md"
 FORMAT = "advrank-robustness"
@@ -162,6 +162,33 @@ def summarize(cells: dict[str, dict], resamples: int = 1000, seed: int = 0) -> d
             "clean": clean, "bootstrap_resamples": resamples}
 
 
+def check_cell(key: str, cell) -> str | None:
+    """Why a stored robustness cell cannot be reused (None if it can): one of the profile's
+    attacks, figures finite and in range, and per-item values (what the interval is drawn
+    from) in range whose mean is the stored figure (so ERS lies in its interval)."""
+    if key not in dict(ATTACKS):
+        return "not an attack of the robustness profiles"
+    figures = sorted({s.figure for s in SCORES if s.attack == key})
+    problem = figures_problem(cell, tuple(f"{f}_after" for f in figures)) or \
+        range_problem(cell, FIGURE_RANGES)
+    if problem:
+        return problem
+    items = cell.get("items")
+    if not isinstance(items, dict):
+        return "no per-item values"
+    for f in figures:
+        values = items.get(f)
+        low, high = FIGURE_RANGES[f]
+        if not isinstance(values, list) or not values or len(values) != cell.get("num_attacks") \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and low <= v <= high for v in values):
+            return f"its {f} items are not {cell.get('num_attacks')} values in [{low:g}, {high:g}]"
+        mean = sum(values) / len(values)
+        if abs(mean - cell[f"{f}_after"]) > 1e-6 + 1e-4 * abs(mean):
+            return f"{f}_after is not the mean of its items"
+    return None
+
+
 def _run_one(model: nn.Module, gallery: Gallery, attack: str, options: dict, profile: Profile,
              num_attacks: int, seed: int, batch_size: int, progress: bool) -> dict:
     kind = get_attack(attack, **options)
@@ -177,10 +204,12 @@ def run_robustness(
     model: nn.Module, gallery: Gallery, out_dir: str | Path, profile: str = "rob28",
     num_attacks: int | None = None, seed: int = 0, batch_size: int = 256,
     resamples: int = 1000, meta: dict | None = None, progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the profile's nine attacks on ``gallery`` (T = ``num_attacks`` items
     each, default |X|), write ``results.json`` after each and ``robustness.md`` at the end;
-    returns the summary (see :func:`summarize`) with the run's settings."""
+    returns the summary (see :func:`summarize`) with the run's settings. ``force``:
+    overwrite a robustness.md that is not this run's and start over."""
     from advrank.reports.robustness import robustness_markdown
 
     prof = get_profile(profile)
@@ -192,7 +221,8 @@ def run_robustness(
     identity = {"profile": prof.name, "num_attacks": num_attacks, "seed": seed,
                 "gallery_size": n, "checkpoint_sha": (meta or {}).get("checkpoint_sha")}
     record = {"threat": prof.threat().describe(), **(meta or {})}
-    with Store(out_dir, RESULTS, FORMAT, identity, record) as st:
+    with Store(out_dir, RESULTS, FORMAT, identity, record, check_cell=check_cell,
+               outputs=(TABLE,), force=force) as st:
         # cells made with other attack options (e.g. an older LTM) are refused, not mixed in
         check_cell_options(st.path, st.cells.values(),
                            {a: get_attack(a, **o) for a, o in ATTACKS})
