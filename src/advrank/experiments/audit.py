@@ -27,8 +27,9 @@ from advrank.core.checks import check_number
 from advrank.core.metrics import query_metrics
 from advrank.errors import AdvrankError
 from advrank.experiments.grid import cell_key, selection_seed
+from advrank.experiments.grid import check_cell as check_grid_cell
 from advrank.experiments.protocol import attack_batches, check_batch_size, run_attack
-from advrank.experiments.store import FIGURE_RANGES, Store, figures_problem, range_problem
+from advrank.experiments.store import Store
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
 
@@ -112,7 +113,7 @@ def check_cell(key: str, cell) -> str | None:
                                                                           int):
             return "no gallery size or query count"
         return None
-    problem = figures_problem(cell) or range_problem(cell, FIGURE_RANGES)
+    problem = check_grid_cell(key, cell)  # the same cells as a grid's, under the same keys
     if problem:
         return problem
     t, seconds = cell.get("num_attacks"), cell.get("seconds")

@@ -69,9 +69,11 @@ def claim(out_dir: str | Path) -> Iterator[Path]:
             _HELD.discard(real)
 
 
-#: the possible values of the attack figures (ranks and recalls are percentages)
+#: the possible values of the attack figures (ranks and recalls are percentages; the curves
+#: name a paper attack's rank by the attack); cosine allows float32 rounding
 FIGURE_RANGES = {"rank": (0.0, 100.0), "recall@1": (0.0, 100.0), "retain@4": (0.0, 100.0),
-                 "cosine": (-1.001, 1.001), "shift": (0.0, math.inf)}  # float32 rounding
+                 "cosine": (-1.001, 1.001), "shift": (0.0, math.inf),
+                 **{a: (0.0, 100.0) for a in ("CA+", "CA-", "QA+", "QA-")}}
 
 
 def range_problem(cell: dict, ranges: dict[str, tuple[float, float]] = FIGURE_RANGES
@@ -96,7 +98,8 @@ def is_number(value: Any) -> bool:
 def figures_problem(cell: Any, required: tuple[str, ...] = ("rank_before", "rank_after")
                     ) -> str | None:
     """Why ``cell`` is not a mapping of result figures (None if it is): the ``required``
-    figures and every ``*_before``, ``*_after``, ``*_se`` and ``*_max`` must be finite numbers."""
+    figures and every ``*_before``, ``*_after``, ``*_se`` and ``*_max`` must be finite numbers,
+    within their range where it is known (:data:`FIGURE_RANGES`: a rank of -55% is refused)."""
     if not isinstance(cell, dict):
         return f"a {type(cell).__name__}, not a mapping"
     for key in required:
@@ -105,7 +108,7 @@ def figures_problem(cell: Any, required: tuple[str, ...] = ("rank_before", "rank
     for key, value in cell.items():
         if key.endswith(("_before", "_after", "_se", "_max")) and not is_number(value):
             return f"{key} is {repr(value)[:40]}, not a finite number"
-    return None
+    return range_problem(cell)
 
 
 class Store:
