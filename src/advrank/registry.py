@@ -60,7 +60,9 @@ class Registry(Generic[T]):
             if target is None or not callable(target):
                 raise AdvrankError(f"a {self.kind} must be a class or a factory function; "
                                    f"{name!r} is a {type(target).__name__}")
-            if replace:  # the built-in must be there first, or it would replace the plugin
+            if getattr(target, "__module__", None) not in self._builtins:
+                # a plugin's part: the built-ins first, so that taking a built-in's name is
+                # refused (or, with replace, recorded) here, not later inside the built-in
                 self._ensure_loaded()
             if (name in self._entries or name in self._aliases) and not replace:
                 raise AdvrankError(f"{self.kind} {name!r} is already registered")

@@ -23,7 +23,7 @@ import torch
 
 from advrank.errors import AdvrankError
 
-_STATE: dict[str, Any] = {"local_rank": 0, "owned": False, "rank": 0}
+_STATE: dict[str, Any] = {"local_rank": 0, "owned": False, "rank": None}
 
 
 def available() -> bool:
@@ -53,9 +53,14 @@ def is_main() -> bool:
 
 
 def last_rank() -> int:
-    """This process's rank in the group it joined last (kept after :func:`shutdown`, so an
-    error that ends the command is printed by rank 0 alone); 0 in one process."""
-    return rank() if active() else _STATE["rank"]
+    """Which process this is, for saying an error once: the rank in the group it joined last
+    (kept after :func:`shutdown`); before joining, under torchrun, the node-local rank
+    PyTorch reports; 0 in one process."""
+    if active():
+        return rank()
+    if _STATE["rank"] is not None:
+        return _STATE["rank"]
+    return torch.distributed.get_node_local_rank(fallback_rank=0) if launched() else 0
 
 
 def launched() -> bool:
