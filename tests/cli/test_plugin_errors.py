@@ -43,10 +43,12 @@ def test_help_and_version_work_with_a_broken_plugin(flag, broken, cli):
     assert err.startswith("advrank: warning: cannot load plugin") and message in err
 
 
-def test_only_rank_0_prints_the_error(monkeypatch, capsys):
+def test_the_error_line_is_rank_0s_alone_and_printable(monkeypatch, capsys):
     monkeypatch.setitem(distributed._STATE, "rank", 1)
     assert cli_module._error("something went wrong") == 2
     assert capsys.readouterr().err == ""
     monkeypatch.setitem(distributed._STATE, "rank", 0)
     assert cli_module._error("something\nwent wrong") == 2
     assert capsys.readouterr().err == "advrank: error: something\\nwent wrong\n"
+    assert cli_module._error("no such file caf\udce9.jpg") == 2  # a non-UTF-8 name
+    assert capsys.readouterr().err == "advrank: error: no such file caf\\udce9.jpg\n"

@@ -199,3 +199,11 @@ def test_high_bit_depth_files_are_read_at_their_brightness(fmt, mode):
     with Image.open(buffer) as img:
         image = Geometry((3, 8, 8)).read(img)
     assert abs(float(image.mean()) - 0.3) < 0.03, (fmt, mode, float(image.mean()))
+
+
+def test_a_class_folder_linked_to_another_is_an_alias(collections):
+    clean, _ = collections
+    os.symlink("circles", clean / "zircles")  # the same folder under a second class name
+    ds = load_dataset(f"imagefolder:{clean}", geometry=GEOMETRY)
+    assert len(ds) == 12 and ds.skipped == {"folders reached again (link loops)": 1}
+    assert sorted(set(ds.labels.tolist())) == [0, 1, 2]

@@ -100,6 +100,8 @@ def _error(message: object) -> int:
     from advrank.core import distributed
 
     text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+    # a file name that is not UTF-8 (surrogate escapes) is shown escaped, never a traceback
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if distributed.last_rank() == 0:  # under torchrun, the first process alone says it
         print(f"advrank: error: {text}", file=sys.stderr)
     return 2

@@ -259,7 +259,9 @@ def scan_image_folder(root: Path, allow_outside_root: bool = False
         raise AdvrankError(f"image folder {root} is not a folder (for a listing use csv:FILE)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     members = Members(root, allow_outside_root, f"imagefolder:{root}", classes)
-    homes = {os.path.realpath(root / c): i for i, c in enumerate(classes)}
+    homes: dict[str, int] = {}
+    for i, c in enumerate(classes):  # a class folder linked to another is that one's alias
+        homes.setdefault(os.path.realpath(root / c), i)
     visited: set[str] = set()
     for label, cls in enumerate(classes):
         real = os.path.realpath(root / cls)
