@@ -184,17 +184,21 @@ class Members:
         self.skipped["outside the root"] += 1
         return False
 
-    def add(self, listed: str, full: str, label: int) -> None:
-        """List ``full`` (shown as ``listed``) under ``label`` unless it is a special file,
+    def add(self, listed: str, full: str, label: int, real: str | None = None,
+            mode: int | None = None) -> None:
+        """List ``full`` (shown as ``listed``; ``real``, ``mode``: its real path and
+        ``st_mode`` when the caller knows them) under ``label`` unless it is a special file,
         outside the root or a picture already listed; a missing file stays listed (it is
-        reported as unreadable when the collection is embedded)."""
-        real = os.path.realpath(full)
-        try:
-            if not stat.S_ISREG(os.stat(full).st_mode):
-                self.skipped["special files"] += 1
-                return
-        except OSError:
-            pass
+        reported as unreadable when embedded)."""
+        real = real or os.path.realpath(full)
+        if mode is None:
+            try:
+                mode = os.stat(full).st_mode
+            except OSError:
+                mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            self.skipped["special files"] += 1
+            return
         if not self.admits(real):
             return
         if real in self.seen:
@@ -212,12 +216,16 @@ class Members:
 
 
 def _class_of(real: str, homes: dict[str, int]) -> int | None:
-    """The class whose (real) folder holds ``real`` (the deepest one), or None."""
-    best = None
-    for home, label in homes.items():
-        if _inside(real, home) and (best is None or len(home) > len(best[0])):
-            best = (home, label)
-    return None if best is None else best[1]
+    """The class whose (real) folder holds ``real`` (the deepest one), or None: a lookup per
+    parent folder, so listing stays linear in the number of files whatever the classes."""
+    path = real
+    while True:
+        if path in homes:
+            return homes[path]
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
 
 
 def _walk_class(root: Path, cls: str, label: int, homes: dict[str, int], visited: set[str],
@@ -225,12 +233,12 @@ def _walk_class(root: Path, cls: str, label: int, homes: dict[str, int], visited
     """List the pictures under ``root/cls``, following links but visiting every real folder
     once (a link loop, or a link to another class's folder, adds nothing)."""
     for dirpath, dirnames, files in os.walk(root / cls, followlinks=True):
-        keep = []
+        keep, real_dir = [], os.path.realpath(dirpath)
         for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, d))
             if d.startswith("."):
                 continue
-            if real in visited or _inside(os.path.realpath(dirpath), real):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in visited or _inside(real_dir, real):
                 members.skipped["folders reached again (link loops)"] += 1
             elif _class_of(real, homes) not in (None, label):
                 members.skipped["links into another class"] += 1
@@ -238,15 +246,24 @@ def _walk_class(root: Path, cls: str, label: int, homes: dict[str, int], visited
                 visited.add(real)
                 keep.append(d)
         dirnames[:] = keep
-        rel_dir = Path(dirpath).relative_to(root)
+        rel_dir = str(Path(dirpath).relative_to(root))
+        dir_class = _class_of(real_dir, homes)
         for f in sorted(files):
-            full = os.path.join(dirpath, f)
             if not is_image(f):
                 continue
-            if _class_of(os.path.realpath(full), homes) not in (None, label):
+            full = os.path.join(dirpath, f)
+            try:
+                mode = os.lstat(full).st_mode
+            except OSError:
+                continue  # gone since the folder was listed
+            real, of = os.path.join(real_dir, f), dir_class
+            if stat.S_ISLNK(mode):  # only a link needs resolving (and stat-ing through)
+                real, mode = os.path.realpath(full), None
+                of = _class_of(real, homes)
+            if of not in (None, label):
                 members.skipped["links into another class"] += 1
                 continue
-            members.add(str(rel_dir / f), full, label)
+            members.add(os.path.join(rel_dir, f), full, label, real, mode)
 
 
 def scan_image_folder(root: Path, allow_outside_root: bool = False
