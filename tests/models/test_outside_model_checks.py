@@ -16,6 +16,15 @@ TEMPLATE = '''
 import torch
 from torch import nn
 
+class Broken(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z):
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("no backward here")
+
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
@@ -45,6 +54,7 @@ BAD = {
     "larger batches": ("if x.shape[0] > 4:\n    raise RuntimeError('kernel failed')\nreturn z",
                        "fails on a [64, 3, 16, 16] input: RuntimeError: kernel failed"),
     "a tuple": ("return z, z", "returns tuple, not a tensor"),
+    "backward raises": ("return Broken.apply(z)", "fails computing the gradient for a batch of 2"),
 }
 
 

@@ -213,7 +213,12 @@ class ExternalEmbedder(nn.Module):
                                        "(detached or computed under no_grad); the attacks need "
                                        "d embeddings / d image")
                 weights = torch.randn(f.shape, generator=gen).to(f.device)
-                grad = torch.autograd.grad((f * weights).sum(), x, allow_unused=True)[0]
+                try:
+                    grad = torch.autograd.grad((f * weights).sum(), x, allow_unused=True)[0]
+                except Exception as exc:  # a backward that raises, or runs out of memory
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    raise AdvrankError(f"{self.where} fails computing the gradient for a batch "
+                                       f"of {b}: {type(exc).__name__}: {first}") from None
             if grad is None or not torch.isfinite(grad).all():
                 what = "no" if grad is None else "a NaN or infinite"
                 raise AdvrankError(f"{self.where} gives {what} gradient with respect to its "
