@@ -57,8 +57,17 @@ class Registry(Generic[T]):
         def add(target: T) -> T:
             if not isinstance(name, str) or not name or name != name.strip():
                 raise AdvrankError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+            if target is None or not callable(target):
+                raise AdvrankError(f"a {self.kind} must be a class or a factory function; "
+                                   f"{name!r} is a {type(target).__name__}")
+            if getattr(target, "__module__", None) not in self._builtins:
+                # a plugin's part: the built-ins first, so that taking a built-in's name is
+                # refused (or, with replace, recorded) here, not later inside the built-in
+                self._ensure_loaded()
             if (name in self._entries or name in self._aliases) and not replace:
                 raise AdvrankError(f"{self.kind} {name!r} is already registered")
+            if name in self._entries:  # results record it: their cells are not the built-in's
+                REPLACED[f"{self.kind}:{name}"] = getattr(target, "__module__", "?")
             self._entries[name] = Entry(name, target, dict(info))
             for alias in aliases:
                 self._aliases[alias] = name
@@ -144,6 +153,31 @@ REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATA
 
 _plugins_loaded: set[str] = set()
 _entry_points_done = False
+#: "kind:name" -> the module of the part that replaced a registered one
+REPLACED: dict[str, str] = {}
+#: plugin (module name, .py path or entry point) -> SHA-256 of its source file
+PLUGIN_FILES: dict[str, str | None] = {}
+
+
+def _file_sha(module) -> str | None:
+    import hashlib
+
+    path = getattr(module, "__file__", None)
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+def plugin_record() -> dict[str, Any]:
+    """What results record about plugins (empty without any): each loaded plugin with the
+    SHA-256 of its file, and the registered names a plugin replaced. It enters the results'
+    identity, so a run with another plugin set never resumes this one's cells."""
+    if not PLUGIN_FILES and not REPLACED:
+        return {}
+    return {"plugins": dict(sorted(PLUGIN_FILES.items())), "replaced": dict(sorted(
+        REPLACED.items()))}
 
 
 def import_python(target: str, prefix: str, what: str):
@@ -170,12 +204,13 @@ def load_plugin(spec: str) -> None:
     if spec in _plugins_loaded:
         return
     try:
-        import_python(spec, "advrank_plugin_", "plugin file")
-    except AdvrankError:
-        raise
+        module = import_python(spec, "advrank_plugin_", "plugin file")
+    except AdvrankError as exc:
+        raise AdvrankError(f"cannot load plugin {spec!r}: {exc}") from None
     except Exception as exc:  # a broken plugin: say which and why, in one line
         raise AdvrankError(f"cannot load plugin {spec!r}: {type(exc).__name__}: {exc}") from None
     _plugins_loaded.add(spec)
+    PLUGIN_FILES[spec] = _file_sha(module)
 
 
 def load_entry_point_plugins() -> None:
@@ -189,8 +224,10 @@ def load_entry_point_plugins() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = ep.load()
-        except Exception as exc:
+            if callable(loaded) and not isinstance(loaded, type):
+                loaded()  # an entry point may name a register() function instead of a module
+        except Exception as exc:  # AdvrankError too: say which plugin
             raise AdvrankError(f"cannot load plugin {ep.name!r} ({ep.value}): "
                                f"{type(exc).__name__}: {exc}") from None
-        if callable(loaded) and not isinstance(loaded, type):
-            loaded()  # an entry point may name a register() function instead of a module
+        PLUGIN_FILES[f"entry point {ep.name}"] = _file_sha(sys.modules.get(
+            ep.module) or loaded)

@@ -106,3 +106,18 @@ def test_commands_that_do_not_share_their_work_are_refused(ckpt, tmp_path):
     assert out.stderr.strip().splitlines() == [
         "advrank: error: universal does not run under torchrun with several processes "
         "(commands that do: attack, grid, train, evaluate); run it as one process"]
+
+
+def test_an_error_under_torchrun_is_printed_by_rank_0_alone(ckpt, tmp_path):
+    """Every process fails the same way; the error line appears once, each exits with 2."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", "-m", "advrank", "attack", "--checkpoint",
+                          str(ckpt), "--attack", "CA+", "--eps", "0.1", "--num-attacks",
+                          "100000", "--device", "cpu", "--quiet"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert out.returncode != 0
+    errors = [line for line in out.stderr.splitlines() if "advrank: error:" in line]
+    assert len(errors) == 1 and "100000" in errors[0], out.stderr[-3000:]
+    assert "exitcode  : 2" in out.stderr or "exit code: 2" in out.stderr.lower() or \
+        "exitcode: 2" in out.stderr.replace(" ", ""), out.stderr[-3000:]

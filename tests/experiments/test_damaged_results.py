@@ -1,6 +1,7 @@
-"""Result files of the resumable jobs (grid, curves, transfer-matrix) that were damaged or
-forged between runs: rerunning the command refuses them with one ``advrank: error:`` line
-and leaves them as they were, instead of a traceback or a table built on bad cells."""
+"""Result files of the resumable jobs (grid, curves, transfer-matrix, audit, robustness) that
+were damaged or forged between runs: rerunning the command refuses them with one
+``advrank: error:`` line and leaves them as they were, instead of a traceback or a table
+built on bad cells."""
 
 from __future__ import annotations
 
@@ -33,11 +34,17 @@ JOBS = {
     "transfer-matrix": (lambda ck, out: ["transfer-matrix", "--checkpoint", f"a={ck}", "--out",
                                          out, "--attacks", "CA+", "--steps", "1",
                                          "--num-attacks", "3"], "transfer.json"),
+    "audit": (lambda ck, out: ["audit", "--checkpoint", ck, "--out", out, "--attacks", "CA+",
+                               "--eps", "0.01", "--steps", "1", "--num-attacks", "3",
+                               "--examples", "0"], "report.json"),
+    "robustness": (lambda ck, out: ["robustness", "--checkpoint", ck, "--out", out, "--profile",
+                                    "rob28", "--num-attacks", "3", "--bootstrap", "20"],
+                   "results.json"),
 }
 
 
 def _first(d: dict) -> str:
-    return next(iter(d["cells"]))
+    return next(k for k in d["cells"] if k != "retrieval")  # an audit's first is retrieval
 
 
 def _set_figure(d: dict, value) -> None:
@@ -54,6 +61,7 @@ DAMAGE: dict[str, Callable[[dict], object]] = {
     "figure-a-string": lambda d: _set_figure(d, "12.5"),
     "figure-null": lambda d: _set_figure(d, None),
     "figure-a-list": lambda d: _set_figure(d, [1]),
+    "figure-out-of-range": lambda d: _set_figure(d, -55.0),
     "cell-under-a-foreign-key": lambda d: d["cells"].__setitem__("CA+|9|9",
                                                                  d["cells"][_first(d)]),
     "cells-a-list": lambda d: d.__setitem__("cells", []),

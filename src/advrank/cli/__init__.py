@@ -38,6 +38,21 @@ def _plugins(argv: list[str]) -> list[str]:
     return found
 
 
+def load_plugins(argv: list[str]) -> None:
+    """Import the installed and the ``--plugin`` plugins (inside :func:`main`'s error
+    handler: a broken plugin is one error line). With ``--help``/``-h``/``--version`` a broken
+    plugin is only a warning, so that help and version always work."""
+    lenient = any(a in ("-h", "--help", "--version") for a in argv)
+    try:
+        load_entry_point_plugins()
+        for plugin in _plugins(argv):
+            load_plugin(plugin)
+    except AdvrankError as exc:
+        if not lenient:
+            raise
+        print(f"advrank: warning: {exc} (its parts are missing below)", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -62,9 +77,7 @@ def _run(argv: list[str]) -> int:
     from advrank.core.runtime import set_command
 
     set_command(argv)  # results record this command, whoever called main()
-    load_entry_point_plugins()
-    for plugin in _plugins(argv):
-        load_plugin(plugin)
+    load_plugins(argv)
     args = build_parser().parse_args(argv)
     from advrank.cli.options import log
     from advrank.core import distributed
@@ -87,8 +100,13 @@ def _run(argv: list[str]) -> int:
 def _error(message: object) -> int:
     """Print ``advrank: error: MESSAGE`` as one line (line breaks in it, e.g. from a path,
     are shown escaped) and return exit status 2."""
+    from advrank.core import distributed
+
     text = str(message).replace("\r", "\\r").replace("\n", "\\n")
-    print(f"advrank: error: {text}", file=sys.stderr)
+    # a file name that is not UTF-8 (surrogate escapes) is shown escaped, never a traceback
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if distributed.last_rank() == 0:  # under torchrun, the first process alone says it
+        print(f"advrank: error: {text}", file=sys.stderr)
     return 2
 
 

@@ -30,6 +30,7 @@ from advrank.cli.options import (
     target_spec,
 )
 from advrank.core.io import check_writable_dir
+from advrank.experiments.store import claim
 
 
 def cmd_audit(args) -> None:
@@ -44,14 +45,19 @@ def cmd_audit(args) -> None:
                          max_queries=args.max_queries, options=kind_options(args),
                          pipeline=args.pipeline, through_pipeline=args.through_pipeline)
     kinds = config.validate()  # everything checked before the model is loaded
-    target_spec(args)
+    target_spec(args, cache_dir=str(Path(args.out) / "cache"))
+
+    def fits(n: int) -> None:  # before the collection is embedded
+        config.check_gallery(n)
+        check_fits_all(kinds.values(), [k], config.attacks_for(n), n)
+
     check_writable_dir(args.out)
-    target = load_target_from_args(args, cache_dir=str(Path(args.out) / "cache"),
-                                   check=lambda n: check_fits_all(kinds.values(), [k],
-                                                                  config.attacks_for(n), n))
-    say = log(args)
-    summary = run_audit(target, args.out, config, target.record(args.seed),
-                        progress=not args.quiet, log=say, index=index_from_args(args, target))
+    with claim(args.out):  # the folder is ours before anything is written there
+        target = load_target_from_args(args, cache_dir=str(Path(args.out) / "cache"),
+                                       check=fits)
+        summary = run_audit(target, args.out, config, target.record(args.seed),
+                            progress=not args.quiet, log=log(args), force=args.force,
+                            index=index_from_args(args, target))
     lines = [f"{summary['gallery_size']} images: R@1 {summary['recall@1']:.1f}%  "
              f"mAP {summary['map']:.1f}%"
              + (f"  ({summary['unreadable_images']} unreadable skipped)"
@@ -102,6 +108,9 @@ def register(sub, formatter) -> None:
                    help="results shown per ranking list in the panels")
     p.add_argument("--max-queries", type=positive_int, default=5000,
                    help="queries used to measure Recall@K/mAP (a seeded sample of X when larger)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a report.html in --out that no report.json belongs to, and "
+                        "start over instead of resuming")
     add_kind_options(p)
     add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
     add_pipeline(p)

@@ -458,6 +458,9 @@ def _add_collection_options(g, cache: bool) -> None:
                         "collection; more is an error")
     g.add_argument("--workers", type=integer(0, 256), default=0,
                    help="processes decoding pictures while embedding")
+    g.add_argument("--allow-outside-root", action="store_true",
+                   help="read pictures whose real path leaves the collection's folder (links, "
+                        "CSV paths); by default they are skipped and counted")
     g.add_argument("--cache-dir", default=None,
                    help="where the collection's embeddings are cached (default: OUT/cache)"
                    if cache else "cache the collection's embeddings in this folder")
@@ -567,7 +570,8 @@ def target_spec(args, cache_dir: str | None = None):
         embed_dim=args.embed_dim,
         input_size=args.input_size, mean=args.mean, std=args.std,
         cache_dir=args.cache_dir or cache_dir, workers=args.workers,
-        query_fraction=args.query_fraction, max_unreadable=args.max_unreadable).validate()
+        query_fraction=args.query_fraction, max_unreadable=args.max_unreadable,
+        allow_outside_root=args.allow_outside_root).validate()
 
 
 def load_target_from_args(args, cache_dir: str | None = None, split: str = "test", check=None):

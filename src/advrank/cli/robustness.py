@@ -15,8 +15,10 @@ from advrank.cli.options import (
     load_target_from_args,
     num_attacks_for,
     num_attacks_from_args,
+    target_spec,
 )
 from advrank.core.io import check_writable_dir
+from advrank.experiments.store import claim
 
 
 def default_out(args, profile: str) -> Path:
@@ -32,11 +34,15 @@ def cmd_robustness(args) -> None:
     profile = get_profile(args.profile)  # refused before any work
     out = Path(args.out) if args.out else default_out(args, profile.name)
     check_writable_dir(out)
-    target = load_target_from_args(args, check=lambda n: num_attacks_for(args.num_attacks, n))
-    t = num_attacks_from_args(args, len(target.gallery))
-    result = run_robustness(target.model, target.gallery, out, profile.name, t,
-                            args.seed, args.batch_size, args.bootstrap,
-                            target.record(args.seed), progress=not args.quiet)
+    target_spec(args)
+    with claim(out):  # the folder is ours before anything is written there
+        target = load_target_from_args(
+            args, check=lambda n: num_attacks_for(args.num_attacks, n))
+        t = num_attacks_from_args(args, len(target.gallery))
+        result = run_robustness(target.model, target.gallery, out, profile.name, t,
+                                args.seed, args.batch_size, args.bootstrap,
+                                target.record(args.seed), progress=not args.quiet,
+                                force=args.force)
     text = (out / "robustness.md").read_text()
     emit(args, {"out": str(out), **result}, text)
 
@@ -62,5 +68,8 @@ def register(sub, formatter) -> None:
     add_batch_size(p)
     p.add_argument("--bootstrap", type=integer(1, 10_000_000), default=1000,
                    help="bootstrap resamples for the ERS interval")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a robustness.md in --out that no results.json belongs to, "
+                        "and start over instead of resuming")
     add_common(p)
     p.set_defaults(func=cmd_robustness)

@@ -23,7 +23,7 @@ import torch
 
 from advrank.errors import AdvrankError
 
-_STATE: dict[str, Any] = {"local_rank": 0, "owned": False}
+_STATE: dict[str, Any] = {"local_rank": 0, "owned": False, "rank": None}
 
 
 def available() -> bool:
@@ -50,6 +50,17 @@ def local_rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def last_rank() -> int:
+    """Which process this is, for saying an error once: the rank in the group it joined last
+    (kept after :func:`shutdown`); before joining, under torchrun, the node-local rank
+    PyTorch reports; 0 in one process."""
+    if active():
+        return rank()
+    if _STATE["rank"] is not None:
+        return _STATE["rank"]
+    return torch.distributed.get_node_local_rank(fallback_rank=0) if launched() else 0
 
 
 def launched() -> bool:
@@ -80,6 +91,7 @@ def init_from_env(device: str = "auto") -> bool:
         torch.cuda.set_device(_STATE["local_rank"])
     torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
     _STATE["owned"] = True
+    _STATE["rank"] = torch.distributed.get_rank()
     return active()
 
 

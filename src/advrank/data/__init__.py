@@ -71,13 +71,16 @@ def check_dataset_name(name: str):
 
 
 def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
-                 download: bool = False, geometry: Geometry | None = None) -> ImageDataset:
+                 download: bool = False, geometry: Geometry | None = None,
+                 allow_outside_root: bool = False) -> ImageDataset:
     """Load ``split`` (``train`` or ``test``) of dataset ``name``.
 
     ``root`` defaults to ``$ADVRANK_DATA`` (then ``./data``). With ``download=True`` torchvision
     may fetch missing files; otherwise missing files raise an :class:`AdvrankError` that names them.
     ``geometry``: the input size pictures are read at, for datasets that take one (others keep
     their fixed image shape, which the caller checks against the model's).
+    ``allow_outside_root``: listings (``imagefolder``, ``csv``) may read pictures whose real
+    path leaves their root (otherwise those are skipped and counted).
     """
     if not isinstance(split, str) or split not in SPLITS:
         raise AdvrankError(f"unknown split {split!r}; use 'train' or 'test'")
@@ -88,6 +91,9 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
     kwargs = {"arg": arg} if takes_arg else {}
     if geometry is not None and entry.info.get("takes_geometry", False):
         kwargs["geometry"] = geometry
+    check_flag(allow_outside_root, "allow_outside_root")
+    if entry.info.get("listing", False):
+        kwargs["allow_outside_root"] = allow_outside_root
     dataset = entry.obj(split=split, root=root, download=download, **kwargs)
     if len(dataset) < 2:
         raise AdvrankError(f"dataset {name!r} ({split}) has {len(dataset)} images; need at "

@@ -81,12 +81,45 @@ class Geometry:
         from PIL import ImageOps
 
         img.draft(self.mode, (self.input_size[2] * 2, self.input_size[1] * 2))  # JPEG speed
-        return self.transform(ImageOps.exif_transpose(img).convert(self.mode))
+        return self.transform(standard_mode(ImageOps.exif_transpose(img)).convert(self.mode))
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
         out["input_size"] = list(self.input_size)
         return out
+
+
+#: integer and float modes PIL cannot bring to 8 bits itself (it clips, so a 16-bit picture
+#: ends up almost all white): their full scale
+HIGH_DEPTH_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
+                    "I": 65535.0, "F": 1.0}
+
+
+def standard_mode(img):
+    """A decoded PIL picture in a mode that ``convert("L"/"RGB")`` reads correctly.
+
+    16-bit grey (``I;16*``; ``I`` is taken as 16-bit too, the depth PNG and PGM store) is
+    scaled from [0, 65535] and float pictures (``F``) from [0, 1] to 8 bits (PIL would clip
+    them); CIELAB is converted to sRGB through a colour profile (PIL has no direct
+    conversion); premultiplied and palette pictures with transparency go through their
+    un-premultiplied alpha form first. Other modes (1, L, P, RGB, RGBA, CMYK, YCbCr, HSV...)
+    are returned as they are.
+    """
+    from PIL import Image, ImageCms
+
+    if img.mode in HIGH_DEPTH_SCALE:
+        import numpy as np
+
+        values = np.asarray(img, dtype=np.float64) / HIGH_DEPTH_SCALE[img.mode]
+        return Image.fromarray(np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8), "L")
+    if img.mode == "LAB":
+        lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+        return ImageCms.applyTransform(img, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
+    if img.mode == "La":
+        return img.convert("LA")
+    if img.mode in ("RGBa", "PA") or (img.mode == "P" and "transparency" in img.info):
+        return img.convert("RGBA")
+    return img
 
 
 def geometry_from_config(config: dict[str, Any], input_size: int | None = None) -> Geometry:

@@ -32,6 +32,7 @@ from advrank.experiments.protocol import (
     ColumnSelections,
     attack_batches,
     cell_key,
+    check_attack_cell,
     check_batch_size,
     run_attack,
     selection_seed,
@@ -103,6 +104,41 @@ class AuditConfig:
         it)."""
         return num_attacks_for(self.num_attacks, n, note)
 
+    def check_gallery(self, n: int) -> None:
+        """Refuse T or k that do not fit a collection of ``n`` members (before it is
+        embedded: ``load_target``'s ``check``)."""
+        if self.attacks_for(n) > n:
+            raise AdvrankError(f"{self.attacks_for(n)} attacks requested but the gallery has "
+                               f"only {n} items")
+        if self.k >= n:
+            raise AdvrankError(f"k = {self.k} needs a gallery of more than {self.k} items; it "
+                               f"has {n}")
+
+
+def check_cell(key: str, cell) -> str | None:
+    """Why a stored audit cell cannot be reused (None if it can): the retrieval figures as
+    percentages, or an attack summary with finite figures in their range."""
+    if key == "retrieval":
+        if not isinstance(cell, dict):
+            return f"a {type(cell).__name__}, not a mapping"
+        for name in ("map", *(f"recall@{k}" for k in RECALL_KS)):
+            value = cell.get(name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                    not 0.0 <= value <= 100.0:
+                return f"{name} is {repr(value)[:40]}, not a percentage"
+        if not isinstance(cell.get("gallery_size"), int) or not isinstance(cell.get("queries"),
+                                                                          int):
+            return "no gallery size or query count"
+        return None
+    problem = check_attack_cell(key, cell)  # the same cells as a grid's, under the same keys
+    if problem:
+        return problem
+    t, seconds = cell.get("num_attacks"), cell.get("seconds")
+    if not isinstance(t, int) or isinstance(t, bool) or t < 1 or \
+            not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+        return "no attack count or time"
+    return None
+
 
 def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, Any]:
     """Recall@1/2/4/8 and mAP (%): the query split against the gallery, or members of X as
@@ -140,6 +176,7 @@ class Audit(Experiment):
     :func:`run_audit`."""
 
     name, filename, format, implied = "audit", REPORT_JSON, AUDIT_FORMAT, IMPLIED_IDENTITY
+    outputs = (REPORT_HTML,)
 
     def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
                  progress: bool = False, log: Callable[[str], None] | None = None,
@@ -160,6 +197,9 @@ class Audit(Experiment):
                 "options": {a: kind.options for a, kind in self.kinds.items()},
                 "index": None if self.index is None else self.index.spec,
                 **_upload_identity(config)}
+
+    def check_cell(self, key: str, cell) -> str | None:
+        return check_cell(key, cell)
 
     def record(self) -> dict[str, Any]:
         settings = {k: v for k, v in asdict(self.config).items() if k != "options"}
@@ -222,13 +262,16 @@ class Audit(Experiment):
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
               record: dict[str, Any] | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None, index=None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, index=None, force: bool = False
+              ) -> dict[str, Any]:
     """Run (or resume) the audit into ``out_dir``; returns the summary that ``--json``
     prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...).
     ``index``: a :class:`~advrank.core.index.VectorIndex` over the gallery whose ranks are
-    measured beside the exact ones (``*_index``), part of the audit's identity."""
+    measured beside the exact ones (``*_index``), part of the audit's identity. ``force``:
+    overwrite a report.html that is not this run's and start over."""
     log = log or progress_log(progress)
     audit = Audit(target, config or AuditConfig(), record, progress, log, index)
+    audit.force = force
     summary = run(audit, out_dir, log)
     return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
             "report_json": str(Path(out_dir) / REPORT_JSON)}

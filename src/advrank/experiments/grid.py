@@ -38,8 +38,11 @@ from advrank.experiments.protocol import (
     check_gallery,
     run_attack,
 )
+from advrank.experiments.protocol import (
+    check_attack_cell as check_cell,
+)
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
-from advrank.experiments.store import Store, figures_problem, is_number
+from advrank.experiments.store import Store
 from advrank.reports.tables import csv_table, headline_of, markdown_table
 
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
@@ -49,17 +52,6 @@ IMPLIED_IDENTITY = {"precision": "fp32", "index": None, "pipeline": None,
                     "through_pipeline": False}
 
 
-def check_cell(key: str, cell) -> str | None:
-    """Why a stored grid cell cannot be reused (None if it can): a summary of the attack,
-    eps and k its key names, with finite figures."""
-    problem = figures_problem(cell, ("rank_before", "rank_after", "rank_after_se"))
-    if problem:
-        return problem
-    attack, eps, k = cell.get("attack"), cell.get("eps"), cell.get("k")
-    if not isinstance(attack, str) or not is_number(eps) or \
-            not isinstance(k, int) or isinstance(k, bool) or cell_key(attack, eps, k) != key:
-        return "its attack, eps and k do not match its key"
-    return None
 
 
 def load_results(out_dir: str | Path) -> dict:

@@ -45,6 +45,7 @@ from advrank.core.execution import (
 from advrank.core.gallery import Gallery
 from advrank.core.runtime import derived_seed, progress_bar
 from advrank.errors import AdvrankError
+from advrank.experiments.store import figures_problem, is_number
 
 MAX_BATCH = 1_000_000
 MEASURE_CHUNK = 4096  # gallery rows per pass of count_closer
@@ -151,6 +152,20 @@ def check_cell_options(path, cells: Iterable[dict], kinds: dict[str, AttackKind]
 def cell_key(attack: str, eps: float, k: int) -> str:
     """The store key of an (attack, eps, w/m) cell of a grid or an audit."""
     return f"{attack}|{eps:g}|{k}"
+
+
+def check_attack_cell(key: str, cell) -> str | None:
+    """Why a stored attack cell (a grid's or an audit's) cannot be reused (None if it can):
+    a summary of the attack, eps and k its key names, with finite figures."""
+    problem = figures_problem(cell, ("rank_before", "rank_after", "rank_after_se"))
+    if problem:
+        return problem
+    attack, eps, k = cell.get("attack"), cell.get("eps"), cell.get("k")
+    if not isinstance(attack, str) or not is_number(eps) or \
+            not isinstance(k, int) or isinstance(k, bool) or cell_key(attack, eps, k) != key:
+        return "its attack, eps and k do not match its key"
+    return None
+
 
 
 def selection_seed(seed: int, attack: str, k: int) -> int:

@@ -45,7 +45,7 @@ from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
 from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
-from advrank.experiments.store import Store
+from advrank.experiments.store import FIGURE_RANGES, Store, figures_problem
 
 RESULTS, TABLE = "results.json", "robustness.md"
 FORMAT = "advrank-robustness"
@@ -162,6 +162,32 @@ def summarize(cells: dict[str, dict], resamples: int = 1000, seed: int = 0) -> d
             "clean": clean, "bootstrap_resamples": resamples}
 
 
+def check_cell(key: str, cell) -> str | None:
+    """Why a stored robustness cell cannot be reused (None if it can): one of the profile's
+    attacks, figures finite and in range, and per-item values (what the interval is drawn
+    from) in range whose mean is the stored figure (so ERS lies in its interval)."""
+    if key not in dict(ATTACKS):
+        return "not an attack of the robustness profiles"
+    figures = sorted({s.figure for s in SCORES if s.attack == key})
+    problem = figures_problem(cell, tuple(f"{f}_after" for f in figures))
+    if problem:
+        return problem
+    items = cell.get("items")
+    if not isinstance(items, dict):
+        return "no per-item values"
+    for f in figures:
+        values = items.get(f)
+        low, high = FIGURE_RANGES[f]
+        if not isinstance(values, list) or not values or len(values) != cell.get("num_attacks") \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and low <= v <= high for v in values):
+            return f"its {f} items are not {cell.get('num_attacks')} values in [{low:g}, {high:g}]"
+        mean = sum(values) / len(values)
+        if abs(mean - cell[f"{f}_after"]) > 1e-6 + 1e-4 * abs(mean):
+            return f"{f}_after is not the mean of its items"
+    return None
+
+
 def _run_one(model: nn.Module, gallery: Gallery, attack: str, options: dict, profile: Profile,
              num_attacks: int, seed: int, batch_size: int, progress: bool) -> dict:
     kind = get_attack(attack, **options)
@@ -176,7 +202,7 @@ def _run_one(model: nn.Module, gallery: Gallery, attack: str, options: dict, pro
 class Robustness(Experiment):
     """The ERS declaration: one cell per attack of the profile; see :func:`run_robustness`."""
 
-    name, filename, format = "robustness", RESULTS, FORMAT
+    name, filename, format, outputs = "robustness", RESULTS, FORMAT, (TABLE,)
 
     def __init__(self, model: nn.Module, gallery: Gallery, profile: str,
                  num_attacks: int | None, seed: int, batch_size: int, resamples: int,
@@ -198,6 +224,9 @@ class Robustness(Experiment):
 
     def record(self) -> dict[str, Any]:
         return {"threat": self.profile.threat().describe(), **self.meta}
+
+    def check_cell(self, key: str, cell) -> str | None:
+        return check_cell(key, cell)
 
     def prepare(self, store: Store) -> None:
         # cells made with other attack options (e.g. an older LTM) are refused, not mixed in
@@ -234,12 +263,15 @@ def run_robustness(
     model: nn.Module, gallery: Gallery, out_dir: str | Path, profile: str = "rob28",
     num_attacks: int | None = None, seed: int = 0, batch_size: int = 256,
     resamples: int = 1000, meta: dict | None = None, progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the profile's nine attacks on ``gallery`` (T = ``num_attacks`` items
     each, default |X|), write ``results.json`` after each and ``robustness.md`` at the end;
-    returns the summary (see :func:`summarize`) with the run's settings."""
+    returns the summary (see :func:`summarize`) with the run's settings. ``force``:
+    overwrite a robustness.md that is not this run's and start over."""
     experiment = Robustness(model, gallery, profile, num_attacks, seed, batch_size, resamples,
                             meta, progress)
+    experiment.force = force
     return run(experiment, out_dir, progress_log(progress))
 
 

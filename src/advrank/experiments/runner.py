@@ -52,6 +52,10 @@ class Experiment:
     format = "advrank-experiment"
     #: identity values of files written before a setting existed
     implied: dict[str, Any] = {}
+    #: files the experiment publishes beside its store file: one found without the store file
+    #: is someone else's, refused unless ``force`` (which overwrites it and starts over)
+    outputs: tuple[str, ...] = ()
+    force: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The settings that must match a folder's earlier run (refused otherwise)."""
@@ -109,7 +113,8 @@ def run(experiment: Experiment, out_dir: str | Path, log: Log | None = None) -> 
     log = log or progress_log(False)
     with Store(out_dir, experiment.filename, experiment.format, experiment.identity(),
                experiment.record(), implied=experiment.implied,
-               check_cell=experiment.check_cell) as store:
+               check_cell=experiment.check_cell, outputs=experiment.outputs,
+               force=experiment.force) as store:
         experiment.prepare(store)
         cells = experiment.cells(store)
         if isinstance(cells, Sized):

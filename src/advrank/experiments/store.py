@@ -11,6 +11,11 @@
   damaged or forged file is refused, and left as it is, instead of being built upon.
 * **One writer under torchrun**: rank 0 alone locks, reads and writes; the other processes get
   its cells (and its refusal, if any) by broadcast and write nothing.
+* **Lock first**: a command that embeds a collection first takes the folder (:func:`claim`),
+  then checks its options against the collection, then embeds; the store it opens later in
+  the same process reuses that lock. A refused second writer has written nothing.
+* **Foreign files**: the files a store writes (``outputs``) that exist without its results
+  file are someone else's; they are refused unless ``force`` (which also starts over).
 
 The file holds ``{"format", "config": {identity + provenance}, "cells": {key: value}}`` and
 whatever the experiment adds for its readers (``extra``).
@@ -18,8 +23,10 @@ whatever the experiment adds for its readers (``extra``).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,51 @@ from advrank.core.io import (
 from advrank.errors import AdvrankError
 
 LOCK_NAME = ".advrank.lock"
+#: real paths of the folders this process holds (see :func:`claim`)
+_HELD: set[str] = set()
+
+
+@contextlib.contextmanager
+def claim(out_dir: str | Path) -> Iterator[Path]:
+    """Hold ``out_dir``'s lock for the ``with`` block (rank 0 alone under torchrun), before
+    anything is written there; a :class:`Store` on the same folder inside the block uses it.
+    A second process is refused here, having written nothing."""
+    folder = check_path(out_dir, "output folder")
+    if not distributed.is_main():
+        yield folder
+        return
+    check_writable_dir(folder)
+    real = os.path.realpath(folder)
+    if real in _HELD:
+        yield folder
+        return
+    with exclusive(folder / LOCK_NAME, f"output folder {folder}"):
+        _HELD.add(real)
+        try:
+            yield folder
+        finally:
+            _HELD.discard(real)
+
+
+#: the possible values of the attack figures (ranks and recalls are percentages; the curves
+#: name a paper attack's rank by the attack); cosine allows float32 rounding
+FIGURE_RANGES = {"rank": (0.0, 100.0), "recall@1": (0.0, 100.0), "retain@4": (0.0, 100.0),
+                 "cosine": (-1.001, 1.001), "shift": (0.0, math.inf),
+                 **{a: (0.0, 100.0) for a in ("CA+", "CA-", "QA+", "QA-")}}
+
+
+def range_problem(cell: dict, ranges: dict[str, tuple[float, float]] = FIGURE_RANGES
+                  ) -> str | None:
+    """Why a cell's figures lie outside their possible range (None if they do not):
+    ``ranges`` maps a figure's name (``rank`` for ``rank_before``, ``rank_after``, ``rank_max``)
+    to its ``(low, high)``; call it on a cell that passed :func:`figures_problem`."""
+    for key, value in cell.items():
+        name = key.rpartition("_")[0]
+        if name in ranges and key.endswith(("_before", "_after", "_max")) and \
+                not ranges[name][0] <= value <= ranges[name][1]:
+            low, high = ranges[name]
+            return f"{key} = {value!r} lies outside [{low:g}, {high:g}]"
+    return None
 
 
 def is_number(value: Any) -> bool:
@@ -46,7 +98,8 @@ def is_number(value: Any) -> bool:
 def figures_problem(cell: Any, required: tuple[str, ...] = ("rank_before", "rank_after")
                     ) -> str | None:
     """Why ``cell`` is not a mapping of result figures (None if it is): the ``required``
-    figures and every ``*_before``, ``*_after``, ``*_se`` and ``*_max`` must be finite numbers."""
+    figures and every ``*_before``, ``*_after``, ``*_se`` and ``*_max`` must be finite numbers,
+    within their range where it is known (:data:`FIGURE_RANGES`: a rank of -55% is refused)."""
     if not isinstance(cell, dict):
         return f"a {type(cell).__name__}, not a mapping"
     for key in required:
@@ -55,7 +108,7 @@ def figures_problem(cell: Any, required: tuple[str, ...] = ("rank_before", "rank
     for key, value in cell.items():
         if key.endswith(("_before", "_after", "_se", "_max")) and not is_number(value):
             return f"{key} is {repr(value)[:40]}, not a finite number"
-    return None
+    return range_problem(cell)
 
 
 class Store:
@@ -68,8 +121,9 @@ class Store:
 
     def __init__(self, out_dir: str | Path, filename: str, kind: str, identity: dict[str, Any],
                  record: dict[str, Any] | None = None, implied: dict[str, Any] | None = None,
-                 check_cell: Callable[[str, Any], str | None] | None = None):
-        self.check_cell = check_cell
+                 check_cell: Callable[[str, Any], str | None] | None = None,
+                 outputs: tuple[str, ...] = (), force: bool = False):
+        self.check_cell, self.outputs, self.force = check_cell, tuple(outputs), force
         self.dir = check_path(out_dir, "output folder")
         self.path = self.dir / filename
         self.kind, self.identity = kind, dict(identity)
@@ -86,8 +140,7 @@ class Store:
         error = None
         if self.writer:
             try:
-                check_writable_dir(self.dir)
-                self._lock = exclusive(self.dir / LOCK_NAME, f"output folder {self.dir}")
+                self._lock = claim(self.dir)
                 self._lock.__enter__()
                 self._load()
             except AdvrankError as exc:
@@ -104,7 +157,14 @@ class Store:
             self._lock = None
 
     def _load(self) -> None:
+        if self.force:
+            return
         if not self.path.exists():
+            foreign = [name for name in self.outputs if (self.dir / name).exists()]
+            if foreign:
+                raise AdvrankError(f"{self.dir / foreign[0]} exists but {self.path.name} does "
+                                   "not: it is not this run's; use another output folder, or "
+                                   "--force to overwrite it")
             return
         old = read_json(self.path, f"{self.kind} results")
         if not isinstance(old, dict) or not isinstance(old.get("config"), dict) or \

@@ -32,7 +32,7 @@ from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.models.checkpoint import model_from_checkpoint
 from advrank.models.sources.base import SourceOptions
-from advrank.registry import DATASETS, DISTANCES
+from advrank.registry import DATASETS, DISTANCES, plugin_record
 
 #: options that only make sense with a model source: the fields of SourceOptions
 SOURCE_ONLY = tuple(f.name for f in fields(SourceOptions))
@@ -46,7 +46,8 @@ class TargetSpec(SourceOptions):
     :class:`~advrank.models.sources.SourceOptions` it extends. ``cache_dir``: where
     picture-collection embeddings are cached (None: not cached);
     ``query_fraction``: a deterministic query/gallery split (queries only measure retrieval);
-    ``max_unreadable``: the fraction of undecodable pictures skipped before giving up."""
+    ``max_unreadable``: the fraction of undecodable pictures skipped before giving up;
+    ``allow_outside_root``: a listing may read pictures whose real path leaves its root."""
 
     checkpoint: str | None = None
     model: str | None = None
@@ -57,6 +58,7 @@ class TargetSpec(SourceOptions):
     batch_size: int = 64
     query_fraction: float | None = None
     max_unreadable: float = 0.01
+    allow_outside_root: bool = False
 
     def validate(self) -> TargetSpec:
         """Refuse inconsistent forms before any work (one line each)."""
@@ -87,6 +89,9 @@ class TargetSpec(SourceOptions):
         check_number(self.workers, "workers", low=0, high=256, integer=True)
         check_number(self.batch_size, "embedding batch size", low=1, high=1_000_000,
                      integer=True)
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and \
+                not Path(self.cache_dir).is_dir():
+            raise AdvrankError(f"cache folder {self.cache_dir} exists and is not a folder")
         return self
 
     @property
@@ -180,7 +185,11 @@ def _load_collection(model, meta, geometry, spec: TargetSpec, device, data_root,
     from advrank.models.weights import state_fingerprint
 
     data = spec.data or meta["dataset"]
-    dataset = load_dataset(data, split, data_root, download, geometry=geometry)
+    dataset = load_dataset(data, split, data_root, download, geometry=geometry,
+                           allow_outside_root=spec.allow_outside_root)
+    skipped = getattr(dataset, "skipped", {})
+    if skipped:
+        log(f"{data}: left out " + ", ".join(f"{n} {why}" for why, n in skipped.items()))
     if tuple(dataset.image_shape) != tuple(model.image_shape):
         raise AdvrankError(f"{data} images are {list(dataset.image_shape)}, the model takes "
                            f"{list(model.image_shape)}; give a picture collection "
@@ -189,7 +198,8 @@ def _load_collection(model, meta, geometry, spec: TargetSpec, device, data_root,
         check(len(dataset))
     data_sha = dataset.fingerprint()
     model_sha = state_fingerprint(model)
-    key = {"cache": 1, "model_sha": model_sha, "model": spec.model or "checkpoint",
+    key = {"cache": 2, "model_sha": model_sha, "model": spec.model or "checkpoint",
+           "code_sha": info.get("code_sha"), "plugins": plugin_record(),
            "geometry": geometry.describe(), "data": data, "data_sha": data_sha,
            "n": len(dataset), "dtype": str(next(iter(model.state_dict().values())).dtype)}
     embedded = embed_collection(model, dataset, device, key, spec.cache_dir, spec.batch_size,
@@ -206,6 +216,8 @@ def _load_collection(model, meta, geometry, spec: TargetSpec, device, data_root,
         dataset, emb, labels = dataset.subset(g_idx), emb[g_idx.to(emb.device)], \
             labels[g_idx.to(emb.device)]
     info.update({"data": data, "data_sha": data_sha, "model_sha": model_sha,
+                 "content_sha": embedded.content_sha(), "skipped": skipped,
+                 "plugins": plugin_record(),
                  "images_listed": n_listed, "unreadable_images": len(embedded.unreadable),
                  "unreadable": embedded.unreadable[:100], "cache": embedded.cache,
                  "query_fraction": spec.query_fraction,
@@ -248,15 +260,24 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
         if check is not None:
             check(len(dataset))
         gallery = Gallery.build(model, dataset, meta["metric"], device, progress=progress)
-        return Target(model, meta, gallery, device, str(spec.checkpoint),
-                      file_sha256(spec.checkpoint, 12))
+        fingerprint, plugins = file_sha256(spec.checkpoint, 12), plugin_record()
+        if plugins:  # a plugin may replace the model's class or an attack: not the same run
+            fingerprint = hashlib.sha256(strict_json({"checkpoint": fingerprint,
+                                                      "plugins": plugins}).encode()
+                                         ).hexdigest()[:12]
+        return Target(model, meta, gallery, device, str(spec.checkpoint), fingerprint,
+                      {"plugins": plugins} if plugins else {})
     model, meta, geometry, info = _build_model(spec, log)
     model = model.to(device).eval()
+    if hasattr(model, "probe"):  # an outside model, at the real batch size on its device
+        model.probe((2, spec.batch_size))
     gallery, queries, info = _load_collection(model, meta, geometry, spec, device, data_root,
                                               download, split, progress, log, info, check)
     meta["dataset"] = info["data"]
     ident = {k: info.get(k) for k in ("model_sha", "data_sha", "geometry", "query_fraction",
                                       "unreadable_images")}
+    # what else determines the figures: the model's code, the pictures' content, the plugins
+    ident.update({k: info[k] for k in ("code_sha", "content_sha", "plugins") if info.get(k)})
     fingerprint = hashlib.sha256(strict_json({**ident, "metric": meta["metric"]}).encode())
     source = spec.checkpoint if spec.checkpoint is not None else spec.model
     return Target(model, meta, gallery, device, str(source), fingerprint.hexdigest()[:12],

@@ -14,6 +14,7 @@ read (see :mod:`advrank.data.geometry` for why: eps is in model-input pixels).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import sys
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrank.core.io import file_sha256
+from advrank.core.io import file_sha256, strict_json
 from advrank.data.geometry import Geometry, geometry_from_config
 from advrank.errors import AdvrankError
 from advrank.models.base import Normalize
@@ -162,27 +163,71 @@ class ExternalEmbedder(nn.Module):
             raise AdvrankError(f"{self.where}: layer {self.layer!r} did not run")
         return pool(out[0] if isinstance(out, tuple) else out, f"layer {self.layer!r}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(self.normalize(x))
-        return f if self.projection is None else self.projection(f)
-
-    @torch.no_grad()
-    def probe(self) -> int:
-        """Run two blank images through; returns the feature size, or refuses a model that
-        fails on its own input size or returns non-finite values."""
-        self.eval()
-        x = torch.zeros(2, *self.image_shape)
+    def _checked_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, F]`` (float32) of images ``x [B, C, H, W]``; whatever the
+        network raises or returns that is not one floating-point row per image is one
+        :class:`AdvrankError` (out-of-memory passes through: the batch splitter handles it)."""
         try:
             f = self.features(self.normalize(x))
         except AdvrankError:
             raise
         except Exception as exc:
+            from advrank.core.execution import is_out_of_memory
+
+            if is_out_of_memory(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise AdvrankError(f"{self.where} fails on a {list(x.shape)} input: "
-                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-        if f.shape[0] != 2 or not torch.isfinite(f).all():
-            raise AdvrankError(f"{self.where} returns {list(f.shape)} (or non-finite values) for "
-                               f"a {list(x.shape)} input")
-        return int(f.shape[1])
+                               f"{type(exc).__name__}: {first}") from None
+        if f.is_complex() or not f.is_floating_point():
+            raise AdvrankError(f"{self.where} returns {f.dtype} values; it must return "
+                               "floating-point embeddings")
+        if f.shape[0] != x.shape[0] or f.shape[1] == 0:
+            raise AdvrankError(f"{self.where} returns shape {list(f.shape)} for {x.shape[0]} "
+                               f"images; it must return one non-empty row per image")
+        return f.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self._checked_features(x)
+        return f if self.projection is None else self.projection(f)
+
+    @torch.no_grad()
+    def feature_size(self) -> int:
+        """The feature size F, from two images run through (refusing what the network does
+        wrong, see :meth:`_checked_features`)."""
+        self.eval()
+        return int(self._checked_features(torch.zeros(2, *self.image_shape)).shape[1])
+
+    def probe(self, batch_sizes: tuple[int, ...] = (2,)) -> None:
+        """Refuse a model the attacks cannot use, before any work: for each batch size, seeded
+        random images go forward and the gradient of the embeddings comes back, and both must
+        be finite; embeddings detached from the input (``detach()``, ``no_grad``, integer
+        outputs) are refused too, as the attacks need their gradient."""
+        self.eval()
+        device = next((p.device for p in self.parameters()), torch.device("cpu"))
+        gen = torch.Generator().manual_seed(RANDOM_INIT_SEED)
+        for b in dict.fromkeys(batch_sizes):
+            x = torch.rand(b, *self.image_shape, generator=gen).to(device).requires_grad_()
+            with torch.enable_grad():
+                f = self(x)
+                if not torch.isfinite(f).all():
+                    raise AdvrankError(f"{self.where} returns non-finite embeddings for {b} "
+                                       "random images")
+                if not f.requires_grad:
+                    raise AdvrankError(f"{self.where} returns embeddings without a gradient "
+                                       "(detached or computed under no_grad); the attacks need "
+                                       "d embeddings / d image")
+                weights = torch.randn(f.shape, generator=gen).to(f.device)
+                try:
+                    grad = torch.autograd.grad((f * weights).sum(), x, allow_unused=True)[0]
+                except Exception as exc:  # a backward that raises, or runs out of memory
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    raise AdvrankError(f"{self.where} fails computing the gradient for a batch "
+                                       f"of {b}: {type(exc).__name__}: {first}") from None
+            if grad is None or not torch.isfinite(grad).all():
+                what = "no" if grad is None else "a NaN or infinite"
+                raise AdvrankError(f"{self.where} gives {what} gradient with respect to its "
+                                   f"input (batch of {b}); the attacks need a finite one")
 
 
 def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -288,10 +333,15 @@ def load_source_model(spec: str, options: SourceOptions | None = None,
         torch.manual_seed(RANDOM_INIT_SEED)
         built = entry.obj(arg, options)
         config = {**DEFAULT_CONFIG, **{k: v for k, v in built.config.items() if v is not None}}
-        geometry = geometry_from_config(config, options.input_size)
-        mean, std = _normalisation(config, options, geometry.input_size[0], spec)
+        try:
+            geometry = geometry_from_config(config, options.input_size)
+            mean, std = _normalisation(config, options, geometry.input_size[0], spec)
+        except (TypeError, ValueError) as exc:
+            raise AdvrankError(f"{spec}: its data config cannot be used ({exc}); it needs "
+                               "input_size (C, H, W), mean and std (C numbers each), crop_pct "
+                               "and interpolation") from None
         model = ExternalEmbedder(built.net, geometry, mean, std, options.layer, spec)
-        feature_dim = model.probe()
+        feature_dim = model.feature_size()
         if options.embed_dim is not None:
             model.projection = nn.Linear(feature_dim, int(options.embed_dim))
     projection = "random" if model.projection is not None else "none"
@@ -302,10 +352,14 @@ def load_source_model(spec: str, options: SourceOptions | None = None,
         log(f"{spec}: no --weights given, using random weights (seed {RANDOM_INIT_SEED}); "
             "fine for testing, meaningless as an audit of a real model")
     model.embed_dim = int(options.embed_dim or feature_dim)
-    model.probe()  # the loaded weights must give finite embeddings too
+    model.probe()  # the loaded weights must give finite embeddings and gradients too
     info = {"model": spec, "weights": weights, "pretrained": options.pretrained,
             "weights_sha": file_sha256(weights) if weights else None,
             "random_weights": weights is None, "layer": options.layer,
             "feature_dim": feature_dim, "embed_dim": model.embed_dim, "projection": projection,
             "geometry": geometry.describe(), "mean": mean, "std": std, **built.info}
+    # what determines the model besides its weights: the source and its code (library
+    # version, TorchScript bytes, the factory's source files), see each source
+    info["code_sha"] = hashlib.sha256(strict_json({"source": name, **built.info}).encode()
+                                      ).hexdigest()
     return model.eval(), info

@@ -9,8 +9,13 @@ pooled). Its preprocessing comes from a ``data_config`` dict attribute (timm's k
 
 from __future__ import annotations
 
+import inspect
+import os
+import sys
+
 from torch import nn
 
+from advrank.core.io import file_sha256
 from advrank.errors import AdvrankError
 from advrank.models.sources.base import SourceNet, SourceOptions
 from advrank.registry import MODEL_SOURCES, import_python
@@ -26,13 +31,36 @@ def _import(module_name: str, spec: str):
                            f"{type(exc).__name__}: {exc}") from None
 
 
+def code_files(module, net: nn.Module, imported: set[str]) -> dict[str, str]:
+    """SHA-256 of the source files that define the model: the factory's module, the module of
+    the network's class, and every module imported with them from the same folder tree (the
+    user's package), by path. Library code (torch, timm...) is identified by its version
+    elsewhere; this catches a forward() edited without touching the weights."""
+    files = [getattr(module, "__file__", None)]
+    try:
+        files.append(inspect.getsourcefile(type(net)))
+    except (TypeError, OSError):
+        pass
+    top = module.__name__.partition(".")[0]
+    base = sys.modules.get(top, module)
+    root = os.path.dirname(os.path.dirname(getattr(base, "__file__", "") or "")) \
+        if getattr(base, "__path__", None) else os.path.dirname(files[0] or "")
+    for name in imported:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path and root and os.path.realpath(path).startswith(os.path.realpath(root) + os.sep):
+            files.append(path)
+    return {str(f): file_sha256(f) for f in sorted({f for f in files if f and os.path.isfile(f)})}
+
+
 @MODEL_SOURCES.register("python", argument="MODULE:FACTORY", example="python:mypkg.nets:build")
 def python_source(spec: str, options: SourceOptions) -> SourceNet:
     module_name, sep, factory_name = spec.rpartition(":")
     if not sep or not module_name or not factory_name.isidentifier():
         raise AdvrankError(f"python:{spec}: expected python:MODULE:FACTORY, e.g. "
                            "python:mypkg.nets:build or python:./nets.py:build")
-    factory = getattr(_import(module_name, spec), factory_name, None)
+    before = set(sys.modules)
+    module = _import(module_name, spec)
+    factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise AdvrankError(f"{module_name} has no callable {factory_name!r}")
     try:
@@ -47,4 +75,6 @@ def python_source(spec: str, options: SourceOptions) -> SourceNet:
     if not isinstance(config, dict):
         raise AdvrankError(f"python:{spec}: the model's data_config must be a dict")
     keys = ("input_size", "mean", "std", "crop_pct", "interpolation")
-    return SourceNet(net, {k: config[k] for k in keys if k in config}, {"factory": spec})
+    return SourceNet(net, {k: config[k] for k in keys if k in config},
+                     {"factory": spec,
+                      "code_files": code_files(module, net, set(sys.modules) - before)})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from advrank.core.io import file_sha256
 from advrank.errors import AdvrankError
 from advrank.models.sources.base import SourceNet, SourceOptions
 from advrank.registry import MODEL_SOURCES
@@ -26,4 +27,6 @@ def torchscript_source(path: str, options: SourceOptions) -> SourceNet:
     except Exception as exc:  # not a TorchScript archive, or a damaged one
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise AdvrankError(f"{file} is not a loadable TorchScript file: {first}") from None
-    return SourceNet(net, {}, {"torchscript_file": str(file)})
+    # the archive holds the compiled code as well as the weights: its bytes identify both
+    return SourceNet(net, {}, {"torchscript_file": str(file),
+                               "torchscript_sha": file_sha256(file)})
