@@ -133,12 +133,19 @@ class VectorIndex:
             g = self.embeddings
             q = queries.to(g.device, g.dtype)
             ids = nearest_neighbors(q, g, k, distance)
-            scores = distance.paired(q[:, None, :], g[ids])
+            # each row's distances gathered from one [chunk, N] block: a gather of the
+            # members' embeddings ([B, k, D]) would need k x D floats per query
+            scores = torch.cat([distance.pairwise(q[s : s + SCORE_CHUNK], g).gather(
+                1, ids[s : s + SCORE_CHUNK]) for s in range(0, q.shape[0], SCORE_CHUNK)])
             return ids.cpu().long(), scores.float().cpu()
         scores, ids = self.faiss_index.search(_prepare(queries, self.metric), k)
         scores, ids = torch.from_numpy(scores), torch.from_numpy(ids).long()
         scores = 1.0 - scores if self.metric == "cosine" else scores.clamp_min(0).sqrt()
         return ids, torch.where(ids < 0, torch.full_like(scores, math.inf), scores)
+
+
+#: queries whose distance rows are computed at once for the exact search's scores
+SCORE_CHUNK = 256
 
 
 def _key(embeddings: torch.Tensor, metric: str, spec: str, fingerprint: str | None) -> dict:
