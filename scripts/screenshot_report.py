@@ -2,7 +2,7 @@
 """Render an audit's report.html in headless Chromium: check that it loads without errors
 and shows every image, then save a screenshot (PNG, colours reduced to keep it small).
 
-    python scripts/screenshot_report.py results/audit-mnist/report.html docs/audit-report.png
+    python scripts/screenshot_report.py audit/report.html docs/audit-report-800.png --width 800
 
 The browser test (tests/reports/test_report_browser.py) renders with the same code
 (advrank.reports.browser).
