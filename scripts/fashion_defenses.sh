@@ -15,6 +15,8 @@
 #   STEPS=32  STEP_SIZE=3/255   robrank's advtrain_pgditer / advtrain_alpha (STEPS=8
 #                    STEP_SIZE=12/255 travels as far for a quarter of the cost)
 #   METRIC=cosine    ERS_T=1000 (attacks per ERS attack; at least 500 for the table)
+#   INIT=            a checkpoint every defense (vanilla included) fine-tunes from for EPOCHS
+#                    more epochs: the same added budget for each, at a CPU's cost
 #   DEFENSES="none est act hm hm-ics"   DATASET=fashion (digits: a seconds-long smoke run)
 # Other environment: ADVRANK_DATA (default ../shared/data), RUNS (runs/fashion-defenses),
 # RESULTS (results/fashion-defenses), DEVICE (auto), ATTACK_BATCH (256).
@@ -33,17 +35,18 @@ DEVICE=${DEVICE:-auto}; DATASET=${DATASET:-fashion}
 EPOCHS=${EPOCHS:-8}; BATCH=${BATCH:-128}; LR=${LR:-1e-3}; EPS=${EPS:-77/255}
 STEPS=${STEPS:-32}; STEP_SIZE=${STEP_SIZE:-3/255}; METRIC=${METRIC:-cosine}
 DEFENSES=${DEFENSES:-none est act hm hm-ics}; ERS_T=${ERS_T:-1000}; ATTACK_BATCH=${ATTACK_BATCH:-256}
+INIT=${INIT:-}
 ADVRANK=${ADVRANK:-advrank}
 
 source scripts/defense_runs.sh
 
 if [[ $DRY == 0 ]]; then
   mkdir -p "$RESULTS"
-  printf 'DATASET=%s EPOCHS=%s BATCH=%s LR=%s EPS=%s STEPS=%s STEP_SIZE=%s METRIC=%s ERS_T=%s DEFENSES="%s"\n' \
+  printf 'DATASET=%s EPOCHS=%s BATCH=%s LR=%s EPS=%s STEPS=%s STEP_SIZE=%s METRIC=%s ERS_T=%s DEFENSES="%s" INIT=%s\n' \
     "$DATASET" "$EPOCHS" "$BATCH" "$LR" "$EPS" "$STEPS" "$STEP_SIZE" "$METRIC" "$ERS_T" \
-    "$DEFENSES" > "$RESULTS/recipe.txt"
+    "$DEFENSES" "$INIT" > "$RESULTS/recipe.txt"
 fi
 for defense in $DEFENSES; do
-  train_and_score "$DATASET" "$defense" c2f1 rob28
+  train_and_score "$DATASET" "$defense" c2f1 rob28 ${INIT:+--init "$INIT"}
 done
 run python3 scripts/defense_table.py "$RESULTS" "$DATASET" --scores --out "$RESULTS/table.md"
