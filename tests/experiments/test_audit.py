@@ -164,3 +164,82 @@ def test_probe_halves_a_batch_that_does_not_fit(digits_target):
 
     probe = SimpleNamespace(gallery=digits_target.gallery, model=small_memory)
     assert audit_module.probe_seconds(probe, 8) > 0 and sizes == [8, 4, 2]
+
+
+def _deployed_config(**kw):
+    return _config(attacks=["CA+", "QA+"], examples=0, step_size=0.05, pipeline="png", **kw)
+
+
+def test_deployed_view_adds_query_only_rows_to_a_finished_audit(digits_target, tmp_path,
+                                                                 monkeypatch, inspect_page):
+    from advrank.experiments import query as query_module
+
+    out = tmp_path / "audit"
+    first = run_audit(digits_target, out, _deployed_config())
+    assert {(r["attack"], r["view"]) for r in first["deployed"]["rows"]} == {
+        (a, v) for a in ("CA+", "QA+") for v in ("white-box", "pipeline")}
+    assert first["deployed"]["query"] is None and not (out / "rank_vs_queries.png").exists()
+    real, calls = audit_module.run_attack, []
+    monkeypatch.setattr(audit_module, "run_attack", lambda *a, **k: calls.append(1) or
+                        real(*a, **k))
+    summary = run_audit(digits_target, out, _deployed_config(query_budget=12))
+    assert calls == []  # the white-box cells are resumed; only the query-only ones run
+
+    d = summary["deployed"]
+    assert d["query"] == {"budget": 12, "feedback": "full", "optimizer": "random",
+                          "oracle": "local", "marks": [2, 3, 6, 12],
+                          "plot": "rank_vs_queries.png"}
+    rows = {(r["attack"], r["eps"], r["view"]): r for r in d["rows"]}
+    assert not any(r["view"] == "query-only" and r["attack"] == "CA+" for r in d["rows"])
+    for eps in (0.1, 0.3):
+        white, query = rows[("QA+", eps, "white-box")], rows[("QA+", eps, "query-only")]
+        assert query["rank_before"] == white["rank_before"]  # the same attacked items
+        assert rows[("QA+", eps, "pipeline")]["rank_before"] == pytest.approx(
+            white["rank_before"], abs=5.0)  # the clean pictures after png: nearly the same
+        points = query["checkpoints"]
+        assert [p["queries"] for p in points] == [2, 3, 6, 12]
+        assert points[-1]["rank_after"] == query["rank_after"]
+        assert all(0 <= p["rank_after"] <= 100 for p in points)
+        assert query["queries_used_max"] <= 12
+    assert rows[("QA+", 0.3, "query-only")]["rank_after"] < rows[("QA+", 0.3,
+                                                                 "query-only")]["rank_before"]
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["deployed"] == d
+    assert "query|QA+|0.3|1|12|full|random" in report["cells"]
+    assert (out / "rank_vs_queries.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    found = inspect_page(page)
+    assert "Deployed view" in page and "query-only: 12 queries, full feedback" in page
+    assert "white-box, after png" in page and "Rank vs queries" in page
+    assert len(found["images"]) == 2 and found["tags"].count("table") == 5
+
+    cells = report["cells"]
+    cells["query|QA+|0.3|1|12|full|random"]["checkpoints"][0]["rank_after"] = 150.0
+    (out / "report.json").write_text(json.dumps(report))
+    monkeypatch.setattr(query_module, "run_query_attack", None)  # refused before any work
+    with pytest.raises(AdvrankError, match="damaged cell.*checkpoint.*150"):
+        run_audit(digits_target, out, _deployed_config(query_budget=12))
+
+
+def test_bad_query_settings_are_refused_before_work(digits_target, tmp_path):
+    for config, message in [(_config(feedback="topk:5"), "give a query budget"),
+                            (_config(attacks=["CA+"], query_budget=5), "query-only form"),
+                            (_config(query_budget=0), "query budget"),
+                            (_config(query_budget=5, feedback="topk"), "feedback must be")]:
+        with pytest.raises(AdvrankError, match=message):
+            run_audit(digits_target, tmp_path / "a", config)
+    assert not (tmp_path / "a" / "report.json").exists()
+
+
+def test_audit_plan_counts_the_query_only_rounds(digits_target, monkeypatch):
+    config = _config(attacks=["CA+", "QA+"], eps_values=[0.1], batch_size=3, examples=0,
+                     query_budget=10)
+    kinds = config.validate()
+    monkeypatch.setattr(audit_module, "probe_seconds",
+                        lambda target, batch, backward=True: 0.5 if backward else 0.1)
+    plan = audit_module.audit_plan(digits_target, kinds, config, 4, [], [("QA+", 0.1)])
+    # no PGD left; one query-only cell: 2 batches of 3 (T = 4) x 10 queries each
+    assert plan["steps"] == 0 and plan["query_rounds"] == 2 * 10
+    assert plan["seconds"] == pytest.approx(0.1 * 20) and plan["attacks"] == 4
+    assert "20 query-only rounds" in audit_module.estimate_message(plan)

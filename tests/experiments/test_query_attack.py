@@ -88,3 +88,23 @@ def test_kinds_without_a_query_form_and_bad_budgets_are_refused(target):
         with pytest.raises(AdvrankError, match="query budget"):
             run_query_attack(target, "QA+", oracle, "random", 0.3, 1, 2, bad)
     assert oracle.queries == 0
+
+
+def test_checkpoints_measure_the_best_so_far_without_changing_the_attack(target):
+    from advrank.attacks import get_attack
+
+    kind = get_attack("QA+", xi=0)
+    plain = run_query_attack(target, kind, make_oracle("local", target, "full"), "random", 0.3,
+                             1, 6, 40, seed=3)
+    traced = run_query_attack(target, kind, make_oracle("local", target, "full"), "random",
+                              0.3, 1, 6, 40, seed=3, marks=[40, 4, 10, 4])
+    assert traced.figures == plain.figures  # watching the queries changes nothing
+    points = traced.extra["checkpoints"]
+    assert [p["queries"] for p in points] == [4, 10, 40]
+    assert points[-1]["rank_after"] == traced.figures["rank_after"]  # the full budget: the answer
+    ranks = [p["rank_after"] for p in points]
+    assert all(0 <= r <= 100 for r in ranks) and ranks[0] > ranks[-1]
+    assert "checkpoints" not in plain.extra
+    with pytest.raises(AdvrankError, match="checkpoint .41. lies beyond the budget .40."):
+        run_query_attack(target, kind, make_oracle("local", target, "full"), "random", 0.3, 1,
+                         2, 40, marks=[41])

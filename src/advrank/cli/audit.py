@@ -43,7 +43,8 @@ def cmd_audit(args) -> None:
                          batch_size=args.batch_size, steps=args.steps,
                          step_size=args.step_size, examples=args.examples, top=args.top,
                          max_queries=args.max_queries, options=kind_options(args),
-                         pipeline=args.pipeline, through_pipeline=args.through_pipeline)
+                         pipeline=args.pipeline, through_pipeline=args.through_pipeline,
+                         query_budget=args.query_budget, feedback=args.feedback)
     kinds = config.validate()  # everything checked before the model is loaded
     target_spec(args, cache_dir=str(Path(args.out) / "cache"))
 
@@ -68,6 +69,10 @@ def cmd_audit(args) -> None:
                          f" (after {config.pipeline}: {row['rank_pipeline_before']:.1f}% -> "
                          f"{row['rank_pipeline_after']:.1f}%)" if "rank_pipeline_after" in row
                          else ""))
+    if summary["deployed"]:
+        from advrank.reports.tables import deployed_markdown
+
+        lines.append("deployed view:\n" + deployed_markdown(summary["deployed"]).rstrip())
     lines.append(f"wrote {summary['report_html']} and {summary['report_json']}")
     emit(args, summary, "\n".join(lines))
 
@@ -114,5 +119,11 @@ def register(sub, formatter) -> None:
     add_kind_options(p)
     add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
     add_pipeline(p)
+    p.add_argument("--query-budget", type=integer(1, 10**9), default=None, metavar="B",
+                   help="add query-only rows to the deployed view: B queries per attack "
+                        "through the local oracle, for each query-only kind at each eps > 0 "
+                        "(default: off)")
+    p.add_argument("--feedback", default=None, metavar="{full,topk:K,topk-scores:K}",
+                   help="what the query-only attacks see (default: full)")
     add_common(p)
     p.set_defaults(func=cmd_audit)

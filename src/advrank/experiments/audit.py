@@ -9,11 +9,18 @@ embedding shift ES by default) at a few eps in model-input pixel units, and writ
 * ``report.html`` (:mod:`advrank.reports.html`): one self-contained page with the tables,
   the rank-vs-eps plots and Fig. 1-style example panels (recomputed from the seed each time:
   the adversarial examples are not stored, only their figures).
+
+With a query budget, an upload pipeline or an index, the report adds the *deployed view*
+(:func:`deployed_view`): at the same eps and on the same attacked items, the white-box ranks
+beside the ranks after the upload pipeline, exact search beside the index, and query-only
+attacks through the local oracle (the search's answers alone), with their rank at 10%, 25%,
+50% and 100% of the budget (``rank_vs_queries.png``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +29,7 @@ from typing import Any
 import torch
 
 from advrank.attacks.base import AttackKind, make_kinds
+from advrank.attacks.query import get_optimizer
 from advrank.attacks.selection import num_attacks_for
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_number, format_eps
@@ -38,12 +46,17 @@ from advrank.experiments.protocol import (
     selection_seed,
 )
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
-from advrank.experiments.store import Store
+from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
+from advrank.oracles import check_budget, parse_feedback
 
 AUDIT_FORMAT = "advrank-audit"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
+#: the deployed view's rank-vs-queries plot (written when the query-only rows are on)
+QUERY_PLOT = "rank_vs_queries.png"
+#: the shares of the query budget at which the query-only attacks' best-so-far is measured
+QUERY_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 #: eps for natural images, in [0, 1] pixel units of the model's input
 DEFAULT_AUDIT_EPS = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
 AUDIT_ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
@@ -61,7 +74,11 @@ class AuditConfig:
     ``max_queries``: retrieval is measured with at most this many queries (a seeded sample
     of X, each left out of its own list) unless the collection has a query split;
     ``pipeline`` (``png``, ``jpeg:75``): the upload pipeline the adversarial images are also
-    measured after (figures ``*_pipeline``), attacked through when ``through_pipeline``."""
+    measured after (figures ``*_pipeline``), attacked through when ``through_pipeline``;
+    ``query_budget`` (None: off): queries per attack of the query-only rows (the kinds with a
+    query-only form, at every eps > 0, on the white-box cells' selections) through the local
+    oracle at ``feedback`` (``full``, ``topk:K``, ``topk-scores:K``; None: full), optimised by
+    ``optimizer``."""
 
     eps_values: Sequence[float] = DEFAULT_AUDIT_EPS
     attacks: Sequence[str] = AUDIT_ATTACKS
@@ -77,6 +94,9 @@ class AuditConfig:
     options: dict[str, Any] = field(default_factory=dict)
     pipeline: str | None = None
     through_pipeline: bool = False
+    query_budget: int | None = None
+    feedback: str | None = None
+    optimizer: str = "random"
 
     def validate(self, gallery_size: int | None = None) -> dict[str, AttackKind]:
         """Check every setting (before any work); returns the attack kinds."""
@@ -97,7 +117,36 @@ class AuditConfig:
             if not kind.ranked:
                 raise AdvrankError(f"an audit reports normalized ranks; {kind.name} has none "
                                    "(use advrank attack or advrank robustness for it)")
+        self.check_query(kinds)
         return kinds
+
+    def check_query(self, kinds: dict[str, AttackKind]) -> None:
+        """The query-only settings: a budget, a feedback level and an optimiser, and at least
+        one attack kind with a query-only form; feedback without a budget is refused."""
+        if self.query_budget is None:
+            if self.feedback is not None:
+                raise AdvrankError("feedback applies to the query-only rows: give a query "
+                                   "budget too (--query-budget B)")
+            return
+        check_budget(self.query_budget)
+        parse_feedback(self.feedback or "full")
+        get_optimizer(self.optimizer)
+        if not any(kind.query_only for kind in kinds.values()):
+            raise AdvrankError(f"the query-only rows need an attack with a query-only form "
+                               f"(QA+, QA-, ES) among {', '.join(kinds)}")
+
+    @property
+    def query_marks(self) -> list[int]:
+        """The query counts at which the rank-vs-queries curve is measured."""
+        b = self.query_budget or 0
+        return sorted({max(1, math.ceil(f * b)) for f in QUERY_FRACTIONS}) if b else []
+
+    def query_key(self, attack: str, eps: float, k: int) -> str:
+        """The store key of a query-only cell: the white-box cell's, prefixed, with the budget,
+        feedback and optimiser (so turning the rows on resumes a finished audit)."""
+        return (f"query|{cell_key(attack, eps, k)}|{self.query_budget}|"
+                f"{parse_feedback(self.feedback or 'full').describe()}|"
+                f"{get_optimizer(self.optimizer).name}")
 
     def attacks_for(self, n: int, note: Callable[[str], None] | None = None) -> int:
         """T per cell: as asked (at most |X|), or min(1000, |X|) (``note`` told when |X| caps
@@ -130,13 +179,41 @@ def check_cell(key: str, cell) -> str | None:
                                                                           int):
             return "no gallery size or query count"
         return None
-    problem = check_attack_cell(key, cell)  # the same cells as a grid's, under the same keys
+    query = key.startswith("query|")
+    # the same cells as a grid's, under the same keys (a query-only one: prefixed)
+    problem = check_query_cell(key, cell) if query else check_attack_cell(key, cell)
     if problem:
         return problem
     t, seconds = cell.get("num_attacks"), cell.get("seconds")
     if not isinstance(t, int) or isinstance(t, bool) or t < 1 or \
             not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
         return "no attack count or time"
+    return None
+
+
+def check_query_cell(key: str, cell) -> str | None:
+    """Why a stored query-only cell cannot be reused (None if it can): an attack summary
+    whose budget, feedback and optimiser match its key, no attack past its budget, and its
+    rank-vs-queries checkpoints within their range."""
+    parts = key.split("|")
+    if len(parts) != 7:
+        return "not a query-only cell's key"
+    problem = check_attack_cell("|".join(parts[1:4]), cell)
+    if problem:
+        return problem
+    budget, used = cell.get("query_budget"), cell.get("queries_used_max")
+    if [str(budget), cell.get("feedback"), cell.get("optimizer")] != parts[4:]:
+        return "its budget, feedback and optimizer do not match its key"
+    if not isinstance(used, int) or isinstance(used, bool) or not 0 <= used <= budget:
+        return f"{repr(used)[:40]} queries used, budget {budget}"
+    points = cell.get("checkpoints")
+    if not isinstance(points, list) or not points:
+        return "no rank-vs-queries checkpoints"
+    for point in points:
+        problem = figures_problem(point, ("rank_after", "rank_after_se"))
+        q = point.get("queries") if isinstance(point, dict) else None
+        if problem or not isinstance(q, int) or isinstance(q, bool) or not 1 <= q <= budget:
+            return f"a checkpoint: {problem or f'{q!r} queries'}"
     return None
 
 
@@ -176,7 +253,7 @@ class Audit(Experiment):
     :func:`run_audit`."""
 
     name, filename, format, implied = "audit", REPORT_JSON, AUDIT_FORMAT, IMPLIED_IDENTITY
-    outputs = (REPORT_HTML,)
+    outputs = (REPORT_HTML, QUERY_PLOT)
 
     def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
                  progress: bool = False, log: Callable[[str], None] | None = None,
@@ -185,7 +262,7 @@ class Audit(Experiment):
         self.log = log or (lambda m: None)
         self.t = config.attacks_for(len(target.gallery), lambda m: self.log(f"audit: note: {m}"))
         self.target, self.config, self.extra_record = target, config, record or {}
-        self.progress, self.index, self.bar = progress, index, None
+        self.progress, self.index, self.bar, self.oracle = progress, index, None, None
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
 
     def identity(self) -> dict[str, Any]:
@@ -211,7 +288,9 @@ class Audit(Experiment):
                                                              config.seed)),
                 *(Cell(cell_key(a, e, _k(self.kinds[a], config)),
                        lambda a=a, e=e: self.cell(a, e))
-                  for a in self.kinds for e in config.eps_values)]
+                  for a in self.kinds for e in config.eps_values),
+                *(Cell(key, lambda a=a, e=e: self.query_cell(a, e))
+                  for a, e, key in query_cells(self.kinds, config))]
 
     def announce(self, todo: int, done: int) -> str:
         return (f"audit: {todo} cells to run ({done} already done), T = {self.t}, "
@@ -223,7 +302,9 @@ class Audit(Experiment):
         attacks and the example panels."""
         todo = [(a, e) for a in self.kinds for e in self.config.eps_values
                 if cell_key(a, e, _k(self.kinds[a], self.config)) not in store]
-        plan = audit_plan(self.target, self.kinds, self.config, self.t, todo)
+        query_todo = [(a, e) for a, e, key in query_cells(self.kinds, self.config)
+                      if key not in store]
+        plan = audit_plan(self.target, self.kinds, self.config, self.t, todo, query_todo)
         self.log(estimate_message(plan))
         with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
                           enabled=self.progress) as self.bar:
@@ -240,10 +321,32 @@ class Audit(Experiment):
                           progress=False, clean_cache=clean_cache, bar=self.bar,
                           index=self.index).summary()
 
+    def query_cell(self, attack: str, eps: float) -> dict[str, Any]:
+        """The query-only attacks of one (attack, eps): the white-box cell's selection, through
+        the local oracle (exact search over the audited gallery), measured exactly, with the
+        best-so-far rank at each of the config's query marks."""
+        from advrank.experiments.query import run_query_attack
+        from advrank.oracles import make_oracle
+
+        kind, config = self.kinds[attack], self.config
+        if self.oracle is None:
+            self.oracle = make_oracle("local", self.target, config.feedback or "full")
+        k = _k(kind, config)
+        selection, _ = self.columns(attack, kind, k)
+        result = run_query_attack(self.target, kind, self.oracle, config.optimizer, float(eps),
+                                  k, self.t, config.query_budget, seed=config.seed,
+                                  batch_size=config.batch_size, selection=selection,
+                                  progress=False, marks=config.query_marks)
+        if self.bar is not None:
+            self.bar.update(len(selection))
+        return result.summary()
+
     def finished(self, store: Store, cell: Cell, value: Any, seconds: float, log) -> None:
         if cell.key != "retrieval":
+            how = (f" query-only ({value['queries_used']:.0f} queries)"
+                   if cell.key.startswith("query|") else "")
             with self.bar.external_write_mode():  # a line above the bar, not through it
-                log(f"  {value['attack']} eps={format_eps(value['eps'])}: rank "
+                log(f"  {value['attack']} eps={format_eps(value['eps'])}{how}: rank "
                     f"{value['rank_before']:.1f} -> {value['rank_after']:.1f}% "
                     f"({value['seconds']:.0f}s)")
 
@@ -254,9 +357,16 @@ class Audit(Experiment):
         summary = audit_summary(store, self.kinds, self.config, self.target)
         examples = [p["figures"] for p in panels]
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
+        summary["deployed"] = deployed_view(store, self.kinds, self.config, self.index)
+        plot = None
+        if summary["deployed"] and summary["deployed"]["query"]:
+            from advrank.reports.plots import rank_queries_png
+
+            plot = rank_queries_png(summary["deployed"]["rows"])
+            store.write_bytes(QUERY_PLOT, plot)
         store.extra = {"summary": summary, "examples": examples}
         store.flush()
-        store.write_text(REPORT_HTML, audit_html(store.content(), panels))
+        store.write_text(REPORT_HTML, audit_html(store.content(), panels, plot))
         return summary
 
 
@@ -283,9 +393,10 @@ LONG_AUDIT_SECONDS = 30 * 60
 FAST_SETTING = "--eps 8/255 --num-attacks 100"
 
 
-def probe_seconds(target: Target, batch: int) -> float:
+def probe_seconds(target: Target, batch: int, backward: bool = True) -> float:
     """Wall-clock seconds of one forward and backward pass of the model on ``batch`` members
-    of X: what one PGD step of one batch costs (the ranking objective is small beside it).
+    of X: what one PGD step of one batch costs (the ranking objective is small beside it);
+    ``backward=False``: the forward pass alone, what one round of query-only attacks costs.
     A batch that does not fit the memory is probed in halves (as the attacks run it) and the
     time scaled back up."""
     import time
@@ -293,12 +404,14 @@ def probe_seconds(target: Target, batch: int) -> float:
     g = target.gallery
     size = min(batch, len(g))
     while True:
-        images = g.images(torch.arange(size)).requires_grad_(True)
+        images = g.images(torch.arange(size)).requires_grad_(backward)
         try:
             _sync(g.device)
             start = time.perf_counter()
-            with torch.enable_grad():  # the input's gradient alone, as PGD takes it
-                torch.autograd.grad(target.model(images).sum(), images)
+            with torch.set_grad_enabled(backward):  # the input's gradient, as PGD takes it
+                out = target.model(images)
+                if backward:
+                    torch.autograd.grad(out.sum(), images)
             _sync(g.device)
             return (time.perf_counter() - start) * min(batch, len(g)) / size
         except torch.OutOfMemoryError:
@@ -316,11 +429,14 @@ def _sync(device: torch.device) -> None:
 
 
 def audit_plan(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t: int,
-               todo: Sequence[tuple[str, float]]) -> dict[str, Any]:
+               todo: Sequence[tuple[str, float]],
+               query_todo: Sequence[tuple[str, float]] = ()) -> dict[str, Any]:
     """The work left and its estimated time: a timed probe (one forward+backward of a batch)
-    times the PGD steps of each cell times its batches, plus the example panels' attacks.
-    Nothing is probed when no attack is left. Returns ``attacks`` (for one progress bar),
-    ``steps`` (batch-steps), ``probe_seconds``, ``seconds`` (the estimate)."""
+    times the PGD steps of each cell times its batches, plus the example panels' attacks,
+    plus the query-only cells left (``query_todo``): one forward pass of a batch (probed
+    too) per query of each batch's attacks. Nothing is probed when no attack is left. Returns
+    ``attacks`` (for one progress bar), ``steps`` (batch-steps), ``probe_seconds``,
+    ``query_rounds`` (batch-forwards), ``forward_seconds``, ``seconds`` (the estimate)."""
     batch = min(config.batch_size, t)
     batches = -(-t // batch)
     steps = sum(_threat(config, e, kinds[a]).eta * batches for a, e in todo if float(e) > 0)
@@ -332,8 +448,12 @@ def audit_plan(target: Target, kinds: dict[str, AttackKind], config: AuditConfig
         steps += sum(_threat(config, eps, kind).eta * -(-pool // batch) for kind in
                      kinds.values()) if eps > 0 else 0
     probe = probe_seconds(target, batch) if steps else 0.0
-    return {"attacks": attacks, "steps": steps, "batch": batch, "probe_seconds": probe,
-            "seconds": probe * steps, "long": probe * steps > LONG_AUDIT_SECONDS}
+    rounds = len(query_todo) * batches * (config.query_budget or 0)
+    forward = probe_seconds(target, batch, backward=False) if rounds else 0.0
+    seconds = probe * steps + forward * rounds
+    return {"attacks": attacks + len(query_todo) * t, "steps": steps, "batch": batch,
+            "probe_seconds": probe, "query_rounds": rounds, "forward_seconds": forward,
+            "seconds": seconds, "long": seconds > LONG_AUDIT_SECONDS}
 
 
 def format_duration(seconds: float) -> str:
@@ -345,11 +465,18 @@ def format_duration(seconds: float) -> str:
 
 def estimate_message(plan: dict[str, Any]) -> str:
     """The line an audit prints before its attacks start (and a warning when long)."""
-    if not plan["steps"]:
+    rounds = plan.get("query_rounds", 0)
+    if not plan["steps"] and not rounds:
         return "audit: no attack left to run"
+    parts = []
+    if plan["steps"]:
+        parts.append(f"{plan['steps']} PGD steps of {plan['batch']}-image batches, one took "
+                     f"{plan['probe_seconds']:.2f} s")
+    if rounds:
+        parts.append(f"{rounds} query-only rounds of {plan['batch']} queries, one forward "
+                     f"pass took {plan['forward_seconds']:.2f} s")
     text = (f"audit: estimated time about {format_duration(plan['seconds'])} "
-            f"({plan['steps']} PGD steps of {plan['batch']}-image batches, one took "
-            f"{plan['probe_seconds']:.2f} s)")
+            f"({'; '.join(parts)})")
     if plan["long"]:
         text += (f"\naudit: warning: this is a long run; for a quick look use "
                  f"{FAST_SETTING} (Ctrl-C stops it; rerunning resumes)")
@@ -389,6 +516,76 @@ def audit_summary(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
             "gallery_size": retrieval["gallery_size"], "retrieval": retrieval,
             "unreadable_images": target.info.get("unreadable_images", 0),
             "unreadable": target.info.get("unreadable", []), "attacks": rows}
+
+
+def query_cells(kinds: dict[str, AttackKind], config: AuditConfig
+                ) -> list[tuple[str, float, str]]:
+    """``(attack, eps, key)`` of each query-only cell: the kinds with a query-only form at
+    every eps > 0 (none without a query budget)."""
+    if config.query_budget is None:
+        return []
+    return [(a, e, config.query_key(a, e, _k(kind, config))) for a, kind in kinds.items()
+            if kind.query_only for e in config.eps_values if float(e) > 0]
+
+
+#: the deployed view's rows from a white-box cell: (view, suffix of its figures); ranks (% of
+#: |X|) first, then positions in the top results of exact search and of the index
+RANK_VIEWS = (("white-box", ""), ("pipeline", "_pipeline"))
+TOPK_VIEWS = (("exact", "_exact"), ("index", "_index"), ("exact-pipeline", "_exact_pipeline"),
+              ("index-pipeline", "_index_pipeline"))
+
+
+def _view_rows(cell: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of one white-box cell: its figures under each view's suffix, renamed to the
+    plain names (``rank_pipeline_after`` -> ``rank_after`` in the ``pipeline`` row)."""
+    rows = []
+    for views, figures in ((RANK_VIEWS, ("rank",)), (TOPK_VIEWS, ("rank_topk", "in_topk"))):
+        for view, suffix in views:
+            if f"{figures[0]}{suffix}_after" not in cell:
+                continue
+            row = {**base, "view": view}
+            for fig in figures:
+                for end in ("_before", "_after", "_after_se"):
+                    row[fig + end] = cell[f"{fig}{suffix}{end}"]
+            rows.append(row)
+    return rows
+
+
+def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
+                  index=None) -> dict[str, Any] | None:
+    """What a deployed search would see, at the audit's eps and on the same attacked items
+    (None when the audit asked for none of it): ``rows``, one per (attack, eps, view) with
+    ``view`` one of ``white-box``, ``pipeline`` (the white-box images after the upload
+    pipeline), ``query-only`` (through the local oracle; with ``checkpoints``, the rank at
+    each query mark), ``exact``/``index`` (and ``*-pipeline``: position ``rank_topk`` and
+    share ``in_topk`` within the top ``index_depth`` results); and the settings behind them.
+    Transfer rows are not part of an audit (``advrank transfer`` measures them)."""
+    if config.query_budget is None and config.pipeline is None and index is None:
+        return None
+    rows = []
+    for attack, kind in kinds.items():
+        k = _k(kind, config)
+        for eps in config.eps_values:
+            base = {"attack": attack, "eps": float(eps), "k": k, "direction": kind.direction}
+            cell = st.get(cell_key(attack, eps, k))
+            rows += _view_rows(cell, base)
+            query = st.get(config.query_key(attack, eps, k)) if config.query_budget else None
+            if query is not None:
+                rows.append({**base, "view": "query-only",
+                             **{key: query[key] for key in ("rank_before", "rank_after",
+                                                            "rank_after_se", "queries_used",
+                                                            "queries_used_max",
+                                                            "checkpoints")}})
+    settings = None if config.query_budget is None else {
+        "budget": config.query_budget, "feedback": parse_feedback(config.feedback or "full")
+        .describe(), "optimizer": get_optimizer(config.optimizer).name,
+        "oracle": "local", "marks": config.query_marks, "plot": QUERY_PLOT}
+    first = next((st.get(cell_key(a, e, _k(kinds[a], config))) for a in kinds
+                  for e in config.eps_values), {})
+    return {"query": settings, "pipeline": _upload_identity(config)["pipeline"],
+            "through_pipeline": config.through_pipeline,
+            "index": None if index is None else index.spec,
+            "index_depth": first.get("index_depth"), "transfer": None, "rows": rows}
 
 
 @torch.no_grad()

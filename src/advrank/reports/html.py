@@ -2,9 +2,11 @@
 PNG, the style inline, no script, and a Content-Security-Policy that forbids any network
 access), readable offline and safe to mail around.
 
-Sections: what was audited, retrieval quality, the attack table, the plots, Fig. 1-style
-example panels (query, amplified perturbation, adversarial image, top results before and
-after with their ranks and labels) and provenance.
+Sections: what was audited, retrieval quality, the attack table, the plots, the deployed
+view (when the audit measured one: ranks after the upload pipeline, exact search vs the index,
+query-only attacks and their rank vs queries), Fig. 1-style example panels (query, amplified
+perturbation, adversarial image, top results before and after with their ranks and labels)
+and provenance.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from fractions import Fraction
 from typing import Any
 
 import torch
+
+from advrank.reports.tables import view_name
 
 CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
@@ -294,6 +298,70 @@ def _panel(panel: dict) -> str:
             f'<div class="row">{"".join(top)}</div>{"".join(lists)}</div>')
 
 
+def _view_table(deployed: dict, views: tuple[str, ...], cell) -> str:
+    """One row per (attack, view) among ``views``, one column per eps; ``cell(row)`` is the
+    text of a measured cell ("–" where none, e.g. query-only at ε = 0)."""
+    rows_in = [r for r in deployed["rows"] if r["view"] in views]
+    eps_values = sorted({r["eps"] for r in deployed["rows"]})
+    keys = list(dict.fromkeys((r["attack"], r["view"]) for r in rows_in))
+    rows = []
+    for attack, view in keys:
+        cells = {r["eps"]: r for r in rows_in if r["attack"] == attack and r["view"] == view}
+        first = next(iter(cells.values()))
+        rows.append([f"<span class=nw><b>{esc(attack)}</b> {_arrow(first['direction'])}</span>",
+                     esc(view_name(view, deployed)), cell(first, "before")]
+                    + [cell(cells[e], "after") if e in cells else "–" for e in eps_values])
+    return _table(["attack", "view", "before", *[f"ε = {esc(eps_text(e))}"
+                                                 for e in eps_values]], rows, left=2)
+
+
+def _rank_cell(row: dict, when: str) -> str:
+    if when == "before":
+        return f"{row['rank_before']:.1f}"
+    text = f"{row['rank_after']:.1f} ± {row.get('rank_after_se', 0):.1f}"
+    if row["view"] == "query-only":
+        text += f"<br><span class=note>{row['queries_used']:.0f} queries</span>"
+    return text
+
+
+def _topk_cell(row: dict, when: str) -> str:
+    return (f"{row[f'in_topk_{when}']:.0f}%<br><span class=note>position "
+            f"{row[f'rank_topk_{when}']:.1f}</span>")
+
+
+def _deployed(report: dict, plot: bytes | None) -> str:
+    """The deployed view: the white-box ranks beside the ranks after the upload pipeline and
+    the query-only attacks (same eps, same attacked items), exact search beside the index, and
+    the rank-vs-queries plot."""
+    d = report["summary"].get("deployed")
+    if not d:
+        return ""
+    out = ["<h2>Deployed view</h2><p>What a deployed search would show, at the same ε and "
+           "on the same attacked items as the attack table: mean normalized rank (% of |X|, ± "
+           "standard error) before and after the attack, for the white-box attack on float "
+           "pixels" + (f", the same adversarial images after the upload pipeline "
+                       f"<code>{esc(d['pipeline'])}</code>" if d.get("pipeline") else "")
+           + (", and query-only attacks that see only the search's answers (the local oracle: "
+              "the audited model and gallery, exact search), measured exactly"
+              if d.get("query") else "") + ".</p>"]
+    out.append(_view_table(d, ("white-box", "pipeline", "query-only"), _rank_cell))
+    if any(r["view"] in ("index", "index-pipeline") for r in d["rows"]):
+        depth = d.get("index_depth")
+        out.append(f"<h3>Exact search vs the <code>{esc(d['index'])}</code> index</h3><p>"
+                   f"Of the attack's targets, the share the search shows in its first {depth} "
+                   f"results, and their mean position there ({depth}: beyond them).</p>"
+                   + _view_table(d, ("exact", "index", "exact-pipeline", "index-pipeline"),
+                                 _topk_cell))
+    if plot is not None:
+        out.append("<h3>Rank vs queries</h3><p class=note>The best candidate queried so far, "
+                   f"measured at {esc(', '.join(map(str, d['query']['marks'])))} queries per "
+                   "attack; dashed: the white-box rank at the same ε.</p>"
+                   f'<img class="plot" src="{png_data_bytes(plot)}" alt="rank vs queries">')
+    out.append("<p class=note>Transfer rows (adversarial images made on another model) are "
+               "not part of an audit: <code>advrank transfer</code> measures them.</p>")
+    return "".join(out)
+
+
 def _provenance(report: dict) -> str:
     cfg = report["config"]
     keys = ("command", "seed", "commit", "hardware", "date", "model", "weights", "weights_sha",
@@ -313,9 +381,10 @@ def _unreadable(report: dict) -> str:
             f"be decoded and were left out of X:</p><ul class=note>{items}</ul>")
 
 
-def audit_html(report: dict, panels: list[dict]) -> str:
+def audit_html(report: dict, panels: list[dict], query_plot: bytes | None = None) -> str:
     """The page for a ``report.json`` content and the example panels of
-    :func:`advrank.experiments.audit.example_panels`."""
+    :func:`advrank.experiments.audit.example_panels` (``query_plot``: the deployed view's
+    rank-vs-queries PNG)."""
     from advrank.registry import ATTACKS
     from advrank.reports.plots import audit_png
 
@@ -331,7 +400,7 @@ def audit_html(report: dict, panels: list[dict]) -> str:
     body = (_header(report) + _verdict(report) + _retrieval(report)
             + _attacks(report, descriptions)
             + f'<p class=note>{esc(pixel_note)}</p><h2>Rank vs ε</h2><img class="plot" '
-            f'src="{plot}" alt="rank vs eps plots">'
+            f'src="{plot}" alt="rank vs eps plots">' + _deployed(report, query_plot)
             + "<h2>Examples</h2><p class=note>For each attack, the attack that moved its rank "
             "furthest among the first attacks of its selection at the largest ε. Each panel: the "
             "attacked image, its perturbation (amplified to the full grey range) and the "

@@ -119,3 +119,34 @@ def audit_png(rows: list[dict], attacks: list[str], metric: str) -> bytes:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 8),
                    fontsize="small")
     return _png(fig)
+
+
+def rank_queries_png(rows: list[dict]) -> bytes:
+    """The deployed view's rank-vs-queries curves: one panel per attack with query-only rows,
+    one line per eps (the mean normalized rank of the best candidate queried so far at each
+    checkpoint of the budget, starting from the clean rank at 0 queries) and, dashed in the
+    same colour, the white-box rank at that eps: how close the search's answers alone get."""
+    query = [r for r in rows if r["view"] == "query-only"]
+    attacks = list(dict.fromkeys(r["attack"] for r in query))
+    fig = _figure(max(4.8, 4.4 * len(attacks)), 4.2)
+    axes = fig.subplots(1, max(1, len(attacks)), squeeze=False)[0]
+    for ax, attack in zip(axes, attacks, strict=False):
+        mine = sorted((r for r in query if r["attack"] == attack), key=lambda r: r["eps"])
+        for r in mine:
+            points = r["checkpoints"]
+            line = ax.plot([0] + [p["queries"] for p in points],
+                           [r["rank_before"]] + [p["rank_after"] for p in points], marker="o",
+                           label=f"ε = {r['eps']:.4g}")[0]
+            white = next((w for w in rows if w["view"] == "white-box" and
+                          w["attack"] == attack and w["eps"] == r["eps"]), None)
+            if white is not None:
+                ax.axhline(white["rank_after"], linestyle="--", color=line.get_color(),
+                           linewidth=1)
+        arrow = "↓" if mine[0].get("direction", "down") == "down" else "↑"
+        ax.set_title(f"{attack} query-only (success {arrow}); dashed: white-box", fontsize=10)
+        ax.set_xlabel("queries per attack")
+        ax.set_ylabel("mean normalized rank (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _png(fig)

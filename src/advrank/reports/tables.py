@@ -207,3 +207,35 @@ def format_comparison(result: dict) -> str:
         cells = " ".join(f"{r[f'{a}_before']:5.1f}->{r[f'{a}_after']:5.1f}" for a in attacks)
         lines.append(f"{r['label'][:36]:<36} {r['recall@1']:6.2f} {cells}  {r['shift_mean']:.3f}")
     return "\n".join(lines)
+
+
+def view_name(view: str, deployed: dict) -> str:
+    """A deployed-view row's name in words (``pipeline`` -> ``white-box, after jpeg:75``)."""
+    q, pipe, index = deployed.get("query") or {}, deployed.get("pipeline"), deployed.get("index")
+    names = {"white-box": "white-box (float pixels)", "pipeline": f"white-box, after {pipe}",
+             "query-only": f"query-only: {q.get('budget')} queries, {q.get('feedback')} "
+                           f"feedback, {q.get('optimizer')}",
+             "exact": "exact search", "index": f"{index} index",
+             "exact-pipeline": f"exact search, after {pipe}",
+             "index-pipeline": f"{index} index, after {pipe}"}
+    return names.get(view, view)
+
+
+def deployed_markdown(deployed: dict) -> str:
+    """The audit's deployed view as a Markdown table: one row per (attack, view), one column
+    per eps; ranks (% of |X|) before -> after, and for the exact/index views the share of the
+    targets within the top results (%)."""
+    eps_values = sorted({r["eps"] for r in deployed["rows"]})
+    lines = ["| attack | view | before | " + " | ".join(f"ε={e:g}" for e in eps_values) + " |",
+             "|---|---|---|" + "---|" * len(eps_values)]
+    keys = list(dict.fromkeys((r["attack"], r["view"]) for r in deployed["rows"]))
+    for attack, view in keys:
+        cells = {r["eps"]: r for r in deployed["rows"]
+                 if r["attack"] == attack and r["view"] == view}
+        fig = "rank" if "rank_after" in next(iter(cells.values())) else "in_topk"
+        before = next(iter(cells.values()))[f"{fig}_before"]
+        row = [f"{cells[e][f'{fig}_after']:.1f}" if e in cells else "–" for e in eps_values]
+        unit = "" if fig == "rank" else " (% in top results)"
+        lines.append(f"| {attack} | {view_name(view, deployed)}{unit} | {before:.1f} | "
+                     + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,50 @@
+"""``advrank audit --query-budget B [--feedback F]``: the deployed view's query-only rows in the
+text and JSON output; bad query settings as one error line before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from advrank.models import create_model
+from advrank.models.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
+    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    save_checkpoint(path, model, {"dataset": "digits", "arch": "c2f1", "metric": "cosine",
+                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
+                                  "std": [0.38]})
+    return path
+
+
+def test_audit_prints_the_deployed_view(ckpt, tmp_path, cli):
+    argv = ["audit", "--checkpoint", ckpt, "--out", tmp_path / "a", "--eps", "0.3",
+            "--attacks", "QA+", "--num-attacks", "3", "--steps", "2", "--examples", "0",
+            "--query-budget", "6", "--feedback", "topk:20", "--device", "cpu", "--quiet"]
+    status, out, err = cli(argv)
+    assert status == 0, err
+    assert "deployed view:" in out and "| QA+ | query-only: 6 queries, topk:20 feedback" in out
+    status, out, err = cli([*argv, "--json"])  # resumed: the same figures as JSON
+    assert status == 0, err
+    d = json.loads(out)["deployed"]
+    assert [r["view"] for r in d["rows"]] == ["white-box", "query-only"]
+    assert d["query"]["feedback"] == "topk:20"
+    assert (tmp_path / "a" / "rank_vs_queries.png").is_file()
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--feedback", "topk:5"], "give a query budget too"),
+    (["--query-budget", "0"], "--query-budget"),
+    (["--query-budget", "5", "--feedback", "top:5"], "feedback must be"),
+    (["--query-budget", "5", "--attacks", "CA+,CA-"], "query-only form")])
+def test_bad_query_settings_are_one_error_line(ckpt, tmp_path, cli, one_error_line, extra,
+                                               words):
+    one_error_line(*cli(["audit", "--checkpoint", ckpt, "--out", tmp_path / "a", *extra,
+                         "--quiet"]), words)
+    assert not (tmp_path / "a").exists()
