@@ -78,3 +78,38 @@ def test_screenshot_is_a_small_png(report, tmp_path):
         colours = img.convert("RGB").getcolors(maxcolors=1 << 16) or []
         assert len(colours) > 20  # not a blank page
     assert png.stat().st_size < 500_000
+
+
+@pytest.fixture(scope="module")
+def deployed_report(tmp_path_factory):
+    """A digits audit with the whole deployed view: after png, a flat FAISS index beside exact
+    search, and query-only rows with their rank-vs-queries plot."""
+    import torch
+
+    from advrank.core.index import build_index
+    from advrank.experiments.audit import AuditConfig, run_audit
+    from advrank.experiments.target import load_target
+    from advrank.models import create_model
+    from advrank.models.checkpoint import save_checkpoint
+
+    root = tmp_path_factory.mktemp("deployed")
+    torch.manual_seed(0)
+    model = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
+    save_checkpoint(root / "digits.pt", model, {
+        "dataset": "digits", "arch": "c2f1", "metric": "cosine", "embed_dim": 16,
+        "image_shape": [1, 8, 8], "mean": [0.3], "std": [0.38]})
+    target = load_target(root / "digits.pt", "cpu")
+    config = AuditConfig(eps_values=[2 / 255, 8 / 255, 16 / 255, 0.3], attacks=["CA+", "QA+"],
+                         num_attacks=3, steps=2, examples=0, pipeline="png", query_budget=6)
+    run_audit(target, root / "audit", config, target.record(0),
+              index=build_index(target.gallery.embeddings, "cosine", "flat"))
+    return root / "audit" / "report.html"
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_the_deployed_view_fits_the_window(deployed_report, width):
+    shown = check_page(deployed_report, width=width, height=900)
+    assert shown["errors"] == [] and shown["broken"] == []
+    assert shown["images"] == shown["loaded"] == shown["visible"] == 2  # the two plots
+    # retrieval, attacks, deployed ranks, exact vs index, settings, provenance
+    assert shown["tables"] == 6 and shown["scroll_width"] <= width, shown
