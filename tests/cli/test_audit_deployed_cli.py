@@ -30,10 +30,12 @@ def test_audit_prints_the_deployed_view(ckpt, tmp_path, cli):
     status, out, err = cli(argv)
     assert status == 0, err
     assert "deployed view:" in out and "| QA+ | query-only: 6 queries, topk:20 feedback" in out
-    status, out, err = cli([*argv, "--json"])  # resumed: the same figures as JSON
+    status, out, err = cli([*argv, "--json", "--transfer-from", ckpt])  # resumed, + transfer
     assert status == 0, err
     d = json.loads(out)["deployed"]
-    assert [r["view"] for r in d["rows"]] == ["white-box", "query-only"]
+    assert [r["view"] for r in d["rows"]] == ["white-box", "transfer", "query-only"]
+    white, moved = d["rows"][:2]  # from the audited model itself: the white-box attack
+    assert moved["rank_after"] == white["rank_after"] == moved["source"]["rank_after"]
     assert d["query"]["feedback"] == "topk:20"
     assert (tmp_path / "a" / "rank_vs_queries.png").is_file()
 
@@ -42,7 +44,8 @@ def test_audit_prints_the_deployed_view(ckpt, tmp_path, cli):
     (["--feedback", "topk:5"], "give a query budget too"),
     (["--query-budget", "0"], "--query-budget"),
     (["--query-budget", "5", "--feedback", "top:5"], "feedback must be"),
-    (["--query-budget", "5", "--attacks", "CA+,CA-"], "query-only form")])
+    (["--query-budget", "5", "--attacks", "CA+,CA-"], "query-only form"),
+    (["--transfer-from", "missing.pt"], "no checkpoint file missing.pt")])
 def test_bad_query_settings_are_one_error_line(ckpt, tmp_path, cli, one_error_line, extra,
                                                words):
     one_error_line(*cli(["audit", "--checkpoint", ckpt, "--out", tmp_path / "a", *extra,

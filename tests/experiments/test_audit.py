@@ -243,3 +243,37 @@ def test_audit_plan_counts_the_query_only_rounds(digits_target, monkeypatch):
     assert plan["steps"] == 0 and plan["query_rounds"] == 2 * 10
     assert plan["seconds"] == pytest.approx(0.1 * 20) and plan["attacks"] == 4
     assert "20 query-only rounds" in audit_module.estimate_message(plan)
+
+
+def test_deployed_view_ranks_a_source_models_attacks(digits_target, tmp_path, inspect_page):
+    from types import SimpleNamespace
+
+    torch.manual_seed(1)
+    other = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
+    path = tmp_path / "source.pt"
+    save_checkpoint(path, other, {"dataset": "digits", "arch": "c2f1", "metric": "cosine",
+                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
+                                  "std": [0.38]})
+    source = load_target(path, "cpu")
+    config = _config(attacks=["QA+"], eps_values=[0.0, 0.3], examples=0, step_size=0.05)
+    summary = run_audit(digits_target, tmp_path / "a", config, source=source)
+    d = summary["deployed"]
+    rows = {(r["eps"], r["view"]): r for r in d["rows"]}
+    assert sorted(rows) == [(0.0, "white-box"), (0.3, "transfer"), (0.3, "white-box")]
+    moved, white = rows[(0.3, "transfer")], rows[(0.3, "white-box")]
+    assert moved["rank_before"] == white["rank_before"]  # the same items, the same ranking
+    assert moved["source"]["rank_after"] != moved["rank_after"]  # another model ranks them
+    assert d["transfer"]["fingerprint"] == source.fingerprint
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "transfer from source.pt" in page and "No transfer rows" not in page
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    key = f"transfer|QA+|0.3|1|{source.fingerprint}"
+    report["cells"][key]["source"]["rank_after"] = -3.0
+    (tmp_path / "a" / "report.json").write_text(json.dumps(report))
+    with pytest.raises(AdvrankError, match="damaged cell.*source's figures.*-3"):
+        run_audit(digits_target, tmp_path / "a", config, source=source)
+
+    stranger = SimpleNamespace(gallery=[0] * 5, source="other.pt")
+    with pytest.raises(AdvrankError, match="another collection"):
+        run_audit(digits_target, tmp_path / "b", config, source=stranger)
+    assert not (tmp_path / "b").exists()

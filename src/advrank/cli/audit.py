@@ -25,17 +25,20 @@ from advrank.cli.options import (
     load_target_from_args,
     log,
     number,
+    path_value,
     positive_int,
     resolve_size,
     target_spec,
 )
 from advrank.core.io import check_writable_dir
+from advrank.errors import AdvrankError
 from advrank.experiments.store import claim
 
 
 def cmd_audit(args) -> None:
     from advrank.attacks.base import check_fits_all
     from advrank.experiments.audit import AuditConfig, run_audit
+    from advrank.experiments.target import load_target
 
     k = resolve_size(args, args.attacks)
     config = AuditConfig(eps_values=args.eps, attacks=args.attacks, k=k,
@@ -52,13 +55,18 @@ def cmd_audit(args) -> None:
         config.check_gallery(n)
         check_fits_all(kinds.values(), [k], config.attacks_for(n), n)
 
+    if args.transfer_from is not None and not Path(args.transfer_from).is_file():
+        raise AdvrankError(f"--transfer-from: no checkpoint file {args.transfer_from}")
     check_writable_dir(args.out)
     with claim(args.out):  # the folder is ours before anything is written there
         target = load_target_from_args(args, cache_dir=str(Path(args.out) / "cache"),
                                        check=fits)
+        source = None if args.transfer_from is None else load_target(
+            args.transfer_from, args.device, args.data_root, args.download,
+            progress=not args.quiet)
         summary = run_audit(target, args.out, config, target.record(args.seed),
                             progress=not args.quiet, log=log(args), force=args.force,
-                            index=index_from_args(args, target))
+                            index=index_from_args(args, target), source=source)
     lines = [f"{summary['gallery_size']} images: R@1 {summary['recall@1']:.1f}%  "
              f"mAP {summary['map']:.1f}%"
              + (f"  ({summary['unreadable_images']} unreadable skipped)"
@@ -125,5 +133,8 @@ def register(sub, formatter) -> None:
                         "(default: off)")
     p.add_argument("--feedback", default=None, metavar="{full,topk:K,topk-scores:K}",
                    help="what the query-only attacks see (default: full)")
+    p.add_argument("--transfer-from", type=path_value, default=None, metavar="CHECKPOINT",
+                   help="add transfer rows to the deployed view: the white-box attacks made on "
+                        "this model (on the same collection), ranked by the audited one")
     add_common(p)
     p.set_defaults(func=cmd_audit)

@@ -179,9 +179,10 @@ def check_cell(key: str, cell) -> str | None:
                                                                           int):
             return "no gallery size or query count"
         return None
-    query = key.startswith("query|")
-    # the same cells as a grid's, under the same keys (a query-only one: prefixed)
-    problem = check_query_cell(key, cell) if query else check_attack_cell(key, cell)
+    kind = key.partition("|")[0]
+    # the same cells as a grid's, under the same keys (query-only and transfer ones prefixed)
+    problem = check_query_cell(key, cell) if kind == "query" else \
+        check_transfer_cell(key, cell) if kind == "transfer" else check_attack_cell(key, cell)
     if problem:
         return problem
     t, seconds = cell.get("num_attacks"), cell.get("seconds")
@@ -215,6 +216,22 @@ def check_query_cell(key: str, cell) -> str | None:
         if problem or not isinstance(q, int) or isinstance(q, bool) or not 1 <= q <= budget:
             return f"a checkpoint: {problem or f'{q!r} queries'}"
     return None
+
+
+def check_transfer_cell(key: str, cell) -> str | None:
+    """Why a stored transfer cell cannot be reused (None if it can): an attack summary made
+    on the source its key names, with the source's own figures in range."""
+    parts = key.split("|")
+    if len(parts) != 5:
+        return "not a transfer cell's key"
+    problem = check_attack_cell("|".join(parts[1:4]), cell)
+    if problem:
+        return problem
+    if cell.get("source_model") != parts[4]:
+        return "its source model does not match its key"
+    problem = figures_problem(cell.get("source"), ("rank_before", "rank_after",
+                                                   "rank_after_se"))
+    return f"the source's figures: {problem}" if problem else None
 
 
 def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, Any]:
@@ -257,8 +274,9 @@ class Audit(Experiment):
 
     def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
                  progress: bool = False, log: Callable[[str], None] | None = None,
-                 index=None):
+                 index=None, source: Target | None = None):
         self.kinds = config.validate()
+        self.source = check_source(source, target)
         self.log = log or (lambda m: None)
         self.t = config.attacks_for(len(target.gallery), lambda m: self.log(f"audit: note: {m}"))
         self.target, self.config, self.extra_record = target, config, record or {}
@@ -290,7 +308,9 @@ class Audit(Experiment):
                        lambda a=a, e=e: self.cell(a, e))
                   for a in self.kinds for e in config.eps_values),
                 *(Cell(key, lambda a=a, e=e: self.query_cell(a, e))
-                  for a, e, key in query_cells(self.kinds, config))]
+                  for a, e, key in query_cells(self.kinds, config)),
+                *(Cell(key, lambda a=a, e=e: self.transfer_cell(a, e))
+                  for a, e, key in transfer_cells(self.kinds, config, self.source))]
 
     def announce(self, todo: int, done: int) -> str:
         return (f"audit: {todo} cells to run ({done} already done), T = {self.t}, "
@@ -304,6 +324,8 @@ class Audit(Experiment):
                 if cell_key(a, e, _k(self.kinds[a], self.config)) not in store]
         query_todo = [(a, e) for a, e, key in query_cells(self.kinds, self.config)
                       if key not in store]
+        todo += [(a, e) for a, e, key in transfer_cells(self.kinds, self.config, self.source)
+                 if key not in store]  # PGD on the source: timed on the audited model
         plan = audit_plan(self.target, self.kinds, self.config, self.t, todo, query_todo)
         self.log(estimate_message(plan))
         with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
@@ -341,10 +363,29 @@ class Audit(Experiment):
             self.bar.update(len(selection))
         return result.summary()
 
+    def transfer_cell(self, attack: str, eps: float) -> dict[str, Any]:
+        """The white-box attacks of one (attack, eps) made on the source model and ranked by
+        the audited one: the white-box cell's selection (the same attacked items), the
+        source's own white-box figures under ``source``."""
+        from advrank.experiments.transfer import transfer_pass
+
+        kind, config, src = self.kinds[attack], self.config, self.source
+        k = _k(kind, config)
+        selection, _ = self.columns(attack, kind, k)
+        own, (ranked,) = transfer_pass((src.model, src.gallery),
+                                       [(self.target.model, self.target.gallery)], kind,
+                                       kind.threat_for(_threat(config, eps, kind)), selection,
+                                       config.seed, config.batch_size)
+        if self.bar is not None:
+            self.bar.update(len(selection))
+        keys = ("rank_before", "rank_after", "rank_after_se")
+        return {**ranked.summary(), "source_model": src.fingerprint,
+                "source": {key: own.summary()[key] for key in keys}}
+
     def finished(self, store: Store, cell: Cell, value: Any, seconds: float, log) -> None:
         if cell.key != "retrieval":
-            how = (f" query-only ({value['queries_used']:.0f} queries)"
-                   if cell.key.startswith("query|") else "")
+            how = {"query": f" query-only ({value.get('queries_used', 0):.0f} queries)",
+                   "transfer": " transfer"}.get(cell.key.partition("|")[0], "")
             with self.bar.external_write_mode():  # a line above the bar, not through it
                 log(f"  {value['attack']} eps={format_eps(value['eps'])}{how}: rank "
                     f"{value['rank_before']:.1f} -> {value['rank_after']:.1f}% "
@@ -357,7 +398,8 @@ class Audit(Experiment):
         summary = audit_summary(store, self.kinds, self.config, self.target)
         examples = [p["figures"] for p in panels]
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
-        summary["deployed"] = deployed_view(store, self.kinds, self.config, self.index)
+        summary["deployed"] = deployed_view(store, self.kinds, self.config, self.index,
+                                            self.source)
         plot = None
         if summary["deployed"] and summary["deployed"]["query"]:
             from advrank.reports.plots import rank_queries_png
@@ -372,15 +414,18 @@ class Audit(Experiment):
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
               record: dict[str, Any] | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = None, index=None, force: bool = False
-              ) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, index=None, force: bool = False,
+              source: Target | None = None) -> dict[str, Any]:
     """Run (or resume) the audit into ``out_dir``; returns the summary that ``--json``
-    prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell...).
+    prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell,
+    ``deployed``: :func:`deployed_view`...).
     ``index``: a :class:`~advrank.core.index.VectorIndex` over the gallery whose ranks are
-    measured beside the exact ones (``*_index``), part of the audit's identity. ``force``:
-    overwrite a report.html that is not this run's and start over."""
+    measured beside the exact ones (``*_index``), part of the audit's identity. ``source``:
+    another model on the same collection whose white-box attacks are ranked by the audited
+    one (the deployed view's transfer rows). ``force``: overwrite a report.html that is not
+    this run's and start over."""
     log = log or progress_log(progress)
-    audit = Audit(target, config or AuditConfig(), record, progress, log, index)
+    audit = Audit(target, config or AuditConfig(), record, progress, log, index, source)
     audit.force = force
     summary = run(audit, out_dir, log)
     return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
@@ -528,6 +573,29 @@ def query_cells(kinds: dict[str, AttackKind], config: AuditConfig
             if kind.query_only for e in config.eps_values if float(e) > 0]
 
 
+def check_source(source: Target | None, target: Target) -> Target | None:
+    """The transfer source, refused unless it embeds the audited collection (same pictures,
+    same order: the selections index both galleries)."""
+    if source is None:
+        return None
+    if len(source.gallery) != len(target.gallery) or \
+            fingerprints_of(source)["data_sha"] != fingerprints_of(target)["data_sha"]:
+        raise AdvrankError(f"the transfer source {source.source} embeds another collection "
+                           f"({len(source.gallery)} items) than the audited model "
+                           f"({len(target.gallery)}); transfer needs one shared collection")
+    return source
+
+
+def transfer_cells(kinds: dict[str, AttackKind], config: AuditConfig,
+                   source: Target | None) -> list[tuple[str, float, str]]:
+    """``(attack, eps, key)`` of each transfer cell: every kind at every eps > 0, keyed by
+    the source's fingerprint (none without a source)."""
+    if source is None:
+        return []
+    return [(a, e, f"transfer|{cell_key(a, e, _k(kind, config))}|{source.fingerprint}")
+            for a, kind in kinds.items() for e in config.eps_values if float(e) > 0]
+
+
 #: the deployed view's rows from a white-box cell: (view, suffix of its figures); ranks (% of
 #: |X|) first, then positions in the top results of exact search and of the index
 RANK_VIEWS = (("white-box", ""), ("pipeline", "_pipeline"))
@@ -552,15 +620,17 @@ def _view_rows(cell: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any
 
 
 def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
-                  index=None) -> dict[str, Any] | None:
+                  index=None, source: Target | None = None) -> dict[str, Any] | None:
     """What a deployed search would see, at the audit's eps and on the same attacked items
     (None when the audit asked for none of it): ``rows``, one per (attack, eps, view) with
     ``view`` one of ``white-box``, ``pipeline`` (the white-box images after the upload
     pipeline), ``query-only`` (through the local oracle; with ``checkpoints``, the rank at
-    each query mark), ``exact``/``index`` (and ``*-pipeline``: position ``rank_topk`` and
-    share ``in_topk`` within the top ``index_depth`` results); and the settings behind them.
-    Transfer rows are not part of an audit (``advrank transfer`` measures them)."""
-    if config.query_budget is None and config.pipeline is None and index is None:
+    each query mark), ``transfer`` (made white-box on ``source``, ranked by the audited
+    model; ``source``: the source's own figures), ``exact``/``index`` (and ``*-pipeline``:
+    position ``rank_topk`` and share ``in_topk`` within the top ``index_depth`` results); and
+    the settings behind them."""
+    if config.query_budget is None and config.pipeline is None and index is None and \
+            source is None:
         return None
     rows = []
     for attack, kind in kinds.items():
@@ -569,6 +639,12 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
             base = {"attack": attack, "eps": float(eps), "k": k, "direction": kind.direction}
             cell = st.get(cell_key(attack, eps, k))
             rows += _view_rows(cell, base)
+            moved = st.get(f"transfer|{cell_key(attack, eps, k)}|{source.fingerprint}") \
+                if source is not None else None
+            if moved is not None:
+                rows.append({**base, "view": "transfer", "source": moved["source"],
+                             **{key: moved[key] for key in ("rank_before", "rank_after",
+                                                            "rank_after_se")}})
             query = st.get(config.query_key(attack, eps, k)) if config.query_budget else None
             if query is not None:
                 rows.append({**base, "view": "query-only",
@@ -585,7 +661,10 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
     return {"query": settings, "pipeline": _upload_identity(config)["pipeline"],
             "through_pipeline": config.through_pipeline,
             "index": None if index is None else index.spec,
-            "index_depth": first.get("index_depth"), "transfer": None, "rows": rows}
+            "index_depth": first.get("index_depth"), "rows": rows,
+            "transfer": None if source is None else {
+                "source": source.source, "fingerprint": source.fingerprint,
+                "model_sha": fingerprints_of(source)["model_sha"]}}
 
 
 @torch.no_grad()

@@ -344,7 +344,12 @@ def _deployed(report: dict, plot: bytes | None) -> str:
            + (", and query-only attacks that see only the search's answers (the local oracle: "
               "the audited model and gallery, exact search), measured exactly"
               if d.get("query") else "") + ".</p>"]
-    out.append(_view_table(d, ("white-box", "pipeline", "query-only"), _rank_cell))
+    if d.get("transfer"):
+        out.append("<p>Transfer: the white-box attacks made on the source model "
+                   f"<code>{esc(model_name({'checkpoint': d['transfer']['source']}))}"
+                   "</code> (same items, same ε), "
+                   "ranked by the audited model.</p>")
+    out.append(_view_table(d, ("white-box", "pipeline", "transfer", "query-only"), _rank_cell))
     if any(r["view"] in ("index", "index-pipeline") for r in d["rows"]):
         depth = d.get("index_depth")
         out.append(f"<h3>Exact search vs the <code>{esc(d['index'])}</code> index</h3><p>"
@@ -357,8 +362,9 @@ def _deployed(report: dict, plot: bytes | None) -> str:
                    f"measured at {esc(', '.join(map(str, d['query']['marks'])))} queries per "
                    "attack; dashed: the white-box rank at the same ε.</p>"
                    f'<img class="plot" src="{png_data_bytes(plot)}" alt="rank vs queries">')
-    out.append("<p class=note>Transfer rows (adversarial images made on another model) are "
-               "not part of an audit: <code>advrank transfer</code> measures them.</p>")
+    if not d.get("transfer"):
+        out.append("<p class=note>No transfer rows: the audit was given no source model "
+                   "(<code>--transfer-from</code>) whose adversarial images it would rank.</p>")
     return "".join(out)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterable
+from pathlib import PurePath
 
 from advrank.registry import ATTACKS
 
@@ -212,7 +213,9 @@ def format_comparison(result: dict) -> str:
 def view_name(view: str, deployed: dict) -> str:
     """A deployed-view row's name in words (``pipeline`` -> ``white-box, after jpeg:75``)."""
     q, pipe, index = deployed.get("query") or {}, deployed.get("pipeline"), deployed.get("index")
+    source = PurePath(str((deployed.get("transfer") or {}).get("source"))).name
     names = {"white-box": "white-box (float pixels)", "pipeline": f"white-box, after {pipe}",
+             "transfer": f"transfer from {source}",
              "query-only": f"query-only: {q.get('budget')} queries, {q.get('feedback')} "
                            f"feedback, {q.get('optimizer')}",
              "exact": "exact search", "index": f"{index} index",
