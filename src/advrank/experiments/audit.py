@@ -375,7 +375,7 @@ class Audit(Experiment):
         own, (ranked,) = transfer_pass((src.model, src.gallery),
                                        [(self.target.model, self.target.gallery)], kind,
                                        kind.threat_for(_threat(config, eps, kind)), selection,
-                                       config.seed, config.batch_size)
+                                       config.seed, config.batch_size, False)
         if self.bar is not None:
             self.bar.update(len(selection))
         keys = ("rank_before", "rank_after", "rank_after_se")
@@ -401,7 +401,8 @@ class Audit(Experiment):
         summary["deployed"] = deployed_view(store, self.kinds, self.config, self.index,
                                             self.source)
         plot = None
-        if summary["deployed"] and summary["deployed"]["query"]:
+        if summary["deployed"] and any(r["view"] == "query-only"
+                                       for r in summary["deployed"]["rows"]):
             from advrank.reports.plots import rank_queries_png
 
             plot = rank_queries_png(summary["deployed"]["rows"])

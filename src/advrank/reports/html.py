@@ -207,6 +207,13 @@ def _settings(report: dict) -> str:
             ["PGD steps", esc(steps)], ["step size", esc(alpha)],
             ["seed", esc(a.get("seed"))], ["batch size", esc(a.get("batch_size"))],
             ["attack time", f"{v.get('seconds', 0) / 60:.1f} min"]]
+    d = report["summary"].get("deployed") or {}
+    q = d.get("query")
+    extra = [["upload pipeline", d.get("pipeline")], ["index", d.get("index")],
+             ["query-only", q and f"{q['budget']} queries per attack, {q['feedback']} feedback, "
+                                  f"{q['optimizer']}, {q['oracle']} oracle"],
+             ["transfer source", d.get("transfer") and d["transfer"]["source"]]]
+    rows += [[name, f"<code>{esc(value)}</code>"] for name, value in extra if value]
     return "<h2>Settings</h2>" + _table(["setting", "value"], rows, left=2)
 
 
