@@ -10,11 +10,14 @@ embedding shift ES by default) at a few eps in model-input pixel units, and writ
   the rank-vs-eps plots and Fig. 1-style example panels (recomputed from the seed each time:
   the adversarial examples are not stored, only their figures).
 
-With a query budget, an upload pipeline or an index, the report adds the *deployed view*
-(:func:`deployed_view`): at the same eps and on the same attacked items, the white-box ranks
-beside the ranks after the upload pipeline, exact search beside the index, and query-only
+With an upload pipeline, an index, a transfer source or a query budget, the report adds the
+*deployed view* (:func:`deployed_view`): at the same eps and on the same attacked items, the
+white-box ranks beside the ranks after the upload pipeline, exact search beside the index,
+the source model's white-box attacks ranked by the audited one (transfer), and query-only
 attacks through the local oracle (the search's answers alone), with their rank at 10%, 25%,
-50% and 100% of the budget (``rank_vs_queries.png``).
+50% and 100% of the budget (``rank_vs_queries.png``). Transfer and query-only cells are keyed
+by their settings (the source's fingerprint; the budget, feedback and optimiser), so adding
+them to a finished audit resumes it and runs only them.
 """
 
 from __future__ import annotations
