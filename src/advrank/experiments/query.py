@@ -10,6 +10,7 @@ the candidate the optimiser queried (8-bit when the oracle uploads pictures).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,11 +60,14 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
                      optimizer: str | QueryOptimizer, eps: float, k: int, num_attacks: int,
                      budget: int, seed: int = 0, batch_size: int = 256,
                      selection: Selection | None = None, start: torch.Tensor | None = None,
-                     progress: bool | None = None) -> AttackResult:
+                     progress: bool | None = None,
+                     also: Sequence[AttackKind] = ()) -> AttackResult:
     """T = ``num_attacks`` query-only attacks of ``attack`` at ``eps`` with size ``k``, each
     within ``budget`` queries to ``oracle``, optimised by ``optimizer`` (a registered name or
     an instance). ``start [T, C, H, W]``: start points (e.g. a transfer attack's images, in
-    selection order). The result's ``extra`` holds ``queries_used`` (mean per attack),
+    selection order). ``also``: further kinds that measure the same images, their figures
+    named ``KIND:figure`` (e.g. ES's disruption scored by ORDER's tau; ``selection`` must
+    then be one they can read). The result's ``extra`` holds ``queries_used`` (mean per attack),
     ``queries_used_max``, the oracle and the optimiser; batches draw from one generator each
     (keyed by seed and position), so results depend on ``batch_size``."""
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
@@ -86,7 +90,12 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
                                  None if start is None else start[s : s + batch_size])
         with torch.no_grad():
             clean = kind.measure(gallery, part, emb[part.anchors.to(emb.device)])
-            attacked = kind.measure(gallery, part, embed_checked(target.model, adv))
+            adv_emb = embed_checked(target.model, adv)
+            attacked = kind.measure(gallery, part, adv_emb)
+            for other in also:
+                for when, e in ((clean, emb[part.anchors.to(emb.device)]), (attacked, adv_emb)):
+                    when.update({f"{other.name}:{key}": v for key, v in
+                                 other.measure(gallery, part, e).items()})
         log.add(clean, attacked)
         used.append(spent)
         bar.update(len(part))
