@@ -141,8 +141,9 @@ class OrderAttack(AttackKind):
         anchors, targets = part.anchors.to(g_emb.device), part.targets.to(g_emb.device)
         thr = dist.paired(emb[:, None, :], g_emb[targets])  # d(q~, t) [B, k]
         pos = count_closer(emb, thr, g_emb, dist, exclude=anchors[:, None], targets=targets)
-        return {"tau": pair_agreement(pos), "src": pair_agreement(pos, pos < self.options[
-                    "depth"]), "position": pos.float().mean(1),
+        visible = pos < self.options["depth"]
+        return {"tau": pair_agreement(pos), "src": pair_agreement(pos, visible),
+                "position": pos.float().mean(1),
                 "rank": 100.0 * pos.float().mean(1) / len(gallery)}
 
     def query_score(self, gallery: Gallery, part: Selection, feedback, ask):
