@@ -115,7 +115,9 @@ def run(args) -> tuple[list[dict], dict]:
         print(f"{kind.name}: tau {r.figures[('ORDER:' if also else '') + 'tau_after']:.3f} "
               f"at {budgets[-1]} queries, {r.seconds:.0f} s", file=sys.stderr, flush=True)
     rows.sort(key=lambda r: (r["budget"] or 0, r["attack"] != "ORDER"))
-    return rows, seconds, target.record(args.seed)
+    model = {k: v for k, v in target.record(args.seed).items()  # the run's own record
+             if k not in ("command", "seed", "commit", "hardware", "date")}  # is the script's
+    return rows, seconds, model
 
 
 def _pm(r: dict, fig: str, when: str = "after") -> str:
