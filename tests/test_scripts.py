@@ -89,3 +89,30 @@ def test_defense_table_rows(tmp_path):
         f"{v:.3g}" for v in scores.values()) + " | 5.5 [4.5, 7.5] |"
     assert rows[3] == "| fashion | ACT | - | " + "- | " * 10 + "- |"
     assert rows[4].startswith("| fashion | HM | 80.2 |") and rows[4].endswith("31.0 [30.0, 33.0] |")
+
+
+def test_order_attacks_script_writes_its_table_and_record(tmp_path):
+    """scripts/order_attacks.py on a tiny digits model: one row per attack and budget (and
+    the white-box ceiling), the record (command, seed, commit, hardware), advorder's curve."""
+    import importlib.util
+
+    from advrank.training import TrainConfig, train
+
+    ckpt = tmp_path / "digits.pt"
+    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), ckpt,
+          progress=False)
+    spec = importlib.util.spec_from_file_location("order_attacks",
+                                                  REPO / "scripts" / "order_attacks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    assert script.main(["--checkpoint", str(ckpt), "--out", str(out), "--num-attacks", "4",
+                        "--budgets", "41,21", "--k", "3", "--seed", "5"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert {"command", "seed", "commit", "hardware"} <= set(record) and record["seed"] == 5
+    rows = [(r["attack"], r["budget"]) for r in record["rows"]]
+    assert rows == [("ORDER", None), ("ORDER", 21), ("ES", 21), ("ORDER", 41), ("ES", 41)]
+    assert all(r["queries_used"] <= r["budget"] for r in record["rows"][1:])
+    assert all(-1 <= r["tau_after"] <= 1 for r in record["rows"])
+    table = (out / "results.md").read_text()
+    assert table.count("| ORDER |") == 3 and "| NES | 0.309 |" in table

@@ -135,7 +135,7 @@ LOSSES: Registry = Registry("loss", ["advrank.training.losses"])
 ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.qa",
                                         "advrank.attacks.tma", "advrank.attacks.es",
                                         "advrank.attacks.ltm", "advrank.attacks.gtm",
-                                        "advrank.attacks.gtt"])
+                                        "advrank.attacks.gtt", "advrank.attacks.order"])
 DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defenses.madry",
                                           "advrank.defenses.act", "advrank.defenses.hm"])
 #: what a deployed search answers (advrank/oracles/): one module per schema

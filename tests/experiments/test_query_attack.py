@@ -97,14 +97,57 @@ def test_checkpoints_measure_the_best_so_far_without_changing_the_attack(target)
     plain = run_query_attack(target, kind, make_oracle("local", target, "full"), "random", 0.3,
                              1, 6, 40, seed=3)
     traced = run_query_attack(target, kind, make_oracle("local", target, "full"), "random",
-                              0.3, 1, 6, 40, seed=3, marks=[40, 4, 10, 4])
+                              0.3, 1, 6, 40, seed=3, checkpoints=[40, 4, 10, 4])
     assert traced.figures == plain.figures  # watching the queries changes nothing
     points = traced.extra["checkpoints"]
-    assert [p["queries"] for p in points] == [4, 10, 40]
-    assert points[-1]["rank_after"] == traced.figures["rank_after"]  # the full budget: the answer
-    ranks = [p["rank_after"] for p in points]
+    assert list(points) == [4, 10, 40]
+    assert points[40]["rank_after"] == traced.figures["rank_after"]  # the full budget: the answer
+    ranks = [p["rank_after"] for p in points.values()]
     assert all(0 <= r <= 100 for r in ranks) and ranks[0] > ranks[-1]
     assert "checkpoints" not in plain.extra
-    with pytest.raises(AdvrankError, match="checkpoint .41. lies beyond the budget .40."):
+    with pytest.raises(AdvrankError, match="checkpoint 41 lies past the query budget 40"):
         run_query_attack(target, kind, make_oracle("local", target, "full"), "random", 0.3, 1,
-                         2, 40, marks=[41])
+                         2, 40, checkpoints=[41])
+
+
+def test_query_only_order_attack_from_top_k_ids_alone(target):
+    """ORDER through top-10 ids: the target order is reached far more often than by chance
+    (tau up), the candidates stay near the top, and ES's disruption scored by ORDER's
+    figures (``also``) does not reorder them."""
+    from advrank.attacks import get_attack
+
+    order = get_attack("ORDER")
+    sel = order.select(target.gallery, 5, T, 2)
+    oracle = make_oracle("local", target, "topk:10")
+    r = run_query_attack(target, order, oracle, "nes", 0.3, 5, T, BUDGET, seed=2,
+                         selection=sel)
+    f = r.figures
+    assert f["tau_after"] > f["tau_before"] + 0.3, f
+    assert f["position_after"] < 10 and r.extra["queries_used_max"] <= BUDGET
+    assert oracle.queries == T * r.extra["queries_used"]  # no neighbourhood searches
+    es = run_query_attack(target, "ES", make_oracle("local", target, "topk:10"), "nes", 0.3,
+                          1, T, BUDGET, seed=2, selection=sel, also=(order,))
+    e = es.figures
+    assert e["ORDER:tau_before"] == pytest.approx(f["tau_before"])
+    assert e["ORDER:tau_after"] < f["tau_after"] - 0.3, (e, f)
+    assert e["ORDER:position_after"] > f["position_after"]
+
+
+@pytest.mark.parametrize("optimizer", ["nes", "spsa"])
+def test_checkpoints_are_the_shorter_budgets_runs(target, optimizer):
+    """For a prefix-consistent optimiser, the best so far at c queries is what a run with
+    budget c returns: the same figures and the same queries spent."""
+    long = run_query_attack(target, "ORDER", make_oracle("local", target, "topk:10"),
+                            optimizer, 0.3, 3, 6, 100, seed=4, checkpoints=(30, 61, 100))
+    for c in (30, 61, 100):
+        short = run_query_attack(target, "ORDER", make_oracle("local", target, "topk:10"),
+                                 optimizer, 0.3, 3, 6, c, seed=4)
+        got = long.extra["checkpoints"][c]
+        assert got["tau_after"] == pytest.approx(short.figures["tau_after"])
+        assert got["position_after"] == pytest.approx(short.figures["position_after"])
+        assert got["queries_used"] == pytest.approx(short.extra["queries_used"])
+    assert long.extra["checkpoints"][100]["tau_after"] == pytest.approx(
+        long.figures["tau_after"])
+    with pytest.raises(AdvrankError, match="past the query budget"):
+        run_query_attack(target, "ORDER", make_oracle("local", target, "topk:10"),
+                         optimizer, 0.3, 3, 6, 100, checkpoints=(101,))

@@ -361,10 +361,15 @@ class Audit(Experiment):
         result = run_query_attack(self.target, kind, self.oracle, config.optimizer, float(eps),
                                   k, self.t, config.query_budget, seed=config.seed,
                                   batch_size=config.batch_size, selection=selection,
-                                  progress=False, marks=config.query_marks)
+                                  progress=False, checkpoints=config.query_marks)
         if self.bar is not None:
             self.bar.update(len(selection))
-        return result.summary()
+        summary = result.summary()
+        summary["checkpoints"] = [  # the rank-vs-queries points the report draws
+            {"queries": c, **{key: v for key, v in figures.items()
+                              if key.endswith(("_after", "_after_se")) or key == "queries_used"}}
+            for c, figures in result.extra["checkpoints"].items()]
+        return summary
 
     def transfer_cell(self, attack: str, eps: float) -> dict[str, Any]:
         """The white-box attacks of one (attack, eps) made on the source model and ranked by

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from advrank.attacks.base import AttackKind, check_query_only, get_attack
-from advrank.attacks.query.base import Ball, Best, CountedObjective, QueryOptimizer, get_optimizer
+from advrank.attacks.query.base import (
+    Ball,
+    Best,
+    CountedObjective,
+    QueryOptimizer,
+    get_optimizer,
+)
 from advrank.attacks.selection import Selection
 from advrank.core.checks import check_number, check_progress, check_seed
 from advrank.core.runtime import derived_seed, progress_bar
@@ -42,103 +48,107 @@ class _Threat:
                 "query_budget": self.budget}
 
 
-class QueryTrace:
-    """Each attack's best candidate so far (lowest objective, first found), copied when its
-    queries used first reach each of ``marks`` (after the round that reaches it): the
-    rank-vs-queries curve of a batch, ``snapshots[m] [B, C, H, W]``. A mark the attack never
-    reaches (its budget spent, or too little left for another round) and the full budget get
-    the optimiser's answer."""
+class CheckpointedObjective(CountedObjective):
+    """A :class:`CountedObjective` that also keeps, per attack, the best candidate of the
+    rounds completed within each query count of ``at``: what a run with that budget would
+    have returned, for an optimiser whose run is a prefix of a longer one (NES, SPSA: the same
+    draws, round by round; not the random search, whose window schedule follows the budget).
+    A round is counted once it is sent whole; one that would pass a checkpoint is not."""
 
-    def __init__(self, marks: Sequence[int]):
-        self.marks = sorted({check_budget(m) for m in marks})
+    def __init__(self, evaluate, counter: QueryCounter, at: Sequence[int]):
+        super().__init__(evaluate, counter)
+        self.at = sorted({check_budget(c) for c in at})
         self.best: Best | None = None
-        self.snapshots: dict[int, torch.Tensor] = {}
-        self.taken: dict[int, torch.Tensor] = {}
+        self.taken: dict[int, torch.Tensor] = {}  # c -> [B] bool: snapshot taken
+        self.snaps: dict[int, torch.Tensor] = {}
+        self.used_at: dict[int, torch.Tensor] = {}  # c -> [B]: queries spent by then
 
-    def watch(self, objective: CountedObjective) -> CountedObjective:
-        """``objective``, reporting every evaluation here."""
-        return _Traced(objective.evaluate, objective.counter, self)
-
-    def record(self, x: torch.Tensor, values: torch.Tensor, used: torch.Tensor) -> None:
-        """Candidates ``x [B, P, C, H, W]`` scored ``values [B, P]``; ``used [B]`` so far."""
+    def __call__(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        before = self.counter.used.clone()
+        values = super().__call__(x, active)
         if self.best is None:
             self.best = Best(x[:, 0], torch.full((x.shape[0],), math.inf))
-            self.snapshots = {m: x[:, 0].clone() for m in self.marks}
-            self.taken = {m: torch.zeros(x.shape[0], dtype=torch.bool) for m in self.marks}
+            for c in self.at:
+                self.snaps[c] = self.best.x.clone()
+                self.taken[c] = torch.zeros(x.shape[0], dtype=torch.bool)
+                self.used_at[c] = torch.zeros(x.shape[0], dtype=torch.long)
+        for c in self.at:  # this round passes c: the best before it is the one at c
+            passed = (self.counter.used > c) & (before <= c) & ~self.taken[c]
+            mask = passed.to(x.device).view(-1, *([1] * (x.dim() - 2)))
+            self.snaps[c] = torch.where(mask, self.best.x, self.snaps[c])
+            self.used_at[c] = torch.where(passed, before, self.used_at[c])
+            self.taken[c] |= passed
         self.best.update(x, values)
-        for m in self.marks:
-            due = (used >= m) & ~self.taken[m]
-            if due.any():
-                self.snapshots[m][due.to(x.device)] = self.best.x[due.to(x.device)]
-                self.taken[m] |= due
-
-    def finish(self, answer: torch.Tensor, used: torch.Tensor) -> None:
-        """The optimiser's ``answer [B, C, H, W]`` after ``used [B]`` queries."""
-        for m in self.marks:
-            last = (~self.taken.get(m, torch.zeros_like(used, dtype=torch.bool))) | (used <= m)
-            snap = self.snapshots.setdefault(m, answer.clone())
-            snap[last.to(answer.device)] = answer[last.to(answer.device)]
-
-
-class _Traced(CountedObjective):
-    def __init__(self, evaluate, counter, trace: QueryTrace):
-        super().__init__(evaluate, counter)
-        self.trace = trace
-
-    def __call__(self, x, active=None):
-        values = super().__call__(x, active)
-        self.trace.record(x, values, self.counter.used)
         return values
+
+    def snapshots(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """``{c: (best images [B, C, H, W], queries spent [B])}`` at each checkpoint (the
+        run's last best where it ended before c)."""
+        out = {}
+        for c in self.at:
+            mask = self.taken[c].to(self.best.x.device).view(-1, *([1] * (self.best.x.dim() - 1)))
+            out[c] = (torch.where(mask, self.snaps[c], self.best.x),
+                      torch.where(self.taken[c], self.used_at[c], self.counter.used))
+        return out
 
 
 def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimizer,
                 eps: float, budget: int, part: Selection, generator: torch.Generator,
-                start: torch.Tensor | None = None, trace: QueryTrace | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                start: torch.Tensor | None = None, checkpoints: Sequence[int] = ()
+                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One batch of query-only attacks: ``(adversarial images [B, C, H, W], queries used
-    [B])``; ``start [B, C, H, W]``: where the optimiser starts (default: the clean query);
-    ``trace``: a :class:`QueryTrace` that records the best candidates along the way."""
+    [B], {c: (best images within c queries, queries spent by then [B])})``; ``start [B, C,
+    H, W]``: where the optimiser starts (default: the clean query)."""
     gallery = target.gallery
     counter = QueryCounter(len(part), budget)
     score = kind.query_score(gallery, part, oracle.feedback,
                              lambda x: ask(oracle, counter, x))
-    objective = CountedObjective(lambda x, rows: score(oracle.answer(x), rows), counter)
-    if trace is not None:
-        objective = trace.watch(objective)
+    objective = CheckpointedObjective(lambda x, rows: score(oracle.answer(x), rows), counter,
+                                      checkpoints)
     ball = Ball(gallery.images(part.anchors), eps, oracle.eight_bit)
     adv, _ = optimizer.run(objective, ball, start, generator)
-    if trace is not None:
-        trace.finish(adv, counter.used)
-    return adv, counter.used
+    return adv, counter.used, objective.snapshots() if checkpoints else {}
 
 
-@torch.no_grad()
-def _measure(target, kind: AttackKind, part: Selection, adv: torch.Tensor,
-             trace: QueryTrace | None) -> tuple[dict, dict, dict[int, dict]]:
-    """The kind's figures of a batch: clean, of ``adv [B, C, H, W]``, and of each of the
-    trace's snapshots (by mark)."""
-    g = target.gallery
-    clean = kind.measure(g, part, g.embeddings[part.anchors.to(g.embeddings.device)])
-    attacked = kind.measure(g, part, embed_checked(target.model, adv))
-    along = {m: kind.measure(g, part, embed_checked(target.model, snap))
-             for m, snap in (trace.snapshots.items() if trace is not None else ())}
-    return clean, attacked, along
+def measure_all(target, kinds: Sequence[AttackKind], part: Selection,
+                images: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The figures ``[B]`` of ``kinds[0]`` and, named ``KIND:figure``, of the others, for
+    ``images`` (None: the clean queries, whose embeddings the gallery holds)."""
+    gallery, emb = target.gallery, target.gallery.embeddings
+    with torch.no_grad():
+        e = emb[part.anchors.to(emb.device)] if images is None else \
+            embed_checked(target.model, images)
+        out = dict(kinds[0].measure(gallery, part, e))
+        for other in kinds[1:]:
+            out.update({f"{other.name}:{key}": v
+                        for key, v in other.measure(gallery, part, e).items()})
+    return out
+
+
+def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
+    """Query counts within the budget, sorted, each once."""
+    out = sorted({check_budget(c) for c in checkpoints})
+    if out and out[-1] > budget:
+        raise AdvrankError(f"checkpoint {out[-1]} lies past the query budget {budget}")
+    return out
 
 
 def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
                      optimizer: str | QueryOptimizer, eps: float, k: int, num_attacks: int,
                      budget: int, seed: int = 0, batch_size: int = 256,
                      selection: Selection | None = None, start: torch.Tensor | None = None,
-                     progress: bool | None = None, marks: Sequence[int] = ()) -> AttackResult:
+                     progress: bool | None = None, also: Sequence[AttackKind] = (),
+                     checkpoints: Sequence[int] = ()) -> AttackResult:
     """T = ``num_attacks`` query-only attacks of ``attack`` at ``eps`` with size ``k``, each
     within ``budget`` queries to ``oracle``, optimised by ``optimizer`` (a registered name or
     an instance). ``start [T, C, H, W]``: start points (e.g. a transfer attack's images, in
-    selection order). The result's ``extra`` holds ``queries_used`` (mean per attack),
+    selection order). ``also``: further kinds that measure the same images, their figures
+    named ``KIND:figure`` (e.g. ES's disruption scored by ORDER's tau; ``selection`` must
+    then be one they can read). ``checkpoints``: query counts at which the best so far is
+    measured too (see :class:`CheckpointedObjective`), as ``extra["checkpoints"]``
+    ``{c: figures}``. The result's ``extra`` holds ``queries_used`` (mean per attack),
     ``queries_used_max``, the oracle and the optimiser; batches draw from one generator each
-    (keyed by seed and position), so results depend on ``batch_size``. ``marks``: query
-    counts (e.g. 10%, 50% of the budget) at which each attack's best candidate so far is also
-    measured (:class:`QueryTrace`): ``extra["checkpoints"]``, one ``{"queries": m,
-    "rank_after": ..., ...}`` per mark (every ``*_after`` figure and its ``_se``)."""
+    (keyed by seed and position), so results depend on ``batch_size``."""
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
     budget, seed = check_budget(budget), check_seed(seed)
@@ -149,35 +159,34 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     if start is not None and start.shape[0] != len(selection):
         raise AdvrankError(f"{start.shape[0]} start images for {len(selection)} attacks")
     t0, log, used = time.time(), RankLog(), []
-    marks = QueryTrace(marks).marks
-    if marks and marks[-1] > budget:
-        raise AdvrankError(f"a query checkpoint ({marks[-1]}) lies beyond the budget ({budget})")
-    logs = {m: RankLog() for m in marks}
+    checkpoints = check_checkpoints(checkpoints, budget)
+    logs = {c: (RankLog(), []) for c in checkpoints}
     bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
                        unit="attack", enabled=progress)
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
         gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
-        trace = QueryTrace(marks) if marks else None
-        adv, spent = attack_part(target, kind, oracle, optimizer, eps, budget, part, gen,
-                                 None if start is None else start[s : s + batch_size], trace)
-        clean, attacked, along = _measure(target, kind, part, adv, trace)
-        log.add(clean, attacked)
-        for m, figures in along.items():
-            logs[m].add(clean, figures)
+        adv, spent, snaps = attack_part(target, kind, oracle, optimizer, eps, budget, part,
+                                        gen, None if start is None else start[s : s + batch_size],
+                                        checkpoints)
+        clean = measure_all(target, [kind, *also], part, None)
+        log.add(clean, measure_all(target, [kind, *also], part, adv))
+        for c, (images, by_then) in snaps.items():
+            logs[c][0].add(clean, measure_all(target, [kind, *also], part, images))
+            logs[c][1].append(by_then)
         used.append(spent)
         bar.update(len(part))
     bar.close()
     threat = _Threat(eps, oracle.eight_bit, budget)
     result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
-    if marks:
-        result.extra["checkpoints"] = [
-            {"queries": m, **{key: v for key, v in logs[m].result(
-                kind, eps, k, gallery, threat, 0.0).figures.items()
-                if key.endswith(("_after", "_after_se"))}} for m in marks]
     spent = torch.cat(used).double()
     result.extra.update({"queries_used": spent.mean().item(),
                          "queries_used_max": int(spent.max()), "query_budget": budget,
                          "queries_sent": oracle.queries, **oracle.describe(),
                          **optimizer.describe()})
+    if checkpoints:
+        result.extra["checkpoints"] = {
+            c: {**log_c.result(kind, eps, k, gallery, threat, 0.0).figures,
+                "queries_used": torch.cat(by_then).double().mean().item()}
+            for c, (log_c, by_then) in logs.items()}
     return result
