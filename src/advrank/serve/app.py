@@ -217,7 +217,7 @@ class Batcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin one before 3.11
                     break
             else:
                 batch.append(self.queue.get_nowait())
