@@ -61,15 +61,13 @@ def parse_args(argv=None):
 
 
 @contextlib.contextmanager
-def service(args):
-    """The URL of ``advrank serve`` on the target, stopped on exit (``local`` with
-    ``--oracle local``)."""
-    if args.oracle == "local":
-        yield f"local:{args.index}" if args.index != "exact" else "local"
-        return
-    argv = [*ADVRANK, "serve", "--checkpoint", args.target, "--host", "127.0.0.1", "--port",
-            "0", "--max-k", "100000", "--index", args.index, "--device", args.device,
-            "--max-concurrency", "16", "--quiet"]
+def serving(checkpoint: str, device: str, concurrency: int, options=(), index: str = "exact"):
+    """The URL of ``advrank serve --checkpoint CHECKPOINT`` on a free loopback port, answering
+    every depth (``--max-k`` = |X|: full feedback needs the whole list) and ``concurrency``
+    searches in flight; stopped on exit."""
+    argv = [*ADVRANK, "serve", "--checkpoint", checkpoint, "--host", "127.0.0.1", "--port",
+            "0", "--max-k", "100000", "--index", index, "--device", device,
+            "--max-concurrency", str(concurrency), "--quiet", *options]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().strip()
@@ -79,6 +77,17 @@ def service(args):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+@contextlib.contextmanager
+def service(args):
+    """The oracle spec: the URL of :func:`serving` on the target (``local`` with ``--oracle
+    local``)."""
+    if args.oracle == "local":
+        yield f"local:{args.index}" if args.index != "exact" else "local"
+        return
+    with serving(args.target, args.device, 64, index=args.index) as url:
+        yield url
 
 
 def run_json(argv: list[str]) -> dict:

@@ -105,3 +105,32 @@ def test_make_oracle_builds_the_local_one_for_a_target(ranker):
                              meta={"metric": "cosine"}, fingerprint="f")
     oracle = make_oracle("local:flat", target, "topk:5")
     assert oracle.describe()["index"]["index"] == "flat" and oracle.gallery_size == 120
+
+
+def test_an_answer_from_named_ranks_scores_as_the_whole_list(ranker):
+    """Full feedback read through the ranks of the named ids alone (targets, the ids left out,
+    C_SP) scores every attack exactly as the whole ranked list does."""
+    from advrank.attacks.feedback import FeedbackScore
+    from advrank.oracles.base import named_list
+
+    oracle = local(ranker, "full")
+    x, gen = torch.rand(6, 1, 8, 8), torch.Generator().manual_seed(1)
+    targets, exclude = torch.randint(120, (6, 2), generator=gen), torch.arange(6)[:, None]
+    keep = torch.randint(120, (6, 3), generator=gen)
+    named = torch.cat([targets, exclude, keep], 1)
+    whole = oracle.answer(x)
+    ranks = oracle.rank(x, named)
+    assert torch.equal(whole.ids.gather(1, ranks), named)  # each id where the list has it
+    sparse = named_list(ranks, named, 120)
+    assert sparse.shape == (6, 120) and ((sparse == 120).sum(1) <= 120 - 1).all()
+    rows = torch.arange(6)
+    for raise_rank in (True, False):
+        score = FeedbackScore(raise_rank, targets, exclude, oracle.feedback, 120, keep=keep,
+                              xi=0.5)
+        got = score(type(whole)(sparse), rows)
+        assert torch.equal(got, score(whole, rows))
+    oracle.ranks_named = True  # answer() then builds the list from rank() alone
+    assert torch.equal(oracle.answer(x, named).ids, sparse) and oracle.queries == 2 * 6
+    for bad in (named[:3], named.float(), named + 120, named[0]):
+        with pytest.raises(AdvrankError, match="named ids"):
+            oracle.answer(x, bad)

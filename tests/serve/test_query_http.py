@@ -78,3 +78,43 @@ def test_the_same_attack_through_the_local_oracle(digits_ckpt, cli):
     r = json.loads(out)
     assert r["queries_used_max"] <= 30 and r["feedback"] == "full" and r["optimizer"] == "random"
     assert r["index"]["index"] == "flat" and not r["threat"]["eight_bit"]
+
+
+@pytest.fixture(scope="module")
+def full_service(digits_ckpt, serve):
+    """A service deep enough for full feedback (--max-k = |X|), batching 8 in flight."""
+    with serve(digits_ckpt, "--max-k", "719", "--max-concurrency", "8") as running:
+        yield running[0]
+
+
+def test_full_feedback_over_http_asks_for_the_named_ranks_alone(full_service, digits_ckpt,
+                                                                cli):
+    """The HTTP oracle reads full feedback through rank_of: the attack's score is the one
+    the whole list gives on the same 8-bit pictures, and the attack keeps its budget."""
+    from advrank.attacks.feedback import FeedbackScore
+    from advrank.experiments.target import load_target
+    from advrank.oracles import make_oracle
+
+    target = load_target(str(digits_ckpt), "cpu")
+    remote = make_oracle(full_service, target, "full", concurrency=16)
+    x, gen = torch.rand(24, 1, 8, 8), torch.Generator().manual_seed(2)
+    targets = torch.randint(719, (24, 1), generator=gen)
+    exclude, keep = torch.randint(719, (24, 1), generator=gen), torch.randint(
+        719, (24, 5), generator=gen)
+    try:
+        assert remote.ranks_named and remote.describe()["ranks_named"]
+        got = remote.answer(x, torch.cat([targets, exclude, keep], 1))
+    finally:
+        remote.close()
+    whole = make_oracle("local", target, "full").answer((x * 255).round() / 255)
+    score = FeedbackScore(True, targets, exclude, remote.feedback, 719, keep=keep, xi=1.0)
+    rows = torch.arange(24)
+    assert torch.equal(score(got, rows), score(whole, rows)) and remote.queries == 24
+    status, out, err = cli(["attack", "--checkpoint", digits_ckpt, "--oracle", full_service,
+                            "--attack", "QA+", "--feedback", "full", "--query-budget", "40",
+                            "--eps", "0.3", "--num-attacks", "3", "--device", "cpu", "--json",
+                            "--quiet"])
+    assert status == 0, err
+    r = json.loads(out)
+    assert r["ranks_named"] and r["queries_used_max"] <= 40
+    assert r["queries_sent"] == pytest.approx(3 * r["queries_used"])

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -79,6 +80,46 @@ def test_search_answers_what_the_library_computes(service, digits_ckpt):
     assert raw.json()["scores"] == pytest.approx(scores[0].tolist(), abs=1e-5)
     assert search(base, body, k=None).json()["ids"] == index.search(
         target.model(image[None]), 10)[0][0].tolist()  # k defaults to 10
+
+
+def test_rank_of_answers_where_the_named_ids_sit_in_the_same_list(service):
+    base, _ = service
+    info = httpx.get(f"{base}/info").json()
+    assert info["named_ranks"] is True and info["limits"]["max_named"] >= 3
+    body = picture("PNG", (8, 8), seed=5)
+    ids = search(base, body, k=50).json()["ids"]
+    far = next(i for i in range(info["gallery_size"]) if i not in ids)
+    named = [ids[7], ids[0], far, ids[49]]
+    r = httpx.post(f"{base}/search", content=body, headers={"content-type": "image/png"},
+                   params={"k": "50", "rank_of": ",".join(map(str, named))}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"ranks": [7, 0, None, 49]}
+    for bad in ("1,x", "-1", str(info["gallery_size"]), ",".join(["1"] * 1025), ""):
+        r = httpx.post(f"{base}/search", content=body, headers={"content-type": "image/png"},
+                       params={"k": "5", "rank_of": bad}, timeout=30)
+        assert r.status_code == 400 and list(r.json()) == ["error"], (bad, r.text)
+
+
+def test_a_batch_answers_each_picture_as_it_alone_would(digits_ckpt):
+    """Micro-batching is invisible: pictures searched together (mixed k, ids or ranks) get
+    the answers they get one at a time, in any order."""
+    from advrank.core.index import build_index
+    from advrank.experiments.target import load_target
+    from advrank.serve.app import Limits, Query, SearchService
+
+    target = load_target(str(digits_ckpt), "cpu")
+    index = build_index(target.gallery.embeddings, "cosine", "exact")
+    service = SearchService(target, index, True, Limits(max_k=len(target.gallery)))
+    gen = torch.Generator().manual_seed(0)
+    queries = [Query(torch.rand(1, 8, 8, generator=gen), k, named)
+               for k, named in ((5, None), (719, torch.tensor([3, 700, 3])), (5, None),
+                                (12, None), (719, torch.tensor([0])))] * 3
+    alone = [service.search_batch([q])[0] for q in queries]
+    together = service.search_batch(queries)
+    shuffled = service.search_batch(queries[::-1])[::-1]
+    assert together == alone and shuffled == alone
+    assert alone[1]["ranks"][0] == alone[1]["ranks"][2] and len(alone[0]["ids"]) == 5
+    full = service.search_batch([Query(queries[1].image, 719)])[0]["ids"]
+    assert [full.index(i) for i in (3, 700, 3)] == alone[1]["ranks"]
 
 
 def _bad_requests() -> list[tuple[str, dict, int]]:

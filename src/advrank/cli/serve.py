@@ -55,7 +55,8 @@ def cmd_serve(args) -> None:
     from advrank.serve.app import Limits, create_app
 
     limits = Limits(args.max_body_bytes, args.max_pixels, args.max_concurrency, args.max_k,
-                    min(args.k, args.max_k))
+                    min(args.k, args.max_k), max_batch=args.max_batch,
+                    batch_wait=args.batch_wait_ms / 1000)
     sock = _bind(args.host, args.port)  # a busy port is refused before the model loads
     target = load_target_from_args(args)
     say = log(args)
@@ -78,7 +79,8 @@ def register(sub, formatter) -> None:
         formatter_class=formatter,
         description="POST /search?k=K with a PNG or JPEG (raw image/* body or multipart field "
                     "'file') returns {\"ids\": [...], \"scores\": [...] or null}, the top K "
-                    "gallery members nearest first; GET /health, GET /info. Every bad upload "
+                    "gallery members nearest first (with rank_of=I,J,...: {\"ranks\": [...]}, "
+                    "where those ids sit in that list); GET /health, GET /info. Every bad upload "
                     "gets one 4xx {\"error\": ...}. Stops on Ctrl-C or SIGTERM.")
     add_target_options(p)
     add_index(p, default="exact")
@@ -100,5 +102,10 @@ def register(sub, formatter) -> None:
                         "before decoding: decompression bombs are refused)")
     p.add_argument("--max-concurrency", type=integer(1, 100_000), default=4,
                    help="searches in flight at once; more get 503 with Retry-After")
+    p.add_argument("--max-batch", type=integer(1, 4096), default=32,
+                   help="concurrent searches run through the model as one batch of this "
+                        "many rows (zeros pad it: an answer never depends on its batch)")
+    p.add_argument("--batch-wait-ms", type=integer(0, 10_000), default=2,
+                   help="how long a batch waits for more searches once its first is in")
     add_common(p)
     p.set_defaults(func=cmd_serve)

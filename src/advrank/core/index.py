@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from advrank.core.distances import get_distance
 from advrank.core.io import atomic_write_bytes, strict_json
-from advrank.core.metrics import nearest_neighbors
+from advrank.core.metrics import GALLERY_BLOCK, nearest_neighbors
 from advrank.errors import AdvrankError
 
 PRESETS = ("exact", "flat", "hnsw", "ivfpq")
@@ -113,6 +113,7 @@ class VectorIndex:
         self.size, self.dim = int(embeddings.shape[0]), int(embeddings.shape[1])
         # exact search needs the embeddings; a FAISS index holds its own copy or codes
         self.embeddings = embeddings if faiss_index is None else None
+        self._prepared: torch.Tensor | None = None  # the exact search's gallery, prepared once
         self.info = {"index": spec, "metric": metric, "size": self.size, "dim": self.dim,
                      **(info or {})}
 
@@ -128,6 +129,8 @@ class VectorIndex:
             raise AdvrankError(f"queries must be [B, {self.dim}], got {list(queries.shape)}")
         if not 1 <= k <= self.size:
             raise AdvrankError(f"k must lie in [1, {self.size}] (the gallery size), got {k}")
+        if self.exact and self.size <= GALLERY_BLOCK:
+            return self._search_prepared(queries, k)
         if self.exact:
             distance = get_distance(self.metric)
             g = self.embeddings
@@ -142,6 +145,23 @@ class VectorIndex:
         scores, ids = torch.from_numpy(scores), torch.from_numpy(ids).long()
         scores = 1.0 - scores if self.metric == "cosine" else scores.clamp_min(0).sqrt()
         return ids, torch.where(ids < 0, torch.full_like(scores, math.inf), scores)
+
+
+    def _search_prepared(self, queries: torch.Tensor, k: int):
+        """Exact search of a gallery small enough for whole distance rows: the gallery's
+        prepared form (normalised once for cosine) against ``SCORE_CHUNK`` queries at a time,
+        ids and distances from one block (a service searches often, a few queries each)."""
+        distance = get_distance(self.metric)
+        if self._prepared is None:
+            self._prepared = distance.prepare(self.embeddings)
+        q = queries.to(self._prepared.device, self._prepared.dtype)
+        ids, scores = [], []
+        for s in range(0, q.shape[0], SCORE_CHUNK):
+            top = distance.pairwise_prepared(q[s : s + SCORE_CHUNK], self._prepared).topk(
+                k, dim=1, largest=False)
+            ids.append(top.indices)
+            scores.append(top.values)
+        return torch.cat(ids).cpu().long(), torch.cat(scores).float().cpu()
 
 
 #: queries whose distance rows are computed at once for the exact search's scores

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from advrank.attacks.base import AttackKind, check_query_only, get_attack
+from advrank.attacks.feedback import FeedbackScore
 from advrank.attacks.query.base import (
     Ball,
     Best,
@@ -92,6 +93,17 @@ class CheckpointedObjective(CountedObjective):
         return out
 
 
+def named_items(score, rows: torch.Tensor) -> torch.Tensor | None:
+    """``[N, j]``: the gallery ids whose positions ``score`` reads in the lists of the attacks
+    ``rows [N]``, so an oracle may answer with their ranks alone: at full feedback a
+    :class:`FeedbackScore` reads its targets, the ids it leaves out and C_SP, nothing else.
+    None (every list whole) for any other score."""
+    if not isinstance(score, FeedbackScore) or score.feedback.level != "full":
+        return None
+    sets = [score.targets, score.exclude] + ([] if score.keep is None else [score.keep])
+    return torch.cat([s[rows] for s in sets], 1)
+
+
 def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimizer,
                 eps: float, budget: int, part: Selection, generator: torch.Generator,
                 start: torch.Tensor | None = None, checkpoints: Sequence[int] = ()
@@ -103,8 +115,9 @@ def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimi
     counter = QueryCounter(len(part), budget)
     score = kind.query_score(gallery, part, oracle.feedback,
                              lambda x: ask(oracle, counter, x))
-    objective = CheckpointedObjective(lambda x, rows: score(oracle.answer(x), rows), counter,
-                                      checkpoints)
+    objective = CheckpointedObjective(
+        lambda x, rows: score(oracle.answer(x, named_items(score, rows)), rows), counter,
+        checkpoints)
     ball = Ball(gallery.images(part.anchors), eps, oracle.eight_bit)
     adv, _ = optimizer.run(objective, ball, start, generator)
     return adv, counter.used, objective.snapshots() if checkpoints else {}

@@ -4,7 +4,10 @@ feedback it shows (:class:`Feedback`) and the per-attack query budget (:class:`Q
 An oracle maps a batch of pictures ``[N, C, H, W]`` in [0, 1] to ranking lists of gallery ids
 (:class:`Answer`). What the attacker sees is the feedback level:
 
-* ``full``: the whole ranking (the rank of any named item); a simulation, the upper bound;
+* ``full``: the whole ranking (the rank of any named item); a simulation, the upper bound.
+  A caller that reads only some items' positions names them (``answer(images, named)``); an
+  oracle that can ask for those ranks alone (``ranks_named``: a service's ``rank_of``) then
+  answers with them in place of |X| ids;
 * ``topk-scores:K``: the top K ids with their distances;
 * ``topk:K``: the top K ids only (the realistic case).
 
@@ -78,7 +81,8 @@ def parse_feedback(text: Any) -> Feedback:
 class Answer:
     """What the attacker sees for N pictures: ``ids [N, L]`` (gallery ids, nearest first, -1
     pads a shorter list) and, at ``topk-scores``, ``scores [N, L]`` (distances, +inf pads);
-    L = |X| at ``full`` feedback."""
+    L = |X| at ``full`` feedback. An answer built from named ranks (:func:`named_list`) holds
+    the named ids at their positions and |X| (no member's id: "someone else") elsewhere."""
 
     ids: torch.Tensor
     scores: torch.Tensor | None = None
@@ -92,6 +96,8 @@ class Oracle:
     name: ClassVar[str] = ""
     #: pictures travel as 8-bit samples (a PNG upload): attacks stay on the 8-bit grid
     eight_bit: ClassVar[bool] = False
+    #: full feedback is answered from the ranks of named ids alone (:meth:`rank`)
+    ranks_named: bool = False
 
     def __init__(self, feedback: Feedback | str, gallery_size: int):
         self.feedback = parse_feedback(feedback)
@@ -111,8 +117,18 @@ class Oracle:
         """``(ids [N, depth], scores [N, depth] or None)`` for ``images [N, C, H, W]``."""
         raise NotImplementedError
 
-    def answer(self, images: torch.Tensor) -> Answer:
-        """The feedback for ``images [N, C, H, W]`` in [0, 1] (N >= 0)."""
+    def rank(self, images: torch.Tensor, named: torch.Tensor) -> torch.Tensor:
+        """``[N, j]``: where each of ``named [N, j]`` (gallery ids) sits in the full ranking
+        of ``images [N, C, H, W]`` (0 = nearest, -1 when absent); from :meth:`search` unless
+        the oracle can ask for them alone."""
+        ids, _ = self.search(images, self.gallery_size, False)
+        hit = ids.long().cpu()[:, None, :] == named[:, :, None]  # [N, j, L]
+        return torch.where(hit.any(-1), hit.long().argmax(-1), -1)
+
+    def answer(self, images: torch.Tensor, named: torch.Tensor | None = None) -> Answer:
+        """The feedback for ``images [N, C, H, W]`` in [0, 1] (N >= 0). ``named [N, j]``: the
+        gallery ids whose positions the caller reads (full feedback only); an oracle with
+        ``ranks_named`` then places only those (:func:`named_list`)."""
         if images.dim() != 4:
             raise AdvrankError(f"an oracle takes pictures [N, C, H, W], got "
                                f"{list(images.shape)}")
@@ -120,7 +136,11 @@ class Oracle:
         if images.shape[0] == 0:
             return Answer(torch.zeros(0, depth, dtype=torch.long),
                           torch.zeros(0, depth) if self.feedback.scores else None)
+        if named is not None:
+            named = check_named(named, images.shape[0], self.gallery_size)
         self.queries += int(images.shape[0])
+        if named is not None and self.ranks_named and self.feedback.level == "full":
+            return Answer(named_list(self.rank(images, named), named, self.gallery_size))
         ids, scores = self.search(images, depth, self.feedback.scores)
         return Answer(ids.long().cpu(), scores.float().cpu() if self.feedback.scores else None)
 
@@ -130,6 +150,29 @@ class Oracle:
     def describe(self) -> dict[str, Any]:
         return {"oracle": self.name, "feedback": self.feedback.describe(),
                 "eight_bit": self.eight_bit}
+
+
+def check_named(named: Any, n: int, gallery_size: int) -> torch.Tensor:
+    """``named`` as ``[n, j]`` gallery ids on the CPU (one line when it is not)."""
+    if not (isinstance(named, torch.Tensor) and named.dim() == 2 and named.shape[0] == n
+            and not named.dtype.is_floating_point):
+        raise AdvrankError(f"named ids must be an integer tensor [{n}, j], got "
+                           f"{getattr(named, 'shape', type(named).__name__)}")
+    named = named.long().cpu()
+    if named.numel() and (named.min() < 0 or named.max() >= gallery_size):
+        raise AdvrankError(f"named ids must lie in [0, {gallery_size - 1}]")
+    return named
+
+
+def named_list(ranks: torch.Tensor, named: torch.Tensor, gallery_size: int) -> torch.Tensor:
+    """A full ranked list ``[N, |X|]`` from ``ranks [N, j]`` of ``named [N, j]`` (-1: not
+    ranked): each named id at its position, |X| (no member's id) in every other slot, so the
+    position of a named item among any named ones left out reads as in the whole list."""
+    ids = torch.full((named.shape[0], gallery_size), gallery_size, dtype=torch.long)
+    placed = ranks >= 0
+    rows = torch.arange(named.shape[0])[:, None].expand_as(named)
+    ids[rows[placed], ranks[placed]] = named[placed]
+    return ids
 
 
 def check_budget(budget: Any) -> int:

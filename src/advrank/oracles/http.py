@@ -2,18 +2,20 @@
 /search?k=K`` with a PNG body -> ``{"ids": [...], "scores": [...] or null}``, ``GET /info``).
 
 Pictures travel as 8-bit PNGs, so the oracle is ``eight_bit``: attacks search the 8-bit grid.
-A batch's requests go out concurrently (at most ``concurrency`` in flight, never more than the
-service's own limit); a 503 (busy) is retried after its ``Retry-After``. Any other failure is
-one :class:`AdvrankError` line. An adapter for another schema is one such file registering
-its own name in :data:`advrank.registry.ORACLES`.
+A batch's requests go out concurrently from one asyncio client (at most ``concurrency`` in
+flight, never more than the service's own limit); a 503 (busy) is retried after its
+``Retry-After``. At full feedback, when the service offers ``rank_of`` (``named_ranks`` in
+its /info) and the caller names the ids it reads, each request asks for their ranks alone
+(a few ints in place of |X| ids). Any other failure is one :class:`AdvrankError` line. An
+adapter for another schema is one such file registering its own name in
+:data:`advrank.registry.ORACLES`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -63,17 +65,30 @@ class HttpOracle(Oracle):
     eight_bit = True
 
     def __init__(self, url: str, feedback: Feedback | str, gallery_size: int,
-                 concurrency: int = 8, timeout: float = 60.0):
+                 concurrency: int = 32, timeout: float = 60.0):
         super().__init__(feedback, gallery_size)
-        httpx = _httpx()
+        _httpx()
         self.url = url.rstrip("/")
         self.concurrency = check_int(concurrency, "oracle concurrency", low=1, high=1024)
-        check_number(timeout, "oracle timeout", low=0.0, low_open=True, high=3600.0)
-        self.client = httpx.Client(base_url=self.url, timeout=timeout,
-                                   limits=httpx.Limits(max_connections=self.concurrency))
-        self.pool = ThreadPoolExecutor(self.concurrency)
-        self.slots = threading.Semaphore(self.concurrency)  # lowered to the service's limit
+        self.timeout = check_number(timeout, "oracle timeout", low=0.0, low_open=True,
+                                    high=3600.0)
+        self.in_flight = self.concurrency  # lowered to the service's limit by check_service
         self.info: dict[str, Any] = {}
+        # one event loop in a thread of its own runs every request (see :meth:`_run`)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                       name="http-oracle")
+        self.thread.start()
+        self.client = self._run(self._client())
+
+    async def _client(self):
+        httpx = _httpx()
+        return httpx.AsyncClient(base_url=self.url, timeout=self.timeout,
+                                 limits=httpx.Limits(max_connections=self.concurrency))
+
+    def _run(self, coro):
+        """Run ``coro`` on the oracle's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     @classmethod
     def check_argument(cls, argument: str) -> None:
@@ -104,7 +119,7 @@ class HttpOracle(Oracle):
         """The service at ``argument`` (a URL), checked against ``target``: same gallery size
         and input size, a ``max_k`` deep enough for ``feedback``, scores when it needs them."""
         oracle = cls(argument, feedback, len(target.gallery),
-                     concurrency=options.get("concurrency", 8))
+                     concurrency=options.get("concurrency", 32))
         try:
             oracle.check_service(target)
         except Exception:
@@ -112,17 +127,18 @@ class HttpOracle(Oracle):
             raise
         return oracle
 
-    def _request(self, method: str, path: str, **kwargs):
+    async def _request(self, method: str, path: str, **kwargs):
         httpx = _httpx()
         for _ in range(MAX_RETRIES):
             try:
-                r = self.client.request(method, path, **kwargs)
+                r = await self.client.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
                 raise AdvrankError(f"cannot reach the search service at {self.url}: "
                                    f"{type(exc).__name__}: {str(exc)[:120]}") from None
             if r.status_code != 503:
                 break
-            time.sleep(min(1.0, float(r.headers.get("retry-after", "0.05") or 0.05)) / 10)
+            await asyncio.sleep(min(1.0, float(r.headers.get("retry-after", "0.05") or 0.05))
+                                / 10)
         if r.status_code != 200:
             try:
                 why = str(r.json().get("error"))[:200]
@@ -137,13 +153,13 @@ class HttpOracle(Oracle):
                                "something that is not JSON") from None
 
     def check_service(self, target) -> None:
-        info = self._request("GET", "/info")
+        info = self._run(self._request("GET", "/info"))
         if not isinstance(info, dict) or "gallery_size" not in info:
             raise AdvrankError(f"{self.url}/info does not describe a search service")
         self.info = info
         limit = (info.get("limits") or {}).get("max_concurrency")
         if isinstance(limit, int) and 1 <= limit < self.concurrency:
-            self.slots = threading.Semaphore(limit)  # no more in flight than it serves
+            self.in_flight = limit  # no more in flight than it serves
         if info["gallery_size"] != len(target.gallery):
             raise AdvrankError(f"the service at {self.url} ranks {info['gallery_size']} items, "
                                f"the local gallery has {len(target.gallery)}: serve the same "
@@ -160,33 +176,68 @@ class HttpOracle(Oracle):
         if self.feedback.scores and not info.get("scores"):
             raise AdvrankError(f"the service at {self.url} shows no scores (start it with "
                                "--scores) for topk-scores feedback")
+        self.ranks_named = self.feedback.level == "full" and info.get("named_ranks") is True
 
-    def _one(self, body: bytes, depth: int) -> tuple[list[int], list[float] | None]:
-        with self.slots:
-            out = self._request("POST", "/search", content=body, params={"k": str(depth)},
-                                headers={"content-type": "image/png"})
-        ids = out.get("ids") if isinstance(out, dict) else None
-        if not isinstance(ids, list):
-            raise AdvrankError(f"the search service at {self.url} answered without ids")
-        return ids[:depth], out.get("scores")
+    async def _all(self, bodies: list[bytes], params: list[dict[str, str]]) -> list[dict]:
+        """The JSON answers to POST /search of every body (with its params), at most
+        ``in_flight`` at a time."""
+        slots = asyncio.Semaphore(self.in_flight)
+
+        async def one(body: bytes, query: dict[str, str]) -> dict:
+            async with slots:
+                out = await self._request("POST", "/search", content=body, params=query,
+                                          headers={"content-type": "image/png"})
+            if not isinstance(out, dict):
+                raise AdvrankError(f"the search service at {self.url} answered with "
+                                   f"{type(out).__name__}, not an object")
+            return out
+
+        return await asyncio.gather(*(one(b, q) for b, q in zip(bodies, params, strict=True)))
 
     def search(self, images, depth, scores):
-        answers = list(self.pool.map(lambda b: self._one(b, depth), png_bytes(images)))
+        answers = self._run(self._all(png_bytes(images), [{"k": str(depth)}] * len(images)))
         ids = torch.full((len(answers), depth), -1, dtype=torch.long)
         dist = torch.full((len(answers), depth), float("inf")) if scores else None
-        for row, (i, s) in enumerate(answers):  # JSON lists -> padded rows
+        for row, out in enumerate(answers):  # JSON lists -> padded rows
+            i, s = out.get("ids"), out.get("scores")
+            if not isinstance(i, list):
+                raise AdvrankError(f"the search service at {self.url} answered without ids")
+            i = i[:depth]
             ids[row, : len(i)] = torch.tensor(i, dtype=torch.long)
             if scores:
-                if not isinstance(s, list) or len(s) != len(i):
+                if not isinstance(s, list) or len(s) < len(i):
                     raise AdvrankError(f"the search service at {self.url} gave no scores")
-                dist[row, : len(s)] = torch.tensor(s, dtype=torch.float32)
+                dist[row, : len(i)] = torch.tensor(s[: len(i)], dtype=torch.float32)
         return ids, dist
 
+    def rank(self, images, named):
+        """The ranks of ``named [N, j]`` from the service's ``rank_of`` (k = |X|)."""
+        if not self.ranks_named:
+            return super().rank(images, named)
+        params = [{"k": str(self.gallery_size), "rank_of": ",".join(map(str, row))}
+                  for row in named.tolist()]
+        answers = self._run(self._all(png_bytes(images), params))
+        ranks = [out.get("ranks") for out in answers]
+        if not all(isinstance(r, list) and len(r) == named.shape[1] for r in ranks):
+            raise AdvrankError(f"the search service at {self.url} answered rank_of without "
+                               f"{named.shape[1]} ranks")
+        out = torch.tensor([[-1 if r is None else r for r in row] for row in ranks],
+                           dtype=torch.long).reshape(named.shape)
+        if ((out < -1) | (out >= self.gallery_size)).any():
+            raise AdvrankError(f"the search service at {self.url} gave ranks outside "
+                               f"[0, {self.gallery_size - 1}]")
+        return out
+
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
-        self.client.close()
+        if self.loop.is_closed():
+            return
+        self._run(self.client.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
 
     def describe(self) -> dict[str, Any]:
         keep = ("model", "fingerprint", "gallery_size", "index", "max_k")
         return {**super().describe(), "url": self.url, "concurrency": self.concurrency,
+                "ranks_named": self.ranks_named,
                 "service": {k: self.info.get(k) for k in keep}}
