@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"{exc.strerror or exc}{where}")
     except MemoryError:
         return _error("out of memory; lower --batch-size")
+    finally:  # a library call made after this command must not record it as its own
+        from advrank.core.runtime import set_command
+
+        set_command(None)
 
 
 __all__ = ["build_parser", "main"]
