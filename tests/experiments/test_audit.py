@@ -13,21 +13,13 @@ from advrank.errors import AdvrankError
 from advrank.experiments import audit as audit_module
 from advrank.experiments.audit import AuditConfig, run_audit
 from advrank.experiments.target import load_target
-from advrank.models import create_model
-from advrank.models.checkpoint import save_checkpoint
 
 ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
 
 
 @pytest.fixture(scope="module")
-def digits_target(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    save_checkpoint(path, model, {"dataset": "digits", "arch": "c2f1", "metric": "cosine",
-                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
-                                  "std": [0.38]})
-    return load_target(path, "cpu")
+def digits_target(untrained_digits):
+    return load_target(untrained_digits, "cpu")
 
 
 def _config(**kw):
