@@ -265,13 +265,8 @@ def add_common_no_data(p: argparse.ArgumentParser) -> None:
 
 def _paragraphs(doc: str | None) -> list[str]:
     """A docstring's paragraphs as ``--help`` shows them (raw): each on one line, for the
-    terminal to wrap; a paragraph of indented lines (an example) as written."""
-    paragraphs = []
-    for paragraph in inspect.cleandoc(doc or "").split("\n\n"):
-        lines = paragraph.splitlines() or [""]
-        paragraphs.append("\n".join(lines) if lines[0].startswith(" ") else
-                          " ".join(line.strip() for line in lines))
-    return paragraphs
+    terminal to wrap."""
+    return [" ".join(paragraph.split()) for paragraph in inspect.cleandoc(doc or "").split("\n\n")]
 
 
 @dataclass(frozen=True)
