@@ -70,6 +70,71 @@ def one_error_line():
     return assert_one_error_line
 
 
+# ------------------------------------------------------------------ tiny models on the digits
+
+
+def save_untrained_checkpoint(path: Path, dataset: str = "digits", size: int = 8,
+                              embed_dim: int = 16, mean: float = 0.3, std: float = 0.38) -> Path:
+    """A C2F1 checkpoint with seeded random weights for ``dataset``'s ``[1, size, size]``
+    images (no training: for tests of what runs around a model)."""
+    from advrank.models import create_model
+    from advrank.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("c2f1", (1, size, size), embed_dim, mean=[mean], std=[std])
+    save_checkpoint(path, model, {"dataset": dataset, "arch": "c2f1", "metric": "cosine",
+                                  "embed_dim": embed_dim, "image_shape": [1, size, size],
+                                  "mean": [mean], "std": [std]})
+    return path
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint():
+    """:func:`save_untrained_checkpoint`."""
+    return save_untrained_checkpoint
+
+
+@pytest.fixture(scope="session")
+def untrained_digits(tmp_path_factory) -> Path:
+    """:func:`save_untrained_checkpoint` on the digits (16-d), shared by the session."""
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "digits.pt")
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """``trained_digits(embed_dim=16)``: a digits C2F1 checkpoint trained for one epoch on the
+    CPU, made once per size for the session."""
+    made: dict[int, Path] = {}
+
+    def make(embed_dim: int = 16) -> Path:
+        if embed_dim not in made:
+            from advrank.training import TrainConfig, train
+
+            path = tmp_path_factory.mktemp("ckpt") / f"digits-{embed_dim}.pt"
+            train(TrainConfig(dataset="digits", epochs=1, embed_dim=embed_dim, device="cpu"),
+                  path, progress=False)
+            made[embed_dim] = path
+        return made[embed_dim]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """``(model, gallery)``: a seeded untrained C2F1 in float64 (eval mode) and the gallery of
+    the first 120 digits test images, for exact checks of the attack objectives."""
+    from advrank.core.distances import get_distance
+    from advrank.core.gallery import Gallery
+    from advrank.data import TensorImageDataset, load_dataset
+    from advrank.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("c2f1", (1, 8, 8), embed_dim=16).double().eval()
+    ds = load_dataset("digits", "test")
+    ds = TensorImageDataset(ds.images[:120].double(), ds.labels[:120])
+    return model, Gallery.build(model, ds, get_distance("cosine"))
+
+
 CLASSES = ("circles", "stripes", "squares")
 
 

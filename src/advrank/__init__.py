@@ -26,38 +26,46 @@ from advrank.errors import AdvrankError
 
 __version__ = "0.2.0"
 
-_API = {
-    # parts and their registries
-    "registry": "advrank.registry", "load_plugin": "advrank.registry",
-    "create_model": "advrank.models", "load_dataset": "advrank.data",
-    "get_distance": "advrank.core.distances", "get_attack": "advrank.attacks",
-    "make_defense": "advrank.defenses",
-    # models and data
-    "load_source_model": "advrank.models.sources", "SourceOptions": "advrank.models.sources",
-    "load_checkpoint": "advrank.models.checkpoint",
-    "model_from_checkpoint": "advrank.models.checkpoint",
-    "save_checkpoint": "advrank.models.checkpoint",
-    "TensorImageDataset": "advrank.data", "Gallery": "advrank.core.gallery",
-    "retrieval_metrics": "advrank.core.metrics",
-    # attacks
-    "LinfThreatModel": "advrank.attacks", "RankingAttack": "advrank.attacks",
-    "AttackKind": "advrank.attacks", "Selection": "advrank.attacks",
-    "ExecutionPolicy": "advrank.core.execution",
-    # training and defenses
-    "TrainConfig": "advrank.training", "train": "advrank.training",
-    "evaluate_model": "advrank.training", "Defense": "advrank.defenses",
-    # experiments
-    "load_target": "advrank.experiments.target", "TargetSpec": "advrank.experiments.target",
-    "run_attack": "advrank.experiments.protocol",
-    "run_audit": "advrank.experiments.audit", "AuditConfig": "advrank.experiments.audit",
-    "run_grid": "advrank.experiments.grid",
-    "transfer_attack": "advrank.experiments.transfer",
-    "transfer_matrix": "advrank.experiments.transfer",
-    "universal_attack": "advrank.experiments.universal",
-    "defense_curves": "advrank.experiments.curves",
-    "run_robustness": "advrank.experiments.robustness", "ers": "advrank.experiments.robustness",
-    "resolve_device": "advrank.core.runtime",
-}
+
+def _exports(text: str) -> dict[str, str]:
+    """``{name: module}`` of lines ``module: name name ...`` (``#`` lines are headings)."""
+    rows = (line.split(":") for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: module.strip() for module, names in rows for name in names.split()}
+
+
+#: the names a user imports from here, under the module that defines them (imported on first
+#: use, so that ``import advrank`` stays light)
+_API = _exports("""
+# parts and their registries
+advrank.registry:               registry load_plugin
+advrank.models:                 create_model
+advrank.data:                   load_dataset
+advrank.core.distances:         get_distance
+advrank.attacks:                get_attack
+advrank.defenses:               make_defense
+# models and data
+advrank.models.sources:         load_source_model SourceOptions
+advrank.models.checkpoint:      load_checkpoint model_from_checkpoint save_checkpoint
+advrank.data:                   TensorImageDataset
+advrank.core.gallery:           Gallery
+advrank.core.metrics:           retrieval_metrics
+# attacks
+advrank.attacks:                LinfThreatModel RankingAttack AttackKind Selection
+advrank.core.execution:         ExecutionPolicy
+# training and defenses
+advrank.training:               TrainConfig train evaluate_model
+advrank.defenses:               Defense
+# experiments
+advrank.experiments.target:     load_target TargetSpec
+advrank.experiments.protocol:   run_attack
+advrank.experiments.audit:      run_audit AuditConfig
+advrank.experiments.grid:       run_grid
+advrank.experiments.transfer:   transfer_attack transfer_matrix
+advrank.experiments.universal:  universal_attack
+advrank.experiments.curves:     defense_curves
+advrank.experiments.robustness: run_robustness ers
+advrank.core.runtime:           resolve_device
+""")
 
 __all__ = ["AdvrankError", "__version__", *_API]
 

@@ -162,19 +162,6 @@ def test_kinds_have_no_size_and_ltm_needs_its_selection():
         get_attack("LTM").objective(gal.embeddings, gal.distance, bare)
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    from advrank.core.distances import get_distance
-    from advrank.data import load_dataset
-    from advrank.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("c2f1", (1, 8, 8), embed_dim=16).double().eval()
-    ds = load_dataset("digits", "test")
-    ds = TensorImageDataset(ds.images[:120].double(), ds.labels[:120])
-    return model, Gallery.build(model, ds, get_distance("cosine"))
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_kinds_batch_independently_and_move_their_figure_the_right_way(digits_model, kind):
     model, gal = digits_model
@@ -190,13 +177,10 @@ def test_kinds_batch_independently_and_move_their_figure_the_right_way(digits_mo
     assert s["threat"]["random_start"] == (kind == "ES")
 
 
-def test_new_kinds_in_attack_and_grid_commands(tmp_path, capsys):
+def test_new_kinds_in_attack_and_grid_commands(tmp_path, capsys, trained_digits):
     from advrank.cli import main
-    from advrank.training import TrainConfig, train
 
-    ckpt = tmp_path / "digits.pt"
-    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), ckpt,
-          progress=False)
+    ckpt = trained_digits(16)
     base = ["--checkpoint", str(ckpt), "--quiet", "--device", "cpu"]
     assert main(["attack", *base, "--attack", "GTT", "--eps", "0.1", "--num-attacks", "4",
                  "--steps", "3", "--json"]) == 0

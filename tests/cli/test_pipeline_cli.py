@@ -6,23 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-
-from advrank.models import create_model
-from advrank.models.checkpoint import save_checkpoint
 
 COMMON = ["--device", "cpu", "--quiet", "--json"]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    save_checkpoint(path, model, {"dataset": "digits", "arch": "c2f1", "metric": "cosine",
-                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
-                                  "std": [0.38]})
-    return path
+def ckpt(untrained_digits):
+    return untrained_digits
 
 
 def test_attack_and_grid_report_the_pipeline_figures(ckpt, tmp_path, cli):

@@ -16,10 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-from advrank.models import create_model
-from advrank.models.checkpoint import save_checkpoint
 
 IMAGES, LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 N = 40
@@ -80,14 +76,9 @@ DAMAGE: dict[str, Callable[[dict], dict]] = {
 
 
 @pytest.fixture(scope="module")
-def mnist_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("c2f1", (1, 28, 28), 8, mean=[0.1307], std=[0.3081])
-    path = tmp_path_factory.mktemp("mnist-model") / "mnist.pt"
-    save_checkpoint(path, model, {"dataset": "mnist", "arch": "c2f1", "metric": "cosine",
-                                  "embed_dim": 8, "image_shape": [1, 28, 28], "mean": [0.1307],
-                                  "std": [0.3081]})
-    return path
+def mnist_checkpoint(tmp_path_factory, untrained_checkpoint) -> Path:
+    return untrained_checkpoint(tmp_path_factory.mktemp("mnist-model") / "mnist.pt",
+                                "mnist", 28, 8, 0.1307, 0.3081)
 
 
 def _write_root(root: Path, files: dict[str, bytes | None]) -> Path:

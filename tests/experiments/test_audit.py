@@ -13,21 +13,13 @@ from advrank.errors import AdvrankError
 from advrank.experiments import audit as audit_module
 from advrank.experiments.audit import AuditConfig, run_audit
 from advrank.experiments.target import load_target
-from advrank.models import create_model
-from advrank.models.checkpoint import save_checkpoint
 
 ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
 
 
 @pytest.fixture(scope="module")
-def digits_target(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    save_checkpoint(path, model, {"dataset": "digits", "arch": "c2f1", "metric": "cosine",
-                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
-                                  "std": [0.38]})
-    return load_target(path, "cpu")
+def digits_target(untrained_digits):
+    return load_target(untrained_digits, "cpu")
 
 
 def _config(**kw):
@@ -247,6 +239,9 @@ def test_audit_plan_counts_the_query_only_rounds(digits_target, monkeypatch):
 
 def test_deployed_view_ranks_a_source_models_attacks(digits_target, tmp_path, inspect_page):
     from types import SimpleNamespace
+
+    from advrank.models import create_model
+    from advrank.models.checkpoint import save_checkpoint
 
     torch.manual_seed(1)
     other = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])

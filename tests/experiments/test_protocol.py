@@ -95,19 +95,6 @@ def test_measure_ranks_matches_brute_force():
     assert out["rank"].item() == pytest.approx(100 * 4 / 101)  # 49, 51, 48, 52 are closer
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    from advrank.core.distances import get_distance
-    from advrank.data import load_dataset
-    from advrank.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("c2f1", (1, 8, 8), embed_dim=16).double().eval()
-    ds = load_dataset("digits", "test")
-    ds = TensorImageDataset(ds.images[:120].double(), ds.labels[:120])
-    return model, Gallery.build(model, ds, get_distance("cosine"))
-
-
 @pytest.mark.parametrize("attack", ["CA+", "CA-", "QA+", "QA-"])
 def test_batched_attacks_equal_one_by_one(digits_model, attack):
     model, gal = digits_model
@@ -130,13 +117,8 @@ def test_attacks_move_ranks_the_right_way(digits_model):
 
 
 @pytest.fixture(scope="module")
-def digits_ckpt(tmp_path_factory):
-    from advrank.training import TrainConfig, train
-
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    train(TrainConfig(dataset="digits", epochs=1, embed_dim=32, device="cpu"), path,
-          progress=False)
-    return path
+def digits_ckpt(trained_digits):
+    return trained_digits(32)
 
 
 def test_attack_cli_json_fields(digits_ckpt, capsys):

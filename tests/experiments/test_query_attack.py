@@ -15,14 +15,10 @@ T, BUDGET = 12, 120
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory):
+def target(trained_digits):
     from advrank.experiments.target import load_target
-    from advrank.training import TrainConfig, train
 
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), path,
-          progress=False)
-    return load_target(str(path), "cpu")
+    return load_target(str(trained_digits(16)), "cpu")
 
 
 @pytest.mark.parametrize("attack,direction", [("QA+", -1), ("QA-", 1), ("ES", 1)])

@@ -63,13 +63,8 @@ def test_bootstrap_interval_brackets_ers_is_seeded_and_collapses_without_spread(
 
 
 @pytest.fixture(scope="module")
-def digits_ckpt(tmp_path_factory):
-    from advrank.training import TrainConfig, train
-
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), path,
-          progress=False)
-    return path
+def digits_ckpt(trained_digits):
+    return trained_digits(16)
 
 
 @pytest.fixture

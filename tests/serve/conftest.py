@@ -15,13 +15,8 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def digits_ckpt(tmp_path_factory):
-    from advrank.training import TrainConfig, train
-
-    path = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), path,
-          progress=False)
-    return path
+def digits_ckpt(trained_digits):
+    return trained_digits(16)
 
 
 def _ready_line(proc: subprocess.Popen, timeout: float) -> str:

@@ -36,6 +36,7 @@ import torch
 
 from advrank.attacks.params import Param, params_from_defaults
 from advrank.attacks.selection import Selection, check_num_attacks, check_size, draw_anchors
+from advrank.core.checks import check_list, check_name
 from advrank.core.distances import Distance
 from advrank.core.execution import ExecutionPolicy
 from advrank.core.gallery import Gallery
@@ -304,7 +305,9 @@ def get_attack(attack: str | AttackKind, **params: Any) -> AttackKind:
 
 def make_kinds(attacks: Sequence[str], options: dict) -> dict[str, AttackKind]:
     """Several attack kinds (a grid, a transfer matrix), each with those of ``options`` it
-    accepts; an option that none of them accepts is refused."""
+    accepts; an empty list, a name that is not a string or an option that none of them accepts
+    is refused."""
+    attacks = check_list(attacks, "attacks", lambda a: check_name(a, "attack"))
     options = {k: v for k, v in options.items() if v is not None}
     kinds = {}
     for name in dict.fromkeys(ATTACKS.canonical(a) for a in attacks):

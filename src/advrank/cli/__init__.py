@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "datasets, attacks or defenses; may be repeated")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=Parser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub, HelpFormatter)
+    for name in COMMAND_MODULES:  # each declares its commands (see options.Command)
+        for command in importlib.import_module(name).COMMANDS:
+            command.add_to(sub, HelpFormatter)
     for p in sub.choices.values():  # --plugin is accepted after the subcommand too
         p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                        help="import a plugin module (see advrank --help)")

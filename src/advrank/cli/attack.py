@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from advrank.cli.options import (
+    BESIDE_EXACT,
     QUERY_DEFAULTS,
+    Command,
+    add_attack,
+    add_attacks,
     add_batch_size,
-    add_common,
     add_eps,
     add_execution,
     add_index,
@@ -17,16 +20,12 @@ from advrank.cli.options import (
     add_query_options,
     add_size,
     add_target_options,
-    attack_help,
-    attack_name,
+    add_threat,
     emit,
     index_from_args,
-    integer,
     kind_options,
-    listed,
     load_target_from_args,
     num_attacks_from_args,
-    number,
     path_value,
     policy_from_args,
     resolve_size,
@@ -35,12 +34,7 @@ from advrank.cli.options import (
 )
 from advrank.core.io import check_writable_dir
 from advrank.errors import AdvrankError
-from advrank.registry import ATTACKS
 from advrank.reports.tables import format_attack
-
-
-def attack_metavar() -> str:
-    return "{" + ",".join(ATTACKS.names()) + "}"
 
 
 def threat_from_args(args):
@@ -154,60 +148,48 @@ def cmd_grid(args) -> None:
     emit(args, {"out": str(args.out), "cells": list(results["cells"].values())}, table)
 
 
-def add_threat(p, eps_required: bool = True, eps_default: float | None = None) -> None:
-    add_eps(p, multiple=False, default=eps_default, required=eps_required)
-    p.add_argument("--steps", type=integer(0, 100_000), default=None,
-                   help="PGD iterations (default: paper, min(max(10, 2 eps / alpha), 30))")
-    p.add_argument("--step-size", type=number(0.0, 1.0, low_open=True), default=None,
-                   help="PGD step (default: paper, min(max(eps / 10, 1/255), 0.01))")
-    p.add_argument("--random-start", action="store_true",
-                   help="start PGD at a uniform point of the ball (paper: no)")
+def _attack_options(p) -> None:
+    """run T attacks of one kind and report normalized ranks
 
-
-def register(sub, formatter) -> None:
-    p = sub.add_parser(
-        "attack", help="run T attacks of one kind and report normalized ranks",
-        formatter_class=formatter,
-        description="White-box adversarial ranking attack (L-inf PGD) on a checkpoint's test "
-                    "set (or --model on --data) used as the candidate set X, with the paper's "
-                    "selection rules: CA+/QA+ pick Q/C at random, CA-/QA- from the top 1% of "
-                    "the ranking list.")
+    White-box adversarial ranking attack (L-inf PGD) on a checkpoint's test set (or --model
+    on --data) used as the candidate set X, with the paper's selection rules: CA+/QA+ pick Q/C
+    at random, CA-/QA- from the top 1% of the ranking list."""
     add_target_options(p)
-    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
-                   help=attack_help())
+    add_attack(p)
     add_threat(p)
     add_size(p, default=1)
     add_num_attacks(p, "independent attacks")
     add_batch_size(p)
     add_kind_options(p)
     add_execution(p)
-    add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
+    add_index(p, what=BESIDE_EXACT)
     add_query_options(p)
     add_pipeline(p)
-    add_common(p)
-    p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser(
-        "grid", help="the paper's full attack grid (Tables 1-4), resumable",
-        formatter_class=formatter,
-        description="Run every attack x eps x w/m cell and write results.json (after each "
-                    "cell, so rerunning resumes), results.csv and table.md.")
+
+def _grid_options(p) -> None:
+    """the paper's full attack grid (Tables 1-4), resumable
+
+    Run every attack x eps x w/m cell and write results.json (after each cell, so rerunning
+    resumes), results.csv and table.md."""
     add_target_options(p)
     p.add_argument("--out", required=True, type=path_value, help="output folder")
     add_num_attacks(p, "attacks per cell")
     add_eps(p, multiple=True, what="eps row",
             default_text="the paper's rows for the dataset")
     add_size(p, default=[1, 2, 5, 10], multiple=True)
-    p.add_argument("--attacks", type=listed(attack_name, "attack names"),
-                   default=["CA+", "CA-", "QA+", "QA-"],
-                   help=attack_help("comma-separated attack kinds"))
+    add_attacks(p)
     add_batch_size(p)
     add_kind_options(p)
     add_execution(p)
     p.add_argument("--paper", default="auto",
                    help="paper table to print beside ours: auto, none, mnist, mnist-defended, "
                         "fashion, fashion-defended, sop")
-    add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
+    add_index(p, what=BESIDE_EXACT)
     add_pipeline(p)
-    add_common(p)
-    p.set_defaults(func=cmd_grid)
+
+
+COMMANDS = (
+    Command("attack", cmd_attack, _attack_options),
+    Command("grid", cmd_grid, _grid_options),
+)

@@ -5,26 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from advrank.cli.options import (
+    BESIDE_EXACT,
+    Command,
+    add_attacks,
     add_batch_size,
-    add_common,
     add_eps,
     add_index,
     add_kind_options,
     add_num_attacks,
     add_pipeline,
     add_size,
+    add_steps,
     add_target_options,
-    attack_help,
-    attack_name,
     emit,
     format_eps,
     index_from_args,
     integer,
     kind_options,
-    listed,
     load_target_from_args,
     log,
-    number,
     path_value,
     positive_int,
     resolve_size,
@@ -32,6 +31,7 @@ from advrank.cli.options import (
 )
 from advrank.core.io import check_writable_dir
 from advrank.errors import AdvrankError
+from advrank.experiments.audit import FAST_SETTING
 from advrank.experiments.store import claim
 
 
@@ -85,35 +85,17 @@ def cmd_audit(args) -> None:
     emit(args, summary, "\n".join(lines))
 
 
-def register(sub, formatter) -> None:
-    from advrank.experiments.audit import AUDIT_ATTACKS, DEFAULT_AUDIT_EPS, FAST_SETTING
+def _audit_options(p) -> None:
+    """audit a retrieval model on an image collection: report.html + .json"""
+    from advrank.experiments.audit import AUDIT_ATTACKS, DEFAULT_AUDIT_EPS
 
-    p = sub.add_parser(
-        "audit", help="audit a retrieval model on an image collection: report.html + .json",
-        formatter_class=formatter,
-        description="Measure retrieval quality (Recall@K, mAP), run the ranking attacks "
-                    "(CA+, CA-, QA+, QA-) and the embedding shift (ES) at a few eps, and write "
-                    "OUT/report.html (self-contained: tables, plots, example panels) and "
-                    "OUT/report.json. eps is in [0, 1] pixel units of the model's input image "
-                    "(after resizing/cropping). It prints its estimated time (from one timed "
-                    "forward+backward pass) before the attacks start and shows one progress "
-                    f"bar; for a quick look add {FAST_SETTING}. Rerunning the same command "
-                    "resumes.\n\n"
-                    "  advrank audit --model timm:resnet50 --weights my.safetensors \\\n"
-                    "      --data imagefolder:photos/ --out audit/\n"
-                    "  advrank audit --checkpoint mnist.pt --eps 0.03,0.1,0.3 --out audit/")
     add_target_options(p, cache=True)
     p.add_argument("--out", required=True, help="output folder")
     add_eps(p, multiple=True, default=list(DEFAULT_AUDIT_EPS))
-    p.add_argument("--attacks", type=listed(attack_name, "attack names"),
-                   default=list(AUDIT_ATTACKS),
-                   help=attack_help("comma-separated attack kinds, each scored by ranks"))
+    add_attacks(p, AUDIT_ATTACKS, "comma-separated attack kinds, each scored by ranks")
     add_size(p, default=1)
     add_num_attacks(p, "attacks per (attack, eps) cell")
-    p.add_argument("--steps", type=integer(0, 100_000), default=None,
-                   help="PGD iterations (default: paper, min(max(10, 2 eps / alpha), 30))")
-    p.add_argument("--step-size", type=number(0.0, 1.0, low_open=True), default=None,
-                   help="PGD step (default: paper, min(max(eps / 10, 1/255), 0.01))")
+    add_steps(p)
     add_batch_size(p)
     p.add_argument("--examples", type=integer(0, 20), default=1,
                    help="example panels per attack (at the largest eps)")
@@ -125,7 +107,7 @@ def register(sub, formatter) -> None:
                    help="overwrite a report.html in --out that no report.json belongs to, and "
                         "start over instead of resuming")
     add_kind_options(p)
-    add_index(p, what=", measured beside exact search (whose ranks stay the headline)")
+    add_index(p, what=BESIDE_EXACT)
     add_pipeline(p)
     p.add_argument("--query-budget", type=integer(1, 10**9), default=None, metavar="B",
                    help="add query-only rows to the deployed view: B queries per attack "
@@ -136,5 +118,19 @@ def register(sub, formatter) -> None:
     p.add_argument("--transfer-from", type=path_value, default=None, metavar="CHECKPOINT",
                    help="add transfer rows to the deployed view: the white-box attacks made on "
                         "this model (on the same collection), ranked by the audited one")
-    add_common(p)
-    p.set_defaults(func=cmd_audit)
+
+
+COMMANDS = (
+    Command("audit", cmd_audit, _audit_options,
+            description="Measure retrieval quality (Recall@K, mAP), run the ranking attacks "
+                        "(CA+, CA-, QA+, QA-) and the embedding shift (ES) at a few eps, and "
+                        "write OUT/report.html (self-contained: tables, plots, example panels) "
+                        "and OUT/report.json. eps is in [0, 1] pixel units of the model's input "
+                        "image (after resizing/cropping). It prints its estimated time (from one "
+                        "timed forward+backward pass) before the attacks start and shows one "
+                        f"progress bar; for a quick look add {FAST_SETTING}. Rerunning the same "
+                        "command resumes.\n\n"
+                        "  advrank audit --model timm:resnet50 --weights my.safetensors \\\n"
+                        "      --data imagefolder:photos/ --out audit/\n"
+                        "  advrank audit --checkpoint mnist.pt --eps 0.03,0.1,0.3 --out audit/"),
+)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
-from advrank.cli.attack import add_threat, attack_metavar, threat_from_args
+from advrank.cli.attack import threat_from_args
 from advrank.cli.options import (
+    Command,
+    add_attack,
+    add_attacks,
     add_batch_size,
-    add_common,
     add_eps,
     add_kind_options,
     add_num_attacks,
     add_size,
     add_target_options,
-    attack_help,
-    attack_name,
+    add_threat,
     emit,
     format_eps,
     integer,
     kind_options,
-    listed,
     load_target_from_args,
     model_label,
     num_attacks_for,
@@ -159,64 +160,51 @@ def _transfer_options(p: argparse.ArgumentParser, eps_default: float | None) -> 
                         "black-box attacker knows)")
 
 
-def register(sub, formatter) -> None:
-    for add in (_add_transfer, _add_transfer_matrix, _add_universal):
-        add(sub, formatter)
+def _role(role: str) -> Callable[[str], tuple[str, str, str]]:
+    """argparse type of ``--source``/``--target``: a checkpoint in that role, the form
+    :func:`target_specs` reads."""
+    return lambda text: ("checkpoint", role, path_value(text))
 
 
-def _add_transfer(sub, formatter) -> None:
-    p = sub.add_parser(
-        "transfer", help="transfer attack: adversarial examples from one model, ranked by another",
-        formatter_class=formatter,
-        description="Make adversarial examples white-box on --source and rank them with "
-                    "--target (checkpoints; or --model source=SOURCE / target=SOURCE with "
-                    "--data, either kind for either role) (Table 5), with identical "
-                    "selections (the same c and Q, or q and C). Figures are mean normalized "
-                    "ranks (%) on the target.")
-    p.add_argument("--source", dest="targets", action="append",
-                   type=lambda t: ("checkpoint", "source", path_value(t)), metavar="PATH",
+def _pair_options(p: argparse.ArgumentParser) -> None:
+    """transfer attack: adversarial examples from one model, ranked by another
+
+    Make adversarial examples white-box on --source and rank them with --target (checkpoints;
+    or --model source=SOURCE / target=SOURCE with --data, either kind for either role) (Table
+    5), with identical selections (the same c and Q, or q and C). Figures are mean normalized
+    ranks (%) on the target."""
+    p.add_argument("--source", dest="targets", action="append", type=_role("source"),
+                   metavar="PATH",
                    help="checkpoint the attack is made on (or --model source=SOURCE)")
-    p.add_argument("--target", dest="targets", action="append",
-                   type=lambda t: ("checkpoint", "target", path_value(t)), metavar="PATH",
+    p.add_argument("--target", dest="targets", action="append", type=_role("target"),
+                   metavar="PATH",
                    help="checkpoint the examples are ranked by (or --model target=SOURCE)")
     add_target_options(p, labelled=True)
-    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
-                   help=attack_help())
+    add_attack(p)
     _transfer_options(p, None)
-    add_common(p)
-    p.set_defaults(func=cmd_transfer)
 
 
-def _add_transfer_matrix(sub, formatter) -> None:
-    p = sub.add_parser(
-        "transfer-matrix", help="the full transfer matrix of Table 5, resumable",
-        formatter_class=formatter,
-        description="Fill rows = source, columns = target for each attack (models: "
-                    "--checkpoint NAME=PATH or --model NAME=SOURCE with --data, in table "
-                    "order); writes "
-                    "OUT/transfer.json and OUT/transfer.md after every (attack, source) row, "
-                    "and resumes an interrupted run from transfer.json.")
+def _matrix_options(p: argparse.ArgumentParser) -> None:
+    """the full transfer matrix of Table 5, resumable
+
+    Fill rows = source, columns = target for each attack (models: --checkpoint NAME=PATH or
+    --model NAME=SOURCE with --data, in table order); writes OUT/transfer.json and
+    OUT/transfer.md after every (attack, source) row, and resumes an interrupted run from
+    transfer.json."""
     add_target_options(p, labelled=True)  # NAME=PATH or NAME=SOURCE, in table order
     p.add_argument("--out", required=True, type=path_value,
                    help="folder for transfer.json and transfer.md")
-    p.add_argument("--attacks", type=listed(attack_name, "attack names"),
-                   default=["CA+", "CA-", "QA+", "QA-"],
-                   help=attack_help("comma-separated attack kinds"))
+    add_attacks(p)
     _transfer_options(p, 0.3)
-    add_common(p)
-    p.set_defaults(func=cmd_transfer_matrix)
 
 
-def _add_universal(sub, formatter) -> None:
-    p = sub.add_parser(
-        "universal", help="universal (image-agnostic) perturbation, I-CA/I-QA (Table 6)",
-        formatter_class=formatter,
-        description="Find one perturbation r shared by a random 5% of X (candidates for "
-                    "CA, queries for QA), Eq. 14, and evaluate it on those and on a disjoint "
-                    "unseen 5%.")
+def _universal_options(p: argparse.ArgumentParser) -> None:
+    """universal (image-agnostic) perturbation, I-CA/I-QA (Table 6)
+
+    Find one perturbation r shared by a random 5% of X (candidates for CA, queries for QA),
+    Eq. 14, and evaluate it on those and on a disjoint unseen 5%."""
     add_target_options(p)
-    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
-                   help=attack_help())
+    add_attack(p)
     add_eps(p, multiple=False, required=True)
     add_size(p, default=1)
     p.add_argument("--fraction", type=number(0.0, 0.5, low_open=True), default=0.05,
@@ -234,5 +222,10 @@ def _add_universal(sub, formatter) -> None:
                    help="members per forward/backward pass within a PGD step")
     p.add_argument("--out", default=None, type=path_value,
                    help="folder for a PNG of r and an example, r as .pt, and the JSON")
-    add_common(p)
-    p.set_defaults(func=cmd_universal)
+
+
+COMMANDS = (
+    Command("transfer", cmd_transfer, _pair_options),
+    Command("transfer-matrix", cmd_transfer_matrix, _matrix_options),
+    Command("universal", cmd_universal, _universal_options),
+)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from advrank.cli.options import (
+    Command,
     add_batch_size,
-    add_common,
+    add_common_no_data,
     add_eps,
     add_num_attacks,
     add_target_options,
@@ -44,16 +45,14 @@ def cmd_demo(args) -> None:
     emit(args, summary, text)
 
 
-def register(sub, formatter) -> None:
-    p = sub.add_parser(
-        "curves", help="Fig. 2: attack ranks and max embedding shift vs eps, per checkpoint",
-        formatter_class=formatter,
-        description="For each model and eps: mean normalized rank after CA+, CA-, QA+ and "
-                    "QA- (w = m = k) and the mean maximum embedding-shift distance, on the "
-                    "checkpoint's test set (or --data). Models: --checkpoint [LABEL=]PATH or "
-                    "--model [LABEL=]SOURCE, repeated. Writes curves.json, curves.csv and "
-                    "curves.png into --out; rerunning the same command reuses the points "
-                    "already computed.")
+def _curves_options(p) -> None:
+    """Fig. 2: attack ranks and max embedding shift vs eps, per checkpoint
+
+    For each model and eps: mean normalized rank after CA+, CA-, QA+ and QA- (w = m = k) and
+    the mean maximum embedding-shift distance, on the checkpoint's test set (or --data). Models:
+    --checkpoint [LABEL=]PATH or --model [LABEL=]SOURCE, repeated. Writes curves.json,
+    curves.csv and curves.png into --out; rerunning the same command reuses the points already
+    computed."""
     add_target_options(p, labelled=True)  # vanilla=m.pt labels a model in the plot
     p.add_argument("--out", required=True, type=path_value, help="output folder")
     add_num_attacks(p, "attacks per (attack, eps) point")
@@ -61,15 +60,13 @@ def register(sub, formatter) -> None:
             default_text="0,0.01,0.03,0.05,0.1,0.15,0.2,0.25,0.3")
     p.add_argument("--k", type=positive_int, default=1, help="w (CA) and m (QA)")
     add_batch_size(p)
-    add_common(p)
-    p.set_defaults(func=cmd_curves)
 
-    p = sub.add_parser(
-        "demo", help="the main job on the embedded digits: train, evaluate, attack, defend",
-        formatter_class=formatter,
-        description="Train C2F1 on scikit-learn's handwritten digits, evaluate Recall@K, run "
-                    "a small attack grid, train a defended model and compare. Rerunning "
-                    "reuses what is already in --out.")
+
+def _demo_options(p) -> None:
+    """the main job on the embedded digits: train, evaluate, attack, defend
+
+    Train C2F1 on scikit-learn's handwritten digits, evaluate Recall@K, run a small attack
+    grid, train a defended model and compare. Rerunning reuses what is already in --out."""
     p.add_argument("--out", default="advrank-demo", type=path_value, help="output folder")
     p.add_argument("--epochs", type=integer(1, 10_000), default=15, help="training epochs")
     p.add_argument("--num-attacks", type=positive_int, default=200, help="T attacks per cell")
@@ -77,5 +74,10 @@ def register(sub, formatter) -> None:
                    help="epochs of defended fine-tuning")
     p.add_argument("--defense-steps", type=integer(1, 10_000), default=10,
                    help="PGD steps per defended batch")
-    add_common(p, data=False)
-    p.set_defaults(func=cmd_demo)
+
+
+COMMANDS = (
+    Command("curves", cmd_curves, _curves_options),
+    Command("demo", cmd_demo, _demo_options,
+            common=add_common_no_data),
+)

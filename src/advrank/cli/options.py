@@ -4,9 +4,11 @@ validating type per kind of option, the common options, and JSON/text output."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -247,8 +249,50 @@ def add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
                        help="folder holding the datasets (default: $ADVRANK_DATA, else ./data)")
         p.add_argument("--download", action="store_true",
                        help="let torchvision download missing MNIST/Fashion-MNIST files (online)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_json(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or logs on stderr")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    """``--json`` alone (a command with no device, seed or progress, e.g. ``export``)."""
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def add_common_no_data(p: argparse.ArgumentParser) -> None:
+    """:func:`add_common` for a command that reads no dataset folder (``demo``)."""
+    add_common(p, data=False)
+
+
+def _paragraphs(doc: str | None) -> list[str]:
+    """A docstring's paragraphs as ``--help`` shows them (raw): each on one line, for the
+    terminal to wrap."""
+    return [" ".join(paragraph.split()) for paragraph in inspect.cleandoc(doc or "").split("\n\n")]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand, declared: its ``name``, the function it ``run`` s, and ``options(p)``,
+    which adds its own options in the order ``--help`` lists them (composed from the shared
+    groups of this module). The docstring of ``options`` is the command's text: its first
+    paragraph the one-line help, the others the description (unless ``description`` is
+    given). The parser itself, the shared ``common`` options after the command's own and the
+    function to run come from :meth:`add_to`, once for every command."""
+
+    name: str
+    run: Callable[[argparse.Namespace], None]
+    options: Callable[[argparse.ArgumentParser], None]
+    description: str | None = None
+    common: Callable[[argparse.ArgumentParser], None] = add_common
+
+    def add_to(self, sub, formatter: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+        """The command's parser, added to the ``add_subparsers`` action ``sub``."""
+        summary, *text = _paragraphs(self.options.__doc__)
+        p = sub.add_parser(self.name, help=summary, formatter_class=formatter,
+                           description=self.description or "\n\n".join(text))
+        self.options(p)
+        self.common(p)
+        p.set_defaults(func=self.run)
+        return p
 
 
 def add_size(p: argparse.ArgumentParser, default: int | Sequence[int] | None = 1,
@@ -361,6 +405,42 @@ def attack_help(what: str = "the attack kind") -> str:
 
     kinds = "; ".join(f"{n}: {line(ATTACKS.get(n))}" for n in ATTACKS.names())
     return f"{what} ({kinds})".replace("%", "%%")
+
+
+def attack_metavar() -> str:
+    """``{CA+,CA-,...}``: the registered attack kinds (plugins' included)."""
+    return "{" + ",".join(ATTACKS.names()) + "}"
+
+
+def add_attack(p: argparse.ArgumentParser) -> None:
+    """``--attack``: the one attack kind of a command that runs one."""
+    p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
+                   help=attack_help())
+
+
+def add_attacks(p: argparse.ArgumentParser, default: Sequence[str] = ("CA+", "CA-", "QA+", "QA-"),
+                what: str = "comma-separated attack kinds") -> None:
+    """``--attacks``: the attack kinds of a command that runs several (default: the paper's)."""
+    p.add_argument("--attacks", type=listed(attack_name, "attack names"), default=list(default),
+                   help=attack_help(what))
+
+
+def add_steps(p: argparse.ArgumentParser) -> None:
+    """``--steps`` and ``--step-size`` of PGD, with the paper's defaults."""
+    p.add_argument("--steps", type=integer(0, 100_000), default=None,
+                   help="PGD iterations (default: paper, min(max(10, 2 eps / alpha), 30))")
+    p.add_argument("--step-size", type=number(0.0, 1.0, low_open=True), default=None,
+                   help="PGD step (default: paper, min(max(eps / 10, 1/255), 0.01))")
+
+
+def add_threat(p: argparse.ArgumentParser, eps_required: bool = True,
+               eps_default: float | None = None) -> None:
+    """The threat model of a command that runs one eps: ``--eps``, the PGD steps and
+    ``--random-start``."""
+    add_eps(p, multiple=False, default=eps_default, required=eps_required)
+    add_steps(p)
+    p.add_argument("--random-start", action="store_true",
+                   help="start PGD at a uniform point of the ball (paper: no)")
 
 
 def memory_size(text: str):
@@ -593,6 +673,10 @@ def index_spec(text: str) -> str:
         return check_index_spec(text)
     except AdvrankError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: ``add_index``'s note for the attacking commands
+BESIDE_EXACT = ", measured beside exact search (whose ranks stay the headline)"
 
 
 def add_index(p: argparse.ArgumentParser, default: str | None = None, what: str = "") -> None:

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from advrank.cli.options import (
+    Command,
     add_batch_size,
-    add_common,
     add_num_attacks,
     add_target_options,
     emit,
@@ -47,18 +47,16 @@ def cmd_robustness(args) -> None:
     emit(args, {"out": str(out), **result}, text)
 
 
-def register(sub, formatter) -> None:
+def _robustness_options(p) -> None:
+    """robrank's Empirical Robustness Score (ERS) of a model
+
+    Run the ten attacks of a robrank profile (CA+, CA-, QA+, QA- with w = m = 1, TMA, ES,
+    LTM, GTM, GTT; rob28: eps 77/255, rob224: eps 8/255; alpha 3/255, 32 PGD steps) on a
+    checkpoint's test set (or --model on --data), rescale the ten scores to [0, 100] and average
+    them into ERS, with a bootstrap 95% interval. Writes results.json after each attack
+    (rerunning resumes) and robustness.md."""
     from advrank.experiments.robustness import PROFILES
 
-    p = sub.add_parser(
-        "robustness", help="robrank's Empirical Robustness Score (ERS) of a model",
-        formatter_class=formatter,
-        description="Run the ten attacks of a robrank profile (CA+, CA-, QA+, QA- with w = m "
-                    "= 1, TMA, ES, LTM, GTM, GTT; rob28: eps 77/255, rob224: eps 8/255; alpha "
-                    "3/255, 32 PGD steps) on a checkpoint's test set (or --model on --data), "
-                    "rescale the ten scores to [0, 100] and average them into ERS, with a "
-                    "bootstrap 95% interval. Writes results.json after each attack (rerunning "
-                    "resumes) and robustness.md.")
     add_target_options(p)
     p.add_argument("--profile", required=True, choices=tuple(PROFILES),
                    help="rob28 for 28x28 inputs (MNIST, Fashion-MNIST), rob224 for 224x224")
@@ -71,5 +69,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--force", action="store_true",
                    help="overwrite a robustness.md in --out that no results.json belongs to, "
                         "and start over instead of resuming")
-    add_common(p)
-    p.set_defaults(func=cmd_robustness)
+
+
+COMMANDS = (
+    Command("robustness", cmd_robustness, _robustness_options),
+)

@@ -6,7 +6,7 @@ import socket
 import sys
 
 from advrank.cli.options import (
-    add_common,
+    Command,
     add_index,
     add_target_options,
     integer,
@@ -73,15 +73,13 @@ def cmd_serve(args) -> None:
     print("advrank: the search service stopped", file=sys.stderr)
 
 
-def register(sub, formatter) -> None:
-    p = sub.add_parser(
-        "serve", help="serve a model's gallery behind an HTTP search API",
-        formatter_class=formatter,
-        description="POST /search?k=K with a PNG or JPEG (raw image/* body or multipart field "
-                    "'file') returns {\"ids\": [...], \"scores\": [...] or null}, the top K "
-                    "gallery members nearest first (with rank_of=I,J,...: {\"ranks\": [...]}, "
-                    "where those ids sit in that list); GET /health, GET /info. Every bad upload "
-                    "gets one 4xx {\"error\": ...}. Stops on Ctrl-C or SIGTERM.")
+def _serve_options(p) -> None:
+    """serve a model's gallery behind an HTTP search API
+
+    POST /search?k=K with a PNG or JPEG (raw image/* body or multipart field 'file') returns
+    {"ids": [...], "scores": [...] or null}, the top K gallery members nearest first (with
+    rank_of=I,J,...: {"ranks": [...]}, where those ids sit in that list); GET /health, GET
+    /info. Every bad upload gets one 4xx {"error": ...}. Stops on Ctrl-C or SIGTERM."""
     add_target_options(p)
     add_index(p, default="exact")
     p.add_argument("--host", default="127.0.0.1",
@@ -107,5 +105,8 @@ def register(sub, formatter) -> None:
                         "many rows (zeros pad it: an answer never depends on its batch)")
     p.add_argument("--batch-wait-ms", type=integer(0, 10_000), default=2,
                    help="how long a batch waits for more searches once its first is in")
-    add_common(p)
-    p.set_defaults(func=cmd_serve)
+
+
+COMMANDS = (
+    Command("serve", cmd_serve, _serve_options),
+)

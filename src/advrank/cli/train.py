@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from advrank.cli.options import (
-    add_common,
+    Command,
+    add_json,
     add_target_options,
     emit,
     eps_value,
@@ -118,17 +119,11 @@ def cmd_export(args) -> None:
          f"wrote {args.out} ({size / 2**20:.1f} MiB, weights and metadata only)")
 
 
-def register(sub, formatter) -> None:
-    _train_parser(sub, formatter)
-    _evaluate_parsers(sub, formatter)
+def _train_options(p) -> None:
+    """train an embedding model (metric learning)
 
-
-def _train_parser(sub, formatter) -> None:
-    p = sub.add_parser("train", help="train an embedding model (metric learning)",
-                       formatter_class=formatter,
-                       description="Train an embedding model with a metric-learning loss on "
-                                   "class-balanced batches; writes a checkpoint every epoch. "
-                                   "Rerunning the same command resumes an interrupted run.")
+    Train an embedding model with a metric-learning loss on class-balanced batches; writes a
+    checkpoint every epoch. Rerunning the same command resumes an interrupted run."""
     p.add_argument("--dataset", required=True, type=registered(DATASETS),
                    metavar=names(DATASETS),
                    help="dataset to train on; imagefolder:PATH (a sub-folder per class) and "
@@ -180,31 +175,32 @@ def _train_parser(sub, formatter) -> None:
                         "30 at 0.3; fewer is proportionally cheaper)")
     p.add_argument("--defense-step-size", type=number(0.0, 1.0, low_open=True), default=None,
                    help="PGD step size for the defense (default: the paper's alpha)")
-    add_common(p)
-    p.set_defaults(func=cmd_train)
 
 
-def _evaluate_parsers(sub, formatter) -> None:
-    p = sub.add_parser("evaluate", help="Recall@K, mAP (and NMI) of a model on its collection",
-                       formatter_class=formatter,
-                       description="Embed the test set (or --data) once and rank it against "
-                                   "itself, each query left out of its own list (or the "
-                                   "--query-fraction split against the rest). Every figure "
-                                   "is in %.")
+def _evaluate_options(p) -> None:
+    """Recall@K, mAP (and NMI) of a model on its collection
+
+    Embed the test set (or --data) once and rank it against itself, each query left out of
+    its own list (or the --query-fraction split against the rest). Every figure is in %."""
     add_target_options(p)
     p.add_argument("--ks", type=listed(positive_int, "positive integers"), default=[1, 2, 4, 8],
                    help="comma-separated K for Recall@K")
     p.add_argument("--nmi", action="store_true", help="also report NMI (k-means, %%)")
-    add_common(p)
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="weights-only copy of a checkpoint (no optimiser state)",
-                       formatter_class=formatter,
-                       description="Copy a checkpoint without its optimiser state, e.g. to "
-                                   "share it or move it to another machine. The source is "
-                                   "validated like every command validates checkpoints.")
+
+def _export_options(p) -> None:
+    """weights-only copy of a checkpoint (no optimiser state)
+
+    Copy a checkpoint without its optimiser state, e.g. to share it or move it to another
+    machine. The source is validated like every command validates checkpoints."""
     p.add_argument("--checkpoint", required=True, type=path_value,
                    help="the advrank checkpoint to copy")
     p.add_argument("--out", required=True, type=path_value, help="path of the copy")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=cmd_export)
+
+
+COMMANDS = (
+    Command("train", cmd_train, _train_options),
+    Command("evaluate", cmd_evaluate, _evaluate_options),
+    Command("export", cmd_export, _export_options,
+            common=add_json),
+)

@@ -64,15 +64,23 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def _available_ram() -> int:
-    """MemAvailable of /proc/meminfo (Linux), else the free physical pages."""
+def _meminfo(field: str) -> int | None:
+    """A field of /proc/meminfo (Linux) in bytes, e.g. ``MemTotal``; None where unknown."""
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _available_ram() -> int:
+    """MemAvailable of /proc/meminfo (Linux), else the free physical pages."""
+    available = _meminfo("MemAvailable")
+    if available is not None:
+        return available
     import os
 
     try:
@@ -85,14 +93,7 @@ def device_total(device: torch.device) -> int | None:
     """All the memory of a CUDA device, or the host's RAM (MemTotal); None if unknown."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _meminfo("MemTotal")
 
 
 def device_budget(device: torch.device) -> int:

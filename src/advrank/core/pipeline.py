@@ -60,9 +60,13 @@ class ImagePipeline:
         return self.name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The real round trip: ``images [B, C, H, W]`` in [0, 1] as the search decodes them
+        after the upload (same shape)."""
         raise NotImplementedError
 
     def differentiable(self, images: torch.Tensor) -> torch.Tensor:
+        """An approximation of the round trip with a gradient (same shapes), what an attack
+        through the pipeline backpropagates."""
         raise NotImplementedError
 
 

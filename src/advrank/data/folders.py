@@ -30,6 +30,7 @@ import io
 import os
 import stat
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -343,24 +344,31 @@ def _make(kind: str, arg: str, geometry: Geometry | None,
                          f"{kind}:{arg}", skipped)
 
 
-@DATASETS.register("imagefolder", takes_argument="PATH", takes_geometry=True, listing=True,
-                   image_shape=DEFAULT_GEOMETRY.input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                   default_eps=8 / 255)
-def load_image_folder(split: str, root: Path, download: bool, arg: str,
-                      geometry: Geometry | None = None,
-                      allow_outside_root: bool = False) -> FolderDataset:
-    """``imagefolder:PATH``: PATH/CLASS/picture; both splits are the whole collection."""
-    return _make("imagefolder", arg, geometry, allow_outside_root)
+#: what the registry knows of both kinds of picture collection: pictures resized to the
+#: model's input, ImageNet normalisation for a new model, audited at 8/255 by default
+_COLLECTION_INFO = {"takes_geometry": True, "listing": True,
+                    "image_shape": DEFAULT_GEOMETRY.input_size, "mean": IMAGENET_MEAN,
+                    "std": IMAGENET_STD, "default_eps": 8 / 255}
 
 
-@DATASETS.register("csv", takes_argument="FILE", takes_geometry=True, listing=True,
-                   image_shape=DEFAULT_GEOMETRY.input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                   default_eps=8 / 255)
-def load_csv_listing(split: str, root: Path, download: bool, arg: str,
-                     geometry: Geometry | None = None,
-                     allow_outside_root: bool = False) -> FolderDataset:
-    """``csv:FILE``: a ``path,label`` listing of pictures (e.g. one flat folder)."""
-    return _make("csv", arg, geometry, allow_outside_root)
+def _collection_loader(kind: str, doc: str) -> Callable[..., FolderDataset]:
+    """The dataset loader of ``KIND:ARG`` (``imagefolder`` or ``csv``); both splits are the
+    whole collection."""
+    def load(split: str, root: Path, download: bool, arg: str, geometry: Geometry | None = None,
+             allow_outside_root: bool = False) -> FolderDataset:
+        return _make(kind, arg, geometry, allow_outside_root)
+
+    load.__name__, load.__doc__ = f"load_{kind}", doc
+    return load
+
+
+load_image_folder = DATASETS.register(
+    "imagefolder", _collection_loader("imagefolder", "``imagefolder:PATH``: PATH/CLASS/picture"),
+    takes_argument="PATH", **_COLLECTION_INFO)
+load_csv_listing = DATASETS.register(
+    "csv", _collection_loader("csv", "``csv:FILE``: a ``path,label`` listing of pictures (e.g. "
+                                     "one flat folder)"),
+    takes_argument="FILE", **_COLLECTION_INFO)
 
 
 def split_queries(dataset: ImageDataset, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:

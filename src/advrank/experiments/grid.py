@@ -17,14 +17,7 @@ from torch import nn
 from advrank.attacks.base import check_fits_all, make_kinds
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core import distributed
-from advrank.core.checks import (
-    check_int,
-    check_list,
-    check_name,
-    check_progress,
-    check_seed,
-    format_eps,
-)
+from advrank.core.checks import check_int, check_list, format_eps
 from advrank.core.execution import ExecutionPolicy, get_policy
 from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
@@ -33,9 +26,9 @@ from advrank.experiments.paper import PAPER_ATTACKS, paper_lookup, paper_table_f
 from advrank.experiments.protocol import (
     ColumnSelections,
     cell_key,
-    check_batch_size,
     check_cell_options,
     check_gallery,
+    check_run,
     run_attack,
 )
 from advrank.experiments.protocol import (
@@ -74,15 +67,14 @@ class Grid(Experiment):
                  policy: ExecutionPolicy | None, index, options: dict, pipeline=None,
                  through_pipeline: bool = False):
         check_gallery(model, gallery)
-        self.kinds = make_kinds(check_list(attacks, "attacks",
-                                           lambda a: check_name(a, "attack")), options)
+        self.kinds = make_kinds(attacks, options)
         # every row's eps and every cell's size checked before the first cell runs
         self.eps_values = check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps)
         self.upload = LinfThreatModel(0.0, pipeline=pipeline, through_pipeline=through_pipeline)
         self.ks = check_list(ks, "w/m values", lambda k: check_int(k, "w/m"))
-        self.num_attacks = check_int(num_attacks, "number of attacks")
-        self.seed, self.batch_size = check_seed(seed), check_batch_size(batch_size)
-        check_progress(progress)
+        num_attacks, self.seed, self.batch_size = check_run(num_attacks, seed, batch_size,
+                                                            progress)
+        self.num_attacks = check_int(num_attacks, "number of attacks")  # None: refused
         self.policy = get_policy(policy)
         if paper is not None:
             paper_table_for({}, paper)

@@ -1,5 +1,5 @@
-"""One calling pattern for every long experiment (grid, audit, robustness, curves, the
-transfer matrix, universal perturbations).
+"""One calling pattern for every experiment (grid, audit, robustness, curves, a transfer and
+the transfer matrix, universal perturbations).
 
 An experiment is a declaration (:class:`Experiment`): the settings that define it
 (``identity``, compared with a folder's earlier run) and what it records beside them
@@ -9,7 +9,8 @@ summary it returns). :func:`run` owns the rest, once for all of them: the result
 lock (:class:`~advrank.experiments.store.Store`), resuming (cells already stored are not
 computed again), one progress line per cell, an atomic write after every cell, one writer
 under torchrun (rank 0; every process computes the same cells, so collective steps stay in
-step) and the final publication.
+step) and the final publication. A command without an output folder (``advrank transfer``)
+runs the same declaration in memory.
 
 Experiments take :class:`~advrank.experiments.target.Target` s, or specs
 :func:`~advrank.experiments.target.load_target` turns into them (a checkpoint, or an outside
@@ -103,12 +104,14 @@ def progress_log(progress: bool | None) -> Log:
     return lambda msg: print(msg, file=sys.stderr)
 
 
-def run(experiment: Experiment, out_dir: str | Path, log: Log | None = None) -> Any:
+def run(experiment: Experiment, out_dir: str | Path | None, log: Log | None = None) -> Any:
     """Run (or resume) ``experiment`` into ``out_dir``; returns what it publishes.
 
     The folder is locked for the whole run; a folder holding a run made with other settings,
     or a damaged cell, is refused before any work. Each cell not yet stored is computed and
-    written at once, so a killed run loses at most the cell in progress.
+    written at once, so a killed run loses at most the cell in progress. Without a folder
+    (``out_dir`` None: a command with no ``--out``) the cells are computed in memory, the same
+    hooks run, and nothing is resumed or written.
     """
     log = log or progress_log(False)
     with Store(out_dir, experiment.filename, experiment.format, experiment.identity(),

@@ -116,16 +116,19 @@ class Store:
 
     ``identity``: the settings that must match an existing file (compared key by key;
     ``implied`` gives the value a key had in files written before it existed). ``record``:
-    provenance stored beside them (command, commit, hardware...), never compared.
+    provenance stored beside them (command, commit, hardware...), never compared. With
+    ``out_dir`` None the store has no folder: its cells live in memory (nothing is locked,
+    resumed or written), for a run whose command has no output folder.
     """
 
-    def __init__(self, out_dir: str | Path, filename: str, kind: str, identity: dict[str, Any],
+    def __init__(self, out_dir: str | Path | None, filename: str, kind: str,
+                 identity: dict[str, Any],
                  record: dict[str, Any] | None = None, implied: dict[str, Any] | None = None,
                  check_cell: Callable[[str, Any], str | None] | None = None,
                  outputs: tuple[str, ...] = (), force: bool = False):
         self.check_cell, self.outputs, self.force = check_cell, tuple(outputs), force
-        self.dir = check_path(out_dir, "output folder")
-        self.path = self.dir / filename
+        self.dir = None if out_dir is None else check_path(out_dir, "output folder")
+        self.path = None if self.dir is None else self.dir / filename
         self.kind, self.identity = kind, dict(identity)
         self.record, self.implied = dict(record or {}), dict(implied or {})
         self.cells: dict[str, Any] = {}
@@ -134,9 +137,12 @@ class Store:
 
     @property
     def writer(self) -> bool:
-        return distributed.is_main()
+        """Whether this process writes the folder (rank 0 of a run that has one)."""
+        return self.dir is not None and distributed.is_main()
 
     def __enter__(self) -> Store:
+        if self.dir is None:
+            return self
         error = None
         if self.writer:
             try:
@@ -203,17 +209,22 @@ class Store:
         if self.writer:
             atomic_write_json(self.path, self.content())
 
+    def _file(self, name: str) -> Path:
+        if self.dir is None:  # a publish hook of an experiment that needs a folder
+            raise AdvrankError(f"{name} needs an output folder; this {self.kind} run has none")
+        return self.dir / name
+
     def write_text(self, name: str, text: str) -> Path:
         if self.writer:
-            atomic_write_text(self.dir / name, text)
-        return self.dir / name
+            atomic_write_text(self._file(name), text)
+        return self._file(name)
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         if self.writer:
-            atomic_write_bytes(self.dir / name, data)
-        return self.dir / name
+            atomic_write_bytes(self._file(name), data)
+        return self._file(name)
 
     def write_json(self, name: str, obj: Any) -> Path:
         if self.writer:
-            atomic_write_json(self.dir / name, obj)
-        return self.dir / name
+            atomic_write_json(self._file(name), obj)
+        return self._file(name)

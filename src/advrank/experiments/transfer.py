@@ -25,16 +25,7 @@ from advrank.attacks.base import (
 )
 from advrank.attacks.selection import Selection, num_attacks_for
 from advrank.attacks.threat import LinfThreatModel
-from advrank.core.checks import (
-    check_choice,
-    check_flag,
-    check_int,
-    check_list,
-    check_name,
-    check_progress,
-    check_seed,
-    format_eps,
-)
+from advrank.core.checks import check_choice, check_flag, check_int, format_eps
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
@@ -43,7 +34,6 @@ from advrank.experiments.protocol import (
     AttackResult,
     RankLog,
     attack_batches,
-    check_batch_size,
     check_cell_options,
     check_gallery,
     check_run,
@@ -97,6 +87,40 @@ def _source_part(summary: dict) -> dict:
     return {key: summary[key] for key in keys if key in summary}
 
 
+class Transfer(Experiment):
+    """One transfer cell (``advrank transfer``): the selection drawn by the kind's rules on
+    ``select_on``'s ranking, made adversarial white-box on the source and ranked by the target.
+    The cell holds the target's figures, the source's white-box figures under ``"source"``;
+    :func:`transfer_attack` runs it without a folder."""
+
+    name, filename, format = "transfer", "transfer.json", "advrank-transfer"
+
+    def __init__(self, source: tuple[nn.Module, Gallery], target: tuple[nn.Module, Gallery],
+                 kind: AttackKind, threat: LinfThreatModel, settings: dict, batch_size: int,
+                 progress: bool | None):
+        self.source, self.target, self.kind, self.threat = source, target, kind, threat
+        self.settings, self.batch_size, self.progress = settings, batch_size, progress
+
+    def identity(self) -> dict[str, Any]:
+        return {"attack": self.kind.name, **self.settings, "threat": self.threat.describe()}
+
+    def cells(self, store: Store) -> list[Cell]:
+        return [Cell(self.kind.name, self._transfer)]
+
+    def _transfer(self) -> dict[str, Any]:
+        s = self.settings
+        chooser = self.source[1] if s["select_on"] == "source" else self.target[1]
+        selection = self.kind.select(chooser, s["k"], s["num_attacks"], s["seed"])
+        src, (tgt,) = transfer_pass(self.source, [self.target], self.kind, self.threat,
+                                    selection, s["seed"], self.batch_size, self.progress)
+        return {**tgt.summary(), "select_on": s["select_on"],
+                "source_distance": s["source_distance"], "target_distance": s["target_distance"],
+                "source": _source_part(src.summary())}
+
+    def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
+        return dict(store.cells[self.kind.name])
+
+
 def transfer_attack(
     source_model: nn.Module, target_model: nn.Module, dataset, attack: str | AttackKind,
     eps: float, k: int = 1, num_attacks: int | None = None, seed: int = 0,
@@ -111,15 +135,15 @@ def transfer_attack(
     Both models embed the same ``dataset`` (the gallery X, each with its own distance;
     ``target_distance`` defaults to ``source_distance``); pass prebuilt galleries to skip that.
     T = ``num_attacks`` defaults to |X| as in the paper. The selection is drawn once by the
-    kind's rules on ``select_on``'s ranking and used unchanged on both models.
+    kind's rules on ``select_on``'s ranking and used unchanged on both models (the one cell of
+    :class:`Transfer`, computed in memory).
 
     Returns the target's figures at top level and the source's white-box figures under
     ``"source"``. Transferring a model to itself equals :func:`protocol.run_attack`.
     """
     kind = check_ranked(get_attack(attack, **options), "transfer")
     check_choice(select_on, "select_on", SELECT_ON)
-    seed, batch_size = check_seed(seed), check_batch_size(batch_size)
-    check_progress(progress)
+    num_attacks, seed, batch_size = check_run(num_attacks, seed, batch_size, progress)
     for what, model in (("source", source_model), ("target", target_model)):
         if not isinstance(model, nn.Module):
             raise AdvrankError(f"the {what} model must be a torch.nn.Module, got "
@@ -136,17 +160,11 @@ def transfer_attack(
     if len(source_gallery) != len(target_gallery):
         raise AdvrankError(f"source and target galleries differ in size ({len(source_gallery)} "
                            f"vs {len(target_gallery)}); transfer needs one shared collection")
-    threat = check_threat(threat, eps)
-    num_attacks = len(source_gallery) if num_attacks is None else num_attacks
-    chooser = source_gallery if select_on == "source" else target_gallery
-    selection = kind.select(chooser, k, num_attacks, seed)
-    src, (tgt,) = transfer_pass((source_model, source_gallery), [(target_model, target_gallery)],
-                                kind, threat, selection, seed, batch_size, progress)
-    out = tgt.summary()
-    out.update({"select_on": select_on, "source_distance": source_distance.name,
-                "target_distance": target_distance.name,
-                "source": _source_part(src.summary())})
-    return out
+    settings = {"eps": eps, "k": k, "seed": seed, "select_on": select_on,
+                "num_attacks": len(source_gallery) if num_attacks is None else num_attacks,
+                "source_distance": source_distance.name, "target_distance": target_distance.name}
+    return run(Transfer((source_model, source_gallery), (target_model, target_gallery), kind,
+                        check_threat(threat, eps), settings, batch_size, progress), None)
 
 
 def _transfer_row(source: str, kind: AttackKind, rankers: Mapping[str, tuple[nn.Module, Gallery]],
@@ -259,8 +277,7 @@ class TransferMatrix(Experiment):
 
 
 def _matrix_kinds(attacks: Sequence[str], options: dict) -> dict[str, AttackKind]:
-    kinds = make_kinds(check_list(attacks, "attacks", lambda a: check_name(a, "attack")),
-                       options)
+    kinds = make_kinds(attacks, options)
     for kind in kinds.values():
         check_ranked(kind, "transfer")
     return kinds

@@ -177,3 +177,15 @@ def check_population(value: Any, even: bool) -> int:
         raise AdvrankError(f"the population of an antithetic estimate must be even, got "
                            f"{value}")
     return int(value)
+
+
+def check_antithetic(options: dict[str, Any], sizes: tuple[str, ...], owner: str
+                     ) -> dict[str, Any]:
+    """The options of an antithetic-pair estimator (NES, SPSA), checked in place: an even
+    ``population``, and each of ``sizes`` (radii and step lengths, in pixels) None (a fraction
+    of eps) or in (0, 1]."""
+    options["population"] = check_population(options["population"], even=True)
+    for key in sizes:
+        if options[key] is not None:
+            check_number(options[key], f"{owner} {key}", low=0.0, low_open=True, high=1.0)
+    return options

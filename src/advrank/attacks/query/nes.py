@@ -9,11 +9,10 @@ import torch
 from advrank.attacks.query.base import (
     QueryOptimizer,
     antithetic_gradient,
-    check_population,
+    check_antithetic,
     noise,
     relative,
 )
-from advrank.core.checks import check_number
 from advrank.registry import OPTIMIZERS
 
 
@@ -27,11 +26,7 @@ class NES(QueryOptimizer):
     description = "natural evolution strategies, antithetic Gaussian pairs and sign steps"
 
     def validate(self, options):
-        options["population"] = check_population(options["population"], even=True)
-        for key in ("sigma", "lr"):
-            if options[key] is not None:
-                check_number(options[key], f"NES {key}", low=0.0, low_open=True, high=1.0)
-        return options
+        return check_antithetic(options, ("sigma", "lr"), "NES")
 
     def run(self, objective, ball, start=None, generator=None):
         best = self.start(objective, ball, start)

@@ -9,7 +9,7 @@ import torch
 from advrank.attacks.query.base import (
     QueryOptimizer,
     antithetic_gradient,
-    check_population,
+    check_antithetic,
     noise,
     relative,
 )
@@ -27,10 +27,7 @@ class SPSA(QueryOptimizer):
     description = "simultaneous perturbation (Rademacher pairs) with Adam steps"
 
     def validate(self, options):
-        options["population"] = check_population(options["population"], even=True)
-        for key in ("delta", "lr"):
-            if options[key] is not None:
-                check_number(options[key], f"SPSA {key}", low=0.0, low_open=True, high=1.0)
+        check_antithetic(options, ("delta", "lr"), "SPSA")
         for key in ("beta1", "beta2"):
             check_number(options[key], f"SPSA {key}", low=0.0, high=1.0, high_open=True)
         return options
