@@ -74,15 +74,16 @@ def one_error_line():
 
 
 def save_untrained_checkpoint(path: Path, dataset: str = "digits", size: int = 8,
-                              embed_dim: int = 16, mean: float = 0.3, std: float = 0.38) -> Path:
-    """A C2F1 checkpoint with seeded random weights for ``dataset``'s ``[1, size, size]``
-    images (no training: for tests of what runs around a model)."""
+                              embed_dim: int = 16, mean: float = 0.3, std: float = 0.38,
+                              seed: int = 0, metric: str = "cosine") -> Path:
+    """A C2F1 checkpoint with random weights (drawn from ``seed``) for ``dataset``'s
+    ``[1, size, size]`` images (no training: for tests of what runs around a model)."""
     from advrank.models import create_model
     from advrank.models.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model("c2f1", (1, size, size), embed_dim, mean=[mean], std=[std])
-    save_checkpoint(path, model, {"dataset": dataset, "arch": "c2f1", "metric": "cosine",
+    save_checkpoint(path, model, {"dataset": dataset, "arch": "c2f1", "metric": metric,
                                   "embed_dim": embed_dim, "image_shape": [1, size, size],
                                   "mean": [mean], "std": [std]})
     return path

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from advrank.cli import main
-from advrank.models import create_model
-from advrank.models.checkpoint import save_checkpoint
 
 TRAIN = ["train", "--dataset", "digits", "--arch", "c2f1", "--embed-dim", "16", "--epochs", "1",
          "--device", "cpu", "--quiet"]
@@ -32,14 +29,8 @@ def _assert_one_error_line(capsys, *fragments):
 
 
 @pytest.fixture
-def untrained_ckpt(tmp_path):
-    torch.manual_seed(0)
-    model = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
-    path = tmp_path / "untrained.pt"
-    save_checkpoint(path, model, {"dataset": "digits", "arch": "c2f1", "metric": "euclidean",
-                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
-                                  "std": [0.38]})
-    return path
+def untrained_ckpt(tmp_path, untrained_checkpoint):
+    return untrained_checkpoint(tmp_path / "untrained.pt", metric="euclidean")
 
 
 def test_train_then_evaluate_json(tmp_path, capsys):

@@ -237,18 +237,11 @@ def test_audit_plan_counts_the_query_only_rounds(digits_target, monkeypatch):
     assert "20 query-only rounds" in audit_module.estimate_message(plan)
 
 
-def test_deployed_view_ranks_a_source_models_attacks(digits_target, tmp_path, inspect_page):
+def test_deployed_view_ranks_a_source_models_attacks(digits_target, tmp_path, inspect_page,
+                                                      untrained_checkpoint):
     from types import SimpleNamespace
 
-    from advrank.models import create_model
-    from advrank.models.checkpoint import save_checkpoint
-
-    torch.manual_seed(1)
-    other = create_model("c2f1", (1, 8, 8), 16, mean=[0.3], std=[0.38])
-    path = tmp_path / "source.pt"
-    save_checkpoint(path, other, {"dataset": "digits", "arch": "c2f1", "metric": "cosine",
-                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
-                                  "std": [0.38]})
+    path = untrained_checkpoint(tmp_path / "source.pt", seed=1)
     source = load_target(path, "cpu")
     config = _config(attacks=["QA+"], eps_values=[0.0, 0.3], examples=0, step_size=0.05)
     summary = run_audit(digits_target, tmp_path / "a", config, source=source)

@@ -195,14 +195,20 @@ def check_cell(key: str, cell) -> str | None:
     return None
 
 
+def _attack_part_of(key: str, cell, fields: int, what: str) -> tuple[list[str], str | None]:
+    """``(the key's fields, why not)``: a deployed cell's key has ``fields`` fields, its
+    fields 1-3 (attack, eps, k) those of the attack summary it holds."""
+    parts = key.split("|")
+    if len(parts) != fields:
+        return parts, f"not a {what} cell's key"
+    return parts, check_attack_cell("|".join(parts[1:4]), cell)
+
+
 def check_query_cell(key: str, cell) -> str | None:
     """Why a stored query-only cell cannot be reused (None if it can): an attack summary
     whose budget, feedback and optimiser match its key, no attack past its budget, and its
     rank-vs-queries checkpoints within their range."""
-    parts = key.split("|")
-    if len(parts) != 7:
-        return "not a query-only cell's key"
-    problem = check_attack_cell("|".join(parts[1:4]), cell)
+    parts, problem = _attack_part_of(key, cell, 7, "query-only")
     if problem:
         return problem
     budget, used = cell.get("query_budget"), cell.get("queries_used_max")
@@ -224,10 +230,7 @@ def check_query_cell(key: str, cell) -> str | None:
 def check_transfer_cell(key: str, cell) -> str | None:
     """Why a stored transfer cell cannot be reused (None if it can): an attack summary made
     on the source its key names, with the source's own figures in range."""
-    parts = key.split("|")
-    if len(parts) != 5:
-        return "not a transfer cell's key"
-    problem = check_attack_cell("|".join(parts[1:4]), cell)
+    parts, problem = _attack_part_of(key, cell, 5, "transfer")
     if problem:
         return problem
     if cell.get("source_model") != parts[4]:
