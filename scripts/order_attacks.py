@@ -29,11 +29,8 @@ OUT/results.md, with advorder's published Fashion-MNIST figures beside ours.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
-from pathlib import Path
 
 #: advorder's published black-box figures (Fashion-MNIST, C2F2 cosine model, k = 5,
 #: eps = 4/255): the appendix's query-budget curve, SRC tau_N of the best query vs budget Q,
@@ -153,20 +150,12 @@ def markdown(rows: list[dict], args) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from advrank.core.runtime import resolve_device, run_record
+    from script_results import publish
 
     t0 = time.time()
     rows, seconds, target_record = run(args)
-    record = run_record(resolve_device(args.device), args.seed)
-    record["command"] = "python " + shlex.join(sys.argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {**record, "settings": vars(args), "target": target_record,
-              "wall_seconds": time.time() - t0, "seconds": seconds, "rows": rows,
-              "advorder": ADVORDER_FASHION}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    (out / "results.md").write_text(markdown(rows, args))
-    print(markdown(rows, args))
+    publish(args, markdown(rows, args), target=target_record, wall_seconds=time.time() - t0,
+            seconds=seconds, rows=rows, advorder=ADVORDER_FASHION)
     return 0
 
 

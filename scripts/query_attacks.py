@@ -151,20 +151,17 @@ def markdown(rows: list[dict], args) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from advrank.core.runtime import resolve_device, run_record, set_command
+    from script_results import publish
+
+    from advrank.core.runtime import set_command
 
     set_command(None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with service(args) as url:
         rows = [one_attack(args, a, url) for a in args.attacks.split(",")]
-    record = run_record(resolve_device(args.device), args.seed)
-    record["command"] = "python " + shlex.join(sys.argv)
-    result = {**record, "settings": vars(args), "rows": rows,
-              "done": all(r["half_white_box"] and r["beats_transfer"] for r in rows)}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    (out / "results.md").write_text(markdown(rows, args))
-    print(markdown(rows, args))
+    publish(args, markdown(rows, args), rows=rows,
+            done=all(r["half_white_box"] and r["beats_transfer"] for r in rows))
     return 0
 
 

@@ -91,7 +91,7 @@ def test_defense_table_rows(tmp_path):
     assert rows[4].startswith("| fashion | HM | 80.2 |") and rows[4].endswith("31.0 [30.0, 33.0] |")
 
 
-def test_order_attacks_script_writes_its_table_and_record(tmp_path):
+def test_order_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch):
     """scripts/order_attacks.py on a tiny digits model: one row per attack and budget (and
     the white-box ceiling), the record (command, seed, commit, hardware), advorder's curve."""
     import importlib.util
@@ -101,6 +101,7 @@ def test_order_attacks_script_writes_its_table_and_record(tmp_path):
     ckpt = tmp_path / "digits.pt"
     train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), ckpt,
           progress=False)
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # as `python scripts/...` finds its own
     spec = importlib.util.spec_from_file_location("order_attacks",
                                                   REPO / "scripts" / "order_attacks.py")
     script = importlib.util.module_from_spec(spec)
