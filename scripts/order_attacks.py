@@ -24,6 +24,10 @@ R(q~, q), how far q~ drifts in its own clean copy's ranking (%). The white-box O
 (PGD on advorder's triplet-chain loss, the same selection) is the ceiling. Writes
 OUT/results.json (the script's command, seed, commit, hardware; every run's summary) and
 OUT/results.md, with advorder's published Fashion-MNIST figures beside ours.
+
+``--oracle http`` sends every query through ``advrank serve --checkpoint CHECKPOINT`` started
+on a free loopback port (``advrank attack --oracle http://127.0.0.1:PORT ...``), one PNG upload
+per query, and records the queries per second it reached.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--oracle", default="local", choices=("local", "http"),
+                   help="local: the search in-process and batched; http: through `advrank "
+                        "serve --checkpoint CHECKPOINT` started on a free loopback port")
     return p.parse_args(argv)
 
 
@@ -81,6 +88,18 @@ def row(figures: dict, attack: str, budget: int | None, queries: float | None,
     if attack == "ES":
         out["own_rank_after"] = figures["rank_after"]  # R(q~, q), %
     return out
+
+
+def oracle_spec(args):
+    """A context giving the oracle spec: ``local``, or the URL of a service started for the
+    run (``--oracle http``), stopped on exit."""
+    import contextlib
+
+    from script_results import serving
+
+    if args.oracle == "local":
+        return contextlib.nullcontext("local")
+    return serving(args.checkpoint, args.device, 64)
 
 
 def run(args) -> tuple[list[dict], dict]:
@@ -100,12 +119,18 @@ def run(args) -> tuple[list[dict], dict]:
     rows, seconds = [row(white.figures, "ORDER", None, None)], {"white-box": white.seconds}
     budgets = sorted(int(b) for b in args.budgets.split(","))
     for kind, k, also in ((order, args.k, ()), (es, 1, (order,))):
-        oracle = make_oracle("local", target, args.feedback)
-        r = run_query_attack(target, kind, oracle, args.optimizer, args.eps, k,
-                             args.num_attacks, budgets[-1], seed=args.seed,
-                             batch_size=args.batch_size, selection=sel, progress=False,
-                             also=also, checkpoints=budgets)
+        with oracle_spec(args) as spec:
+            oracle = make_oracle(spec, target, args.feedback)
+            try:
+                r = run_query_attack(target, kind, oracle, args.optimizer, args.eps, k,
+                                     args.num_attacks, budgets[-1], seed=args.seed,
+                                     batch_size=args.batch_size, selection=sel,
+                                     progress=False, also=also, checkpoints=budgets)
+            finally:
+                oracle.close()
         seconds[kind.name] = r.seconds
+        seconds[f"{kind.name} queries/s"] = r.extra.get("queries_sent", 0) / max(r.seconds,
+                                                                                 1e-9)
         for b, figures in r.extra["checkpoints"].items():
             rows.append(row(figures, kind.name, b, figures["queries_used"],
                             "ORDER:" if also else ""))
@@ -123,7 +148,8 @@ def _pm(r: dict, fig: str, when: str = "after") -> str:
 
 def markdown(rows: list[dict], args) -> str:
     first = rows[0]
-    lines = [f"# Relative order attack on {args.checkpoint} through the local oracle "
+    lines = [f"# Relative order attack on {args.checkpoint} through "
+             f"{'the HTTP service' if args.oracle == 'http' else 'the local oracle'} "
              f"({args.feedback} ids only; eps = {args.eps}, k = {args.k}, T = "
              f"{args.num_attacks}, {args.optimizer}, seed {args.seed})", "",
              f"Before any attack: tau = {_pm(first, 'tau', 'before')} (the random target "

@@ -26,13 +26,12 @@ import argparse
 import contextlib
 import json
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ADVRANK = [sys.executable, "-m", "advrank"]
+from script_results import ADVRANK, serving  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,25 +57,6 @@ def parse_args(argv=None):
                    help="http: through advrank serve (the figure); local: the same search "
                         "in-process and batched (a fast simulation, not the figure)")
     return p.parse_args(argv)
-
-
-@contextlib.contextmanager
-def serving(checkpoint: str, device: str, concurrency: int, options=(), index: str = "exact"):
-    """The URL of ``advrank serve --checkpoint CHECKPOINT`` on a free loopback port, answering
-    every depth (``--max-k`` = |X|: full feedback needs the whole list) and ``concurrency``
-    searches in flight; stopped on exit."""
-    argv = [*ADVRANK, "serve", "--checkpoint", checkpoint, "--host", "127.0.0.1", "--port",
-            "0", "--max-k", "100000", "--index", index, "--device", device,
-            "--max-concurrency", str(concurrency), "--quiet", *options]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline().strip()
-        if not line.startswith("serving on "):
-            raise SystemExit(f"advrank serve did not start: {line!r}")
-        yield line.removeprefix("serving on ")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 @contextlib.contextmanager
