@@ -223,6 +223,16 @@ def test_cli_transfer_json(env, capsys):
     assert out["target_checkpoint"] == p1 and "rank_after" in out["source"]
 
 
+def test_cli_transfer_records_each_models_own_distance(capsys, tmp_path, untrained_checkpoint):
+    """A Euclidean source and a cosine target: the JSON names the distance each ranking used
+    (it once said "cosine" for both, whatever the checkpoints)."""
+    src = untrained_checkpoint(tmp_path / "euclid.pt", metric="euclidean")
+    tgt = untrained_checkpoint(tmp_path / "cos.pt", seed=1)
+    out = _run(capsys, ["transfer", "--source", str(src), "--target", str(tgt), "--attack",
+                        "CA+", "--eps", "0.1", "--num-attacks", "4", "--steps", "2"])
+    assert (out["source_distance"], out["target_distance"]) == ("euclidean", "cosine")
+
+
 def test_cli_universal_json_and_png(env, capsys, tmp_path):
     out = _run(capsys, ["universal", "--checkpoint", str(env["paths"][0]), "--attack", "QA-",
                         "--eps", "0.1", "--steps", "3", "--out", str(tmp_path)])

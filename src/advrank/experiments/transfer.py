@@ -133,7 +133,8 @@ def transfer_attack(
     """Transfer attack: make adversarial examples on the source, rank them on the target.
 
     Both models embed the same ``dataset`` (the gallery X, each with its own distance;
-    ``target_distance`` defaults to ``source_distance``); pass prebuilt galleries to skip that.
+    ``target_distance`` defaults to ``source_distance``); pass prebuilt galleries to skip that
+    (their own distances are then the ones used, and recorded).
     T = ``num_attacks`` defaults to |X| as in the paper. The selection is drawn once by the
     kind's rules on ``select_on``'s ranking and used unchanged on both models (the one cell of
     :class:`Transfer`, computed in memory).
@@ -162,7 +163,9 @@ def transfer_attack(
                            f"vs {len(target_gallery)}); transfer needs one shared collection")
     settings = {"eps": eps, "k": k, "seed": seed, "select_on": select_on,
                 "num_attacks": len(source_gallery) if num_attacks is None else num_attacks,
-                "source_distance": source_distance.name, "target_distance": target_distance.name}
+                # the distances each ranking used: a prebuilt gallery's own, not the default
+                "source_distance": source_gallery.distance.name,
+                "target_distance": target_gallery.distance.name}
     return run(Transfer((source_model, source_gallery), (target_model, target_gallery), kind,
                         check_threat(threat, eps), settings, batch_size, progress), None)
 
