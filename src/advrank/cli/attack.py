@@ -121,6 +121,7 @@ def cmd_grid(args) -> None:
     from advrank.attacks.selection import num_attacks_for
     from advrank.experiments.grid import run_grid
     from advrank.experiments.paper import paper_eps, paper_table_for
+    from advrank.experiments.store import claim
 
     ks = resolve_size(args, args.attacks)
     kinds = make_kinds(args.attacks, kind_options(args))  # options checked before any work
@@ -132,16 +133,17 @@ def cmd_grid(args) -> None:
     if args.eps is None and args.data is not None:
         paper_eps(args.data)  # a picture collection has no paper rows: refused before work
     check_writable_dir(args.out)
-    target = load_target_from_args(args, check=lambda n: check_fits_all(
-        kinds.values(), ks, num_attacks_for(args.num_attacks, n), n))
-    eps_values = args.eps or paper_eps(target.meta["dataset"])
-    paper = paper_table_for(target.meta, args.paper)
-    t = num_attacks_from_args(args, len(target.gallery))
-    results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
-                       t, args.seed, args.batch_size, paper,
-                       target.record(args.seed), progress=not args.quiet, policy=policy,
-                       index=index_from_args(args, target), pipeline=args.pipeline,
-                       through_pipeline=args.through_pipeline, **kind_options(args))
+    with claim(args.out):  # a second writer is refused before the gallery is embedded
+        target = load_target_from_args(args, check=lambda n: check_fits_all(
+            kinds.values(), ks, num_attacks_for(args.num_attacks, n), n))
+        eps_values = args.eps or paper_eps(target.meta["dataset"])
+        paper = paper_table_for(target.meta, args.paper)
+        t = num_attacks_from_args(args, len(target.gallery))
+        results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
+                           t, args.seed, args.batch_size, paper,
+                           target.record(args.seed), progress=not args.quiet, policy=policy,
+                           index=index_from_args(args, target), pipeline=args.pipeline,
+                           through_pipeline=args.through_pipeline, **kind_options(args))
     from advrank.core import distributed
 
     table = (Path(args.out) / "table.md").read_text() if distributed.is_main() else ""
