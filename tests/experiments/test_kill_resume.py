@@ -234,10 +234,19 @@ def test_second_writer_is_refused_and_nothing_is_lost(job, checkpoints, tmp_path
     finish(argv)  # the same command afterwards: nothing left to do, nothing changed
 
 
-@pytest.mark.parametrize("job", ["curves", "transfer-matrix"])
+@pytest.mark.parametrize("job", ["curves", "transfer-matrix", "grid"])
 def test_folder_held_by_another_writer_is_refused(job, checkpoints, tmp_path, cli,
-                                                  one_error_line):
-    """The lock of curves and transfer-matrix folders (held here by this process)."""
+                                                  one_error_line, monkeypatch):
+    """The lock of curves, transfer-matrix and grid folders (held here by this process);
+    ``grid`` is refused before its target is loaded and the gallery embedded (minutes on a
+    large collection), not after."""
+    import advrank.cli.attack as attack_cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("the target was loaded although the folder is held")
+
+    if job == "grid":
+        monkeypatch.setattr(attack_cli, "load_target_from_args", never)
     make_argv, filename, _ = STORE_JOBS[job]
     out = tmp_path / "out"
     out.mkdir()
@@ -246,21 +255,3 @@ def test_folder_held_by_another_writer_is_refused(job, checkpoints, tmp_path, cl
     assert "being written by another advrank process" in line
     assert not (out / filename).exists()
 
-
-def test_grid_refuses_a_held_folder_before_embedding(checkpoints, tmp_path, cli,
-                                                     one_error_line, monkeypatch):
-    """A second ``grid`` writer is refused before the target is loaded and its gallery embedded
-    (minutes on a large collection), not after."""
-    import advrank.cli.attack as attack_cli
-
-    def never(*args, **kwargs):
-        raise AssertionError("the target was loaded although the folder is held")
-
-    monkeypatch.setattr(attack_cli, "load_target_from_args", never)
-    make_argv, filename, _ = STORE_JOBS["grid"]
-    out = tmp_path / "out"
-    out.mkdir()
-    with exclusive(out / ".advrank.lock", "test"):
-        line = one_error_line(*cli([*make_argv(checkpoints, out), "--quiet"]))
-    assert "being written by another advrank process" in line
-    assert not (out / filename).exists()
