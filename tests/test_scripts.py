@@ -91,9 +91,11 @@ def test_defense_table_rows(tmp_path):
     assert rows[4].startswith("| fashion | HM | 80.2 |") and rows[4].endswith("31.0 [30.0, 33.0] |")
 
 
-def test_order_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch):
+@pytest.mark.parametrize("oracle", ["local", "http"])
+def test_order_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch, oracle):
     """scripts/order_attacks.py on a tiny digits model: one row per attack and budget (and
-    the white-box ceiling), the record (command, seed, commit, hardware), advorder's curve."""
+    the white-box ceiling), the record (command, seed, commit, hardware), advorder's curve;
+    ``http``: through `advrank serve` started (and stopped) by the script on loopback."""
     import importlib.util
 
     from advrank.training import TrainConfig, train
@@ -108,8 +110,10 @@ def test_order_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch)
     spec.loader.exec_module(script)
     out = tmp_path / "out"
     assert script.main(["--checkpoint", str(ckpt), "--out", str(out), "--num-attacks", "4",
-                        "--budgets", "41,21", "--k", "3", "--seed", "5"]) == 0
+                        "--budgets", "41,21", "--k", "3", "--seed", "5",
+                        "--oracle", oracle]) == 0
     record = json.loads((out / "results.json").read_text())
+    assert record["seconds"]["ORDER queries/s"] > 0 and record["settings"]["oracle"] == oracle
     assert {"command", "seed", "commit", "hardware"} <= set(record) and record["seed"] == 5
     rows = [(r["attack"], r["budget"]) for r in record["rows"]]
     assert rows == [("ORDER", None), ("ORDER", 21), ("ES", 21), ("ORDER", 41), ("ES", 41)]
@@ -117,3 +121,4 @@ def test_order_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch)
     assert all(-1 <= r["tau_after"] <= 1 for r in record["rows"])
     table = (out / "results.md").read_text()
     assert table.count("| ORDER |") == 3 and "| NES | 0.309 |" in table
+    assert ("through the HTTP service" in table) == (oracle == "http")
