@@ -233,9 +233,16 @@ def test_cli_transfer_records_each_models_own_distance(capsys, tmp_path, untrain
     assert (out["source_distance"], out["target_distance"]) == ("euclidean", "cosine")
 
 
-def test_cli_universal_json_and_png(env, capsys, tmp_path):
-    out = _run(capsys, ["universal", "--checkpoint", str(env["paths"][0]), "--attack", "QA-",
-                        "--eps", "0.1", "--steps", "3", "--out", str(tmp_path)])
+def test_cli_universal_json_and_png(env, capsys, tmp_path, monkeypatch):
+    argv = ["universal", "--checkpoint", str(env["paths"][0]), "--attack", "QA-", "--eps",
+            "0.1", "--steps", "3"]
+    out = _run(capsys, [*argv, "--out", str(tmp_path / "out")])
+    monkeypatch.chdir(tmp_path)  # without --out: the same figures, in memory, no file written
+    memory = _run(capsys, argv)
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "out"]
+    varies = ("png", "perturbation_file", "date", "seconds", "command")
+    assert {k: v for k, v in out.items() if k not in varies} \
+        == {k: v for k, v in memory.items() if k not in varies}
     for key in ("rank_before", "rank_after", "rank_after_unseen", "rank_before_unseen"):
         assert 0 <= out[key] <= 100
     assert out["attack"] == "I-QA-" and out["threat"]["steps"] == 3

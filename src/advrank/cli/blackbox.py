@@ -110,12 +110,7 @@ def cmd_transfer_matrix(args) -> None:
 
 
 def cmd_universal(args) -> None:
-    from advrank.experiments.universal import (
-        check_universal,
-        run_universal,
-        universal_attack,
-        universal_kind,
-    )
+    from advrank.experiments.universal import check_universal, run_universal, universal_kind
 
     k = resolve_size(args, [args.attack])
     kind = universal_kind(args.attack, args.xi)
@@ -127,14 +122,10 @@ def cmd_universal(args) -> None:
                                               args.chunk_size))
     settings = {"k": k, "seed": args.seed, "fraction": args.fraction, "steps": args.steps,
                 "step_size": args.step_size, "mode": args.mode, "chunk_size": args.chunk_size}
-    if args.out:  # a results folder: resumable, with r, a picture and the JSON
-        result = run_universal(target, kind, args.eps, args.out, progress=not args.quiet,
-                               **settings)
-    else:
-        result = universal_attack(target.model, target.gallery, kind, args.eps,
-                                  progress=not args.quiet, **settings)
-        result.pop("perturbation")
-        result.update(target.record(args.seed))
+    # with --out a results folder (resumable, with r, a picture and the JSON); without, the
+    # same declaration in memory
+    result = run_universal(target, kind, args.eps, args.out, progress=not args.quiet,
+                           **settings)
     text = (f"{result['attack']} eps={args.eps:g} k={k} ({args.mode} targets, "
             f"{result['set_size']} seen + {result['set_size']} unseen, "
             f"{result['threat']['steps']} steps): seen "

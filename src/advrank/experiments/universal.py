@@ -180,7 +180,8 @@ class Universal(Experiment):
     """The universal attack as a declaration, for a results folder: one cell per (attack,
     eps, k, mode), its perturbation r beside it as ``STEM.pt`` (written before the cell, so a
     stored cell always has its r), and the readers' files ``STEM.json`` and ``STEM.png``
-    rewritten from them. See :func:`run_universal`."""
+    rewritten from them. Without a folder (``out_dir`` None) the cell is computed in memory
+    and the result has no files. See :func:`run_universal`."""
 
     name, filename, format = "universal", "universal.json", "advrank-universal"
 
@@ -192,7 +193,7 @@ class Universal(Experiment):
         check_universal(kind, self.settings["k"], len(target.gallery),
                         self.settings["fraction"], self.settings["mode"],
                         self.settings["chunk_size"])
-        self.dir = Path(out_dir)
+        self.dir = None if out_dir is None else Path(out_dir)
         self.stem = f"universal-I-{kind.name}-eps{eps:g}-{self.settings['mode']}"
 
     def identity(self) -> dict[str, Any]:
@@ -213,15 +214,19 @@ class Universal(Experiment):
     def attack(self, store: Store) -> dict[str, Any]:
         result = universal_attack(self.target.model, self.target.gallery, self.kind, self.eps,
                                   progress=self.progress, **self.settings)
-        buf = io.BytesIO()
-        torch.save(result.pop("perturbation"), buf)
-        store.write_bytes(f"{self.stem}.pt", buf.getvalue())
+        r = result.pop("perturbation")
+        if store.dir is not None:  # r first: a stored cell always has its r beside it
+            buf = io.BytesIO()
+            torch.save(r, buf)
+            store.write_bytes(f"{self.stem}.pt", buf.getvalue())
         return result
 
     def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
         from advrank.reports.plots import universal_png
 
         result = {**store.get(self.stem), **self.target.record(self.settings["seed"])}
+        if store.dir is None:
+            return result
         r = torch.load(store.dir / f"{self.stem}.pt", weights_only=True)
         clean = self.target.gallery.images(torch.tensor([result["example_index"]]))[0]
         png = store.write_bytes(f"{self.stem}.png", universal_png(result, r, clean))
@@ -230,12 +235,13 @@ class Universal(Experiment):
         return result
 
 
-def run_universal(target: Target, attack: str | AttackKind, eps: float, out_dir: str | Path,
-                  xi: float | None = None, progress: bool | None = None,
-                  **settings) -> dict[str, Any]:
+def run_universal(target: Target, attack: str | AttackKind, eps: float,
+                  out_dir: str | Path | None, xi: float | None = None,
+                  progress: bool | None = None, **settings) -> dict[str, Any]:
     """:func:`universal_attack` on ``target`` into ``out_dir`` (resumable, locked, refused
     when the folder holds a run with other settings); returns the result, with ``png`` and
-    ``perturbation_file``, as also written to ``STEM.json``."""
+    ``perturbation_file``, as also written to ``STEM.json``. ``out_dir`` None: computed in
+    memory, nothing written, no files in the result."""
     experiment = Universal(target, universal_kind(attack, xi), eps, out_dir, progress,
                            **settings)
     return run(experiment, out_dir)
