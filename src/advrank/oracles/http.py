@@ -3,9 +3,12 @@
 
 Pictures travel as 8-bit PNGs, so the oracle is ``eight_bit``: attacks search the 8-bit grid.
 A batch's requests go out concurrently from one asyncio client (at most ``concurrency`` in
-flight, never more than the service's own limit); a 503 (busy) is retried after its
-``Retry-After``. At full feedback, when the service offers ``rank_of`` (``named_ranks`` in
-its /info) and the caller names the ids it reads, each request asks for their ranks alone
+flight, never more than the service's own limit). A 503 (busy) is retried after its
+``Retry-After``. A request whose connection the service dropped (a keep-alive connection
+closed just as the request went out; it ended a 46-minute run once) is sent again on a new
+one, a few times at most; if a request fails for good, the rest of its batch is cancelled.
+At full feedback, when the service offers ``rank_of`` (``named_ranks`` in its /info) and
+the caller names the ids it reads, each request asks for their ranks alone
 (a few ints in place of |X| ids). Any other failure is one :class:`AdvrankError` line. An
 adapter for another schema is one such file registering its own name in
 :data:`advrank.registry.ORACLES`.
@@ -27,6 +30,7 @@ from advrank.oracles.base import Feedback, Oracle
 from advrank.registry import ORACLES
 
 MAX_RETRIES = 50  # 503s per request before giving up (the service keeps refusing)
+MAX_RESENDS = 3  # dropped connections per request before giving up (the service is gone)
 
 
 def _httpx():
@@ -127,14 +131,29 @@ class HttpOracle(Oracle):
             raise
         return oracle
 
-    async def _request(self, method: str, path: str, **kwargs):
+    async def _send(self, method: str, path: str, **kwargs):
+        """The response to one request, sent again (on a new connection) when the connection
+        drops before an answer: a search has no side effects, so a resend is safe."""
         httpx = _httpx()
-        for _ in range(MAX_RETRIES):
+        dropped = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
+                   httpx.ConnectError)
+        for attempt in range(MAX_RESENDS + 1):
             try:
-                r = await self.client.request(method, path, **kwargs)
+                return await self.client.request(method, path, **kwargs)
+            except dropped as exc:
+                if attempt == MAX_RESENDS:
+                    why = exc
+                else:
+                    await asyncio.sleep(0.05 * (attempt + 1))
             except httpx.HTTPError as exc:
-                raise AdvrankError(f"cannot reach the search service at {self.url}: "
-                                   f"{type(exc).__name__}: {str(exc)[:120]}") from None
+                why = exc
+                break
+        raise AdvrankError(f"cannot reach the search service at {self.url}: "
+                           f"{type(why).__name__}: {str(why)[:120]}")
+
+    async def _request(self, method: str, path: str, **kwargs):
+        for _ in range(MAX_RETRIES):
+            r = await self._send(method, path, **kwargs)
             if r.status_code != 503:
                 break
             await asyncio.sleep(min(1.0, float(r.headers.get("retry-after", "0.05") or 0.05))
@@ -192,7 +211,15 @@ class HttpOracle(Oracle):
                                    f"{type(out).__name__}, not an object")
             return out
 
-        return await asyncio.gather(*(one(b, q) for b, q in zip(bodies, params, strict=True)))
+        tasks = [asyncio.ensure_future(one(b, q))
+                 for b, q in zip(bodies, params, strict=True)]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:  # one failed for good: the rest are not left running
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def search(self, images, depth, scores):
         answers = self._run(self._all(png_bytes(images), [{"k": str(depth)}] * len(images)))
