@@ -70,10 +70,16 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--attacks", default="ORDER,ES",
+                   help="the query-only runs (ORDER, ES or both; the white-box ORDER row is "
+                        "always measured)")
     p.add_argument("--oracle", default="local", choices=("local", "http"),
                    help="local: the search in-process and batched; http: through `advrank "
                         "serve --checkpoint CHECKPOINT` started on a free loopback port")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not {a.strip() for a in args.attacks.split(",")} <= {"ORDER", "ES"}:
+        p.error(f"--attacks takes ORDER, ES or both, got {args.attacks!r}")
+    return args
 
 
 def row(figures: dict, attack: str, budget: int | None, queries: float | None,
@@ -118,7 +124,8 @@ def run(args) -> tuple[list[dict], dict]:
                        progress=False)
     rows, seconds = [row(white.figures, "ORDER", None, None)], {"white-box": white.seconds}
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    for kind, k, also in ((order, args.k, ()), (es, 1, (order,))):
+    runs = {"ORDER": (order, args.k, ()), "ES": (es, 1, (order,))}
+    for kind, k, also in (runs[name.strip()] for name in args.attacks.split(",")):
         with oracle_spec(args) as spec:
             oracle = make_oracle(spec, target, args.feedback)
             try:
