@@ -50,23 +50,23 @@ def test_a_dropped_connection_is_resent():
     assert calls == ["/search"] * (MAX_RESENDS + 1)
 
 
-def test_a_service_that_keeps_dropping_is_one_error_and_the_batch_stops():
+def failing_search(error, n: int, match: str) -> tuple[list, int]:
+    """``(calls, tasks still running)`` after a search of ``n`` pictures on a service whose
+    every request raises ``error``, checked to end in one :class:`AdvrankError` (``match``)."""
     calls = []
 
     def handler(request):
         calls.append(1)
-        raise httpx.RemoteProtocolError("server disconnected", request=request)
+        raise error(f"{error.__name__} from the mock service", request=request)
 
     oracle = oracle_with(handler)
     try:
-        with pytest.raises(AdvrankError, match="cannot reach the search service at "
-                                               "http://127.0.0.1:1: RemoteProtocolError"):
-            oracle.search(torch.rand(6, 1, 4, 4), 3, False)
+        with pytest.raises(AdvrankError, match=match):
+            oracle.search(torch.rand(n, 1, 4, 4), 3, False)
         pending = oracle._run(_pending())
     finally:
         oracle.close()
-    assert pending == 0  # the other five requests were cancelled, not left running
-    assert len(calls) <= 6 * (MAX_RESENDS + 1)
+    return calls, pending
 
 
 async def _pending() -> int:
@@ -75,17 +75,14 @@ async def _pending() -> int:
     return sum(not t.done() for t in asyncio.all_tasks() if t is not asyncio.current_task())
 
 
+def test_a_service_that_keeps_dropping_is_one_error_and_the_batch_stops():
+    calls, pending = failing_search(httpx.RemoteProtocolError, 6,
+                                    "cannot reach the search service at "
+                                    "http://127.0.0.1:1: RemoteProtocolError")
+    assert pending == 0  # the other five requests were cancelled, not left running
+    assert len(calls) <= 6 * (MAX_RESENDS + 1)
+
+
 def test_a_timeout_is_not_resent():
-    calls = []
-
-    def handler(request):
-        calls.append(1)
-        raise httpx.ReadTimeout("too slow", request=request)
-
-    oracle = oracle_with(handler)
-    try:
-        with pytest.raises(AdvrankError, match="ReadTimeout"):
-            oracle.search(torch.rand(1, 1, 4, 4), 3, False)
-    finally:
-        oracle.close()
+    calls, _ = failing_search(httpx.ReadTimeout, 1, "ReadTimeout")
     assert calls == [1]
