@@ -11,8 +11,6 @@ from advrank.errors import AdvrankError
 from advrank.experiments.audit.settings import (
     QUERY_PLOT,
     AuditConfig,
-    _k,
-    _upload_identity,
     fingerprints_of,
 )
 from advrank.experiments.protocol import (
@@ -74,7 +72,7 @@ def query_cells(kinds: dict[str, AttackKind], config: AuditConfig
     every eps > 0 (none without a query budget)."""
     if config.query_budget is None:
         return []
-    return [(a, e, config.query_key(a, e, _k(kind, config))) for a, kind in kinds.items()
+    return [(a, e, config.query_key(a, e, config.size(kind))) for a, kind in kinds.items()
             if kind.query_only for e in config.eps_values if float(e) > 0]
 
 
@@ -97,7 +95,7 @@ def transfer_cells(kinds: dict[str, AttackKind], config: AuditConfig,
     the source's fingerprint (none without a source)."""
     if source is None:
         return []
-    return [(a, e, f"transfer|{cell_key(a, e, _k(kind, config))}|{source.fingerprint}")
+    return [(a, e, f"transfer|{cell_key(a, e, config.size(kind))}|{source.fingerprint}")
             for a, kind in kinds.items() for e in config.eps_values if float(e) > 0]
 
 
@@ -139,7 +137,7 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
         return None
     rows = []
     for attack, kind in kinds.items():
-        k = _k(kind, config)
+        k = config.size(kind)
         for eps in config.eps_values:
             base = {"attack": attack, "eps": float(eps), "k": k, "direction": kind.direction}
             cell = st.get(cell_key(attack, eps, k))
@@ -161,9 +159,9 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
         "budget": config.query_budget, "feedback": parse_feedback(config.feedback or "full")
         .describe(), "optimizer": get_optimizer(config.optimizer).name,
         "oracle": "local", "marks": config.query_marks, "plot": QUERY_PLOT}
-    first = next((st.get(cell_key(a, e, _k(kinds[a], config))) for a in kinds
+    first = next((st.get(cell_key(a, e, config.size(kinds[a]))) for a in kinds
                   for e in config.eps_values), {})
-    return {"query": settings, "pipeline": _upload_identity(config)["pipeline"],
+    return {"query": settings, "pipeline": config.upload_identity()["pipeline"],
             "through_pipeline": config.through_pipeline,
             "index": None if index is None else index.spec,
             "index_depth": first.get("index_depth"), "rows": rows,

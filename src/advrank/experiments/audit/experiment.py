@@ -33,9 +33,6 @@ from advrank.experiments.audit.settings import (
     REPORT_HTML,
     REPORT_JSON,
     AuditConfig,
-    _k,
-    _threat,
-    _upload_identity,
     fingerprints_of,
 )
 from advrank.experiments.protocol import (
@@ -123,7 +120,7 @@ class Audit(Experiment):
                 "steps": config.steps, "step_size": config.step_size,
                 "options": {a: kind.options for a, kind in self.kinds.items()},
                 "index": None if self.index is None else self.index.spec,
-                **_upload_identity(config)}
+                **config.upload_identity()}
 
     def check_cell(self, key: str, cell) -> str | None:
         return check_cell(key, cell)
@@ -136,7 +133,7 @@ class Audit(Experiment):
         config = self.config
         return [Cell("retrieval", lambda: retrieval_figures(self.target, config.max_queries,
                                                              config.seed)),
-                *(Cell(cell_key(a, e, _k(self.kinds[a], config)),
+                *(Cell(cell_key(a, e, config.size(self.kinds[a])),
                        lambda a=a, e=e: self.cell(a, e))
                   for a in self.kinds for e in config.eps_values),
                 *(Cell(key, lambda a=a, e=e: self.query_cell(a, e))
@@ -153,7 +150,7 @@ class Audit(Experiment):
         """The estimate before the first attack, then one progress bar over every cell's
         attacks and the example panels."""
         todo = [(a, e) for a in self.kinds for e in self.config.eps_values
-                if cell_key(a, e, _k(self.kinds[a], self.config)) not in store]
+                if cell_key(a, e, self.config.size(self.kinds[a])) not in store]
         query_todo = [(a, e) for a, e, key in query_cells(self.kinds, self.config)
                       if key not in store]
         todo += [(a, e) for a, e, key in transfer_cells(self.kinds, self.config, self.source)
@@ -167,11 +164,11 @@ class Audit(Experiment):
 
     def cell(self, attack: str, eps: float) -> dict[str, Any]:
         kind, config = self.kinds[attack], self.config
-        k = _k(kind, config)
+        k = config.size(kind)
         selection, clean_cache = self.columns(attack, kind, k)
         return run_attack(self.target.model, self.target.gallery, kind, float(eps), k, self.t,
                           seed=config.seed, batch_size=config.batch_size,
-                          threat=_threat(config, eps, kind), selection=selection,
+                          threat=config.threat(eps, kind), selection=selection,
                           progress=False, clean_cache=clean_cache, bar=self.bar,
                           index=self.index).summary()
 
@@ -185,7 +182,7 @@ class Audit(Experiment):
         kind, config = self.kinds[attack], self.config
         if self.oracle is None:
             self.oracle = make_oracle("local", self.target, config.feedback or "full")
-        k = _k(kind, config)
+        k = config.size(kind)
         selection, _ = self.columns(attack, kind, k)
         result = run_query_attack(self.target, kind, self.oracle, config.optimizer, float(eps),
                                   k, self.t, config.query_budget, seed=config.seed,
@@ -207,11 +204,11 @@ class Audit(Experiment):
         from advrank.experiments.transfer import transfer_pass
 
         kind, config, src = self.kinds[attack], self.config, self.source
-        k = _k(kind, config)
+        k = config.size(kind)
         selection, _ = self.columns(attack, kind, k)
         own, (ranked,) = transfer_pass((src.model, src.gallery),
                                        [(self.target.model, self.target.gallery)], kind,
-                                       kind.threat_for(_threat(config, eps, kind)), selection,
+                                       kind.threat_for(config.threat(eps, kind)), selection,
                                        config.seed, config.batch_size, False)
         if self.bar is not None:
             self.bar.update(len(selection))
@@ -277,7 +274,7 @@ def audit_summary(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
     rows = []
     for attack in kinds:
         for eps in config.eps_values:
-            k = _k(kinds[attack], config)
+            k = config.size(kinds[attack])
             cell = st.get(cell_key(attack, eps, k))
             rows.append({"attack": attack, "eps": float(eps), "k": k,
                          "direction": kinds[attack].direction,

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from advrank.attacks.base import AttackKind
-from advrank.experiments.audit.settings import AuditConfig, _k, _threat
+from advrank.experiments.audit.settings import AuditConfig
 from advrank.experiments.protocol import (
     attack_batches,
     selection_seed,
@@ -50,11 +50,11 @@ def example_panels(target: Target, kinds: dict[str, AttackKind], config: AuditCo
     for attack, kind in kinds.items():
         if type(kind).view is AttackKind.view:  # a plugin kind without example views
             continue
-        k = _k(kind, config)
+        k = config.size(kind)
         selection = kind.select(g, k, t, selection_seed(config.seed, attack, k))
         pool = selection.slice(0, min(EXAMPLE_POOL, t))
         advs = torch.cat([adv for _, adv in attack_batches(
-            target.model, g, kind, _threat(config, eps, kind), pool, config.seed,
+            target.model, g, kind, config.threat(eps, kind), pool, config.seed,
             config.batch_size, bar=bar)])
         with torch.no_grad():
             after = target.model(advs)

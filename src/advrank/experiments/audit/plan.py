@@ -10,7 +10,7 @@ import torch
 
 from advrank.attacks.base import AttackKind
 from advrank.experiments.audit.panels import EXAMPLE_POOL
-from advrank.experiments.audit.settings import AuditConfig, _threat
+from advrank.experiments.audit.settings import AuditConfig
 from advrank.experiments.target import Target
 
 #: an audit estimated beyond this many seconds is announced with a warning and the fast setting
@@ -65,13 +65,13 @@ def audit_plan(target: Target, kinds: dict[str, AttackKind], config: AuditConfig
     ``query_rounds`` (batch-forwards), ``forward_seconds``, ``seconds`` (the estimate)."""
     batch = min(config.batch_size, t)
     batches = -(-t // batch)
-    steps = sum(_threat(config, e, kinds[a]).eta * batches for a, e in todo if float(e) > 0)
+    steps = sum(config.threat(e, kinds[a]).eta * batches for a, e in todo if float(e) > 0)
     attacks = len(todo) * t
     if config.examples:  # the panels re-run a pool of each kind's attacks at the largest eps
         pool = min(EXAMPLE_POOL, t)
         eps = max(float(e) for e in config.eps_values)
         attacks += len(kinds) * pool
-        steps += sum(_threat(config, eps, kind).eta * -(-pool // batch) for kind in
+        steps += sum(config.threat(eps, kind).eta * -(-pool // batch) for kind in
                      kinds.values()) if eps > 0 else 0
     probe = probe_seconds(target, batch) if steps else 0.0
     rounds = len(query_todo) * batches * (config.query_budget or 0)

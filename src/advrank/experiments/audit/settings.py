@@ -131,20 +131,24 @@ class AuditConfig:
             raise AdvrankError(f"k = {self.k} needs a gallery of more than {self.k} items; it "
                                f"has {n}")
 
-def _k(kind: AttackKind, config: AuditConfig) -> int:
-    """The size an attack runs at: ``config.k`` (w or m), or 1 for a kind without one (ES)."""
-    return kind.sizes([config.k])[0]
 
 
-def _threat(config: AuditConfig, eps: float, kind: AttackKind) -> LinfThreatModel:
-    return LinfThreatModel(float(eps), config.step_size, config.steps, kind.random_start,
-                           pipeline=config.pipeline, through_pipeline=config.through_pipeline)
+    def size(self, kind: AttackKind) -> int:
+        """The size an attack runs at: ``k`` (w or m), or 1 for a kind without one (ES)."""
+        return kind.sizes([self.k])[0]
 
-def _upload_identity(config: AuditConfig) -> dict[str, Any]:
-    """The pipeline settings as the audit's identity records them (None: the float pixels)."""
-    pipeline = LinfThreatModel(0.0, pipeline=config.pipeline).pipeline
-    return {"pipeline": None if pipeline is None else pipeline.spec,
-            "through_pipeline": config.through_pipeline}
+    def threat(self, eps: float, kind: AttackKind) -> LinfThreatModel:
+        """The threat model of ``kind``'s attacks at ``eps``: the PGD steps, the kind's random
+        start and the upload pipeline of these settings."""
+        return LinfThreatModel(float(eps), self.step_size, self.steps, kind.random_start,
+                               pipeline=self.pipeline, through_pipeline=self.through_pipeline)
+
+    def upload_identity(self) -> dict[str, Any]:
+        """The pipeline settings as the audit's identity records them (None: the float
+        pixels)."""
+        pipeline = LinfThreatModel(0.0, pipeline=self.pipeline).pipeline
+        return {"pipeline": None if pipeline is None else pipeline.spec,
+                "through_pipeline": self.through_pipeline}
 
 
 def fingerprints_of(target: Target) -> dict[str, str]:
