@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from advrank.cli.options import (
+from advrank.cli.declare import (
+    index_from_args,
+    kind_options,
+    load_target_from_args,
+    resolve_size,
+    target_spec,
+)
+from advrank.cli.groups import (
     BESIDE_EXACT,
-    Command,
     add_attacks,
     add_batch_size,
     add_eps,
@@ -17,18 +23,9 @@ from advrank.cli.options import (
     add_size,
     add_steps,
     add_target_options,
-    emit,
-    format_eps,
-    index_from_args,
-    integer,
-    kind_options,
-    load_target_from_args,
-    log,
-    path_value,
-    positive_int,
-    resolve_size,
-    target_spec,
 )
+from advrank.cli.parsing import Command, emit, log
+from advrank.cli.values import format_eps, integer, path_value, positive_int
 from advrank.core.io import check_writable_dir
 from advrank.errors import AdvrankError
 from advrank.experiments.audit import FAST_SETTING
