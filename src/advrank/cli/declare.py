@@ -4,30 +4,28 @@ any work), and the targets and indexes they name, loaded by the library."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from advrank.attacks.selection import num_attacks_for as num_attacks_rule
+from advrank.attacks.threat import LinfThreatModel
 from advrank.cli.groups import kind_dest
 from advrank.cli.parsing import log
+from advrank.core.execution import ExecutionPolicy
 from advrank.errors import AdvrankError
+from advrank.experiments.target import Loader, Target, TargetSpec
 from advrank.registry import ATTACKS
 
 
 def num_attacks_for(num_attacks: int | None, n: int) -> int:
     """T for ``--num-attacks`` on an n-item collection, without the note (for checks)."""
-    from advrank.attacks.selection import num_attacks_for as rule
-
-    return rule(num_attacks, n)
-
+    return num_attacks_rule(num_attacks, n)
 
 
 def num_attacks_from_args(args, n: int) -> int:
     """T for ``--num-attacks`` on an n-item collection (the note goes to stderr)."""
-    from advrank.attacks.selection import num_attacks_for
-
     say = log(args)
-    return num_attacks_for(args.num_attacks, n, lambda m: say(f"advrank: note: {m}"))
-
+    return num_attacks_rule(args.num_attacks, n, lambda m: say(f"advrank: note: {m}"))
 
 
 def resolve_size(args, attacks: Sequence[str]):
@@ -49,30 +47,23 @@ def resolve_size(args, attacks: Sequence[str]):
     return value
 
 
-
 def kind_options(args) -> dict[str, Any]:
     """The attack-kind options given on the command line (None = the kind's default), by
     parameter name, for every parameter ``add_kind_options`` made a flag for."""
     return {name: getattr(args, kind_dest(name)) for name in getattr(args, "kind_params", ())}
 
 
-
-def policy_from_args(args):
+def policy_from_args(args) -> ExecutionPolicy:
     """The :class:`~advrank.core.execution.ExecutionPolicy` of ``add_execution``'s options."""
-    from advrank.core.execution import ExecutionPolicy
-
     return ExecutionPolicy(getattr(args, "precision", "fp32"),
                            getattr(args, "memory_budget", None),
                            bool(getattr(args, "compile", False)))
 
 
-
-def target_specs(args, cache_dir: str | None = None) -> list[tuple[str | None, Any]]:
+def target_specs(args, cache_dir: str | None = None) -> list[tuple[str | None, TargetSpec]]:
     """The ``(NAME or None, TargetSpec)`` of each model of ``add_target_options(labelled=True)``,
     in command-line order, validated; a plain per-model option applies to every ``--model``,
     ``NAME=VALUE`` to that model alone (and wins over the plain one)."""
-    from advrank.experiments.target import TargetSpec
-
     given = getattr(args, "targets", None) or []
     if not given:
         raise AdvrankError("give a model: --checkpoint FILE or --model SOURCE (with --data)")
@@ -105,11 +96,9 @@ def target_specs(args, cache_dir: str | None = None) -> list[tuple[str | None, A
             for i, (form, label, value) in enumerate(given)]
 
 
-def target_spec(args, cache_dir: str | None = None):
-    """The :class:`~advrank.experiments.target.TargetSpec` of the parsed options, validated
-    (exactly one of --checkpoint and --model; source options only with --model)."""
-    from advrank.experiments.target import TargetSpec
-
+def spec_from_args(args, cache_dir: str | None = None) -> TargetSpec:
+    """The :class:`~advrank.experiments.target.TargetSpec` of the parsed options, not yet
+    validated (for a library function that validates it in its own order)."""
     return TargetSpec(
         checkpoint=args.checkpoint, model=args.model, data=args.data, metric=args.metric,
         weights=args.weights, pretrained=args.pretrained, layer=args.layer,
@@ -117,41 +106,39 @@ def target_spec(args, cache_dir: str | None = None):
         input_size=args.input_size, mean=args.mean, std=args.std,
         cache_dir=args.cache_dir or cache_dir, workers=args.workers,
         query_fraction=args.query_fraction, max_unreadable=args.max_unreadable,
-        allow_outside_root=args.allow_outside_root).validate()
+        allow_outside_root=args.allow_outside_root)
 
 
+def target_spec(args, cache_dir: str | None = None) -> TargetSpec:
+    """:func:`spec_from_args`, validated (exactly one of --checkpoint and --model; source
+    options only with --model)."""
+    return spec_from_args(args, cache_dir).validate()
 
-def load_target_from_args(args, cache_dir: str | None = None, split: str = "test", check=None):
-    """:func:`~advrank.experiments.target.load_target` for the parsed options; ``check(|X|)``
-    refuses options that do not fit the collection before it is embedded."""
-    from advrank.experiments.target import load_target
 
-    say = log(args)
-    return load_target(target_spec(args, cache_dir), args.device, args.data_root, args.download,
-                       split=split, progress=not args.quiet, check=check,
-                       log=lambda m: say(f"advrank: {m}"))
+def loader_from_args(args) -> Loader:
+    """How the command loads its models: ``--device``, ``--data-root``, ``--download``,
+    progress and notes on stderr unless ``--quiet``."""
+    return Loader(args.device, args.data_root, args.download, progress=not args.quiet,
+                  log=log(args))
 
+
+def load_target_from_args(args, cache_dir: str | None = None, split: str = "test",
+                          check: Callable[[int], None] | None = None) -> Target:
+    """The target of the parsed model options, loaded by the library; ``check(|X|)`` refuses
+    options that do not fit the collection before it is embedded."""
+    return loader_from_args(args).load(target_spec(args, cache_dir), split, check)
 
 
 def index_from_args(args, target):
     """The ``--index`` search over the target's gallery (None without ``--index``), saved in
     ``--cache-dir`` when one is given."""
-    spec = getattr(args, "index", None)
-    if spec is None:
-        return None
-    from advrank.core.index import build_index
-
-    return build_index(target.gallery.embeddings, target.meta["metric"], spec,
-                       getattr(args, "cache_dir", None), target.fingerprint,
-                       lambda m: log(args)(f"advrank: {m}"))
+    return loader_from_args(args).index(target, getattr(args, "index", None),
+                                        getattr(args, "cache_dir", None))
 
 
-
-def upload_threat(args, eps: float = 0.0):
+def upload_threat(args, eps: float = 0.0) -> LinfThreatModel:
     """The threat model at ``eps`` with ``add_pipeline``'s options (validated before any
     work: --through-pipeline needs --pipeline)."""
-    from advrank.attacks.threat import LinfThreatModel
-
     return LinfThreatModel(eps, getattr(args, "step_size", None), getattr(args, "steps", None),
                            bool(getattr(args, "random_start", False)),
                            pipeline=getattr(args, "pipeline", None),

@@ -52,7 +52,6 @@ class _DeprecatedEps(argparse.Action):
         setattr(namespace, self.dest, list(dict.fromkeys(e for part in values for e in part)))
 
 
-
 def add_eps(p: argparse.ArgumentParser, multiple: bool, default: Any = None,
             required: bool = False, what: str = "L-inf budget",
             default_text: str | None = None) -> None:
@@ -70,7 +69,6 @@ def add_eps(p: argparse.ArgumentParser, multiple: bool, default: Any = None,
     if multiple:
         p.add_argument("--eps-values", dest="eps", type=eps_list, nargs="+",
                        action=_DeprecatedEps, help=argparse.SUPPRESS)
-
 
 
 def add_num_attacks(p: argparse.ArgumentParser, what: str = "attacks") -> None:
@@ -92,7 +90,6 @@ def add_batch_size(p: argparse.ArgumentParser) -> None:
 
 #: attacks per PGD batch, every command
 BATCH_SIZE = 256
-
 
 
 def add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -119,7 +116,6 @@ def add_common_no_data(p: argparse.ArgumentParser) -> None:
     add_common(p, data=False)
 
 
-
 def add_size(p: argparse.ArgumentParser, default: int | Sequence[int] | None = 1,
              multiple: bool = False) -> None:
     """The size of Q (w, CA) or C (m, QA): ``--k`` in every command, ``--w``/``--m`` accepted
@@ -135,10 +131,8 @@ def add_size(p: argparse.ArgumentParser, default: int | Sequence[int] | None = 1
     p.set_defaults(k_default=default)
 
 
-
 def kind_dest(name: str) -> str:
     return f"kind_option_{name}"
-
 
 
 def add_kind_options(p: argparse.ArgumentParser) -> None:
@@ -157,12 +151,10 @@ def add_kind_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(kind_params=tuple(found))
 
 
-
 def _param_metavar(param) -> str:
     if param.choices:
         return "{" + ",".join(param.choices) + "}"
     return {bool: "{true,false}", int: "N", float: "X", str: "TEXT"}[param.type]
-
 
 
 def attack_help(what: str = "the attack kind") -> str:
@@ -179,7 +171,6 @@ def attack_metavar() -> str:
     return "{" + ",".join(ATTACKS.names()) + "}"
 
 
-
 def add_attack(p: argparse.ArgumentParser) -> None:
     """``--attack``: the one attack kind of a command that runs one."""
     p.add_argument("--attack", required=True, type=attack_name, metavar=attack_metavar(),
@@ -191,7 +182,6 @@ def add_attacks(p: argparse.ArgumentParser, default: Sequence[str] = ("CA+", "CA
     """``--attacks``: the attack kinds of a command that runs several (default: the paper's)."""
     p.add_argument("--attacks", type=listed(attack_name, "attack names"), default=list(default),
                    help=attack_help(what))
-
 
 
 def add_steps(p: argparse.ArgumentParser) -> None:
@@ -212,7 +202,6 @@ def add_threat(p: argparse.ArgumentParser, eps_required: bool = True,
                    help="start PGD at a uniform point of the ball (paper: no)")
 
 
-
 def add_execution(p: argparse.ArgumentParser) -> None:
     """``--precision``, ``--memory-budget`` and ``--compile`` (see core/execution.py)."""
     from advrank.core.execution import PRECISIONS
@@ -228,7 +217,6 @@ def add_execution(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="fuse the per-step comparison passes with torch.compile (GPU, large "
                         "galleries; compiles once per shape)")
-
 
 
 def _add_collection_options(g, cache: bool) -> None:
@@ -247,7 +235,6 @@ def _add_collection_options(g, cache: bool) -> None:
     g.add_argument("--cache-dir", default=None,
                    help="where the collection's embeddings are cached (default: OUT/cache)"
                    if cache else "cache the collection's embeddings in this folder")
-
 
 
 def add_target_options(p: argparse.ArgumentParser, cache: bool = False,
@@ -305,7 +292,6 @@ def add_target_options(p: argparse.ArgumentParser, cache: bool = False,
     p.set_defaults(model_options=tuple(own))
 
 
-
 BESIDE_EXACT = ", measured beside exact search (whose ranks stay the headline)"
 
 
@@ -315,7 +301,6 @@ def add_index(p: argparse.ArgumentParser, default: str | None = None, what: str 
                    help="nearest-neighbour search: exact, flat (FAISS brute force), hnsw "
                         "(HNSW32), ivfpq (IVF,PQ sized from the gallery) or a FAISS factory "
                         f"string such as IVF64,Flat{what}")
-
 
 
 def add_query_options(p: argparse.ArgumentParser) -> None:
@@ -350,7 +335,6 @@ def add_query_options(p: argparse.ArgumentParser) -> None:
 
 
 QUERY_DEFAULTS = {"feedback": "full", "query_budget": 1000, "optimizer": "random"}
-
 
 
 def add_pipeline(p: argparse.ArgumentParser) -> None:

@@ -27,7 +27,6 @@ class Parser(argparse.ArgumentParser):
         raise AdvrankError(f"{where}: {message}" if where else message)
 
 
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Shows every option's default (unless its help already says it, or there is none)."""
 
@@ -40,7 +39,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if isinstance(default, (list, tuple)):
             default = ",".join(map(str, default))
         return f"{text} (default: {str(default).replace('%', '%%')})"
-
 
 
 def _paragraphs(doc: str | None) -> list[str]:
@@ -75,7 +73,6 @@ class Command:
         return p
 
 
-
 def emit(args, obj: dict, text: str) -> None:
     """One strict JSON object (``--json``) or the text, on stdout (rank 0 alone under
     torchrun: every process holds the same result)."""
@@ -96,7 +93,6 @@ def log(args) -> Callable[[str], None]:
     if getattr(args, "quiet", False) or not distributed.is_main():
         return lambda msg: None
     return lambda msg: print(msg, file=sys.stderr)
-
 
 
 def model_label(path, meta: dict) -> str:

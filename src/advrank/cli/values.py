@@ -19,7 +19,6 @@ def shorten(text: str) -> str:
     return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
-
 def parse_number(text: str) -> float:
     """A finite number; "8/255" (a fraction) is accepted too."""
     try:
@@ -33,14 +32,12 @@ def parse_number(text: str) -> float:
     return value
 
 
-
 def _in_range(value: float | int, check) -> float | int:
     """The library's validator of that kind of value (one place for ranges), as argparse's."""
     try:
         return check(value)
     except AdvrankError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("the value ")) from None
-
 
 
 def number(low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -52,7 +49,6 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
 
     parse.__name__ = what
     return parse
-
 
 
 def integer(low: int = 1, high: int = 10**9, what: str = "integer") -> Callable[[str], int]:
@@ -68,7 +64,6 @@ def integer(low: int = 1, high: int = 10**9, what: str = "integer") -> Callable[
     return parse
 
 
-
 def listed(item: Callable[[str], Any], what: str) -> Callable[[str], list]:
     """argparse type: comma-separated values of ``item``, duplicates removed (order kept)."""
     def parse(text: str) -> list:
@@ -81,7 +76,6 @@ def listed(item: Callable[[str], Any], what: str) -> Callable[[str], list]:
     return parse
 
 
-
 def path_value(text: str) -> str:
     """argparse type: a file or folder path; an empty one is refused (it would silently mean
     the current folder)."""
@@ -90,11 +84,9 @@ def path_value(text: str) -> str:
     return text
 
 
-
 eps_value = number(0.0, 1.0, what="eps")  # pixel units: 0.03 or 8/255
 positive_int = integer(1)
 seed_value = integer(0, 2**63 - 1, "seed")
-
 
 
 def eps_list(text: str) -> list[float]:
@@ -118,7 +110,6 @@ def eps_list(text: str) -> list[float]:
 eps_list.__name__ = "eps"
 
 
-
 def format_eps(eps: float) -> str:
     """eps as logs show it: ``2/255`` where eps is an exact multiple of 1/255 (what users
     type), else ``0.03``."""
@@ -127,14 +118,12 @@ def format_eps(eps: float) -> str:
     return fmt(eps)
 
 
-
 def attack_name(text: str) -> str:
     """argparse type: a registered attack name (aliases such as the Unicode minus accepted)."""
     try:
         return ATTACKS.canonical(text.strip())
     except AdvrankError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("the value ")) from None
-
 
 
 def param_type(param) -> Callable[[str], Any]:
@@ -149,7 +138,6 @@ def param_type(param) -> Callable[[str], Any]:
     return parse
 
 
-
 def memory_size(text: str):
     """argparse type: ``auto`` (None: from the device) or a size such as 4GiB."""
     from advrank.core.execution import parse_bytes
@@ -160,7 +148,6 @@ def memory_size(text: str):
         return parse_bytes(text)
     except AdvrankError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
 
 
 def model_source(text: str) -> str:
@@ -177,7 +164,6 @@ def model_source(text: str) -> str:
 def float_list(text: str) -> tuple[float, ...]:
     """argparse type: comma-separated numbers, repeats kept (``0.5,0.5,0.5``)."""
     return tuple(parse_number(part) for part in text.split(","))
-
 
 
 def _label(text: str) -> tuple[str | None, str]:
@@ -200,7 +186,6 @@ def labelled_type(kind: Callable[[str], Any], form: str | None = None) -> Callab
     return parse
 
 
-
 def index_spec(text: str) -> str:
     """argparse type: an index preset (exact, flat, hnsw, ivfpq) or a FAISS factory string."""
     from advrank.core.index import check_index_spec
@@ -209,7 +194,6 @@ def index_spec(text: str) -> str:
         return check_index_spec(text)
     except AdvrankError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
 
 
 def as_type(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
@@ -222,7 +206,6 @@ def as_type(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
 
     parse.__name__ = what
     return parse
-
 
 
 def pipeline_spec(text: str) -> str:

@@ -42,6 +42,7 @@ from advrank.experiments.audit.experiment import (
     retrieval_figures,
     run_audit,
 )
+from advrank.experiments.audit.job import AuditJob
 from advrank.experiments.audit.panels import EXAMPLE_POOL, _largest_moves, example_panels
 from advrank.experiments.audit.plan import (
     FAST_SETTING,
@@ -68,9 +69,9 @@ from advrank.experiments.audit.settings import (
 __all__ = [
     "AUDIT_ATTACKS", "AUDIT_FORMAT", "DEFAULT_AUDIT_EPS", "EXAMPLE_POOL", "FAST_SETTING",
     "IMPLIED_IDENTITY", "LONG_AUDIT_SECONDS", "QUERY_FRACTIONS", "QUERY_PLOT", "RANK_VIEWS",
-    "RECALL_KS", "REPORT_HTML", "REPORT_JSON", "TOPK_VIEWS", "Audit", "AuditConfig",
-    "_largest_moves", "audit_plan", "audit_summary", "check_cell", "check_query_cell",
-    "check_source", "check_transfer_cell", "deployed_view", "estimate_message",
-    "example_panels", "fingerprints_of", "format_duration", "probe_seconds", "query_cells",
-    "retrieval_figures", "run_audit", "transfer_cells",
+    "RECALL_KS", "REPORT_HTML", "REPORT_JSON", "TOPK_VIEWS", "_largest_moves", "Audit",
+    "audit_plan", "audit_summary", "AuditConfig", "AuditJob", "check_cell", "check_query_cell",
+    "check_source", "check_transfer_cell", "deployed_view", "estimate_message", "example_panels",
+    "fingerprints_of", "format_duration", "probe_seconds", "query_cells", "retrieval_figures",
+    "run_audit", "transfer_cells",
 ]

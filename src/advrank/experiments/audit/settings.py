@@ -132,7 +132,6 @@ class AuditConfig:
                                f"has {n}")
 
 
-
     def size(self, kind: AttackKind) -> int:
         """The size an attack runs at: ``k`` (w or m), or 1 for a kind without one (ES)."""
         return kind.sizes([self.k])[0]
