@@ -129,7 +129,7 @@ def load_target_from_args(args, cache_dir: str | None = None, split: str = "test
     return loader_from_args(args).load(target_spec(args, cache_dir), split, check)
 
 
-def index_from_args(args, target):
+def index_from_args(args, target: Target):
     """The ``--index`` search over the target's gallery (None without ``--index``), saved in
     ``--cache-dir`` when one is given."""
     return loader_from_args(args).index(target, getattr(args, "index", None),

@@ -77,7 +77,7 @@ class Grid(Experiment):
         self.num_attacks = check_int(num_attacks, "number of attacks")  # None: refused
         self.policy = get_policy(policy)
         if paper is not None:
-            paper_table_for({}, paper)
+            paper_table_for(None, paper)
         if meta is not None and not isinstance(meta, dict):
             raise AdvrankError(f"meta must be a dict, got {type(meta).__name__}")
         check_fits_all(self.kinds.values(), self.ks, self.num_attacks, len(gallery))

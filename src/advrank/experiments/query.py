@@ -28,6 +28,7 @@ from advrank.attacks.query.base import (
 from advrank.attacks.selection import Selection
 from advrank.core.checks import check_number, check_progress, check_seed
 from advrank.core.runtime import derived_seed, progress_bar
+from advrank.core.target import SearchTarget
 from advrank.errors import AdvrankError
 from advrank.experiments.protocol import (
     AttackResult,
@@ -104,7 +105,7 @@ def named_items(score, rows: torch.Tensor) -> torch.Tensor | None:
     return torch.cat([s[rows] for s in sets], 1)
 
 
-def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimizer,
+def attack_part(target: SearchTarget, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimizer,
                 eps: float, budget: int, part: Selection, generator: torch.Generator,
                 start: torch.Tensor | None = None, checkpoints: Sequence[int] = ()
                 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -123,7 +124,7 @@ def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimi
     return adv, counter.used, objective.snapshots() if checkpoints else {}
 
 
-def measure_all(target, kinds: Sequence[AttackKind], part: Selection,
+def measure_all(target: SearchTarget, kinds: Sequence[AttackKind], part: Selection,
                 images: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The figures ``[B]`` of ``kinds[0]`` and, named ``KIND:figure``, of the others, for
     ``images`` (None: the clean queries, whose embeddings the gallery holds)."""
@@ -146,7 +147,7 @@ def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     return out
 
 
-def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
+def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Oracle,
                      optimizer: str | QueryOptimizer, eps: float, k: int, num_attacks: int,
                      budget: int, seed: int = 0, batch_size: int = 256,
                      selection: Selection | None = None, start: torch.Tensor | None = None,

@@ -204,16 +204,16 @@ def _load_rankers(targets, load, check=None):
     for name, form in targets.items():
         target = load(form, check=check)
         if dataset_name is None:
-            dataset_name = target.meta["dataset"]
-        elif target.meta["dataset"] != dataset_name:
+            dataset_name = target.meta.dataset
+        elif target.meta.dataset != dataset_name:
             raise AdvrankError(f"checkpoint {name} ({target.source}) is for "
-                               f"{target.meta['dataset']}, the others for {dataset_name}; "
+                               f"{target.meta.dataset}, the others for {dataset_name}; "
                                "transfer needs one shared test set")
         rankers[name] = (target.model, target.gallery)
         models[name] = {"checkpoint": target.source, "sha256": target.fingerprint,
-                        "arch": target.meta["arch"], "metric": target.meta["metric"],
-                        "recall@1": target.meta.get("recall@1"),
-                        "defense": target.meta.get("defense")}
+                        "arch": target.meta.arch, "metric": target.meta.metric,
+                        "recall@1": target.meta.recall_at_1,
+                        "defense": target.meta.defense}
     return rankers, models, dataset_name, len(target.gallery)
 
 

@@ -115,7 +115,7 @@ class Audit(Experiment):
     def identity(self) -> dict[str, Any]:
         target, config = self.target, self.config
         return {"fingerprint": target.fingerprint, **fingerprints_of(target),
-                "metric": target.meta.get("metric"), "gallery_size": len(target.gallery),
+                "metric": target.meta.metric, "gallery_size": len(target.gallery),
                 "num_attacks": self.t, "seed": config.seed, "k": config.k,
                 "steps": config.steps, "step_size": config.step_size,
                 "options": {a: kind.options for a, kind in self.kinds.items()},
