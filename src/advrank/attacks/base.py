@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -76,6 +76,24 @@ class RankingView:
     replace: tuple[int, torch.Tensor] | None = None
     exclude: list[int] = field(default_factory=list)
     highlight: list[int] = field(default_factory=list)
+
+
+class QueryScore:
+    """What a query-only attack of a kind minimises from an oracle's answers:
+    ``score(answer, rows [N]) -> [N]`` for the answers of the attacks ``rows``, and
+    :meth:`named_items`, the gallery ids whose positions it reads (so an oracle may answer with
+    their ranks alone). ``QueryScore(fn)`` wraps a function of the answers' whole lists."""
+
+    def __init__(self, fn: Callable[[Any, torch.Tensor], torch.Tensor]):
+        self.fn = fn
+
+    def __call__(self, answer: Any, rows: torch.Tensor) -> torch.Tensor:
+        return self.fn(answer, rows)
+
+    def named_items(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """``[N, j]``: the ids this score reads in the lists of the attacks ``rows [N]``;
+        None: it reads every list whole."""
+        return None
 
 
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
