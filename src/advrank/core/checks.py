@@ -159,3 +159,12 @@ def check_sequence_of_numbers(values: Any, name: str, length: int | None = None,
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_dataset(dataset) -> None:
+    """Refuse what is not a dataset of labelled images (``labels [N]`` int, N >= 2)."""
+    labels = getattr(dataset, "labels", None)
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() \
+            or not hasattr(dataset, "__getitem__") or labels.numel() < 2:
+        raise AdvrankError(f"expected a dataset of at least 2 labelled images (an "
+                           f"advrank ImageDataset), got {type(dataset).__name__}")

@@ -10,12 +10,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from advrank.core import distributed
-from advrank.core.checks import check_finite, check_progress
+from advrank.core.checks import check_dataset, check_finite, check_progress
 from advrank.core.distances import Distance, get_distance
 from advrank.core.execution import BatchSplitter
 from advrank.core.metrics import retrieval_metrics
 from advrank.core.runtime import progress_bar, resolve_device
-from advrank.data.base import check_dataset
 from advrank.errors import AdvrankError
 
 
