@@ -23,17 +23,9 @@ from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS, paper_lookup, paper_table_for
-from advrank.experiments.protocol import (
-    ColumnSelections,
-    cell_key,
-    check_cell_options,
-    check_gallery,
-    check_run,
-    run_attack,
-)
-from advrank.experiments.protocol import (
-    check_attack_cell as check_cell,
-)
+from advrank.experiments.protocol import ColumnSelections, check_gallery, check_run, run_attack
+from advrank.experiments.results import cell_key, check_cell_options
+from advrank.experiments.results import check_attack_cell as check_cell
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store
 from advrank.reports.tables import csv_table, headline_of, markdown_table

@@ -29,12 +29,8 @@ from advrank.core.checks import check_number, check_progress, check_seed
 from advrank.core.runtime import derived_seed, progress_bar
 from advrank.core.target import SearchTarget
 from advrank.errors import AdvrankError
-from advrank.experiments.protocol import (
-    AttackResult,
-    RankLog,
-    check_batch_size,
-    embed_checked,
-)
+from advrank.experiments.protocol import check_batch_size, embed_checked
+from advrank.experiments.results import AttackResult, RankLog
 from advrank.oracles.base import Oracle, QueryCounter, ask, check_budget
 
 

@@ -43,7 +43,8 @@ from advrank.core.checks import check_number
 from advrank.core.gallery import Gallery
 from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
-from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
+from advrank.experiments.protocol import check_batch_size, run_attack
+from advrank.experiments.results import check_cell_options
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import FIGURE_RANGES, Store, figures_problem
 

@@ -31,15 +31,13 @@ from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS
 from advrank.experiments.protocol import (
-    AttackResult,
-    RankLog,
     attack_batches,
-    check_cell_options,
     check_gallery,
     check_run,
     check_threat,
     embed_checked,
 )
+from advrank.experiments.results import AttackResult, RankLog, check_cell_options
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import TargetSpec, load_target, target_form

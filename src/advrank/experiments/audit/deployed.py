@@ -13,10 +13,7 @@ from advrank.experiments.audit.settings import (
     AuditConfig,
     fingerprints_of,
 )
-from advrank.experiments.protocol import (
-    cell_key,
-    check_attack_cell,
-)
+from advrank.experiments.results import cell_key, check_attack_cell
 from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import Target
 from advrank.oracles import parse_feedback

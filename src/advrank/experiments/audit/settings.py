@@ -14,10 +14,8 @@ from advrank.attacks.selection import num_attacks_for
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_number
 from advrank.errors import AdvrankError
-from advrank.experiments.protocol import (
-    cell_key,
-    check_batch_size,
-)
+from advrank.experiments.protocol import check_batch_size
+from advrank.experiments.results import cell_key
 from advrank.experiments.target import Target
 from advrank.oracles import check_budget, parse_feedback
 
