@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -126,6 +126,8 @@ class AttackKind:
     #: it has a query-only form (:meth:`query_score`): attacked through an oracle
     query_only: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    #: set for each kind from its parameters (see ``__init_subclass__``)
+    __signature__: ClassVar[inspect.Signature]
 
     def __init_subclass__(cls, **kwargs: Any):
         """Derive ``params`` from ``parameters`` (or, for an old-style kind that sets only a
@@ -338,7 +340,7 @@ def make_kinds(attacks: Sequence[str], options: dict) -> dict[str, AttackKind]:
     return kinds
 
 
-def check_fits_all(kinds: Sequence[AttackKind], ks: Sequence[int], num_attacks: int | None,
+def check_fits_all(kinds: Iterable[AttackKind], ks: Sequence[int], num_attacks: int | None,
                    n: int) -> None:
     """:meth:`AttackKind.check_fits` for every kind and size of a run (a grid, a matrix);
     ``num_attacks`` None means T = |X|."""

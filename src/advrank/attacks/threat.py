@@ -7,6 +7,7 @@ uploaded pictures), and every result records :meth:`LinfThreatModel.describe`.""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import cast
 
 import torch
 
@@ -123,7 +124,15 @@ class LinfThreatModel:
     def attacked_input(self, images: torch.Tensor) -> torch.Tensor:
         """What PGD feeds the model for ``images [B, C, H, W]``: the pipeline's differentiable
         approximation when attacking through it, else the images themselves."""
-        return self.pipeline.differentiable(images) if self.through_pipeline else images
+        if not self.through_pipeline:
+            return images
+        return cast(ImagePipeline, self.pipeline).differentiable(images)  # checked: not None
+
+    @property
+    def pipeline_spec(self) -> str | None:
+        """The upload pipeline's canonical spec (None: the float pixels, no pipeline)."""
+        pipeline = cast(ImagePipeline | None, self.pipeline)  # normalised by __post_init__
+        return None if pipeline is None else pipeline.spec
 
     def for_queries(self, eight_bit: bool, query_budget: int) -> LinfThreatModel:
         """This threat as a query-only attack faces it: at most ``query_budget`` queries per
@@ -143,7 +152,7 @@ class LinfThreatModel:
         if self.query_budget is None:
             out.update(step_size=self.alpha, steps=self.eta, random_start=self.random_start)
         if self.pipeline is not None:  # absent in the paper's setting: earlier results match
-            out.update(pipeline=self.pipeline.spec, through_pipeline=self.through_pipeline)
+            out.update(pipeline=self.pipeline_spec, through_pipeline=self.through_pipeline)
         if self.query_budget is not None:
             out.update(eight_bit=self.eight_bit, query_budget=self.query_budget)
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from advrank.cli.declare import load_target_from_args
 from advrank.cli.groups import add_json, add_target_options
@@ -14,7 +15,7 @@ from advrank.registry import DATASETS, DEFENSES, DISTANCES, LOSSES, MODELS
 from advrank.training.trainer import DEFAULTS as TRAIN_DEFAULTS
 
 
-def registered(registry) -> callable:
+def registered(registry) -> Callable[[str], str]:
     """argparse type: a name registered in ``registry`` (a ``name:argument`` keeps its part
     after the colon, e.g. ``imagefolder:PATH``)."""
     def parse(text: str) -> str:

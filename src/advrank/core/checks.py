@@ -68,7 +68,7 @@ def check_number(value: Any, name: str, *, low: float | None = None, high: float
                            f"{_show(value)}")
     if integer:
         return int(value)
-    if exact and abs(value) > 2**1023:  # would overflow a float
+    if exact and abs(float(value)) > 2**1023:  # would overflow a float
         raise AdvrankError(f"{name} must be a finite number, got {_show(value)}")
     return float(value)
 

@@ -4,6 +4,7 @@ embeddings ``[N, D]``, the labels ``[N]`` and the distance every ranking uses.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ def embed_dataset(
 class Gallery:
     """The candidate set X: its dataset (images by index), embeddings ``[N, D]``, labels ``[N]``."""
 
-    dataset: object
+    dataset: Any  # an advrank ImageDataset (data/ sits above core: not imported here)
     embeddings: torch.Tensor
     labels: torch.Tensor
     distance: Distance

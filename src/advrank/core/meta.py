@@ -51,7 +51,7 @@ class ModelMeta:
     arch: str
     metric: str
     embed_dim: int
-    image_shape: tuple[int, ...]
+    image_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     loss: str | None = None

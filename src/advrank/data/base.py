@@ -94,7 +94,8 @@ class TensorImageDataset(ImageDataset):
             raise AdvrankError(f"labels must be integers, got dtype {labels.dtype}")
         self.images = images.float().contiguous()
         self.labels = labels.long().contiguous()
-        self.image_shape = tuple(images.shape[1:])
+        c, h, w = images.shape[1:]
+        self.image_shape = (int(c), int(h), int(w))
         self.name = name
 
     def __getitem__(self, i: int):

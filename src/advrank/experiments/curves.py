@@ -7,6 +7,7 @@ import csv
 import io
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -167,10 +168,10 @@ class Curves(Experiment):
                 label += "'"
             self.models.append(_model_row(target, label))
             for eps in self.eps_values:
-                yield Cell(f"{target.fingerprint}|{eps:g}", lambda t=target, e=eps:
-                           robustness_point(t.model, t.gallery, e, self.k, self.num_attacks,
-                                            self.seed, self.batch_size,
-                                            progress=self.progress), label)
+                yield Cell(f"{target.fingerprint}|{eps:g}",
+                           partial(robustness_point, target.model, target.gallery, eps, self.k,
+                                   self.num_attacks, self.seed, self.batch_size,
+                                   progress=self.progress), label)
 
     def finished(self, store: Store, cell: Cell, value: dict, seconds: float, log) -> None:
         ranks = "  ".join(f"{a} {value[f'{a}_after']:.1f}" for a in PAPER_ATTACKS)

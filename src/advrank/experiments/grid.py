@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -88,7 +89,7 @@ class Grid(Experiment):
                 "checkpoint_sha": self.meta.get("checkpoint_sha"),
                 "precision": self.policy.precision,
                 "index": None if self.index is None else self.index.spec,
-                "pipeline": None if self.upload.pipeline is None else self.upload.pipeline.spec,
+                "pipeline": self.upload.pipeline_spec,
                 "through_pipeline": self.upload.through_pipeline}
 
     def record(self) -> dict:
@@ -104,7 +105,7 @@ class Grid(Experiment):
 
     def cells(self, store: Store) -> list[Cell]:
         # a kind without a size parameter (TMA, ES, ...) has one column, k = 1
-        return [Cell(cell_key(a, e, k), lambda a=a, e=e, k=k: self.cell(a, e, k))
+        return [Cell(cell_key(a, e, k), partial(self.cell, a, e, k))
                 for a in self.kinds for k in self.kinds[a].sizes(self.ks)
                 for e in self.eps_values]
 

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -180,6 +181,13 @@ def _attack_part(model: nn.Module, gallery: Gallery, kind: AttackKind, threat: L
         return pgd(model, images, objective, threat, noise=noise, policy=policy)
 
 
+def _slice_part(model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,
+                part: Selection, seed: int, policy: ExecutionPolicy, memory, a: int,
+                b: int) -> torch.Tensor:
+    """:func:`_attack_part` of the attacks ``a:b`` of ``part`` (what a sub-batch runs)."""
+    return _attack_part(model, gallery, kind, threat, part.slice(a, b), seed, policy, memory)
+
+
 def attack_batches(
     model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,
     selection: Selection, seed: int, batch_size: int, progress: bool | None = None,
@@ -203,10 +211,8 @@ def attack_batches(
         part = selection.slice(s, s + batch_size)
         if plan is None:
             plan = plan_for(model, gallery, kind, k, batch_size, part, policy)
-        pieces = plan.splitter.run(
-            lambda a, b, part=part, memory=plan.memory: _attack_part(
-                model, gallery, kind, threat, part.slice(a, b), seed, policy, memory),
-            0, len(part))
+        pieces = plan.splitter.run(partial(_slice_part, model, gallery, kind, threat, part, seed,
+                                           policy, plan.memory), 0, len(part))
         yield part, torch.cat(pieces)
         bar.update(len(part))
     if own:

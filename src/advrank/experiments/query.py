@@ -171,7 +171,8 @@ def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Ora
         raise AdvrankError(f"{start.shape[0]} start images for {len(selection)} attacks")
     t0, log, used = time.time(), RankLog(), []
     checkpoints = check_checkpoints(checkpoints, budget)
-    logs = {c: (RankLog(), []) for c in checkpoints}
+    logs: dict[int, tuple[RankLog, list[torch.Tensor]]] = {c: (RankLog(), [])
+                                                           for c in checkpoints}
     bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
                        unit="attack", enabled=progress)
     for s in range(0, len(selection), batch_size):

@@ -145,19 +145,19 @@ def _stderr(msg: str) -> None:
 def _build_model(spec: TargetSpec, log) -> tuple[nn.Module, ModelMeta, Geometry, dict]:
     """The model, its meta, the geometry pictures are read at, and what to record."""
     if spec.checkpoint is not None:
-        model, meta = model_from_checkpoint(spec.checkpoint)
+        net, meta = model_from_checkpoint(spec.checkpoint)
         # the paper's models see the whole picture squeezed to their size (28x28 grey)
         geometry = Geometry(meta.image_shape, None, "bilinear")
-        info = {"checkpoint_file_sha": file_sha256(spec.checkpoint, 12)}
-        return model, meta, geometry, info
+        return net, meta, geometry, {"checkpoint_file_sha": file_sha256(spec.checkpoint, 12)}
     from advrank.models.sources import load_source_model
 
     options = SourceOptions(**{name: getattr(spec, name) for name in SOURCE_ONLY})
-    model, info = load_source_model(spec.model, options, log)
+    model, found = load_source_model(str(spec.model), options, log)
+    info: dict[str, Any] = dict(found)
     # the outside model's metadata, read once here (as a checkpoint's is where it is read)
     meta = ModelMeta(dataset=str(spec.data), arch=str(spec.model),
                      metric=spec.metric or "cosine", embed_dim=model.embed_dim,
-                     image_shape=tuple(model.image_shape), mean=tuple(info["mean"]),
+                     image_shape=model.image_shape, mean=tuple(info["mean"]),
                      std=tuple(info["std"]))
     return model, meta, model.geometry, info
 
@@ -244,7 +244,7 @@ def target_form(item: Any, what: str = "checkpoint") -> Path | TargetSpec:
 def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device = "auto",
                 data_root: str | Path | None = None, download: bool = False,
                 split: str = "test", progress: bool | None = None,
-                check: Callable[[int], None] | None = None,
+                check: Callable[[int], object] | None = None,
                 log: Callable[[str], None] | None = None) -> Target:
     """The model and gallery X of ``checkpoint`` (a path: its dataset's ``split``, embedded
     once with the checkpoint's metric) or of a :class:`TargetSpec` (either form).
@@ -271,21 +271,22 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
                                          ).hexdigest()[:12]
         return Target(model, meta, gallery, device, str(spec.checkpoint), fingerprint,
                       {"plugins": plugins} if plugins else {})
-    model, meta, geometry, info = _build_model(spec, log)
-    model = model.to(device).eval()
-    if hasattr(model, "probe"):  # an outside model, at the real batch size on its device
-        model.probe((2, spec.batch_size))
-    gallery, queries, info = _load_collection(model, meta, geometry, spec, device, data_root,
+    built, meta, geometry, info = _build_model(spec, log)
+    built = built.to(device).eval()
+    probe = getattr(built, "probe", None)
+    if probe is not None:  # an outside model, at the real batch size on its device
+        probe((2, spec.batch_size))
+    gallery, queries, info = _load_collection(built, meta, geometry, spec, device, data_root,
                                               download, split, progress, log, info, check)
     meta = replace(meta, dataset=info["data"])
     ident = {k: info.get(k) for k in ("model_sha", "data_sha", "geometry", "query_fraction",
                                       "unreadable_images")}
     # what else determines the figures: the model's code, the pictures' content, the plugins
     ident.update({k: info[k] for k in ("code_sha", "content_sha", "plugins") if info.get(k)})
-    fingerprint = hashlib.sha256(strict_json({**ident, "metric": meta.metric}).encode())
+    digest = hashlib.sha256(strict_json({**ident, "metric": meta.metric}).encode())
     source = spec.checkpoint if spec.checkpoint is not None else spec.model
-    return Target(model, meta, gallery, device, str(source), fingerprint.hexdigest()[:12],
-                  info, queries)
+    return Target(built, meta, gallery, device, str(source), digest.hexdigest()[:12], info,
+                  queries)
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ class Loader:
             self.log(f"advrank: {msg}")
 
     def load(self, spec: str | Path | TargetSpec, split: str = "test",
-             check: Callable[[int], None] | None = None) -> Target:
+             check: Callable[[int], object] | None = None) -> Target:
         """:func:`load_target` of ``spec`` (``check(|X|)``: before the collection is
         embedded)."""
         return load_target(spec, self.device, self.data_root, self.download, split=split,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -248,8 +249,9 @@ class TransferMatrix(Experiment):
                                         for cell in row.values()), self.kinds)
 
     def cells(self, store: Store) -> list[Cell]:
-        return [Cell(f"{attack}|{source}", lambda source=source, kind=kind: _transfer_row(
-                    source, kind, self.rankers, self.settings, self.batch_size, self.progress))
+        return [Cell(f"{attack}|{source}", partial(_transfer_row, source, kind, self.rankers,
+                                                   self.settings, self.batch_size,
+                                                   self.progress))
                 for attack, kind in self.kinds.items() for source in self.rankers]
 
     def announce(self, todo: int, done: int) -> str:

@@ -233,7 +233,7 @@ class Batcher:
                 answers = await run_in_threadpool(self.service.search_batch,
                                                   [q for q, _ in batch])
             except Exception as exc:  # every waiting request gets it (a 500), the loop goes on
-                answers = [exc] * len(batch)
+                answers = [exc] * len(batch)  # type: ignore[list-item]
             for (_, done), answer in zip(batch, answers, strict=True):
                 if done.done():  # the client went away
                     continue
@@ -341,7 +341,7 @@ def create_app(target: SearchTarget, index: VectorIndex, scores: bool = False,
         return service.info()
 
     @app.post("/search")
-    async def search(request: fastapi.Request):
+    async def search(request: fastapi.Request):  # type: ignore[name-defined]
         if in_flight[0] >= service.limits.max_concurrency:
             return _error(503, f"busy: {in_flight[0]} searches in flight (the limit); retry "
                                "later", {"Retry-After": "1"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
+from advrank.oracles.base import Oracle
 
 
 def check_cell(key: str, cell) -> str | None:
@@ -93,7 +95,9 @@ class Audit(Experiment):
         self.log = log or (lambda m: None)
         self.t = config.attacks_for(len(target.gallery), lambda m: self.log(f"audit: note: {m}"))
         self.target, self.config, self.extra_record = target, config, record or {}
-        self.progress, self.index, self.bar, self.oracle = progress, index, None, None
+        self.progress, self.index = progress, index
+        self.bar: Any = None  # the progress bar while the cells run
+        self.oracle: Oracle | None = None  # the local oracle, made for the first query cell
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
 
     def identity(self) -> dict[str, Any]:
@@ -115,14 +119,13 @@ class Audit(Experiment):
 
     def cells(self, store: Store) -> list[Cell]:
         config = self.config
-        return [Cell("retrieval", lambda: retrieval_figures(self.target, config.max_queries,
-                                                             config.seed)),
-                *(Cell(cell_key(a, e, config.size(self.kinds[a])),
-                       lambda a=a, e=e: self.cell(a, e))
+        return [Cell("retrieval", partial(retrieval_figures, self.target, config.max_queries,
+                                          config.seed)),
+                *(Cell(cell_key(a, e, config.size(self.kinds[a])), partial(self.cell, a, e))
                   for a in self.kinds for e in config.eps_values),
-                *(Cell(key, lambda a=a, e=e: self.query_cell(a, e))
+                *(Cell(key, partial(self.query_cell, a, e))
                   for a, e, key in deployed.query_cells(self.kinds, config)),
-                *(Cell(key, lambda a=a, e=e: self.transfer_cell(a, e))
+                *(Cell(key, partial(self.transfer_cell, a, e))
                   for a, e, key in deployed.transfer_cells(self.kinds, config, self.source))]
 
     def announce(self, todo: int, done: int) -> str:

@@ -143,8 +143,7 @@ class AuditConfig:
     def upload_identity(self) -> dict[str, Any]:
         """The pipeline settings as the audit's identity records them (None: the float
         pixels)."""
-        pipeline = LinfThreatModel(0.0, pipeline=self.pipeline).pipeline
-        return {"pipeline": None if pipeline is None else pipeline.spec,
+        return {"pipeline": LinfThreatModel(0.0, pipeline=self.pipeline).pipeline_spec,
                 "through_pipeline": self.through_pipeline}
 
 
