@@ -33,6 +33,7 @@ import torch
 
 from advrank.attacks.base import AttackKind, make_kinds
 from advrank.attacks.query import get_optimizer
+from advrank.attacks.query.budget import check_budget
 from advrank.attacks.selection import num_attacks_for
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_number, format_eps
@@ -52,7 +53,7 @@ from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
-from advrank.oracles import check_budget, parse_feedback
+from advrank.oracles import parse_feedback
 
 AUDIT_FORMAT = "advrank-audit"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"

@@ -9,7 +9,6 @@ the candidate the optimiser queried (8-bit when the oracle uploads pictures).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,13 +17,8 @@ import torch
 
 from advrank.attacks.base import AttackKind, check_query_only, get_attack
 from advrank.attacks.feedback import FeedbackScore
-from advrank.attacks.query.base import (
-    Ball,
-    Best,
-    CountedObjective,
-    QueryOptimizer,
-    get_optimizer,
-)
+from advrank.attacks.query.base import Ball, QueryOptimizer, get_optimizer
+from advrank.attacks.query.budget import OracleObjective, QueryCounter, ask, check_budget
 from advrank.attacks.selection import Selection
 from advrank.core.checks import check_number, check_progress, check_seed
 from advrank.core.runtime import derived_seed, progress_bar
@@ -35,7 +29,7 @@ from advrank.experiments.protocol import (
     check_batch_size,
     embed_checked,
 )
-from advrank.oracles.base import Oracle, QueryCounter, ask, check_budget
+from advrank.oracles.base import Oracle
 
 
 class _Threat:
@@ -47,50 +41,6 @@ class _Threat:
     def describe(self) -> dict[str, Any]:
         return {"norm": "Linf", "eps": self.eps, "eight_bit": self.eight_bit,
                 "query_budget": self.budget}
-
-
-class CheckpointedObjective(CountedObjective):
-    """A :class:`CountedObjective` that also keeps, per attack, the best candidate of the
-    rounds completed within each query count of ``at``: what a run with that budget would
-    have returned, for an optimiser whose run is a prefix of a longer one (NES, SPSA: the same
-    draws, round by round; not the random search, whose window schedule follows the budget).
-    A round is counted once it is sent whole; one that would pass a checkpoint is not."""
-
-    def __init__(self, evaluate, counter: QueryCounter, at: Sequence[int]):
-        super().__init__(evaluate, counter)
-        self.at = sorted({check_budget(c) for c in at})
-        self.best: Best | None = None
-        self.taken: dict[int, torch.Tensor] = {}  # c -> [B] bool: snapshot taken
-        self.snaps: dict[int, torch.Tensor] = {}
-        self.used_at: dict[int, torch.Tensor] = {}  # c -> [B]: queries spent by then
-
-    def __call__(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        before = self.counter.used.clone()
-        values = super().__call__(x, active)
-        if self.best is None:
-            self.best = Best(x[:, 0], torch.full((x.shape[0],), math.inf))
-            for c in self.at:
-                self.snaps[c] = self.best.x.clone()
-                self.taken[c] = torch.zeros(x.shape[0], dtype=torch.bool)
-                self.used_at[c] = torch.zeros(x.shape[0], dtype=torch.long)
-        for c in self.at:  # this round passes c: the best before it is the one at c
-            passed = (self.counter.used > c) & (before <= c) & ~self.taken[c]
-            mask = passed.to(x.device).view(-1, *([1] * (x.dim() - 2)))
-            self.snaps[c] = torch.where(mask, self.best.x, self.snaps[c])
-            self.used_at[c] = torch.where(passed, before, self.used_at[c])
-            self.taken[c] |= passed
-        self.best.update(x, values)
-        return values
-
-    def snapshots(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """``{c: (best images [B, C, H, W], queries spent [B])}`` at each checkpoint (the
-        run's last best where it ended before c)."""
-        out = {}
-        for c in self.at:
-            mask = self.taken[c].to(self.best.x.device).view(-1, *([1] * (self.best.x.dim() - 1)))
-            out[c] = (torch.where(mask, self.snaps[c], self.best.x),
-                      torch.where(self.taken[c], self.used_at[c], self.counter.used))
-        return out
 
 
 def named_items(score, rows: torch.Tensor) -> torch.Tensor | None:
@@ -115,12 +65,11 @@ def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimi
     counter = QueryCounter(len(part), budget)
     score = kind.query_score(gallery, part, oracle.feedback,
                              lambda x: ask(oracle, counter, x))
-    objective = CheckpointedObjective(
-        lambda x, rows: score(oracle.answer(x, named_items(score, rows)), rows), counter,
-        checkpoints)
+    objective = OracleObjective(oracle, score, counter, lambda rows: named_items(score, rows),
+                                checkpoints)
     ball = Ball(gallery.images(part.anchors), eps, oracle.eight_bit)
     adv, _ = optimizer.run(objective, ball, start, generator)
-    return adv, counter.used, objective.snapshots() if checkpoints else {}
+    return adv, counter.used, objective.snapshots()
 
 
 def measure_all(target, kinds: Sequence[AttackKind], part: Selection,
@@ -158,10 +107,10 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     selection order). ``also``: further kinds that measure the same images, their figures
     named ``KIND:figure`` (e.g. ES's disruption scored by ORDER's tau; ``selection`` must
     then be one they can read). ``checkpoints``: query counts at which the best so far is
-    measured too (see :class:`CheckpointedObjective`), as ``extra["checkpoints"]``
-    ``{c: figures}``. The result's ``extra`` holds ``queries_used`` (mean per attack),
-    ``queries_used_max``, the oracle and the optimiser; batches draw from one generator each
-    (keyed by seed and position), so results depend on ``batch_size``."""
+    measured too (see :class:`advrank.attacks.query.budget.Checkpoints`), as
+    ``extra["checkpoints"]`` ``{c: figures}``. The result's ``extra`` holds ``queries_used``
+    (mean per attack), ``queries_used_max``, the oracle and the optimiser; batches draw from
+    one generator each (keyed by seed and position), so results depend on ``batch_size``."""
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
     budget, seed = check_budget(budget), check_seed(seed)

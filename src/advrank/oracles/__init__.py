@@ -15,8 +15,6 @@ from advrank.oracles.base import (
     Answer,
     Feedback,
     Oracle,
-    QueryCounter,
-    check_budget,
     parse_feedback,
 )
 from advrank.registry import ORACLES
@@ -55,5 +53,5 @@ def make_oracle(spec: str, target, feedback: Feedback | str, **options: Any) -> 
     return ORACLES.get(name).from_spec(argument, target, parse_feedback(feedback), **options)
 
 
-__all__ = ["LEVELS", "Answer", "Feedback", "Oracle", "QueryCounter", "check_budget",
-           "make_oracle", "parse_feedback", "preflight", "split_oracle_spec"]
+__all__ = ["LEVELS", "Answer", "Feedback", "Oracle", "make_oracle", "parse_feedback",
+           "preflight", "split_oracle_spec"]
