@@ -57,10 +57,10 @@ def named_items(score, rows: torch.Tensor) -> torch.Tensor | None:
 def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimizer,
                 eps: float, budget: int, part: Selection, generator: torch.Generator,
                 start: torch.Tensor | None = None, checkpoints: Sequence[int] = ()
-                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One batch of query-only attacks: ``(adversarial images [B, C, H, W], queries used
-    [B], {c: (best images within c queries, queries spent by then [B])})``; ``start [B, C,
-    H, W]``: where the optimiser starts (default: the clean query)."""
+                ) -> tuple[torch.Tensor, QueryCounter, dict]:
+    """One batch of query-only attacks: ``(adversarial images [B, C, H, W], the ledger of
+    its queries, {c: (best images within c queries, queries spent by then [B])})``; ``start
+    [B, C, H, W]``: where the optimiser starts (default: the clean query)."""
     gallery = target.gallery
     counter = QueryCounter(len(part), budget)
     score = kind.query_score(gallery, part, oracle.feedback,
@@ -69,7 +69,7 @@ def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimi
                                 checkpoints)
     ball = Ball(gallery.images(part.anchors), eps, oracle.eight_bit)
     adv, _ = optimizer.run(objective, ball, start, generator)
-    return adv, counter.used, objective.snapshots()
+    return adv, counter, objective.snapshots()
 
 
 def measure_all(target, kinds: Sequence[AttackKind], part: Selection,
@@ -120,7 +120,7 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     selection = selection or kind.select(gallery, k, num_attacks, seed)
     if start is not None and start.shape[0] != len(selection):
         raise AdvrankError(f"{start.shape[0]} start images for {len(selection)} attacks")
-    t0, log, used = time.time(), RankLog(), []
+    t0, log, used, lost = time.time(), RankLog(), [], 0
     checkpoints = check_checkpoints(checkpoints, budget)
     logs = {c: (RankLog(), []) for c in checkpoints}
     bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
@@ -128,7 +128,7 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
         gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
-        adv, spent, snaps = attack_part(target, kind, oracle, optimizer, eps, budget, part,
+        adv, ledger, snaps = attack_part(target, kind, oracle, optimizer, eps, budget, part,
                                         gen, None if start is None else start[s : s + batch_size],
                                         checkpoints)
         clean = measure_all(target, [kind, *also], part, None)
@@ -136,7 +136,8 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
         for c, (images, by_then) in snaps.items():
             logs[c][0].add(clean, measure_all(target, [kind, *also], part, images))
             logs[c][1].append(by_then)
-        used.append(spent)
+        used.append(ledger.used)
+        lost += int(ledger.lost.sum())
         bar.update(len(part))
     bar.close()
     threat = _Threat(eps, oracle.eight_bit, budget)
@@ -144,7 +145,8 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     spent = torch.cat(used).double()
     result.extra.update({"queries_used": spent.mean().item(),
                          "queries_used_max": int(spent.max()), "query_budget": budget,
-                         "queries_sent": oracle.queries, **oracle.describe(),
+                         "queries_sent": oracle.queries, "queries_lost": lost,
+                         **oracle.describe(),
                          **optimizer.describe()})
     if checkpoints:
         result.extra["checkpoints"] = {
