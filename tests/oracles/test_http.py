@@ -324,3 +324,30 @@ def test_a_service_that_keeps_dropping_is_one_error_and_the_batch_stops():
 def test_a_timeout_is_not_resent():
     calls, _ = failing_search(httpx.ReadTimeout, 1, "cannot reach .* ReadTimeout")
     assert calls == [1]
+
+
+def test_with_a_pipeline_the_upload_is_the_pipeline_s_output():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from advrank.core.pipeline import get_pipeline
+
+    x = torch.rand(2, 1, 4, 4)
+    uploads = []
+
+    def handler(request):
+        pixels = np.asarray(Image.open(io.BytesIO(request.content)), dtype=np.float32)
+        uploads.append(torch.from_numpy(pixels)[None] / 255)
+        return reply({"ids": [1, 2, 3]})
+
+    oracle = oracle_with(handler, pipeline="jpeg:75")
+    try:
+        oracle.answer(x)
+    finally:
+        oracle.close()
+    want = get_pipeline("jpeg:75")(x)  # requests go out concurrently: match in any order
+    assert len(uploads) == 2 and all(any(torch.allclose(u, w, atol=1e-6) for u in uploads)
+                                     for w in want)
+    assert not any(torch.allclose(u, x[0], atol=1e-6) for u in uploads)

@@ -70,3 +70,10 @@ def test_a_service_that_answers_ids_as_strings_ends_in_one_error_line(service, c
     with net.counting_proxy(service, mutate=_ids_as_strings) as (url, stats):
         status, out, err = cli(attack_argv(ckpt, url))
     one_error_line(status, out, err, "/search answered an invalid SearchAnswer: ids.0")
+
+
+def test_a_query_only_attack_through_a_pipeline_records_it(service, ckpt, cli):
+    status, out, err = cli(attack_argv(ckpt, service, "--pipeline", "jpeg:75"))
+    assert status == 0, err
+    r = json.loads(out)
+    assert r["threat"]["pipeline"] == "jpeg:75" and r["upload_pipeline"] == "jpeg:75"

@@ -105,3 +105,39 @@ def test_an_answer_from_named_ranks_scores_as_the_whole_list(ranker):
     for bad in (named[:3], named.float(), named + 120, named[0]):
         with pytest.raises(AdvrankError, match="named ids"):
             oracle.answer(x, bad)
+
+
+def test_an_upload_pipeline_is_what_the_oracle_ranks(ranker):
+    from advrank.core.pipeline import get_pipeline
+
+    model, gallery = ranker
+    x = torch.rand(5, 1, 8, 8)
+    piped = LocalOracle(model, build_index(gallery, "cosine", "exact"), "topk-scores:7",
+                        pipeline="jpeg:75")
+    want = local(ranker, "topk-scores:7").answer(get_pipeline("jpeg:75")(x))
+    got = piped.answer(x)
+    assert torch.equal(got.ids, want.ids) and torch.allclose(got.scores, want.scores)
+    assert piped.describe()["upload_pipeline"] == "jpeg:75"
+    plain = LocalOracle(model, build_index(gallery, "cosine", "exact"), "topk:3",
+                        pipeline="none")
+    assert plain.pipeline is None and "upload_pipeline" not in plain.describe()
+
+
+def test_a_query_only_attack_through_a_pipeline_is_measured_on_the_upload(untrained_digits):
+    """Budget 1: the only query is the clean picture's upload, so "after" is its figure, and
+    it is the JPEG round trip's, not the float picture's."""
+    from advrank.attacks import get_attack
+    from advrank.core.pipeline import get_pipeline
+    from advrank.experiments.query import run_query_attack
+    from advrank.experiments.target import load_target
+
+    target = load_target(str(untrained_digits), "cpu")
+    kind = get_attack("QA+", xi=0)
+    oracle = make_oracle("local", target, "full", pipeline="jpeg:75")
+    r = run_query_attack(target, kind, oracle, "random", 0.3, 1, 4, 1, seed=2)
+    sel = kind.select(target.gallery, 1, 4, 2)
+    with torch.no_grad():
+        emb = target.model(get_pipeline("jpeg:75")(target.gallery.images(sel.anchors)))
+    want = kind.measure(target.gallery, sel, emb)["rank"].tolist()
+    assert r.after["rank"] == pytest.approx(want) and r.before["rank"] == pytest.approx(want)
+    assert r.threat["pipeline"] == "jpeg:75" and r.extra["upload_pipeline"] == "jpeg:75"

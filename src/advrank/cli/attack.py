@@ -43,7 +43,9 @@ def threat_from_args(args):
 
 def query_settings(args) -> dict | None:
     """The query-only settings (defaults filled in), None for a white-box attack; options of
-    the other mode are refused in one line."""
+    the other mode are refused in one line. ``--pipeline`` applies to a query-only attack
+    (every candidate is sent through it, and measured as sent); ``--through-pipeline`` (PGD
+    through the pipeline's differentiable approximation) does not: no gradient is taken."""
     named = {"--feedback": args.feedback, "--query-budget": args.query_budget,
              "--optimizer": args.optimizer}
     if args.oracle is None:
@@ -60,8 +62,13 @@ def query_settings(args) -> dict | None:
     if given:
         raise AdvrankError(f"{', '.join(given)} apply to white-box PGD, not to a query-only "
                            "attack (--oracle)")
-    return {key: default if getattr(args, key) is None else getattr(args, key)
-            for key, default in QUERY_DEFAULTS.items()}
+    if args.through_pipeline:
+        raise AdvrankError("--through-pipeline applies to white-box PGD (a gradient through "
+                           "the pipeline); a query-only attack (--oracle) sends every "
+                           "candidate through --pipeline itself")
+    pipeline = None if args.pipeline in (None, "none") else args.pipeline
+    return {**{key: default if getattr(args, key) is None else getattr(args, key)
+               for key, default in QUERY_DEFAULTS.items()}, "pipeline": pipeline}
 
 
 def cmd_query_attack(args, kind, k: int, query: dict) -> None:
@@ -78,7 +85,8 @@ def cmd_query_attack(args, kind, k: int, query: dict) -> None:
     target = load_target_from_args(
         args, check=lambda n: kind.check_fits(k, num_attacks_for(args.num_attacks, n), n))
     t = num_attacks_from_args(args, len(target.gallery))
-    oracle = make_oracle(args.oracle, target, query["feedback"], cache_dir=args.cache_dir)
+    oracle = make_oracle(args.oracle, target, query["feedback"], cache_dir=args.cache_dir,
+                         pipeline=query["pipeline"])
     try:
         result = run_query_attack(target, kind, oracle, optimizer, args.eps, k,
                                   t, query["query_budget"], seed=args.seed,
@@ -86,10 +94,11 @@ def cmd_query_attack(args, kind, k: int, query: dict) -> None:
     finally:
         oracle.close()
     s = result.summary()
+    through = f", each through {query['pipeline']}" if query["pipeline"] else ""
     emit(args, {**s, **target.record(args.seed)},
          f"{format_attack(s)}\n{s['queries_used']:.0f} queries per attack (budget "
-         f"{s['query_budget']}) to the {s['oracle']} oracle, {s['feedback']} feedback, "
-         f"{s['optimizer']}")
+         f"{s['query_budget']}{through}) to the {s['oracle']} oracle, {s['feedback']} "
+         f"feedback, {s['optimizer']}")
 
 
 def cmd_attack(args) -> None:

@@ -4,7 +4,10 @@ budget per attack (see :mod:`advrank.oracles` and :mod:`advrank.attacks.query`).
 
 The attacks are drawn from the local target's gallery (the service's ids when both are built
 from the same checkpoint and data) and measured there exactly, as white-box results are, on
-the candidate the optimiser queried (8-bit when the oracle uploads pictures).
+the candidate the optimiser queried (8-bit when the oracle uploads pictures). With an upload
+pipeline on the oracle (``--pipeline jpeg:75``), every candidate goes through it before it is
+sent, and the figures are measured on that upload (the clean query's upload "before", the
+attacked one's "after"): the threat records the pipeline.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ from advrank.oracles.base import Oracle
 class _Threat:
     """The threat model a query-only result records (eps, and the 8-bit grid of uploads)."""
 
-    def __init__(self, eps: float, eight_bit: bool, budget: int):
+    def __init__(self, eps: float, eight_bit: bool, budget: int, pipeline: str | None = None):
         self.eps, self.eight_bit, self.budget = eps, eight_bit, budget
+        self.pipeline = pipeline
 
     def describe(self) -> dict[str, Any]:
-        return {"norm": "Linf", "eps": self.eps, "eight_bit": self.eight_bit,
-                "query_budget": self.budget}
+        out = {"norm": "Linf", "eps": self.eps, "eight_bit": self.eight_bit,
+               "query_budget": self.budget}
+        # absent without one: earlier results read the same
+        return out if self.pipeline is None else {**out, "pipeline": self.pipeline}
 
 
 def named_items(score, rows: torch.Tensor) -> torch.Tensor | None:
@@ -131,16 +137,19 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
         adv, ledger, snaps = attack_part(target, kind, oracle, optimizer, eps, budget, part,
                                         gen, None if start is None else start[s : s + batch_size],
                                         checkpoints)
-        clean = measure_all(target, [kind, *also], part, None)
-        log.add(clean, measure_all(target, [kind, *also], part, adv))
+        clean = measure_all(target, [kind, *also], part, None if oracle.pipeline is None else
+                            oracle.upload(gallery.images(part.anchors)))
+        log.add(clean, measure_all(target, [kind, *also], part, oracle.upload(adv)))
         for c, (images, by_then) in snaps.items():
-            logs[c][0].add(clean, measure_all(target, [kind, *also], part, images))
+            logs[c][0].add(clean, measure_all(target, [kind, *also], part,
+                                              oracle.upload(images)))
             logs[c][1].append(by_then)
         used.append(ledger.used)
         lost += int(ledger.lost.sum())
         bar.update(len(part))
     bar.close()
-    threat = _Threat(eps, oracle.eight_bit, budget)
+    threat = _Threat(eps, oracle.eight_bit, budget,
+                     None if oracle.pipeline is None else oracle.pipeline.spec)
     result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
     spent = torch.cat(used).double()
     result.extra.update({"queries_used": spent.mean().item(),
