@@ -744,6 +744,9 @@ def add_query_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", type=_as_type(optimizer_name, "optimizer"), default=None,
                    metavar="{" + ",".join(OPTIMIZERS.names()) + "}",
                    help="the query-only optimiser (default: random, Square-style random search)")
+    g.add_argument("--endpoint-differs", action="store_true",
+                   help="the endpoint (--oracle http://...) is expected to differ from the "
+                        "local copy: its calibration figures are recorded instead of refused")
 
 
 QUERY_DEFAULTS = {"feedback": "full", "query_budget": 1000, "optimizer": "random"}

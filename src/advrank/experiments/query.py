@@ -93,6 +93,19 @@ def measure_all(target, kinds: Sequence[AttackKind], part: Selection,
     return out
 
 
+def measure_part(target, kinds: Sequence[AttackKind], part: Selection, oracle: Oracle,
+                 adv: torch.Tensor, snaps: dict, log: RankLog, logs: dict) -> None:
+    """Add one batch's figures to ``log`` (and each checkpoint's to ``logs[c]``), measured
+    on what ``oracle`` uploads: ``adv [B, C, H, W]`` and the snapshots through its pipeline,
+    and then the clean queries too (else their embeddings, which the gallery holds)."""
+    clean = measure_all(target, kinds, part, None if oracle.pipeline is None else
+                        oracle.upload(target.gallery.images(part.anchors)))
+    log.add(clean, measure_all(target, kinds, part, oracle.upload(adv)))
+    for c, (images, by_then) in snaps.items():
+        logs[c][0].add(clean, measure_all(target, kinds, part, oracle.upload(images)))
+        logs[c][1].append(by_then)
+
+
 def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     """Query counts within the budget, sorted, each once."""
     out = sorted({check_budget(c) for c in checkpoints})
@@ -101,12 +114,40 @@ def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     return out
 
 
+def query_record(ledgers: Sequence[QueryCounter], budget: int, sent: int,
+                 calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """What a result records of its queries: ``queries_used`` (mean per attack, charged by
+    the ledgers), ``queries_used_max``, ``query_budget``, ``queries_sent`` (what the endpoint
+    was sent for the attacks), ``queries_lost``, and ``calibration`` when it ran."""
+    spent = torch.cat([ledger.used for ledger in ledgers]).double()
+    out = {"queries_used": spent.mean().item(), "queries_used_max": int(spent.max()),
+           "query_budget": budget, "queries_sent": sent,
+           "queries_lost": sum(int(ledger.lost.sum()) for ledger in ledgers)}
+    return out if calibration is None else {**out, "calibration": calibration}
+
+
+def verify_endpoint(target, oracle: Oracle, selection: Selection, verify: bool | None,
+                    differs: bool) -> dict[str, Any] | None:
+    """Calibrate ``oracle`` on the selection's clean queries (gallery members, so their own
+    ids are known) against ``target`` before any attack (see
+    :mod:`advrank.oracles.calibrate`): None when not asked (``verify`` None: asked for a
+    remote endpoint only). Disagreement beyond tolerance raises unless ``differs``."""
+    if not (oracle.remote if verify is None else verify):
+        return None
+    from advrank.oracles.calibrate import calibrate
+
+    anchors = selection.anchors
+    return calibrate(oracle, target.gallery.images(anchors), target, anchors,
+                     differs=differs).describe()
+
+
 def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
                      optimizer: str | QueryOptimizer, eps: float, k: int, num_attacks: int,
                      budget: int, seed: int = 0, batch_size: int = 256,
                      selection: Selection | None = None, start: torch.Tensor | None = None,
                      progress: bool | None = None, also: Sequence[AttackKind] = (),
-                     checkpoints: Sequence[int] = ()) -> AttackResult:
+                     checkpoints: Sequence[int] = (), verify: bool | None = None,
+                     endpoint_differs: bool = False) -> AttackResult:
     """T = ``num_attacks`` query-only attacks of ``attack`` at ``eps`` with size ``k``, each
     within ``budget`` queries to ``oracle``, optimised by ``optimizer`` (a registered name or
     an instance). ``start [T, C, H, W]``: start points (e.g. a transfer attack's images, in
@@ -114,9 +155,13 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     named ``KIND:figure`` (e.g. ES's disruption scored by ORDER's tau; ``selection`` must
     then be one they can read). ``checkpoints``: query counts at which the best so far is
     measured too (see :class:`advrank.attacks.query.budget.Checkpoints`), as
-    ``extra["checkpoints"]`` ``{c: figures}``. The result's ``extra`` holds ``queries_used``
-    (mean per attack), ``queries_used_max``, the oracle and the optimiser; batches draw from
-    one generator each (keyed by seed and position), so results depend on ``batch_size``."""
+    ``extra["checkpoints"]`` ``{c: figures}``. ``verify``: calibrate the endpoint first
+    (:func:`verify_endpoint`; default: a remote one), ``endpoint_differs``: it is expected to
+    differ from the local copy (figures recorded, no error). The result's ``extra`` holds
+    ``queries_used`` (mean per attack), ``queries_used_max``, ``queries_sent`` (what the
+    endpoint was sent for the attacks), ``queries_lost``, ``calibration`` (when run), the
+    oracle and the optimiser; batches draw from one generator each (keyed by seed and
+    position), so results depend on ``batch_size``."""
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
     budget, seed = check_budget(budget), check_seed(seed)
@@ -126,8 +171,9 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     selection = selection or kind.select(gallery, k, num_attacks, seed)
     if start is not None and start.shape[0] != len(selection):
         raise AdvrankError(f"{start.shape[0]} start images for {len(selection)} attacks")
-    t0, log, used, lost = time.time(), RankLog(), [], 0
     checkpoints = check_checkpoints(checkpoints, budget)
+    calibration = verify_endpoint(target, oracle, selection, verify, endpoint_differs)
+    t0, log, ledgers, sent0 = time.time(), RankLog(), [], oracle.queries
     logs = {c: (RankLog(), []) for c in checkpoints}
     bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
                        unit="attack", enabled=progress)
@@ -135,28 +181,17 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
         part = selection.slice(s, s + batch_size)
         gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
         adv, ledger, snaps = attack_part(target, kind, oracle, optimizer, eps, budget, part,
-                                        gen, None if start is None else start[s : s + batch_size],
-                                        checkpoints)
-        clean = measure_all(target, [kind, *also], part, None if oracle.pipeline is None else
-                            oracle.upload(gallery.images(part.anchors)))
-        log.add(clean, measure_all(target, [kind, *also], part, oracle.upload(adv)))
-        for c, (images, by_then) in snaps.items():
-            logs[c][0].add(clean, measure_all(target, [kind, *also], part,
-                                              oracle.upload(images)))
-            logs[c][1].append(by_then)
-        used.append(ledger.used)
-        lost += int(ledger.lost.sum())
+                                         gen, None if start is None else start[s : s + batch_size],
+                                         checkpoints)
+        measure_part(target, [kind, *also], part, oracle, adv, snaps, log, logs)
+        ledgers.append(ledger)
         bar.update(len(part))
     bar.close()
     threat = _Threat(eps, oracle.eight_bit, budget,
                      None if oracle.pipeline is None else oracle.pipeline.spec)
     result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
-    spent = torch.cat(used).double()
-    result.extra.update({"queries_used": spent.mean().item(),
-                         "queries_used_max": int(spent.max()), "query_budget": budget,
-                         "queries_sent": oracle.queries, "queries_lost": lost,
-                         **oracle.describe(),
-                         **optimizer.describe()})
+    result.extra.update(query_record(ledgers, budget, oracle.queries - sent0, calibration))
+    result.extra.update({**oracle.describe(), **optimizer.describe()})
     if checkpoints:
         result.extra["checkpoints"] = {
             c: {**log_c.result(kind, eps, k, gallery, threat, 0.0).figures,

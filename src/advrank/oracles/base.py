@@ -111,6 +111,8 @@ class Oracle:
     eight_bit: ClassVar[bool] = False
     #: full feedback is answered from the ranks of named ids alone (:meth:`rank`)
     ranks_named: bool = False
+    #: an endpoint outside this process (verified by calibration before it is trusted)
+    remote: ClassVar[bool] = False
 
     def __init__(self, feedback: Feedback | str, gallery_size: int,
                  pipeline: str | None = None):
@@ -137,6 +139,20 @@ class Oracle:
         ``pipeline`` when there is one (a JPEG round trip), else unchanged. What a result
         measures is this picture, the one the endpoint ranked."""
         return images if self.pipeline is None else self.pipeline(images)
+
+    def seen(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [N, C, H, W]`` as the endpoint's model is given them, as far as the client
+        knows: the upload (:meth:`upload`), rounded to 8 bits when ``eight_bit``; a remote
+        oracle adds what its service declares it does to an upload. What the local copy
+        ranks when the endpoint is compared with it (:mod:`advrank.oracles.calibrate`)."""
+        out = self.upload(images)
+        return torch.round(out.clamp(0, 1) * 255) / 255 if self.eight_bit else out
+
+    @property
+    def max_depth(self) -> int:
+        """The longest list one search may return (the gallery for an oracle in this process,
+        the service's ``max_k`` over HTTP)."""
+        return self.gallery_size
 
     def search(self, images: torch.Tensor, depth: int,
                scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

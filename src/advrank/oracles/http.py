@@ -94,6 +94,7 @@ class HttpOracle(Oracle):
 
     name = "http"
     eight_bit = True
+    remote = True
 
     def __init__(self, url: str, feedback: Feedback | str, gallery_size: int | None = None,
                  concurrency: int = 32, timeout: float = 60.0, max_wait: float = 10.0,
@@ -290,6 +291,27 @@ class HttpOracle(Oracle):
         scores = self.feedback.scores
         ids, dist, lost = self._search(images, depth, scores, resend)
         return Answer(ids, dist, lost)
+
+    @property
+    def max_depth(self) -> int:
+        return self.gallery_size if self.info is None else min(self.info.max_k,
+                                                               self.gallery_size)
+
+    def seen(self, images):
+        """The 8-bit upload, then the pipeline the service declares in /info (``jpeg:75``)
+        when advrank knows it (an unknown one cannot be simulated: left out, and calibration
+        then shows the difference)."""
+        out = super().seen(images)
+        declared = None if self.info is None else self.info.pipeline
+        if declared in (None, "none"):
+            return out
+        from advrank.core.pipeline import get_pipeline
+
+        try:
+            pipeline = get_pipeline(declared)
+        except AdvrankError:
+            return out
+        return pipeline(out)
 
     def close(self) -> None:
         if self.loop.is_closed():
