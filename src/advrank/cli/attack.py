@@ -55,7 +55,7 @@ def query_settings(args) -> dict | None:
     (every candidate is sent through it, and measured as sent); ``--through-pipeline`` (PGD
     through the pipeline's differentiable approximation) does not: no gradient is taken."""
     named = {"--feedback": args.feedback, "--query-budget": args.query_budget,
-             "--optimizer": args.optimizer,
+             "--optimizer": args.optimizer, "--schema": args.schema,
              "--endpoint-differs": args.endpoint_differs or None}
     if args.oracle is None:
         given = [flag for flag, value in named.items() if value is not None]
@@ -75,13 +75,15 @@ def query_settings(args) -> dict | None:
         raise AdvrankError("--through-pipeline applies to white-box PGD (a gradient through "
                            "the pipeline); a query-only attack (--oracle) sends every "
                            "candidate through --pipeline itself")
-    if args.endpoint_differs and not remote_oracle(args.oracle):
-        raise AdvrankError("--endpoint-differs applies to a remote endpoint (--oracle "
+    remote = [flag for flag, value in (("--endpoint-differs", args.endpoint_differs),
+                                       ("--schema", args.schema)) if value]
+    if remote and not remote_oracle(args.oracle):
+        raise AdvrankError(f"{', '.join(remote)} apply to a remote endpoint (--oracle "
                            "http://HOST:PORT), not to the local copy")
     pipeline = None if args.pipeline in (None, "none") else args.pipeline
     return {**{key: default if getattr(args, key) is None else getattr(args, key)
                for key, default in QUERY_DEFAULTS.items()}, "pipeline": pipeline,
-            "endpoint_differs": args.endpoint_differs}
+            "endpoint_differs": args.endpoint_differs, "schema": args.schema}
 
 
 def cmd_query_attack(args, kind, k: int, query: dict) -> None:
@@ -94,12 +96,13 @@ def cmd_query_attack(args, kind, k: int, query: dict) -> None:
 
     check_query_only(kind)
     optimizer = get_optimizer(query["optimizer"])
-    preflight(args.oracle)  # e.g. an unreachable service, before the gallery is embedded
+    remote = {"schema": query["schema"]} if query["schema"] else {}
+    preflight(args.oracle, **remote)  # e.g. an unreachable service, before the gallery is embedded
     target = load_target_from_args(
         args, check=lambda n: kind.check_fits(k, num_attacks_for(args.num_attacks, n), n))
     t = num_attacks_from_args(args, len(target.gallery))
     oracle = make_oracle(args.oracle, target, query["feedback"], cache_dir=args.cache_dir,
-                         pipeline=query["pipeline"])
+                         pipeline=query["pipeline"], **remote)
     try:
         result = run_query_attack(target, kind, oracle, optimizer, args.eps, k,
                                   t, query["query_budget"], seed=args.seed,

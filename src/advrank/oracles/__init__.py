@@ -1,8 +1,11 @@
 """Oracles: what a deployed search answers for a picture (see :mod:`advrank.oracles.base`).
 
 ``local`` (model + gallery, exact or through a FAISS index) and ``http`` (any endpoint with
-the schema of ``advrank serve``) are built in; another schema is one module that registers an
-:class:`Oracle` subclass with a ``from_spec`` class method in :data:`advrank.registry.ORACLES`.
+the schema of ``advrank serve``, or another API through a schema adapter of
+:mod:`advrank.oracles.schemas`) are built in; another kind of oracle is one module that
+registers an :class:`Oracle` subclass with a ``from_spec`` class method in
+:data:`advrank.registry.ORACLES`. Before an endpoint is trusted it is calibrated
+(:mod:`advrank.oracles.calibrate`).
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ def split_oracle_spec(text: Any) -> tuple[str, str]:
     return name, argument
 
 
-def preflight(spec: str) -> None:
-    """The oracle's cheap checks (a service that answers) before any slow work."""
+def preflight(spec: str, **options: Any) -> None:
+    """The oracle's cheap checks (a service that answers) before any slow work; ``options``:
+    what the oracle's ``preflight`` takes (the HTTP oracle's ``schema``)."""
     name, argument = split_oracle_spec(spec)
-    ORACLES.get(name).preflight(argument)
+    ORACLES.get(name).preflight(argument, **options)
 
 
 def make_oracle(spec: str, target, feedback: Feedback | str, **options: Any) -> Oracle:

@@ -131,7 +131,7 @@ class Oracle:
         """Refuse a bad spec argument (``local:ARGUMENT``, a URL) before any work."""
 
     @classmethod
-    def preflight(cls, argument: str) -> None:
+    def preflight(cls, argument: str, **options: Any) -> None:
         """Cheap checks before the gallery is loaded (e.g. that a service answers)."""
 
     def upload(self, images: torch.Tensor) -> torch.Tensor:

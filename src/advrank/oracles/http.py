@@ -1,6 +1,7 @@
 """The HTTP oracle: any search endpoint with the schema of ``advrank serve`` (``POST
 /search?k=K`` with a PNG body -> ``{"ids": [...], "scores": [...] or null}``, ``GET /info``;
-see :mod:`advrank.oracles.wire`).
+see :mod:`advrank.oracles.wire`), or another API through a schema adapter
+(:mod:`advrank.oracles.schemas`, e.g. a generic JSON search API).
 
 Pictures travel as 8-bit PNGs, so the oracle is ``eight_bit``: attacks search the 8-bit grid.
 A batch's requests go out concurrently from one asyncio client (at most ``concurrency`` in
@@ -34,15 +35,9 @@ from advrank.core.checks import check_int
 from advrank.errors import AdvrankError
 from advrank.oracles.base import Answer, Feedback, Oracle, named_list
 from advrank.oracles.info import read_info
+from advrank.oracles.schemas import Schema, get_schema
 from advrank.oracles.transport import Patience, Transport
-from advrank.oracles.wire import (
-    InfoAnswer,
-    RanksAnswer,
-    SearchAnswer,
-    check_ranks,
-    check_search,
-    parse,
-)
+from advrank.oracles.wire import InfoAnswer, RanksAnswer, check_ranks, check_search, parse
 from advrank.registry import ORACLES
 
 INFO_CAP = 1 << 20  # bytes of a /info answer
@@ -89,8 +84,9 @@ class HttpOracle(Oracle):
     gallery its ids must match (None: the service's own, read from /info by
     :meth:`check_service`); ``concurrency`` requests in flight; ``timeout`` seconds per
     request, all of it; ``max_wait``: the longest ``Retry-After`` honoured; ``pipeline``:
-    the upload pipeline each picture goes through before it is sent (see :class:`Oracle`).
-    ``queries`` counts every POST /search sent, resends included."""
+    the upload pipeline each picture goes through before it is sent (see :class:`Oracle`);
+    ``schema``: how the API is asked and read (:mod:`advrank.oracles.schemas`; default
+    ``advrank``). ``queries`` counts every search request sent, resends included."""
 
     name = "http"
     eight_bit = True
@@ -98,9 +94,10 @@ class HttpOracle(Oracle):
 
     def __init__(self, url: str, feedback: Feedback | str, gallery_size: int | None = None,
                  concurrency: int = 32, timeout: float = 60.0, max_wait: float = 10.0,
-                 pipeline: str | None = None):
+                 pipeline: str | None = None, schema: str | Schema | None = None):
         super().__init__(feedback, 1 if gallery_size is None else gallery_size, pipeline)
         _httpx()
+        self.schema = get_schema(schema)
         self.url = url.rstrip("/")
         self.concurrency = check_int(concurrency, "oracle concurrency", low=1, high=1024)
         self.patience = Patience(deadline=timeout, max_wait=max_wait)
@@ -145,15 +142,20 @@ class HttpOracle(Oracle):
                                f"{argument!r}")
 
     @classmethod
-    def preflight(cls, argument: str) -> None:
-        """The service answers ``GET /health`` (before the slow local gallery is embedded),
-        within 10 s all told."""
+    def preflight(cls, argument: str, schema: str | Schema | None = None) -> None:
+        """The service answers its health path (``GET /health`` for ``advrank``; a schema
+        without one is not checked) before the slow local gallery is embedded, within 10 s
+        all told."""
+        path = get_schema(schema).health
+        if path is None:
+            return
+
         async def health() -> None:
             httpx = _httpx()
             async with httpx.AsyncClient(base_url=argument.rstrip("/"), timeout=10,
                                          follow_redirects=False) as client:
                 await Transport(client, argument.rstrip("/"), Patience(10.0, 1.0, 3, 1)
-                                ).fetch("GET", "/health", INFO_CAP)
+                                ).fetch("GET", path, INFO_CAP)
 
         asyncio.run(health())
 
@@ -162,8 +164,8 @@ class HttpOracle(Oracle):
         """The service at ``argument`` (a URL), checked against ``target`` (None: an endpoint
         with no local copy; its own gallery size): same gallery and input size, a ``max_k``
         deep enough for ``feedback``, scores when it needs them. ``options``: concurrency,
-        timeout, max_wait, pipeline."""
-        keys = ("concurrency", "timeout", "max_wait", "pipeline")
+        timeout, max_wait, pipeline, schema."""
+        keys = ("concurrency", "timeout", "max_wait", "pipeline", "schema")
         oracle = cls(argument, feedback, None if target is None else len(target.gallery),
                      **{k: options[k] for k in keys if options.get(k) is not None})
         try:
@@ -174,7 +176,10 @@ class HttpOracle(Oracle):
         return oracle
 
     def read_info(self) -> InfoAnswer:
-        """``GET /info``, typed (:func:`advrank.oracles.info.read_info`)."""
+        """``GET /info``, typed (:func:`advrank.oracles.info.read_info`); for a schema
+        without one, what its description says (:meth:`Schema.info`)."""
+        if not self.schema.has_info:
+            return self.schema.info()
         body = self._run(self.transport.fetch("GET", "/info", INFO_CAP))
         return read_info(body, f"{self.url}/info")
 
@@ -208,26 +213,28 @@ class HttpOracle(Oracle):
         if self.feedback.scores and not info.scores:
             raise AdvrankError(f"the service at {self.url} shows no scores (start it with "
                                "--scores) for topk-scores feedback")
-        self.ranks_named = self.feedback.level == "full" and info.named_ranks
+        self.ranks_named = (self.feedback.level == "full" and info.named_ranks
+                            and self.schema.ranks)
 
-    async def _all(self, bodies: list[bytes], params: list[dict[str, str]], caps: list[int],
+    async def _all(self, requests: list[dict[str, Any]], caps: list[int],
                    resend=None) -> list[bytes | None]:
-        """The raw answers to POST /search of every body (with its params, at most its cap of
-        bytes; None: lost), at most ``in_flight`` at a time; ``resend(i)``: see
-        :meth:`Oracle.answer`."""
+        """The raw answers to every search request (a schema's :meth:`Schema.request`, each
+        at most its cap of bytes; None: lost), at most ``in_flight`` at a time;
+        ``resend(i)``: see :meth:`Oracle.answer`."""
         slots = asyncio.Semaphore(self.in_flight)
 
         def count() -> None:
             self.queries += 1
 
         async def one(i: int) -> bytes | None:
+            request = dict(requests[i])
+            method, path = request.pop("method"), request.pop("path")
             async with slots:
                 return await self.transport.fetch(
-                    "POST", "/search", caps[i], None if resend is None else partial(resend, i),
-                    count, content=bodies[i], params=params[i],
-                    headers={"content-type": "image/png"})
+                    method, path, caps[i], None if resend is None else partial(resend, i),
+                    count, **request)
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(len(bodies))]
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(requests))]
         try:
             return await asyncio.gather(*tasks)
         except BaseException:  # one failed for good: the rest are not left running
@@ -245,7 +252,7 @@ class HttpOracle(Oracle):
         for row, body in enumerate(raw):
             if body is None:
                 continue
-            out = check_search(parse(SearchAnswer, body, where), depth, self.id_bound, scores,
+            out = check_search(self.schema.answer(body, where), depth, self.id_bound, scores,
                                where)
             ids[row, : len(out.ids)] = torch.tensor(out.ids, dtype=torch.long)
             if scores:
@@ -253,9 +260,8 @@ class HttpOracle(Oracle):
         return ids, dist
 
     def _search(self, images: torch.Tensor, depth: int, scores: bool, resend=None):
-        bodies = png_bytes(images)
-        raw = self._run(self._all(bodies, [{"k": str(depth)}] * len(bodies),
-                                  [answer_cap(depth)] * len(bodies), resend))
+        requests = [self.schema.request(body, depth) for body in png_bytes(images)]
+        raw = self._run(self._all(requests, [answer_cap(depth)] * len(requests), resend))
         ids, dist = self._lists(raw, depth, scores)
         return ids, dist, torch.tensor([b is None for b in raw], dtype=torch.bool)
 
@@ -266,9 +272,10 @@ class HttpOracle(Oracle):
     def _ranks(self, images: torch.Tensor, named: torch.Tensor, resend=None):
         """``(ranks [N, j] (-1: beyond the list or lost), lost [N])`` from ``rank_of``."""
         where, k = f"{self.url}/search?rank_of", self.gallery_size
-        params = [{"k": str(k), "rank_of": ",".join(map(str, row))} for row in named.tolist()]
-        raw = self._run(self._all(png_bytes(images), params,
-                                  [answer_cap(0, named.shape[1])] * len(params), resend))
+        requests = [self.schema.ranks_request(body, k, row)
+                    for body, row in zip(png_bytes(images), named.tolist(), strict=True)]
+        raw = self._run(self._all(requests, [answer_cap(0, named.shape[1])] * len(requests),
+                                  resend))
         out = torch.full(named.shape, -1, dtype=torch.long)
         for row, body in enumerate(raw):
             if body is not None:
@@ -325,5 +332,5 @@ class HttpOracle(Oracle):
         keep = ("api", "model", "fingerprint", "gallery_size", "index", "max_k", "pipeline")
         info = {} if self.info is None else self.info.model_dump(include=set(keep))
         return {**super().describe(), "url": self.url, "concurrency": self.concurrency,
-                "ranks_named": self.ranks_named,
+                "ranks_named": self.ranks_named, **self.schema.describe(),
                 "service": {k: info.get(k) for k in keep}}
