@@ -65,3 +65,51 @@ def running_service(ckpt, *options: str):
 def serve():
     """:func:`running_service` (a context manager factory)."""
     return running_service
+
+
+@pytest.fixture(scope="session")
+def digits_target(digits_ckpt):
+    """The tiny digits checkpoint loaded as a Target (its 719-picture gallery embedded)."""
+    from advrank.experiments.target import load_target
+
+    return load_target(str(digits_ckpt), "cpu", progress=False)
+
+
+def png_bytes(seed: int = 0, size=(8, 8), mode: str = "L", fmt: str = "PNG") -> bytes:
+    """A random picture file (seeded)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    shape = size[::-1] + ((3,) if mode == "RGB" else ())
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def app_client(target, index: str = "exact", log=None, scores: bool = False, **limits):
+    """A TestClient of :func:`create_app` on ``target`` (lifespan run: the engine started)."""
+    from fastapi.testclient import TestClient
+
+    from advrank.core.index import build_index
+    from advrank.serve import Limits, create_app
+
+    built = build_index(target.gallery.embeddings, target.meta["metric"], index)
+    app = create_app(target, built, scores, Limits(**limits), log)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def make_client():
+    """:func:`app_client` (a context manager factory)."""
+    return app_client
+
+
+@pytest.fixture(scope="session")
+def png():
+    """:func:`png_bytes`."""
+    return png_bytes

@@ -12,6 +12,7 @@ from advrank.cli.options import (
     integer,
     load_target_from_args,
     log,
+    number,
 )
 from advrank.errors import AdvrankError
 
@@ -45,8 +46,9 @@ def _server(app, quiet: bool):
                 yield
                 self._captured_signals.clear()
 
+    # the app writes its own access log (one line per request) and runs its own lifespan
     config = uvicorn.Config(app, log_level="error" if quiet else "warning", access_log=False,
-                            lifespan="off")
+                            lifespan="on")
     return Server(config)
 
 
@@ -54,15 +56,17 @@ def cmd_serve(args) -> None:
     from advrank.core.index import build_index
     from advrank.serve.app import Limits, create_app
 
-    limits = Limits(args.max_body_bytes, args.max_pixels, args.max_concurrency, args.max_k,
+    limits = Limits(args.max_body_bytes, args.max_pixels, args.max_queue, args.max_k,
                     min(args.k, args.max_k), max_batch=args.max_batch,
-                    batch_wait=args.batch_wait_ms / 1000)
+                    batch_wait=args.batch_wait_ms / 1000,
+                    request_timeout=args.request_timeout)
     sock = _bind(args.host, args.port)  # a busy port is refused before the model loads
     target = load_target_from_args(args)
     say = log(args)
     index = build_index(target.gallery.embeddings, target.meta["metric"], args.index,
                         args.cache_dir, target.fingerprint, say)
-    server = _server(create_app(target, index, args.scores, limits), args.quiet)
+    access = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    server = _server(create_app(target, index, args.scores, limits, access), args.quiet)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving on http://{shown}:{port}", flush=True)
@@ -79,7 +83,9 @@ def _serve_options(p) -> None:
     POST /search?k=K with a PNG or JPEG (raw image/* body or multipart field 'file') returns
     {"ids": [...], "scores": [...] or null}, the top K gallery members nearest first (with
     rank_of=I,J,...: {"ranks": [...]}, where those ids sit in that list); GET /health, GET
-    /info. Every bad upload gets one 4xx {"error": ...}. Stops on Ctrl-C or SIGTERM."""
+    /info, GET /metrics (Prometheus), OpenAPI at /docs. Every bad upload gets one 4xx
+    {"error": ...}; one access-log line per request on stderr (none with --quiet). Stops on
+    Ctrl-C or SIGTERM."""
     add_target_options(p)
     add_index(p, default="exact")
     p.add_argument("--host", default="127.0.0.1",
@@ -98,8 +104,13 @@ def _serve_options(p) -> None:
     p.add_argument("--max-pixels", type=integer(1, 2**40), default=40_000_000,
                    help="largest picture accepted (width x height, read from its header "
                         "before decoding: decompression bombs are refused)")
-    p.add_argument("--max-concurrency", type=integer(1, 100_000), default=4,
-                   help="searches in flight at once; more get 503 with Retry-After")
+    p.add_argument("--max-queue", "--max-concurrency", dest="max_queue",
+                   type=integer(1, 1_000_000), default=256,
+                   help="searches that may wait for the model at once (a search takes its "
+                        "place once its upload is in); more get 503 with Retry-After")
+    p.add_argument("--request-timeout", type=number(0.001, 86_400, what="seconds"),
+                   default=30.0,
+                   help="seconds a request may take, its upload included; slower ones get 408")
     p.add_argument("--max-batch", type=integer(1, 4096), default=32,
                    help="concurrent searches run through the model as one batch of this "
                         "many rows (zeros pad it: an answer never depends on its batch)")

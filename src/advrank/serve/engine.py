@@ -1,0 +1,173 @@
+"""The search engine behind the HTTP layer: upload bytes -> model input -> embedding -> index
+search, for a batch of queries at a time. It knows nothing of HTTP: a bad request is a
+:class:`~advrank.serve.errors.ServiceError` of its kind, an answer a wire model
+(:mod:`advrank.oracles.wire`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from advrank.core.index import VectorIndex
+from advrank.data.geometry import Geometry
+from advrank.errors import AdvrankError
+from advrank.oracles.wire import API_VERSION, RanksAnswer, SearchAnswer
+from advrank.serve.decode import FORMATS, decode_upload
+from advrank.serve.errors import BadRequest, ServiceError, Unprocessable
+from advrank.serve.limits import Limits
+from advrank.serve.schema import ServiceInfo, ServiceLimits
+
+
+def target_geometry(target) -> Geometry:
+    """How the target reads pictures: a collection's recorded geometry, else the whole
+    picture squeezed to the checkpoint's input size (as :func:`load_target` reads folders)."""
+    g = target.info.get("geometry")
+    if g is not None:
+        return Geometry(tuple(g["input_size"]), g["crop_pct"], g["interpolation"])
+    return Geometry(tuple(target.meta["image_shape"]), None, "bilinear")
+
+
+@dataclass
+class Query:
+    """One decoded search: ``image [C, H, W]``, its ``k`` and the ``named [j]`` ids whose
+    ranks it asks for (None: the top-k ids)."""
+
+    image: torch.Tensor
+    k: int
+    named: torch.Tensor | None = None
+
+
+def public_name(source: str | None) -> str | None:
+    """What ``/info`` may say of a model's or collection's source: a file's base name, a
+    source's kind with the base name of its argument (``timm:resnet50``,
+    ``imagefolder:photos``), never a path of the server's."""
+    if source is None:
+        return None
+    kind, sep, arg = str(source).partition(":")
+    if sep and kind.isidentifier() and not Path(source).exists():
+        return f"{kind}:{Path(arg).name or arg}"
+    return Path(source).name
+
+
+class SearchService:
+    """Searches ``target``'s gallery through ``index``: ``scores`` shows distances in the
+    answers; ``limits`` bound each request; ``metrics`` (optional) times each stage. One
+    batch at a time goes through the model, under a lock (a model is not re-entrant under
+    every backend)."""
+
+    def __init__(self, target, index: VectorIndex, scores: bool = False,
+                 limits: Limits | None = None, metrics=None):
+        if index.size != len(target.gallery):
+            raise AdvrankError(f"the index holds {index.size} vectors, the gallery "
+                               f"{len(target.gallery)}")
+        self.target, self.index, self.scores = target, index, bool(scores)
+        self.limits, self.metrics = limits or Limits(), metrics
+        self.geometry = target_geometry(target)
+        self.lock = threading.Lock()
+
+    @property
+    def max_k(self) -> int:
+        """The largest k a search may ask for: the limit, at most the items held."""
+        return min(self.limits.max_k, self.index.size)
+
+    def check_k(self, k: int | None) -> int:
+        if k is None:
+            return min(self.limits.default_k, self.max_k)
+        if not 1 <= k <= self.max_k:
+            raise BadRequest(f"k must lie in [1, {self.max_k}], got {k}")
+        return k
+
+    def check_named(self, text: str | None) -> torch.Tensor | None:
+        """``rank_of=I,J,...`` as ``[j]`` ids (None when absent)."""
+        if text is None:
+            return None
+        parts = text.split(",")
+        if len(parts) > self.limits.max_named:
+            raise BadRequest(f"rank_of names {len(parts)} ids; the limit is "
+                             f"{self.limits.max_named}")
+        try:
+            named = torch.tensor([int(p) for p in parts], dtype=torch.long)
+        except (ValueError, RuntimeError):
+            raise BadRequest(f"rank_of must be ids separated by commas, got "
+                             f"{text[:40]!r}") from None
+        if ((named < 0) | (named >= self.index.size)).any():
+            raise BadRequest(f"rank_of ids must lie in [0, {self.index.size - 1}]")
+        return named
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        """An upload's bytes as the model's input ``[C, H, W]``."""
+        start = time.perf_counter()
+        image = decode_upload(data, self.geometry, self.limits.max_pixels)
+        self._time("decode", start)
+        return image
+
+    def _time(self, stage: str, start: float) -> None:
+        if self.metrics is not None:
+            self.metrics.stages.labels(stage).observe(time.perf_counter() - start)
+
+    @torch.no_grad()
+    def search_batch(self, queries: list[Query]) -> list[SearchAnswer | RanksAnswer |
+                                                         ServiceError]:
+        """Each query's answer, or the :class:`Unprocessable` of a picture the model embeds
+        to non-finite values."""
+        n = len(queries)
+        if not 1 <= n <= self.limits.max_batch:
+            raise AdvrankError(f"a batch holds 1 to {self.limits.max_batch} searches, got {n}")
+        images = torch.stack([q.image for q in queries])
+        # always max_batch rows (zeros pad): a row's floats then never depend on how many
+        # pictures, or which, share its batch (kernels pick their paths by shape)
+        images = torch.cat([images, images.new_zeros(self.limits.max_batch - n,
+                                                     *images.shape[1:])])
+        out: list = [Unprocessable("the model gives a non-finite embedding for this "
+                                   "picture")] * n
+        with self.lock:
+            start = time.perf_counter()
+            emb = self.target.model(images.to(self.target.device)).float()
+            self._time("forward", start)
+            finite = torch.isfinite(emb[:n]).all(1).cpu()
+            start = time.perf_counter()
+            for k in sorted({q.k for q in queries}):
+                rows = [i for i, q in enumerate(queries) if q.k == k and finite[i]]
+                if rows:
+                    ids, scores = self.index.search(emb, k)  # all rows: the same shapes
+                    for r in rows:
+                        out[r] = self.answer(ids[r], scores[r], queries[r].named)
+            self._time("search", start)
+        return out
+
+    def answer(self, ids: torch.Tensor, scores: torch.Tensor,
+               named: torch.Tensor | None) -> SearchAnswer | RanksAnswer:
+        """One answer from a list ``ids [k]`` (``scores [k]``): its ids (and scores), or the
+        positions of ``named [j]`` in it (None beyond it)."""
+        keep = ids >= 0  # an approximate index may find fewer than k
+        ids, scores = ids[keep], scores[keep]
+        if named is not None:
+            hit = ids[None, :] == named[:, None]  # [j, k]
+            pos = torch.where(hit.any(1), hit.float().argmax(1), -1).tolist()
+            return RanksAnswer(ranks=[p if p >= 0 else None for p in pos])
+        return SearchAnswer(ids=ids.tolist(), scores=scores.tolist() if self.scores else None)
+
+    def info(self) -> ServiceInfo:
+        t, lim = self.target, self.limits
+        index = dict(self.index.info)
+        if isinstance(index.get("cache"), dict):  # the server's folders are nobody's business
+            index["cache"] = {**index["cache"], "file": Path(index["cache"]["file"]).name}
+        limits = ServiceLimits(
+            max_body_bytes=lim.max_body_bytes, max_pixels=lim.max_pixels,
+            max_concurrency=lim.max_concurrency, max_k=self.max_k, default_k=lim.default_k,
+            max_named=lim.max_named, max_queue=lim.max_queue, max_batch=lim.max_batch,
+            batch_wait_ms=lim.batch_wait * 1000, request_timeout=lim.request_timeout)
+        return ServiceInfo(
+            api=API_VERSION, model=t.meta.get("arch"), source=public_name(t.source),
+            fingerprint=t.fingerprint, dataset=public_name(t.meta.get("dataset")),
+            gallery_size=self.index.size, id_bound=self.index.size,
+            metric=t.meta.get("metric"), input_size=list(self.geometry.input_size),
+            geometry=self.geometry.describe(), index=index, max_k=self.max_k,
+            scores=self.scores, named_ranks=True,
+            feedback=f"top-k ids{' and scores' if self.scores else ''}",
+            formats=list(FORMATS), limits=limits)
