@@ -31,13 +31,14 @@ def _ready_line(proc: subprocess.Popen, timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def running_service(ckpt, *options: str):
+def running_service(ckpt, *options: str, quiet: bool = True):
     """``(base URL, process)`` of ``advrank serve --checkpoint CKPT --port 0 OPTIONS`` once it
-    answers /health; stopped (SIGTERM, then killed) on exit."""
+    answers /health (``--quiet`` unless ``quiet`` is False); stopped (SIGTERM, then killed)
+    on exit."""
     import httpx
 
     argv = [sys.executable, "-m", "advrank", "serve", "--checkpoint", str(ckpt), "--port", "0",
-            "--quiet", "--device", "cpu", *options]
+            *(["--quiet"] if quiet else []), "--device", "cpu", *options]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -25,7 +25,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(2048)  # a crowd of clients connecting at once is queued, not dropped
     except OSError as exc:
         raise AdvrankError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock

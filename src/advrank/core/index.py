@@ -15,8 +15,11 @@ or any FAISS factory string (``IVF64,Flat``, ``HNSW16,PQ8``: FAISS's own default
 
 **Saved and reused.** With a cache folder the built index is written beside the gallery
 embedding cache as ``index-<digest>.safetensors`` (the serialized index as bytes, no code),
-keyed by the embeddings' SHA-256, metric, spec and FAISS version. On load it is validated
-(key, size, dimension, metric); a stale or mismatched file is rebuilt, never used.
+keyed by the embeddings' SHA-256, metric, spec and FAISS version, with the SHA-256 of the
+serialized index (its vectors, ids and structure). On load it is validated (key, checksum,
+size, dimension, metric; and where the index stores its vectors exactly, flat storage, the
+vectors themselves against the gallery's); a stale, altered or mismatched file is rebuilt
+with a note, never used.
 **Deterministic:** built on one thread (FAISS's k-means seed and HNSW level draws are fixed),
 so the same gallery gives the same index, and the same ranks, on every run.
 """
@@ -40,7 +43,7 @@ from advrank.errors import AdvrankError
 
 PRESETS = ("exact", "flat", "hnsw", "ivfpq")
 INDEX_FORMAT = "advrank-index"
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"  # 2: the file carries its checksum
 IVF_NPROBE = 16
 METRICS = ("cosine", "euclidean")
 
@@ -216,33 +219,53 @@ def _search_params(index) -> dict[str, Any]:
     return out
 
 
-def _save(path: Path, index, key: dict) -> None:
+def _stores_exactly(index, x) -> bool:
+    """Whether ``index`` gives its vectors back exactly (flat storage: Flat, HNSW32,
+    IVF,Flat), so that a saved copy can be checked vector by vector."""
+    try:
+        return bool((index.reconstruct_n(0, index.ntotal) == x).all())
+    except RuntimeError:  # an index kind that cannot reconstruct
+        return False
+
+
+def _save(path: Path, index, key: dict, exact_storage: bool) -> None:
     from safetensors.torch import save
 
     faiss = faiss_module()
-    blob = torch.from_numpy(faiss.serialize_index(index).copy())
-    meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "key": strict_json(key)}
-    atomic_write_bytes(path, save({"index": blob}, metadata=meta))
+    data = faiss.serialize_index(index)
+    meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "key": strict_json(key),
+            "sha256": hashlib.sha256(data.tobytes()).hexdigest(),
+            "exact_storage": str(bool(exact_storage))}
+    atomic_write_bytes(path, save({"index": torch.from_numpy(data.copy())}, metadata=meta))
 
 
-def _load(path: Path, key: dict, metric: str):
-    """The saved index if it was made for ``key`` and holds what the key says; else None (a
-    stale, foreign or damaged file is rebuilt)."""
+def _load(path: Path, key: dict, metric: str, embeddings: torch.Tensor):
+    """``(index, why)``: the saved index if it was made for ``key``, is the file that was
+    written (its checksum) and holds what the key says (its vectors, where it stores them
+    exactly); else ``(None, why not)``: the file is rebuilt."""
     from safetensors import safe_open
 
     faiss = faiss_module()
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta, blob = fh.metadata() or {}, fh.get_tensor("index")
-        if meta.get("format") != INDEX_FORMAT or meta.get("key") != strict_json(key):
-            return None
-        index = faiss.deserialize_index(blob.numpy())
+        if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
+            return None, "is not an index file of this version"
+        if meta.get("key") != strict_json(key):
+            return None, "was made for another gallery, metric or FAISS version"
+        data = blob.numpy()
+        if hashlib.sha256(data.tobytes()).hexdigest() != meta.get("sha256"):
+            return None, "does not match its checksum (altered or damaged)"
+        index = faiss.deserialize_index(data)
     except Exception:  # a truncated or foreign file: build again
-        return None
+        return None, "cannot be read"
     if index.ntotal != key["n"] or index.d != key["dim"] or \
             index.metric_type != _faiss_metric(faiss, metric):
-        return None
-    return index
+        return None, "holds another number or size of vectors"
+    if meta.get("exact_storage") == "True" and not _stores_exactly(
+            index, _prepare(embeddings, metric)):
+        return None, "holds vectors that are not the gallery's"
+    return index, None
 
 
 def build_index(embeddings: torch.Tensor, metric: str, spec: str = "exact",
@@ -266,14 +289,15 @@ def build_index(embeddings: torch.Tensor, metric: str, spec: str = "exact",
     if cache_dir is not None:
         digest = hashlib.sha256(strict_json(key).encode()).hexdigest()
         path = Path(cache_dir) / f"index-{digest[:24]}.safetensors"
-        index = _load(path, key, metric) if path.is_file() else None
-        if index is None and path.is_file():
-            log(f"index file {path} does not match the gallery; building it again")
+        if path.is_file():
+            index, why = _load(path, key, metric, embeddings)
+            if index is None:
+                log(f"index file {path} {why}; building it again")
         info["cache"] = {"file": str(path), "reused": index is not None}
     if index is None:
         index = _train_and_add(embeddings, metric, spec)
         if path is not None:
-            _save(path, index, key)
+            _save(path, index, key, _stores_exactly(index, _prepare(embeddings, metric)))
     elif spec == "ivfpq":  # search parameters are not part of the file's contract
         faiss_module().extract_index_ivf(index).nprobe = IVF_NPROBE
     return VectorIndex(spec, metric, embeddings, index, {**info, **_search_params(index)})

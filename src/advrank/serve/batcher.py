@@ -35,6 +35,9 @@ class Batcher:
     async def start(self) -> None:
         self.queue = asyncio.Queue(self.service.limits.max_queue)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="advrank-search")
+        warm_up = getattr(self.service, "warm_up", None)
+        if warm_up is not None:
+            await asyncio.get_running_loop().run_in_executor(self.pool, warm_up)
         self.worker = asyncio.get_running_loop().create_task(self.run(), name="advrank-batcher")
 
     async def stop(self) -> None:

@@ -106,6 +106,12 @@ class SearchService:
         self._time("decode", start)
         return image
 
+    def warm_up(self) -> None:
+        """One search of a blank picture before the first client's (a model's first forward
+        allocates and picks its kernels: seconds, which a client's deadline should not pay)."""
+        c, h, w = self.geometry.input_size
+        self.search_batch([Query(torch.zeros(c, h, w), 1)])
+
     def _time(self, stage: str, start: float) -> None:
         if self.metrics is not None:
             self.metrics.stages.labels(stage).observe(time.perf_counter() - start)
