@@ -86,6 +86,7 @@ def create_app(target, index: VectorIndex, scores: bool = False,
     access-log line per request (None: none)."""
     fastapi = _fastapi()
     from advrank import __version__
+    from advrank.serve import items
     from advrank.serve.batcher import Batcher
     from advrank.serve.engine import SearchService
     from advrank.serve.metrics import ServiceMetrics
@@ -114,4 +115,5 @@ def create_app(target, index: VectorIndex, scores: bool = False,
     app.add_middleware(Observe, metrics=metrics, log=log,
                        request_timeout=limits.request_timeout)
     app.include_router(router)
+    app.include_router(items.router)
     return app

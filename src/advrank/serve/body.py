@@ -3,7 +3,10 @@ as it passes ``max_body_bytes`` (from Content-Length before a byte is read, then
 reading), a client that hangs up mid-body is :class:`ClientGone` (counted, never a
 traceback), and the body's deadline is the request's (:mod:`advrank.serve.observe`).
 
-A picture is the raw body (``image/*``) or the multipart field ``file``.
+A picture is the raw body (``image/*``), the multipart field ``file``, or a raw body sent
+with no content type or a generic one (``curl --data-binary`` sends a form type,
+``requests.post(data=...)`` none) whose first bytes are a PNG's or a JPEG's signature: the
+bytes decide, and the limits hold all the same.
 """
 
 from __future__ import annotations
@@ -11,6 +14,16 @@ from __future__ import annotations
 from advrank.serve.errors import BadRequest, ClientGone, TooLarge, Unsupported
 
 MULTIPART = "multipart/form-data"
+#: content types that say nothing about the bytes: the body is sniffed
+GENERIC = ("", "application/octet-stream", "binary/octet-stream",
+           "application/x-www-form-urlencoded")
+#: the signatures of the formats the service reads
+SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"))
+
+
+def sniff(data: bytes) -> str | None:
+    """The picture format ``data`` starts like (``PNG``, ``JPEG``), or None."""
+    return next((fmt for magic, fmt in SIGNATURES if data.startswith(magic)), None)
 
 
 async def read_body(request, limit: int) -> bytes:
@@ -38,17 +51,21 @@ def content_type(request) -> str:
 
 
 async def picture_bytes(request, limit: int) -> tuple[bytes, str | None]:
-    """``(bytes, file name)`` of the picture a request carries: the raw body (``image/*``)
-    or the multipart field ``file`` (its file name, when it gives one)."""
+    """``(bytes, file name)`` of the picture a request carries: the raw body (``image/*``,
+    or a generic type with a picture's signature) or the multipart field ``file`` (its file
+    name, when it gives one)."""
     ctype = content_type(request)
-    if not (ctype.startswith("image/") or ctype == MULTIPART):
-        raise Unsupported(f"content type {ctype or '(none)'!r} is not a picture; send "
-                          "image/png or image/jpeg, or multipart/form-data with a field "
-                          "'file'")
+    generic = ctype in GENERIC
+    if not (ctype.startswith("image/") or ctype == MULTIPART or generic):
+        raise Unsupported(f"content type {ctype!r} is not a picture; send image/png or "
+                          "image/jpeg, or multipart/form-data with a field 'file'")
     body = await read_body(request, limit)
-    if ctype != MULTIPART:
-        return body, None
-    return await _multipart_file(request, body)
+    if ctype == MULTIPART:
+        return await _multipart_file(request, body)
+    if generic and sniff(body) is None:
+        raise Unsupported(f"the body (content type {ctype or '(none)'!r}) is not a PNG or "
+                          "JPEG; send a picture, as image/png or image/jpeg")
+    return body, None
 
 
 async def _multipart_file(request, body: bytes) -> tuple[bytes, str | None]:

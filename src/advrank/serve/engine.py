@@ -17,6 +17,7 @@ from advrank.core.index import VectorIndex
 from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.oracles.wire import API_VERSION, RanksAnswer, SearchAnswer
+from advrank.serve.catalog import Catalog
 from advrank.serve.decode import FORMATS, decode_upload
 from advrank.serve.errors import BadRequest, ServiceError, Unprocessable
 from advrank.serve.limits import Limits
@@ -68,6 +69,7 @@ class SearchService:
         self.target, self.index, self.scores = target, index, bool(scores)
         self.limits, self.metrics = limits or Limits(), metrics
         self.geometry = target_geometry(target)
+        self.catalog = Catalog(target.gallery.dataset, target.gallery.labels)
         self.lock = threading.Lock()
 
     @property
@@ -174,6 +176,6 @@ class SearchService:
             gallery_size=self.index.size, id_bound=self.index.size,
             metric=t.meta.get("metric"), input_size=list(self.geometry.input_size),
             geometry=self.geometry.describe(), index=index, max_k=self.max_k,
-            scores=self.scores, named_ranks=True,
+            scores=self.scores, named_ranks=True, items=True,
             feedback=f"top-k ids{' and scores' if self.scores else ''}",
             formats=list(FORMATS), limits=limits)
