@@ -112,10 +112,11 @@ def _serve_options(p) -> None:
                    default=30.0,
                    help="seconds a request may take, its upload included; slower ones get 408")
     p.add_argument("--max-batch", type=integer(1, 4096), default=32,
-                   help="concurrent searches run through the model as one batch of this "
-                        "many rows (zeros pad it: an answer never depends on its batch)")
-    p.add_argument("--batch-wait-ms", type=integer(0, 10_000), default=2,
-                   help="how long a batch waits for more searches once its first is in")
+                   help="the most searches that go through the model and the index as one "
+                        "batch (an answer never depends on what shares its batch)")
+    p.add_argument("--batch-wait-ms", type=integer(0, 10_000), default=0,
+                   help="how long a batch waits for more searches once its first is in "
+                        "(default 0: batches form from what waits while the model works)")
 
 
 COMMANDS = (

@@ -2,8 +2,9 @@
 
 A request enters the queue only once its body is in and decoded (a slow upload never holds a
 place); when ``max_queue`` searches already wait, it is refused at once (:class:`Busy`: 503
-with ``Retry-After``). One worker task takes what waits (up to ``max_batch``, waiting at most
-``batch_wait`` s for more once the first is in), runs it through
+with ``Retry-After``). One worker task takes what waits (up to ``max_batch``; batches form
+while the model works, and a batch waits ``batch_wait`` s for more only when asked), runs it
+through
 :meth:`SearchService.search_batch` on a thread of its own, and hands each request its
 answer. A request that gave up meanwhile (deadline, hang-up) is skipped, never computed.
 

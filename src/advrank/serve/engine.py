@@ -20,6 +20,7 @@ from advrank.oracles.wire import API_VERSION, RanksAnswer, SearchAnswer
 from advrank.serve.catalog import Catalog
 from advrank.serve.decode import FORMATS, decode_upload
 from advrank.serve.errors import BadRequest, ServiceError, Unprocessable
+from advrank.serve.forward import Forward
 from advrank.serve.limits import Limits
 from advrank.serve.schema import ServiceInfo, ServiceLimits
 
@@ -70,6 +71,8 @@ class SearchService:
         self.limits, self.metrics = limits or Limits(), metrics
         self.geometry = target_geometry(target)
         self.catalog = Catalog(target.gallery.dataset, target.gallery.labels)
+        self.forward = Forward(target.model, target.device, self.geometry.input_size,
+                               self.limits.max_batch)
         self.lock = threading.Lock()
 
     @property
@@ -122,43 +125,47 @@ class SearchService:
     def search_batch(self, queries: list[Query]) -> list[SearchAnswer | RanksAnswer |
                                                          ServiceError]:
         """Each query's answer, or the :class:`Unprocessable` of a picture the model embeds
-        to non-finite values."""
+        to non-finite values. A query's answer is the one it gets alone: the forward gives
+        each row the bits it gets alone (:class:`Forward`), the index answers row by row
+        (:meth:`VectorIndex.search_rows`), and only the real rows are searched."""
         n = len(queries)
         if not 1 <= n <= self.limits.max_batch:
             raise AdvrankError(f"a batch holds 1 to {self.limits.max_batch} searches, got {n}")
-        images = torch.stack([q.image for q in queries])
-        # always max_batch rows (zeros pad): a row's floats then never depend on how many
-        # pictures, or which, share its batch (kernels pick their paths by shape)
-        images = torch.cat([images, images.new_zeros(self.limits.max_batch - n,
-                                                     *images.shape[1:])])
         out: list = [Unprocessable("the model gives a non-finite embedding for this "
                                    "picture")] * n
         with self.lock:
             start = time.perf_counter()
-            emb = self.target.model(images.to(self.target.device)).float()
+            emb = self.forward(torch.stack([q.image for q in queries]))
             self._time("forward", start)
-            finite = torch.isfinite(emb[:n]).all(1).cpu()
+            finite = torch.isfinite(emb).all(1)
             start = time.perf_counter()
-            for k in sorted({q.k for q in queries}):
-                rows = [i for i, q in enumerate(queries) if q.k == k and finite[i]]
-                if rows:
-                    ids, scores = self.index.search(emb, k)  # all rows: the same shapes
-                    for r in rows:
-                        out[r] = self.answer(ids[r], scores[r], queries[r].named)
+            for (k, ranks), rows in self._groups(queries, finite).items():
+                if ranks:
+                    found = self.index.rank_rows(emb[rows], [queries[r].named for r in rows], k)
+                    for r, row in zip(rows, found, strict=True):
+                        out[r] = RanksAnswer(ranks=row)
+                    continue
+                ids, scores = self.index.search_rows(emb[rows], k)
+                for r, i, d in zip(rows, ids, scores, strict=True):
+                    out[r] = self.answer(i, d)
             self._time("search", start)
         return out
 
-    def answer(self, ids: torch.Tensor, scores: torch.Tensor,
-               named: torch.Tensor | None) -> SearchAnswer | RanksAnswer:
-        """One answer from a list ``ids [k]`` (``scores [k]``): its ids (and scores), or the
-        positions of ``named [j]`` in it (None beyond it)."""
-        keep = ids >= 0  # an approximate index may find fewer than k
-        ids, scores = ids[keep], scores[keep]
-        if named is not None:
-            hit = ids[None, :] == named[:, None]  # [j, k]
-            pos = torch.where(hit.any(1), hit.float().argmax(1), -1).tolist()
-            return RanksAnswer(ranks=[p if p >= 0 else None for p in pos])
-        return SearchAnswer(ids=ids.tolist(), scores=scores.tolist() if self.scores else None)
+    @staticmethod
+    def _groups(queries: list[Query], finite: torch.Tensor) -> dict[tuple[int, bool], list]:
+        """The rows of the finite queries by (k, whether it asks for ranks)."""
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, q in enumerate(queries):
+            if finite[i]:
+                groups.setdefault((q.k, q.named is not None), []).append(i)
+        return groups
+
+    def answer(self, ids: torch.Tensor, scores: torch.Tensor) -> SearchAnswer:
+        """One top-k answer from ``ids [k]`` and ``scores [k]`` (an approximate index may
+        find fewer than k: ids -1 dropped)."""
+        keep = ids >= 0
+        return SearchAnswer(ids=ids[keep].tolist(),
+                            scores=scores[keep].tolist() if self.scores else None)
 
     def info(self) -> ServiceInfo:
         t, lim = self.target, self.limits
@@ -178,4 +185,4 @@ class SearchService:
             geometry=self.geometry.describe(), index=index, max_k=self.max_k,
             scores=self.scores, named_ranks=True, items=True,
             feedback=f"top-k ids{' and scores' if self.scores else ''}",
-            formats=list(FORMATS), limits=limits)
+            formats=list(FORMATS), forward=self.forward.describe(), limits=limits)

@@ -15,10 +15,11 @@ class Limits:
     ``default_k`` when a search names none, ``max_named`` ids in one ``rank_of``.
 
     ``max_queue`` searches may wait for the model at once (a search enters the queue only once
-    its body is in and decoded; beyond it: 503 with ``Retry-After``); ``max_batch`` of them
-    go through one batch, which waits at most ``batch_wait`` seconds for more once its first
-    is in. ``request_timeout`` seconds bound each request, its body's arrival included (408
-    beyond them)."""
+    its body is in and decoded; beyond it: 503 with ``Retry-After``); at most ``max_batch``
+    of them go through one batch: those waiting when the model is free (batches form while
+    it works, so a lone search never waits for company), and those arriving within
+    ``batch_wait`` seconds after the first (0 by default). ``request_timeout`` seconds bound
+    each request, its body's arrival included (408 beyond them)."""
 
     max_body_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
@@ -27,7 +28,7 @@ class Limits:
     default_k: int = 10
     max_named: int = 1024
     max_batch: int = 32
-    batch_wait: float = 0.002
+    batch_wait: float = 0.0
     request_timeout: float = 30.0
 
     def __post_init__(self):
