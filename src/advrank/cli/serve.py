@@ -52,10 +52,24 @@ def _server(app, quiet: bool):
     return Server(config)
 
 
+def _check_writes(args) -> None:
+    """``--writable`` and ``--token`` come together (a catalog nobody may write to, or a token
+    for nothing, is a mistake), before any work."""
+    if args.writable and args.token is None:
+        raise AdvrankError("--writable needs --token TOKEN (the bearer token writes must carry)")
+    if args.token is not None and not args.writable:
+        raise AdvrankError("--token is for --writable (the write path); add --writable or drop "
+                           "--token")
+    token = args.token
+    if token is not None and (len(token) < 8 or not token.isprintable() or " " in token):
+        raise AdvrankError("--token must be at least 8 printable characters, no spaces")
+
+
 def cmd_serve(args) -> None:
     from advrank.core.index import build_index
     from advrank.serve.app import Limits, create_app
 
+    _check_writes(args)
     limits = Limits(args.max_body_bytes, args.max_pixels, args.max_queue, args.max_k,
                     min(args.k, args.max_k), max_batch=args.max_batch,
                     batch_wait=args.batch_wait_ms / 1000,
@@ -66,7 +80,8 @@ def cmd_serve(args) -> None:
     index = build_index(target.gallery.embeddings, target.meta["metric"], args.index,
                         args.cache_dir, target.fingerprint, say)
     access = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    server = _server(create_app(target, index, args.scores, limits, access), args.quiet)
+    app = create_app(target, index, args.scores, limits, access, args.token)
+    server = _server(app, args.quiet)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving on http://{shown}:{port}", flush=True)
@@ -83,7 +98,9 @@ def _serve_options(p) -> None:
     POST /search?k=K with a PNG or JPEG (raw image/* body or multipart field 'file') returns
     {"ids": [...], "scores": [...] or null}, the top K gallery members nearest first (with
     rank_of=I,J,...: {"ranks": [...]}, where those ids sit in that list); GET /health, GET
-    /info, GET /metrics (Prometheus), OpenAPI at /docs. Every bad upload gets one 4xx
+    /info, GET /metrics (Prometheus), GET / (a search page), GET /items/ID (what an id is)
+    and its /thumbnail, OpenAPI at /docs; with --writable --token TOKEN, POST /items and
+    DELETE /items/ID. Every bad upload gets one 4xx
     {"error": ...}; one access-log line per request on stderr (none with --quiet). Stops on
     Ctrl-C or SIGTERM."""
     add_target_options(p)
@@ -111,6 +128,13 @@ def _serve_options(p) -> None:
     p.add_argument("--request-timeout", type=number(0.001, 86_400, what="seconds"),
                    default=30.0,
                    help="seconds a request may take, its upload included; slower ones get 408")
+    p.add_argument("--writable", action="store_true",
+                   help="offer the catalog's write path: POST /items adds a picture (decoded "
+                        "and embedded as a search upload is), DELETE /items/ID removes one; "
+                        "both need --token")
+    p.add_argument("--token", default=None, metavar="TOKEN",
+                   help="the bearer token writes must carry (Authorization: Bearer TOKEN); "
+                        "never logged nor shown")
     p.add_argument("--max-batch", type=integer(1, 4096), default=32,
                    help="the most searches that go through the model and the index as one "
                         "batch (an answer never depends on what shares its batch)")

@@ -80,13 +80,15 @@ def _fastapi():
 
 
 def create_app(target, index: VectorIndex, scores: bool = False,
-               limits: Limits | None = None, log: Callable[[str], None] | None = None):
+               limits: Limits | None = None, log: Callable[[str], None] | None = None,
+               token: str | None = None):
     """The FastAPI app serving ``target``'s gallery through ``index``: ``scores`` shows
     distances in search answers; ``limits`` bound each request; ``log`` receives one
-    access-log line per request (None: none)."""
+    access-log line per request (None: none); ``token``: the catalog is writable
+    (``POST /items``, ``DELETE /items/{id}``) by requests that carry it."""
     fastapi = _fastapi()
     from advrank import __version__
-    from advrank.serve import items
+    from advrank.serve import items, writes
     from advrank.serve.batcher import Batcher
     from advrank.serve.engine import SearchService
     from advrank.serve.metrics import ServiceMetrics
@@ -95,7 +97,12 @@ def create_app(target, index: VectorIndex, scores: bool = False,
 
     limits = limits or Limits()
     metrics = ServiceMetrics()
+    if token is not None and (not isinstance(token, str) or len(token) < 8 or
+                              not token.isprintable() or " " in token):
+        raise AdvrankError("the write token must be at least 8 printable characters, no "
+                           "spaces")
     service = SearchService(target, index, scores, limits, metrics)
+    service.writable = token is not None
     batcher = Batcher(service)
 
     @contextlib.asynccontextmanager
@@ -111,9 +118,12 @@ def create_app(target, index: VectorIndex, scores: bool = False,
                                       "serve). Every error is {\"error\": \"...\"}.",
                           docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.service, app.state.batcher, app.state.metrics = service, batcher, metrics
+    app.state.token = token
     install_errors(app)
     app.add_middleware(Observe, metrics=metrics, log=log,
                        request_timeout=limits.request_timeout)
     app.include_router(router)
     app.include_router(items.router)
+    if token is not None:
+        app.include_router(writes.router)
     return app

@@ -16,7 +16,13 @@ import torch
 from advrank.core.index import VectorIndex
 from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
-from advrank.oracles.wire import API_VERSION, RanksAnswer, SearchAnswer
+from advrank.oracles.wire import (
+    API_VERSION,
+    DeleteAnswer,
+    InsertAnswer,
+    RanksAnswer,
+    SearchAnswer,
+)
 from advrank.serve.catalog import Catalog
 from advrank.serve.decode import FORMATS, decode_upload
 from advrank.serve.errors import BadRequest, ServiceError, Unprocessable
@@ -74,11 +80,12 @@ class SearchService:
         self.forward = Forward(target.model, target.device, self.geometry.input_size,
                                self.limits.max_batch)
         self.lock = threading.Lock()
+        self.writable = False  # POST /items and DELETE /items/{id} offered (create_app)
 
     @property
     def max_k(self) -> int:
         """The largest k a search may ask for: the limit, at most the items held."""
-        return min(self.limits.max_k, self.index.size)
+        return min(self.limits.max_k, self.index.live)
 
     def check_k(self, k: int | None) -> int:
         if k is None:
@@ -100,7 +107,7 @@ class SearchService:
         except (ValueError, RuntimeError):
             raise BadRequest(f"rank_of must be ids separated by commas, got "
                              f"{text[:40]!r}") from None
-        if ((named < 0) | (named >= self.index.size)).any():
+        if ((named < 0) | (named >= self.index.size)).any():  # ids ever given: [0, id_bound)
             raise BadRequest(f"rank_of ids must lie in [0, {self.index.size - 1}]")
         return named
 
@@ -167,6 +174,28 @@ class SearchService:
         return SearchAnswer(ids=ids[keep].tolist(),
                             scores=scores[keep].tolist() if self.scores else None)
 
+    @torch.no_grad()
+    def insert(self, image: torch.Tensor, name: str | None) -> InsertAnswer:
+        """Add a decoded picture ``[C, H, W]`` to the catalog: embedded exactly as a search of
+        it is (so its own picture finds it at distance 0), inserted into the index the way
+        the index kind inserts, under the next id."""
+        with self.lock:
+            emb = self.forward(image[None])
+            if not torch.isfinite(emb).all():
+                raise Unprocessable("the model gives a non-finite embedding for this picture")
+            new = self.index.add(emb)
+            self.catalog.add(new, name, image)
+        return InsertAnswer(id=new)
+
+    def delete(self, item: int) -> DeleteAnswer:
+        """Remove an item for good: its id is never answered again, nor reused."""
+        with self.lock:
+            if self.index.live <= 1:
+                raise BadRequest("the last item of the catalog cannot be removed")
+            self.catalog.remove(item)  # NotFound for an id it does not hold
+            self.index.remove(item)
+        return DeleteAnswer(deleted=item)
+
     def info(self) -> ServiceInfo:
         t, lim = self.target, self.limits
         index = dict(self.index.info)
@@ -180,9 +209,9 @@ class SearchService:
         return ServiceInfo(
             api=API_VERSION, model=t.meta.get("arch"), source=public_name(t.source),
             fingerprint=t.fingerprint, dataset=public_name(t.meta.get("dataset")),
-            gallery_size=self.index.size, id_bound=self.index.size,
+            gallery_size=self.index.live, id_bound=self.index.size,
             metric=t.meta.get("metric"), input_size=list(self.geometry.input_size),
             geometry=self.geometry.describe(), index=index, max_k=self.max_k,
-            scores=self.scores, named_ranks=True, items=True,
+            scores=self.scores, named_ranks=True, items=True, writable=self.writable,
             feedback=f"top-k ids{' and scores' if self.scores else ''}",
             formats=list(FORMATS), forward=self.forward.describe(), limits=limits)

@@ -52,13 +52,16 @@ def search_params(
     return service.check_k(k), service.check_named(rank_of)
 
 
-async def decoded_picture(request: Request) -> torch.Tensor:
-    """The request's picture as the model's input (the body read under its limits)."""
+async def decoded_picture(request: Request, with_name: bool = False):
+    """The request's picture as the model's input (the body read under its limits); with
+    ``with_name``, ``(picture, file name or None)``."""
     service = the_service(request)
-    data, _ = await picture_bytes(request, service.limits.max_body_bytes)
+    data, name = await picture_bytes(request, service.limits.max_body_bytes)
     if len(data) <= INLINE_DECODE_BYTES:
-        return service.decode(data)
-    return await run_in_threadpool(service.decode, data)
+        image = service.decode(data)
+    else:
+        image = await run_in_threadpool(service.decode, data)
+    return (image, name) if with_name else image
 
 
 Params = Annotated[tuple[int, torch.Tensor | None], Depends(search_params)]
