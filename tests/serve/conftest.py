@@ -92,7 +92,7 @@ def png_bytes(seed: int = 0, size=(8, 8), mode: str = "L", fmt: str = "PNG") -> 
 
 @contextlib.contextmanager
 def app_client(target, index: str = "exact", log=None, scores: bool = False,
-               token: str | None = None, **limits):
+               token: str | None = None, pipeline: str | None = None, **limits):
     """A TestClient of :func:`create_app` on ``target`` (lifespan run: the engine started)."""
     from fastapi.testclient import TestClient
 
@@ -100,7 +100,7 @@ def app_client(target, index: str = "exact", log=None, scores: bool = False,
     from advrank.serve import Limits, create_app
 
     built = build_index(target.gallery.embeddings, target.meta["metric"], index)
-    app = create_app(target, built, scores, Limits(**limits), log, token)
+    app = create_app(target, built, scores, Limits(**limits), log, token, pipeline)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 

@@ -13,6 +13,7 @@ from advrank.cli.options import (
     load_target_from_args,
     log,
     number,
+    pipeline_spec,
 )
 from advrank.errors import AdvrankError
 
@@ -80,7 +81,7 @@ def cmd_serve(args) -> None:
     index = build_index(target.gallery.embeddings, target.meta["metric"], args.index,
                         args.cache_dir, target.fingerprint, say)
     access = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    app = create_app(target, index, args.scores, limits, access, args.token)
+    app = create_app(target, index, args.scores, limits, access, args.token, args.pipeline)
     server = _server(app, args.quiet)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -128,6 +129,10 @@ def _serve_options(p) -> None:
     p.add_argument("--request-timeout", type=number(0.001, 86_400, what="seconds"),
                    default=30.0,
                    help="seconds a request may take, its upload included; slower ones get 408")
+    p.add_argument("--pipeline", type=pipeline_spec, default=None, metavar="PIPELINE",
+                   help="re-encode every upload (searches and inserts) before embedding it, "
+                        "as a deployed search does: png (8-bit) or jpeg:Q (a real JPEG at "
+                        "quality Q, at the model's input size); /info says which")
     p.add_argument("--writable", action="store_true",
                    help="offer the catalog's write path: POST /items adds a picture (decoded "
                         "and embedded as a search upload is), DELETE /items/ID removes one; "

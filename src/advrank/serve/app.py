@@ -81,11 +81,12 @@ def _fastapi():
 
 def create_app(target, index: VectorIndex, scores: bool = False,
                limits: Limits | None = None, log: Callable[[str], None] | None = None,
-               token: str | None = None):
+               token: str | None = None, pipeline: str | None = None):
     """The FastAPI app serving ``target``'s gallery through ``index``: ``scores`` shows
     distances in search answers; ``limits`` bound each request; ``log`` receives one
     access-log line per request (None: none); ``token``: the catalog is writable
-    (``POST /items``, ``DELETE /items/{id}``) by requests that carry it."""
+    (``POST /items``, ``DELETE /items/{id}``) by requests that carry it; ``pipeline``
+    (``png``, ``jpeg:Q``): every upload is re-encoded so before it is embedded."""
     fastapi = _fastapi()
     from advrank import __version__
     from advrank.serve import items, writes
@@ -101,7 +102,7 @@ def create_app(target, index: VectorIndex, scores: bool = False,
                               not token.isprintable() or " " in token):
         raise AdvrankError("the write token must be at least 8 printable characters, no "
                            "spaces")
-    service = SearchService(target, index, scores, limits, metrics)
+    service = SearchService(target, index, scores, limits, metrics, pipeline)
     service.writable = token is not None
     batcher = Batcher(service)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from advrank.core.index import VectorIndex
+from advrank.core.pipeline import get_pipeline
 from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.oracles.wire import (
@@ -69,13 +70,16 @@ class SearchService:
     every backend)."""
 
     def __init__(self, target, index: VectorIndex, scores: bool = False,
-                 limits: Limits | None = None, metrics=None):
+                 limits: Limits | None = None, metrics=None, pipeline: str | None = None):
         if index.size != len(target.gallery):
             raise AdvrankError(f"the index holds {index.size} vectors, the gallery "
                                f"{len(target.gallery)}")
         self.target, self.index, self.scores = target, index, bool(scores)
         self.limits, self.metrics = limits or Limits(), metrics
         self.geometry = target_geometry(target)
+        # what the service does to every upload (search or insert) before embedding it
+        chosen = get_pipeline(pipeline)
+        self.pipeline = None if chosen.spec == "none" else chosen
         self.catalog = Catalog(target.gallery.dataset, target.gallery.labels)
         self.forward = Forward(target.model, target.device, self.geometry.input_size,
                                self.limits.max_batch)
@@ -112,9 +116,12 @@ class SearchService:
         return named
 
     def decode(self, data: bytes) -> torch.Tensor:
-        """An upload's bytes as the model's input ``[C, H, W]``."""
+        """An upload's bytes as the model's input ``[C, H, W]``, re-encoded by the service's
+        pipeline when it has one (a real JPEG or PNG round trip at the input size)."""
         start = time.perf_counter()
         image = decode_upload(data, self.geometry, self.limits.max_pixels)
+        if self.pipeline is not None:
+            image = self.pipeline(image[None])[0]
         self._time("decode", start)
         return image
 
@@ -213,5 +220,6 @@ class SearchService:
             metric=t.meta.get("metric"), input_size=list(self.geometry.input_size),
             geometry=self.geometry.describe(), index=index, max_k=self.max_k,
             scores=self.scores, named_ranks=True, items=True, writable=self.writable,
+            pipeline=None if self.pipeline is None else self.pipeline.spec,
             feedback=f"top-k ids{' and scores' if self.scores else ''}",
             formats=list(FORMATS), forward=self.forward.describe(), limits=limits)
