@@ -126,10 +126,18 @@ class SearchService:
         return image
 
     def warm_up(self) -> None:
-        """One search of a blank picture before the first client's (a model's first forward
-        allocates and picks its kernels: seconds, which a client's deadline should not pay)."""
+        """A blank PNG and JPEG decoded, and one search, before the first client's (first
+        calls load codecs, allocate and pick kernels: seconds a client should not pay)."""
+        import io
+
+        from PIL import Image
+
         c, h, w = self.geometry.input_size
-        self.search_batch([Query(torch.zeros(c, h, w), 1)])
+        for fmt in FORMATS:
+            buf = io.BytesIO()
+            Image.new("L" if c == 1 else "RGB", (w, h)).save(buf, fmt)
+            image = self.decode(buf.getvalue())
+        self.search_batch([Query(image, 1)])
 
     def _time(self, stage: str, start: float) -> None:
         if self.metrics is not None:
