@@ -8,7 +8,8 @@ starts the minimal service and ``advrank serve`` once per ``--indexes`` kind (ex
 free loopback ports, and for each round, each number of concurrent clients (``--clients``,
 default 1, 8, 32) and each index measures queries per second over ``--requests`` searches
 (top 10 of a random 8-bit picture, PNG bodies, closed loop: each client sends its next search
-when its answer is in), interleaving the services so that both see the same machine. It also
+when its answer is in), the two services back to back, in turns (the minimal one first in
+even rounds, last in odd ones), so that both see the same machine. It also
 measures ``rank_of`` (the ranks of ``--named`` ids in the whole list, k = |X|) on advrank.
 Ratios are the median over rounds of each round's ratio. With ``--out`` the table and the
 run's record go to ``OUT/results.md`` and ``OUT/results.json``.
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,13 +125,17 @@ def measure(urls: dict, args, bodies: list[bytes], size: int) -> list[dict]:
     for rnd in range(args.rounds):
         for clients in args.clients:
             n = args.requests * (1 if clients == 1 else 2)
-            minimal = asyncio.run(_load(urls["minimal"], bodies, clients, n, top10))
             for spec in args.indexes:
                 url = urls[f"advrank-{spec}"]
-                row = {"round": rnd, "clients": clients, "index": spec, "requests": n,
-                       "minimal_qps": minimal,
-                       "advrank_qps": asyncio.run(_load(url, bodies, clients, n, top10)),
-                       "rank_of_qps": asyncio.run(_load(url, bodies, clients, n, ranks))}
+                runs = {"minimal_qps": (urls["minimal"], top10), "advrank_qps": (url, top10),
+                        "rank_of_qps": (url, ranks)}
+                # each cell measured back to back, in turns: a drift of the machine's load
+                # falls on each service alike
+                order = list(runs) if rnd % 2 == 0 else list(runs)[::-1]
+                row = {"round": rnd, "clients": clients, "index": spec, "requests": n}
+                for key in order:
+                    row[key] = asyncio.run(_load(*runs[key][:1], bodies, clients, n,
+                                                 runs[key][1]))
                 print(row, file=sys.stderr, flush=True)
                 rows.append(row)
     return rows
@@ -173,6 +179,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import httpx
 
+    # stopped (SIGTERM), the services it started are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with services(args) as urls:
         info = httpx.get(urls[f"advrank-{args.indexes[0]}"] + "/info", timeout=30).json()
         bodies = pictures(info["input_size"], args.pictures, args.seed)

@@ -19,7 +19,7 @@ PNG = {"content-type": "image/png"}
 def client(request, digits_target, make_client):
     lines: list[str] = []
     with make_client(digits_target, request.param, log=lines.append, scores=True,
-                     token=TOKEN, max_k=719, max_body_bytes=50_000) as c:
+                     token=TOKEN, max_k=719, max_body_bytes=50_000, workers=2) as c:
         c.lines, c.spec = lines, request.param
         yield c
 

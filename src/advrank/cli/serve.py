@@ -66,6 +66,18 @@ def _check_writes(args) -> None:
         raise AdvrankError("--token must be at least 8 printable characters, no spaces")
 
 
+def _default_workers(device: str) -> int:
+    """Batches at once: the cores torch's own threads leave free, on a CPU (one elsewhere:
+    an accelerator runs one batch at a time anyway)."""
+    import os
+
+    import torch
+
+    if device not in ("cpu", "auto") or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, torch.get_num_threads())))
+
+
 def cmd_serve(args) -> None:
     from advrank.core.index import build_index
     from advrank.serve.app import Limits, create_app
@@ -74,7 +86,8 @@ def cmd_serve(args) -> None:
     limits = Limits(args.max_body_bytes, args.max_pixels, args.max_queue, args.max_k,
                     min(args.k, args.max_k), max_batch=args.max_batch,
                     batch_wait=args.batch_wait_ms / 1000,
-                    request_timeout=args.request_timeout)
+                    request_timeout=args.request_timeout,
+                    workers=args.search_workers or _default_workers(args.device))
     sock = _bind(args.host, args.port)  # a busy port is refused before the model loads
     target = load_target_from_args(args)
     say = log(args)
@@ -143,6 +156,9 @@ def _serve_options(p) -> None:
     p.add_argument("--max-batch", type=integer(1, 4096), default=32,
                    help="the most searches that go through the model and the index as one "
                         "batch (an answer never depends on what shares its batch)")
+    p.add_argument("--search-workers", type=integer(1, 64), default=None,
+                   help="batches that go through the model and the index at once, each on a "
+                        "thread (default: the CPU cores torch's own threads leave free)")
     p.add_argument("--batch-wait-ms", type=integer(0, 10_000), default=0,
                    help="how long a batch waits for more searches once its first is in "
                         "(default 0: batches form from what waits while the model works)")

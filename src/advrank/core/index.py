@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,19 +69,32 @@ METRICS = ("cosine", "euclidean")
 SCORE_CHUNK = 256
 
 
+#: who is searching a flat index through BLAS now, and FAISS's setting before the first
+_BLAS = {"users": 0, "before": None}
+_BLAS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def blas_for(faiss, queries: int):
     """FAISS's brute-force search of ``queries`` queries through BLAS when there are two or
     more (one pass over the gallery for all; measured: one query is faster without). A
-    global setting of FAISS, restored afterwards; the answers are re-measured in float64,
-    so the path never shows in them."""
-    before = faiss.cvar.distance_compute_blas_threshold
-    if queries > 1:
-        faiss.cvar.distance_compute_blas_threshold = 1
+    global setting of FAISS: set by the first of concurrent searches, restored by the last;
+    the answers are re-measured in float64, so the path never shows in them."""
+    if queries <= 1:
+        yield
+        return
+    with _BLAS_LOCK:
+        if not _BLAS["users"]:
+            _BLAS["before"] = faiss.cvar.distance_compute_blas_threshold
+            faiss.cvar.distance_compute_blas_threshold = 1
+        _BLAS["users"] += 1
     try:
         yield
     finally:
-        faiss.cvar.distance_compute_blas_threshold = before
+        with _BLAS_LOCK:
+            _BLAS["users"] -= 1
+            if not _BLAS["users"]:
+                faiss.cvar.distance_compute_blas_threshold = _BLAS["before"]
 
 
 def check_index_spec(spec: Any) -> str:

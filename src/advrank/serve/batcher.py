@@ -2,11 +2,11 @@
 
 A request enters the queue only once its body is in and decoded (a slow upload never holds a
 place); when ``max_queue`` searches already wait, it is refused at once (:class:`Busy`: 503
-with ``Retry-After``). One worker task takes what waits (up to ``max_batch``; batches form
-while the model works, and a batch waits ``batch_wait`` s for more only when asked), runs it
-through
-:meth:`SearchService.search_batch` on a thread of its own, and hands each request its
-answer. A request that gave up meanwhile (deadline, hang-up) is skipped, never computed.
+with ``Retry-After``). ``workers`` worker tasks each take what waits (up to ``max_batch``;
+batches form while the model works, and a batch waits ``batch_wait`` s for more only when
+asked), run it through :meth:`SearchService.search_batch` on a thread of their own, and hand
+each request its answer. A request that gave up meanwhile (deadline, hang-up) is skipped,
+never computed.
 
 Started and stopped by the app's lifespan (:meth:`start`, :meth:`stop`).
 """
@@ -28,24 +28,27 @@ class Batcher:
     def __init__(self, service: SearchService):
         self.service = service
         self.queue: asyncio.Queue | None = None
-        self.worker: asyncio.Task | None = None
+        self.workers: list[asyncio.Task] = []
         self.pool: ThreadPoolExecutor | None = None
         self.batch_seconds = 0.01  # a running mean, for Retry-After
-        self.running: list[asyncio.Future] = []  # the requests of the batch in the model
+        self.running: set[asyncio.Future] = set()  # the requests of the batches in the model
 
     async def start(self) -> None:
         self.queue = asyncio.Queue(self.service.limits.max_queue)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="advrank-search")
+        n = self.service.limits.workers
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="advrank-search")
         warm_up = getattr(self.service, "warm_up", None)
         if warm_up is not None:
             await asyncio.get_running_loop().run_in_executor(self.pool, warm_up)
-        self.worker = asyncio.get_running_loop().create_task(self.run(), name="advrank-batcher")
+        loop = asyncio.get_running_loop()
+        self.workers = [loop.create_task(self.run(), name=f"advrank-batcher-{i}")
+                        for i in range(n)]
 
     async def stop(self) -> None:
         """Stop the worker; searches still waiting are answered 503."""
-        if self.worker is not None:
-            self.worker.cancel()
-            await asyncio.gather(self.worker, return_exceptions=True)
+        for worker in self.workers:
+            worker.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
         left = list(self.running)
         while self.queue is not None and not self.queue.empty():
             left.append(self.queue.get_nowait()[1])
@@ -54,7 +57,7 @@ class Batcher:
                 done.set_exception(Busy("the service is stopping", retry_after=5))
         if self.pool is not None:
             self.pool.shutdown(wait=True)
-        self.worker = self.pool = None
+        self.workers, self.pool = [], None
 
     @property
     def waiting(self) -> int:
@@ -62,7 +65,7 @@ class Batcher:
 
     async def submit(self, query: Query) -> Any:
         """The answer to ``query`` (raises what the engine answers with an error)."""
-        if self.worker is None or self.worker.done():
+        if not self.workers or all(w.done() for w in self.workers):
             raise Busy("the search engine is not running", retry_after=5)
         done = asyncio.get_running_loop().create_future()
         try:
@@ -111,7 +114,8 @@ class Batcher:
             batch = await self.gather()
             if self.service.metrics is not None:
                 self.service.metrics.batch.observe(len(batch))
-            start, self.running = loop.time(), [done for _, done in batch]
+            start, mine = loop.time(), {done for _, done in batch}
+            self.running |= mine
             try:
                 answers = await loop.run_in_executor(self.pool, self.service.search_batch,
                                                      [q for q, _ in batch])
@@ -125,4 +129,4 @@ class Batcher:
                     done.set_exception(answer)
                 else:
                     done.set_result(answer)
-            self.running = []
+            self.running -= mine

@@ -6,7 +6,6 @@ search, for a batch of queries at a time. It knows nothing of HTTP: a bad reques
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from advrank.serve.decode import FORMATS, decode_upload
 from advrank.serve.errors import BadRequest, ServiceError, Unprocessable
 from advrank.serve.forward import Forward
 from advrank.serve.limits import Limits
+from advrank.serve.rwlock import SharedLock
 from advrank.serve.schema import ServiceInfo, ServiceLimits
 
 
@@ -65,9 +65,8 @@ def public_name(source: str | None) -> str | None:
 
 class SearchService:
     """Searches ``target``'s gallery through ``index``: ``scores`` shows distances in the
-    answers; ``limits`` bound each request; ``metrics`` (optional) times each stage. One
-    batch at a time goes through the model, under a lock (a model is not re-entrant under
-    every backend)."""
+    answers; ``limits`` bound each request; ``metrics`` (optional) times each stage. Up to
+    ``limits.workers`` batches go through at once (searches only read), a write alone."""
 
     def __init__(self, target, index: VectorIndex, scores: bool = False,
                  limits: Limits | None = None, metrics=None, pipeline: str | None = None):
@@ -83,7 +82,7 @@ class SearchService:
         self.catalog = Catalog(target.gallery.dataset, target.gallery.labels)
         self.forward = Forward(target.model, target.device, self.geometry.input_size,
                                self.limits.max_batch)
-        self.lock = threading.Lock()
+        self.lock = SharedLock()
         self.writable = False  # POST /items and DELETE /items/{id} offered (create_app)
 
     @property
@@ -155,7 +154,7 @@ class SearchService:
             raise AdvrankError(f"a batch holds 1 to {self.limits.max_batch} searches, got {n}")
         out: list = [Unprocessable("the model gives a non-finite embedding for this "
                                    "picture")] * n
-        with self.lock:
+        with self.lock.shared():
             start = time.perf_counter()
             emb = self.forward(torch.stack([q.image for q in queries]))
             self._time("forward", start)
@@ -194,7 +193,7 @@ class SearchService:
         """Add a decoded picture ``[C, H, W]`` to the catalog: embedded exactly as a search of
         it is (so its own picture finds it at distance 0), inserted into the index the way
         the index kind inserts, under the next id."""
-        with self.lock:
+        with self.lock.exclusive():
             emb = self.forward(image[None])
             if not torch.isfinite(emb).all():
                 raise Unprocessable("the model gives a non-finite embedding for this picture")
@@ -204,7 +203,7 @@ class SearchService:
 
     def delete(self, item: int) -> DeleteAnswer:
         """Remove an item for good: its id is never answered again, nor reused."""
-        with self.lock:
+        with self.lock.exclusive():
             if self.index.live <= 1:
                 raise BadRequest("the last item of the catalog cannot be removed")
             self.catalog.remove(item)  # NotFound for an id it does not hold
@@ -220,7 +219,8 @@ class SearchService:
             max_body_bytes=lim.max_body_bytes, max_pixels=lim.max_pixels,
             max_concurrency=lim.max_concurrency, max_k=self.max_k, default_k=lim.default_k,
             max_named=lim.max_named, max_queue=lim.max_queue, max_batch=lim.max_batch,
-            batch_wait_ms=lim.batch_wait * 1000, request_timeout=lim.request_timeout)
+            batch_wait_ms=lim.batch_wait * 1000, request_timeout=lim.request_timeout,
+            workers=lim.workers)
         return ServiceInfo(
             api=API_VERSION, model=t.meta.get("arch"), source=public_name(t.source),
             fingerprint=t.fingerprint, dataset=public_name(t.meta.get("dataset")),

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
 from advrank.oracles.wire import ErrorAnswer, ItemAnswer
 from advrank.serve.page import PAGE, POLICY
@@ -34,5 +35,6 @@ async def item(request: Request, item_id: ItemId):
     **MISSING, 200: {"content": {"image/png": {}}, "description": "the picture, as a PNG"}},
     summary="the item's picture as the model reads it")
 async def thumbnail(request: Request, item_id: ItemId):
-    png = request.app.state.service.catalog.thumbnail(item_id)
+    # a collection's picture is read from disk and encoded: off the event loop
+    png = await run_in_threadpool(request.app.state.service.catalog.thumbnail, item_id)
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})

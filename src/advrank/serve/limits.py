@@ -18,8 +18,10 @@ class Limits:
     its body is in and decoded; beyond it: 503 with ``Retry-After``); at most ``max_batch``
     of them go through one batch: those waiting when the model is free (batches form while
     it works, so a lone search never waits for company), and those arriving within
-    ``batch_wait`` seconds after the first (0 by default). ``request_timeout`` seconds bound
-    each request, its body's arrival included (408 beyond them)."""
+    ``batch_wait`` seconds after the first (0 by default); ``workers`` batches go through at
+    once, each on a thread of its own (the cores the model's own threads leave free).
+    ``request_timeout`` seconds bound each request, its body's arrival included (408 beyond
+    them)."""
 
     max_body_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
@@ -30,6 +32,7 @@ class Limits:
     max_batch: int = 32
     batch_wait: float = 0.0
     request_timeout: float = 30.0
+    workers: int = 1
 
     def __post_init__(self):
         check_int(self.max_body_bytes, "max body bytes", low=1, high=2**40)
@@ -42,6 +45,7 @@ class Limits:
         check_number(self.batch_wait, "batch wait (s)", low=0.0, high=10.0)
         check_number(self.request_timeout, "request timeout (s)", low=0.0, low_open=True,
                      high=86_400.0)
+        check_int(self.workers, "engine workers", low=1, high=64)
 
     @property
     def max_concurrency(self) -> int:

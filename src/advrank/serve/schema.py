@@ -18,6 +18,7 @@ class ServiceLimits(LimitsInfo):
     max_batch: int = Field(ge=1)
     batch_wait_ms: float = Field(ge=0)
     request_timeout: float = Field(gt=0)
+    workers: int = Field(ge=1)
 
 
 class ServiceInfo(InfoAnswer):
