@@ -34,7 +34,7 @@ BUDGET = [
     (r"^(advrank audit .*)$", r"\1 --steps 2"),
     (r"--query-budget \d+", "--query-budget 40"),
 ]
-PORT = "8765"  # the README's service port; the test serves on a free one instead
+PORTS = ("8765", "8766")  # the README's service ports; the test serves on free ones instead
 SKIP = (r"^pip install", r"^python -m pytest", r"^python -m venv", r"^\. \.venv/bin/activate")
 
 
@@ -104,8 +104,13 @@ def start_service(argv: list[str], cwd: Path) -> subprocess.Popen:
     return proc
 
 
+def curl(argv: list[str]) -> list[str]:
+    """A README ``curl`` line as the test runs it: failing on an HTTP error, quiet."""
+    return [argv[0], "--fail", "--silent", "--show-error", *argv[1:]]
+
+
 def test_bash_blocks_run(tmp_path, image_folder):
-    port, services = free_port(), []
+    ports, services = {p: free_port() for p in PORTS}, []
     try:
         for block in blocks("bash"):
             for command in commands(block):
@@ -113,7 +118,13 @@ def test_bash_blocks_run(tmp_path, image_folder):
                     continue
                 make_inputs(command, tmp_path, image_folder)
                 background = command.endswith("&")
-                argv = shlex.split(budget(command.rstrip("& ")).replace(PORT, port))
+                line = budget(command.rstrip("& "))
+                for readme_port, port in ports.items():
+                    line = line.replace(readme_port, port)
+                argv = shlex.split(line)
+                if argv[0] == "curl":  # the service's own examples, against it
+                    run(curl(argv), tmp_path)
+                    continue
                 if argv[0] == "torchrun":  # torchrun is torch.distributed.run
                     run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], tmp_path)
                     continue

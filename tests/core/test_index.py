@@ -92,3 +92,44 @@ def test_ivfpq_preset_fits_the_gallery():
     nlist, rest = ivfpq_factory(600, 24).removeprefix("IVF").split(",PQ")
     m, nbits = map(int, rest.split("x"))
     assert int(nlist) * 39 <= 600 and 24 % m == 0 and 2 ** nbits * 39 <= 600
+
+
+def _rewrite(path, change, checksum: bool) -> None:
+    """The saved index at ``path`` with its FAISS index changed by ``change`` and its
+    metadata kept (``checksum``: the checksum recomputed, as a careful forger would)."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta, blob = fh.metadata(), fh.get_tensor("index")
+    index = faiss.deserialize_index(blob.numpy())
+    change(index)
+    data = faiss.serialize_index(index)
+    if checksum:
+        meta["sha256"] = hashlib.sha256(data.tobytes()).hexdigest()
+    save_file({"index": torch.from_numpy(data.copy())}, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_an_altered_index_file_is_detected_and_rebuilt(tmp_path, checksum):
+    """Vectors altered inside a saved index, its metadata kept: the file's checksum (or,
+    were it recomputed, the vectors against the gallery's) catches it; the index is built
+    again, with a note, and searches as the first one did."""
+    gallery, queries = data()
+    first = build_index(gallery, "cosine", "flat", tmp_path)
+    want = first.search(queries, 10)
+    path = first.info["cache"]["file"]
+
+    def poison(index):
+        xb = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), index.ntotal * index.d)
+        xb[: 5 * index.d] = 0.5  # five items moved
+
+    _rewrite(path, poison, checksum)
+    notes: list[str] = []
+    again = build_index(gallery, "cosine", "flat", tmp_path, log=notes.append)
+    assert again.info["cache"]["reused"] is False and len(notes) == 1
+    assert ("checksum" in notes[0]) != checksum and "building it again" in notes[0]
+    assert all(torch.equal(a, b) for a, b in zip(again.search(queries, 10), want, strict=True))
+    assert build_index(gallery, "cosine", "flat", tmp_path).info["cache"]["reused"] is True

@@ -20,7 +20,7 @@ pytest.importorskip("faiss")
 
 from PIL import Image  # noqa: E402
 
-LIMITS = ["--max-body-bytes", "200000", "--max-pixels", "1000000", "--max-concurrency", "2",
+LIMITS = ["--max-body-bytes", "200000", "--max-pixels", "1000000", "--max-queue", "2",
           "--max-k", "50"]
 
 
@@ -48,13 +48,20 @@ def search(base: str, body: bytes, ctype: str = "image/png", k: int | str | None
 
 
 def test_info_and_health_describe_the_service(service, digits_ckpt):
+    from advrank.oracles.wire import API_VERSION, InfoAnswer, parse
+
     base, _ = service
     assert httpx.get(f"{base}/health").json() == {"status": "ok"}
-    info = httpx.get(f"{base}/info").json()
-    assert info["gallery_size"] > 100 and info["input_size"] == [1, 8, 8]
+    r = httpx.get(f"{base}/info")
+    info, typed = r.json(), parse(InfoAnswer, r.content, "/info")
+    assert typed.api == API_VERSION and typed.id_bound == typed.gallery_size > 100
+    assert typed.scores is True and typed.max_k == typed.limits.max_k == 50
+    assert info["input_size"] == [1, 8, 8] and info["metric"] == "cosine"
     assert info["index"]["index"] == "hnsw" and info["index"]["size"] == info["gallery_size"]
-    assert info["metric"] == "cosine" and info["feedback"] == "top-k ids and scores"
-    assert info["limits"]["max_pixels"] == 1_000_000 and info["max_k"] == 50
+    assert info["feedback"] == "top-k ids and scores" and info["limits"]["max_pixels"] == 10**6
+    # files by base name only: no folder of the server's in the answer
+    assert info["source"] == digits_ckpt.name and str(digits_ckpt.parent) not in r.text
+    assert info["index"]["cache"]["file"].startswith("index-") and '"/' not in r.text
 
 
 def test_search_answers_what_the_library_computes(service, digits_ckpt):
@@ -62,8 +69,8 @@ def test_search_answers_what_the_library_computes(service, digits_ckpt):
     (decode -> model -> the same deterministically built HNSW index)."""
     from advrank.core.index import build_index
     from advrank.experiments.target import load_target
-    from advrank.serve.app import target_geometry
     from advrank.serve.decode import decode_upload
+    from advrank.serve.engine import target_geometry
 
     base, _ = service
     body = picture("PNG", (20, 13), "RGB", seed=3)
@@ -99,15 +106,16 @@ def test_rank_of_answers_where_the_named_ids_sit_in_the_same_list(service):
         assert r.status_code == 400 and list(r.json()) == ["error"], (bad, r.text)
 
 
-def test_a_batch_answers_each_picture_as_it_alone_would(digits_ckpt):
+@pytest.mark.parametrize("spec", ["exact", "flat", "hnsw"])
+def test_a_batch_answers_each_picture_as_it_alone_would(digits_target, spec):
     """Micro-batching is invisible: pictures searched together (mixed k, ids or ranks) get
-    the answers they get one at a time, in any order."""
+    the answers they get one at a time, in any order, to the last bit of every score."""
     from advrank.core.index import build_index
-    from advrank.experiments.target import load_target
-    from advrank.serve.app import Limits, Query, SearchService
+    from advrank.serve.engine import Query, SearchService
+    from advrank.serve.limits import Limits
 
-    target = load_target(str(digits_ckpt), "cpu")
-    index = build_index(target.gallery.embeddings, "cosine", "exact")
+    target = digits_target
+    index = build_index(target.gallery.embeddings, "cosine", spec)
     service = SearchService(target, index, True, Limits(max_k=len(target.gallery)))
     gen = torch.Generator().manual_seed(0)
     queries = [Query(torch.rand(1, 8, 8, generator=gen), k, named)
@@ -117,9 +125,9 @@ def test_a_batch_answers_each_picture_as_it_alone_would(digits_ckpt):
     together = service.search_batch(queries)
     shuffled = service.search_batch(queries[::-1])[::-1]
     assert together == alone and shuffled == alone
-    assert alone[1]["ranks"][0] == alone[1]["ranks"][2] and len(alone[0]["ids"]) == 5
-    full = service.search_batch([Query(queries[1].image, 719)])[0]["ids"]
-    assert [full.index(i) for i in (3, 700, 3)] == alone[1]["ranks"]
+    assert alone[1].ranks[0] == alone[1].ranks[2] and len(alone[0].ids) == 5
+    full = service.search_batch([Query(queries[1].image, 719)])[0].ids
+    assert [full.index(i) if i in full else None for i in (3, 700, 3)] == alone[1].ranks
 
 
 def _bad_requests() -> list[tuple[str, dict, int]]:
@@ -138,7 +146,8 @@ def _bad_requests() -> list[tuple[str, dict, int]]:
         ("decompression bomb", {"content": bomb.getvalue()}, 413),
         ("too large", {"content": os.urandom(300_000)}, 413),
         ("wrong content type", {"content": png, "headers": {"content-type": "text/plain"}}, 415),
-        ("no content type", {"content": png, "headers": {"content-type": ""}}, 415),
+        ("no content type, not a picture", {"content": b"GIF89a" + bytes(50),
+                                            "headers": {"content-type": ""}}, 415),
         ("GIF", {"content": gif.getvalue(), "headers": {"content-type": "image/gif"}}, 415),
         ("multipart without file", {"files": {"other": ("a.png", png, "image/png")}}, 400),
         ("k not a number", {"content": png, "params": {"k": "ten"}}, 400),

@@ -4,7 +4,8 @@ them: PNG or JPEG only, the pixel count checked from the header before anything 
 clipped), then the collection reader's own steps (:meth:`advrank.data.geometry.Geometry.read`:
 EXIF orientation, the model's channels, resize/centre-crop to its input size).
 
-Every failure is an :class:`UploadError` carrying an HTTP status and one line for the client.
+Every failure is a :class:`~advrank.serve.errors.ServiceError` of its kind (a bad picture,
+an unsupported format, too many pixels) with one line for the client.
 """
 
 from __future__ import annotations
@@ -15,16 +16,9 @@ import warnings
 import torch
 
 from advrank.data.geometry import Geometry
+from advrank.serve.errors import BadRequest, TooLarge, Unsupported
 
 FORMATS = ("PNG", "JPEG")
-
-
-class UploadError(Exception):
-    """A bad upload: ``status`` (4xx) and a one-line ``message`` for the JSON error body."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def _eight_bit(img):
@@ -49,36 +43,36 @@ def _open(data: bytes, max_pixels: int):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadError(413, "the picture has too many pixels (a decompression bomb?)") \
+        raise TooLarge("the picture has too many pixels (a decompression bomb?)") \
             from None
     except Exception:  # PIL raises many types for bytes it cannot identify
-        raise UploadError(400, f"the body is not a picture PIL can read ({len(data)} bytes); "
+        raise BadRequest(f"the body is not a picture PIL can read ({len(data)} bytes); "
                                f"send a {' or '.join(FORMATS)} file") from None
     if img.format not in FORMATS:
-        raise UploadError(415, f"pictures must be {' or '.join(FORMATS)}, got {img.format}")
+        raise Unsupported(f"pictures must be {' or '.join(FORMATS)}, got {img.format}")
     w, h = img.size
     if w < 1 or h < 1 or w * h > max_pixels:
-        raise UploadError(413, f"the picture is {w} x {h} = {w * h} pixels; the limit is "
+        raise TooLarge(f"the picture is {w} x {h} = {w * h} pixels; the limit is "
                                f"{max_pixels}")
     return img
 
 
 def decode_upload(data: bytes, geometry: Geometry, max_pixels: int) -> torch.Tensor:
     """``data`` (a PNG or JPEG file's bytes) as ``[C, H, W]`` in [0, 1] at ``geometry``'s input
-    size; :class:`UploadError` (400, 413 or 415) for anything else."""
+    size; :class:`BadRequest`, :class:`TooLarge` or :class:`Unsupported` for anything else."""
     if not data:
-        raise UploadError(400, "the body is empty; send a picture")
+        raise BadRequest("the body is empty; send a picture")
     img = _open(data, max_pixels)
     try:
         image = geometry.read(_eight_bit(img))
     except MemoryError:
-        raise UploadError(413, "the picture does not fit in memory") from None
+        raise TooLarge("the picture does not fit in memory") from None
     except Exception as exc:  # truncated or damaged data: PIL's words, on one line
         text = str(exc).strip().splitlines()
         why = text[0][:160] if text else type(exc).__name__
-        raise UploadError(400, f"the {img.format} picture cannot be decoded: {why}") from None
+        raise BadRequest(f"the {img.format} picture cannot be decoded: {why}") from None
     finally:
         img.close()
     if not torch.isfinite(image).all():  # defensive: a float TIFF-like mode slipping through
-        raise UploadError(400, "the picture decodes to non-finite values")
+        raise BadRequest("the picture decodes to non-finite values")
     return image
