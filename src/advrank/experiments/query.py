@@ -79,7 +79,7 @@ class CheckpointedObjective(CountedObjective):
             self.snaps[c] = torch.where(mask, self.best.x, self.snaps[c])
             self.used_at[c] = torch.where(passed, before, self.used_at[c])
             self.taken[c] |= passed
-        self.best.update(x, values)
+        self.best.update(x, values, met=self.met)
         return values
 
     def snapshots(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -107,20 +107,27 @@ def named_items(score, rows: torch.Tensor) -> torch.Tensor | None:
 def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimizer,
                 eps: float, budget: int, part: Selection, generator: torch.Generator,
                 start: torch.Tensor | None = None, checkpoints: Sequence[int] = ()
-                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                ) -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor]:
     """One batch of query-only attacks: ``(adversarial images [B, C, H, W], queries used
-    [B], {c: (best images within c queries, queries spent by then [B])})``; ``start [B, C,
-    H, W]``: where the optimiser starts (default: the clean query)."""
+    [B], {c: (best images within c queries, queries spent by then [B])}, goal met [B])``;
+    ``start [B, C, H, W]``: where the optimiser starts (default: the clean query). With an
+    early-stopping optimiser, the kind's score says when an answer shows its goal."""
     gallery = target.gallery
     counter = QueryCounter(len(part), budget)
     score = kind.query_score(gallery, part, oracle.feedback,
                              lambda x: ask(oracle, counter, x))
-    objective = CheckpointedObjective(
-        lambda x, rows: score(oracle.answer(x, named_items(score, rows)), rows), counter,
-        checkpoints)
+    goal = getattr(score, "goal", None) if optimizer.early_stop else None
+
+    def evaluate(x: torch.Tensor, rows: torch.Tensor):
+        answer = oracle.answer(x, named_items(score, rows))
+        values = score(answer, rows)
+        return values if goal is None else (values, goal(answer, rows))
+
+    objective = CheckpointedObjective(evaluate, counter, checkpoints)
     ball = Ball(gallery.images(part.anchors), eps, oracle.eight_bit)
     adv, _ = optimizer.run(objective, ball, start, generator)
-    return adv, counter.used, objective.snapshots() if checkpoints else {}
+    return (adv, counter.used, objective.snapshots() if checkpoints else {},
+            objective.reached.clone())
 
 
 def measure_all(target, kinds: Sequence[AttackKind], part: Selection,
@@ -160,8 +167,10 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     then be one they can read). ``checkpoints``: query counts at which the best so far is
     measured too (see :class:`CheckpointedObjective`), as ``extra["checkpoints"]``
     ``{c: figures}``. The result's ``extra`` holds ``queries_used`` (mean per attack),
-    ``queries_used_max``, the oracle and the optimiser; batches draw from one generator each
-    (keyed by seed and position), so results depend on ``batch_size``."""
+    ``queries_used_max``, ``goal_reached`` (the share of attacks whose goal the feedback
+    showed, with an early-stopping optimiser, else 0) and ``queries_saved`` (the budget those
+    attacks left unspent, mean per attack), the oracle and the optimiser; batches draw from
+    one generator each (keyed by seed and position), so results depend on ``batch_size``."""
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
     budget, seed = check_budget(budget), check_seed(seed)
@@ -171,7 +180,7 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     selection = selection or kind.select(gallery, k, num_attacks, seed)
     if start is not None and start.shape[0] != len(selection):
         raise AdvrankError(f"{start.shape[0]} start images for {len(selection)} attacks")
-    t0, log, used = time.time(), RankLog(), []
+    t0, log, used, reached = time.time(), RankLog(), [], []
     checkpoints = check_checkpoints(checkpoints, budget)
     logs = {c: (RankLog(), []) for c in checkpoints}
     bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
@@ -179,21 +188,24 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
         gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
-        adv, spent, snaps = attack_part(target, kind, oracle, optimizer, eps, budget, part,
-                                        gen, None if start is None else start[s : s + batch_size],
-                                        checkpoints)
+        adv, spent, snaps, met = attack_part(
+            target, kind, oracle, optimizer, eps, budget, part, gen,
+            None if start is None else start[s : s + batch_size], checkpoints)
         clean = measure_all(target, [kind, *also], part, None)
         log.add(clean, measure_all(target, [kind, *also], part, adv))
         for c, (images, by_then) in snaps.items():
             logs[c][0].add(clean, measure_all(target, [kind, *also], part, images))
             logs[c][1].append(by_then)
         used.append(spent)
+        reached.append(met)
         bar.update(len(part))
     bar.close()
     threat = _Threat(eps, oracle.eight_bit, budget)
     result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
-    spent = torch.cat(used).double()
+    spent, met = torch.cat(used).double(), torch.cat(reached)
     result.extra.update({"queries_used": spent.mean().item(),
+                         "goal_reached": met.double().mean().item(),
+                         "queries_saved": torch.where(met, budget - spent, 0.0).mean().item(),
                          "queries_used_max": int(spent.max()), "query_budget": budget,
                          "queries_sent": oracle.queries, **oracle.describe(),
                          **optimizer.describe()})

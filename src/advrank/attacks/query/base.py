@@ -61,41 +61,63 @@ class Ball:
 
 class CountedObjective:
     """``evaluate(x [N, C, H, W], rows [N]) -> [N]`` (rows: each candidate's attack) as an
-    optimiser's objective over ``[B, P, ...]``, each request first granted by ``counter``."""
+    optimiser's objective over ``[B, P, ...]``, each request first granted by ``counter``.
+    ``evaluate`` may also return ``(values [N], met [N] bool)``: where the kind's score sees
+    the attack's goal in the answer (early stop). ``met [B, P]`` then holds the last call's,
+    ``reached [B]`` every attack that has met its goal, which :meth:`affords` stops; unless
+    ``stopping`` is False (an optimiser without early stop sets it so): then no answer counts
+    as meeting a goal."""
 
-    def __init__(self, evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    def __init__(self, evaluate: Callable[[torch.Tensor, torch.Tensor], Any],
                  counter: QueryCounter):
         self.evaluate, self.counter = evaluate, counter
+        self.stopping = True
+        self.reached = torch.zeros(counter.used.shape, dtype=torch.bool)
+        self.met = torch.zeros(counter.used.shape[0], 0, dtype=torch.bool)
 
     def __call__(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         flat, rows, sent = granted(self.counter, x, active)
         out = torch.full(sent.shape, math.inf)
+        self.met = torch.zeros(sent.shape, dtype=torch.bool)
         if rows.numel():
-            values = self.evaluate(flat, rows).detach().float().cpu()
-            out[sent] = check_finite(values, "the query-only objective")
+            got = self.evaluate(flat, rows)
+            values, met = got if isinstance(got, tuple) else (got, None)
+            out[sent] = check_finite(values.detach().float().cpu(), "the query-only objective")
+            if met is not None and self.stopping:
+                self.met[sent] = met.detach().bool().cpu()
+                self.reached |= self.met.any(1)
         return out
 
     def affords(self, cost: int) -> torch.Tensor:
-        """``[B]``: the attacks whose budget pays for ``cost`` more queries."""
-        return self.counter.remaining >= cost
+        """``[B]``: the attacks whose budget pays for ``cost`` more queries and whose goal is
+        not met yet."""
+        return (self.counter.remaining >= cost) & ~self.reached
 
 
 class Best:
-    """The best candidate queried so far per attack: ``x [B, ...]`` and its value ``[B]``."""
+    """The best candidate queried so far per attack: ``x [B, ...]``, its value ``[B]`` and
+    ``met [B]`` (it meets the attack's goal: such a candidate beats any that does not)."""
 
-    def __init__(self, x: torch.Tensor, value: torch.Tensor):
+    def __init__(self, x: torch.Tensor, value: torch.Tensor, met: torch.Tensor | None = None):
         self.x, self.value = x.clone(), value.clone()
+        self.met = torch.zeros(value.shape, dtype=torch.bool) if met is None else met.clone()
 
-    def update(self, cand: torch.Tensor, values: torch.Tensor, ties: bool = False) -> None:
+    def update(self, cand: torch.Tensor, values: torch.Tensor, ties: bool = False,
+               met: torch.Tensor | None = None) -> None:
         """Keep each attack's best of ``cand [B, P, ...]`` (``values [B, P]``) when it beats
-        the best so far (or equals it, with ``ties``)."""
-        v, j = values.min(1)
+        the best so far (or equals it, with ``ties``); with ``met [B, P]``, a candidate that
+        meets the goal comes first, then the lower value."""
+        hit = torch.zeros(values.shape, dtype=torch.bool) if met is None else met.cpu()
+        any_hit = hit.any(1) if hit.numel() else torch.zeros(values.shape[0], dtype=torch.bool)
+        v, j = torch.where(any_hit[:, None] & ~hit, math.inf, values).min(1)
         better = (v <= self.value) if ties else (v < self.value)
-        better &= torch.isfinite(v)
+        better &= torch.isfinite(v) & (any_hit | ~self.met)
+        better |= any_hit & ~self.met
         pick = cand[torch.arange(cand.shape[0], device=cand.device), j.to(cand.device)]
         mask = better.to(cand.device).view(-1, *([1] * (cand.dim() - 2)))
         self.x = torch.where(mask, pick, self.x)
         self.value = torch.where(better, v, self.value)
+        self.met |= better & any_hit
 
 
 class QueryOptimizer:
@@ -116,12 +138,21 @@ class QueryOptimizer:
     def validate(self, options: dict[str, Any]) -> dict[str, Any]:
         return options
 
+    @property
+    def early_stop(self) -> bool:
+        """Whether an attack stops once its goal is visible in the feedback (option
+        ``stop``): the caller then hands the kind's goal to the objective."""
+        return bool(self.options.get("stop", False))
+
     def start(self, objective: CountedObjective, ball: Ball,
               start: torch.Tensor | None) -> Best:
         """The first candidate (``start`` projected into the ball, else the clean picture's
-        own upload), queried once: the best so far."""
+        own upload), queried once: the best so far. The objective learns whether this
+        optimiser stops at a goal."""
+        objective.stopping = self.early_stop
         x = ball.project(ball.x0 if start is None else start.to(ball.x0.device))
-        return Best(x, objective(x[:, None])[:, 0])
+        value = objective(x[:, None])[:, 0]
+        return Best(x, value, objective.met[:, 0] if objective.met.numel() else None)
 
     def run(self, objective: CountedObjective, ball: Ball, start: torch.Tensor | None = None,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,17 +189,11 @@ def antithetic_gradient(objective: CountedObjective, ball: Ball, x: torch.Tensor
     h = u.shape[1]
     cand = ball.project(x[:, None] + sigma * torch.cat([u, -u], 1))
     values = objective(cand, active)
-    best.update(cand, values)
+    best.update(cand, values, met=objective.met)
     done = torch.isfinite(values).all(1)
     diff = torch.where(done[:, None], values[:, :h] - values[:, h:], 0.0).to(x.device)
     g = (diff.view(*diff.shape, *([1] * (u.dim() - 2))) * u).mean(1) / (2 * sigma)
     return g, done
-
-
-def relative(value: float | None, eps: float, fraction: float) -> float:
-    """A step length in pixels: ``value``, or ``fraction * eps`` when None (at least one
-    8-bit level, so steps move on the grid)."""
-    return float(value) if value is not None else max(fraction * eps, 1.0 / GRID)
 
 
 def check_population(value: Any, even: bool) -> int:
@@ -177,15 +202,3 @@ def check_population(value: Any, even: bool) -> int:
         raise AdvrankError(f"the population of an antithetic estimate must be even, got "
                            f"{value}")
     return int(value)
-
-
-def check_antithetic(options: dict[str, Any], sizes: tuple[str, ...], owner: str
-                     ) -> dict[str, Any]:
-    """The options of an antithetic-pair estimator (NES, SPSA), checked in place: an even
-    ``population``, and each of ``sizes`` (radii and step lengths, in pixels) None (a fraction
-    of eps) or in (0, 1]."""
-    options["population"] = check_population(options["population"], even=True)
-    for key in sizes:
-        if options[key] is not None:
-            check_number(options[key], f"{owner} {key}", low=0.0, low_open=True, high=1.0)
-    return options
