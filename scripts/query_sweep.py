@@ -31,31 +31,33 @@ KINDS = {"QA+": 1, "QA-": 1, "ES": 1, "ORDER": 5}  # size (m or k) per kind
 
 def configurations() -> dict[str, tuple[str, dict, bool]]:
     """name -> (optimiser, options, prefix-consistent): the defaults before the sweep (their
-    published behaviour) and the candidates."""
+    published behaviour), today's defaults, and the candidates the defaults were chosen from."""
     from advrank.attacks.query.nes import NES
     from advrank.attacks.query.spsa import SPSA
+    from advrank.attacks.query.square import Square
 
     nes = dict(NES.legacy, stop=True)
     return {
         "random (old CLI default)": ("random", {}, False),
         "nes (old default)": ("nes", dict(NES.legacy), True),
         "spsa (old default)": ("spsa", dict(SPSA.legacy), True),
-        "nes sigma=eps|2lv lr=eps/10|1lv": ("nes", dict(nes, sigma_scale=1.0, sigma_floor=2),
-                                            True),
-        "nes sigma=eps|2lv lr=eps/10|2lv m.5": ("nes", dict(
-            nes, sigma_scale=1.0, sigma_floor=2, lr_floor=2, momentum=0.5), True),
-        "nes sigma=2eps|2lv lr=eps/10|1lv m.9": ("nes", dict(
-            nes, sigma_scale=2.0, sigma_floor=2, momentum=0.9), True),
-        "nes sigma=eps/2|2lv lr=eps/20|1lv m.5": ("nes", dict(
-            nes, sigma_scale=0.5, sigma_floor=2, lr_scale=0.05, momentum=0.5), True),
-        "spsa delta=eps|2lv lr=eps/10|1lv": ("spsa", dict(SPSA.legacy, delta_scale=1.0,
-                                                          delta_floor=2, stop=True), True),
+        "nes (default)": ("nes", {}, True),
+        "spsa (default)": ("spsa", {}, True),
+        "square (default)": ("square", {}, True),
+        # candidates
+        "nes sigma=eps/4|4lv lr=eps/10|2lv m=.5": ("nes", dict(
+            nes, sigma_floor=4, lr_floor=2, momentum=0.5), True),
+        "nes sigma=eps|2lv lr=eps/10|1lv m=.5": ("nes", dict(
+            nes, sigma_scale=1.0, sigma_floor=2, momentum=0.5), True),
         "square p=0.05": ("square", {"p_init": 0.05}, True),
         "square p=0.3": ("square", {"p_init": 0.3}, True),
-        "square p=0.8": ("square", {"p_init": 0.8}, True),
-        "square p=0.3 horizon=1000": ("square", {"p_init": 0.3, "horizon": 1000}, True),
-        "square p=0.3 strict": ("square", {"p_init": 0.3, "ties": False}, True),
+        "square (paper)": ("square", dict(Square.paper), True),
     }
+
+
+#: the configurations of the main grid (``--configs grid``)
+GRID = ("random (old CLI default)", "nes (old default)", "nes (default)", "spsa (default)",
+        "square (default)")
 
 
 def eps_value(text: str) -> float:
@@ -72,8 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--kinds", default="ORDER,QA+,QA-,ES")
     p.add_argument("--eps", default="2/255,4/255,8/255,0.3")
     p.add_argument("--budgets", default="100,300,1000")
-    p.add_argument("--configs", default="all",
-                   help="comma-separated names of configurations() (or 'all')")
+    p.add_argument("--configs", default="grid",
+                   help="comma-separated names of configurations(), 'grid' (old and new "
+                        "defaults) or 'all'")
     p.add_argument("--num-attacks", type=int, default=30)
     p.add_argument("--feedback", default="topk:10")
     p.add_argument("--seed", type=int, default=0)
@@ -84,8 +87,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.checkpoint = args.checkpoint or ["runs/mnist-c2f1.pt"]
     known = configurations()
-    names = list(known) if args.configs == "all" else [c.strip() for c in
-                                                        args.configs.split(",")]
+    names = (list(known) if args.configs == "all" else list(GRID) if args.configs == "grid"
+             else [c.strip() for c in args.configs.split(",")])
     unknown = [n for n in names if n not in known]
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; known: {list(known)}")

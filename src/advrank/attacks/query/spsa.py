@@ -30,7 +30,7 @@ class SPSA(QueryOptimizer):
 
     name = "spsa"
     params = {"population": 20, "delta": None, "lr": None,
-              "delta_scale": 0.25, "delta_floor": 1.0, "lr_scale": 0.1, "lr_floor": 1.0,
+              "delta_scale": 0.25, "delta_floor": 8.0, "lr_scale": 0.1, "lr_floor": 2.0,
               "beta1": 0.9, "beta2": 0.999, "half_life": None, "stop": True}
     #: the options of the default before the sweep (results published until then)
     legacy = {"population": 20, "delta_scale": 0.25, "delta_floor": 1.0, "lr_scale": 0.1,
