@@ -31,7 +31,8 @@ KINDS = {"QA+": 1, "QA-": 1, "ES": 1, "ORDER": 5}  # size (m or k) per kind
 
 def configurations() -> dict[str, tuple[str, dict, bool]]:
     """name -> (optimiser, options, prefix-consistent): the defaults before the sweep (their
-    published behaviour), today's defaults, and the candidates the defaults were chosen from."""
+    published behaviour), today's defaults, and the candidates the defaults were chosen from
+    ("floors 8lv/2lv": sigma and lr at least 8 and 2 8-bit levels)."""
     from advrank.attacks.query.nes import NES
     from advrank.attacks.query.spsa import SPSA
     from advrank.attacks.query.square import Square
@@ -45,9 +46,9 @@ def configurations() -> dict[str, tuple[str, dict, bool]]:
         "spsa (default)": ("spsa", {}, True),
         "square (default)": ("square", {}, True),
         # candidates
-        "nes sigma=eps/4|4lv lr=eps/10|2lv m=.5": ("nes", dict(
-            nes, sigma_floor=4, lr_floor=2, momentum=0.5), True),
-        "nes sigma=eps|2lv lr=eps/10|1lv m=.5": ("nes", dict(
+        "nes floors 8lv/2lv m=.9": ("nes", dict(
+            nes, sigma_floor=8, lr_floor=2, momentum=0.9), True),
+        "nes sigma=eps floor 2lv m=.5": ("nes", dict(
             nes, sigma_scale=1.0, sigma_floor=2, momentum=0.5), True),
         "square p=0.05": ("square", {"p_init": 0.05}, True),
         "square p=0.3": ("square", {"p_init": 0.3}, True),
@@ -83,7 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--tables", action="store_true",
-                   help="only rebuild results.json/.md from OUT/cells.jsonl")
+                   help="only rebuild results.json/.md from OUT/cells.jsonl (the sweep's own "
+                        "record, command and commit are kept)")
+    p.add_argument("--note", default=None, help="a note kept in results.json")
     args = p.parse_args(argv)
     args.checkpoint = args.checkpoint or ["runs/mnist-c2f1.pt"]
     known = configurations()
@@ -137,6 +140,7 @@ def run_cell(args, target, kind, sel, eps: str, config: str) -> dict:
     from advrank.oracles import make_oracle
 
     name, options, prefix = configurations()[config]
+    described = get_optimizer(name, **options).describe()  # every option, defaults included
     budgets = sorted(int(b) for b in args.budgets.split(","))
     rows, t0, sent = {}, time.time(), 0
     runs = [(budgets[-1], budgets)] if prefix else [(b, ()) for b in budgets]
@@ -153,7 +157,7 @@ def run_cell(args, target, kind, sel, eps: str, config: str) -> dict:
             rows[str(b)] = {**figures_of(kind, figures), "queries_used": figures["queries_used"]}
         rows[str(budget)].update(goal_reached=r.extra["goal_reached"],
                                  queries_saved=r.extra["queries_saved"])
-    return {"optimizer": name, "options": options, "budgets": rows,
+    return {"optimizer": name, "options": described, "budgets": rows,
             "seconds": time.time() - t0, "queries_sent": sent}
 
 
@@ -235,7 +239,7 @@ def markdown(cells: list[dict], args) -> str:
                 c = next((c for c in group if c["eps"] == e and c["config"] == config), None)
                 row.append(" / ".join(_fmt(c["budgets"][b]["value"], best[(e, b)])
                                       for b in budgets) if c else "-")
-            lines.append(f"| {config} | " + " | ".join(row) + " |")
+            lines.append(f"| {config.replace('|', '/')} | " + " | ".join(row) + " |")
         lines.append("")
     ranks = mean_ranks(cells, directions)
     lines += ["## Mean rank over every column (1 = best)", "", "| configuration | mean rank |",
@@ -249,16 +253,33 @@ def _fmt(value: float, best: float) -> str:
     return f"**{text}**" if value == best else text
 
 
+def described(config: str) -> dict:
+    """Every option of a configuration's optimiser (its defaults included)."""
+    from advrank.attacks.query import get_optimizer
+
+    name, options, _ = configurations()[config]
+    return get_optimizer(name, **options).describe()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from script_results import publish
 
-    t0 = time.time()
+    t0, out = time.time(), Path(args.out)
+    earlier = json.loads((out / "results.json").read_text()) if args.tables and (
+        out / "results.json").exists() else None
     if not args.tables:
         sweep(args)
-    cells = list(done_cells(Path(args.out) / "cells.jsonl").values())
-    publish(args, markdown(cells, args), cells=cells, wall_seconds=time.time() - t0,
-            configurations={n: configurations()[n][:2] for n in args.config_names})
+    cells = list(done_cells(out / "cells.jsonl").values())
+    record = publish(args, markdown(cells, args), cells=cells, wall_seconds=time.time() - t0,
+                     configurations={n: described(n) for n in args.config_names},
+                     notes=[args.note] if args.note else [])
+    if earlier is not None:  # the sweep's provenance, not the table rebuild's
+        keep = ("command", "seed", "commit", "hardware", "date", "wall_seconds")
+        record.update({k: earlier[k] for k in keep if k in earlier},
+                      tables_command=record["command"],
+                      notes=earlier.get("notes", []) + record["notes"])
+        (out / "results.json").write_text(json.dumps(record, indent=1))
     return 0
 
 

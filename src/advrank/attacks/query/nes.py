@@ -33,8 +33,8 @@ class NES(QueryOptimizer):
 
     name = "nes"
     params = {"population": 20, "sigma": None, "lr": None,
-              "sigma_scale": 0.25, "sigma_floor": 8.0, "lr_scale": 0.1, "lr_floor": 2.0,
-              "momentum": 0.9, "half_life": None, "stop": True}
+              "sigma_scale": 0.25, "sigma_floor": 4.0, "lr_scale": 0.1, "lr_floor": 2.0,
+              "momentum": 0.5, "half_life": None, "stop": True}
     #: the options of the default before the sweep (results published until then)
     legacy = {"population": 20, "sigma_scale": 0.25, "sigma_floor": 1.0, "lr_scale": 0.1,
               "lr_floor": 1.0, "momentum": 0.0, "half_life": None, "stop": False}
