@@ -163,9 +163,14 @@ def run_cell(args, target, kind, sel, eps: str, config: str) -> dict:
 
 def sweep(args) -> None:
     """Run every cell not yet in OUT/cells.jsonl, appending each as it finishes."""
+    import shlex
+
+    from advrank.core.runtime import resolve_device, run_record
     from advrank.experiments.target import load_target
     from advrank.oracles import parse_feedback
 
+    run = {**run_record(resolve_device(args.device), args.seed),
+           "command": "python " + shlex.join(sys.argv)}  # each cell's own provenance
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "cells.jsonl"
@@ -183,8 +188,8 @@ def sweep(args) -> None:
                     if key in done:
                         continue
                     cell = {"key": key, "checkpoint": checkpoint, "kind": kind_name,
-                            "eps": eps, "config": config,
-                            **run_cell(args, target, kind, sel, eps, config)}
+                            "eps": eps, "config": config, "num_attacks": len(sel),
+                            **run_cell(args, target, kind, sel, eps, config), "run": run}
                     with path.open("a") as f:
                         f.write(json.dumps(cell) + "\n")
                     b = cell["budgets"][args.budgets.split(",")[-1].strip()]
@@ -241,11 +246,54 @@ def markdown(cells: list[dict], args) -> str:
                                       for b in budgets) if c else "-")
             lines.append(f"| {config.replace('|', '/')} | " + " | ".join(row) + " |")
         lines.append("")
+    lines += early_stop_lines(cells, budgets[-1])
+    for old in ("random (old CLI default)", "nes (old default)"):
+        lines += verdict_lines(cells, "square (default)", old, directions, budgets)
     ranks = mean_ranks(cells, directions)
     lines += ["## Mean rank over every column (1 = best)", "", "| configuration | mean rank |",
               "|---|---|"]
     lines += [f"| {n} | {r:.2f} |" for n, r in sorted(ranks.items(), key=lambda x: x[1])]
     return "\n".join(lines) + "\n"
+
+
+def early_stop_lines(cells: list[dict], budget: str) -> list[str]:
+    """Per configuration: the share of attacks that met their goal and the queries saved per
+    attack, means over its cells at ``budget``."""
+    lines = [f"## Early stop at {budget} queries (mean over the cells)", "",
+             "| configuration | goal met | queries saved per attack |", "|---|---|---|"]
+    for config in dict.fromkeys(c["config"] for c in cells):
+        rows = [c["budgets"][budget] for c in cells if c["config"] == config]
+        met = sum(r.get("goal_reached", 0.0) for r in rows) / len(rows)
+        saved = sum(r.get("queries_saved", 0.0) for r in rows) / len(rows)
+        lines.append(f"| {config.replace('|', '/')} | {100 * met:.0f}% | {saved:.0f} |")
+    return lines + [""]
+
+
+def verdict_lines(cells: list[dict], new: str, old: str, directions: dict,
+                  budgets: list[str]) -> list[str]:
+    """``new`` against ``old`` in every column both have: better, hold (the difference within
+    two standard errors of it) or worse."""
+    by = {(c["checkpoint"], c["kind"], c["eps"], c["config"]): c for c in cells}
+    lines = [f"## {new} against {old}", "", "| checkpoint | kind | eps | " +
+             " | ".join(f"{b} queries" for b in budgets) + " |",
+             "|---|---|---|" + "---|" * len(budgets)]
+    counts = {"better": 0, "hold": 0, "worse": 0}
+    for (ckpt, kind, eps, config), c in by.items():
+        other = by.get((ckpt, kind, eps, old))
+        if config != new or other is None:
+            continue
+        cols = []
+        for b in budgets:
+            a, o = c["budgets"][b], other["budgets"][b]
+            diff = (a["value"] - o["value"]) * (1 if directions[kind] == "up" else -1)
+            se = (a["se"] ** 2 + o["se"] ** 2) ** 0.5
+            word = "better" if diff > 2 * se else "worse" if diff < -2 * se else "hold"
+            counts[word] += 1
+            cols.append(f"{word} ({diff:+.3g})")
+        lines.append(f"| {Path(ckpt).name} | {kind} | {eps} | " + " | ".join(cols) + " |")
+    return lines + ["", ", ".join(f"{k}: {v}" for k, v in counts.items()) +
+                    " (the difference in the kind's direction; hold: within 2 standard "
+                    "errors, the two runs' errors pooled)", ""]
 
 
 def _fmt(value: float, best: float) -> str:
