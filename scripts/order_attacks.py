@@ -197,9 +197,12 @@ def markdown(rows: list[dict], args) -> str:
         lines.append(f"| {r['attack']} | {budget} | {used} | {_pm(r, 'tau')} | "
                      f"{_pm(r, 'src')} | {r['position_after']:.2f} | {own} |")
     a = ADVORDER_FASHION
+    ratio = args.eps / (4 / 255)
+    eps_text = "the same eps as ours" if abs(ratio - 1) < 1e-6 else \
+        f"eps {ratio:.0f}x smaller than ours" if ratio > 1 else f"eps {1 / ratio:.0f}x ours"
     lines += ["", f"advorder's published figures ({a['setting']}; {a['source']}): SRC tau_N "
-              "of the best query at each budget Q. A different dataset, eps 19x smaller than "
-              "ours and a longer visible list: context, not a like-for-like comparison.", "",
+              f"of the best query at each budget Q. A different dataset, {eps_text} and a "
+              "longer visible list: context, not a like-for-like comparison.", "",
               "| optimiser | " + " | ".join(f"Q = {q}" for q in a["budgets"]) + " |",
               "|---|" + "---|" * len(a["budgets"])]
     for name, values in a["tau_N"].items():
