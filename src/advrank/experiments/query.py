@@ -153,6 +153,16 @@ def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     return out
 
 
+def spending(used: torch.Tensor, met: torch.Tensor, budget: int) -> dict[str, Any]:
+    """What ``used [T]`` queries per attack and ``met [T]`` (the goal seen, early stop) say:
+    queries used (mean, max), the share of attacks that met their goal and the budget those
+    left unspent (mean per attack)."""
+    spent = used.double()
+    return {"queries_used": spent.mean().item(), "queries_used_max": int(spent.max()),
+            "query_budget": budget, "goal_reached": met.double().mean().item(),
+            "queries_saved": torch.where(met, budget - spent, 0.0).mean().item()}
+
+
 def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
                      optimizer: str | QueryOptimizer, eps: float, k: int, num_attacks: int,
                      budget: int, seed: int = 0, batch_size: int = 256,
@@ -202,11 +212,7 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     bar.close()
     threat = _Threat(eps, oracle.eight_bit, budget)
     result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
-    spent, met = torch.cat(used).double(), torch.cat(reached)
-    result.extra.update({"queries_used": spent.mean().item(),
-                         "goal_reached": met.double().mean().item(),
-                         "queries_saved": torch.where(met, budget - spent, 0.0).mean().item(),
-                         "queries_used_max": int(spent.max()), "query_budget": budget,
+    result.extra.update({**spending(torch.cat(used), torch.cat(reached), budget),
                          "queries_sent": oracle.queries, **oracle.describe(),
                          **optimizer.describe()})
     if checkpoints:
