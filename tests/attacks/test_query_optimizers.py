@@ -219,3 +219,16 @@ def test_bad_schedule_options_are_refused():
                                  ("square", {"stop": "yes"}, "stop")]:
         with pytest.raises(AdvrankError, match=match):
             get_optimizer(name, **options)
+
+
+@pytest.mark.parametrize("options", [{"horizon": None}, {"population": 3},
+                                     {"stripes": "always", "ties": False}, {"stripes": "off"}])
+def test_square_variants_stay_in_ball_and_budget(options):
+    x0, _, score = problem(5)
+    counter = QueryCounter(B, 97)
+    x, value = get_optimizer("square", **options).run(
+        CountedObjective(score, counter), Ball(x0, 0.1, eight_bit=True),
+        generator=torch.Generator().manual_seed(3))
+    assert (counter.used <= 97).all() and torch.allclose(value, score(x, None))
+    assert (x - x0).abs().max() <= 0.1 + 1e-6 and torch.equal(x * 255, (x * 255).round())
+    assert (value < score(Ball(x0, 0.1, eight_bit=True).project(x0), None)).all()
