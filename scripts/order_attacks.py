@@ -33,8 +33,10 @@ per query, and records the queries per second it reached.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from fractions import Fraction
 
 #: advorder's published black-box figures (Fashion-MNIST, C2F2 cosine model, k = 5,
 #: eps = 4/255): the appendix's query-budget curve, SRC tau_N of the best query vs budget Q,
@@ -60,13 +62,20 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="runs/mnist-c2f1.pt", help="the searched model")
     p.add_argument("--out", default="results/order-mnist")
-    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--eps", type=lambda t: float(Fraction(t)), default=0.3,
+                   help="the L-inf radius (0.3 or 4/255)")
     p.add_argument("--k", type=int, default=5, help="candidates whose order is attacked")
     p.add_argument("--num-attacks", type=int, default=200)
     p.add_argument("--budgets", default="100,300,1000,2000", help="query budgets per attack")
     p.add_argument("--feedback", default="topk:10")
-    p.add_argument("--optimizer", default="nes", choices=("nes", "spsa"),
+    p.add_argument("--optimizer", default="nes", choices=("nes", "spsa", "square"),
                    help="a prefix-consistent optimiser (the checkpoints are its budget runs)")
+    p.add_argument("--optimizer-options", type=json.loads, default={},
+                   help="the optimiser's options as JSON, e.g. '{\"p_init\": 0.05}' (default: "
+                        "its defaults, from results/query-sweep)")
+    p.add_argument("--legacy", action="store_true",
+                   help="nes/spsa with the options of their default before the sweep (the "
+                        "results published before it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=200)
@@ -79,7 +88,18 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not {a.strip() for a in args.attacks.split(",")} <= {"ORDER", "ES"}:
         p.error(f"--attacks takes ORDER, ES or both, got {args.attacks!r}")
+    if args.legacy and args.optimizer == "square":
+        p.error("--legacy applies to nes and spsa (square is new with the sweep)")
     return args
+
+
+def optimizer_of(args):
+    """The optimiser the run uses: its defaults, ``--legacy`` ones, ``--optimizer-options``."""
+    from advrank.attacks.query import get_optimizer
+    from advrank.registry import OPTIMIZERS
+
+    base = dict(OPTIMIZERS.get(args.optimizer).legacy) if args.legacy else {}
+    return get_optimizer(args.optimizer, **base, **args.optimizer_options)
 
 
 def row(figures: dict, attack: str, budget: int | None, queries: float | None,
@@ -129,7 +149,7 @@ def run(args) -> tuple[list[dict], dict]:
         with oracle_spec(args) as spec:
             oracle = make_oracle(spec, target, args.feedback)
             try:
-                r = run_query_attack(target, kind, oracle, args.optimizer, args.eps, k,
+                r = run_query_attack(target, kind, oracle, optimizer_of(args), args.eps, k,
                                      args.num_attacks, budgets[-1], seed=args.seed,
                                      batch_size=args.batch_size, selection=sel,
                                      progress=False, also=also, checkpoints=budgets)
@@ -149,6 +169,11 @@ def run(args) -> tuple[list[dict], dict]:
     return rows, seconds, model
 
 
+def optimizer_text(args) -> str:
+    o = optimizer_of(args).describe()
+    return ", ".join(f"{k} = {v}" for k, v in o.items())
+
+
 def _pm(r: dict, fig: str, when: str = "after") -> str:
     return f"{r[f'{fig}_{when}']:.3f} ± {r[f'{fig}_{when}_se']:.3f}"
 
@@ -159,6 +184,7 @@ def markdown(rows: list[dict], args) -> str:
              f"{'the HTTP service' if args.oracle == 'http' else 'the local oracle'} "
              f"({args.feedback} ids only; eps = {args.eps}, k = {args.k}, T = "
              f"{args.num_attacks}, {args.optimizer}, seed {args.seed})", "",
+             f"Optimiser: {optimizer_text(args)}.", "",
              f"Before any attack: tau = {_pm(first, 'tau', 'before')} (the random target "
              f"orders), SRC@10 = {_pm(first, 'src', 'before')}, the candidates' mean "
              f"position = {first['position_before']:.2f}.", "",
@@ -171,9 +197,12 @@ def markdown(rows: list[dict], args) -> str:
         lines.append(f"| {r['attack']} | {budget} | {used} | {_pm(r, 'tau')} | "
                      f"{_pm(r, 'src')} | {r['position_after']:.2f} | {own} |")
     a = ADVORDER_FASHION
+    ratio = args.eps / (4 / 255)
+    eps_text = "the same eps as ours" if abs(ratio - 1) < 1e-6 else \
+        f"eps {ratio:.0f}x smaller than ours" if ratio > 1 else f"eps {1 / ratio:.0f}x ours"
     lines += ["", f"advorder's published figures ({a['setting']}; {a['source']}): SRC tau_N "
-              "of the best query at each budget Q. A different dataset, eps 19x smaller than "
-              "ours and a longer visible list: context, not a like-for-like comparison.", "",
+              f"of the best query at each budget Q. A different dataset, {eps_text} and a "
+              "longer visible list: context, not a like-for-like comparison.", "",
               "| optimiser | " + " | ".join(f"Q = {q}" for q in a["budgets"]) + " |",
               "|---|" + "---|" * len(a["budgets"])]
     for name, values in a["tau_N"].items():
@@ -188,7 +217,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     rows, seconds, target_record = run(args)
     publish(args, markdown(rows, args), target=target_record, wall_seconds=time.time() - t0,
-            seconds=seconds, rows=rows, advorder=ADVORDER_FASHION)
+            seconds=seconds, rows=rows, advorder=ADVORDER_FASHION,
+            optimizer=optimizer_of(args).describe())
     return 0
 
 

@@ -122,3 +122,40 @@ def test_order_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch,
     table = (out / "results.md").read_text()
     assert table.count("| ORDER |") == 3 and "| NES | 0.309 |" in table
     assert ("through the HTTP service" in table) == (oracle == "http")
+
+
+def test_query_sweep_script_writes_cells_tables_and_resumes(tmp_path, monkeypatch):
+    """scripts/query_sweep.py on a tiny digits model: one cell per (kind, eps, configuration)
+    with a figure per budget (a budget-following optimiser run once per budget), the record,
+    the tables; a second run finds every cell done and runs nothing."""
+    import importlib.util
+
+    from advrank.training import TrainConfig, train
+
+    ckpt = tmp_path / "digits.pt"
+    train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), ckpt,
+          progress=False)
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("query_sweep",
+                                                  REPO / "scripts" / "query_sweep.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(ckpt), "--out", str(out), "--num-attacks", "3", "--budgets",
+            "10,25", "--kinds", "ORDER,QA-", "--eps", "8/255,0.3", "--seed", "2",
+            "--configs", "random (old CLI default),square (default)"]
+    assert script.main(argv) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert {"command", "seed", "commit", "hardware", "date"} <= set(record)
+    cells = record["cells"]
+    assert len(cells) == 2 * 2 * 2
+    for c in cells:
+        assert set(c["budgets"]) == {"10", "25"}
+        assert all(b["queries_used"] <= int(n) for n, b in c["budgets"].items())
+        runs = 2 if c["config"].startswith("random") else 1  # random: one run per budget
+        assert c["queries_sent"] <= 3 * (10 + 25 if runs == 2 else 25) + 3 * runs
+    table = (out / "results.md").read_text()
+    assert "## digits.pt, ORDER" in table and "| square (default) |" in table
+    lines = (out / "cells.jsonl").read_text().splitlines()
+    assert script.main(argv) == 0  # resumes: nothing left to run
+    assert (out / "cells.jsonl").read_text().splitlines() == lines

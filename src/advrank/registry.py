@@ -146,7 +146,8 @@ SCHEMAS: Registry = Registry("schema", ["advrank.oracles.schemas.advrank",
 #: query-only optimisers (advrank/attacks/query/): one module each
 OPTIMIZERS: Registry = Registry("optimizer", ["advrank.attacks.query.random_search",
                                               "advrank.attacks.query.nes",
-                                              "advrank.attacks.query.spsa"])
+                                              "advrank.attacks.query.spsa",
+                                              "advrank.attacks.query.square"])
 #: upload pipelines (``none``, ``png``, ``jpeg:Q``): what a search service does to a picture
 PIPELINES: Registry = Registry("pipeline", ["advrank.core.pipeline"])
 REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATASETS,

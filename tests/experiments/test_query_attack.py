@@ -59,8 +59,11 @@ def test_the_sp_term_keeps_the_query_s_neighbours_near(target):
 def test_top_k_feedback_counts_the_candidates_searches_and_starts_where_told(target):
     """At top-k feedback the m candidates are searched first (counted); a given start (as
     from a transfer attack) is where the optimiser begins."""
+    from advrank.attacks.query import get_optimizer
+
     oracle = make_oracle("local", target, "topk:10")
-    r = run_query_attack(target, "QA-", oracle, "nes", 0.2, 1, 4, 61, seed=1)
+    nes = get_optimizer("nes", stop=False)  # every round spent, whatever the lists show
+    r = run_query_attack(target, "QA-", oracle, nes, 0.2, 1, 4, 61, seed=1)
     assert r.extra["queries_used_max"] <= 61 and r.extra["feedback"] == "topk:10"
     # 1 neighbourhood search + 1 start + 2 rounds of 20 (NES); a third would pass the budget
     assert r.extra["queries_used"] == 42 and oracle.queries == 4 * 42
@@ -129,7 +132,7 @@ def test_query_only_order_attack_from_top_k_ids_alone(target):
     assert e["ORDER:position_after"] > f["position_after"]
 
 
-@pytest.mark.parametrize("optimizer", ["nes", "spsa"])
+@pytest.mark.parametrize("optimizer", ["nes", "spsa", "square"])
 def test_checkpoints_are_the_shorter_budgets_runs(target, optimizer):
     """For a prefix-consistent optimiser, the best so far at c queries is what a run with
     budget c returns: the same figures and the same queries spent."""
@@ -147,3 +150,25 @@ def test_checkpoints_are_the_shorter_budgets_runs(target, optimizer):
     with pytest.raises(AdvrankError, match="past the query budget"):
         run_query_attack(target, "ORDER", make_oracle("local", target, "topk:10"),
                          optimizer, 0.3, 3, 6, 100, checkpoints=(101,))
+
+
+def test_early_stop_reports_the_goal_met_and_the_queries_saved(target):
+    """ORDER through top-10 ids: an attack whose answer shows SRC = 1 stops there; the result
+    says how many did and what they left unspent; without early stop nothing is saved."""
+    from advrank.attacks import get_attack
+    from advrank.attacks.query import get_optimizer
+
+    order = get_attack("ORDER")
+    sel = order.select(target.gallery, 3, T, 2)
+    runs = {}
+    for stop in (True, False):
+        oracle = make_oracle("local", target, "topk:10")
+        runs[stop] = run_query_attack(target, order, oracle, get_optimizer("square", stop=stop),
+                                      0.3, 3, T, BUDGET, seed=2, selection=sel)
+    on, off = runs[True].extra, runs[False].extra
+    assert on["goal_reached"] > 0 and on["queries_saved"] > 0
+    assert on["queries_used"] + on["queries_saved"] <= BUDGET + 1e-9
+    assert on["queries_used"] < off["queries_used"] == BUDGET
+    assert off["goal_reached"] == 0 and off["queries_saved"] == 0
+    # an attack that met its goal returns the candidate that did: SRC = 1 (tau = 1 in view)
+    assert runs[True].figures["src_after"] >= on["goal_reached"] - (1 - on["goal_reached"])

@@ -91,11 +91,13 @@ class EmbeddingShiftAttack(QueryKind):
     def query_score(self, gallery: Gallery, part, feedback, ask):
         """The untargeted top-k disruption from an oracle's feedback: sink q's own clean copy
         in q~'s list (R(q~, q) at full feedback; at top-k, q and its clean top-k out of the
-        visible list; see :mod:`advrank.attacks.feedback`)."""
+        visible list; see :mod:`advrank.attacks.feedback`). Its goal (early stop): neither q
+        nor its clean top-k left in the visible list."""
         from advrank.attacks.feedback import feedback_score
 
         anchors = part.anchors.cpu()[:, None]
-        return feedback_score(False, gallery, anchors, anchors[:, :0], feedback, ask)
+        return feedback_score(False, gallery, anchors, anchors[:, :0], feedback, ask,
+                              goal="clear")
 
     def view(self, gallery: Gallery, part, emb: torch.Tensor) -> RankingView:
         """The list of x~ over all of X, its clean copy x included and highlighted."""

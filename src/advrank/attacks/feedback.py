@@ -12,6 +12,12 @@ q's own clean copy (and with it q's clean neighbourhood).
   weighs 1, the last visible 0). QA+ raises the presence, QA- lowers it. Unlike the rank,
   the surrogate still moves while C is out of sight.
 
+Early stop: :meth:`FeedbackScore.goal` says where an answer shows the attack's goal met:
+``top`` (QA+: C fills the first |C| places of q~'s list), ``gone`` (QA-: no member of C in the
+visible list) or ``clear`` (ES: neither the targets nor their clean neighbourhood N(c) in the
+visible list, the score's floor). Only ``top`` has a meaning at ``full`` feedback, where
+nothing is out of sight.
+
 For QA, xi (the kind's SP weight) adds the semantics-preserving term on C_SP (Eq. 12) in the
 same currency: xi times C_SP's mean normalized rank (full) or its weighted absence from the
 visible list (top-k).
@@ -25,7 +31,11 @@ import torch
 
 from advrank.attacks.base import QueryScore, topk_positions
 from advrank.core.gallery import Gallery
+from advrank.errors import AdvrankError
 from advrank.oracles.base import Answer, Feedback
+
+#: what an answer must show for an attack's goal to be met (see :meth:`FeedbackScore.goal`)
+GOALS = ("top", "gone", "clear")
 
 
 def visible_weights(answer: Answer, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,11 +60,16 @@ class FeedbackScore(QueryScore):
     ``targets [B, m]`` in lists without ``exclude [B, e]``; ``neighbors [B, m, K]``: N(c) of
     each target (top-k feedback only). With ``keep [B, G]`` (C_SP, Eq. 12's semantics-
     preserving set) and weight ``xi``, the score also keeps those near: ``+ xi`` times their
-    mean normalized rank (full) or their absence from the visible list (top-k)."""
+    mean normalized rank (full) or their absence from the visible list (top-k). ``goal``: one
+    of :data:`GOALS` (default: ``top`` when raising, else ``gone``)."""
 
     def __init__(self, raise_rank: bool, targets: torch.Tensor, exclude: torch.Tensor,
                  feedback: Feedback, gallery_size: int, neighbors: torch.Tensor | None = None,
-                 keep: torch.Tensor | None = None, xi: float = 0.0):
+                 keep: torch.Tensor | None = None, xi: float = 0.0, goal: str | None = None):
+        goal = goal or ("top" if raise_rank else "gone")
+        if goal not in GOALS:
+            raise AdvrankError(f"a feedback goal must be one of {', '.join(GOALS)}, got {goal!r}")
+        self.goal_kind = goal
         self.sign = 1.0 if raise_rank else -1.0
         self.targets, self.exclude = targets.cpu(), exclude.cpu()
         self.feedback, self.n, self.neighbors = feedback, gallery_size, neighbors
@@ -93,13 +108,32 @@ class FeedbackScore(QueryScore):
         in_keep = (answer.ids[:, :, None] == keep[:, None, :]).sum(-1)
         return score + self.xi * (1.0 - (weight * in_keep).sum(1) / keep.shape[1])
 
+    def goal(self, answer: Answer, rows: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: the answers of the attacks ``rows [N]`` that show the goal met (see
+        :data:`GOALS`); never at ``full`` feedback for ``gone``/``clear``."""
+        targets, exclude = self.targets[rows], self.exclude[rows]
+        depth = answer.ids.shape[1]
+        pos = topk_positions(answer.ids, targets, exclude, depth)
+        if self.goal_kind == "top":
+            return (pos < targets.shape[1]).all(1)
+        if self.feedback.level == "full":
+            return torch.zeros(len(rows), dtype=torch.bool)
+        gone = (pos >= depth).all(1)
+        if self.goal_kind == "gone":
+            return gone
+        nb = self.neighbors[rows].flatten(1)
+        seen = ((answer.ids[:, :, None] == nb[:, None, :]) & (nb[:, None, :] >= 0)).any(-1)
+        kept = (answer.ids >= 0) & ~(answer.ids[:, :, None] == exclude[:, None, :]).any(-1)
+        return gone & ~(seen & kept).any(1)
+
 
 def feedback_score(raise_rank: bool, gallery: Gallery, targets: torch.Tensor,
                    exclude: torch.Tensor, feedback: Feedback, ask: Callable,
-                   keep: torch.Tensor | None = None, xi: float = 0.0) -> FeedbackScore:
+                   keep: torch.Tensor | None = None, xi: float = 0.0,
+                   goal: str | None = None) -> FeedbackScore:
     """The :class:`FeedbackScore` of B attacks on ``targets [B, m]`` (lists without ``exclude
-    [B, e]``; ``keep``/``xi``: the SP term); at top-k feedback, each target's clean picture is
-    searched first through
+    [B, e]``; ``keep``/``xi``: the SP term; ``goal``: see :data:`GOALS`); at top-k feedback,
+    each target's clean picture is searched first through
     ``ask(images [B, m, C, H, W]) -> (answer, rows, sent)`` (the counted oracle) for its
     neighbourhood N(c)."""
     neighbors = None
@@ -110,4 +144,4 @@ def feedback_score(raise_rank: bool, gallery: Gallery, targets: torch.Tensor,
         neighbors = torch.full((b, m, answer.ids.shape[1]), -1, dtype=torch.long)
         neighbors[sent] = answer.ids
     return FeedbackScore(raise_rank, targets, exclude, feedback, len(gallery), neighbors, keep,
-                         xi)
+                         xi, goal)

@@ -22,7 +22,8 @@ Figures ``[B]`` (measured on the whole gallery, q's own clean copy left out):
   % of |X|.
 
 Query-only objective (:meth:`OrderAttack.query_score`): minus the SRC of the oracle's answer,
-computed from the ids alone, so it works at every feedback level (at ``full`` it is tau).
+computed from the ids alone, so it works at every feedback level (at ``full`` it is tau); its
+goal (early stop) is SRC = 1: the k candidates visible, in the target order.
 
 White-box objective (:class:`OrderObjective`): advorder's triplet-style inequality chain,
 the mean over ordered pairs (i before j in the target order) of [d(q~, t_i) - d(q~, t_j)]_+.
@@ -74,6 +75,23 @@ def short_range_correlation(answer: Answer, targets: torch.Tensor,
     depth = answer.ids.shape[1]
     pos = topk_positions(answer.ids, targets, exclude, depth)
     return pair_agreement(pos, pos < depth)
+
+
+class OrderScore(QueryScore):
+    """ORDER's query-only score: ``score(answer, rows) -> [N]`` = minus the SRC of the answers
+    of the attacks ``rows [N]`` (``targets [B, k]`` in the target order, ``exclude [B, e]``);
+    :meth:`goal`: SRC = 1, every candidate visible and in the target order."""
+
+    def __init__(self, targets: torch.Tensor, exclude: torch.Tensor):
+        super().__init__(self._score)
+        self.targets, self.exclude = targets.cpu(), exclude.cpu()
+
+    def _score(self, answer: Answer, rows: torch.Tensor) -> torch.Tensor:
+        return -short_range_correlation(answer, self.targets[rows], self.exclude[rows])
+
+    def goal(self, answer: Answer, rows: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: the answers whose SRC is 1."""
+        return self(answer, rows) <= -1.0 + 1e-6
 
 
 class OrderObjective(RankingObjective):
@@ -148,13 +166,9 @@ class OrderAttack(AttackKind):
                 "rank": 100.0 * pos.float().mean(1) / len(gallery)}
 
     def query_score(self, gallery: Gallery, part: Selection, feedback, ask):
-        """Minus advorder's SRC of each answer (ids only; no further queries)."""
-        targets, exclude = part.targets.cpu(), part.anchors.cpu()[:, None]
-
-        def score(answer: Answer, rows: torch.Tensor) -> torch.Tensor:
-            return -short_range_correlation(answer, targets[rows], exclude[rows])
-
-        return QueryScore(score)
+        """Minus advorder's SRC of each answer (ids only; no further queries): an
+        :class:`OrderScore`."""
+        return OrderScore(part.targets, part.anchors[:, None])
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), the candidates highlighted (target order)."""
@@ -162,4 +176,5 @@ class OrderAttack(AttackKind):
                            part.targets[0].tolist())
 
 
-__all__ = ["OrderAttack", "OrderObjective", "pair_agreement", "short_range_correlation"]
+__all__ = ["OrderAttack", "OrderObjective", "OrderScore", "pair_agreement",
+           "short_range_correlation"]

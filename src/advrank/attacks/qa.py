@@ -406,7 +406,8 @@ class QueryAttack(AttackKind):
         """The query-only score of these attacks from an oracle's feedback (see
         :mod:`advrank.attacks.feedback`): the rank of C, or its top-k surrogate, plus xi times
         the SP term on C_SP (ranks in place of Eq. 12's hinge sums, so the same xi binds
-        harder; ``xi=0`` drops it)."""
+        harder; ``xi=0`` drops it). Its goal (early stop): QA+, C at the top of q~'s list;
+        QA-, C out of the visible list."""
         from advrank.attacks.feedback import feedback_score
 
         return feedback_score(self.raise_rank, gallery, part.targets, part.anchors[:, None],

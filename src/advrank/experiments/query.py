@@ -48,18 +48,21 @@ class CountedAsk:
 def attack_part(target: SearchTarget, kind: AttackKind, oracle: Oracle,
                 optimizer: QueryOptimizer, threat: LinfThreatModel, part: Selection,
                 generator: torch.Generator, start: torch.Tensor | None = None,
-                checkpoints: Sequence[int] = ()) -> tuple[torch.Tensor, QueryCounter, dict]:
+                checkpoints: Sequence[int] = ()
+                ) -> tuple[torch.Tensor, QueryCounter, dict, torch.Tensor]:
     """One batch of query-only attacks within ``threat`` (its ball and query budget):
     ``(adversarial images [B, C, H, W], the ledger of its queries, {c: (best images within c
-    queries, queries spent by then [B])})``; ``start [B, C, H, W]``: where the optimiser
-    starts (default: the clean query)."""
+    queries, queries spent by then [B])}, goal met [B])``; ``start [B, C, H, W]``: where the
+    optimiser starts (default: the clean query). With an early-stopping optimiser, the kind's
+    score says when an answer shows its goal."""
     gallery = target.gallery
     counter = QueryCounter(len(part), threat.query_budget)
     score = kind.query_score(gallery, part, oracle.feedback, CountedAsk(oracle, counter))
-    objective = OracleObjective(oracle, score, counter, score.named_items, checkpoints)
+    goal = getattr(score, "goal", None) if optimizer.early_stop else None
+    objective = OracleObjective(oracle, score, counter, score.named_items, checkpoints, goal)
     ball = threat.ball(gallery.images(part.anchors))
     adv, _ = optimizer.run(objective, ball, start, generator)
-    return adv, counter, objective.snapshots()
+    return adv, counter, objective.snapshots(), objective.reached.clone()
 
 
 def measure_all(target: SearchTarget, kinds: Sequence[AttackKind], part: Selection,
@@ -98,15 +101,19 @@ def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     return out
 
 
-def query_record(ledgers: Sequence[QueryCounter], budget: int, sent: int,
+def query_record(ledgers: Sequence[QueryCounter], met: torch.Tensor, budget: int, sent: int,
                  calibration: dict[str, Any] | None) -> dict[str, Any]:
     """What a result records of its queries: ``queries_used`` (mean per attack, charged by
     the ledgers), ``queries_used_max``, ``query_budget``, ``queries_sent`` (what the endpoint
-    was sent for the attacks), ``queries_lost``, and ``calibration`` when it ran."""
+    was sent for the attacks), ``queries_lost``; from ``met [T]`` (the goal seen: early stop)
+    ``goal_reached`` (the share of attacks) and ``queries_saved`` (the budget those left
+    unspent, mean per attack); and ``calibration`` when it ran."""
     spent = torch.cat([ledger.used for ledger in ledgers]).double()
     out = {"queries_used": spent.mean().item(), "queries_used_max": int(spent.max()),
            "query_budget": budget, "queries_sent": sent,
-           "queries_lost": sum(int(ledger.lost.sum()) for ledger in ledgers)}
+           "queries_lost": sum(int(ledger.lost.sum()) for ledger in ledgers),
+           "goal_reached": met.double().mean().item(),
+           "queries_saved": torch.where(met, budget - spent, 0.0).mean().item()}
     return out if calibration is None else {**out, "calibration": calibration}
 
 
@@ -143,8 +150,10 @@ def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Ora
     (:func:`verify_endpoint`; default: a remote one), ``endpoint_differs``: it is expected to
     differ from the local copy (figures recorded, no error). The result's ``extra`` holds
     ``queries_used`` (mean per attack), ``queries_used_max``, ``queries_sent`` (what the
-    endpoint was sent for the attacks), ``queries_lost``, ``calibration`` (when run), the
-    oracle and the optimiser; batches draw from one generator each (keyed by seed and
+    endpoint was sent for the attacks), ``queries_lost``, ``goal_reached`` (the share of
+    attacks whose goal the feedback showed, with an early-stopping optimiser, else 0),
+    ``queries_saved`` (the budget those left unspent, mean per attack), ``calibration`` (when
+    run), the oracle and the optimiser; batches draw from one generator each (keyed by seed and
     position), so results depend on ``batch_size``."""
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
@@ -160,6 +169,7 @@ def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Ora
     checkpoints = check_checkpoints(checkpoints, budget)
     calibration = verify_endpoint(target, oracle, selection, verify, endpoint_differs)
     t0, log, ledgers, sent0 = time.time(), RankLog(), [], oracle.queries
+    reached: list[torch.Tensor] = []
     logs: dict[int, tuple[RankLog, list[torch.Tensor]]] = {c: (RankLog(), [])
                                                            for c in checkpoints}
     bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
@@ -167,19 +177,26 @@ def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Ora
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
         gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
-        adv, ledger, snaps = attack_part(target, kind, oracle, optimizer, threat, part, gen,
-                                         None if start is None else start[s : s + batch_size],
-                                         checkpoints)
+        adv, ledger, snaps, met = attack_part(
+            target, kind, oracle, optimizer, threat, part, gen,
+            None if start is None else start[s : s + batch_size], checkpoints)
         measure_part(target, [kind, *also], part, oracle, adv, snaps, log, logs)
         ledgers.append(ledger)
+        reached.append(met)
         bar.update(len(part))
     bar.close()
     result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
-    result.extra.update(query_record(ledgers, budget, oracle.queries - sent0, calibration))
+    result.extra.update(query_record(ledgers, torch.cat(reached), budget,
+                                     oracle.queries - sent0, calibration))
     result.extra.update({**oracle.describe(), **optimizer.describe()})
     if checkpoints:
-        result.extra["checkpoints"] = {
-            c: {**log_c.result(kind, eps, k, gallery, threat, 0.0).figures,
+        result.extra["checkpoints"] = checkpoint_figures(logs, kind, k, gallery, threat)
+    return result
+
+
+def checkpoint_figures(logs: dict[int, tuple[RankLog, list[torch.Tensor]]], kind: AttackKind,
+                       k: int, gallery, threat: LinfThreatModel) -> dict[int, dict[str, Any]]:
+    """``{c: figures}``: each checkpoint's figures with the queries spent by then (mean)."""
+    return {c: {**log_c.result(kind, threat.eps, k, gallery, threat, 0.0).figures,
                 "queries_used": torch.cat(by_then).double().mean().item()}
             for c, (log_c, by_then) in logs.items()}
-    return result

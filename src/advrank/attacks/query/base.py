@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from advrank.attacks.query.budget import Best, CountedObjective
-from advrank.attacks.threat import GRID, Ball
+from advrank.attacks.threat import Ball
 from advrank.core.checks import check_number
 from advrank.errors import AdvrankError
 from advrank.registry import OPTIMIZERS
@@ -42,12 +42,21 @@ class QueryOptimizer:
     def validate(self, options: dict[str, Any]) -> dict[str, Any]:
         return options
 
+    @property
+    def early_stop(self) -> bool:
+        """Whether an attack stops once its goal is visible in the feedback (option
+        ``stop``): the caller then hands the kind's goal to the objective."""
+        return bool(self.options.get("stop", False))
+
     def start(self, objective: CountedObjective, ball: Ball,
               start: torch.Tensor | None) -> Best:
         """The first candidate (``start`` projected into the ball, else the clean picture's
-        own upload), queried once: the best so far."""
+        own upload), queried once: the best so far. The objective learns whether this
+        optimiser stops at a goal."""
+        objective.stopping = self.early_stop
         x = ball.project(ball.x0 if start is None else start.to(ball.x0.device))
-        return Best(x, objective(x[:, None])[:, 0])
+        value = objective(x[:, None])[:, 0]
+        return Best(x, value, objective.met[:, 0] if objective.met.numel() else None)
 
     def run(self, objective: CountedObjective, ball: Ball, start: torch.Tensor | None = None,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,17 +93,11 @@ def antithetic_gradient(objective: CountedObjective, ball: Ball, x: torch.Tensor
     h = u.shape[1]
     cand = ball.project(x[:, None] + sigma * torch.cat([u, -u], 1))
     values = objective(cand, active)
-    best.update(cand, values)
+    best.update(cand, values, met=objective.met)
     done = torch.isfinite(values).all(1)
     diff = torch.where(done[:, None], values[:, :h] - values[:, h:], 0.0).to(x.device)
     g = (diff.view(*diff.shape, *([1] * (u.dim() - 2))) * u).mean(1) / (2 * sigma)
     return g, done
-
-
-def relative(value: float | None, eps: float, fraction: float) -> float:
-    """A step length in pixels: ``value``, or ``fraction * eps`` when None (at least one
-    8-bit level, so steps move on the grid)."""
-    return float(value) if value is not None else max(fraction * eps, 1.0 / GRID)
 
 
 def check_population(value: Any, even: bool) -> int:
@@ -103,15 +106,3 @@ def check_population(value: Any, even: bool) -> int:
         raise AdvrankError(f"the population of an antithetic estimate must be even, got "
                            f"{value}")
     return int(value)
-
-
-def check_antithetic(options: dict[str, Any], sizes: tuple[str, ...], owner: str
-                     ) -> dict[str, Any]:
-    """The options of an antithetic-pair estimator (NES, SPSA), checked in place: an even
-    ``population``, and each of ``sizes`` (radii and step lengths, in pixels) None (a fraction
-    of eps) or in (0, 1]."""
-    options["population"] = check_population(options["population"], even=True)
-    for key in sizes:
-        if options[key] is not None:
-            check_number(options[key], f"{owner} {key}", low=0.0, low_open=True, high=1.0)
-    return options

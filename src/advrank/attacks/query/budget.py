@@ -104,21 +104,29 @@ def ask(oracle: Oracle, counter: QueryCounter, x: torch.Tensor,
 
 
 class Best:
-    """The best candidate queried so far per attack: ``x [B, ...]`` and its value ``[B]``."""
+    """The best candidate queried so far per attack: ``x [B, ...]``, its value ``[B]`` and
+    ``met [B]`` (it meets the attack's goal: such a candidate beats any that does not)."""
 
-    def __init__(self, x: torch.Tensor, value: torch.Tensor):
+    def __init__(self, x: torch.Tensor, value: torch.Tensor, met: torch.Tensor | None = None):
         self.x, self.value = x.clone(), value.clone()
+        self.met = torch.zeros(value.shape, dtype=torch.bool) if met is None else met.clone()
 
-    def update(self, cand: torch.Tensor, values: torch.Tensor, ties: bool = False) -> None:
+    def update(self, cand: torch.Tensor, values: torch.Tensor, ties: bool = False,
+               met: torch.Tensor | None = None) -> None:
         """Keep each attack's best of ``cand [B, P, ...]`` (``values [B, P]``) when it beats
-        the best so far (or equals it, with ``ties``)."""
-        v, j = values.min(1)
+        the best so far (or equals it, with ``ties``); with ``met [B, P]``, a candidate that
+        meets the goal comes first, then the lower value."""
+        hit = torch.zeros(values.shape, dtype=torch.bool) if met is None else met.cpu()
+        any_hit = hit.any(1) if hit.numel() else torch.zeros(values.shape[0], dtype=torch.bool)
+        v, j = torch.where(any_hit[:, None] & ~hit, math.inf, values).min(1)
         better = (v <= self.value) if ties else (v < self.value)
-        better &= torch.isfinite(v)
+        better &= torch.isfinite(v) & (any_hit | ~self.met)
+        better |= any_hit & ~self.met
         pick = cand[torch.arange(cand.shape[0], device=cand.device), j.to(cand.device)]
         mask = better.to(cand.device).view(-1, *([1] * (cand.dim() - 2)))
         self.x = torch.where(mask, pick, self.x)
         self.value = torch.where(better, v, self.value)
+        self.met |= better & any_hit
 
 
 class Checkpoints:
@@ -136,9 +144,10 @@ class Checkpoints:
         self.used_at: dict[int, torch.Tensor] = {}  # c -> [B]: queries spent by then
 
     def record(self, x: torch.Tensor, values: torch.Tensor, before: torch.Tensor,
-               after: torch.Tensor) -> None:
+               after: torch.Tensor, met: torch.Tensor | None = None) -> None:
         """One round: candidates ``x [B, P, ...]``, their ``values [B, P]``, the queries
-        charged before and after it (``[B]`` each)."""
+        charged before and after it (``[B]`` each), which candidates met the goal
+        (``[B, P]``, optional)."""
         if self.best is None:
             self.best = Best(x[:, 0], torch.full((x.shape[0],), math.inf))
             for c in self.at:
@@ -151,7 +160,7 @@ class Checkpoints:
             self.snaps[c] = torch.where(mask, self.best.x, self.snaps[c])
             self.used_at[c] = torch.where(passed, before, self.used_at[c])
             self.taken[c] |= passed
-        self.best.update(x, values)
+        self.best.update(x, values, met=met)
 
     def snapshots(self, used: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """``{c: (best images [B, C, H, W], queries spent [B])}`` at each checkpoint (the
@@ -169,35 +178,52 @@ class Checkpoints:
 class CountedObjective:
     """``evaluate(x [N, C, H, W], rows [N]) -> [N]`` (rows: each candidate's attack) as an
     optimiser's objective over ``[B, P, ...]``, each request first granted by ``counter``;
-    ``at``: query counts whose best-so-far :meth:`snapshots` keeps (:class:`Checkpoints`)."""
+    ``at``: query counts whose best-so-far :meth:`snapshots` keeps (:class:`Checkpoints`).
 
-    def __init__(self, evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    Early stop: ``evaluate`` may also return ``(values [N], met [N] bool)``, where the kind's
+    score sees the attack's goal in the answer. ``met [B, P]`` then holds the last call's,
+    ``reached [B]`` every attack that has met its goal, which :meth:`affords` stops; unless
+    ``stopping`` is False (an optimiser without early stop sets it so): then no answer counts
+    as meeting a goal."""
+
+    def __init__(self, evaluate: Callable[[torch.Tensor, torch.Tensor], Any] | None,
                  counter: QueryCounter, at: Sequence[int] = ()):
         self.evaluate, self.counter = evaluate, counter
         self.marks = Checkpoints(at) if at else None
+        self.stopping = True
+        self.reached = torch.zeros(counter.used.shape, dtype=torch.bool)
+        self.met = torch.zeros(counter.used.shape[0], 0, dtype=torch.bool)
 
     def values(self, flat: torch.Tensor, rows: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(values [N], lost [N] bool)`` of the granted requests ``flat [N, ...]``."""
-        values = self.evaluate(flat, rows)
-        return values, torch.zeros(values.shape[0], dtype=torch.bool)
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(values [N], lost [N] bool, met [N] bool or None)`` of the granted requests
+        ``flat [N, ...]``."""
+        assert self.evaluate is not None
+        got = self.evaluate(flat, rows)
+        values, met = got if isinstance(got, tuple) else (got, None)
+        return values, torch.zeros(values.shape[0], dtype=torch.bool), met
 
     def __call__(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         before = self.counter.used.clone()
         flat, rows, sent = granted(self.counter, x, active)
         out = torch.full(sent.shape, math.inf)
+        self.met = torch.zeros(sent.shape, dtype=torch.bool)
         if rows.numel():
-            values, lost = self.values(flat, rows)
+            values, lost, met = self.values(flat, rows)
             values = values.detach().float().cpu()
             check_finite(values[~lost], "the query-only objective")
             out[sent] = values.masked_fill(lost, math.inf)  # a lost request: as not sent
+            if met is not None and self.stopping:
+                self.met[sent] = met.detach().bool().cpu() & ~lost
+                self.reached |= self.met.any(1)
         if self.marks is not None:
-            self.marks.record(x, out, before, self.counter.used)
+            self.marks.record(x, out, before, self.counter.used, self.met)
         return out
 
     def affords(self, cost: int) -> torch.Tensor:
-        """``[B]``: the attacks whose budget pays for ``cost`` more queries."""
-        return self.counter.remaining >= cost
+        """``[B]``: the attacks whose budget pays for ``cost`` more queries and whose goal is
+        not met yet."""
+        return (self.counter.remaining >= cost) & ~self.reached
 
     def snapshots(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """See :meth:`Checkpoints.snapshots` (empty without ``at``)."""
@@ -208,17 +234,20 @@ class OracleObjective(CountedObjective):
     """``score(oracle's answer, rows [N]) -> [N]`` as a :class:`CountedObjective`: the granted
     requests go to ``oracle`` (``named(rows) -> [N, j]`` or None: the ids whose positions the
     score reads, see :meth:`Oracle.answer`), their resends charged to the ledger; a lost
-    request's value is +inf and it is never measured."""
+    request's value is +inf and it is never measured. ``goal(answer, rows) -> [N] bool``
+    (optional): where the answer shows the attack's goal (early stop)."""
 
     def __init__(self, oracle: Oracle, score: Callable[[Answer, torch.Tensor], torch.Tensor],
                  counter: QueryCounter,
                  named: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
-                 at: Sequence[int] = ()):
+                 at: Sequence[int] = (),
+                 goal: Callable[[Answer, torch.Tensor], torch.Tensor] | None = None):
         super().__init__(None, counter, at)
-        self.oracle, self.score, self.named = oracle, score, named
+        self.oracle, self.score, self.named, self.goal = oracle, score, named, goal
 
     def values(self, flat, rows):
         named = None if self.named is None else self.named(rows)
         answer = self.oracle.answer(flat, named, resend=self.counter.resender(rows))
         self.counter.record(rows, answer)
-        return self.score(answer, rows), answer.lost
+        met = None if self.goal is None else self.goal(answer, rows)
+        return self.score(answer, rows), answer.lost, met
