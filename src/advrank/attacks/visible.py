@@ -110,12 +110,16 @@ def exclude_of(part: Selection) -> torch.Tensor:
 class RankedForm(EndpointForm):
     """QA+ / QA- (see the module docstring)."""
 
+    def __init__(self, kind: AttackKind):
+        super().__init__(kind)
+        self.raise_rank = bool(getattr(kind, "raise_rank"))  # noqa: B009  # QA's, not every kind's
+
     def list_depth(self, k_visible: int) -> int:
-        return PLUS_POOL * k_visible if self.kind.raise_rank else k_visible
+        return PLUS_POOL * k_visible if self.raise_rank else k_visible
 
     def select(self, lists, anchors, own, size, k_visible, gen):
-        g = min(self.kind.options["g"], k_visible - (0 if self.kind.raise_rank else size))
-        if self.kind.raise_rank:
+        g = min(self.kind.options["g"], k_visible - (0 if self.raise_rank else size))
+        if self.raise_rank:
             check_lists(lists, k_visible, PLUS_POOL * k_visible, size, "QA+")
             pool = lists[:, k_visible : PLUS_POOL * k_visible]
         else:
@@ -137,14 +141,14 @@ class RankedForm(EndpointForm):
     def score(self, part, feedback, ask, pictures):
         from advrank.attacks.feedback import feedback_score
 
-        return feedback_score(self.kind.raise_rank, pictures, part.targets, exclude_of(part),
+        return feedback_score(self.raise_rank, pictures, part.targets, exclude_of(part),
                               feedback, ask, part.sp, self.kind.options["xi"])
 
     def figures(self, reading, part, view):
         m, k = part.targets.shape[1], view.k
         pos = reading.positions
         seen = pos[:, :m] < k
-        met = seen.all(1) if self.kind.raise_rank else ~seen.any(1)
+        met = seen.all(1) if self.raise_rank else ~seen.any(1)
         out = {"success": 100.0 * met.float(), "in_topk": 100.0 * seen.float().mean(1),
                "position": pos[:, :m].float().mean(1)}
         if view.full:

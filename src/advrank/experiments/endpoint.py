@@ -168,7 +168,7 @@ def run_endpoint_attack(run: EndpointRun, queries: QuerySet, selection: Selectio
         ledgers.append(ledger)
         bar.update(len(part))
     bar.close()
-    size = Sized(run.oracle.gallery_size)
+    size = GallerySize(run.oracle.gallery_size)
     result = log.result(run.kind, eps, k, size, run.threat, time.time() - t0)
     result.headline = run.forms[0].headline(run.view.full)
     sent = run.oracle.queries - sent0 - (run.view.queries - eval0)  # the attacks' own
@@ -185,7 +185,7 @@ def run_endpoint_attack(run: EndpointRun, queries: QuerySet, selection: Selectio
     return result
 
 
-class Sized:
+class GallerySize:
     """A gallery's size where only ``len`` is read (:meth:`RankLog.result`)."""
 
     def __init__(self, n: int):

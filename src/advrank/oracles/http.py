@@ -86,8 +86,7 @@ def png_image(body: bytes | None, shape: list[int], where: str) -> torch.Tensor:
     from PIL import Image
 
     try:
-        img = Image.open(io.BytesIO(body or b""))
-        img = img.convert("L" if shape[0] == 1 else "RGB")
+        img = Image.open(io.BytesIO(body or b"")).convert("L" if shape[0] == 1 else "RGB")
     except Exception:  # PIL raises many types for bytes it cannot read
         raise AdvrankError(f"{where} answered something that is not a picture") from None
     if list(img.size) != [shape[2], shape[1]]:
