@@ -172,6 +172,8 @@ class OrderForm(EndpointForm):
     ``src`` (advorder's SRC at the kind's depth), ``position`` and, where the view is full,
     ``tau`` and ``rank``."""
 
+    topk_headline = ("src", "up")
+
     def list_depth(self, k_visible: int) -> int:
         return max(k_visible, self.kind.options["pool"] or 0)
 

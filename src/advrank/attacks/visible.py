@@ -70,6 +70,8 @@ class EndpointForm:
 
     list_figures: ClassVar[bool] = False
     own_rank: ClassVar[bool] = False
+    #: the figure a top-k list always shows, and the way the attack drives it
+    topk_headline: ClassVar[tuple[str, str]] = ("success", "up")
 
     def __init__(self, kind: AttackKind):
         self.kind = kind
@@ -181,6 +183,7 @@ class DisruptForm(EndpointForm):
 
     list_figures = True
     own_rank = True
+    topk_headline = ("overlap@k", "down")
 
     def select(self, lists, anchors, own, size, k_visible, gen):
         check_lists(lists, 0, k_visible, k_visible, "ES")

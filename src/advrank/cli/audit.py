@@ -8,6 +8,7 @@ from advrank.cli.declare import (
     resolve_size,
     spec_from_args,
 )
+from advrank.cli.endpoint import add_endpoint_options, cmd_endpoint_audit
 from advrank.cli.groups import (
     BESIDE_EXACT,
     add_attacks,
@@ -23,6 +24,7 @@ from advrank.cli.groups import (
 )
 from advrank.cli.parsing import Command, emit
 from advrank.cli.values import format_eps, integer, path_value, positive_int
+from advrank.errors import AdvrankError
 from advrank.experiments.audit import (
     AUDIT_ATTACKS,
     DEFAULT_AUDIT_EPS,
@@ -33,6 +35,13 @@ from advrank.experiments.audit import (
 
 
 def cmd_audit(args) -> None:
+    if args.oracle is not None and args.checkpoint is None and args.model is None:
+        return cmd_endpoint_audit(args)
+    if args.oracle is not None or args.optimizer is not None or args.schema is not None or \
+            args.endpoint_differs:
+        raise AdvrankError("--oracle, --optimizer, --schema and --endpoint-differs make an "
+                           "audit of an endpoint alone (no --checkpoint or --model): give "
+                           "--oracle http://HOST:PORT --data imagefolder:DIR")
     k = resolve_size(args, args.attacks)
     config = AuditConfig(eps_values=args.eps, attacks=args.attacks, k=k,
                          num_attacks=args.num_attacks, seed=args.seed,
@@ -90,6 +99,7 @@ def _audit_options(p) -> None:
                         "(default: off)")
     p.add_argument("--feedback", default=None, metavar="{full,topk:K,topk-scores:K}",
                    help="what the query-only attacks see (default: full)")
+    add_endpoint_options(p)
     p.add_argument("--transfer-from", type=path_value, default=None, metavar="CHECKPOINT",
                    help="add transfer rows to the deployed view: the white-box attacks made on "
                         "this model (on the same collection), ranked by the audited one")
@@ -107,5 +117,10 @@ COMMANDS = (
                         "command resumes.\n\n"
                         "  advrank audit --model timm:resnet50 --weights my.safetensors \\\n"
                         "      --data imagefolder:photos/ --out audit/\n"
-                        "  advrank audit --checkpoint mnist.pt --eps 0.03,0.1,0.3 --out audit/"),
+                        "  advrank audit --checkpoint mnist.pt --eps 0.03,0.1,0.3 --out audit/\n\n"
+                        "With --oracle URL and no model, the audit of an endpoint alone: "
+                        "query-only attacks on the pictures of --data, every figure read from "
+                        "the endpoint's answers:\n\n"
+                        "  advrank audit --oracle http://127.0.0.1:8000 --data "
+                        "imagefolder:photos/ --out audit/"),
 )

@@ -101,7 +101,8 @@ class EndpointRun:
     images, the ``optimizer``, the ``oracle`` and its evaluation ``view``, the ``threat``
     (ball and budget), where the targets' pictures come from (``pictures``) and the local
     copy measured beside (``local``: ``local(part, images or None) -> {figure: [B]}``, the
-    clean queries for None; None: endpoint figures alone)."""
+    clean queries for None; None: endpoint figures alone); ``keep``: keep the adversarial
+    images (:meth:`adversarial`), for a report's examples."""
 
     kind: AttackKind
     optimizer: QueryOptimizer
@@ -111,10 +112,18 @@ class EndpointRun:
     pictures: Pictures
     also: Sequence[AttackKind] = ()
     local: Callable[[Selection, torch.Tensor | None], dict[str, torch.Tensor]] | None = None
+    keep: bool = False
     forms: list[EndpointForm] = field(init=False)
+    kept: list[torch.Tensor] = field(init=False, default_factory=list)
 
     def __post_init__(self):
         self.forms = [endpoint_form(kind) for kind in (self.kind, *self.also)]
+
+    def adversarial(self) -> torch.Tensor:
+        """``[T, C, H, W]``: every batch's adversarial images (kept with ``keep``)."""
+        if not self.kept:
+            raise AdvrankError("the run kept no images (keep=False)")
+        return torch.cat(self.kept)
 
     def attack(self, images: torch.Tensor, part: Selection, gen: torch.Generator,
                start: torch.Tensor | None, checkpoints: Sequence[int]):
@@ -160,6 +169,8 @@ def run_endpoint_attack(run: EndpointRun, queries: QuerySet, selection: Selectio
         gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
         adv, ledger, snaps = run.attack(images, part, gen, None if start is None else
                                         start[s : s + batch_size], checkpoints)
+        if run.keep:
+            run.kept.append(adv.detach().cpu())
         clean = run.figures(part, None, images)
         log.add(clean, run.figures(part, adv, images))
         for c, (best, by_then) in snaps.items():
