@@ -5,12 +5,13 @@ optimised through the oracle's feedback alone within a query budget per attack (
 
 Every figure is read from the endpoint itself (:mod:`advrank.experiments.endpoint`: its
 evaluation view, the richest it offers), and the local copy's figures stand beside them
-(``local:FIGURE``) on the candidate the optimiser queried (8-bit when the oracle uploads
-pictures; through the oracle's upload ``--pipeline`` when it has one, the clean query's
-upload "before"). A remote endpoint is calibrated against the local copy first
-(:mod:`advrank.oracles.calibrate`); one declared to differ (``endpoint_differs``) is
-measured alone: no local figures, its ids not taken for the local gallery's (the queries'
-own copies are then results like any other, and the targets' pictures are the service's).
+(``local:FIGURE``) on the candidate the optimiser queried, as the endpoint's model is given
+it (8-bit when the oracle uploads pictures; through the oracle's upload ``--pipeline`` and
+a pipeline the service declares, the clean query's upload "before"). A remote endpoint is
+calibrated against the local copy first (:mod:`advrank.oracles.calibrate`); one declared to
+differ (``endpoint_differs``) is measured alone: no local figures, its ids not taken for
+the local gallery's (the queries' own copies are then results like any other, and the
+targets' pictures are the service's).
 
 Targets: at ``full`` feedback on a trusted endpoint, the kind's §4 selection; otherwise
 they are drawn from what the endpoint shows of each clean query
@@ -63,14 +64,16 @@ def measure_all(target: SearchTarget, kinds: Sequence[AttackKind], part: Selecti
 
 def local_figures(target: SearchTarget, kinds: Sequence[AttackKind], oracle: Oracle
                   ) -> Callable[[Selection, torch.Tensor | None], dict[str, torch.Tensor]]:
-    """``figures(part, images)``: the local copy's figures of ``images [B, C, H, W]`` as
-    ``oracle`` uploads them (None: the clean queries, their upload when the oracle has a
-    pipeline, else the embeddings the gallery holds)."""
+    """``figures(part, images)``: the local copy's figures of ``images [B, C, H, W]`` as the
+    endpoint's model is given them, as far as the client knows (:meth:`Oracle.seen`: the
+    upload pipeline, the 8-bit encoding, a pipeline the service declares); None: the clean
+    queries (the embeddings the gallery holds, unless those steps change them)."""
     def figures(part: Selection, images: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        if images is None and oracle.pipeline is not None:
-            images = target.gallery.images(part.anchors)
-        return measure_all(target, kinds, part, None if images is None else
-                           oracle.upload(images))
+        if images is None:
+            clean = target.gallery.images(part.anchors)
+            seen = oracle.seen(clean)
+            return measure_all(target, kinds, part, None if torch.equal(seen, clean) else seen)
+        return measure_all(target, kinds, part, oracle.seen(images))
 
     return figures
 
