@@ -31,10 +31,10 @@ BUDGET = [
                         "--defense-steps 2"),
     (r"^(advrank universal .*)$", r"\1 --steps 5"),
     (r"^(advrank (audit|evaluate) --model .*)$", r"\1 --input-size 64"),
-    (r"^(advrank audit .*)$", r"\1 --steps 2"),
+    (r"^(advrank audit (?!--oracle).*)$", r"\1 --steps 2"),  # an endpoint's audit has no PGD
     (r"--query-budget \d+", "--query-budget 40"),
 ]
-PORT = "8765"  # the README's service port; the test serves on a free one instead
+PORTS = ("8765", "8767")  # the README's service ports; the test serves on free ones instead
 SKIP = (r"^pip install", r"^python -m pytest", r"^python -m venv", r"^\. \.venv/bin/activate")
 
 
@@ -105,7 +105,7 @@ def start_service(argv: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def test_bash_blocks_run(tmp_path, image_folder):
-    port, services = free_port(), []
+    ports, services = {p: free_port() for p in PORTS}, []
     try:
         for block in blocks("bash"):
             for command in commands(block):
@@ -113,7 +113,10 @@ def test_bash_blocks_run(tmp_path, image_folder):
                     continue
                 make_inputs(command, tmp_path, image_folder)
                 background = command.endswith("&")
-                argv = shlex.split(budget(command.rstrip("& ")).replace(PORT, port))
+                line = budget(command.rstrip("& "))
+                for readme_port, port in ports.items():
+                    line = line.replace(readme_port, port)
+                argv = shlex.split(line)
                 if argv[0] == "torchrun":  # torchrun is torch.distributed.run
                     run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], tmp_path)
                     continue

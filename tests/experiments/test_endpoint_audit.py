@@ -80,6 +80,41 @@ def test_endpoint_audit_options_are_checked_before_any_work(service, image_folde
                    "give --data imagefolder:DIR")
     one_error_line(*cli([*audit_argv("local", image_folder, out)]),
                    "needs an endpoint (--oracle http://HOST:PORT)")
-    one_error_line(*cli(["audit", "--checkpoint", "x.pt", "--optimizer", "nes", "--out", out]),
-                   "make an audit of an endpoint alone")
+    one_error_line(*cli(["audit", "--checkpoint", "x.pt", "--optimizer", "nes,spsa", "--out",
+                         out]), "several optimizers apply to the audit of an endpoint alone")
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.fixture(scope="module")
+def deep_service(untrained_digits):
+    """The same model serving every depth: exact ranks through rank_of."""
+    with _running_service()(untrained_digits, "--max-k", "1000") as running:
+        yield running[0]
+
+
+def test_a_model_s_deployed_view_goes_through_the_endpoint_calibrated_first(
+        deep_service, service, untrained_digits, untrained_checkpoint, tmp_path, cli,
+        one_error_line):
+    """With a model, --oracle sends the deployed view's query-only rows through the endpoint:
+    calibrated against the model first, every figure read from its answers (its ranks, the
+    local copy's beside them); another model behind it is refused in one line."""
+    argv = ["audit", "--checkpoint", untrained_digits, "--attacks", "QA+,ES", "--eps", "0.3",
+            "--num-attacks", "3", "--steps", "2", "--examples", "0", "--query-budget", "8",
+            "--feedback", "topk:10", "--device", "cpu", "--json", "--quiet"]
+    status, text, err = cli([*argv, "--oracle", deep_service, "--out", tmp_path / "a"])
+    assert status == 0, err
+    deployed = json.loads(text)["deployed"]
+    assert deployed["query"]["oracle"] == deep_service
+    rows = [r for r in deployed["rows"] if r["view"] == "query-only"]
+    assert {r["attack"] for r in rows} == {"QA+", "ES"}
+    cells = json.loads((tmp_path / "a" / "report.json").read_text())["cells"]
+    query = [c for key, c in cells.items() if key.startswith("query|")]
+    assert all(c["calibration"]["passed"] and c["evaluation"]["view"] == "ranks" and
+               c["rank_after"] == pytest.approx(c["local:rank_after"], abs=1e-3)
+               for c in query)
+    one_error_line(*cli([*argv, "--oracle", service, "--out", tmp_path / "b"]),
+                   "the deployed view reads ranks", "--max-k 719")
+    other = untrained_checkpoint(tmp_path / "other.pt", seed=1)
+    with _running_service()(other, "--max-k", "1000") as (url, _):
+        one_error_line(*cli([*argv, "--oracle", url, "--out", tmp_path / "c"]),
+                       "disagrees with the local copy", "overlap@10")

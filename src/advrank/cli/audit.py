@@ -37,11 +37,12 @@ from advrank.experiments.audit import (
 def cmd_audit(args) -> None:
     if args.oracle is not None and args.checkpoint is None and args.model is None:
         return cmd_endpoint_audit(args)
-    if args.oracle is not None or args.optimizer is not None or args.schema is not None or \
-            args.endpoint_differs:
-        raise AdvrankError("--oracle, --optimizer, --schema and --endpoint-differs make an "
-                           "audit of an endpoint alone (no --checkpoint or --model): give "
-                           "--oracle http://HOST:PORT --data imagefolder:DIR")
+    if args.schema is not None or (args.optimizer and len(args.optimizer) > 1):
+        raise AdvrankError("--schema and several optimizers apply to the audit of an endpoint "
+                           "alone (--oracle with no --checkpoint or --model)")
+    if args.endpoint_differs and args.oracle is None:
+        raise AdvrankError("--endpoint-differs applies to an endpoint (--oracle "
+                           "http://HOST:PORT)")
     k = resolve_size(args, args.attacks)
     config = AuditConfig(eps_values=args.eps, attacks=args.attacks, k=k,
                          num_attacks=args.num_attacks, seed=args.seed,
@@ -49,7 +50,9 @@ def cmd_audit(args) -> None:
                          step_size=args.step_size, examples=args.examples, top=args.top,
                          max_queries=args.max_queries, options=kind_options(args),
                          pipeline=args.pipeline, through_pipeline=args.through_pipeline,
-                         query_budget=args.query_budget, feedback=args.feedback)
+                         query_budget=args.query_budget, feedback=args.feedback,
+                         optimizer=(args.optimizer or ["random"])[0], oracle=args.oracle,
+                         endpoint_differs=args.endpoint_differs)
     summary = AuditJob(spec_from_args(args), args.out, config, loader_from_args(args),
                        index=args.index, transfer_from=args.transfer_from,
                        force=args.force).run()

@@ -30,19 +30,23 @@ def add_endpoint_options(p) -> None:
             raise AdvrankError(f"give at least one optimizer, got {text!r}")
         return list(dict.fromkeys(names))
 
-    g = p.add_argument_group("an endpoint alone (--oracle with no --checkpoint or --model)")
+    g = p.add_argument_group("an endpoint (--oracle): alone, or the deployed view's query rows")
     g.add_argument("--oracle", type=as_type(oracle_spec, "oracle"), default=None,
                    metavar="http://HOST:PORT",
-                   help="audit this search endpoint with the pictures of --data (no model: "
-                        "query-only attacks, every figure read from its answers)")
+                   help="with no model: audit this endpoint with the pictures of --data "
+                        "(query-only attacks, every figure read from its answers); with a "
+                        "model: the deployed view's query-only rows go through it, calibrated "
+                        "against the model first")
     g.add_argument("--optimizer", type=as_type(optimizers, "optimizers"), default=None,
                    metavar="{" + ",".join(OPTIMIZERS.names()) + "}[,...]",
-                   help="the query-only optimisers, each run on every cell (default: random)")
+                   help="the query-only optimisers (an endpoint alone: each runs every cell; "
+                        "the deployed view: one; default: random)")
     g.add_argument("--schema", default=None, metavar="NAME[:ARG]",
                    help="how the endpoint is asked and read (default: advrank)")
     g.add_argument("--endpoint-differs", action="store_true",
-                   help="measure an endpoint that answers a picture twice differently "
-                        "(its calibration recorded instead of refused)")
+                   help="the endpoint is expected to differ (from the model, or between two "
+                        "answers to one picture): its calibration is recorded instead of "
+                        "refused and its figures stand alone")
 
 
 def endpoint_config(args):
