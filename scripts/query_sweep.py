@@ -150,7 +150,7 @@ def run_cell(args, target, kind, sel, eps: str, config: str) -> dict:
                              eps_value(eps), KINDS[kind.name], len(sel), budget,
                              seed=args.seed, batch_size=args.batch_size, selection=sel,
                              progress=False, checkpoints=checkpoints)
-        sent += oracle.queries
+        sent += r.extra["queries_sent"]  # the attacks' own (not the evaluation's)
         points = r.extra["checkpoints"] if checkpoints else {budget: {
             **r.figures, "queries_used": r.extra["queries_used"]}}
         for b, figures in points.items():

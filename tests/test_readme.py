@@ -31,10 +31,10 @@ BUDGET = [
                         "--defense-steps 2"),
     (r"^(advrank universal .*)$", r"\1 --steps 5"),
     (r"^(advrank (audit|evaluate) --model .*)$", r"\1 --input-size 64"),
-    (r"^(advrank audit .*)$", r"\1 --steps 2"),
+    (r"^(advrank audit (?!--oracle).*)$", r"\1 --steps 2"),  # an endpoint's audit has no PGD
     (r"--query-budget \d+", "--query-budget 40"),
 ]
-PORTS = ("8765", "8766")  # the README's service ports; the test serves on free ones instead
+PORTS = ("8765", "8766", "8767")  # the README's service ports; the test serves on free ones
 SKIP = (r"^pip install", r"^python -m pytest", r"^python -m venv", r"^\. \.venv/bin/activate")
 
 

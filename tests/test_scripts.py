@@ -159,3 +159,39 @@ def test_query_sweep_script_writes_cells_tables_and_resumes(tmp_path, monkeypatc
     lines = (out / "cells.jsonl").read_text().splitlines()
     assert script.main(argv) == 0  # resumes: nothing left to run
     assert (out / "cells.jsonl").read_text().splitlines() == lines
+
+
+@pytest.mark.parametrize("study", ["kinds", "optimizers"])
+def test_endpoint_figures_script_reads_the_service_beside_the_local_copy(
+        tmp_path, monkeypatch, untrained_digits, study):
+    """scripts/endpoint_figures.py at tiny size through `advrank serve` (started and stopped
+    by the script): one row per kind (or optimiser) and budget, the endpoint's top-k figures
+    beside the local copy's ranks, the calibration and the record."""
+    import importlib.util
+
+    pytest.importorskip("fastapi")
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("endpoint_figures",
+                                                  REPO / "scripts" / "endpoint_figures.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    assert script.main(["--checkpoint", str(untrained_digits), "--out", str(out), "--study",
+                        study, "--num-attacks", "3", "--budgets", "21,41", "--kinds",
+                        "QA+,ES", "--optimizers", "random,nes", "--seed", "2"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert {"command", "seed", "commit", "hardware"} <= set(record) and record["seed"] == 2
+    rows = [(r["attack"], r["optimizer"], r["budget"]) for r in record["rows"]]
+    if study == "kinds":
+        assert rows == [("ES", "nes", 21), ("ES", "nes", 41), ("QA+", "nes", 21),
+                        ("QA+", "nes", 41)]
+    else:  # the random search: one run per budget; NES: one run with checkpoints
+        assert rows == [("QA+", "nes", 21), ("QA+", "nes", 41), ("QA+", "random", 21),
+                        ("QA+", "random", 41)]
+        assert len(record["runs"]) == 3
+    for r in record["rows"]:
+        assert r["queries_used"] <= r["budget"]
+        assert r["endpoint:rank_after"] == pytest.approx(r["local:rank_after"], abs=1e-3)
+    assert all(run["calibration"]["passed"] and run["figures_from"].startswith("endpoint, ")
+               for run in record["runs"])
+    assert "Every figure is read from the service's answers" in (out / "results.md").read_text()

@@ -84,12 +84,13 @@ class ProxyStats:
 
 
 @contextlib.contextmanager
-def counting_proxy(upstream: str, drop_every: int = 0, mutate=None):
+def counting_proxy(upstream: str, drop_every: int = 0, mutate=None, rewrite=None):
     """``(url, stats)``: a proxy in front of ``upstream`` that forwards every request, counts
     the POST /search ones, and, with ``drop_every`` = n, closes the client's connection
     without an answer after every n-th search *the service has answered* (the case where a
     resend makes the service search twice). ``mutate(path, body) -> body`` rewrites the
-    service's answers (a service that answers garbage)."""
+    service's answers (a service that answers garbage), ``rewrite(path) -> path`` the
+    requests' paths before they are forwarded."""
     import httpx
 
     stats = ProxyStats()
@@ -98,7 +99,8 @@ def counting_proxy(upstream: str, drop_every: int = 0, mutate=None):
         async with httpx.AsyncClient(base_url=upstream, timeout=30) as client:
             while (request := await read_request(reader)) is not None:
                 method, target, headers, body = request
-                r = await client.request(method, target, content=body, headers={
+                sent = target if rewrite is None else rewrite(target)
+                r = await client.request(method, sent, content=body, headers={
                     "content-type": headers.get("content-type", "application/octet-stream")})
                 search = target.startswith("/search")
                 if search:

@@ -98,13 +98,27 @@ def other_model(tmp_path_factory, untrained_checkpoint, serve):
         yield running[0]
 
 
+PERM = torch.randperm(719, generator=torch.Generator().manual_seed(3)).tolist()
+INVERSE = {p: i for i, p in enumerate(PERM)}
+
+
 def permuted(path: str, body: bytes) -> bytes:
     """The service's ids through a fixed permutation: the same search, ids in another order."""
-    if not path.startswith("/search"):
+    if not path.startswith("/search") or "rank_of=" in path:
         return body
-    perm = torch.randperm(719, generator=torch.Generator().manual_seed(3)).tolist()
     answer = json.loads(body)
-    return json.dumps({**answer, "ids": [perm[i] for i in answer["ids"]]}).encode()
+    return json.dumps({**answer, "ids": [PERM[i] for i in answer["ids"]]}).encode()
+
+
+def permuted_request(path: str) -> str:
+    """A ``rank_of`` request's ids back into the service's own (the permuted service names
+    its items by ``PERM``, and answers where each sits)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    parts = urlsplit(path)
+    query = [(key, ",".join(str(INVERSE[int(i)]) for i in value.split(",")) if key ==
+              "rank_of" else value) for key, value in parse_qsl(parts.query)]
+    return parts.path + ("?" + urlencode(query, safe=",") if query else "")
 
 
 def test_the_same_model_served_passes_and_counts_its_queries(same_service, target):
@@ -157,3 +171,30 @@ def test_the_attack_refuses_another_model_in_one_line_unless_told(other_model, u
     cal = r["calibration"]
     assert cal["endpoint_differs"] and cal["failed"] == ["overlap@10"] and cal["queries"] == 6
     assert r["queries_sent"] == round(r["queries_used"] * 4)  # calibration counted apart
+    # declared to differ: the endpoint's own figures alone, read from its answers
+    assert r["figures_from"] == "endpoint" and not any(key.startswith("local:") for key in r)
+    assert {"success_after", "in_topk_after"} <= set(r) and "rank_after" not in r
+
+
+def test_the_attack_refuses_a_permuted_gallery_unless_told_then_reads_the_endpoint(
+        same_service, untrained_digits, net, cli, one_error_line):
+    """A gallery served with its ids in another order: the attack refuses naming id_mapping;
+    declared to differ, its figures are the endpoint's own (its lists, its rank_of), never
+    the local gallery's ids."""
+    argv = ["attack", "--checkpoint", untrained_digits, "--attack", "QA-", "--feedback",
+            "topk:10", "--query-budget", "10", "--eps", "0.3", "--num-attacks", "4",
+            "--device", "cpu", "--json", "--quiet"]
+    with net.counting_proxy(same_service, mutate=permuted, rewrite=permuted_request) as \
+            (url, stats):
+        one_error_line(*cli([*argv, "--oracle", url]), "id_mapping = 0.", "--endpoint-differs")
+        refused = stats.searches  # the calibration's alone: nothing was attacked
+        status, out, err = cli([*argv, "--oracle", url, "--endpoint-differs"])
+    assert status == 0, err
+    r = json.loads(out)
+    assert "id_mapping" in r["calibration"]["failed"] and r["figures_from"] == "endpoint"
+    assert r["evaluation"]["view"] == "top-20" and r["evaluation"]["censored_at"] == 20
+    # the candidates were drawn from the endpoint's own visible lists: all within the top 10
+    assert r["in_topk_before"] == 100.0 and r["success_before"] == 0.0
+    assert refused == r["calibration"]["queries"]
+    assert stats.searches - refused == r["queries_sent"] + r["calibration"]["queries"] + \
+        r["evaluation"]["evaluation_queries"]

@@ -1,7 +1,8 @@
 """The HTTP oracle against the real ``advrank serve``, behind a counting proxy: every search
 that reaches the service is charged to an attack's budget, resends after a dropped
 connection included (two attacks on a budget of 12 make at most 24 searches, and the proxy's
-count equals ``queries_used`` summed, plus the calibration's queries, counted apart); a
+count equals ``queries_used`` summed, plus the calibration's and the evaluation's queries,
+counted apart); a
 service whose answers are garbage ends the attack in one error line."""
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ def test_resends_after_dropped_connections_are_charged_to_the_budget(service, ck
         status, out, err = cli(attack_argv(ckpt, url))
     assert status == 0, err
     r = json.loads(out)
-    calibration = r["calibration"]["queries"]  # counted apart from the attacks' budgets
-    assert stats.dropped >= 2 and stats.searches - calibration <= BUDGET * T
-    assert r["queries_used_max"] <= BUDGET and calibration >= 2 * T
-    assert stats.searches - calibration == round(r["queries_used"] * T) == r["queries_sent"]
+    # the calibration's and the evaluation's queries are counted apart from the budgets
+    apart = r["calibration"]["queries"] + r["evaluation"]["evaluation_queries"]
+    assert stats.dropped >= 2 and stats.searches - apart <= BUDGET * T
+    assert r["queries_used_max"] <= BUDGET and r["calibration"]["queries"] >= 2 * T
+    assert stats.searches - apart == round(r["queries_used"] * T) == r["queries_sent"]
     assert r["queries_lost"] <= stats.dropped
 
 
@@ -55,7 +57,9 @@ def test_without_drops_every_search_is_one_query(service, ckpt, cli, net):
         status, out, err = cli(attack_argv(ckpt, url))
     assert status == 0, err
     r = json.loads(out)
-    assert stats.searches == round(r["queries_used"] * T) + r["calibration"]["queries"]
+    assert stats.searches == round(r["queries_used"] * T) + r["calibration"]["queries"] + \
+        r["evaluation"]["evaluation_queries"]
+    assert r["evaluation"]["view"] == "top-20"  # --max-k 20 < |X|: censored at 20
     assert r["queries_sent"] == round(r["queries_used"] * T) and r["queries_lost"] == 0
     assert r["service"]["gallery_size"] == 719 and r["calibration"]["passed"]
 

@@ -113,3 +113,40 @@ def test_the_deployed_view_fits_the_window(deployed_report, width):
     assert shown["images"] == shown["loaded"] == shown["visible"] == 2  # the two plots
     # retrieval, attacks, deployed ranks, exact vs index, settings, provenance
     assert shown["tables"] == 6 and shown["scroll_width"] <= width, shown
+
+
+@pytest.fixture(scope="module")
+def endpoint_report(tmp_path_factory, untrained_digits, image_folder):
+    """An audit of ``advrank serve`` alone (no model given) from the generated pictures."""
+    import importlib.util
+    from pathlib import Path
+
+    from advrank.cli import main
+
+    pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    path = Path(__file__).parents[1] / "serve" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_advrank_serve_fixtures_b", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp("endpoint") / "audit"
+    with module.running_service(untrained_digits, "--max-k", "50") as (url, _):
+        assert main(["audit", "--oracle", url, "--data", f"imagefolder:{image_folder}",
+                     "--out", str(out), "--eps", "0.1,0.3", "--num-attacks", "3",
+                     "--query-budget", "10", "--optimizer", "random,nes", "--quiet"]) == 0
+    return out / "report.html"
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_the_endpoint_audit_shows_its_verdict_first_and_fits_the_window(endpoint_report, width):
+    """The endpoint-only page: verdict in the first screen, every image shown (the plot, the
+    attacked pictures, the endpoint's lists), no sideways scrolling."""
+    shown = check_page(endpoint_report, width=width, height=900)
+    assert shown["errors"] == [] and shown["broken"] == []
+    assert shown["images"] == shown["loaded"] == shown["visible"] > 20
+    assert shown["panels"] == 4 and shown["title"] == "advrank endpoint audit"
+    assert shown["tables"] == 2 and shown["table_rows"] > 16  # attacks, provenance
+    assert shown["scroll_width"] <= width, shown
+    assert 0 <= shown["verdict_top"] < 900
+    assert "Vulnerable" in shown["verdict"] or "No query-only attack" in shown["verdict"]
+    assert "verified first: determinism" in shown["verdict"]

@@ -214,6 +214,11 @@ class AttackKind:
         check_query_only(self)  # refuses a kind without one
         raise NotImplementedError
 
+    def endpoint_form(self):
+        """How this kind's query-only attacks are drawn and measured from what an endpoint
+        shows (an :class:`~advrank.attacks.visible.EndpointForm`); None: it has none."""
+        return None
+
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The ranking list one attack (``part`` of length 1) changes, with the attacked item's
         embedding ``emb [1, D]`` (the clean one for "before")."""

@@ -99,6 +99,11 @@ class EmbeddingShiftAttack(QueryKind):
         return feedback_score(False, gallery, anchors, anchors[:, :0], feedback, ask,
                               goal="clear")
 
+    def endpoint_form(self):
+        from advrank.attacks.visible import DisruptForm
+
+        return DisruptForm(self)
+
     def view(self, gallery: Gallery, part, emb: torch.Tensor) -> RankingView:
         """The list of x~ over all of X, its clean copy x included and highlighted."""
         return RankingView(emb[0], None, None, [], [int(part.anchors[0])])

@@ -135,13 +135,17 @@ def feedback_score(raise_rank: bool, gallery: Gallery, targets: torch.Tensor,
     [B, e]``; ``keep``/``xi``: the SP term; ``goal``: see :data:`GOALS`); at top-k feedback,
     each target's clean picture is searched first through
     ``ask(images [B, m, C, H, W]) -> (answer, rows, sent)`` (the counted oracle) for its
-    neighbourhood N(c)."""
+    neighbourhood N(c) (when ``gallery.images`` gives None, the score reads C's presence
+    alone)."""
     neighbors = None
     if feedback.level != "full":
         b, m = targets.shape
         images = gallery.images(targets.flatten())
-        answer, _, sent = ask(images.reshape(b, m, *images.shape[1:]))
-        neighbors = torch.full((b, m, answer.ids.shape[1]), -1, dtype=torch.long)
-        neighbors[sent] = answer.ids
+        if images is None:  # no pictures of the targets to be had: C's presence alone
+            neighbors = torch.full((b, m, 0), -1, dtype=torch.long)
+        else:
+            answer, _, sent = ask(images.reshape(b, m, *images.shape[1:]))
+            neighbors = torch.full((b, m, answer.ids.shape[1]), -1, dtype=torch.long)
+            neighbors[sent] = answer.ids
     return FeedbackScore(raise_rank, targets, exclude, feedback, len(gallery), neighbors, keep,
                          xi, goal)

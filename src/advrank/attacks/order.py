@@ -43,6 +43,7 @@ from advrank.attacks.base import (
 )
 from advrank.attacks.params import Param
 from advrank.attacks.selection import Selection
+from advrank.attacks.visible import EndpointForm, check_lists, exclude_of
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import count_closer, nearest_neighbors
 from advrank.errors import AdvrankError
@@ -170,11 +171,54 @@ class OrderAttack(AttackKind):
         :class:`OrderScore`."""
         return OrderScore(part.targets, part.anchors[:, None])
 
+    def endpoint_form(self):
+        return OrderForm(self)
+
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), the candidates highlighted (target order)."""
         return RankingView(emb[0], None, None, [int(part.anchors[0])],
                            part.targets[0].tolist())
 
 
-__all__ = ["OrderAttack", "OrderObjective", "OrderScore", "pair_agreement",
+class OrderForm(EndpointForm):
+    """ORDER as an endpoint shows it (see :mod:`advrank.attacks.visible`): the first k of
+    the visible list (or k of its first ``pool``) in a seeded random target order; figures
+    ``src`` (advorder's SRC at the kind's depth), ``position`` and, where the view is full,
+    ``tau`` and ``rank``."""
+
+    topk_headline = ("src", "up")
+
+    def list_depth(self, k_visible: int) -> int:
+        return max(k_visible, self.kind.options["pool"] or 0)
+
+    def select(self, lists, anchors, own, size, k_visible, gen):
+        pool = self.kind.options["pool"] or size
+        check_lists(lists, 0, pool, pool, "ORDER")
+        top = lists[:, :pool]
+        if pool > size:  # k random members, kept in their clean order
+            cols = torch.rand(top.shape, generator=gen).argsort(1)[:, :size].sort(1).values
+            top = top.gather(1, cols)
+        perm = torch.rand(top.shape, generator=gen).argsort(1)
+        return Selection(anchors, top.gather(1, perm), None, {"own": own})
+
+    def named(self, part):
+        return part.targets
+
+    def score(self, part, feedback, ask, pictures):
+        return OrderScore(part.targets, exclude_of(part))
+
+    def figures(self, reading, part, view):
+        pos = reading.positions
+        depth = min(self.kind.options["depth"], view.beyond)
+        out = {"src": pair_agreement(pos, pos < depth), "position": pos.float().mean(1)}
+        if view.full:
+            out["tau"] = pair_agreement(pos)
+            out["rank"] = 100.0 * out["position"] / view.oracle.gallery_size
+        return out
+
+    def headline(self, full):
+        return "tau" if full else "src"
+
+
+__all__ = ["OrderAttack", "OrderForm", "OrderObjective", "OrderScore", "pair_agreement",
            "short_range_correlation"]

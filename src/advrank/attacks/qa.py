@@ -413,6 +413,10 @@ class QueryAttack(AttackKind):
         return feedback_score(self.raise_rank, gallery, part.targets, part.anchors[:, None],
                               feedback, ask, part.sp, self.options["xi"])
 
+    def endpoint_form(self):
+        from advrank.attacks.visible import RankedForm
+        return RankedForm(self)
+
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), C highlighted."""
         q = int(part.anchors[0])

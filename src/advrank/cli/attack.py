@@ -116,7 +116,20 @@ def cmd_query_attack(args, kind, k: int, query: dict) -> None:
     emit(args, {**s, **target.record(args.seed)},
          f"{format_attack(s)}\n{s['queries_used']:.0f} queries per attack (budget "
          f"{s['query_budget']}{through}) to the {s['oracle']} oracle, {s['feedback']} "
-         f"feedback, {s['optimizer']}{calibration_line(s.get('calibration'))}")
+         f"feedback, {s['optimizer']}\n{evaluation_line(s)}"
+         f"{calibration_line(s.get('calibration'))}")
+
+
+def evaluation_line(summary: dict) -> str:
+    """Where a query-only result's figures were read (the endpoint's view, censored or not,
+    its queries counted apart; the local copy beside or not)."""
+    ev = summary["evaluation"]
+    view = "its exact ranks" if ev["censored_at"] is None else \
+        f"its top {ev['censored_at']} (positions beyond read as {ev['censored_at']})"
+    beside = "; the local copy's beside them (local:)" if summary["figures_from"] != \
+        "endpoint" else "; the endpoint alone (no local figures)"
+    return (f"figures read from the endpoint: {view}, top-k figures at k = {ev['k']} "
+            f"({ev['evaluation_queries']} evaluation queries, outside the budget){beside}")
 
 
 def calibration_line(calibration: dict | None) -> str:

@@ -8,6 +8,7 @@ from advrank.cli.declare import (
     resolve_size,
     spec_from_args,
 )
+from advrank.cli.endpoint import add_endpoint_options, cmd_endpoint_audit
 from advrank.cli.groups import (
     BESIDE_EXACT,
     add_attacks,
@@ -23,6 +24,7 @@ from advrank.cli.groups import (
 )
 from advrank.cli.parsing import Command, emit
 from advrank.cli.values import format_eps, integer, path_value, positive_int
+from advrank.errors import AdvrankError
 from advrank.experiments.audit import (
     AUDIT_ATTACKS,
     DEFAULT_AUDIT_EPS,
@@ -33,6 +35,14 @@ from advrank.experiments.audit import (
 
 
 def cmd_audit(args) -> None:
+    if args.oracle is not None and args.checkpoint is None and args.model is None:
+        return cmd_endpoint_audit(args)
+    if args.schema is not None or (args.optimizer and len(args.optimizer) > 1):
+        raise AdvrankError("--schema and several optimizers apply to the audit of an endpoint "
+                           "alone (--oracle with no --checkpoint or --model)")
+    if args.endpoint_differs and args.oracle is None:
+        raise AdvrankError("--endpoint-differs applies to an endpoint (--oracle "
+                           "http://HOST:PORT)")
     k = resolve_size(args, args.attacks)
     config = AuditConfig(eps_values=args.eps, attacks=args.attacks, k=k,
                          num_attacks=args.num_attacks, seed=args.seed,
@@ -40,7 +50,9 @@ def cmd_audit(args) -> None:
                          step_size=args.step_size, examples=args.examples, top=args.top,
                          max_queries=args.max_queries, options=kind_options(args),
                          pipeline=args.pipeline, through_pipeline=args.through_pipeline,
-                         query_budget=args.query_budget, feedback=args.feedback)
+                         query_budget=args.query_budget, feedback=args.feedback,
+                         optimizer=(args.optimizer or ["random"])[0], oracle=args.oracle,
+                         endpoint_differs=args.endpoint_differs)
     summary = AuditJob(spec_from_args(args), args.out, config, loader_from_args(args),
                        index=args.index, transfer_from=args.transfer_from,
                        force=args.force).run()
@@ -90,6 +102,7 @@ def _audit_options(p) -> None:
                         "(default: off)")
     p.add_argument("--feedback", default=None, metavar="{full,topk:K,topk-scores:K}",
                    help="what the query-only attacks see (default: full)")
+    add_endpoint_options(p)
     p.add_argument("--transfer-from", type=path_value, default=None, metavar="CHECKPOINT",
                    help="add transfer rows to the deployed view: the white-box attacks made on "
                         "this model (on the same collection), ranked by the audited one")
@@ -107,5 +120,10 @@ COMMANDS = (
                         "command resumes.\n\n"
                         "  advrank audit --model timm:resnet50 --weights my.safetensors \\\n"
                         "      --data imagefolder:photos/ --out audit/\n"
-                        "  advrank audit --checkpoint mnist.pt --eps 0.03,0.1,0.3 --out audit/"),
+                        "  advrank audit --checkpoint mnist.pt --eps 0.03,0.1,0.3 --out audit/\n\n"
+                        "With --oracle URL and no model, the audit of an endpoint alone: "
+                        "query-only attacks on the pictures of --data, every figure read from "
+                        "the endpoint's answers:\n\n"
+                        "  advrank audit --oracle http://127.0.0.1:8000 --data "
+                        "imagefolder:photos/ --out audit/"),
 )

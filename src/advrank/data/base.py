@@ -28,6 +28,11 @@ class ImageDataset(Dataset):
         """Images at ``index`` (``LongTensor[B]``) as ``FloatTensor[B, C, H, W]`` in [0, 1]."""
         return torch.stack([self[int(i)][0] for i in index.tolist()])
 
+    def try_load(self, i: int) -> tuple[torch.Tensor | None, str | None]:
+        """``(image [C, H, W], None)``, or ``(None, why it cannot be read)`` for a collection
+        whose items may fail to load (files on disk)."""
+        return self[int(i)][0], None
+
     def item_name(self, i: int) -> str:
         return f"#{int(i)}"
 

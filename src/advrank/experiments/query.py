@@ -1,68 +1,50 @@
-"""Query-only (black-box) attacks on a deployed search: the §4 selection and figures of a
-ranked attack kind (QA+, QA-), optimised through an oracle's feedback alone within a query
-budget per attack (see :mod:`advrank.oracles` and :mod:`advrank.attacks.query`).
+"""Query-only (black-box) attacks on a deployed search through an oracle, by the local
+target's gallery: T queries drawn from it (its members, whose own ids the endpoint shares),
+optimised through the oracle's feedback alone within a query budget per attack (see
+:mod:`advrank.oracles` and :mod:`advrank.attacks.query`).
 
-The attacks are drawn from the local target's gallery (the service's ids when both are built
-from the same checkpoint and data) and measured there exactly, as white-box results are, on
-the candidate the optimiser queried (8-bit when the oracle uploads pictures). With an upload
-pipeline on the oracle (``--pipeline jpeg:75``), every candidate goes through it before it is
-sent, and the figures are measured on that upload (the clean query's upload "before", the
-attacked one's "after"): the threat records the pipeline.
+Every figure is read from the endpoint itself (:mod:`advrank.experiments.endpoint`: its
+evaluation view, the richest it offers), and the local copy's figures stand beside them
+(``local:FIGURE``) on the candidate the optimiser queried, as the endpoint's model is given
+it (8-bit when the oracle uploads pictures; through the oracle's upload ``--pipeline`` and
+a pipeline the service declares, the clean query's upload "before"). A remote endpoint is
+calibrated against the local copy first (:mod:`advrank.oracles.calibrate`); one declared to
+differ (``endpoint_differs``) is measured alone: no local figures, its ids not taken for
+the local gallery's (the queries' own copies are then results like any other, and the
+targets' pictures are the service's).
+
+Targets: at ``full`` feedback on a trusted endpoint, the kind's §4 selection; otherwise
+they are drawn from what the endpoint shows of each clean query
+(:mod:`advrank.attacks.visible`: QA- within the visible top K, QA+ from just beyond it).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from advrank.attacks.base import AttackKind, check_query_only, get_attack
+from advrank.attacks.base import AttackKind, check_query_only, get_attack, select_anchors
 from advrank.attacks.query.base import QueryOptimizer, get_optimizer
-from advrank.attacks.query.budget import OracleObjective, QueryCounter, ask, check_budget
+from advrank.attacks.query.budget import check_budget
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
+from advrank.attacks.visible import Pictures
 from advrank.core.checks import check_number, check_progress, check_seed
-from advrank.core.runtime import derived_seed, progress_bar
 from advrank.core.target import SearchTarget
 from advrank.errors import AdvrankError
+from advrank.experiments.endpoint import (
+    EndpointRun,
+    QuerySet,
+    run_endpoint_attack,
+    visible_k,
+    visible_selection,
+)
 from advrank.experiments.protocol import check_batch_size, embed_checked
-from advrank.experiments.results import AttackResult, RankLog
+from advrank.experiments.results import AttackResult
 from advrank.oracles.base import Oracle
-
-
-@dataclass(frozen=True)
-class CountedAsk:
-    """``ask(images [B, m, C, H, W]) -> (answer, rows, sent)``: the further queries a score
-    needs (e.g. its targets' own neighbourhoods), each granted by the attacks' ``counter``."""
-
-    oracle: Oracle
-    counter: QueryCounter
-
-    def __call__(self, images: torch.Tensor):
-        return ask(self.oracle, self.counter, images)
-
-
-def attack_part(target: SearchTarget, kind: AttackKind, oracle: Oracle,
-                optimizer: QueryOptimizer, threat: LinfThreatModel, part: Selection,
-                generator: torch.Generator, start: torch.Tensor | None = None,
-                checkpoints: Sequence[int] = ()
-                ) -> tuple[torch.Tensor, QueryCounter, dict, torch.Tensor]:
-    """One batch of query-only attacks within ``threat`` (its ball and query budget):
-    ``(adversarial images [B, C, H, W], the ledger of its queries, {c: (best images within c
-    queries, queries spent by then [B])}, goal met [B])``; ``start [B, C, H, W]``: where the
-    optimiser starts (default: the clean query). With an early-stopping optimiser, the kind's
-    score says when an answer shows its goal."""
-    gallery = target.gallery
-    counter = QueryCounter(len(part), threat.query_budget)
-    score = kind.query_score(gallery, part, oracle.feedback, CountedAsk(oracle, counter))
-    goal = getattr(score, "goal", None) if optimizer.early_stop else None
-    objective = OracleObjective(oracle, score, counter, score.named_items, checkpoints, goal)
-    ball = threat.ball(gallery.images(part.anchors))
-    adv, _ = optimizer.run(objective, ball, start, generator)
-    return adv, counter, objective.snapshots(), objective.reached.clone()
+from advrank.oracles.evaluation import EvaluationView
 
 
 def measure_all(target: SearchTarget, kinds: Sequence[AttackKind], part: Selection,
@@ -80,17 +62,20 @@ def measure_all(target: SearchTarget, kinds: Sequence[AttackKind], part: Selecti
     return out
 
 
-def measure_part(target: SearchTarget, kinds: Sequence[AttackKind], part: Selection, oracle: Oracle,
-                 adv: torch.Tensor, snaps: dict, log: RankLog, logs: dict) -> None:
-    """Add one batch's figures to ``log`` (and each checkpoint's to ``logs[c]``), measured
-    on what ``oracle`` uploads: ``adv [B, C, H, W]`` and the snapshots through its pipeline,
-    and then the clean queries too (else their embeddings, which the gallery holds)."""
-    clean = measure_all(target, kinds, part, None if oracle.pipeline is None else
-                        oracle.upload(target.gallery.images(part.anchors)))
-    log.add(clean, measure_all(target, kinds, part, oracle.upload(adv)))
-    for c, (images, by_then) in snaps.items():
-        logs[c][0].add(clean, measure_all(target, kinds, part, oracle.upload(images)))
-        logs[c][1].append(by_then)
+def local_figures(target: SearchTarget, kinds: Sequence[AttackKind], oracle: Oracle
+                  ) -> Callable[[Selection, torch.Tensor | None], dict[str, torch.Tensor]]:
+    """``figures(part, images)``: the local copy's figures of ``images [B, C, H, W]`` as the
+    endpoint's model is given them, as far as the client knows (:meth:`Oracle.seen`: the
+    upload pipeline, the 8-bit encoding, a pipeline the service declares); None: the clean
+    queries (the embeddings the gallery holds, unless those steps change them)."""
+    def figures(part: Selection, images: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if images is None:
+            clean = target.gallery.images(part.anchors)
+            seen = oracle.seen(clean)
+            return measure_all(target, kinds, part, None if torch.equal(seen, clean) else seen)
+        return measure_all(target, kinds, part, oracle.seen(images))
+
+    return figures
 
 
 def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
@@ -101,35 +86,18 @@ def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     return out
 
 
-def query_record(ledgers: Sequence[QueryCounter], met: torch.Tensor, budget: int, sent: int,
-                 calibration: dict[str, Any] | None) -> dict[str, Any]:
-    """What a result records of its queries: ``queries_used`` (mean per attack, charged by
-    the ledgers), ``queries_used_max``, ``query_budget``, ``queries_sent`` (what the endpoint
-    was sent for the attacks), ``queries_lost``; from ``met [T]`` (the goal seen: early stop)
-    ``goal_reached`` (the share of attacks) and ``queries_saved`` (the budget those left
-    unspent, mean per attack); and ``calibration`` when it ran."""
-    spent = torch.cat([ledger.used for ledger in ledgers]).double()
-    out = {"queries_used": spent.mean().item(), "queries_used_max": int(spent.max()),
-           "query_budget": budget, "queries_sent": sent,
-           "queries_lost": sum(int(ledger.lost.sum()) for ledger in ledgers),
-           "goal_reached": met.double().mean().item(),
-           "queries_saved": torch.where(met, budget - spent, 0.0).mean().item()}
-    return out if calibration is None else {**out, "calibration": calibration}
-
-
-def verify_endpoint(target: SearchTarget, oracle: Oracle, selection: Selection, verify: bool | None,
+def verify_endpoint(target: SearchTarget | None, oracle: Oracle, images: torch.Tensor,
+                    ids: torch.Tensor | None, verify: bool | None,
                     differs: bool) -> dict[str, Any] | None:
-    """Calibrate ``oracle`` on the selection's clean queries (gallery members, so their own
-    ids are known) against ``target`` before any attack (see
-    :mod:`advrank.oracles.calibrate`): None when not asked (``verify`` None: asked for a
-    remote endpoint only). Disagreement beyond tolerance raises unless ``differs``."""
+    """Calibrate ``oracle`` on the clean queries ``images [T, C, H, W]`` (gallery members
+    ``ids [T]`` when known) against ``target`` (None: the endpoint alone) before any attack
+    (see :mod:`advrank.oracles.calibrate`): None when not asked (``verify`` None: asked for
+    a remote endpoint only). Disagreement beyond tolerance raises unless ``differs``."""
     if not (oracle.remote if verify is None else verify):
         return None
     from advrank.oracles.calibrate import calibrate
 
-    anchors = selection.anchors
-    return calibrate(oracle, target.gallery.images(anchors), target, anchors,
-                     differs=differs).describe()
+    return calibrate(oracle, images, target, ids, differs=differs).describe()
 
 
 def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Oracle,
@@ -141,62 +109,50 @@ def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Ora
                      endpoint_differs: bool = False) -> AttackResult:
     """T = ``num_attacks`` query-only attacks of ``attack`` at ``eps`` with size ``k``, each
     within ``budget`` queries to ``oracle``, optimised by ``optimizer`` (a registered name or
-    an instance). ``start [T, C, H, W]``: start points (e.g. a transfer attack's images, in
-    selection order). ``also``: further kinds that measure the same images, their figures
+    an instance), measured at the endpoint with the local copy's figures beside (see the
+    module docstring). ``selection``: the attacks (default: the module docstring's rule).
+    ``start [T, C, H, W]``: start points (e.g. a transfer attack's images, in selection
+    order). ``also``: further kinds that measure the same images, their figures
     named ``KIND:figure`` (e.g. ES's disruption scored by ORDER's tau; ``selection`` must
     then be one they can read). ``checkpoints``: query counts at which the best so far is
     measured too (see :class:`advrank.attacks.query.budget.Checkpoints`), as
     ``extra["checkpoints"]`` ``{c: figures}``. ``verify``: calibrate the endpoint first
     (:func:`verify_endpoint`; default: a remote one), ``endpoint_differs``: it is expected to
-    differ from the local copy (figures recorded, no error). The result's ``extra`` holds
+    differ from the local copy (its figures alone, no error). The result's ``extra`` holds
     ``queries_used`` (mean per attack), ``queries_used_max``, ``queries_sent`` (what the
     endpoint was sent for the attacks), ``queries_lost``, ``goal_reached`` (the share of
     attacks whose goal the feedback showed, with an early-stopping optimiser, else 0),
-    ``queries_saved`` (the budget those left unspent, mean per attack), ``calibration`` (when
-    run), the oracle and the optimiser; batches draw from one generator each (keyed by seed and
-    position), so results depend on ``batch_size``."""
+    ``queries_saved`` (the budget those left unspent, mean per attack), ``evaluation`` (the
+    view and its queries, counted apart), ``calibration`` (when run), the oracle and the optimiser;
+    batches draw from one generator each (keyed by seed and position), so results depend
+    on ``batch_size``."""
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
     budget, seed = check_budget(budget), check_seed(seed)
     batch_size = check_batch_size(batch_size)
     check_progress(progress)
     gallery = target.gallery
-    selection = selection or kind.select(gallery, k, num_attacks, seed)
-    if start is not None and start.shape[0] != len(selection):
-        raise AdvrankError(f"{start.shape[0]} start images for {len(selection)} attacks")
+    anchors, gen = (selection.anchors, None) if selection is not None else \
+        select_anchors(kind, gallery, k, num_attacks, seed)
+    if start is not None and start.shape[0] != len(anchors):
+        raise AdvrankError(f"{start.shape[0]} start images for {len(anchors)} attacks")
     threat = LinfThreatModel(eps, pipeline=oracle.pipeline).for_queries(oracle.eight_bit,
                                                                          budget)
     checkpoints = check_checkpoints(checkpoints, budget)
-    calibration = verify_endpoint(target, oracle, selection, verify, endpoint_differs)
-    t0, log, ledgers, sent0 = time.time(), RankLog(), [], oracle.queries
-    reached: list[torch.Tensor] = []
-    logs: dict[int, tuple[RankLog, list[torch.Tensor]]] = {c: (RankLog(), [])
-                                                           for c in checkpoints}
-    bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
-                       unit="attack", enabled=progress)
-    for s in range(0, len(selection), batch_size):
-        part = selection.slice(s, s + batch_size)
-        gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
-        adv, ledger, snaps, met = attack_part(
-            target, kind, oracle, optimizer, threat, part, gen,
-            None if start is None else start[s : s + batch_size], checkpoints)
-        measure_part(target, [kind, *also], part, oracle, adv, snaps, log, logs)
-        ledgers.append(ledger)
-        reached.append(met)
-        bar.update(len(part))
-    bar.close()
-    result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
-    result.extra.update(query_record(ledgers, torch.cat(reached), budget,
-                                     oracle.queries - sent0, calibration))
-    result.extra.update({**oracle.describe(), **optimizer.describe()})
-    if checkpoints:
-        result.extra["checkpoints"] = checkpoint_figures(logs, kind, k, gallery, threat)
+    images = gallery.images(anchors)
+    calibration = verify_endpoint(target, oracle, images, anchors, verify, endpoint_differs)
+    trusted = not endpoint_differs
+    queries = QuerySet(images, anchors if trusted else torch.full_like(anchors, -1), anchors)
+    view = EvaluationView(oracle, visible_k(oracle.feedback))
+    if selection is None and trusted and oracle.feedback.level == "full":
+        selection = kind.select(gallery, k, num_attacks, seed)  # §4: all of it is visible
+    selection = visible_selection(kind, view, queries, k, gen, selection)
+    run = EndpointRun(kind, optimizer, oracle, view, threat,
+                      Pictures(oracle.gallery_size, gallery.images if trusted else
+                               oracle.pictures), also,
+                      local_figures(target, [kind, *also], oracle) if trusted else None)
+    result = run_endpoint_attack(run, queries, selection, eps, k, seed, batch_size, start,
+                                 progress, checkpoints)
+    if calibration is not None:
+        result.extra["calibration"] = calibration
     return result
-
-
-def checkpoint_figures(logs: dict[int, tuple[RankLog, list[torch.Tensor]]], kind: AttackKind,
-                       k: int, gallery, threat: LinfThreatModel) -> dict[int, dict[str, Any]]:
-    """``{c: figures}``: each checkpoint's figures with the queries spent by then (mean)."""
-    return {c: {**log_c.result(kind, threat.eps, k, gallery, threat, 0.0).figures,
-                "queries_used": torch.cat(by_then).double().mean().item()}
-            for c, (log_c, by_then) in logs.items()}

@@ -4,7 +4,7 @@ what a table cell and a store cell hold), and the store keys and checks of such 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,7 +84,7 @@ class RankLog:
             for key, values in figures.items():
                 log.setdefault(key, []).append(check_finite(values, f"figure {key!r}").cpu())
 
-    def result(self, kind: AttackKind, eps: float, k: int, gallery: Gallery,
+    def result(self, kind: AttackKind, eps: float, k: int, gallery: Gallery | Sized,
                threat: LinfThreatModel, seconds: float) -> AttackResult:
         before = {key: torch.cat(v) for key, v in self.before.items()}
         after = {key: torch.cat(v) for key, v in self.after.items()}

@@ -167,6 +167,26 @@ class Oracle:
         hit = ids.long().cpu()[:, None, :] == named[:, :, None]  # [N, j, L]
         return torch.where(hit.any(-1), hit.long().argmax(-1), -1)
 
+    @property
+    def named_depth(self) -> int | None:
+        """How deep :meth:`ranks_of` sees (None: it cannot read named ranks; an oracle in this
+        process ranks the whole gallery)."""
+        return self.gallery_size
+
+    def ranks_of(self, images: torch.Tensor, named: torch.Tensor) -> torch.Tensor:
+        """``[N, j]``: where each of ``named [N, j]`` sits in the endpoint's list for
+        ``images [N, C, H, W]`` (uploaded here), 0 = nearest, -1 beyond :attr:`named_depth`;
+        outside any attack's budget (each request counted in ``queries``). What an
+        evaluation reads (:mod:`advrank.oracles.evaluation`), whatever the feedback."""
+        named = check_named(named, images.shape[0], self.gallery_size)
+        self.queries += int(images.shape[0])
+        return self.rank(self.upload(images), named)
+
+    def pictures(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """``[N, C, H, W]``: the endpoint's own pictures of gallery ``ids [N]`` (a service's
+        thumbnails), None when it shows none. Not a search: never counted in ``queries``."""
+        return None
+
     def exchange(self, images: torch.Tensor, depth: int, named: torch.Tensor | None,
                  resend: Callable[[int], bool] | None) -> Answer:
         """The endpoint's answer for ``images [N, C, H, W]`` (N >= 1, already uploaded): the

@@ -34,7 +34,7 @@ import torch
 from advrank.core.checks import check_int
 from advrank.core.target import SearchTarget
 from advrank.errors import AdvrankError
-from advrank.oracles.base import Answer, Feedback, Oracle, named_list
+from advrank.oracles.base import Answer, Feedback, Oracle, check_named, named_list
 from advrank.oracles.info import read_info
 from advrank.oracles.schemas import Schema, get_schema
 from advrank.oracles.transport import Patience, Transport
@@ -44,6 +44,7 @@ from advrank.registry import ORACLES
 INFO_CAP = 1 << 20  # bytes of a /info answer
 BASE_CAP = 256 << 10  # bytes of any search answer, plus PER_ID per id it may hold
 PER_ID = 64
+THUMB_CAP = 32 << 20  # bytes of one thumbnail
 
 
 def _httpx():
@@ -77,6 +78,22 @@ def png_bytes(images: torch.Tensor) -> list[bytes]:
             buf, "PNG", compress_level=1)
         out.append(buf.getvalue())
     return out
+
+
+def png_image(body: bytes | None, shape: list[int], where: str) -> torch.Tensor:
+    """A thumbnail's bytes as ``[C, H, W]`` in [0, 1] at ``shape`` (C, H, W), one line when
+    it is not such a picture."""
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(body or b"")).convert("L" if shape[0] == 1 else "RGB")
+    except Exception:  # PIL raises many types for bytes it cannot read
+        raise AdvrankError(f"{where} answered something that is not a picture") from None
+    if list(img.size) != [shape[2], shape[1]]:
+        raise AdvrankError(f"{where} is {img.size[0]} x {img.size[1]} pixels, not the "
+                           f"model's {shape[2]} x {shape[1]}")
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).float() / 255
+    return pixels[None] if shape[0] == 1 else pixels.permute(2, 0, 1)
 
 
 @ORACLES.register("http", aliases=("https",), argument="//HOST:PORT")
@@ -271,9 +288,11 @@ class HttpOracle(Oracle):
         ids, dist, _ = self._search(images, depth, scores)
         return ids, dist
 
-    def _ranks(self, images: torch.Tensor, named: torch.Tensor, resend=None):
-        """``(ranks [N, j] (-1: beyond the list or lost), lost [N])`` from ``rank_of``."""
-        where, k = f"{self.url}/search?rank_of", self.gallery_size
+    def _ranks(self, images: torch.Tensor, named: torch.Tensor, resend=None,
+               k: int | None = None):
+        """``(ranks [N, j] (-1: beyond the top ``k`` (default |X|) or lost), lost [N])`` from
+        ``rank_of``."""
+        where, k = f"{self.url}/search?rank_of", k or self.gallery_size
         requests = [self.schema.ranks_request(body, k, row)
                     for body, row in zip(png_bytes(images), named.tolist(), strict=True)]
         raw = self._run(self._all(requests, [answer_cap(0, named.shape[1])] * len(requests),
@@ -291,6 +310,41 @@ class HttpOracle(Oracle):
         if not self.ranks_named:
             return super().rank(images, named)
         return self._ranks(images, named)[0]
+
+    @property
+    def named_depth(self) -> int | None:
+        """The service's ``rank_of`` depth (its ``max_k``: the whole gallery when it serves
+        that deep), None when it offers none."""
+        if self.info is None or not (self.info.named_ranks and self.schema.ranks):
+            return None
+        return self.max_depth
+
+    def ranks_of(self, images, named):
+        depth = self.named_depth
+        if depth is None:
+            raise AdvrankError(f"the service at {self.url} offers no rank_of")
+        named = check_named(named, images.shape[0], self.gallery_size)
+        return self._ranks(self.upload(images), named, None, depth)[0]
+
+    def pictures(self, ids):
+        """The service's thumbnails (``GET /items/{id}/thumbnail``, where /info says
+        ``items``) as ``[N, C, H, W]`` in [0, 1]; None where it shows none."""
+        if self.info is None or not self.info.items or not self.info.input_size:
+            return None
+        paths = [f"/items/{int(i)}/thumbnail" for i in ids.tolist()]
+
+        async def fetch_all():
+            slots = asyncio.Semaphore(self.in_flight)
+
+            async def one(path: str) -> bytes | None:
+                async with slots:
+                    return await self.transport.fetch("GET", path, THUMB_CAP)
+
+            return await asyncio.gather(*(one(path) for path in paths))
+
+        raw = self._run(fetch_all())
+        return torch.stack([png_image(body, self.info.input_size, f"{self.url}{path}")
+                            for body, path in zip(raw, paths, strict=True)])
 
     def exchange(self, images, depth, named, resend):
         if named is not None:

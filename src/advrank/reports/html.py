@@ -348,8 +348,11 @@ def _deployed(report: dict, plot: bytes | None) -> str:
            "standard error) before and after the attack, for the white-box attack on float "
            "pixels" + (f", the same adversarial images after the upload pipeline "
                        f"<code>{esc(d['pipeline'])}</code>" if d.get("pipeline") else "")
-           + (", and query-only attacks that see only the search's answers (the local oracle: "
-              "the audited model and gallery, exact search), measured exactly"
+           + (", and query-only attacks that see only the search's answers (" + (
+               "the local oracle: the audited model and gallery, exact search"
+               if d["query"].get("oracle", "local") == "local" else
+               f"the endpoint <code>{esc(d['query']['oracle'])}</code>, calibrated against the "
+               "audited model first") + "), every figure read from its answers"
               if d.get("query") else "") + ".</p>"]
     if d.get("transfer"):
         out.append("<p>Transfer: the white-box attacks made on the source model "

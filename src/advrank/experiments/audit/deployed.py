@@ -155,7 +155,7 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
     settings = None if config.query_budget is None else {
         "budget": config.query_budget, "feedback": parse_feedback(config.feedback or "full")
         .describe(), "optimizer": get_optimizer(config.optimizer).name,
-        "oracle": "local", "marks": config.query_marks, "plot": QUERY_PLOT}
+        "oracle": config.oracle or "local", "marks": config.query_marks, "plot": QUERY_PLOT}
     first: dict[str, Any] = next((st.get(cell_key(a, e, config.size(kinds[a]))) for a in kinds
                   for e in config.eps_values), {})
     return {"query": settings, "pipeline": config.upload_identity()["pipeline"],

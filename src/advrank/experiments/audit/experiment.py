@@ -18,6 +18,7 @@ from advrank.attacks.base import AttackKind
 from advrank.core.checks import format_eps
 from advrank.core.metrics import query_metrics
 from advrank.core.runtime import progress_bar
+from advrank.errors import AdvrankError
 from advrank.experiments.audit.panels import example_panels
 from advrank.experiments.audit.plan import audit_plan, estimate_message
 from advrank.experiments.audit.settings import AuditConfig, fingerprints_of
@@ -108,6 +109,7 @@ class Audit(Experiment):
                 "steps": config.steps, "step_size": config.step_size,
                 "options": {a: kind.options for a, kind in self.kinds.items()},
                 "index": None if self.index is None else self.index.spec,
+                "query_oracle": "local" if config.oracle is None else "endpoint",
                 **config.upload_identity()}
 
     def check_cell(self, key: str, cell) -> str | None:
@@ -145,9 +147,14 @@ class Audit(Experiment):
                  if key not in store]  # PGD on the source: timed on the audited model
         plan = audit_plan(self.target, self.kinds, self.config, self.t, todo, query_todo)
         self.log(estimate_message(plan))
-        with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
-                          enabled=self.progress) as self.bar:
-            yield
+        try:
+            with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
+                              enabled=self.progress) as self.bar:
+                yield
+        finally:
+            if self.oracle is not None:  # an endpoint's connections
+                self.oracle.close()
+                self.oracle = None
         self.bar = None
 
     def cell(self, attack: str, eps: float) -> dict[str, Any]:
@@ -161,23 +168,26 @@ class Audit(Experiment):
                           index=self.index).summary()
 
     def query_cell(self, attack: str, eps: float) -> dict[str, Any]:
-        """The query-only attacks of one (attack, eps): the white-box cell's selection, through
-        the local oracle (exact search over the audited gallery), measured exactly, with the
-        best-so-far rank at each of the config's query marks."""
+        """The query-only attacks of one (attack, eps): the white-box cell's selection (at
+        top-k feedback, its queries with targets from their visible lists), through the local
+        oracle or the config's endpoint (calibrated first), every figure read from its
+        answers, with the best-so-far rank at each of the config's query marks."""
         from advrank.experiments.query import run_query_attack
-        from advrank.oracles import make_oracle
 
         kind, config = self.kinds[attack], self.config
         if self.oracle is None:
-            self.oracle = make_oracle("local", self.target, config.feedback or "full")
+            self.oracle = query_oracle(self.target, config)
         k = config.size(kind)
         selection, _ = self.columns(attack, kind, k)
+        if config.feedback not in (None, "full"):  # candidates the attacker can see
+            selection = None
         result = run_query_attack(self.target, kind, self.oracle, config.optimizer, float(eps),
                                   k, self.t, config.query_budget, seed=config.seed,
                                   batch_size=config.batch_size, selection=selection,
-                                  progress=False, checkpoints=config.query_marks)
+                                  progress=False, checkpoints=config.query_marks,
+                                  endpoint_differs=config.endpoint_differs)
         if self.bar is not None:
-            self.bar.update(len(selection))
+            self.bar.update(result.num_attacks)
         summary = result.summary()
         summary["checkpoints"] = [  # the rank-vs-queries points the report draws
             {"queries": c, **{key: v for key, v in figures.items()
@@ -233,6 +243,20 @@ class Audit(Experiment):
         store.flush()
         store.write_text(settings.REPORT_HTML, audit_html(store.content(), panels, plot))
         return summary
+
+
+def query_oracle(target: Target, config: AuditConfig) -> Oracle:
+    """The oracle of the query-only rows: the local one, or the config's endpoint (whose
+    ranks the deployed view reads: it must serve every depth)."""
+    from advrank.oracles import make_oracle
+
+    oracle = make_oracle(config.oracle or "local", target, config.feedback or "full")
+    if oracle.named_depth is None or oracle.named_depth < len(target.gallery):
+        oracle.close()
+        raise AdvrankError(f"the deployed view reads ranks: the endpoint {config.oracle} shows "
+                           f"{oracle.max_depth} of {len(target.gallery)} results (start it "
+                           f"with --max-k {len(target.gallery)})")
+    return oracle
 
 
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,

@@ -31,7 +31,8 @@ DEFAULT_AUDIT_EPS = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
 AUDIT_ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
 RECALL_KS = (1, 2, 4, 8)
 #: identity values of audits written before the setting existed
-IMPLIED_IDENTITY = {"index": None, "pipeline": None, "through_pipeline": False}
+IMPLIED_IDENTITY = {"index": None, "pipeline": None, "through_pipeline": False,
+                    "query_oracle": "local"}
 @dataclass
 class AuditConfig:
     """What an audit runs. ``num_attacks`` None: min(1000, |X|) per (attack, eps) cell (the
@@ -45,7 +46,9 @@ class AuditConfig:
     ``query_budget`` (None: off): queries per attack of the query-only rows (the kinds with a
     query-only form, at every eps > 0, on the white-box cells' selections) through the local
     oracle at ``feedback`` (``full``, ``topk:K``, ``topk-scores:K``; None: full), optimised by
-    ``optimizer``."""
+    ``optimizer``; ``oracle``: an endpoint (a URL) the query-only rows go through instead,
+    calibrated against the audited model first (``endpoint_differs``: expected to differ),
+    their figures read from its answers."""
 
     eps_values: Sequence[float] = DEFAULT_AUDIT_EPS
     attacks: Sequence[str] = AUDIT_ATTACKS
@@ -64,6 +67,8 @@ class AuditConfig:
     query_budget: int | None = None
     feedback: str | None = None
     optimizer: str = "random"
+    oracle: str | None = None
+    endpoint_differs: bool = False
 
     def validate(self, gallery_size: int | None = None) -> dict[str, AttackKind]:
         """Check every setting (before any work); returns the attack kinds."""
@@ -91,13 +96,17 @@ class AuditConfig:
         """The query-only settings: a budget, a feedback level and an optimiser, and at least
         one attack kind with a query-only form; feedback without a budget is refused."""
         if self.query_budget is None:
-            if self.feedback is not None:
-                raise AdvrankError("feedback applies to the query-only rows: give a query "
-                                   "budget too (--query-budget B)")
+            if self.feedback is not None or self.oracle is not None:
+                raise AdvrankError("feedback and an oracle apply to the query-only rows: give "
+                                   "a query budget too (--query-budget B)")
             return
         check_budget(self.query_budget)
         parse_feedback(self.feedback or "full")
         get_optimizer(self.optimizer)
+        if self.oracle is not None:
+            from advrank.oracles import split_oracle_spec
+
+            split_oracle_spec(self.oracle)
         if not any(kind.query_only for kind in kinds.values()):
             raise AdvrankError(f"the query-only rows need an attack with a query-only form "
                                f"(QA+, QA-, ES) among {', '.join(kinds)}")
