@@ -56,23 +56,48 @@ def claim(out_dir: str | Path) -> Iterator[Path]:
     if not distributed.is_main():
         yield folder
         return
+    created = _first_missing(folder)
     check_writable_dir(folder)
     real = os.path.realpath(folder)
     if real in _HELD:
         yield folder
         return
-    with exclusive(folder / LOCK_NAME, f"output folder {folder}"):
-        _HELD.add(real)
-        try:
-            yield folder
-        finally:
-            _HELD.discard(real)
+    try:
+        with exclusive(folder / LOCK_NAME, f"output folder {folder}"):
+            _HELD.add(real)
+            try:
+                yield folder
+            finally:
+                _HELD.discard(real)
+    except BaseException:  # a refused or interrupted run leaves no empty folder it made
+        if created is not None:
+            _remove_empty(created)
+        raise
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: it does)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            return missing
+        missing = path
+    return missing
+
+
+def _remove_empty(root: Path) -> None:
+    """Remove ``root`` and the folders below it when they hold no file at all."""
+    for path, _folders, files in os.walk(root, topdown=False):
+        if not files:
+            with contextlib.suppress(OSError):  # not empty (a folder kept below): keep it
+                os.rmdir(path)
 
 
 #: the possible values of the attack figures (ranks and recalls are percentages; the curves
-#: name a paper attack's rank by the attack); cosine allows float32 rounding
+#: name a paper attack's rank by the attack); cosine and shift allow float32 rounding (1 - cos
+#: of an embedding with itself can come out as -3e-8)
 FIGURE_RANGES = {"rank": (0.0, 100.0), "recall@1": (0.0, 100.0), "retain@4": (0.0, 100.0),
-                 "cosine": (-1.001, 1.001), "shift": (0.0, math.inf),
+                 "cosine": (-1.001, 1.001), "shift": (-1e-6, math.inf),
                  **{a: (0.0, 100.0) for a in ("CA+", "CA-", "QA+", "QA-")}}
 
 
