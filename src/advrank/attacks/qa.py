@@ -374,8 +374,10 @@ class QueryAttack(AttackKind):
 
     @torch.no_grad()
     def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):
-        """``rank [B]`` (R_QA, %), ``sp_rank [B]`` (worst R over C_SP, %) and ``recall@1 [B]``
-        (100 if q~'s nearest other member shares q's label, else 0)."""
+        """``rank [B]`` (R_QA, %), ``sp_rank [B]`` (the worst R over C_SP, %: the member of
+        C_SP the attack moved furthest; the ECCV code reports their mean, ``sp_rank_mean
+        [B]``, kept beside it) and ``recall@1 [B]`` (100 if q~'s nearest other member shares
+        q's label, else 0)."""
         g_emb, dist, labels, n = gallery.embeddings, gallery.distance, gallery.labels, len(gallery)
         anchors, targets = part.anchors.to(g_emb.device), part.targets.to(g_emb.device)
         thr = dist.paired(emb[:, None, :], g_emb[targets])  # d(q~, c) [B, m]
@@ -387,6 +389,7 @@ class QueryAttack(AttackKind):
             thr_sp = dist.paired(emb[:, None, :], g_emb[sp])
             sp_ranks = count_closer(emb, thr_sp, g_emb, dist, exclude=excl, targets=sp).float()
             out["sp_rank"] = (100.0 * sp_ranks / n).max(1).values
+            out["sp_rank_mean"] = (100.0 * sp_ranks / n).mean(1)
         nn1 = nearest_neighbors(emb, g_emb, 1, dist, anchors)[:, 0]
         out["recall@1"] = 100.0 * (labels[nn1] == labels[anchors]).float()
         return out

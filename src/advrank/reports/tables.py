@@ -39,8 +39,10 @@ def format_attack(summary: dict) -> str:
     parts = []
     for fig in figures:
         unit, places = ("%", 2) if fig != head or digits == 1 else ("", 4)
+        name = {"sp_rank": "sp_rank (worst of C_SP)",  # the ECCV code reports the mean
+                "sp_rank_mean": "sp_rank_mean (mean of C_SP, as the ECCV code)"}.get(fig, fig)
         se = summary.get(f"{fig}_after_se")
-        parts.append(f"{fig} {summary[f'{fig}_before']:.{places}f}{unit} -> "
+        parts.append(f"{name} {summary[f'{fig}_before']:.{places}f}{unit} -> "
                      f"{summary[f'{fig}_after']:.{places}f}{unit}"
                      + (f" (± {se:.{places}f})" if se is not None else ""))
     return (f"{summary['attack']} eps={summary['eps']:g} {summary.get('k_name') or 'k'}="
@@ -84,7 +86,8 @@ def _sp_lines(cells: list[dict]) -> list[str]:
         for c in sp:
             if c["attack"] == a:
                 worst[c["eps"]] = max(worst.get(c["eps"], 0.0), c["sp_rank_after"])
-        lines.append(f"{a}: mean worst rank of C_SP after attack, max over "
+        lines.append(f"{a}: mean worst rank of C_SP after attack (the worst of each "
+                     "attack's C_SP members; the ECCV code reports their mean), max over "
                      f"{size_name(a)}: " + ", ".join(f"ε={e:g}: {v:.1f}%"
                                                     for e, v in sorted(worst.items())))
     return lines
