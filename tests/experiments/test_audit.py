@@ -124,7 +124,7 @@ def _fake_probes(monkeypatch, step=0.5, measure=0.1, per_query=0.01):
     monkeypatch.setattr(plan_module, "probe_seconds", lambda *a, **k: 0.0)
     monkeypatch.setattr(plan_module, "pgd_step_seconds", lambda *a, **k: step)
     monkeypatch.setattr(plan_module, "measure_seconds", lambda *a, **k: measure)
-    monkeypatch.setattr(plan_module, "query_seconds", lambda *a, **k: per_query)
+    monkeypatch.setattr(plan_module, "query_seconds", lambda *a, **k: (per_query, measure))
 
 
 def _plan(target, config, store=None, t=None):
@@ -180,7 +180,7 @@ def test_probes_run_on_real_work(digits_target):
                      query_budget=10, pipeline="png")
     cells, probes = _plan(digits_target, config)
     assert set(probes["pgd_step"]) == set(probes["measure"]) == {"CA+", "QA+"}
-    assert set(probes["per_query"]) == {"QA+"}
+    assert set(probes["per_query"]) == set(probes["query_measure"]) == {"QA+"}
     assert all(v > 0 for group in ("pgd_step", "measure", "per_query")
                for v in probes[group].values())
     assert [c.group for c in cells] == ["white-box", "white-box", "query-only"]

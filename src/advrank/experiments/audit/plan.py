@@ -37,6 +37,8 @@ from advrank.experiments.target import Target
 LONG_AUDIT_SECONDS = 30 * 60
 #: queries per attack of the query-only probe: a fiftieth of the budget, at least this many
 QUERY_PROBE_MIN = 10
+#: attacks whose measurement is timed (and scaled to the batch)
+MEASURE_PROBE = 32
 
 
 @dataclass
@@ -117,21 +119,25 @@ def pgd_step_seconds(target: Target, kind: AttackKind, config: AuditConfig, part
 
 def measure_seconds(target: Target, kind: AttackKind, config: AuditConfig, part: Selection,
                     eps: float, index=None) -> float:
-    """Seconds to embed and measure one batch of attacked images as a cell does: the kind's
-    figures, and the index search and upload pipeline when the audit has them."""
+    """Seconds to embed and measure the batch ``part`` of attacked images as a cell does: the
+    kind's figures, and the index search and upload pipeline when the audit has them. Timed
+    on its first :data:`MEASURE_PROBE` attacks (after an untimed pass: first calls pay their
+    set-up) and scaled to the batch: the work is per attack (a forward pass, a count over the
+    gallery, an insertion into the index, an encoding)."""
     from advrank.core.execution import BatchSplitter
     from advrank.experiments.protocol import Measurement, embed_checked
 
     g = target.gallery
-    splitter = BatchSplitter(len(part), "probe", device=g.device)
+    sample = part.slice(0, min(len(part), MEASURE_PROBE))
+    splitter = BatchSplitter(len(sample), "probe", device=g.device)
     measure = Measurement(target.model, g, kind, config.threat(eps, kind), splitter, index)
-    images = g.images(part.anchors)
+    images = g.images(sample.anchors)
 
     def work() -> None:
-        measure(part, embed_checked(target.model, images, splitter), images)
+        measure(sample, embed_checked(target.model, images, splitter), images)
 
-    work()  # untimed: first calls (the index's copy, the pipeline's codec) pay their set-up
-    return _timed(g.device, work)
+    work()
+    return _timed(g.device, work) * len(part) / len(sample)
 
 
 def query_probe_budget(budget: int) -> int:
@@ -140,18 +146,22 @@ def query_probe_budget(budget: int) -> int:
 
 
 def query_seconds(target: Target, kind: AttackKind, config: AuditConfig, part: Selection,
-                  eps: float, oracle) -> float:
-    """Seconds per query of one attack: a short query-only run (:func:`query_probe_budget`
-    queries per attack) of ``kind`` on the batch ``part`` through ``oracle`` (a probe's own
-    oracle, so that the cells' query counts stay theirs), divided by the queries it sent."""
-    from advrank.experiments.query import run_query_attack
+                  eps: float, oracle) -> tuple[float, float]:
+    """``(seconds per query of one attack, seconds of one measurement of the batch)``: a short
+    query-only run (:func:`query_probe_budget` queries per attack) of ``kind`` on the batch
+    ``part`` through ``oracle`` (a probe's own oracle, so that the cells' query counts stay
+    theirs), its two measurements (the clean and the attacked figures, timed once more
+    here) taken off, divided by the queries it sent."""
+    from advrank.experiments.query import measure_all, run_query_attack
 
     budget = query_probe_budget(config.query_budget or 1)
     result = run_query_attack(target, kind, oracle, config.optimizer, float(eps),
                               config.size(kind), len(part), budget, seed=config.seed,
                               batch_size=len(part), selection=part, progress=False)
+    images = target.gallery.images(part.anchors)
+    measure = _timed(target.gallery.device, lambda: measure_all(target, [kind], part, images))
     sent = max(1.0, result.extra["queries_used"] * len(part))
-    return result.seconds / sent
+    return max(result.seconds - 2 * measure, result.seconds / 2) / sent, measure
 
 
 def batches_of(t: int, batch: int) -> int:
@@ -204,10 +214,10 @@ def _probes(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t
     stepping = {a for _, a, e in work.white_box if float(e) > 0}
     if work.panels and eps_max > 0:
         stepping |= set(kinds)
-    measured = {a for _, a, _ in work.white_box + work.query + work.transfer}
+    measured = {a for _, a, _ in work.white_box + work.transfer}
     moved = {a for _, a, _ in work.transfer}
     out: dict[str, Any] = {"batch": batch, "pgd_step": {}, "measure": {}, "per_query": {},
-                           "source_step": {}}
+                           "query_measure": {}, "source_step": {}}
     start = time.perf_counter()
     if stepping or measured:
         probe_seconds(target, batch)  # untimed: the model's first call pays its set-up
@@ -219,8 +229,8 @@ def _probes(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t
             0, batch), eps_max, index)
     for a in sorted({a for _, a, _ in work.query}):
         eps = max(float(e) for _, b, e in work.query if b == a)
-        out["per_query"][a] = query_seconds(target, kinds[a], config,
-                                            select(a).slice(0, batch), eps, oracle())
+        out["per_query"][a], out["query_measure"][a] = query_seconds(
+            target, kinds[a], config, select(a).slice(0, batch), eps, oracle())
     if moved and source is not None:
         probe_seconds(source, batch)
         for a in sorted(moved):
@@ -255,8 +265,8 @@ def plan_cells(target: Target, kinds: dict[str, AttackKind], config: AuditConfig
         cells.append(CellPlan(key, "white-box", t, seconds))
     for key, a, _ in work.query:
         cells.append(CellPlan(key, "query-only", t, query_cost(
-            probes["per_query"][a], t, config.query_budget or 0, measure[a], batches,
-            len(config.query_marks))))
+            probes["per_query"][a], t, config.query_budget or 0,
+            probes["query_measure"][a] * share, batches, len(config.query_marks))))
     for key, a, e in work.transfer:
         eta = config.threat(e, kinds[a]).eta
         cells.append(CellPlan(key, "transfer", t, batches * (
