@@ -143,7 +143,8 @@ def main(argv=None) -> int:
 
     set_command(None)
     out, work = Path(args.out), Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    for folder in (out, work):
+        folder.mkdir(parents=True, exist_ok=True)
     sizes = SMOKE if args.smoke else FULL
     rows = []
     for name in [r.strip() for r in args.runs.split(",") if r.strip()]:

@@ -125,6 +125,7 @@ def _fake_probes(monkeypatch, step=0.5, measure=0.1, per_query=0.01):
     monkeypatch.setattr(plan_module, "pgd_step_seconds", lambda *a, **k: step)
     monkeypatch.setattr(plan_module, "measure_seconds", lambda *a, **k: measure)
     monkeypatch.setattr(plan_module, "query_seconds", lambda *a, **k: (per_query, measure))
+    monkeypatch.setattr(plan_module, "retrieval_seconds", lambda *a, **k: 0.3)
 
 
 def _plan(target, config, store=None, t=None):
@@ -146,10 +147,12 @@ def test_audit_plan_prices_each_cell_from_its_probes(digits_target, monkeypatch)
     # the panels: a pool of 4 at the largest eps, 2 batches x 2 steps x 0.5 per kind
     assert by_key["panels"].seconds == pytest.approx(4.0) and by_key["panels"].attacks == 8
     assert sum(c.attacks for c in cells) == 6 * 4 + 8 and probes["batch"] == 3
+    assert by_key["retrieval"].seconds == 0.3 and by_key["retrieval"].attacks == 0
     model = audit_module.TimeModel(cells, probes)
-    assert model.estimated == pytest.approx(13.2)
+    assert model.estimated == pytest.approx(13.5)
     message = audit_module.estimate_message(model, "ADVICE")
-    assert "estimated time about 13 s for 6 white-box cells, the example panels" in message
+    assert ("estimated time about 14 s for Recall@K and mAP, 6 white-box cells, the example "
+            "panels") in message
     assert "warning" not in message
     monkeypatch.setattr(timing_module, "LONG_AUDIT_SECONDS", 1.0)
     assert "long run; ADVICE" in audit_module.estimate_message(model, "ADVICE")
@@ -183,7 +186,8 @@ def test_probes_run_on_real_work(digits_target):
     assert set(probes["per_query"]) == set(probes["query_measure"]) == {"QA+"}
     assert all(v > 0 for group in ("pgd_step", "measure", "per_query")
                for v in probes[group].values())
-    assert [c.group for c in cells] == ["white-box", "white-box", "query-only"]
+    assert [c.group for c in cells] == ["retrieval", "white-box", "white-box", "query-only"]
+    assert probes["retrieval"] > 0
 
 
 def test_default_t_fits_the_collection_with_a_note(digits_target, tmp_path):

@@ -9,11 +9,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from advrank.attacks.base import AttackKind
 from advrank.core.checks import format_eps
-from advrank.core.metrics import query_metrics
 from advrank.errors import AdvrankError
 from advrank.experiments.audit.deployed import (
     check_query_cell,
@@ -26,6 +23,7 @@ from advrank.experiments.audit.deployed import (
 )
 from advrank.experiments.audit.panels import example_panels
 from advrank.experiments.audit.plan import Work, plan_cells
+from advrank.experiments.audit.retrieval import retrieval_figures
 from advrank.experiments.audit.settings import (
     AUDIT_FORMAT,
     IMPLIED_IDENTITY,
@@ -83,26 +81,6 @@ def check_cell(key: str, cell) -> str | None:
         return "no attack count or time"
     return None
 
-def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, Any]:
-    """Recall@1/2/4/8 and mAP (%): the query split against the gallery, or members of X as
-    queries left out of their own lists (a seeded sample of ``max_queries`` when X is larger)."""
-    g = target.gallery
-    n = len(g)
-    if target.queries is not None:
-        q_emb, q_labels = target.queries
-        own, mode = None, "query split vs gallery"
-    else:
-        idx = torch.arange(n)
-        if n > max_queries:
-            idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_queries]
-            idx = idx.sort().values
-        dev = g.embeddings.device
-        q_emb, q_labels, own = g.embeddings[idx.to(dev)], g.labels[idx.to(dev)], idx
-        mode = "each member of X vs the rest" + (" (a seeded sample)" if n > max_queries else "")
-    figures = query_metrics(q_emb, q_labels, g.embeddings, g.labels, g.distance, RECALL_KS, own)
-    return {**figures, "queries": int(q_labels.numel()), "query_mode": mode,
-            "gallery_size": n, "classes": int(g.labels.unique().numel())}
-
 class Audit(Experiment):
     """The audit's declaration: a retrieval cell, then one cell per (attack, eps); see
     :func:`run_audit`."""
@@ -142,8 +120,12 @@ class Audit(Experiment):
     def cells(self, store: Store) -> list[Cell]:
         config = self.config
         work = self.work(None)
-        return [Cell("retrieval", lambda: retrieval_figures(self.target, config.max_queries,
-                                                             config.seed)),
+        def retrieval():
+            if self.time is not None:
+                self.time.begin("retrieval")
+            return retrieval_figures(self.target, config.max_queries, config.seed)
+
+        return [Cell("retrieval", retrieval),
                 *(Cell(key, self._timed(key, self.cell, a, e)) for key, a, e in work.white_box),
                 *(Cell(key, self._timed(key, self.query_cell, a, e))
                   for key, a, e in work.query),
@@ -170,7 +152,8 @@ class Audit(Experiment):
         def todo(cells):
             return [c for c in cells if store is None or c[0] not in store]
 
-        return Work(todo(left), todo(query), todo(moved), config.examples > 0)
+        return Work(todo(left), todo(query), todo(moved), config.examples > 0,
+                    store is None or "retrieval" not in store)
 
     def plan(self, store: Store | None = None):
         """``(cells left, probes)``: the cells left, each priced from its probe (the probes

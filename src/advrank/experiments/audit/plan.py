@@ -39,6 +39,8 @@ LONG_AUDIT_SECONDS = 30 * 60
 QUERY_PROBE_MIN = 10
 #: attacks whose measurement is timed (and scaled to the batch)
 MEASURE_PROBE = 32
+#: queries whose retrieval figures are timed (and scaled to the retrieval cell's)
+RETRIEVAL_PROBE = 100
 
 
 @dataclass
@@ -140,6 +142,22 @@ def measure_seconds(target: Target, kind: AttackKind, config: AuditConfig, part:
     return _timed(g.device, work) * len(part) / len(sample)
 
 
+def retrieval_seconds(target: Target, config: AuditConfig) -> float:
+    """Seconds of the retrieval cell: Recall@K and mAP of :data:`RETRIEVAL_PROBE` queries,
+    timed and scaled to the queries the cell measures (each ranks the whole gallery)."""
+    from advrank.experiments.audit.retrieval import retrieval_figures
+
+    n = len(target.gallery)
+    queries = len(target.queries[1]) if target.queries is not None else \
+        min(n, config.max_queries)
+    if target.queries is not None:  # the split is measured whole: time it at its size
+        return _timed(target.gallery.device,
+                      lambda: retrieval_figures(target, config.max_queries, config.seed))
+    sample = min(queries, RETRIEVAL_PROBE)
+    return _timed(target.gallery.device, lambda: retrieval_figures(
+        target, sample, config.seed)) * queries / sample
+
+
 def query_probe_budget(budget: int) -> int:
     """The queries per attack of the query-only probe (at most the budget)."""
     return min(budget, max(QUERY_PROBE_MIN, budget // 50))
@@ -196,12 +214,14 @@ def query_cost(per_query: float, t: int, budget: int, measure: float, batches: i
 @dataclass
 class Work:
     """The cells an audit has left, each ``(key, attack, eps)``: white-box, query-only and
-    transfer cells; ``panels``: whether the example panels run at the end."""
+    transfer cells; ``panels``: whether the example panels run at the end; ``retrieval``:
+    whether Recall@K and mAP are still to measure."""
 
     white_box: list[tuple[str, str, float]]
     query: list[tuple[str, str, float]]
     transfer: list[tuple[str, str, float]]
     panels: bool
+    retrieval: bool = False
 
 
 def _probes(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t: int,
@@ -231,6 +251,8 @@ def _probes(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t
         eps = max(float(e) for _, b, e in work.query if b == a)
         out["per_query"][a], out["query_measure"][a] = query_seconds(
             target, kinds[a], config, select(a).slice(0, batch), eps, oracle())
+    if work.retrieval:
+        out["retrieval"] = retrieval_seconds(target, config)
     if moved and source is not None:
         probe_seconds(source, batch)
         for a in sorted(moved):
@@ -256,6 +278,8 @@ def plan_cells(target: Target, kinds: dict[str, AttackKind], config: AuditConfig
     step = {a: s * share for a, s in probes["pgd_step"].items()}
     measure = {a: s * share for a, s in probes["measure"].items()}
     cells, clean_done = [], set()
+    if work.retrieval:
+        cells.append(CellPlan("retrieval", "retrieval", 0, probes.get("retrieval", 0.0)))
     for key, a, e in work.white_box:
         eta = config.threat(e, kinds[a]).eta if float(e) > 0 else 0
         seconds = white_box_cost(step.get(a, 0.0), measure[a], eta, batches)

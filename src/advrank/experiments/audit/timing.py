@@ -104,8 +104,9 @@ def estimate_message(model: TimeModel, advice: str | None = None) -> str:
     groups: dict[str, int] = {}
     for cell in model.cells.values():
         groups[cell.group] = groups.get(cell.group, 0) + 1
-    what = ", ".join(f"{n} {g} cell{'s' if n > 1 else ''}" if g != "panels" else
-                     "the example panels" for g, n in groups.items())
+    named = {"panels": "the example panels", "retrieval": "Recall@K and mAP"}
+    what = ", ".join(named.get(g) or f"{n} {g} cell{'s' if n > 1 else ''}"
+                     for g, n in groups.items())
     text = (f"audit: estimated time about {format_duration(model.estimated)} for {what} "
             f"(priced from probes of each kind of cell, {model.probes.get('seconds', 0):.0f} s)")
     if model.estimated > LONG_AUDIT_SECONDS:
