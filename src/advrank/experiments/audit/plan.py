@@ -104,9 +104,9 @@ def pgd_step_seconds(target: Target, kind: AttackKind, config: AuditConfig, part
                      eps: float) -> float:
     """Seconds of one PGD step of ``kind`` on the batch ``part`` of its selection, at ``eps``,
     exactly as a cell runs it (objective prepared, the pipeline when attacked through): a
-    run of one step first, untimed (the kind's first call pays for its set-up, as the first
-    batch of a cell does once), then half a run of two steps (the batch's fixed costs shared
-    out over its steps)."""
+    run of one step, untimed (the kind's first call pays for its set-up, as the first batch
+    of a cell does once), then the same run timed (the batch's fixed costs, small beside a
+    step, counted with it)."""
     from advrank.experiments.protocol import attack_batches
 
     def run(steps: int) -> None:
@@ -116,7 +116,7 @@ def pgd_step_seconds(target: Target, kind: AttackKind, config: AuditConfig, part
             pass
 
     run(1)
-    return _timed(target.gallery.device, lambda: run(2)) / 2
+    return _timed(target.gallery.device, lambda: run(1))
 
 
 def measure_seconds(target: Target, kind: AttackKind, config: AuditConfig, part: Selection,
