@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -78,6 +78,24 @@ class RankingView:
     highlight: list[int] = field(default_factory=list)
 
 
+class QueryScore:
+    """What a query-only attack of a kind minimises from an oracle's answers:
+    ``score(answer, rows [N]) -> [N]`` for the answers of the attacks ``rows``, and
+    :meth:`named_items`, the gallery ids whose positions it reads (so an oracle may answer with
+    their ranks alone). ``QueryScore(fn)`` wraps a function of the answers' whole lists."""
+
+    def __init__(self, fn: Callable[[Any, torch.Tensor], torch.Tensor]):
+        self.fn = fn
+
+    def __call__(self, answer: Any, rows: torch.Tensor) -> torch.Tensor:
+        return self.fn(answer, rows)
+
+    def named_items(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """``[N, j]``: the ids this score reads in the lists of the attacks ``rows [N]``;
+        None: it reads every list whole."""
+        return None
+
+
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
     """Mean and standard error of per-attack figures (float64)."""
     v = values.double()
@@ -108,6 +126,8 @@ class AttackKind:
     #: it has a query-only form (:meth:`query_score`): attacked through an oracle
     query_only: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    #: set for each kind from its parameters (see ``__init_subclass__``)
+    __signature__: ClassVar[inspect.Signature]
 
     def __init_subclass__(cls, **kwargs: Any):
         """Derive ``params`` from ``parameters`` (or, for an old-style kind that sets only a
@@ -320,7 +340,7 @@ def make_kinds(attacks: Sequence[str], options: dict) -> dict[str, AttackKind]:
     return kinds
 
 
-def check_fits_all(kinds: Sequence[AttackKind], ks: Sequence[int], num_attacks: int | None,
+def check_fits_all(kinds: Iterable[AttackKind], ks: Sequence[int], num_attacks: int | None,
                    n: int) -> None:
     """:meth:`AttackKind.check_fits` for every kind and size of a run (a grid, a matrix);
     ``num_attacks`` None means T = |X|."""

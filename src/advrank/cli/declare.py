@@ -123,13 +123,13 @@ def loader_from_args(args) -> Loader:
 
 
 def load_target_from_args(args, cache_dir: str | None = None, split: str = "test",
-                          check: Callable[[int], None] | None = None) -> Target:
+                          check: Callable[[int], object] | None = None) -> Target:
     """The target of the parsed model options, loaded by the library; ``check(|X|)`` refuses
     options that do not fit the collection before it is embedded."""
     return loader_from_args(args).load(target_spec(args, cache_dir), split, check)
 
 
-def index_from_args(args, target):
+def index_from_args(args, target: Target):
     """The ``--index`` search over the target's gallery (None without ``--index``), saved in
     ``--cache-dir`` when one is given."""
     return loader_from_args(args).index(target, getattr(args, "index", None),

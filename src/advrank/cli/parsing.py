@@ -8,8 +8,12 @@ import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from advrank.errors import AdvrankError
+
+if TYPE_CHECKING:  # (an annotation only: --help imports nothing heavy)
+    from advrank.core.meta import ModelMeta
 
 
 class Parser(argparse.ArgumentParser):
@@ -125,9 +129,9 @@ def log(args) -> Callable[[str], None]:
     return lambda msg: print(msg, file=sys.stderr)
 
 
-def model_label(path, meta: dict) -> str:
+def model_label(path, meta: ModelMeta) -> str:
     """How text output names a model: its file name and what it is (two c2f1/cosine
     checkpoints stay apart), e.g. ``robust.pt (c2f1/cosine)``."""
     from pathlib import Path
 
-    return f"{Path(str(path)).name} ({meta.get('arch', '?')}/{meta.get('metric', '?')})"
+    return f"{Path(str(path)).name} ({meta.arch}/{meta.metric})"

@@ -23,8 +23,8 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.nn.functional as F
 
+from advrank.core.distances import get_distance
 from advrank.core.index import VectorIndex, faiss_module
 from advrank.errors import AdvrankError
 
@@ -33,9 +33,8 @@ _BASES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _rows(x: torch.Tensor, metric: str):
-    """Float32 numpy rows as the index holds them (L2-normalised for cosine)."""
-    x = x.detach().float().cpu()
-    return (F.normalize(x, dim=-1) if metric == "cosine" else x).contiguous().numpy()
+    """Float32 numpy rows as the index holds them (as the distance has it hold them)."""
+    return get_distance(metric).index_rows(x.detach().float().cpu()).contiguous().numpy()
 
 
 def _base(index: VectorIndex):

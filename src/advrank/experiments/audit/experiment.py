@@ -6,52 +6,32 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import advrank.experiments.audit.deployed as deployed
+import advrank.experiments.audit.settings as settings
 from advrank.attacks.base import AttackKind
 from advrank.core.checks import format_eps
 from advrank.errors import AdvrankError
-from advrank.experiments.audit.deployed import (
-    check_query_cell,
-    check_source,
-    check_transfer_cell,
-    deployed_view,
-    deployed_worst,
-    query_cells,
-    transfer_cells,
-)
 from advrank.experiments.audit.panels import example_panels
 from advrank.experiments.audit.plan import Work, plan_cells
 from advrank.experiments.audit.retrieval import retrieval_figures
-from advrank.experiments.audit.settings import (
-    AUDIT_FORMAT,
-    IMPLIED_IDENTITY,
-    QUERY_PLOT,
-    QUICK_ADVICE,
-    QUICK_STEPS,
-    RECALL_KS,
-    REPORT_HTML,
-    REPORT_JSON,
-    AuditConfig,
-    fingerprints_of,
-)
+from advrank.experiments.audit.settings import AuditConfig, fingerprints_of
 from advrank.experiments.audit.timing import (
     EstimateBar,
     TimeModel,
     estimate_message,
     format_duration,
 )
-from advrank.experiments.protocol import (
-    ColumnSelections,
-    cell_key,
-    check_attack_cell,
-    run_attack,
-)
+from advrank.experiments.protocol import ColumnSelections, run_attack
+from advrank.experiments.results import cell_key, check_attack_cell
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
+from advrank.oracles.base import Oracle
 
 
 def check_cell(key: str, cell) -> str | None:
@@ -60,7 +40,7 @@ def check_cell(key: str, cell) -> str | None:
     if key == "retrieval":
         if not isinstance(cell, dict):
             return f"a {type(cell).__name__}, not a mapping"
-        for name in ("map", *(f"recall@{k}" for k in RECALL_KS)):
+        for name in ("map", *(f"recall@{k}" for k in settings.RECALL_KS)):
             value = cell.get(name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or \
                     not 0.0 <= value <= 100.0:
@@ -71,8 +51,9 @@ def check_cell(key: str, cell) -> str | None:
         return None
     kind = key.partition("|")[0]
     # the same cells as a grid's, under the same keys (query-only and transfer ones prefixed)
-    problem = check_query_cell(key, cell) if kind == "query" else \
-        check_transfer_cell(key, cell) if kind == "transfer" else check_attack_cell(key, cell)
+    problem = deployed.check_query_cell(key, cell) if kind == "query" else \
+        deployed.check_transfer_cell(key, cell) if kind == "transfer" else \
+        check_attack_cell(key, cell)
     if problem:
         return problem
     t, seconds = cell.get("num_attacks"), cell.get("seconds")
@@ -85,25 +66,28 @@ class Audit(Experiment):
     """The audit's declaration: a retrieval cell, then one cell per (attack, eps); see
     :func:`run_audit`."""
 
-    name, filename, format, implied = "audit", REPORT_JSON, AUDIT_FORMAT, IMPLIED_IDENTITY
-    outputs = (REPORT_HTML, QUERY_PLOT)
+    name, filename, format = "audit", settings.REPORT_JSON, settings.AUDIT_FORMAT
+    implied = settings.IMPLIED_IDENTITY
+    outputs = (settings.REPORT_HTML, settings.QUERY_PLOT)
 
     def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
                  progress: bool = False, log: Callable[[str], None] | None = None,
                  index=None, source: Target | None = None, probes: dict | None = None):
         self.kinds = config.validate()
-        self.source = check_source(source, target)
+        self.source = deployed.check_source(source, target)
         self.log = log or (lambda m: None)
         self.t = config.attacks_for(len(target.gallery), lambda m: self.log(f"audit: note: {m}"))
         self.target, self.config, self.extra_record = target, config, record or {}
-        self.progress, self.index, self.bar, self.oracle = progress, index, None, None
+        self.progress, self.index = progress, index
+        self.bar: Any = None  # the progress bar while the cells run
+        self.oracle: Oracle | None = None  # the local oracle, made for the first query cell
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
         self.probes, self.time = probes, None  # probes: reused from a quick look's sizing
 
     def identity(self) -> dict[str, Any]:
         target, config = self.target, self.config
         return {"fingerprint": target.fingerprint, **fingerprints_of(target),
-                "metric": target.meta.get("metric"), "gallery_size": len(target.gallery),
+                "metric": target.meta.metric, "gallery_size": len(target.gallery),
                 "num_attacks": self.t, "seed": config.seed, "k": config.k,
                 "steps": config.steps, "step_size": config.step_size,
                 "options": {a: kind.options for a, kind in self.kinds.items()},
@@ -120,34 +104,29 @@ class Audit(Experiment):
     def cells(self, store: Store) -> list[Cell]:
         config = self.config
         work = self.work(None)
-        def retrieval():
-            if self.time is not None:
-                self.time.begin("retrieval")
-            return retrieval_figures(self.target, config.max_queries, config.seed)
-
-        return [Cell("retrieval", retrieval),
-                *(Cell(key, self._timed(key, self.cell, a, e)) for key, a, e in work.white_box),
-                *(Cell(key, self._timed(key, self.query_cell, a, e))
+        return [Cell("retrieval", partial(self._begin, "retrieval", retrieval_figures,
+                                          self.target, config.max_queries, config.seed)),
+                *(Cell(key, partial(self._begin, key, self.cell, a, e))
+                  for key, a, e in work.white_box),
+                *(Cell(key, partial(self._begin, key, self.query_cell, a, e))
                   for key, a, e in work.query),
-                *(Cell(key, self._timed(key, self.transfer_cell, a, e))
+                *(Cell(key, partial(self._begin, key, self.transfer_cell, a, e))
                   for key, a, e in work.transfer)]
 
-    def _timed(self, key: str, compute, attack: str, eps: float):
-        """A cell's computation, telling the time model when it starts."""
-        def run():
-            if self.time is not None:
-                self.time.begin(key)
-            return compute(attack, eps)
-
-        return run
+    def _begin(self, key: str, compute: Callable[..., Any], *args: Any) -> Any:
+        """Compute a cell, telling the time model when it starts."""
+        if self.time is not None:
+            self.time.begin(key)
+        return compute(*args)
 
     def work(self, store: Store | None) -> Work:
         """The cells left (all of them without ``store``), in the order they run."""
         config = self.config
         left = [(cell_key(a, e, config.size(self.kinds[a])), a, e) for a in self.kinds
                 for e in config.eps_values]
-        query = [(key, a, e) for a, e, key in query_cells(self.kinds, config)]
-        moved = [(key, a, e) for a, e, key in transfer_cells(self.kinds, config, self.source)]
+        query = [(key, a, e) for a, e, key in deployed.query_cells(self.kinds, config)]
+        moved = [(key, a, e)
+                 for a, e, key in deployed.transfer_cells(self.kinds, config, self.source)]
 
         def todo(cells):
             return [c for c in cells if store is None or c[0] not in store]
@@ -184,7 +163,7 @@ class Audit(Experiment):
         of what is done, marked partial, before the interruption goes on."""
         cells, probes = self.plan(store)
         self.time = TimeModel(cells, probes)
-        self.log(estimate_message(self.time, None if self.config.quick else QUICK_ADVICE))
+        self.log(estimate_message(self.time, None if self.config.quick else settings.QUICK_ADVICE))
         try:
             with EstimateBar(self.time, self.progress) as self.bar:
                 yield
@@ -277,10 +256,10 @@ class Audit(Experiment):
         total = len(self.cells(store)) - 1
         self._write(store, [], {"cells_done": done, "cells": total})
         self.log(f"audit: interrupted; wrote a partial report ({done} of {total} cells) to "
-                 f"{store.dir / REPORT_HTML}; rerun the same command to finish it")
+                 f"{store.dir / settings.REPORT_HTML}; rerun the same command to finish it")
 
     def _write(self, store: Store, panels: list[dict],
-               partial: dict[str, int] | None = None) -> dict[str, Any]:
+               unfinished: dict[str, int] | None = None) -> dict[str, Any]:
         """The summary (verdict, deployed view, timing), report.json's readers' part and
         report.html (and the rank-vs-queries plot)."""
         from advrank.reports.html import audit_html
@@ -288,22 +267,22 @@ class Audit(Experiment):
         summary = audit_summary(store, self.kinds, self.config, self.target)
         examples = [p["figures"] for p in panels]
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
-        summary["deployed"] = deployed_view(store, self.kinds, self.config, self.index,
+        summary["deployed"] = deployed.deployed_view(store, self.kinds, self.config, self.index,
                                             self.source)
         if summary["deployed"] is not None:
-            summary["verdict"]["deployed"] = deployed_worst(summary["deployed"])
+            summary["verdict"]["deployed"] = deployed.deployed_worst(summary["deployed"])
         summary["estimate"] = None if self.time is None else self.time.record()
-        summary["partial"] = partial
+        summary["partial"] = unfinished
         plot = None
         if summary["deployed"] and any(r["view"] == "query-only"
                                        for r in summary["deployed"]["rows"]):
             from advrank.reports.plots import rank_queries_png
 
             plot = rank_queries_png(summary["deployed"]["rows"])
-            store.write_bytes(QUERY_PLOT, plot)
+            store.write_bytes(settings.QUERY_PLOT, plot)
         store.extra = {"summary": summary, "examples": examples}
         store.flush()
-        store.write_text(REPORT_HTML, audit_html(store.content(), panels, plot))
+        store.write_text(settings.REPORT_HTML, audit_html(store.content(), panels, plot))
         return summary
 
 
@@ -327,15 +306,16 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
     audit = Audit(target, config, record, progress, log, index, source, probes)
     audit.force = force
     summary = run(audit, out_dir, log)
-    return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
-            "report_json": str(Path(out_dir) / REPORT_JSON)}
+    folder = Path(out_dir)
+    return {**summary, "out": str(out_dir), "report_html": str(folder / settings.REPORT_HTML),
+            "report_json": str(folder / settings.REPORT_JSON)}
 
 
 def _stored_quick_t(out_dir: str | Path, config: AuditConfig) -> int | None:
     """The T of the quick look with these minutes already in ``out_dir`` (None if none)."""
     from advrank.core.io import read_json
 
-    path = Path(out_dir) / REPORT_JSON
+    path = Path(out_dir) / settings.REPORT_JSON
     try:
         old = read_json(path, "audit results") if path.is_file() else None
     except AdvrankError:
@@ -359,7 +339,8 @@ def fit_quick_look(target: Target, out_dir: str | Path, config: AuditConfig,
     stored = None if force else _stored_quick_t(out_dir, config)
     if stored is not None and low <= stored <= high:
         return replace(config, num_attacks=stored), None
-    candidates = sorted({high, low, *(v for v in QUICK_STEPS if low < v < high)}, reverse=True)
+    candidates = sorted({high, low, *(v for v in settings.QUICK_STEPS if low < v < high)},
+                        reverse=True)
     probes, chosen, first = None, low, None
     for t in candidates:
         audit = Audit(target, replace(config, num_attacks=t), None, False, log, index, source,
