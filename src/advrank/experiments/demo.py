@@ -65,10 +65,10 @@ def run_demo(out: str | Path, epochs: int = 15, num_attacks: int = 200,
                            "cells": cells},
                "defense_comparison": {k: v for k, v in comparison.items() if k != "text"},
                "seconds": time.time() - t0}
-    summary["sentences"] = demo_sentences(summary)
+    sentences = demo_sentences(summary)
+    summary["sentences"] = sentences
     return summary, (text + f"\ndemo finished in {summary['seconds']:.0f}s; outputs in {out}/\n"
-                     "\nWhat the figures say:\n"
-                     + "\n".join(f"- {line}" for line in summary["sentences"]))
+                     "\nWhat the figures say:\n" + "\n".join(f"- {line}" for line in sentences))
 
 
 def demo_sentences(summary: dict[str, Any]) -> list[str]:

@@ -82,7 +82,8 @@ class Audit(Experiment):
         self.bar: Any = None  # the progress bar while the cells run
         self.oracle: Oracle | None = None  # the local oracle, made for the first query cell
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
-        self.probes, self.time = probes, None  # probes: reused from a quick look's sizing
+        self.probes = probes  # reused from a quick look's sizing (None: probe)
+        self.time: TimeModel | None = None  # the time model, while the cells run
 
     def identity(self) -> dict[str, Any]:
         target, config = self.target, self.config
