@@ -197,3 +197,24 @@ def test_unknown_commands_and_options_are_named_with_the_nearest(argv, words, ca
 def test_abbreviated_options_still_work(untrained_ckpt, capsys):
     assert main(["evaluate", "--checkpoint", str(untrained_ckpt), "--dev", "cpu", "--js"]) == 0
     assert json.loads(capsys.readouterr().out)["recall@1"] >= 0
+
+
+@pytest.mark.parametrize("command", [
+    ["grid", "--k", "800", "--num-attacks", "5"],
+    ["curves", "--num-attacks", "5000"],
+    ["audit", "--num-attacks", "5000"],
+])
+def test_a_refused_run_leaves_no_empty_output_folder(command, untrained_ckpt, tmp_path, capsys):
+    """Options that do not fit the collection are refused after the folder was made: the
+    folders the run made are removed again (a folder that existed before stays)."""
+    name, *rest = command
+    out = tmp_path / "new" / "out"
+    assert main([name, "--checkpoint", str(untrained_ckpt), "--out", str(out), *rest,
+                 "--device", "cpu", "--quiet"]) == 2
+    _assert_one_error_line(capsys, "gallery")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    assert main([name, "--checkpoint", str(untrained_ckpt), "--out", str(tmp_path / "kept"),
+                 *rest, "--device", "cpu", "--quiet"]) == 2
+    capsys.readouterr()
+    assert (tmp_path / "kept").is_dir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from advrank import __version__
 from advrank.cli.parsing import HelpFormatter, Parser
@@ -146,6 +147,7 @@ def _run(argv: list[str]) -> int:
     args = build_parser(command).parse_args(argv)
     from advrank.cli.parsing import log
     from advrank.core import distributed
+    from advrank.core.io import first_missing, remove_empty_tree
 
     if distributed.launched():
         if args.command not in DISTRIBUTED_COMMANDS:
@@ -155,8 +157,14 @@ def _run(argv: list[str]) -> int:
         distributed.init_from_env(getattr(args, "device", "auto"))
     for note in getattr(args, "deprecations", None) or []:  # old spellings, still accepted
         log(args)(note)  # (rank 0 alone under torchrun)
+    out = getattr(args, "out", None)
+    created = first_missing(Path(out)) if isinstance(out, (str, Path)) and out else None
     try:
         args.func(args)
+    except BaseException:  # refused or interrupted: no empty output folder left behind
+        if created is not None:
+            remove_empty_tree(created)
+        raise
     finally:
         distributed.shutdown()
     return 0

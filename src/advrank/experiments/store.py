@@ -38,7 +38,9 @@ from advrank.core.io import (
     atomic_write_text,
     check_writable_dir,
     exclusive,
+    first_missing,
     read_json,
+    remove_empty_tree,
 )
 from advrank.errors import AdvrankError
 
@@ -56,7 +58,7 @@ def claim(out_dir: str | Path) -> Iterator[Path]:
     if not distributed.is_main():
         yield folder
         return
-    created = _first_missing(folder)
+    created = first_missing(folder)
     check_writable_dir(folder)
     real = os.path.realpath(folder)
     if real in _HELD:
@@ -71,26 +73,8 @@ def claim(out_dir: str | Path) -> Iterator[Path]:
                 _HELD.discard(real)
     except BaseException:  # a refused or interrupted run leaves no empty folder it made
         if created is not None:
-            _remove_empty(created)
+            remove_empty_tree(created)
         raise
-
-
-def _first_missing(folder: Path) -> Path | None:
-    """The outermost of ``folder`` and its parents that does not exist yet (None: it does)."""
-    missing = None
-    for path in (folder, *folder.parents):
-        if path.exists() or path.is_symlink():
-            return missing
-        missing = path
-    return missing
-
-
-def _remove_empty(root: Path) -> None:
-    """Remove ``root`` and the folders below it when they hold no file at all."""
-    for path, _folders, files in os.walk(root, topdown=False):
-        if not files:
-            with contextlib.suppress(OSError):  # not empty (a folder kept below): keep it
-                os.rmdir(path)
 
 
 #: the possible values of the attack figures (ranks and recalls are percentages; the curves
