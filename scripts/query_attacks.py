@@ -115,7 +115,8 @@ def markdown(rows: list[dict], args) -> str:
              f"T = {args.num_attacks}, {args.feedback} feedback, <= {args.query_budget} "
              f"queries, {args.optimizer})", "",
              "| attack | before | white-box | query-only | transfer (LeNet) | SP rank white-box "
-             "/ query-only | queries used | queries/s | >= 1/2 white-box | beats transfer |",
+             "/ query-only (worst C_SP member) | queries used | queries/s | >= 1/2 white-box | "
+             "beats transfer |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, sp = r["rank_after"], r["sp_rank_after"]

@@ -172,6 +172,16 @@ def image_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("pictures") / "photos")
 
 
+@pytest.fixture(scope="session")
+def small_image_folder(tmp_path_factory) -> Path:
+    """20 generated JPEGs in 3 class sub-folders, 7, 7 and 6 (shared; copy it before changing
+    it): the smallest collection README's quick look must fit."""
+    root = make_image_folder(tmp_path_factory.mktemp("pictures20") / "photos", per_class=7)
+    last = sorted(p for p in root.iterdir() if p.is_dir())[-1]
+    sorted(last.iterdir())[-1].unlink()
+    return root
+
+
 def _inspect_page(text: str) -> dict:
     """Parse an HTML page strictly enough to catch broken markup; returns its ``images`` (src
     of every <img>), every URL-bearing attribute (``urls``) and the tags seen."""

@@ -195,3 +195,30 @@ def test_endpoint_figures_script_reads_the_service_beside_the_local_copy(
     assert all(run["calibration"]["passed"] and run["figures_from"].startswith("endpoint, ")
                for run in record["runs"])
     assert "Every figure is read from the service's answers" in (out / "results.md").read_text()
+
+
+def test_audit_estimates_script_records_estimate_and_time(tmp_path, monkeypatch):
+    """scripts/audit_estimates.py --smoke: both audits at toy sizes from empty folders, each
+    with the estimate it printed, the estimate and actual time from its report.json, the
+    command's wall time and the script's record; the pictures are the same for the same seed."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("audit_estimates",
+                                                  REPO / "scripts" / "audit_estimates.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert script.main(["--smoke", "--out", str(out), "--work", str(work)]) == 0
+    for name in ("digits", "photos"):
+        row = json.loads((out / f"{name}.json").read_text())
+        assert row["printed"].startswith("audit: estimated time about ")
+        assert row["estimated_seconds"] > 0 and row["actual_seconds"] > 0
+        assert row["wall_seconds"] >= row["actual_seconds"] and row["cells"]
+        assert row["command"].startswith("advrank audit ")
+    record = json.loads((out / "results.json").read_text())
+    assert {"command", "commit", "hardware", "date"} <= set(record)
+    assert "| digits |" in (out / "results.md").read_text()
+    again = script.make_pictures(tmp_path / "again", 4, 48)
+    assert all((again / p.relative_to(work / "photos")).read_bytes() == p.read_bytes()
+               for p in (work / "photos").rglob("*.jpg"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from advrank.attacks import CandidateObjective, QueryObjective
-from advrank.attacks.qa import hinge_weights
+from advrank.attacks.hinge import hinge_weights
 from advrank.core.distances import CosineDistance, EuclideanDistance
 from advrank.core.execution import ExecutionPolicy
 

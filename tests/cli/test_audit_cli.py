@@ -272,5 +272,44 @@ def test_readme_audit_on_100_pictures_estimates_first_and_fits_t(image_folder, t
     out, err = capsys.readouterr()
     assert "T = 100 attacks" in err and "estimated time about" in err
     assert err.index("estimated time") < err.index("CA+ eps=8/255: rank")
-    assert "audit:" in err and ("attack/s" in err or "s/attack" in err)  # the tqdm bar
+    assert "audit:" in err and "200/200 attacks" in err and " left" in err  # the bar
     assert "CA+ eps=8/255" in out and "wrote" in out
+
+
+def test_quick_look_fits_a_20_picture_folder_and_resumes(small_image_folder, tmp_path,
+                                                         capsys):
+    """README's quick look on 20 pictures: T sized from |X| (at most 20) and the time
+    budget, one eps (8/255); rerunning resumes the same T instead of sizing it again."""
+    argv = ["audit", "--model", "timm:test_vit", "--input-size", "32", "--data",
+            f"imagefolder:{small_image_folder}", "--out", str(tmp_path / "audit"), "--quick",
+            "--attacks", "CA+,ES", "--steps", "1", "--examples", "0", "--device", "cpu",
+            "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    t = summary["attacks"][0]["num_attacks"]
+    assert 10 <= t <= 20 and f"quick look: T = {t} attacks per cell at eps = 8/255" in err
+    assert [r["eps"] for r in summary["attacks"]] == [8 / 255, 8 / 255]
+    assert summary["estimate"]["estimated_seconds"] > 0 and "--quick" not in err
+    report = json.loads((tmp_path / "audit" / "report.json").read_text())
+    assert report["config"]["audit"]["quick"] == 5.0
+    assert main(argv) == 0  # resumed: the stored quick look's T, nothing left to run
+    out, err = capsys.readouterr()
+    assert json.loads(out)["attacks"][0]["num_attacks"] == t and "no attack left" in err
+
+
+def test_too_many_attacks_are_refused_before_the_model_loads(small_image_folder, tmp_path,
+                                                            capsys, monkeypatch):
+    """T above |X| is refused once the folder is listed, before the model is built, and
+    the refused run leaves no empty output folder behind."""
+    from advrank.experiments import target as target_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the refusal")
+
+    monkeypatch.setattr(target_module, "_build_model", no_model)
+    out = tmp_path / "new" / "audit"
+    assert main(["audit", "--model", "timm:test_vit", "--data", f"imagefolder:{small_image_folder}",
+                 "--out", str(out), "--num-attacks", "100", "--device", "cpu"]) == 2
+    _one_error(capsys, "100 attacks requested but the gallery has only 20 items", "--quick")
+    assert not (tmp_path / "new").exists()

@@ -51,3 +51,24 @@ def test_bad_query_settings_are_one_error_line(ckpt, tmp_path, cli, one_error_li
     one_error_line(*cli(["audit", "--checkpoint", ckpt, "--out", tmp_path / "a", *extra,
                          "--quiet"]), words)
     assert not (tmp_path / "a").exists()
+
+
+def test_the_deployed_view_says_its_worst_case_and_top_100(ckpt, tmp_path, cli):
+    """With an index and a pipeline, the deployed view has sentences of its own (its worst
+    cases, also in the verdict), and every share in the top results says its depth."""
+    argv = ["audit", "--checkpoint", ckpt, "--out", tmp_path / "a", "--eps", "0.3",
+            "--attacks", "CA+,QA+", "--num-attacks", "4", "--steps", "2", "--examples", "0",
+            "--index", "hnsw", "--pipeline", "png", "--device", "cpu", "--quiet"]
+    status, out, err = cli(argv)
+    assert status == 0, err
+    assert "(% in top 100)" in out and "% in top results" not in out
+    assert "Deployed, the strongest attack is" in out  # after the upload pipeline
+    assert "Through the hnsw index" in out and "in the top 100 results" in out
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    worst = report["summary"]["verdict"]["deployed"]
+    assert worst["rank"]["view"] == "pipeline" and worst["depth"] == 100
+    assert worst["topk"]["view"] in ("index", "index-pipeline")
+    page = (tmp_path / "a" / "report.html").read_text()
+    verdict = page[page.index('id="verdict"'):page.index("Retrieval quality")]
+    assert "Through the hnsw index" in verdict and "in top 100<br>" in page
+    assert "estimated / actual time" in page

@@ -148,3 +148,73 @@ def test_unicode_minus_and_repeated_values_everywhere(untrained_ckpt, tmp_path, 
     cells = json.loads((tmp_path / "g" / "results.json").read_text())["cells"]
     assert sorted(cells) == ["CA+|0.1|1", "CA-|0.1|1"]
     assert len(json.loads(out)["cells"]) == 2
+
+
+def test_the_command_table_matches_the_declared_commands():
+    """``advrank --help`` is drawn from COMMAND_TABLE without importing any command: each
+    entry must be the command its module declares, with the same one-line help."""
+    import importlib
+
+    from advrank.cli import COMMAND_MODULES, COMMAND_TABLE
+    from advrank.cli.parsing import _paragraphs
+
+    declared = [(c.name, module, _paragraphs(c.options.__doc__)[0]) for module in
+                COMMAND_MODULES for c in importlib.import_module(module).COMMANDS]
+    assert sorted(declared) == sorted(COMMAND_TABLE)
+
+
+def test_help_and_a_mistyped_command_import_no_torch():
+    """What makes ``advrank --help`` take well under a second: no command module and no
+    torch are imported for it (nor for a mistyped command)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom advrank.cli import main\nfor argv in (['--help'], ['--version'], "
+            "['atack']):\n    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules, 'advrank.cli.audit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr
+    assert "did you mean attack?" in out.stderr
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["atack", "--eps", "0.3"], ["unknown command 'atack'; did you mean attack?"]),
+    (["transfer-matrx"], ["did you mean transfer-matrix or transfer?"]),
+    (["zzz"], ["unknown command 'zzz' (commands: train, "]),
+    (["audit", "--checkpoint", "x.pt", "--out", "o", "--epss", "0.3"],
+     ["unrecognized option --epss; did you mean --eps?"]),
+    (["attack", "--checkpoint", "x.pt", "--atack", "CA+", "--eps", "0.3"],
+     ["unrecognized option --atack; did you mean --attack?"]),
+    (["evaluate", "--checkpoint", "x.pt", "--frobnicate=3"], ["unrecognized option --frobnicate"]),
+])
+def test_unknown_commands_and_options_are_named_with_the_nearest(argv, words, capsys, tmp_path):
+    assert main(argv) == 2
+    _assert_one_error_line(capsys, *words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_abbreviated_options_still_work(untrained_ckpt, capsys):
+    assert main(["evaluate", "--checkpoint", str(untrained_ckpt), "--dev", "cpu", "--js"]) == 0
+    assert json.loads(capsys.readouterr().out)["recall@1"] >= 0
+
+
+@pytest.mark.parametrize("command", [
+    ["grid", "--k", "800", "--num-attacks", "5"],
+    ["curves", "--num-attacks", "5000"],
+    ["audit", "--num-attacks", "5000"],
+])
+def test_a_refused_run_leaves_no_empty_output_folder(command, untrained_ckpt, tmp_path, capsys):
+    """Options that do not fit the collection are refused after the folder was made: the
+    folders the run made are removed again (a folder that existed before stays)."""
+    name, *rest = command
+    out = tmp_path / "new" / "out"
+    assert main([name, "--checkpoint", str(untrained_ckpt), "--out", str(out), *rest,
+                 "--device", "cpu", "--quiet"]) == 2
+    _assert_one_error_line(capsys, "gallery")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    assert main([name, "--checkpoint", str(untrained_ckpt), "--out", str(tmp_path / "kept"),
+                 *rest, "--device", "cpu", "--quiet"]) == 2
+    capsys.readouterr()
+    assert (tmp_path / "kept").is_dir()

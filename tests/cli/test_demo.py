@@ -20,3 +20,11 @@ def test_demo_trains_attacks_defends_and_reports(tmp_path, capsys):
     assert models["defended"]["defense"] == "est" and models["vanilla"]["defense"] is None
     for name in ("digits-c2f1.pt", "digits-c2f1-est.pt", "grid-vanilla/table.md"):
         assert (out / name).exists(), name
+    retrieval, attacks, defense = report["sentences"]  # one sentence per figure
+    assert retrieval.startswith("Retrieval: for ") and "R@1" in retrieval
+    assert f"CA+ {cells[('CA+', 0.3)]['rank_before']:.0f}% -> " in attacks
+    assert defense.startswith("Defense (second table, eps = 0.3)")
+    main(["demo", "--out", str(out), "--epochs", "2", "--num-attacks", "20",
+          "--defense-epochs", "1", "--defense-steps", "2", "--device", "cpu", "--quiet"])
+    text = capsys.readouterr().out  # resumed: the text ends with the sentences
+    assert text.rstrip().endswith(defense) and "What the figures say:" in text

@@ -4,6 +4,7 @@ page (self-contained), resuming an interrupted audit and refusing other settings
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from advrank.experiments import audit as audit_module
 from advrank.experiments.audit import AuditConfig, run_audit
 from advrank.experiments.audit import experiment as audit_experiment
 from advrank.experiments.audit import plan as plan_module
+from advrank.experiments.audit import timing as timing_module
 from advrank.experiments.target import load_target
 
 ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
@@ -88,8 +90,13 @@ def test_audit_resumes_and_refuses_other_settings(digits_target, tmp_path, monke
     monkeypatch.setattr(audit_experiment, "run_attack", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         run_audit(digits_target, out, _config(examples=0))
-    assert len(json.loads((out / "report.json").read_text())["cells"]) == 1 + 3
-    assert not (out / "report.html").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["cells"]) == 1 + 3
+    # the interrupted audit wrote what it had, marked partial
+    assert report["summary"]["partial"] == {"cells_done": 3, "cells": 10}
+    assert len(report["summary"]["attacks"]) == 3
+    page = (out / "report.html").read_text()
+    assert 'id="partial"' in page and "after 3 of 10 attack cells" in page
     calls.clear()
     monkeypatch.setattr(audit_experiment, "run_attack",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -97,7 +104,7 @@ def test_audit_resumes_and_refuses_other_settings(digits_target, tmp_path, monke
     assert len(calls) == 7 and len(resumed["attacks"]) == 10
     calls.clear()
     run_audit(digits_target, out, _config(examples=0))
-    assert calls == [] and (out / "report.html").is_file()
+    assert calls == [] and 'id="partial"' not in (out / "report.html").read_text()
     with pytest.raises(AdvrankError, match="other settings.*num_attacks"):
         run_audit(digits_target, out, _config(num_attacks=5))
 
@@ -112,27 +119,75 @@ def test_bad_audit_settings_are_refused_before_work(digits_target, tmp_path):
     assert not (tmp_path / "a" / "report.json").exists()
 
 
-def test_audit_plan_estimates_from_a_timed_probe(digits_target, monkeypatch):
+def _fake_probes(monkeypatch, step=0.5, measure=0.1, per_query=0.01):
+    """Probes that return fixed times (the real ones run in test_probes_run_on_real_work)."""
+    monkeypatch.setattr(plan_module, "probe_seconds", lambda *a, **k: 0.0)
+    monkeypatch.setattr(plan_module, "pgd_step_seconds", lambda *a, **k: step)
+    monkeypatch.setattr(plan_module, "measure_seconds", lambda *a, **k: measure)
+    monkeypatch.setattr(plan_module, "query_seconds", lambda *a, **k: (per_query, measure))
+    monkeypatch.setattr(plan_module, "retrieval_seconds", lambda *a, **k: 0.3)
+
+
+def _plan(target, config, store=None, t=None):
+    audit = audit_experiment.Audit(target, config if t is None else
+                                   dataclasses.replace(config, num_attacks=t), None)
+    return audit.plan(store)
+
+
+def test_audit_plan_prices_each_cell_from_its_probes(digits_target, monkeypatch):
+    _fake_probes(monkeypatch)
     config = _config(attacks=["CA+", "ES"], eps_values=[0.0, 0.1, 0.3], batch_size=3)
-    kinds = config.validate()
-    todo = [(a, e) for a in kinds for e in config.eps_values]
-    probes = []
-    monkeypatch.setattr(plan_module, "probe_seconds",
-                        lambda target, batch: probes.append(batch) or 0.5)
-    plan = audit_module.audit_plan(digits_target, kinds, config, 4, todo)
-    # eps 0 runs no PGD; 2 batches of 3 (T = 4) x 2 steps per cell, then the example panels'
-    # pool (4 attacks at the largest eps) per kind: 2 batches x 2 steps each
-    assert plan["steps"] == 2 * 2 * 2 * 2 + 2 * 2 * 2
-    assert plan["attacks"] == 6 * 4 + 2 * 4
-    assert probes == [3] and plan["seconds"] == pytest.approx(0.5 * plan["steps"])
-    message = audit_module.estimate_message(plan)
-    assert "estimated time about 12 s" in message and "warning" not in message
-    monkeypatch.setattr(plan_module, "LONG_AUDIT_SECONDS", 1.0)
-    long = audit_module.estimate_message(audit_module.audit_plan(digits_target, kinds, config,
-                                                                 4, todo))
-    assert "warning" in long and audit_module.FAST_SETTING in long
-    assert audit_module.audit_plan(digits_target, kinds, config, 4, [])["steps"] == 8
-    assert audit_module.probe_seconds(digits_target, 3) > 0  # the real probe runs
+    cells, probes = _plan(digits_target, config)
+    by_key = {c.key: c for c in cells}
+    # T = 4 in batches of 3: 2 batches; eps 0 runs no step, and each column's clean figures
+    # are measured once (2 x 0.1); eps > 0: 2 batches x (2 steps x 0.5 + 0.1)
+    assert by_key["CA+|0|1"].seconds == pytest.approx(0.2)
+    assert by_key["CA+|0.1|1"].seconds == pytest.approx(2.2)
+    assert by_key["ES|0.3|1"].seconds == pytest.approx(2.2)
+    # the panels: a pool of 4 at the largest eps, 2 batches x 2 steps x 0.5 per kind
+    assert by_key["panels"].seconds == pytest.approx(4.0) and by_key["panels"].attacks == 8
+    assert sum(c.attacks for c in cells) == 6 * 4 + 8 and probes["batch"] == 3
+    assert by_key["retrieval"].seconds == 0.3 and by_key["retrieval"].attacks == 0
+    model = audit_module.TimeModel(cells, probes)
+    assert model.estimated == pytest.approx(13.5)
+    message = audit_module.estimate_message(model, "ADVICE")
+    assert ("estimated time about 14 s for Recall@K and mAP, 6 white-box cells, the example "
+            "panels") in message
+    assert "warning" not in message
+    monkeypatch.setattr(timing_module, "LONG_AUDIT_SECONDS", 1.0)
+    assert "long run; ADVICE" in audit_module.estimate_message(model, "ADVICE")
+    assert "--quick" not in audit_module.estimate_message(model, None)
+
+
+def test_the_estimate_is_corrected_as_cells_finish():
+    from advrank.experiments.audit import CellPlan
+
+    cells = [CellPlan("a", "white-box", 4, 10.0), CellPlan("b", "white-box", 4, 10.0),
+             CellPlan("q", "query-only", 4, 5.0)]
+    model = audit_module.TimeModel(cells, {"seconds": 1.0})
+    assert model.left() == pytest.approx(25.0, abs=0.1)
+    model.begin("a")
+    model.finish("a", 20.0)  # twice the estimate: every cell's expected time grows
+    ratio = (20 + 2) / (10 + 2)
+    assert model.left() == pytest.approx(15 * ratio, abs=0.1)
+    model.begin("q")
+    model.finish("q", 5.0)  # the query-only group has its own ratio now: 1
+    assert model.left() == pytest.approx(10 * ratio, abs=0.1)
+    record = model.record()
+    assert record["estimated_seconds"] == 25.0 and record["cells"][0]["actual"] == 20.0
+    assert record["cells"][1]["actual"] is None
+
+
+def test_probes_run_on_real_work(digits_target):
+    config = _config(attacks=["CA+", "QA+"], eps_values=[0.1], batch_size=3, examples=0,
+                     query_budget=10, pipeline="png")
+    cells, probes = _plan(digits_target, config)
+    assert set(probes["pgd_step"]) == set(probes["measure"]) == {"CA+", "QA+"}
+    assert set(probes["per_query"]) == set(probes["query_measure"]) == {"QA+"}
+    assert all(v > 0 for group in ("pgd_step", "measure", "per_query")
+               for v in probes[group].values())
+    assert [c.group for c in cells] == ["retrieval", "white-box", "white-box", "query-only"]
+    assert probes["retrieval"] > 0
 
 
 def test_default_t_fits_the_collection_with_a_note(digits_target, tmp_path):
@@ -226,17 +281,34 @@ def test_bad_query_settings_are_refused_before_work(digits_target, tmp_path):
     assert not (tmp_path / "a" / "report.json").exists()
 
 
-def test_audit_plan_counts_the_query_only_rounds(digits_target, monkeypatch):
+def test_audit_plan_prices_the_query_only_cells(digits_target, monkeypatch):
+    _fake_probes(monkeypatch)
     config = _config(attacks=["CA+", "QA+"], eps_values=[0.1], batch_size=3, examples=0,
                      query_budget=10)
-    kinds = config.validate()
-    monkeypatch.setattr(plan_module, "probe_seconds",
-                        lambda target, batch, backward=True: 0.5 if backward else 0.1)
-    plan = audit_module.audit_plan(digits_target, kinds, config, 4, [], [("QA+", 0.1)])
-    # no PGD left; one query-only cell: 2 batches of 3 (T = 4) x 10 queries each
-    assert plan["steps"] == 0 and plan["query_rounds"] == 2 * 10
-    assert plan["seconds"] == pytest.approx(0.1 * 20) and plan["attacks"] == 4
-    assert "20 query-only rounds" in audit_module.estimate_message(plan)
+    done = {"retrieval": {}, "CA+|0.1|1": {}, "QA+|0.1|1": {}}
+    cells, _ = _plan(digits_target, config, done)
+    # no white-box cell left; one query-only cell: 4 attacks x 10 queries x 0.01 s, and each
+    # of 2 batches measured at the 4 query marks and at the end (0.1 s each)
+    assert [c.group for c in cells] == ["query-only"]
+    assert cells[0].seconds == pytest.approx(0.4 + 2 * 5 * 0.1) and cells[0].attacks == 4
+
+
+def test_the_quick_look_sizes_t_to_fit_its_time(digits_target, monkeypatch, tmp_path):
+    _fake_probes(monkeypatch, step=0.2, measure=0.01)
+    config = _config(num_attacks=None, steps=None, quick=2.0, eps_values=[8 / 255],
+                     batch_size=10)
+    sized, probes = audit_module.fit_quick_look(digits_target, tmp_path, config, print)
+    t = sized.num_attacks
+    seconds = {n: sum(c.seconds for c in _plan(digits_target, sized, t=n)[0])
+               for n in (100, 80, 60, 50, 40, 30, 20, 10)}
+    assert seconds[t] <= 120 and 10 <= t < 100  # the largest candidate that fits 2 min
+    assert all(seconds[n] > 120 for n in seconds if n > t)
+    assert probes is not None and sized.quick == 2.0
+    # a tiny time budget still runs the smallest T; a tiny collection caps it
+    assert audit_module.fit_quick_look(digits_target, tmp_path, dataclasses.replace(
+        config, quick=0.001), print)[0].num_attacks == 10
+    assert dataclasses.replace(config, num_attacks=6).quick_bounds(719) == (6, 6)
+    assert config.quick_bounds(20) == (10, 20) and config.quick_bounds(7) == (7, 7)
 
 
 def test_deployed_view_ranks_a_source_models_attacks(digits_target, tmp_path, inspect_page,

@@ -121,3 +121,20 @@ def test_gallery_embedding_splits_on_out_of_memory(digits, capsys):
     assert capsys.readouterr().err.splitlines() == [  # halved twice, then kept for the rest
         "advrank: out of memory on 64 images to embed; splitting into batches of 32 and retrying",
         "advrank: out of memory on 32 images to embed; splitting into batches of 16 and retrying"]
+
+
+def test_the_sub_batch_note_comes_only_when_the_run_splits_and_once(digits, capsys):
+    """T = 4 attacks with --batch-size 256 form one batch of 4: a budget that fits 4 says
+    nothing (it once said "256 CA+ attacks need about ..."); one that splits says it once
+    for all the cells of the same setting."""
+    model, gal = digits
+    four = protocol.plan_batches(model, gal, get_attack("CA+"), 2, 4, (1, 8, 8),
+                                 ExecutionPolicy(memory_budget=1 << 30))
+    budget = ExecutionPolicy(memory_budget=four.budget)  # roomy for 4, not for 256
+    for _ in range(2):
+        run_attack(model, gal, "CA+", 0.1, 2, 4, batch_size=256, policy=budget)
+    assert "sub-batches" not in capsys.readouterr().err
+    tight = ExecutionPolicy(memory_budget=(1 << 21) + 12345)  # a setting no test said before
+    for eps in (0.05, 0.1):
+        run_attack(model, gal, "CA+", eps, 2, 12, batch_size=12, policy=tight)
+    assert capsys.readouterr().err.count("running sub-batches") == 1

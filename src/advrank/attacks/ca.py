@@ -191,22 +191,31 @@ class CandidateAttack(AttackKind):
 
     @torch.no_grad()
     def measure_topk(self, gallery, part, emb, index, depth):
-        """Where c~ falls in the index's answer for each query of Q (the query and c's clean
-        copy left out): the number of returned members nearer than d(q, c~), ``depth`` when
-        the index's top ``depth`` are all nearer, i.e. c~ would be beyond its answer.
-        Averaged over Q; ``in_topk``: the % of Q whose answer would hold c~."""
+        """Where c~ falls in the answer to each query of Q (the query and c's clean copy left
+        out) once c~ is in the index, as a catalog inserts an upload: its position among the
+        members returned, ``depth`` when it is not among the first ``depth``. Averaged over Q;
+        ``in_topk``: the % of Q whose answer holds c~. Through a FAISS index c~ is inserted
+        into a copy of it (:mod:`advrank.core.catalog`): where it lands in the graph or the
+        lists decides whether the search finds it. Exact search finds it where it ranks: the
+        members it returns nearer than d(q, c~)."""
         g_emb, dist = gallery.embeddings, gallery.distance
         targets = part.targets.to(g_emb.device)
         b, k = targets.shape
         q = g_emb[targets].reshape(b * k, -1)
-        thr = dist.paired(q, emb.repeat_interleave(k, 0)).float().cpu()  # d(q, c~) [B*k]
-        ids, scores = index.search(q, min(depth + 2, index.size))
         excl = torch.stack([targets.reshape(-1).cpu(), part.anchors.cpu().repeat_interleave(k)],
                            1)
-        kept = (ids >= 0) & ~(ids[:, :, None] == excl[:, None, :]).any(-1)
-        nearer = (kept & (scores < thr[:, None])).sum(1).clamp_max(depth).float()
-        return {"rank_topk": nearer.reshape(b, k).mean(1),
-                "in_topk": 100.0 * (nearer < depth).float().reshape(b, k).mean(1)}
+        if not index.exact:
+            from advrank.core.catalog import upload_positions
+
+            pos = upload_positions(index, emb, q.reshape(b, k, -1), excl.reshape(b, k, 2),
+                                   depth).float().reshape(b * k)
+        else:
+            thr = dist.paired(q, emb.repeat_interleave(k, 0)).float().cpu()  # d(q, c~)
+            ids, scores = index.search(q, min(depth + 2, index.size))
+            kept = (ids >= 0) & ~(ids[:, :, None] == excl[:, None, :]).any(-1)
+            pos = (kept & (scores < thr[:, None])).sum(1).clamp_max(depth).float()
+        return {"rank_topk": pos.reshape(b, k).mean(1),
+                "in_topk": 100.0 * (pos < depth).float().reshape(b, k).mean(1)}
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of the first query of Q, with c replaced by c~ (c highlighted)."""

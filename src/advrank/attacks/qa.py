@@ -26,6 +26,7 @@ from advrank.attacks.base import (
     select_anchors,
     topk_positions,
 )
+from advrank.attacks.hinge import column_bytes, compiled_hinge_weights
 from advrank.attacks.params import TOP_FRACTION, Param
 from advrank.attacks.selection import Selection, check_pool, ranked_targets, sp_candidates
 from advrank.core.checks import check_choice
@@ -224,85 +225,6 @@ class QueryObjective(RankingObjective):
         return float(self.distance.from_dot(torch.zeros(())))
 
 
-def column_bytes(num_terms: int, policy: ExecutionPolicy) -> int:
-    """Temporary bytes per (attack, gallery row) of one QA chunk: the reference's [B, k, n]
-    hinge tensors, or the fast path's distances, masks and counts."""
-    if policy.reference:
-        return 4 * (3 * num_terms + 4) + num_terms
-    return 24 + 3 * num_terms
-
-
-def hinge_weights(d: torch.Tensor, thresholds: torch.Tensor, signs: list[float],
-                  weights: list[float], with_value: bool = False,
-                  work: Workspace | None = None):
-    """The hinge sum ``sum_j w_j sum_x [s_j (t_j - d_x)]_+`` of one chunk, differentiated.
-
-    d ``[B, n]`` (d(q~, x)), thresholds ``[B, k]`` (t_j = d(q~, c_j)), one sign s_j and weight
-    w_j per term. Returns ``w_x [B, n]`` = d(loss)/d(d_x) = -sum_j s_j w_j [term j active at x],
-    ``counts [B, k]`` (int64, the number of x where term j is active: d(loss)/dt_j =
-    s_j w_j counts_j) and, with ``with_value``, the loss ``[B]`` (else None). One comparison
-    pass per term; terms that share a coefficient are counted together in a small integer
-    tensor, so the float weights are written once. ``work`` reuses buffers across calls (the
-    returned ``w_x`` lives in it until the next call).
-    """
-    work = work if work is not None else Workspace()
-    shape, dev = tuple(d.shape), d.device
-    mask = work.get("mask", shape, torch.bool, dev)
-    acc_dtype = torch.uint8 if len(signs) < 2**8 else torch.int32
-    groups: dict[float, torch.Tensor] = {}
-    counts, value = [], None
-    for j, (s, w) in enumerate(zip(signs, weights, strict=True)):
-        t = thresholds[:, j : j + 1]
-        torch.lt(d, t, out=mask) if s > 0 else torch.gt(d, t, out=mask)
-        hits = mask.view(torch.uint8)  # (a uint8 view sums faster than bool, with no copy)
-        counts.append(hits.sum(1, dtype=torch.int32))
-        if with_value:
-            part = w * s * (t[:, 0] * counts[-1] - torch.where(mask, d, 0).sum(1))
-            value = part if value is None else value + part
-        c = s * w
-        if c == 0:
-            continue
-        if c not in groups:
-            groups[c] = work.get(f"acc{len(groups)}", shape, acc_dtype, dev).copy_(hits)
-        else:
-            groups[c].add_(hits)
-    w_x = work.get("w_x", shape, d.dtype, dev).zero_()
-    for c, n_active in groups.items():
-        w_x.add_(n_active, alpha=-c)
-    return w_x, torch.stack(counts, 1).long(), value
-
-
-_COMPILED: dict = {}
-
-
-def compiled_hinge_weights(policy: ExecutionPolicy):
-    """:func:`hinge_weights`, fused by ``torch.compile`` when the policy asks (one kernel
-    instead of a few passes per term: what a 1M-item gallery on a GPU needs)."""
-    if not policy.compile:
-        return hinge_weights
-    if "hinge" not in _COMPILED:
-        compiled = torch.compile(_hinge_weights_pure, dynamic=True)
-        _COMPILED["hinge"] = lambda d, t, s, w, v, work=None: compiled(d, t, s, w, v)
-    return _COMPILED["hinge"]
-
-
-def _hinge_weights_pure(d: torch.Tensor, thresholds: torch.Tensor, signs: list[float],
-                        weights: list[float], with_value: bool = False):
-    """:func:`hinge_weights` without buffers or in-place updates: what ``torch.compile``
-    fuses into a pass or two over ``d``."""
-    w_x = torch.zeros_like(d)
-    counts, value = [], None
-    for j, (s, w) in enumerate(zip(signs, weights, strict=True)):
-        t = thresholds[:, j : j + 1]
-        active = d < t if s > 0 else d > t
-        counts.append(active.sum(1))
-        if with_value:
-            part = w * s * (t[:, 0] * counts[-1] - torch.where(active, d, 0).sum(1))
-            value = part if value is None else value + part
-        w_x = w_x - (s * w) * active.to(d.dtype)
-    return w_x, torch.stack(counts, 1), value
-
-
 class QueryAttack(AttackKind):
     """QA+ / QA-: the adversarial image is the query q; targets ``[T, m]`` are C, ``sp`` C_SP."""
 
@@ -376,8 +298,10 @@ class QueryAttack(AttackKind):
 
     @torch.no_grad()
     def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):
-        """``rank [B]`` (R_QA, %), ``sp_rank [B]`` (worst R over C_SP, %) and ``recall@1 [B]``
-        (100 if q~'s nearest other member shares q's label, else 0)."""
+        """``rank [B]`` (R_QA, %), ``sp_rank [B]`` (the worst R over C_SP, %: the member of
+        C_SP the attack moved furthest; the ECCV code reports their mean, ``sp_rank_mean
+        [B]``, kept beside it) and ``recall@1 [B]`` (100 if q~'s nearest other member shares
+        q's label, else 0)."""
         g_emb, dist, labels, n = gallery.embeddings, gallery.distance, gallery.labels, len(gallery)
         anchors, targets = part.anchors.to(g_emb.device), part.targets.to(g_emb.device)
         thr = dist.paired(emb[:, None, :], g_emb[targets])  # d(q~, c) [B, m]
@@ -389,6 +313,7 @@ class QueryAttack(AttackKind):
             thr_sp = dist.paired(emb[:, None, :], g_emb[sp])
             sp_ranks = count_closer(emb, thr_sp, g_emb, dist, exclude=excl, targets=sp).float()
             out["sp_rank"] = (100.0 * sp_ranks / n).max(1).values
+            out["sp_rank_mean"] = (100.0 * sp_ranks / n).mean(1)
         nn1 = nearest_neighbors(emb, g_emb, 1, dist, anchors)[:, 0]
         out["recall@1"] = 100.0 * (labels[nn1] == labels[anchors]).float()
         return out

@@ -23,12 +23,13 @@ from advrank.cli.groups import (
     add_target_options,
 )
 from advrank.cli.parsing import Command, emit
-from advrank.cli.values import format_eps, integer, path_value, positive_int
+from advrank.cli.values import format_eps, integer, number, path_value, positive_int
 from advrank.errors import AdvrankError
 from advrank.experiments.audit import (
     AUDIT_ATTACKS,
     DEFAULT_AUDIT_EPS,
-    FAST_SETTING,
+    QUICK_EPS,
+    QUICK_MINUTES,
     AuditConfig,
     AuditJob,
 )
@@ -44,7 +45,8 @@ def cmd_audit(args) -> None:
         raise AdvrankError("--endpoint-differs applies to an endpoint (--oracle "
                            "http://HOST:PORT)")
     k = resolve_size(args, args.attacks)
-    config = AuditConfig(eps_values=args.eps, attacks=args.attacks, k=k,
+    eps = args.eps or ([QUICK_EPS] if args.quick is not None else list(DEFAULT_AUDIT_EPS))
+    config = AuditConfig(eps_values=eps, attacks=args.attacks, k=k,
                          num_attacks=args.num_attacks, seed=args.seed,
                          batch_size=args.batch_size, steps=args.steps,
                          step_size=args.step_size, examples=args.examples, top=args.top,
@@ -52,7 +54,7 @@ def cmd_audit(args) -> None:
                          pipeline=args.pipeline, through_pipeline=args.through_pipeline,
                          query_budget=args.query_budget, feedback=args.feedback,
                          optimizer=(args.optimizer or ["random"])[0], oracle=args.oracle,
-                         endpoint_differs=args.endpoint_differs)
+                         endpoint_differs=args.endpoint_differs, quick=args.quick)
     summary = AuditJob(spec_from_args(args), args.out, config, loader_from_args(args),
                        index=args.index, transfer_from=args.transfer_from,
                        force=args.force).run()
@@ -67,9 +69,10 @@ def cmd_audit(args) -> None:
                          f"{row['rank_pipeline_after']:.1f}%)" if "rank_pipeline_after" in row
                          else ""))
     if summary["deployed"]:
-        from advrank.reports.tables import deployed_markdown
+        from advrank.reports.tables import deployed_markdown, deployed_sentences
 
         lines.append("deployed view:\n" + deployed_markdown(summary["deployed"]).rstrip())
+        lines += deployed_sentences(summary["verdict"].get("deployed"))
     lines.append(f"wrote {summary['report_html']} and {summary['report_json']}")
     emit(args, summary, "\n".join(lines))
 
@@ -78,7 +81,14 @@ def _audit_options(p) -> None:
     """audit a retrieval model on an image collection: report.html + .json"""
     add_target_options(p, cache=True)
     p.add_argument("--out", required=True, help="output folder")
-    add_eps(p, multiple=True, default=list(DEFAULT_AUDIT_EPS))
+    default_eps = ",".join(format_eps(e) for e in DEFAULT_AUDIT_EPS)
+    add_eps(p, multiple=True, default=None,
+            default_text=f"{default_eps}; with --quick: {format_eps(QUICK_EPS)}")
+    p.add_argument("--quick", type=number(0.0, 24 * 60, low_open=True), nargs="?",
+                   const=QUICK_MINUTES, default=None, metavar="MINUTES",
+                   help="a quick look that fits any collection: one eps (8/255 unless --eps), "
+                        "T per cell sized from |X| and timed probes to fit MINUTES (default "
+                        f"when given without a value: {QUICK_MINUTES:g}); --num-attacks caps T")
     add_attacks(p, AUDIT_ATTACKS, "comma-separated attack kinds, each scored by ranks")
     add_size(p, default=1)
     add_num_attacks(p, "attacks per (attack, eps) cell")
@@ -114,12 +124,13 @@ COMMANDS = (
                         "(CA+, CA-, QA+, QA-) and the embedding shift (ES) at a few eps, and "
                         "write OUT/report.html (self-contained: tables, plots, example panels) "
                         "and OUT/report.json. eps is in [0, 1] pixel units of the model's input "
-                        "image (after resizing/cropping). It prints its estimated time (from one "
-                        "timed forward+backward pass) before the attacks start and shows one "
-                        f"progress bar; for a quick look add {FAST_SETTING}. Rerunning the same "
-                        "command resumes.\n\n"
+                        "image (after resizing/cropping). It prints its estimated time (each kind "
+                        "of cell priced from a timed probe of it) before the attacks start and "
+                        "shows one progress bar whose time left is corrected as cells finish; "
+                        "for a quick look add --quick. Rerunning the same command resumes; "
+                        "Ctrl-C writes a partial report first.\n\n"
                         "  advrank audit --model timm:resnet50 --weights my.safetensors \\\n"
-                        "      --data imagefolder:photos/ --out audit/\n"
+                        "      --data imagefolder:photos/ --out audit/ --quick\n"
                         "  advrank audit --checkpoint mnist.pt --eps 0.03,0.1,0.3 --out audit/\n\n"
                         "With --oracle URL and no model, the audit of an endpoint alone: "
                         "query-only attacks on the pictures of --data, every figure read from "

@@ -12,7 +12,8 @@ WHITE_BOX_ONLY = (("--steps", "steps"), ("--step-size", "step_size"), ("--index"
                   ("--transfer-from", "transfer_from"), ("--query-fraction", "query_fraction"),
                   ("--weights", "weights"), ("--pretrained", "pretrained"),
                   ("--metric", "metric"), ("--layer", "layer"), ("--embed-dim", "embed_dim"),
-                  ("--input-size", "input_size"), ("--mean", "mean"), ("--std", "std"))
+                  ("--input-size", "input_size"), ("--mean", "mean"), ("--std", "std"),
+                  ("--quick", "quick"))
 
 
 def add_endpoint_options(p) -> None:
@@ -52,7 +53,7 @@ def add_endpoint_options(p) -> None:
 def endpoint_config(args):
     """The :class:`EndpointAuditConfig` of the parsed options (white-box ones refused)."""
     from advrank.cli.declare import kind_options, resolve_size
-    from advrank.experiments.audit import AUDIT_ATTACKS
+    from advrank.experiments.audit import AUDIT_ATTACKS, DEFAULT_AUDIT_EPS
     from advrank.experiments.audit.endpoint import ENDPOINT_ATTACKS, EndpointAuditConfig
 
     given = [flag for flag, name in WHITE_BOX_ONLY if getattr(args, name, None) is not None]
@@ -68,7 +69,8 @@ def endpoint_config(args):
     k = resolve_size(args, attacks)
     sized = any(getattr(args, name) is not None for name in ("k", "w", "m"))
     return EndpointAuditConfig(
-        eps_values=args.eps, attacks=attacks, k=k, order_k=k if sized and k >= 2 else 5,
+        eps_values=args.eps or list(DEFAULT_AUDIT_EPS), attacks=attacks, k=k,
+        order_k=k if sized and k >= 2 else 5,
         num_attacks=args.num_attacks, seed=args.seed, batch_size=args.batch_size,
         query_budget=args.query_budget or 1000, feedback=args.feedback or "topk:10",
         optimizers=args.optimizer or ["random"], top=args.top, examples=args.examples > 0,

@@ -8,16 +8,43 @@ import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from advrank.cli.groups import add_common
-from advrank.core.io import strict_json
-from advrank.core.meta import ModelMeta
 from advrank.errors import AdvrankError
+
+if TYPE_CHECKING:  # (an annotation only: --help imports nothing heavy)
+    from advrank.core.meta import ModelMeta
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: every mistake becomes an :class:`AdvrankError`, which
-    ``main`` prints as ``advrank: error: ...`` with exit status 2."""
+    ``main`` prints as ``advrank: error: ...`` with exit status 2. An option a command does
+    not have is named first, with the nearest one it has (argparse would first complain
+    about a required option the misspelt one was meant to be)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            self._check_option_names(list(args) if args is not None else [])
+        return super().parse_known_args(args, namespace)
+
+    def _check_option_names(self, args: list[str]) -> None:
+        """Refuse a ``--word`` this parser has no option for (nor one it abbreviates)."""
+        import difflib
+
+        known = list(self._option_string_actions)
+        for arg in args:
+            if arg == "--":
+                break
+            name = arg.partition("=")[0]
+            if not arg.startswith("--") or name in known or \
+                    (self.allow_abbrev and any(k.startswith(name) for k in known)):
+                continue
+            visible = [k for k, a in self._option_string_actions.items()
+                       if a.help != argparse.SUPPRESS and k.startswith("--")]
+            close = difflib.get_close_matches(name, visible, n=1, cutoff=0.6)
+            self.error(f"unrecognized option {name}"
+                       + (f"; did you mean {close[0]}?" if close else "")
+                       + " (--help lists them)")
 
     def error(self, message: str):
         where = self.prog.removeprefix("advrank").strip()  # the subcommand, if any
@@ -61,7 +88,7 @@ class Command:
     run: Callable[[argparse.Namespace], None]
     options: Callable[[argparse.ArgumentParser], None]
     description: str | None = None
-    common: Callable[[argparse.ArgumentParser], None] = add_common
+    common: Callable[[argparse.ArgumentParser], None] | None = None  # None: add_common
 
     def add_to(self, sub, formatter: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
         """The command's parser, added to the ``add_subparsers`` action ``sub``."""
@@ -69,7 +96,12 @@ class Command:
         p = sub.add_parser(self.name, help=summary, formatter_class=formatter,
                            description=self.description or "\n\n".join(text))
         self.options(p)
-        self.common(p)
+        if self.common is None:
+            from advrank.cli.groups import add_common
+
+            add_common(p)
+        else:
+            self.common(p)
         p.set_defaults(func=self.run)
         return p
 
@@ -78,6 +110,7 @@ def emit(args, obj: dict, text: str) -> None:
     """One strict JSON object (``--json``) or the text, on stdout (rank 0 alone under
     torchrun: every process holds the same result)."""
     from advrank.core import distributed
+    from advrank.core.io import strict_json
 
     if not distributed.is_main():
         return

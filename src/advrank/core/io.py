@@ -208,6 +208,26 @@ def exclusive(lock_path: str | Path, what: str) -> Iterator[None]:
         os.close(folder_fd)
 
 
+def first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: it does):
+    what a run creates, and removes again with :func:`remove_empty_tree` when it is refused."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            return missing
+        missing = path
+    return missing
+
+
+def remove_empty_tree(root: Path) -> None:
+    """Remove ``root`` and the folders below it that hold no file at all (links are not
+    followed; a folder that holds anything stays)."""
+    for path, _folders, files in os.walk(root, topdown=False):
+        if not files:
+            with contextlib.suppress(OSError):  # not empty (a folder kept below): keep it
+                os.rmdir(path)
+
+
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     """Refuse an output folder that is a file or cannot be created/written, before any work."""
     path = Path(path)

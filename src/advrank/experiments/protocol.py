@@ -150,7 +150,9 @@ def plan_batches(model: nn.Module, gallery: Gallery, kind: AttackKind, k: int, b
             f"{format_bytes(budget)}; raise --memory-budget, lower {kind.size_name or 'k'} or "
             "use --precision bf16")
     sub = int(min(batch_size, avail // per_attack))
-    if sub < batch_size and log and distributed.is_main():
+    said = (kind.name, batch_size, sub, budget)
+    if sub < batch_size and log and distributed.is_main() and said not in _SAID:
+        _SAID.add(said)  # once per setting, not once per cell of a grid or audit
         print(f"advrank: {batch_size} {kind.name} attacks need about "
               f"{format_bytes(batch_size * per_attack)}; running sub-batches of {sub} within "
               f"the memory budget of {format_bytes(budget)}", file=sys.stderr)
@@ -161,9 +163,15 @@ def plan_batches(model: nn.Module, gallery: Gallery, kind: AttackKind, k: int, b
 
 def plan_for(model: nn.Module, gallery: Gallery, kind: AttackKind, k: int, batch_size: int,
              selection: Selection, policy: ExecutionPolicy) -> BatchPlan:
-    """:func:`plan_batches` with the image shape read from the selection's first anchor."""
+    """:func:`plan_batches` with the image shape read from the selection's first anchor, for
+    the largest batch the selection makes (T = 20 attacks never form a batch of 256)."""
     shape = tuple(gallery.images(selection.anchors[:1]).shape[1:])
-    return plan_batches(model, gallery, kind, k, batch_size, shape, policy)
+    return plan_batches(model, gallery, kind, k, max(1, min(batch_size, len(selection))),
+                        shape, policy)
+
+
+#: the sub-batch settings already announced by this process
+_SAID: set[tuple] = set()
 
 
 def _attack_part(model: nn.Module, gallery: Gallery, kind: AttackKind, threat: LinfThreatModel,

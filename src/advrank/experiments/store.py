@@ -38,7 +38,9 @@ from advrank.core.io import (
     atomic_write_text,
     check_writable_dir,
     exclusive,
+    first_missing,
     read_json,
+    remove_empty_tree,
 )
 from advrank.errors import AdvrankError
 
@@ -56,23 +58,30 @@ def claim(out_dir: str | Path) -> Iterator[Path]:
     if not distributed.is_main():
         yield folder
         return
+    created = first_missing(folder)
     check_writable_dir(folder)
     real = os.path.realpath(folder)
     if real in _HELD:
         yield folder
         return
-    with exclusive(folder / LOCK_NAME, f"output folder {folder}"):
-        _HELD.add(real)
-        try:
-            yield folder
-        finally:
-            _HELD.discard(real)
+    try:
+        with exclusive(folder / LOCK_NAME, f"output folder {folder}"):
+            _HELD.add(real)
+            try:
+                yield folder
+            finally:
+                _HELD.discard(real)
+    except BaseException:  # a refused or interrupted run leaves no empty folder it made
+        if created is not None:
+            remove_empty_tree(created)
+        raise
 
 
 #: the possible values of the attack figures (ranks and recalls are percentages; the curves
-#: name a paper attack's rank by the attack); cosine allows float32 rounding
+#: name a paper attack's rank by the attack); cosine and shift allow float32 rounding (1 - cos
+#: of an embedding with itself can come out as -3e-8)
 FIGURE_RANGES = {"rank": (0.0, 100.0), "recall@1": (0.0, 100.0), "retain@4": (0.0, 100.0),
-                 "cosine": (-1.001, 1.001), "shift": (0.0, math.inf),
+                 "cosine": (-1.001, 1.001), "shift": (-1e-6, math.inf),
                  **{a: (0.0, 100.0) for a in ("CA+", "CA-", "QA+", "QA-")}}
 
 

@@ -271,6 +271,9 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
                                          ).hexdigest()[:12]
         return Target(model, meta, gallery, device, str(spec.checkpoint), fingerprint,
                       {"plugins": plugins} if plugins else {})
+    if check is not None and spec.data is not None:  # refused before the model is built
+        check(len(load_dataset(spec.data, split, data_root, download,
+                               allow_outside_root=spec.allow_outside_root)))
     built, meta, geometry, info = _build_model(spec, log)
     built = built.to(device).eval()
     probe = getattr(built, "probe", None)

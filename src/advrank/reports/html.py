@@ -19,44 +19,8 @@ from typing import Any
 
 import torch
 
-from advrank.reports.tables import view_name
-
-CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-       "base-uri 'none'; form-action 'none'")
-
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
-max-width:1180px;color:#1d232b;padding:0 16px;line-height:1.45}
-h1{font-size:1.55em;margin-bottom:.2em;overflow-wrap:break-word}h2{margin-top:1.8em;
-border-bottom:1px solid #dde2e8;padding-bottom:.2em;font-size:1.2em}.sub{color:#5a6572;
-margin-top:0;overflow-wrap:break-word}
-.scroll{overflow-x:auto;max-width:100%}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
-th,td{border:1px solid #d5dbe2;padding:4px 9px;text-align:right}
-th{background:#f2f5f8}td.l,th.l{text-align:left}td code{overflow-wrap:anywhere}
-.kpi{display:flex;gap:14px;flex-wrap:wrap;margin:1em 0}
-.kpi div{background:#f2f5f8;border-radius:8px;padding:10px 16px;min-width:130px}
-.kpi b{display:block;font-size:1.5em}.warn{color:#a34b00}
-.verdict{border-left:6px solid #d0312d;background:#fdf1f0;padding:10px 16px;
-border-radius:6px;margin:1em 0}.verdict.ok{border-color:#2e7d32;background:#eff7ef}
-.verdict p{margin:.35em 0}.verdict .big{font-size:1.15em;font-weight:600}
-.panel{border:1px solid #d5dbe2;border-radius:8px;padding:10px 14px;margin:14px 0}
-.panel h3{margin:.1em 0 .4em;font-size:1.05em}
-.row{display:flex;gap:8px;align-items:flex-start;flex-wrap:wrap;margin:6px 0}
-.rowlabel{width:70px;font-weight:600;padding-top:36px;font-size:.9em}
-figure{margin:0;width:100px;text-align:center;font-size:.75em;color:#3b4550}
-figure img{width:96px;height:96px;object-fit:contain;border:2px solid #fff;
-background:#eef1f4}
-figure.hit img{border-color:#d0312d}figure.hit figcaption{color:#d0312d;font-weight:600}
-img.pix{image-rendering:pixelated}.plot{max-width:100%;height:auto}
-figcaption span{display:block;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-code{font-size:.9em}
-.note{color:#5a6572;font-size:.88em}.gap{padding-top:36px;color:#5a6572}
-.up{color:#1565c0}.down{color:#d0312d}.nw{white-space:nowrap}
-@media (max-width:900px){body{margin:12px auto;padding:0 10px}
-figure{width:76px}figure img{width:72px;height:72px}.rowlabel{width:100%;padding-top:0}
-.gap{padding-top:0}.kpi div{min-width:100px;padding:8px 12px}}
-"""
+from advrank.reports.style import CSP, STYLE
+from advrank.reports.tables import deployed_sentences, view_name
 
 
 def esc(value: Any) -> str:
@@ -152,6 +116,16 @@ def _where(rank: float, n: int) -> str:
     return f"rank {rank:.1f}% (#{position:,} of {n:,})"
 
 
+def _partial(report: dict) -> str:
+    """The banner of a report written when the audit was interrupted."""
+    p = report["summary"].get("partial")
+    if not p:
+        return ""
+    return (f'<p class="warn" id="partial">Partial report: the audit was interrupted after '
+            f"{p['cells_done']} of {p['cells']} attack cells; the tables show those alone and "
+            "there are no example panels. Rerun the same command to finish it.</p>")
+
+
 def _verdict(report: dict) -> str:
     """The plain-language verdict at the top of the page (from ``summary.verdict``)."""
     v = report["summary"].get("verdict")
@@ -183,6 +157,7 @@ def _verdict(report: dict) -> str:
                           f"<b>{esc(small['attack'])}</b>, {small['rank_before']:.1f}% → "
                           f"{small['rank_after']:.1f}%.")
         lines[-1] += "</p>"
+    lines += [f"<p>{esc(text)}</p>" for text in deployed_sentences(v.get("deployed"))]
     ers = v.get("ers")
     lines.append(f"<p>ERS (robrank's robustness score): {ers:.1f}.</p>" if ers is not None else
                  "<p class=note>ERS (robrank's one-number robustness score) is not part of an "
@@ -207,6 +182,12 @@ def _settings(report: dict) -> str:
             ["PGD steps", esc(steps)], ["step size", esc(alpha)],
             ["seed", esc(a.get("seed"))], ["batch size", esc(a.get("batch_size"))],
             ["attack time", f"{v.get('seconds', 0) / 60:.1f} min"]]
+    timing = report["summary"].get("estimate")
+    if timing:  # this run's estimate (printed before the attacks) against its time
+        rows.append(["estimated / actual time", esc(
+            f"{timing['estimated_seconds'] / 60:.1f} min / {timing['actual_seconds'] / 60:.1f} "
+            f"min" + (f" (actual = {timing['ratio']:.2f} x estimated)" if timing.get("ratio")
+                      else ""))])
     d = report["summary"].get("deployed") or {}
     q = d.get("query")
     extra = [["upload pipeline", d.get("pipeline")], ["index", d.get("index")],
@@ -234,12 +215,13 @@ def _attacks(report: dict, descriptions: dict[str, str]) -> str:
     rows = []
     for a in attacks:
         cells = {r["eps"]: r for r in rows_in if r["attack"] == a}
-        first = cells[eps_values[0]]
+        first = next(iter(cells.values()))
         row = [f"<span class=nw><b>{esc(a)}</b> {_arrow(_direction(rows_in, a))}</span>",
                f"{first['rank_before']:.1f}"]
         for e in eps_values:
-            c = cells[e]
-            row.append(f"{c['rank_after']:.1f} ± {c.get('rank_after_se', 0):.1f}"
+            c = cells.get(e)  # (none in a partial report)
+            row.append("–" if c is None else
+                       f"{c['rank_after']:.1f} ± {c.get('rank_after_se', 0):.1f}"
                        + (f"<br><span class=note>R@1 {c['recall@1_after']:.0f}%</span>"
                           if "recall@1_after" in c else ""))
         rows.append(row)
@@ -331,9 +313,12 @@ def _rank_cell(row: dict, when: str) -> str:
     return text
 
 
-def _topk_cell(row: dict, when: str) -> str:
-    return (f"{row[f'in_topk_{when}']:.0f}%<br><span class=note>position "
-            f"{row[f'rank_topk_{when}']:.1f}</span>")
+def _topk_cell(depth: int | None):
+    def cell(row: dict, when: str) -> str:
+        return (f"{row[f'in_topk_{when}']:.0f}% in top {depth}<br><span class=note>position "
+                f"{row[f'rank_topk_{when}']:.1f}</span>")
+
+    return cell
 
 
 def _deployed(report: dict, plot: bytes | None) -> str:
@@ -343,7 +328,10 @@ def _deployed(report: dict, plot: bytes | None) -> str:
     d = report["summary"].get("deployed")
     if not d:
         return ""
-    out = ["<h2>Deployed view</h2><p>What a deployed search would show, at the same ε and "
+    words = "".join(f"<p class=big>{esc(t)}</p>" for t in deployed_sentences(
+        (report["summary"].get("verdict") or {}).get("deployed")))
+    out = ["<h2>Deployed view</h2>" + words + "<p>What a deployed search would show, at the "
+           "same ε and "
            "on the same attacked items as the attack table: mean normalized rank (% of |X|, ± "
            "standard error) before and after the attack, for the white-box attack on float "
            "pixels" + (f", the same adversarial images after the upload pipeline "
@@ -362,11 +350,13 @@ def _deployed(report: dict, plot: bytes | None) -> str:
     out.append(_view_table(d, ("white-box", "pipeline", "transfer", "query-only"), _rank_cell))
     if any(r["view"] in ("index", "index-pipeline") for r in d["rows"]):
         depth = d.get("index_depth")
-        out.append(f"<h3>Exact search vs the <code>{esc(d['index'])}</code> index</h3><p>"
-                   f"Of the attack's targets, the share the search shows in its first {depth} "
-                   f"results, and their mean position there ({depth}: beyond them).</p>"
+        out.append(f"<h3>Exact search vs the <code>{esc(d['index'])}</code> index: top "
+                   f"{depth}</h3><p>Of the attack's targets, the share the search shows in its "
+                   f"first {depth} results (% in top {depth}), and their mean position there "
+                   f"({depth}: beyond them). A candidate attack's image is inserted into the "
+                   "index as a catalog inserts an upload, then each query searches it.</p>"
                    + _view_table(d, ("exact", "index", "exact-pipeline", "index-pipeline"),
-                                 _topk_cell))
+                                 _topk_cell(depth)))
     if plot is not None:
         out.append("<h3>Rank vs queries</h3><p class=note>The best candidate queried so far, "
                    f"measured at {esc(', '.join(map(str, d['query']['marks'])))} queries per "
@@ -413,7 +403,7 @@ def audit_html(report: dict, panels: list[dict], query_plot: bytes | None = None
     pixel_note = ("ε is measured in pixels of the image the model receives"
                   + (f" ({'×'.join(map(str, size))}, after resizing and cropping)" if size
                      else "") + ", in [0, 1] units: 8/255 = 8 grey levels.")
-    body = (_header(report) + _verdict(report) + _retrieval(report)
+    body = (_header(report) + _partial(report) + _verdict(report) + _retrieval(report)
             + _attacks(report, descriptions)
             + f'<p class=note>{esc(pixel_note)}</p><h2>Rank vs ε</h2><img class="plot" '
             f'src="{plot}" alt="rank vs eps plots">' + _deployed(report, query_plot)

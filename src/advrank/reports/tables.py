@@ -39,8 +39,10 @@ def format_attack(summary: dict) -> str:
     parts = []
     for fig in figures:
         unit, places = ("%", 2) if fig != head or digits == 1 else ("", 4)
+        name = {"sp_rank": "sp_rank (worst of C_SP)",  # the ECCV code reports the mean
+                "sp_rank_mean": "sp_rank_mean (mean of C_SP, as the ECCV code)"}.get(fig, fig)
         se = summary.get(f"{fig}_after_se")
-        parts.append(f"{fig} {summary[f'{fig}_before']:.{places}f}{unit} -> "
+        parts.append(f"{name} {summary[f'{fig}_before']:.{places}f}{unit} -> "
                      f"{summary[f'{fig}_after']:.{places}f}{unit}"
                      + (f" (± {se:.{places}f})" if se is not None else ""))
     return (f"{summary['attack']} eps={summary['eps']:g} {summary.get('k_name') or 'k'}="
@@ -84,7 +86,8 @@ def _sp_lines(cells: list[dict]) -> list[str]:
         for c in sp:
             if c["attack"] == a:
                 worst[c["eps"]] = max(worst.get(c["eps"], 0.0), c["sp_rank_after"])
-        lines.append(f"{a}: mean worst rank of C_SP after attack, max over "
+        lines.append(f"{a}: mean worst rank of C_SP after attack (the worst of each "
+                     "attack's C_SP members; the ECCV code reports their mean), max over "
                      f"{size_name(a)}: " + ", ".join(f"ε={e:g}: {v:.1f}%"
                                                     for e, v in sorted(worst.items())))
     return lines
@@ -227,7 +230,7 @@ def view_name(view: str, deployed: dict) -> str:
 def deployed_markdown(deployed: dict) -> str:
     """The audit's deployed view as a Markdown table: one row per (attack, view), one column
     per eps; ranks (% of |X|) before -> after, and for the exact/index views the share of the
-    targets within the top results (%)."""
+    targets within the top ``index_depth`` results (%)."""
     eps_values = sorted({r["eps"] for r in deployed["rows"]})
     lines = ["| attack | view | before | " + " | ".join(f"ε={e:g}" for e in eps_values) + " |",
              "|---|---|---|" + "---|" * len(eps_values)]
@@ -238,7 +241,39 @@ def deployed_markdown(deployed: dict) -> str:
         fig = "rank" if "rank_after" in next(iter(cells.values())) else "in_topk"
         before = next(iter(cells.values()))[f"{fig}_before"]
         row = [f"{cells[e][f'{fig}_after']:.1f}" if e in cells else "–" for e in eps_values]
-        unit = "" if fig == "rank" else " (% in top results)"
+        unit = "" if fig == "rank" else \
+            f" (% in top {deployed.get('index_depth') or 'results'})"
         lines.append(f"| {attack} | {view_name(view, deployed)}{unit} | {before:.1f} | "
                      + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _eps_text(eps: float) -> str:
+    from advrank.core.checks import format_eps
+
+    return format_eps(eps)
+
+
+def deployed_sentences(worst: dict | None) -> list[str]:
+    """The deployed view's worst cases in words, one sentence each (the audit's verdict
+    holds them as ``deployed``: ``rank``, the deployed view whose rank moved furthest;
+    ``topk``, the index row whose share of targets in the top ``depth`` moved furthest)."""
+    if not worst:
+        return []
+    out = []
+    r, t = worst.get("rank"), worst.get("topk")
+    if r:
+        how = {"pipeline": "on the images after the upload pipeline",
+               "transfer": "made on another model (transfer)",
+               "query-only": f"query-only, with {r.get('queries_used', 0):.0f} queries per "
+                             "attack"}.get(r["view"], r["view"])
+        out.append(f"Deployed, the strongest attack is {r['attack']} at eps = "
+                   f"{_eps_text(r['eps'])}, {how}: the mean rank goes from "
+                   f"{r['rank_before']:.1f}% to {r['rank_after']:.1f}% of the collection.")
+    if t:
+        after = "after the upload pipeline, " if t["view"] == "index-pipeline" else ""
+        out.append(f"Through the {worst.get('index')} index, {after}{t['attack']} at eps = "
+                   f"{_eps_text(t['eps'])} puts its targets in the top {worst.get('depth')} "
+                   f"results {t['in_topk_after']:.0f}% of the time ({t['in_topk_before']:.0f}% "
+                   "before the attack).")
+    return out

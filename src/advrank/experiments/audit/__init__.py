@@ -20,9 +20,11 @@ by their settings (the source's fingerprint; the budget, feedback and optimiser)
 them to a finished audit resumes it and runs only them.
 
 The package, one job per file: :mod:`.settings` (what an audit runs: :class:`AuditConfig` and
-its constants), :mod:`.experiment` (the experiment: :class:`Audit`, :func:`run_audit`),
-:mod:`.plan` (the timing probe and the estimate), :mod:`.deployed` (the deployed view: its
-query-only and transfer cells and their checks) and :mod:`.panels` (the example panels).
+its constants), :mod:`.experiment` (the experiment: :class:`Audit`, :func:`run_audit`, the
+quick look's sizing), :mod:`.plan` (the probes and each cell's price), :mod:`.timing` (the
+estimate, its corrections as cells finish, the progress bar), :mod:`.deployed` (the deployed
+view: its query-only and transfer cells and their checks) and :mod:`.panels` (the example
+panels).
 """
 
 from advrank.experiments.audit.deployed import (
@@ -32,6 +34,7 @@ from advrank.experiments.audit.deployed import (
     check_source,
     check_transfer_cell,
     deployed_view,
+    deployed_worst,
     query_cells,
     transfer_cells,
 )
@@ -39,17 +42,17 @@ from advrank.experiments.audit.experiment import (
     Audit,
     audit_summary,
     check_cell,
+    fit_quick_look,
     retrieval_figures,
     run_audit,
 )
 from advrank.experiments.audit.job import AuditJob
 from advrank.experiments.audit.panels import EXAMPLE_POOL, _largest_moves, example_panels
 from advrank.experiments.audit.plan import (
-    FAST_SETTING,
     LONG_AUDIT_SECONDS,
-    audit_plan,
-    estimate_message,
-    format_duration,
+    CellPlan,
+    Work,
+    plan_cells,
     probe_seconds,
 )
 from advrank.experiments.audit.settings import (
@@ -59,19 +62,29 @@ from advrank.experiments.audit.settings import (
     IMPLIED_IDENTITY,
     QUERY_FRACTIONS,
     QUERY_PLOT,
+    QUICK_ADVICE,
+    QUICK_EPS,
+    QUICK_MINUTES,
     RECALL_KS,
     REPORT_HTML,
     REPORT_JSON,
     AuditConfig,
     fingerprints_of,
 )
+from advrank.experiments.audit.timing import (
+    EstimateBar,
+    TimeModel,
+    estimate_message,
+    format_duration,
+)
 
 __all__ = [
-    "AUDIT_ATTACKS", "AUDIT_FORMAT", "DEFAULT_AUDIT_EPS", "EXAMPLE_POOL", "FAST_SETTING",
-    "IMPLIED_IDENTITY", "LONG_AUDIT_SECONDS", "QUERY_FRACTIONS", "QUERY_PLOT", "RANK_VIEWS",
-    "RECALL_KS", "REPORT_HTML", "REPORT_JSON", "TOPK_VIEWS", "_largest_moves", "Audit",
-    "audit_plan", "audit_summary", "AuditConfig", "AuditJob", "check_cell", "check_query_cell",
-    "check_source", "check_transfer_cell", "deployed_view", "estimate_message", "example_panels",
-    "fingerprints_of", "format_duration", "probe_seconds", "query_cells", "retrieval_figures",
-    "run_audit", "transfer_cells",
+    "AUDIT_ATTACKS", "AUDIT_FORMAT", "DEFAULT_AUDIT_EPS", "EXAMPLE_POOL", "IMPLIED_IDENTITY",
+    "LONG_AUDIT_SECONDS", "QUERY_FRACTIONS", "QUERY_PLOT", "QUICK_ADVICE", "QUICK_EPS",
+    "QUICK_MINUTES", "RANK_VIEWS", "RECALL_KS", "REPORT_HTML", "REPORT_JSON", "TOPK_VIEWS",
+    "_largest_moves", "Audit", "audit_summary", "AuditConfig", "AuditJob", "CellPlan",
+    "check_cell", "check_query_cell", "check_source", "check_transfer_cell", "deployed_view",
+    "deployed_worst", "EstimateBar", "estimate_message", "example_panels", "fingerprints_of",
+    "fit_quick_look", "format_duration", "plan_cells", "probe_seconds", "query_cells",
+    "retrieval_figures", "run_audit", "TimeModel", "transfer_cells", "Work",
 ]

@@ -138,7 +138,8 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
         for eps in config.eps_values:
             base = {"attack": attack, "eps": float(eps), "k": k, "direction": kind.direction}
             cell = st.get(cell_key(attack, eps, k))
-            rows += _view_rows(cell, base)
+            if cell is not None:  # (a partial report: not run yet)
+                rows += _view_rows(cell, base)
             moved = st.get(f"transfer|{cell_key(attack, eps, k)}|{source.fingerprint}") \
                 if source is not None else None
             if moved is not None:
@@ -156,8 +157,9 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
         "budget": config.query_budget, "feedback": parse_feedback(config.feedback or "full")
         .describe(), "optimizer": get_optimizer(config.optimizer).name,
         "oracle": config.oracle or "local", "marks": config.query_marks, "plot": QUERY_PLOT}
-    first: dict[str, Any] = next((st.get(cell_key(a, e, config.size(kinds[a]))) for a in kinds
-                  for e in config.eps_values), {})
+    first: dict[str, Any] = next((st.get(cell_key(a, e, config.size(kinds[a])))
+                                  for a in kinds for e in config.eps_values
+                                  if cell_key(a, e, config.size(kinds[a])) in st), {})
     return {"query": settings, "pipeline": config.upload_identity()["pipeline"],
             "through_pipeline": config.through_pipeline,
             "index": None if index is None else index.spec,
@@ -165,3 +167,36 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
             "transfer": None if source is None else {
                 "source": source.source, "fingerprint": source.fingerprint,
                 "model_sha": fingerprints_of(source)["model_sha"]}}
+
+
+#: the deployed views whose ranks a deployed search would give (the white-box row is the
+#: attack table's) and those that say what its index shows
+DEPLOYED_RANK_VIEWS = ("pipeline", "transfer", "query-only")
+INDEX_VIEWS = ("index", "index-pipeline")
+
+
+def _gain(row: dict[str, Any], figure: str) -> float:
+    """How far ``figure`` moved in the attack's favour: ranks fall and shares in the top
+    results rise for a kind that succeeds downwards, the reverse for one that sinks."""
+    move = row[f"{figure}_after"] - row[f"{figure}_before"]
+    down = row.get("direction", "down") == "down"
+    return (-move if down else move) if figure == "rank" else (move if down else -move)
+
+
+def deployed_worst(deployed: dict[str, Any]) -> dict[str, Any]:
+    """The deployed view's worst cases, for the verdict: ``rank``, the row of a deployed
+    view (after the pipeline, transfer, query-only) whose rank moved furthest in its
+    attack's favour, and ``topk``, the index row whose share of targets in the top
+    ``depth`` results moved furthest (each None when the audit has no such row)."""
+    def worst(views: tuple[str, ...], figure: str):
+        rows = [r for r in deployed["rows"] if r["view"] in views and r["eps"] > 0
+                and f"{figure}_after" in r]
+        if not rows:
+            return None
+        row = max(rows, key=lambda r: _gain(r, figure))
+        keep = ("attack", "eps", "view", "direction", f"{figure}_before", f"{figure}_after",
+                "queries_used")
+        return {**{k: row[k] for k in keep if k in row}, "gain": _gain(row, figure)}
+
+    return {"rank": worst(DEPLOYED_RANK_VIEWS, "rank"), "topk": worst(INDEX_VIEWS, "in_topk"),
+            "depth": deployed.get("index_depth"), "index": deployed.get("index")}

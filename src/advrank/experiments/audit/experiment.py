@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import advrank.experiments.audit.deployed as deployed
 import advrank.experiments.audit.settings as settings
 from advrank.attacks.base import AttackKind
 from advrank.core.checks import format_eps
-from advrank.core.metrics import query_metrics
-from advrank.core.runtime import progress_bar
 from advrank.errors import AdvrankError
 from advrank.experiments.audit.panels import example_panels
-from advrank.experiments.audit.plan import audit_plan, estimate_message
+from advrank.experiments.audit.plan import Work, plan_cells
+from advrank.experiments.audit.retrieval import retrieval_figures
 from advrank.experiments.audit.settings import AuditConfig, fingerprints_of
+from advrank.experiments.audit.timing import (
+    EstimateBar,
+    TimeModel,
+    estimate_message,
+    format_duration,
+)
 from advrank.experiments.protocol import ColumnSelections, run_attack
 from advrank.experiments.results import cell_key, check_attack_cell
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
@@ -59,27 +62,6 @@ def check_cell(key: str, cell) -> str | None:
         return "no attack count or time"
     return None
 
-def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, Any]:
-    """Recall@1/2/4/8 and mAP (%): the query split against the gallery, or members of X as
-    queries left out of their own lists (a seeded sample of ``max_queries`` when X is larger)."""
-    g = target.gallery
-    n = len(g)
-    if target.queries is not None:
-        q_emb, q_labels = target.queries
-        own, mode = None, "query split vs gallery"
-    else:
-        idx = torch.arange(n)
-        if n > max_queries:
-            idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_queries]
-            idx = idx.sort().values
-        dev = g.embeddings.device
-        q_emb, q_labels, own = g.embeddings[idx.to(dev)], g.labels[idx.to(dev)], idx
-        mode = "each member of X vs the rest" + (" (a seeded sample)" if n > max_queries else "")
-    figures = query_metrics(q_emb, q_labels, g.embeddings, g.labels, g.distance,
-                            settings.RECALL_KS, own)
-    return {**figures, "queries": int(q_labels.numel()), "query_mode": mode,
-            "gallery_size": n, "classes": int(g.labels.unique().numel())}
-
 class Audit(Experiment):
     """The audit's declaration: a retrieval cell, then one cell per (attack, eps); see
     :func:`run_audit`."""
@@ -90,7 +72,7 @@ class Audit(Experiment):
 
     def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
                  progress: bool = False, log: Callable[[str], None] | None = None,
-                 index=None, source: Target | None = None):
+                 index=None, source: Target | None = None, probes: dict | None = None):
         self.kinds = config.validate()
         self.source = deployed.check_source(source, target)
         self.log = log or (lambda m: None)
@@ -100,6 +82,8 @@ class Audit(Experiment):
         self.bar: Any = None  # the progress bar while the cells run
         self.oracle: Oracle | None = None  # the local oracle, made for the first query cell
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
+        self.probes = probes  # reused from a quick look's sizing (None: probe)
+        self.time: TimeModel | None = None  # the time model, while the cells run
 
     def identity(self) -> dict[str, Any]:
         target, config = self.target, self.config
@@ -121,14 +105,53 @@ class Audit(Experiment):
 
     def cells(self, store: Store) -> list[Cell]:
         config = self.config
-        return [Cell("retrieval", partial(retrieval_figures, self.target, config.max_queries,
-                                          config.seed)),
-                *(Cell(cell_key(a, e, config.size(self.kinds[a])), partial(self.cell, a, e))
-                  for a in self.kinds for e in config.eps_values),
-                *(Cell(key, partial(self.query_cell, a, e))
-                  for a, e, key in deployed.query_cells(self.kinds, config)),
-                *(Cell(key, partial(self.transfer_cell, a, e))
-                  for a, e, key in deployed.transfer_cells(self.kinds, config, self.source))]
+        work = self.work(None)
+        return [Cell("retrieval", partial(self._begin, "retrieval", retrieval_figures,
+                                          self.target, config.max_queries, config.seed)),
+                *(Cell(key, partial(self._begin, key, self.cell, a, e))
+                  for key, a, e in work.white_box),
+                *(Cell(key, partial(self._begin, key, self.query_cell, a, e))
+                  for key, a, e in work.query),
+                *(Cell(key, partial(self._begin, key, self.transfer_cell, a, e))
+                  for key, a, e in work.transfer)]
+
+    def _begin(self, key: str, compute: Callable[..., Any], *args: Any) -> Any:
+        """Compute a cell, telling the time model when it starts."""
+        if self.time is not None:
+            self.time.begin(key)
+        return compute(*args)
+
+    def work(self, store: Store | None) -> Work:
+        """The cells left (all of them without ``store``), in the order they run."""
+        config = self.config
+        left = [(cell_key(a, e, config.size(self.kinds[a])), a, e) for a in self.kinds
+                for e in config.eps_values]
+        query = [(key, a, e) for a, e, key in deployed.query_cells(self.kinds, config)]
+        moved = [(key, a, e)
+                 for a, e, key in deployed.transfer_cells(self.kinds, config, self.source)]
+
+        def todo(cells):
+            return [c for c in cells if store is None or c[0] not in store]
+
+        return Work(todo(left), todo(query), todo(moved), config.examples > 0,
+                    store is None or "retrieval" not in store)
+
+    def plan(self, store: Store | None = None):
+        """``(cells left, probes)``: the cells left, each priced from its probe (the probes
+        run here unless this audit was given them)."""
+        from advrank.oracles import make_oracle
+
+        config = self.config
+
+        def oracle():  # the probe's own oracle, like the cells' one
+            return make_oracle("local", self.target, config.feedback or "full")
+
+        def select(attack: str):
+            kind = self.kinds[attack]
+            return self.columns(attack, kind, config.size(kind))[0]
+
+        return plan_cells(self.target, self.kinds, config, self.t, select, self.work(store),
+                          self.index, self.source, oracle, self.probes)
 
     def announce(self, todo: int, done: int) -> str:
         return (f"audit: {todo} cells to run ({done} already done), T = {self.t}, "
@@ -136,21 +159,21 @@ class Audit(Experiment):
 
     @contextlib.contextmanager
     def running(self, store: Store):
-        """The estimate before the first attack, then one progress bar over every cell's
-        attacks and the example panels."""
-        todo = [(a, e) for a in self.kinds for e in self.config.eps_values
-                if cell_key(a, e, self.config.size(self.kinds[a])) not in store]
-        config = self.config
-        query_todo = [(a, e) for a, e, key in deployed.query_cells(self.kinds, config)
-                      if key not in store]
-        todo += [(a, e) for a, e, key in deployed.transfer_cells(self.kinds, config, self.source)
-                 if key not in store]  # PGD on the source: timed on the audited model
-        plan = audit_plan(self.target, self.kinds, self.config, self.t, todo, query_todo)
-        self.log(estimate_message(plan))
+        """The estimate before the first attack (priced from probes), then one progress bar
+        over every cell and the example panels, its time left from the same estimate as
+        corrected by the cells that finished. Interrupted (Ctrl-C), it writes a report.html
+        of what is done, marked partial, before the interruption goes on."""
+        cells, probes = self.plan(store)
+        self.time = TimeModel(cells, probes)
+        self.log(estimate_message(self.time,
+                                  None if self.config.quick else settings.QUICK_ADVICE))
         try:
-            with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
-                              enabled=self.progress) as self.bar:
+            with EstimateBar(self.time, self.progress) as self.bar:
                 yield
+        except KeyboardInterrupt:
+            self.bar = None
+            self.publish_partial(store)
+            raise
         finally:
             if self.oracle is not None:  # an endpoint's connections
                 self.oracle.close()
@@ -215,6 +238,8 @@ class Audit(Experiment):
                 "source": {key: own.summary()[key] for key in keys}}
 
     def finished(self, store: Store, cell: Cell, value: Any, seconds: float, log) -> None:
+        if self.time is not None:
+            self.time.finish(cell.key, seconds)
         if cell.key != "retrieval":
             how = {"query": f" query-only ({value.get('queries_used', 0):.0f} queries)",
                    "transfer": " transfer"}.get(cell.key.partition("|")[0], "")
@@ -224,14 +249,40 @@ class Audit(Experiment):
                     f"({value['seconds']:.0f}s)")
 
     def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
+        if self.time is not None:
+            self.time.begin("panels")
+        panels = example_panels(self.target, self.kinds, self.config, self.t, self.bar)
+        if self.time is not None:
+            self.time.finish("panels")
+        return self._write(store, panels)
+
+    def publish_partial(self, store: Store) -> None:
+        """report.json's summary and report.html of the cells finished so far, marked
+        partial (no example panels: they would re-run attacks); nothing before the
+        retrieval figures exist."""
+        if "retrieval" not in store or not store.writer:
+            return
+        done = sum(key != "retrieval" for key in store.cells)
+        total = len(self.cells(store)) - 1
+        self._write(store, [], {"cells_done": done, "cells": total})
+        self.log(f"audit: interrupted; wrote a partial report ({done} of {total} cells) to "
+                 f"{store.dir / settings.REPORT_HTML}; rerun the same command to finish it")
+
+    def _write(self, store: Store, panels: list[dict],
+               unfinished: dict[str, int] | None = None) -> dict[str, Any]:
+        """The summary (verdict, deployed view, timing), report.json's readers' part and
+        report.html (and the rank-vs-queries plot)."""
         from advrank.reports.html import audit_html
 
-        panels = example_panels(self.target, self.kinds, self.config, self.t, self.bar)
         summary = audit_summary(store, self.kinds, self.config, self.target)
         examples = [p["figures"] for p in panels]
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
         summary["deployed"] = deployed.deployed_view(store, self.kinds, self.config, self.index,
                                             self.source)
+        if summary["deployed"] is not None:
+            summary["verdict"]["deployed"] = deployed.deployed_worst(summary["deployed"])
+        summary["estimate"] = None if self.time is None else self.time.record()
+        summary["partial"] = unfinished
         plot = None
         if summary["deployed"] and any(r["view"] == "query-only"
                                        for r in summary["deployed"]["rows"]):
@@ -265,14 +316,18 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
               source: Target | None = None) -> dict[str, Any]:
     """Run (or resume) the audit into ``out_dir``; returns the summary that ``--json``
     prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell,
-    ``deployed``: :func:`deployed_view`...).
+    ``deployed``: :func:`deployed_view`, ``estimate``: the estimated and actual time...).
     ``index``: a :class:`~advrank.core.index.VectorIndex` over the gallery whose ranks are
     measured beside the exact ones (``*_index``), part of the audit's identity. ``source``:
     another model on the same collection whose white-box attacks are ranked by the audited
     one (the deployed view's transfer rows). ``force``: overwrite a report.html that is not
-    this run's and start over."""
+    this run's and start over. A quick look (``config.quick``) first sizes its T
+    (:func:`fit_quick_look`)."""
     log = log or progress_log(progress)
-    audit = Audit(target, config or AuditConfig(), record, progress, log, index, source)
+    config, probes = config or AuditConfig(), None
+    if config.quick is not None:
+        config, probes = fit_quick_look(target, out_dir, config, log, index, source, force)
+    audit = Audit(target, config, record, progress, log, index, source, probes)
     audit.force = force
     summary = run(audit, out_dir, log)
     folder = Path(out_dir)
@@ -280,15 +335,65 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
             "report_json": str(folder / settings.REPORT_JSON)}
 
 
+def _stored_quick_t(out_dir: str | Path, config: AuditConfig) -> int | None:
+    """The T of the quick look with these minutes already in ``out_dir`` (None if none)."""
+    from advrank.core.io import read_json
+
+    path = Path(out_dir) / settings.REPORT_JSON
+    try:
+        old = read_json(path, "audit results") if path.is_file() else None
+    except AdvrankError:
+        return None  # the store says what is wrong with it
+    cfg = old.get("config") if isinstance(old, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("audit"), dict) or \
+            cfg["audit"].get("quick") != config.quick:
+        return None
+    t = cfg.get("num_attacks")
+    return t if isinstance(t, int) and not isinstance(t, bool) else None
+
+
+def fit_quick_look(target: Target, out_dir: str | Path, config: AuditConfig,
+                   log: Callable[[str], None], index=None, source: Target | None = None,
+                   force: bool = False) -> tuple[AuditConfig, dict | None]:
+    """The quick look's settings: T per cell is the quick look's already in ``out_dir`` (so
+    that rerunning resumes it), else the largest of its candidates (100, 80, 60, ... 10,
+    capped by |X| and ``num_attacks``) whose estimate fits ``config.quick`` minutes, all
+    priced from one set of probes (returned, for the audit to reuse)."""
+    low, high = config.quick_bounds(len(target.gallery))
+    stored = None if force else _stored_quick_t(out_dir, config)
+    if stored is not None and low <= stored <= high:
+        return replace(config, num_attacks=stored), None
+    candidates = sorted({high, low, *(v for v in settings.QUICK_STEPS if low < v < high)},
+                        reverse=True)
+    probes, chosen, first = None, low, None
+    for t in candidates:
+        audit = Audit(target, replace(config, num_attacks=t), None, False, log, index, source,
+                      probes)
+        cells, probes = audit.plan()
+        seconds = sum(c.seconds for c in cells)
+        first = seconds if first is None else first
+        if seconds <= config.quick * 60:
+            chosen = t
+            break
+    eps = ", ".join(format_eps(e) for e in config.eps_values)
+    log(f"audit: quick look: T = {chosen} attacks per cell at eps = {eps}, sized to fit about "
+        f"{config.quick:g} min" + (f" (T = {high} would take about {format_duration(first)})"
+                                   if chosen < high else ""))
+    return replace(config, num_attacks=chosen), probes
+
+
 def audit_summary(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
                   target: Target) -> dict[str, Any]:
-    """The figures a reader wants first: retrieval, and one row per (attack, eps) cell."""
+    """The figures a reader wants first: retrieval, and one row per (attack, eps) cell
+    (per finished one, in a partial report)."""
     retrieval = st.get("retrieval")
     rows = []
     for attack in kinds:
         for eps in config.eps_values:
             k = config.size(kinds[attack])
             cell = st.get(cell_key(attack, eps, k))
+            if cell is None:  # a partial report: not run yet
+                continue
             rows.append({"attack": attack, "eps": float(eps), "k": k,
                          "direction": kinds[attack].direction,
                          **{key: cell[key] for key in cell if key.endswith(("_before",

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from advrank.attacks.base import check_fits_all
-from advrank.core.io import check_writable_dir
 from advrank.errors import AdvrankError
 from advrank.experiments.audit.experiment import run_audit
 from advrank.experiments.audit.settings import AuditConfig
@@ -50,8 +49,8 @@ class AuditJob:
 
         if self.transfer_from is not None and not Path(self.transfer_from).is_file():
             raise AdvrankError(f"--transfer-from: no checkpoint file {self.transfer_from}")
-        check_writable_dir(self.out)
-        with claim(self.out):  # the folder is ours before anything is written there
+        with claim(self.out):  # the folder is ours before anything is written there (and
+            # removed again, if this run made it, when a check refuses the run)
             target = self.loader.load(spec, check=fits)
             source = None if self.transfer_from is None else \
                 self.loader.load(self.transfer_from)

@@ -33,6 +33,18 @@ RECALL_KS = (1, 2, 4, 8)
 #: identity values of audits written before the setting existed
 IMPLIED_IDENTITY = {"index": None, "pipeline": None, "through_pipeline": False,
                     "query_oracle": "local"}
+#: the quick look (``--quick [MINUTES]``): one eps (unless given), T per cell at most
+#: QUICK_MAX_T and at least QUICK_MIN_T (both capped by |X|), sized to fit the time budget
+QUICK_EPS = 8 / 255
+QUICK_MAX_T, QUICK_MIN_T = 100, 10
+#: the T a quick look tries between them, largest first
+QUICK_STEPS = (80, 60, 50, 40, 30, 20)
+QUICK_MINUTES = 5.0
+#: how the long-run warning points to a shorter run (not said to a quick look)
+QUICK_ADVICE = (f"for a quick look add --quick (one eps, T sized to fit about "
+                f"{QUICK_MINUTES:g} min)")
+
+
 @dataclass
 class AuditConfig:
     """What an audit runs. ``num_attacks`` None: min(1000, |X|) per (attack, eps) cell (the
@@ -48,7 +60,9 @@ class AuditConfig:
     oracle at ``feedback`` (``full``, ``topk:K``, ``topk-scores:K``; None: full), optimised by
     ``optimizer``; ``oracle``: an endpoint (a URL) the query-only rows go through instead,
     calibrated against the audited model first (``endpoint_differs``: expected to differ),
-    their figures read from its answers."""
+    their figures read from its answers. ``quick`` (minutes, None: off): the quick look,
+    whose T the audit sizes to fit that time (see :data:`QUICK_MAX_T`; ``num_attacks``, when
+    given, caps it)."""
 
     eps_values: Sequence[float] = DEFAULT_AUDIT_EPS
     attacks: Sequence[str] = AUDIT_ATTACKS
@@ -69,6 +83,7 @@ class AuditConfig:
     optimizer: str = "random"
     oracle: str | None = None
     endpoint_differs: bool = False
+    quick: float | None = None
 
     def validate(self, gallery_size: int | None = None) -> dict[str, AttackKind]:
         """Check every setting (before any work); returns the attack kinds."""
@@ -84,6 +99,9 @@ class AuditConfig:
         check_batch_size(self.batch_size)
         if self.num_attacks is not None:
             check_number(self.num_attacks, "number of attacks", low=1, integer=True)
+        if self.quick is not None:
+            check_number(self.quick, "quick look minutes", low=0.0, low_open=True,
+                         high=24 * 60)
         kinds = make_kinds(list(self.attacks), self.options)
         for kind in kinds.values():
             if not kind.ranked:
@@ -126,19 +144,29 @@ class AuditConfig:
 
     def attacks_for(self, n: int, note: Callable[[str], None] | None = None) -> int:
         """T per cell: as asked (at most |X|), or min(1000, |X|) (``note`` told when |X| caps
-        it)."""
-        return num_attacks_for(self.num_attacks, n, note)
+        it); a quick look's cap is cut to |X| (its T is sized before the cells run)."""
+        asked = self.num_attacks
+        if self.quick is not None:
+            asked = min(n, asked or QUICK_MAX_T)
+        return num_attacks_for(asked, n, note)
 
     def check_gallery(self, n: int) -> None:
         """Refuse T or k that do not fit a collection of ``n`` members (before it is
-        embedded: ``load_target``'s ``check``)."""
-        if self.attacks_for(n) > n:
-            raise AdvrankError(f"{self.attacks_for(n)} attacks requested but the gallery has "
-                               f"only {n} items")
+        embedded: ``load_target``'s ``check``); a quick look fits itself."""
+        if self.quick is None and self.num_attacks is not None and self.num_attacks > n:
+            raise AdvrankError(f"{self.num_attacks} attacks requested but the gallery has "
+                               f"only {n} items; leave --num-attacks out (T = |X|) or use "
+                               "--quick")
         if self.k >= n:
             raise AdvrankError(f"k = {self.k} needs a gallery of more than {self.k} items; it "
                                f"has {n}")
 
+
+    def quick_bounds(self, n: int) -> tuple[int, int]:
+        """The quick look's smallest and largest T on a collection of ``n`` members (the
+        largest: ``num_attacks`` when given, else :data:`QUICK_MAX_T`)."""
+        high = min(n, self.num_attacks or QUICK_MAX_T)
+        return min(high, QUICK_MIN_T), high
 
     def size(self, kind: AttackKind) -> int:
         """The size an attack runs at: ``k`` (w or m), or 1 for a kind without one (ES)."""
