@@ -69,13 +69,15 @@ class RankingView:
     ``query_emb [D]`` over the gallery, with member ``replace[0]``'s embedding replaced by
     ``replace[1] [D]`` (CA: the candidate by its perturbed self), ``exclude`` left out and
     ``highlight`` (the attack's targets) marked. ``query``: the gallery index of the query
-    shown, or None when the perturbed image itself is the query."""
+    shown, or None when the perturbed image itself is the query or the query is a text
+    (``query_text``)."""
 
     query_emb: torch.Tensor
     query: int | None = None
     replace: tuple[int, torch.Tensor] | None = None
     exclude: list[int] = field(default_factory=list)
     highlight: list[int] = field(default_factory=list)
+    query_text: str | None = None
 
 
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -193,6 +195,12 @@ class AttackKind:
         needs. Kinds without one are refused for ``--oracle``."""
         check_query_only(self)  # refuses a kind without one
         raise NotImplementedError
+
+    def for_queries(self, queries) -> AttackKind:
+        """This kind with an outside query set (a :class:`~advrank.attacks.queryset.QuerySet`
+        of texts) as its queries; kinds that perturb the query itself refuse it."""
+        raise AdvrankError(f"{self.name} perturbs picture queries; text queries go with the "
+                           "candidate attacks (CA+, CA-)")
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The ranking list one attack (``part`` of length 1) changes, with the attacked item's
