@@ -109,6 +109,8 @@ class AttackKind:
     ranked: ClassVar[bool] = True
     #: it has a query-only form (:meth:`query_score`): attacked through an oracle
     query_only: ClassVar[bool] = False
+    #: its queries may come from an outside query set, e.g. texts (:meth:`for_queries`)
+    text_queries: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any):
@@ -199,8 +201,8 @@ class AttackKind:
     def for_queries(self, queries) -> AttackKind:
         """This kind with an outside query set (a :class:`~advrank.attacks.queryset.QuerySet`
         of texts) as its queries; kinds that perturb the query itself refuse it."""
-        raise AdvrankError(f"{self.name} perturbs picture queries; text queries go with the "
-                           "candidate attacks (CA+, CA-)")
+        check_text_queries(self)
+        raise NotImplementedError
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The ranking list one attack (``part`` of length 1) changes, with the attacked item's
@@ -289,6 +291,15 @@ def check_query_only(kind: AttackKind) -> AttackKind:
         names = [n for n in ATTACKS.names() if ATTACKS.get(n).query_only]
         raise AdvrankError(f"{kind.name} has no query-only form (it needs gradients); "
                            f"query-only attacks: {', '.join(names)}")
+    return kind
+
+
+def check_text_queries(kind: AttackKind) -> AttackKind:
+    """Refuse a kind whose queries cannot be texts (one that perturbs the query itself)."""
+    if not kind.text_queries:
+        names = [n for n in ATTACKS.names() if ATTACKS.get(n).text_queries]
+        raise AdvrankError(f"{kind.name} perturbs picture queries; text queries go with the "
+                           f"candidate attacks ({', '.join(names)})")
     return kind
 
 

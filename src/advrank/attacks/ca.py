@@ -149,6 +149,7 @@ class CandidateAttack(AttackKind):
     size_name = "w"
     parameters = (TOP_FRACTION,)
     raise_rank = True
+    text_queries = True
 
     def check_fits(self, k: int, num_attacks: int, n: int) -> None:
         super().check_fits(k, num_attacks, n)

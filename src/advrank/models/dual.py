@@ -31,7 +31,8 @@ class DualEncoder(nn.Module):
 
     ``image``: images ``[N, C, H, W]`` in [0, 1] -> ``[N, D]`` (an ``EmbeddingNet`` or an
     outside model's embedder); ``text``: ``list[str]`` -> ``[N, D]``. ``forward`` is the image
-    tower, so a dual encoder is a model wherever a model is expected.
+    tower, and the image tower's attributes are the dual encoder's, so a dual encoder is a
+    model wherever a model is expected.
     """
 
     def __init__(self, image: nn.Module, text: nn.Module):
@@ -50,10 +51,16 @@ class DualEncoder(nn.Module):
     def embed_dim(self, value: int) -> None:
         self.image.embed_dim = value
 
-    @property
-    def geometry(self):
-        """How pictures become the image tower's inputs (outside models have one)."""
-        return self.image.geometry
+    def __getattr__(self, name: str):
+        """What the image tower has (``geometry``, ``normalize``, ``where``...): a dual
+        encoder is an image model with a text tower."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            image = self.__dict__.get("_modules", {}).get("image")
+            if image is None or name.startswith("__"):
+                raise
+            return getattr(image, name)
 
     def probe(self, batch_sizes: tuple[int, ...] = (2,)) -> None:
         """The image tower's checks (outside models). The text tower is checked on every
@@ -128,25 +135,27 @@ def load_text_weights(text: nn.Module, state: dict[str, torch.Tensor],
                       image_prefixes: tuple[str, ...], prefix: str, where: str,
                       log: Callable[[str], None]) -> str:
     """Load a text tower's tensors from a weights file's ``state``; returns ``loaded`` or
-    ``random`` (the file holds none of them: an image tower's own file, noted in ``log``).
+    ``random`` (the file lacks some of them: an image tower's own file, noted in ``log``).
 
     A dual encoder's file gives its ``text.*`` tensors; a full CLIP file every tensor outside
-    the image tower's ``image_prefixes``, found under ``prefix`` in the tower. The tower must
-    then get every tensor with its shape, and nothing else: one error line otherwise."""
+    the image tower's ``image_prefixes``, found under ``prefix`` in the tower. A tensor of
+    another shape, or one the tower does not have, is one error line (another model)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("image.") for k in state):
         mine = {k[5:]: v for k, v in state.items() if k.startswith("text.")}
     else:
         mine = {prefix + k: v for k, v in state.items() if not k.startswith(image_prefixes)}
     own = text.state_dict()
-    if not any(k in own for k in mine):
-        log(f"{where}: the weights hold no text tower; the text tower is random (seed "
-            f"{RANDOM_INIT_SEED}): text queries are meaningless with it")
-        return "random"
     missing = [k for k in own if k not in mine]
     wrong = [k for k in own if k in mine and mine[k].shape != own[k].shape]
     foreign = [k for k in mine if k not in own]
-    if missing or wrong or foreign:
+    if missing and not wrong and not foreign:  # an image tower's file (a few extras at most)
+        held = len(own) - len(missing)
+        log(f"{where}: the weights hold {held} of the text tower's {len(own)} tensors; the "
+            f"text tower is random (seed {RANDOM_INIT_SEED}): text queries are meaningless "
+            "with it")
+        return "random"
+    if wrong or foreign:
         detail = ", ".join([f"{k} of another shape" for k in wrong[:2]]
                            + [f"missing {k}" for k in missing[:2]]
                            + [f"no {k} in the tower" for k in foreign[:2]])
@@ -170,10 +179,12 @@ class TextTokens(nn.Module):
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from advrank.models.sources.base import require
-
-            tokenizer = require("open_clip.tokenizer", "open_clip_torch", "text tower")
-            self._tokenizer = tokenizer.SimpleTokenizer(context_length=self.context_length)
+            try:
+                from open_clip.tokenizer import SimpleTokenizer
+            except ImportError as exc:
+                raise AdvrankError(f"the text tower needs open_clip's tokenizer ({exc}); "
+                                   "install it with: pip install 'advrank[zoo]'") from None
+            self._tokenizer = SimpleTokenizer(context_length=self.context_length)
         return self._tokenizer
 
     def device(self) -> torch.device:
