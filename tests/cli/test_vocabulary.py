@@ -12,7 +12,9 @@ import pytest
 from advrank.attacks.params import Param
 from advrank.attacks.selection import DEFAULT_NUM_ATTACKS, num_attacks_for
 from advrank.cli import build_parser, main
-from advrank.cli import options as opts
+from advrank.cli.declare import kind_options
+from advrank.cli.groups import BATCH_SIZE
+from advrank.cli.values import eps_list, positive_int
 from advrank.core.checks import format_eps
 from advrank.errors import AdvrankError
 from advrank.registry import ATTACKS
@@ -40,7 +42,7 @@ def test_eps_is_one_spelling_with_one_type_everywhere():
         if eps is None:
             continue
         seen.append(name)
-        assert eps.dest == "eps" and eps.type is opts.eps_list, name
+        assert eps.dest == "eps" and eps.type is eps_list, name
         old = _option(p, "--eps-values")
         if old is not None:  # the old spelling: same dest, hidden from --help
             assert old.dest == "eps" and old.help == argparse.SUPPRESS, name
@@ -55,12 +57,12 @@ def test_num_attacks_and_batch_size_share_one_default_rule():
         t = _option(p, "--num-attacks")
         if t is not None and name not in OTHER_T:
             t_commands.append(name)
-            assert (t.dest, t.type, t.default) == ("num_attacks", opts.positive_int, None), name
+            assert (t.dest, t.type, t.default) == ("num_attacks", positive_int, None), name
             assert f"min({DEFAULT_NUM_ATTACKS}, |X|)" in t.help, name
         b = _option(p, "--batch-size")
         if b is not None and name not in OTHER_BATCH:
             b_commands.append(name)
-            assert (b.dest, b.default) == ("batch_size", opts.BATCH_SIZE), name
+            assert (b.dest, b.default) == ("batch_size", BATCH_SIZE), name
     assert {"attack", "grid", "audit", "curves", "transfer", "transfer-matrix",
             "robustness"} <= set(t_commands)
     assert set(t_commands) - {"universal"} <= set(b_commands)
@@ -131,8 +133,8 @@ def test_kind_parameters_reach_their_kind_and_are_refused_elsewhere(cli, one_err
     parser = build_parser()
     args = parser.parse_args(["attack", "--attack", "ES", "--eps", "0.1", "--start", "nudge",
                               "--checkpoint", "m.pt"])
-    assert opts.kind_options(args)["start"] == "nudge"
-    kind = ATTACKS.get("ES")(**opts.kind_options(args))
+    assert kind_options(args)["start"] == "nudge"
+    kind = ATTACKS.get("ES")(**kind_options(args))
     assert kind.options == {"start": "nudge"} and not kind.random_start
     one_error_line(*cli(["attack", "--attack", "CA+", "--eps", "0.1", "--start", "nudge",
                          "--checkpoint", "m.pt"]), "CA+ takes no start")

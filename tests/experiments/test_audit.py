@@ -12,6 +12,8 @@ import torch
 from advrank.errors import AdvrankError
 from advrank.experiments import audit as audit_module
 from advrank.experiments.audit import AuditConfig, run_audit
+from advrank.experiments.audit import experiment as audit_experiment
+from advrank.experiments.audit import plan as plan_module
 from advrank.experiments.target import load_target
 
 ATTACKS = ("CA+", "CA-", "QA+", "QA-", "ES")
@@ -74,7 +76,7 @@ def test_audit_figures_report_and_page(digits_target, tmp_path, inspect_page):
 
 def test_audit_resumes_and_refuses_other_settings(digits_target, tmp_path, monkeypatch):
     out = tmp_path / "audit"
-    real = audit_module.run_attack
+    real = audit_experiment.run_attack
     calls = []
 
     def dies_after_three(*args, **kwargs):
@@ -83,13 +85,13 @@ def test_audit_resumes_and_refuses_other_settings(digits_target, tmp_path, monke
         calls.append(args[2].name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(audit_module, "run_attack", dies_after_three)
+    monkeypatch.setattr(audit_experiment, "run_attack", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         run_audit(digits_target, out, _config(examples=0))
     assert len(json.loads((out / "report.json").read_text())["cells"]) == 1 + 3
     assert not (out / "report.html").exists()
     calls.clear()
-    monkeypatch.setattr(audit_module, "run_attack",
+    monkeypatch.setattr(audit_experiment, "run_attack",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = run_audit(digits_target, out, _config(examples=0))
     assert len(calls) == 7 and len(resumed["attacks"]) == 10
@@ -115,7 +117,7 @@ def test_audit_plan_estimates_from_a_timed_probe(digits_target, monkeypatch):
     kinds = config.validate()
     todo = [(a, e) for a in kinds for e in config.eps_values]
     probes = []
-    monkeypatch.setattr(audit_module, "probe_seconds",
+    monkeypatch.setattr(plan_module, "probe_seconds",
                         lambda target, batch: probes.append(batch) or 0.5)
     plan = audit_module.audit_plan(digits_target, kinds, config, 4, todo)
     # eps 0 runs no PGD; 2 batches of 3 (T = 4) x 2 steps per cell, then the example panels'
@@ -125,7 +127,7 @@ def test_audit_plan_estimates_from_a_timed_probe(digits_target, monkeypatch):
     assert probes == [3] and plan["seconds"] == pytest.approx(0.5 * plan["steps"])
     message = audit_module.estimate_message(plan)
     assert "estimated time about 12 s" in message and "warning" not in message
-    monkeypatch.setattr(audit_module, "LONG_AUDIT_SECONDS", 1.0)
+    monkeypatch.setattr(plan_module, "LONG_AUDIT_SECONDS", 1.0)
     long = audit_module.estimate_message(audit_module.audit_plan(digits_target, kinds, config,
                                                                  4, todo))
     assert "warning" in long and audit_module.FAST_SETTING in long
@@ -171,8 +173,8 @@ def test_deployed_view_adds_query_only_rows_to_a_finished_audit(digits_target, t
     assert {(r["attack"], r["view"]) for r in first["deployed"]["rows"]} == {
         (a, v) for a in ("CA+", "QA+") for v in ("white-box", "pipeline")}
     assert first["deployed"]["query"] is None and not (out / "rank_vs_queries.png").exists()
-    real, calls = audit_module.run_attack, []
-    monkeypatch.setattr(audit_module, "run_attack", lambda *a, **k: calls.append(1) or
+    real, calls = audit_experiment.run_attack, []
+    monkeypatch.setattr(audit_experiment, "run_attack", lambda *a, **k: calls.append(1) or
                         real(*a, **k))
     summary = run_audit(digits_target, out, _deployed_config(query_budget=12))
     assert calls == []  # the white-box cells are resumed; only the query-only ones run
@@ -228,7 +230,7 @@ def test_audit_plan_counts_the_query_only_rounds(digits_target, monkeypatch):
     config = _config(attacks=["CA+", "QA+"], eps_values=[0.1], batch_size=3, examples=0,
                      query_budget=10)
     kinds = config.validate()
-    monkeypatch.setattr(audit_module, "probe_seconds",
+    monkeypatch.setattr(plan_module, "probe_seconds",
                         lambda target, batch, backward=True: 0.5 if backward else 0.1)
     plan = audit_module.audit_plan(digits_target, kinds, config, 4, [], [("QA+", 0.1)])
     # no PGD left; one query-only cell: 2 batches of 3 (T = 4) x 10 queries each

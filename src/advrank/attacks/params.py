@@ -4,7 +4,7 @@ A kind lists them as ``parameters = (Param(...), ...)``; from that one declarati
 
 * the constructor's keywords and their checks (``ATTACKS.get("QA-")(xi=100)``);
 * the kind's ``options``, which every result records (so the store's identity holds them);
-* the command line's flags (``--xi``, ``--top-fraction``...; see ``advrank.cli.options``),
+* the command line's flags (``--xi``, ``--top-fraction``...; see ``advrank.cli.groups``),
   so a plugin kind's parameters appear in ``--help`` with no CLI edit.
 """
 

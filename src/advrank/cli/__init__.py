@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from advrank import __version__
-from advrank.cli.options import HelpFormatter, Parser
+from advrank.cli.parsing import HelpFormatter, Parser
 from advrank.errors import AdvrankError
 from advrank.registry import load_entry_point_plugins, load_plugin
 
@@ -80,7 +80,7 @@ def _run(argv: list[str]) -> int:
     set_command(argv)  # results record this command, whoever called main()
     load_plugins(argv)
     args = build_parser().parse_args(argv)
-    from advrank.cli.options import log
+    from advrank.cli.parsing import log
     from advrank.core import distributed
 
     if distributed.launched():

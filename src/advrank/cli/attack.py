@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from advrank.cli.options import (
+from advrank.cli.declare import (
+    index_from_args,
+    kind_options,
+    load_target_from_args,
+    num_attacks_from_args,
+    policy_from_args,
+    resolve_size,
+    target_spec,
+    upload_threat,
+)
+from advrank.cli.groups import (
     BESIDE_EXACT,
     QUERY_DEFAULTS,
-    Command,
     add_attack,
     add_attacks,
     add_batch_size,
@@ -21,17 +30,9 @@ from advrank.cli.options import (
     add_size,
     add_target_options,
     add_threat,
-    emit,
-    index_from_args,
-    kind_options,
-    load_target_from_args,
-    num_attacks_from_args,
-    path_value,
-    policy_from_args,
-    resolve_size,
-    target_spec,
-    upload_threat,
 )
+from advrank.cli.parsing import Command, emit
+from advrank.cli.values import path_value
 from advrank.core.io import check_writable_dir
 from advrank.errors import AdvrankError
 from advrank.reports.tables import format_attack

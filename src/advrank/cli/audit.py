@@ -1,12 +1,15 @@
-"""``advrank audit``: a thin wrapper over :func:`advrank.experiments.audit.run_audit`."""
+"""``advrank audit``: parse, declare an :class:`~advrank.experiments.audit.AuditJob`, run it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from advrank.cli.options import (
+from advrank.cli.declare import (
+    kind_options,
+    loader_from_args,
+    resolve_size,
+    spec_from_args,
+)
+from advrank.cli.groups import (
     BESIDE_EXACT,
-    Command,
     add_attacks,
     add_batch_size,
     add_eps,
@@ -17,29 +20,19 @@ from advrank.cli.options import (
     add_size,
     add_steps,
     add_target_options,
-    emit,
-    format_eps,
-    index_from_args,
-    integer,
-    kind_options,
-    load_target_from_args,
-    log,
-    path_value,
-    positive_int,
-    resolve_size,
-    target_spec,
 )
-from advrank.core.io import check_writable_dir
-from advrank.errors import AdvrankError
-from advrank.experiments.audit import FAST_SETTING
-from advrank.experiments.store import claim
+from advrank.cli.parsing import Command, emit
+from advrank.cli.values import format_eps, integer, path_value, positive_int
+from advrank.experiments.audit import (
+    AUDIT_ATTACKS,
+    DEFAULT_AUDIT_EPS,
+    FAST_SETTING,
+    AuditConfig,
+    AuditJob,
+)
 
 
 def cmd_audit(args) -> None:
-    from advrank.attacks.base import check_fits_all
-    from advrank.experiments.audit import AuditConfig, run_audit
-    from advrank.experiments.target import load_target
-
     k = resolve_size(args, args.attacks)
     config = AuditConfig(eps_values=args.eps, attacks=args.attacks, k=k,
                          num_attacks=args.num_attacks, seed=args.seed,
@@ -48,25 +41,9 @@ def cmd_audit(args) -> None:
                          max_queries=args.max_queries, options=kind_options(args),
                          pipeline=args.pipeline, through_pipeline=args.through_pipeline,
                          query_budget=args.query_budget, feedback=args.feedback)
-    kinds = config.validate()  # everything checked before the model is loaded
-    target_spec(args, cache_dir=str(Path(args.out) / "cache"))
-
-    def fits(n: int) -> None:  # before the collection is embedded
-        config.check_gallery(n)
-        check_fits_all(kinds.values(), [k], config.attacks_for(n), n)
-
-    if args.transfer_from is not None and not Path(args.transfer_from).is_file():
-        raise AdvrankError(f"--transfer-from: no checkpoint file {args.transfer_from}")
-    check_writable_dir(args.out)
-    with claim(args.out):  # the folder is ours before anything is written there
-        target = load_target_from_args(args, cache_dir=str(Path(args.out) / "cache"),
-                                       check=fits)
-        source = None if args.transfer_from is None else load_target(
-            args.transfer_from, args.device, args.data_root, args.download,
-            progress=not args.quiet)
-        summary = run_audit(target, args.out, config, target.record(args.seed),
-                            progress=not args.quiet, log=log(args), force=args.force,
-                            index=index_from_args(args, target), source=source)
+    summary = AuditJob(spec_from_args(args), args.out, config, loader_from_args(args),
+                       index=args.index, transfer_from=args.transfer_from,
+                       force=args.force).run()
     lines = [f"{summary['gallery_size']} images: R@1 {summary['recall@1']:.1f}%  "
              f"mAP {summary['map']:.1f}%"
              + (f"  ({summary['unreadable_images']} unreadable skipped)"
@@ -87,8 +64,6 @@ def cmd_audit(args) -> None:
 
 def _audit_options(p) -> None:
     """audit a retrieval model on an image collection: report.html + .json"""
-    from advrank.experiments.audit import AUDIT_ATTACKS, DEFAULT_AUDIT_EPS
-
     add_target_options(p, cache=True)
     p.add_argument("--out", required=True, help="output folder")
     add_eps(p, multiple=True, default=list(DEFAULT_AUDIT_EPS))

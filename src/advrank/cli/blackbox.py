@@ -6,8 +6,15 @@ import argparse
 from collections.abc import Callable
 
 from advrank.cli.attack import threat_from_args
-from advrank.cli.options import (
-    Command,
+from advrank.cli.declare import (
+    kind_options,
+    load_target_from_args,
+    num_attacks_for,
+    num_attacks_from_args,
+    resolve_size,
+    target_specs,
+)
+from advrank.cli.groups import (
     add_attack,
     add_attacks,
     add_batch_size,
@@ -17,19 +24,9 @@ from advrank.cli.options import (
     add_size,
     add_target_options,
     add_threat,
-    emit,
-    format_eps,
-    integer,
-    kind_options,
-    load_target_from_args,
-    model_label,
-    num_attacks_for,
-    num_attacks_from_args,
-    number,
-    path_value,
-    resolve_size,
-    target_specs,
 )
+from advrank.cli.parsing import Command, emit, model_label
+from advrank.cli.values import format_eps, integer, number, path_value
 from advrank.core.io import check_writable_dir
 from advrank.errors import AdvrankError
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from advrank.cli.options import (
-    Command,
+from advrank.cli.declare import target_specs
+from advrank.cli.groups import (
     add_batch_size,
     add_common_no_data,
     add_eps,
     add_num_attacks,
     add_target_options,
-    emit,
-    integer,
-    log,
-    path_value,
-    positive_int,
-    target_specs,
 )
+from advrank.cli.parsing import Command, emit, log
+from advrank.cli.values import integer, path_value, positive_int
 from advrank.core.io import check_writable_dir
 
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from advrank.cli.options import (
-    Command,
-    add_batch_size,
-    add_num_attacks,
-    add_target_options,
-    emit,
-    integer,
+from advrank.cli.declare import (
     load_target_from_args,
     num_attacks_for,
     num_attacks_from_args,
     target_spec,
 )
+from advrank.cli.groups import add_batch_size, add_num_attacks, add_target_options
+from advrank.cli.parsing import Command, emit
+from advrank.cli.values import integer
 from advrank.core.io import check_writable_dir
 from advrank.experiments.store import claim
 

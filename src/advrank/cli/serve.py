@@ -5,14 +5,10 @@ from __future__ import annotations
 import socket
 import sys
 
-from advrank.cli.options import (
-    Command,
-    add_index,
-    add_target_options,
-    integer,
-    load_target_from_args,
-    log,
-)
+from advrank.cli.declare import load_target_from_args
+from advrank.cli.groups import add_index, add_target_options
+from advrank.cli.parsing import Command, log
+from advrank.cli.values import integer
 from advrank.errors import AdvrankError
 
 

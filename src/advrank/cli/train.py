@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from advrank.cli.options import (
-    Command,
-    add_json,
-    add_target_options,
-    emit,
-    eps_value,
-    integer,
-    listed,
-    load_target_from_args,
-    number,
-    path_value,
-    positive_int,
-)
+from advrank.cli.declare import load_target_from_args
+from advrank.cli.groups import add_json, add_target_options
+from advrank.cli.parsing import Command, emit
+from advrank.cli.values import eps_value, integer, listed, number, path_value, positive_int
 from advrank.errors import AdvrankError
 from advrank.models import MAX_EMBED_DIM
 from advrank.registry import DATASETS, DEFENSES, DISTANCES, LOSSES, MODELS

@@ -282,3 +282,40 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
     source = spec.checkpoint if spec.checkpoint is not None else spec.model
     return Target(model, meta, gallery, device, str(source), fingerprint.hexdigest()[:12],
                   info, queries)
+
+
+@dataclass(frozen=True)
+class Loader:
+    """How a run loads what it measures: on ``device``, datasets under ``data_root``
+    (downloaded when ``download``), with progress bars when ``progress``; ``log`` takes the
+    notes (None: stderr when ``progress``). A command declares one from its options; the
+    experiments load through it."""
+
+    device: str | torch.device = "auto"
+    data_root: str | Path | None = None
+    download: bool = False
+    progress: bool | None = None
+    log: Callable[[str], None] | None = None
+
+    def _note(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(f"advrank: {msg}")
+
+    def load(self, spec: str | Path | TargetSpec, split: str = "test",
+             check: Callable[[int], None] | None = None) -> Target:
+        """:func:`load_target` of ``spec`` (``check(|X|)``: before the collection is
+        embedded)."""
+        return load_target(spec, self.device, self.data_root, self.download, split=split,
+                           progress=self.progress, check=check,
+                           log=None if self.log is None else self._note)
+
+    def index(self, target: Target, spec: str | None, cache_dir: str | Path | None = None):
+        """The ``spec`` search (:func:`~advrank.core.index.build_index`) over the target's
+        gallery, ranked by its model's metric (None without a spec), saved in ``cache_dir``
+        when one is given."""
+        if spec is None:
+            return None
+        from advrank.core.index import build_index
+
+        return build_index(target.gallery.embeddings, target.meta["metric"], spec, cache_dir,
+                           target.fingerprint, self._note)
