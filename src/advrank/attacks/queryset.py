@@ -78,8 +78,7 @@ def query_retrieval(queries: QuerySet, gallery: Gallery,
                            "(give classes after a tab in the query file)")
     figures = query_metrics(queries.embeddings[keep], queries.labels[keep], gallery.embeddings,
                             gallery.labels, gallery.distance, ks)
-    return {**figures, "queries": int(keep.numel()), "unlabelled": len(queries) - int(
-        keep.numel())}
+    return {**figures, "unlabelled": len(queries) - int(keep.numel())}
 
 
 def moderation_pools(queries: QuerySet, gallery: Gallery, top_fraction: float) -> torch.Tensor:
@@ -116,9 +115,11 @@ def draw_text_targets(queries: QuerySet, gallery: Gallery, k: int, num_attacks: 
     held = moderation_pools(queries, gallery, top_fraction)  # [Q, N]
     eligible = (held.sum(0) >= k).nonzero().squeeze(1)
     if eligible.numel() < num_attacks:
+        held = f"only {eligible.numel()}" if eligible.numel() else "no"
+        fix = f"lower the number of attacks to {eligible.numel()}, " if eligible.numel() else ""
         raise AdvrankError(
-            f"only {eligible.numel()} gallery items are in the top {top_fraction:.0%} of at "
-            f"least {size_name} = {k} of the {len(queries)} texts; lower the number of "
-            f"attacks to {eligible.numel()} or less, lower {size_name}, or give more texts")
+            f"{held} gallery items are in the top {top_fraction:.0%} of at least "
+            f"{size_name} = {k} of the {len(queries)} texts, {num_attacks} CA- attacks need "
+            f"as many; {fix}lower {size_name}, or give more texts")
     anchors = eligible[torch.randperm(eligible.numel(), generator=gen)[:num_attacks]]
     return anchors, pick_columns(held[:, anchors].T, k, gen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from advrank.cli.declare import load_target_from_args
-from advrank.cli.groups import add_json, add_target_options
+from advrank.cli.groups import add_json, add_queries, add_target_options
 from advrank.cli.parsing import Command, emit
 from advrank.cli.values import eps_value, integer, listed, number, path_value, positive_int
 from advrank.errors import AdvrankError
@@ -92,8 +92,21 @@ def cmd_evaluate(args) -> None:
     out = {**target.record(args.seed), "gallery_size": len(target.gallery), **metrics}
     text = "  ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if k.startswith("recall"))
     extra = f"  NMI {metrics['nmi']:.2f}%" if "nmi" in metrics else ""
+    if args.queries is not None:
+        out["text"] = text_quality(target, args)
+        extra += "\n" + "  ".join(
+            [f"text-to-image ({out['text']['labelled']} texts with a class):"]
+            + [f"{k} {v:.2f}%" for k, v in out["text"].items() if k.startswith("recall")]
+            + [f"mAP {out['text']['map']:.2f}%"])
     emit(args, out, f"{target.meta['dataset']}/{target.meta['arch']}/{target.meta['metric']}: "
                     f"{text}  mAP {metrics['map']:.2f}%{extra}")
+
+
+def text_quality(target, args) -> dict:
+    """Text-to-image R@K and mAP of ``--queries`` on the target's gallery."""
+    from advrank.experiments.textqueries import load_text_queries, text_retrieval
+
+    return text_retrieval(target, load_text_queries(target, args.queries), args.ks)
 
 
 def cmd_export(args) -> None:
@@ -177,6 +190,7 @@ def _evaluate_options(p) -> None:
     p.add_argument("--ks", type=listed(positive_int, "positive integers"), default=[1, 2, 4, 8],
                    help="comma-separated K for Recall@K")
     p.add_argument("--nmi", action="store_true", help="also report NMI (k-means, %%)")
+    add_queries(p)
 
 
 def _export_options(p) -> None:

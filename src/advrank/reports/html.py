@@ -12,14 +12,16 @@ and provenance.
 from __future__ import annotations
 
 import base64
-import html
 import io
-from fractions import Fraction
 from typing import Any
 
 import torch
 
+from advrank.reports.markup import arrow as _arrow
+from advrank.reports.markup import eps_text, esc
+from advrank.reports.markup import table as _table
 from advrank.reports.tables import view_name
+from advrank.reports.text import text_section
 
 CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
@@ -50,25 +52,14 @@ background:#eef1f4}
 figure.hit img{border-color:#d0312d}figure.hit figcaption{color:#d0312d;font-weight:600}
 img.pix{image-rendering:pixelated}.plot{max-width:100%;height:auto}
 figcaption span{display:block;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-code{font-size:.9em}
+code{font-size:.9em}.qtext{width:92px;height:92px;border:2px solid #1565c0;display:flex;
+align-items:center;justify-content:center;overflow:hidden;font-size:1.05em;padding:2px}
 .note{color:#5a6572;font-size:.88em}.gap{padding-top:36px;color:#5a6572}
 .up{color:#1565c0}.down{color:#d0312d}.nw{white-space:nowrap}
 @media (max-width:900px){body{margin:12px auto;padding:0 10px}
 figure{width:76px}figure img{width:72px;height:72px}.rowlabel{width:100%;padding-top:0}
 .gap{padding-top:0}.kpi div{min-width:100px;padding:8px 12px}}
 """
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def eps_text(eps: float) -> str:
-    """``8/255 (0.0314)`` when eps is a whole number of grey levels, else ``0.03``."""
-    levels = Fraction(eps).limit_denominator(255) * 255
-    if eps > 0 and levels.denominator == 1 and abs(float(levels) / 255 - eps) < 1e-9:
-        return f"{levels.numerator}/255 ({eps:.4f})"
-    return f"{eps:g}"
 
 
 def png_data(image: torch.Tensor) -> str:
@@ -86,13 +77,6 @@ def _img(image: torch.Tensor, alt: str, caption: str, hit: bool = False) -> str:
     pix = ' class="pix"' if image.shape[-1] < 96 else ""
     return (f'<figure{" class=hit" if hit else ""}><img{pix} src="{png_data(image)}" '
             f'alt="{esc(alt)}" title="{esc(alt)}"><figcaption>{caption}</figcaption></figure>')
-
-
-def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-    head = "".join(f'<th{" class=l" if i < left else ""}>{h}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td{" class=l" if i < left else ""}>{c}</td>'
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def _label(text: Any) -> str:
@@ -139,11 +123,6 @@ def _header(report: dict) -> str:
     return (f"<h1>advrank audit: {esc(model)}</h1><p class=sub>on <code>{esc(data)}</code>, "
             f"{esc(cfg.get('metric'))} distance, {esc(cfg.get('date', ''))}</p>{warn}"
             f'<div class="kpi">{kpi}</div>')
-
-
-def _arrow(direction: str) -> str:
-    """The direction in which an attack's rank moves when it succeeds, as a coloured arrow."""
-    return '<b class="down">↓</b>' if direction == "down" else '<b class="up">↑</b>'
 
 
 def _where(rank: float, n: int) -> str:
@@ -269,6 +248,9 @@ def _panel(panel: dict) -> str:
     perturbation = ((im["adversarial"] - im["clean"]) * amp + 0.5).clamp(0, 1)
     anchor = f["anchor"]
     top = []
+    if f.get("query_text") is not None:  # a text query (the audit's text section)
+        top.append(f'<figure><div class="qtext">“{esc(f["query_text"])}”</div><figcaption>'
+                   f'{_label("text query")}</figcaption></figure>')
     if f["query"] is not None:
         q = f["query"]
         top.append(_img(thumbs[q["index"]], q["name"], _label("query q")
@@ -394,10 +376,11 @@ def _unreadable(report: dict) -> str:
             f"be decoded and were left out of X:</p><ul class=note>{items}</ul>")
 
 
-def audit_html(report: dict, panels: list[dict], query_plot: bytes | None = None) -> str:
+def audit_html(report: dict, panels: list[dict], query_plot: bytes | None = None,
+               text_panels: list[dict] | None = None) -> str:
     """The page for a ``report.json`` content and the example panels of
     :func:`advrank.experiments.audit.example_panels` (``query_plot``: the deployed view's
-    rank-vs-queries PNG)."""
+    rank-vs-queries PNG; ``text_panels``: the text section's panels)."""
     from advrank.registry import ATTACKS
     from advrank.reports.plots import audit_png
 
@@ -412,6 +395,7 @@ def audit_html(report: dict, panels: list[dict], query_plot: bytes | None = None
                      else "") + ", in [0, 1] units: 8/255 = 8 grey levels.")
     body = (_header(report) + _verdict(report) + _retrieval(report)
             + _attacks(report, descriptions)
+            + text_section(report, "".join(_panel(p) for p in text_panels or []))
             + f'<p class=note>{esc(pixel_note)}</p><h2>Rank vs ε</h2><img class="plot" '
             f'src="{plot}" alt="rank vs eps plots">' + _deployed(report, query_plot)
             + "<h2>Examples</h2><p class=note>For each attack, the attack that moved its rank "

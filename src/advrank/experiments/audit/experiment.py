@@ -35,6 +35,13 @@ from advrank.experiments.audit.settings import (
     AuditConfig,
     fingerprints_of,
 )
+from advrank.experiments.audit.text import (
+    PREFIX,
+    RETRIEVAL,
+    TextSection,
+    check_text_cell,
+    is_text_key,
+)
 from advrank.experiments.protocol import (
     ColumnSelections,
     cell_key,
@@ -50,7 +57,11 @@ from advrank.experiments.verdict import audit_verdict
 def check_cell(key: str, cell) -> str | None:
     """Why a stored audit cell cannot be reused (None if it can): the retrieval figures as
     percentages, or an attack summary with finite figures in their range."""
-    if key == "retrieval":
+    if is_text_key(key):  # the text section's
+        problem = check_text_cell(key, cell)
+        if problem or key.startswith(RETRIEVAL):
+            return problem
+    elif key == "retrieval":
         if not isinstance(cell, dict):
             return f"a {type(cell).__name__}, not a mapping"
         for name in ("map", *(f"recall@{k}" for k in RECALL_KS)):
@@ -62,12 +73,15 @@ def check_cell(key: str, cell) -> str | None:
                                                                           int):
             return "no gallery size or query count"
         return None
-    kind = key.partition("|")[0]
-    # the same cells as a grid's, under the same keys (query-only and transfer ones prefixed)
-    problem = check_query_cell(key, cell) if kind == "query" else \
-        check_transfer_cell(key, cell) if kind == "transfer" else check_attack_cell(key, cell)
-    if problem:
-        return problem
+    else:
+        kind = key.partition("|")[0]
+        # the same cells as a grid's, under the same keys (query-only and transfer ones
+        # prefixed)
+        problem = check_query_cell(key, cell) if kind == "query" else \
+            check_transfer_cell(key, cell) if kind == "transfer" else \
+            check_attack_cell(key, cell)
+        if problem:
+            return problem
     t, seconds = cell.get("num_attacks"), cell.get("seconds")
     if not isinstance(t, int) or isinstance(t, bool) or t < 1 or \
             not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
@@ -111,6 +125,8 @@ class Audit(Experiment):
         self.target, self.config, self.extra_record = target, config, record or {}
         self.progress, self.index, self.bar, self.oracle = progress, index, None, None
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
+        self.text = (None if config.queries is None else
+                     TextSection(target, config, self.kinds, self.t))
 
     def identity(self) -> dict[str, Any]:
         target, config = self.target, self.config
@@ -139,7 +155,8 @@ class Audit(Experiment):
                 *(Cell(key, lambda a=a, e=e: self.query_cell(a, e))
                   for a, e, key in query_cells(self.kinds, config)),
                 *(Cell(key, lambda a=a, e=e: self.transfer_cell(a, e))
-                  for a, e, key in transfer_cells(self.kinds, config, self.source))]
+                  for a, e, key in transfer_cells(self.kinds, config, self.source)),
+                *([] if self.text is None else self.text.cells(lambda: self.bar))]
 
     def announce(self, todo: int, done: int) -> str:
         return (f"audit: {todo} cells to run ({done} already done), T = {self.t}, "
@@ -155,7 +172,11 @@ class Audit(Experiment):
                       if key not in store]
         todo += [(a, e) for a, e, key in transfer_cells(self.kinds, self.config, self.source)
                  if key not in store]  # PGD on the source: timed on the audited model
-        plan = audit_plan(self.target, self.kinds, self.config, self.t, todo, query_todo)
+        kinds = dict(self.kinds)
+        if self.text is not None:  # the text cells and panels, under their own names
+            kinds.update({f"text {a}": kind for a, kind in self.text.kinds.items()})
+            todo += [(f"text {a}", e) for a, e, key in self.text.keys() if key not in store]
+        plan = audit_plan(self.target, kinds, self.config, self.t, todo, query_todo)
         self.log(estimate_message(plan))
         with progress_bar(total=plan["attacks"], desc="audit", unit="attack",
                           enabled=self.progress) as self.bar:
@@ -219,7 +240,10 @@ class Audit(Experiment):
     def finished(self, store: Store, cell: Cell, value: Any, seconds: float, log) -> None:
         if cell.key != "retrieval":
             how = {"query": f" query-only ({value.get('queries_used', 0):.0f} queries)",
-                   "transfer": " transfer"}.get(cell.key.partition("|")[0], "")
+                   "transfer": " transfer", PREFIX: " text queries",
+                   RETRIEVAL: None}.get(cell.key.partition("|")[0], "")
+            if how is None:
+                return
             with self.bar.external_write_mode():  # a line above the bar, not through it
                 log(f"  {value['attack']} eps={format_eps(value['eps'])}{how}: rank "
                     f"{value['rank_before']:.1f} -> {value['rank_after']:.1f}% "
@@ -231,6 +255,10 @@ class Audit(Experiment):
         panels = example_panels(self.target, self.kinds, self.config, self.t, self.bar)
         summary = audit_summary(store, self.kinds, self.config, self.target)
         examples = [p["figures"] for p in panels]
+        text_panels = [] if self.text is None else self.text.panels(self.bar)
+        if self.text is not None:
+            summary["text"] = {**self.text.summary(store),
+                               "examples": [p["figures"] for p in text_panels]}
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
         summary["deployed"] = deployed_view(store, self.kinds, self.config, self.index,
                                             self.source)
@@ -243,7 +271,7 @@ class Audit(Experiment):
             store.write_bytes(QUERY_PLOT, plot)
         store.extra = {"summary": summary, "examples": examples}
         store.flush()
-        store.write_text(REPORT_HTML, audit_html(store.content(), panels, plot))
+        store.write_text(REPORT_HTML, audit_html(store.content(), panels, plot, text_panels))
         return summary
 
 

@@ -46,7 +46,8 @@ class AuditConfig:
     ``query_budget`` (None: off): queries per attack of the query-only rows (the kinds with a
     query-only form, at every eps > 0, on the white-box cells' selections) through the local
     oracle at ``feedback`` (``full``, ``topk:K``, ``topk-scores:K``; None: full), optimised by
-    ``optimizer``."""
+    ``optimizer``; ``queries`` (``text:FILE``, ``prompts:TEMPLATE``; None: off): the text
+    section, for a model with a text tower (see :mod:`advrank.experiments.audit.text`)."""
 
     eps_values: Sequence[float] = DEFAULT_AUDIT_EPS
     attacks: Sequence[str] = AUDIT_ATTACKS
@@ -65,6 +66,7 @@ class AuditConfig:
     query_budget: int | None = None
     feedback: str | None = None
     optimizer: str = "random"
+    queries: str | None = None
 
     def validate(self, gallery_size: int | None = None) -> dict[str, AttackKind]:
         """Check every setting (before any work); returns the attack kinds."""
@@ -86,6 +88,13 @@ class AuditConfig:
                 raise AdvrankError(f"an audit reports normalized ranks; {kind.name} has none "
                                    "(use advrank attack or advrank robustness for it)")
         self.check_query(kinds)
+        if self.queries is not None:
+            from advrank.data.texts import parse_query_spec
+
+            parse_query_spec(self.queries)
+            if not any(kind.text_queries for kind in kinds.values()):
+                raise AdvrankError(f"--queries needs an attack whose queries may be texts "
+                                   f"(CA+, CA-) among {', '.join(kinds)}")
         return kinds
 
     def check_query(self, kinds: dict[str, AttackKind]) -> None:
