@@ -31,7 +31,7 @@ def _setup(labelled: bool = True):
     q_labels = torch.arange(Q) % 4 if labelled else torch.full((Q,), UNLABELLED)
     texts = tuple(f"text {i}" for i in range(Q))
     queries = QuerySet(torch.randn(Q, D, generator=gen, dtype=torch.float64), q_labels, texts,
-                       {"queries": "test"})
+                       {"text_queries": "test"})
     return gallery, queries
 
 
@@ -133,6 +133,6 @@ def test_text_ca_plus_through_a_dual_encoder_raises_the_candidate():
                         progress=False)
     summary = result.summary()
     assert summary["rank_after"] < summary["rank_before"]
-    assert summary["queries"] == texts.source and summary["query_texts"] == 20
+    assert summary["text_queries"] == texts.source and summary["query_texts"] == 20
     with pytest.raises(AdvrankError, match="has no text tower"):
         embed_text_queries(model.image, texts)

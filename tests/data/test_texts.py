@@ -25,7 +25,7 @@ def test_a_query_file_with_and_without_classes(tmp_path):
     assert queries.texts == ("ankle boot", "summer shoes", "leather bag", "flip flops")
     assert queries.labels == (9, UNLABELLED, 8, 5)
     assert queries.labelled == 3 and len(queries) == 4
-    assert queries.describe()["queries_sha"] == queries.fingerprint()[:16]
+    assert queries.describe()["text_queries_sha"] == queries.fingerprint()[:16]
     path.write_text("ankle boot\tAnkle boot\nsummer shoes\nleather bag\tbag\nflip flops\t5\n")
     assert read_text_queries(f"text:{path}", CLASSES).fingerprint() == queries.fingerprint()
 

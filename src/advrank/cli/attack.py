@@ -118,7 +118,7 @@ def cmd_attack(args) -> None:
                         progress=not args.quiet, policy=policy,
                         index=index_from_args(args, target))
     s = result.summary()
-    texts = (f"\nqueries: {s['queries']} ({s['query_texts']} texts)"
+    texts = (f"\nqueries: {s['text_queries']} ({s['query_texts']} texts)"
              if args.queries is not None else "")
     emit(args, {**s, "memory_budget": policy.memory_budget, **target.record(args.seed)},
          format_attack(s) + texts)

@@ -69,7 +69,7 @@ def cmd_audit(args) -> None:
 def text_lines(text: dict) -> list[str]:
     """The text section in the command's output: retrieval quality and one line per cell."""
     r = text["retrieval"]
-    lines = [f"text queries {text['queries']} ({text['query_texts']} texts): text-to-image "
+    lines = [f"text queries {text['text_queries']} ({text['query_texts']} texts): text-to-image "
              f"R@1 {r['recall@1']:.1f}%  mAP {r['map']:.1f}%"]
     lines += [f"{row['attack']:>4} eps={format_eps(row['eps'])} (text queries): rank "
               f"{row['rank_before']:.1f}% -> {row['rank_after']:.1f}%" for row in text["attacks"]]

@@ -95,7 +95,7 @@ def cmd_evaluate(args) -> None:
     if args.queries is not None:
         out["text"] = text_quality(target, args)
         extra += "\n" + "  ".join(
-            [f"text-to-image ({out['text']['labelled']} texts with a class):"]
+            [f"text-to-image ({out['text']['labelled_texts']} texts with a class):"]
             + [f"{k} {v:.2f}%" for k, v in out["text"].items() if k.startswith("recall")]
             + [f"mAP {out['text']['map']:.2f}%"])
     emit(args, out, f"{target.meta['dataset']}/{target.meta['arch']}/{target.meta['metric']}: "

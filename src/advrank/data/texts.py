@@ -55,8 +55,8 @@ class TextQueries:
         return h.hexdigest()
 
     def describe(self) -> dict:
-        return {"queries": self.source, "query_texts": len(self), "labelled": self.labelled,
-                "queries_sha": self.fingerprint()[:16]}
+        return {"text_queries": self.source, "query_texts": len(self),
+                "labelled_texts": self.labelled, "text_queries_sha": self.fingerprint()[:16]}
 
 
 def parse_query_spec(spec: str) -> tuple[str, str]:

@@ -43,7 +43,7 @@ RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
 FORMAT = "advrank-grid"
 #: identity values of grids written before the setting existed
 IMPLIED_IDENTITY = {"precision": "fp32", "index": None, "pipeline": None,
-                    "through_pipeline": False, "queries": None}
+                    "through_pipeline": False, "text_queries": None}
 
 
 
@@ -103,8 +103,8 @@ class Grid(Experiment):
                 "index": None if self.index is None else self.index.spec,
                 "pipeline": None if self.upload.pipeline is None else self.upload.pipeline.spec,
                 "through_pipeline": self.upload.through_pipeline,
-                "queries": None if self.queries is None else {
-                    k: self.queries.info.get(k) for k in ("queries", "queries_sha")}}
+                "text_queries": None if self.queries is None else {
+                    k: self.queries.info.get(k) for k in ("text_queries", "text_queries_sha")}}
 
     def record(self) -> dict:
         return {"eps_values": list(self.eps_values), "ks": list(self.ks),
@@ -181,7 +181,8 @@ def write_tables(store: Store, results: dict) -> None:
              f"attacks per cell, |X| = {cfg['gallery_size']}; cell = mean of the attack's headline "
              f"figure after attack (normalized rank, %, for CA/QA) ± standard error"
              + (" (paper's figure)" if paper else "")
-             + (f"; queries: the texts of {cfg['queries']['queries']}" if cfg.get("queries")
+             + (f"; queries: the texts of {cfg['text_queries']['text_queries']}"
+                if cfg.get("text_queries")
                 else ""))
     store.write_text(CSV, csv_table(cells, paper_lookup(paper)))
     table = markdown_table(cells, paper_lookup(paper), title=title)

@@ -10,8 +10,8 @@ from advrank.reports.markup import arrow, eps_text, esc, table
 def _retrieval(text: dict) -> str:
     r = text["retrieval"]
     ks = [k for k in r if k.startswith("recall@")]
-    rows = [[f"<code>{esc(text['queries'])}</code>", f"{text['query_texts']:,}",
-             f"{text['labelled']:,}"] + [f"{r[k]:.2f}" for k in ks] + [f"{r['map']:.2f}"]]
+    rows = [[f"<code>{esc(text['text_queries'])}</code>", f"{text['query_texts']:,}",
+             f"{text['labelled_texts']:,}"] + [f"{r[k]:.2f}" for k in ks] + [f"{r['map']:.2f}"]]
     return table(["query set", "texts", "with a class",
                   *[k.replace("recall", "R") + " (%)" for k in ks], "mAP (%)"], rows)
 

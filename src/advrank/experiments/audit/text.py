@@ -75,11 +75,11 @@ class TextSection:
 
     @property
     def retrieval_key(self) -> str:
-        return f"{RETRIEVAL}|{self.queries.info['queries_sha']}"
+        return f"{RETRIEVAL}|{self.queries.info['text_queries_sha']}"
 
     def keys(self) -> list[tuple[str, float, str]]:
         """``(attack, eps, key)`` of every text attack cell."""
-        config, sha = self.config, self.queries.info["queries_sha"]
+        config, sha = self.config, self.queries.info["text_queries_sha"]
         return [(a, e, text_key(sha, a, e, config.size(kind)))
                 for a, kind in self.kinds.items() for e in config.eps_values]
 
