@@ -14,7 +14,12 @@ import torch
 
 from advrank.attacks.base import AttackKind, RankingObjective, RankingView, select_anchors
 from advrank.attacks.params import TOP_FRACTION
-from advrank.attacks.queryset import QuerySet, check_query_set, draw_text_targets
+from advrank.attacks.queryset import (
+    QuerySet,
+    check_query_set,
+    draw_text_targets,
+    eligible_candidates,
+)
 from advrank.attacks.selection import Selection, check_pool, ranked_targets
 from advrank.core.distances import Distance
 from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32
@@ -281,6 +286,12 @@ class TextCandidateAttack(CandidateAttack):
                                              not self.raise_rank,
                                              self.options["top_fraction"], self.size_name)
         return Selection(anchors, targets)
+
+    def available(self, gallery: Gallery, k: int) -> int:
+        """How many distinct candidates c the §4 draw has on ``gallery`` with w = k: |X| for
+        CA+, the members held in the top ``top_fraction`` of at least k texts for CA-."""
+        return eligible_candidates(self.queries, gallery, k, not self.raise_rank,
+                                   self.options["top_fraction"])
 
     def objective(self, embeddings, distance, part, clean=None, policy=None, memory=None):
         q = self.queries.embeddings.to(embeddings.device)[part.targets.to(embeddings.device)]

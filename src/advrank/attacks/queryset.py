@@ -98,6 +98,15 @@ def pick_columns(allowed: torch.Tensor, k: int, gen: torch.Generator) -> torch.T
     return scores.argsort(dim=1)[:, :k]
 
 
+def eligible_candidates(queries: QuerySet, gallery: Gallery, k: int, from_top: bool,
+                        top_fraction: float) -> int:
+    """How many gallery members §4 may draw as candidates against ``queries``: all of them
+    ("+"), or those held in the top ``top_fraction`` of at least k texts ("-")."""
+    if not from_top:
+        return len(gallery)
+    return int((moderation_pools(queries, gallery, top_fraction).sum(0) >= k).sum())
+
+
 def draw_text_targets(queries: QuerySet, gallery: Gallery, k: int, num_attacks: int,
                       gen: torch.Generator, from_top: bool, top_fraction: float,
                       size_name: str) -> tuple[torch.Tensor, torch.Tensor]:

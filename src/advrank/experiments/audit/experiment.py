@@ -126,7 +126,7 @@ class Audit(Experiment):
         self.progress, self.index, self.bar, self.oracle = progress, index, None, None
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
         self.text = (None if config.queries is None else
-                     TextSection(target, config, self.kinds, self.t))
+                     TextSection(target, config, self.kinds, self.t, self.log))
 
     def identity(self) -> dict[str, Any]:
         target, config = self.target, self.config

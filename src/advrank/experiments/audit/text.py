@@ -8,6 +8,7 @@ runs only them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from advrank.attacks.base import AttackKind
@@ -65,13 +66,24 @@ class TextSection:
     text-capable kinds with it, one selection per kind shared by its eps cells."""
 
     def __init__(self, target: Target, config: AuditConfig, kinds: dict[str, AttackKind],
-                 t: int):
+                 t: int, log: Callable[[str], None] = lambda msg: None):
         self.queries = load_text_queries(target, config.queries)
         self.kinds = {a: kinds[a].for_queries(self.queries) for a in text_kinds(kinds)}
-        self.target, self.config, self.t = target, config, t
-        for kind in self.kinds.values():
-            kind.check_fits(config.size(kind), t, len(target.gallery))
-        self.columns = ColumnSelections(target.gallery, t, config.seed)
+        self.target, self.config, self.t = target, config, {}
+        for a, kind in self.kinds.items():
+            k = config.size(kind)
+            kind.check_fits(k, 1, len(target.gallery))  # w fits the gallery and the texts
+            self.t[a] = min(t, kind.available(target.gallery, k))
+            if self.t[a] < 1:
+                top = kind.options["top_fraction"]
+                raise AdvrankError(f"no gallery item is in the top {top:.0%} of {k} of the "
+                                   f"{len(self.queries)} texts: text {a} has no candidate; "
+                                   "give more texts or a larger --top-fraction")
+            if self.t[a] < t:
+                log(f"audit: note: text {a}: T = {self.t[a]} (the gallery items its draw "
+                    f"may pick, fewer than {t})")
+        self.columns = {a: ColumnSelections(target.gallery, self.t[a], config.seed)
+                        for a in self.kinds}
 
     @property
     def retrieval_key(self) -> str:
@@ -92,8 +104,9 @@ class TextSection:
     def cell(self, attack: str, eps: float, bar) -> dict[str, Any]:
         kind, config = self.kinds[attack], self.config
         k = config.size(kind)
-        selection, clean_cache = self.columns(attack, kind, k)
-        return run_attack(self.target.model, self.target.gallery, kind, float(eps), k, self.t,
+        selection, clean_cache = self.columns[attack](attack, kind, k)
+        return run_attack(self.target.model, self.target.gallery, kind, float(eps), k,
+                          self.t[attack],
                           seed=config.seed, batch_size=config.batch_size,
                           threat=config.threat(eps, kind), selection=selection,
                           progress=False, clean_cache=clean_cache, bar=bar).summary()
@@ -115,4 +128,5 @@ class TextSection:
         """The example panels of the text attacks (the text query shown as the query)."""
         from advrank.experiments.audit.panels import example_panels
 
-        return example_panels(self.target, self.kinds, self.config, self.t, bar)
+        return [panel for a, kind in self.kinds.items() for panel in example_panels(
+            self.target, {a: kind}, self.config, self.t[a], bar)]
