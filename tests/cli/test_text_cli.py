@@ -121,3 +121,13 @@ def test_text_queries_need_a_text_tower_and_a_candidate_attack(cli, one_error_li
     one_error_line(*cli(["audit", *CLIP, "--data", f"imagefolder:{image_folder}", "--queries",
                          f"text:{query_file}", "--attacks", "QA+", "--out", tmp_path / "a",
                          *QUIET]), "needs an attack whose queries may be texts")
+
+
+def test_train_reports_text_to_image_recall(cli, tmp_path):
+    status, out, err = cli(["train", "--dataset", "digits", "--arch", "clip-tiny", "--epochs",
+                            "1", "--embed-dim", "16", "--out", tmp_path / "d.pt", *QUIET])
+    assert status == 0, err
+    assert "text-to-image R@1" in out and "after 1 epochs" in out
+    status, out, err = cli(["train", "--dataset", "digits", "--arch", "clip-tiny", "--loss",
+                            "triplet", "--out", tmp_path / "e.pt", *QUIET])
+    assert status == 2 and "trains with --loss clip" in err

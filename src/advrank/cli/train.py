@@ -64,9 +64,12 @@ def cmd_train(args) -> None:
                 "epochs": meta["epochs_done"], "train_seconds": meta["train_seconds"],
                 "history": result.history, "metric": meta["metric"], "loss": meta["loss"],
                 "defense": meta.get("defense"), "defense_eps": meta.get("defense_eps"),
+                **({"text_recall@1": meta["text_recall@1"]} if "text_recall@1" in meta else {}),
                 **run_record(resolve_device(args.device), args.seed)},
-         f"wrote {result.checkpoint}: R@1 {meta['recall@1']:.2f}% after "
-         f"{meta['epochs_done']} epochs ({meta['train_seconds']:.0f}s)")
+         f"wrote {result.checkpoint}: R@1 {meta['recall@1']:.2f}% "
+         + (f"(text-to-image R@1 {meta['text_recall@1']:.2f}%) " if "text_recall@1" in meta
+            else "")
+         + f"after {meta['epochs_done']} epochs ({meta['train_seconds']:.0f}s)")
 
 
 def cmd_evaluate(args) -> None:
