@@ -49,6 +49,11 @@ advrank.models.checkpoint:      load_checkpoint model_from_checkpoint save_check
 advrank.data:                   TensorImageDataset
 advrank.core.gallery:           Gallery
 advrank.core.metrics:           retrieval_metrics
+# text queries (models with a text tower)
+advrank.models.dual:            DualEncoder
+advrank.data.texts:             read_text_queries TextQueries
+advrank.attacks.queryset:       embed_text_queries QuerySet query_retrieval
+advrank.experiments.textqueries: load_text_queries
 # attacks
 advrank.attacks:                LinfThreatModel RankingAttack AttackKind Selection
 advrank.core.execution:         ExecutionPolicy
