@@ -112,7 +112,7 @@ def advrank_loop(args, out, n_train):
     wall = time.perf_counter() - t0
     loop = result.history[-1]["seconds"]
     # MPerClassSampler yields len(train) rounded down to whole batches, every batch is used
-    batch = result.meta["batch_size"]
+    batch = result.meta.batch_size
     images = len(result.history) * (n_train // batch) * batch
     return loop, images, wall, load_checkpoint(out)["model"]
 

@@ -28,7 +28,7 @@ from query_attacks import serving  # noqa: E402
 
 def measure(oracle, target, args, named: bool) -> dict:
     gen = torch.Generator().manual_seed(0)
-    shape = target.meta["image_shape"]
+    shape = target.meta.image_shape
     sent, t0 = 0, time.perf_counter()
     while sent < args.requests:
         n = min(args.population, args.requests - sent)

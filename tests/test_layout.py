@@ -1,7 +1,10 @@
 """The package's layout rules, checked on the source itself so they stay true: no function over
-60 lines, no import cycle between modules (lazy imports inside functions included), and the
-layers point one way: ``reports/`` renders what it is given and never imports ``experiments/``
-(nor the CLI), and no library module imports the CLI."""
+60 lines and no file over 450, no import cycle between modules (lazy imports inside functions
+included), and the layers point one way: ``core/`` (the lowest layer) imports nothing from
+``data/`` or above, ``reports/`` renders what it is given and never imports ``experiments/``
+(nor the CLI), and no library module imports the CLI. A model's metadata is read into a
+:class:`~advrank.core.meta.ModelMeta` once, where a checkpoint is read: nowhere else looks
+keys up in a ``meta`` dict."""
 
 from __future__ import annotations
 
@@ -11,6 +14,11 @@ from pathlib import Path
 SRC = Path(__file__).parents[1] / "src"
 PACKAGE = SRC / "advrank"
 MAX_LINES = 60
+MAX_FILE_LINES = 450
+#: the modules ``core/`` may import besides its own
+BELOW_CORE = ("advrank.errors", "advrank.registry")
+#: where a checkpoint's metadata mapping is read (and turned into a ModelMeta)
+META_READERS = ("models/checkpoint.py",)
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -85,3 +93,37 @@ def test_the_rules_see_what_they_check():
     assert len(MODULES) > 50 and "advrank.experiments.runner" in MODULES
     assert "advrank.experiments.store" in GRAPH["advrank.experiments.runner"]
     assert _cycle_from("advrank.experiments.runner") is None
+
+
+def test_no_file_is_longer_than_450_lines():
+    long = [f"{path.relative_to(SRC)} ({n} lines)" for path in sorted(PACKAGE.rglob("*.py"))
+            for n in [len(path.read_text().splitlines())] if n > MAX_FILE_LINES]
+    assert not long, long
+
+
+def _every_import(tree: ast.Module) -> set[str]:
+    """Every module an AST imports, advrank's top package included."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_core_imports_nothing_above_it():
+    upward = [(name, target) for name, tree in MODULES.items()
+              if name.startswith("advrank.core") for target in _every_import(tree)
+              if target.split(".")[0] == "advrank" and not target.startswith("advrank.core")
+              and target not in BELOW_CORE]
+    assert not upward, upward
+
+
+def test_model_metadata_is_read_as_model_meta():
+    found = [f"{path.relative_to(PACKAGE)}:{i}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.relative_to(PACKAGE).as_posix() not in META_READERS
+             for i, line in enumerate(path.read_text().splitlines(), 1) if 'meta["' in line]
+    assert not found, found
+    readers = [(PACKAGE / p).read_text() for p in META_READERS]
+    assert all('meta["' in text and "ModelMeta" in text for text in readers)

@@ -48,6 +48,8 @@ advrank.models.sources:         load_source_model SourceOptions
 advrank.models.checkpoint:      load_checkpoint model_from_checkpoint save_checkpoint
 advrank.data:                   TensorImageDataset
 advrank.core.gallery:           Gallery
+advrank.core.meta:              ModelMeta
+advrank.core.target:            SearchTarget
 advrank.core.metrics:           retrieval_metrics
 # text queries (models with a text tower)
 advrank.models.dual:            DualEncoder
@@ -61,9 +63,9 @@ advrank.core.execution:         ExecutionPolicy
 advrank.training:               TrainConfig train evaluate_model
 advrank.defenses:               Defense
 # experiments
-advrank.experiments.target:     load_target TargetSpec
+advrank.experiments.target:     load_target TargetSpec Loader
 advrank.experiments.protocol:   run_attack
-advrank.experiments.audit:      run_audit AuditConfig
+advrank.experiments.audit:      run_audit AuditConfig AuditJob
 advrank.experiments.grid:       run_grid
 advrank.experiments.transfer:   transfer_attack transfer_matrix
 advrank.experiments.universal:  universal_attack

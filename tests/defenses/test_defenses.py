@@ -176,12 +176,12 @@ def test_checkpoint_records_defense(tmp_path):
                     progress=False).meta
     defended = train(TrainConfig(dataset="digits", epochs=1, embed_dim=16), tmp_path / "d.pt",
                      defense=make_defense("est", eps=0.1, steps=3), progress=False).meta
-    assert vanilla["defense"] is None and vanilla["defense_eps"] is None
-    assert defended["defense"] == "est" and defended["defense_eps"] == 0.1
-    assert defended["defense_config"] == {"defense": "est", "metric": "cosine", "norm": "Linf",
+    assert vanilla.defense is None and vanilla.defense_eps is None
+    assert defended.defense == "est" and defended.defense_eps == 0.1
+    assert defended.defense_config == {"defense": "est", "metric": "cosine", "norm": "Linf",
                                           "eps": 0.1, "step_size": 0.01, "steps": 3,
                                           "random_start": True}
-    assert defended["epochs_done"] == 1 and defended["recall@1"] > 30
+    assert defended.epochs_done == 1 and defended.recall_at_1 > 30
 
 
 def test_cli_train_with_madry_defense(tmp_path):

@@ -53,7 +53,7 @@ def test_defended_training_on_cuda_loads_on_cpu(tmp_path):
     result = train(config, tmp_path / "est.pt", defense=make_defense("est", eps=0.1, steps=3),
                    progress=False)
     model, meta = model_from_checkpoint(result.checkpoint, "cpu")
-    assert meta["defense"] == "est" and meta["recall@1"] > 50
+    assert meta.defense == "est" and meta.recall_at_1 > 50
     assert next(model.parameters()).device.type == "cpu"
 
 

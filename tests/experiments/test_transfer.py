@@ -47,7 +47,7 @@ def env(tmp_path_factory, one_thread):
         model, meta = model_from_checkpoint(path)
         paths.append(path)
         models.append(model)
-        galleries.append(Gallery.build(model, dataset, get_distance(meta["metric"])))
+        galleries.append(Gallery.build(model, dataset, get_distance(meta.metric)))
     return {"paths": paths, "models": models, "galleries": galleries, "dataset": dataset,
             "root": root}
 

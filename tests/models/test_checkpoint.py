@@ -65,7 +65,7 @@ def test_round_trip(saved):
     assert ckpt["meta"] == {**META, "advrank_version": advrank.__version__}
     assert ckpt["optimizer"]["state"]  # Adam moments kept for resuming
     loaded, meta = model_from_checkpoint(path)
-    assert not loaded.training and meta["seed"] == 7
+    assert not loaded.training and meta.seed == 7
     x = torch.rand(5, *SHAPE)
     model.eval()
     with torch.no_grad():

@@ -82,7 +82,7 @@ def test_train_starts_from_the_given_weights(tmp_path):
     trained = torch.load(tmp_path / "m.pt", weights_only=True)["model"]
     for key, value in source.backbone.state_dict().items():
         torch.testing.assert_close(trained[f"backbone.{key}"], value, atol=1e-6, rtol=0)
-    assert len(result.meta["weights"]) == 16  # the file's content hash is recorded
+    assert len(result.meta.weights) == 16  # the file's content hash is recorded
 
 
 def test_load_matching_weights_reports_what_it_kept():

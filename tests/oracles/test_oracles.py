@@ -102,7 +102,7 @@ def test_make_oracle_builds_the_local_one_for_a_target(ranker):
 
     model, gallery = ranker
     target = SimpleNamespace(gallery=SimpleNamespace(embeddings=gallery), model=model,
-                             meta={"metric": "cosine"}, fingerprint="f")
+                             meta=SimpleNamespace(metric="cosine"), fingerprint="f")
     oracle = make_oracle("local:flat", target, "topk:5")
     assert oracle.describe()["index"]["index"] == "flat" and oracle.gallery_size == 120
 

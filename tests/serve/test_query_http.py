@@ -60,7 +60,7 @@ def test_a_service_that_does_not_match_is_refused(service, digits_ckpt, cli, one
                             "--attack", "QA+", "--feedback", "full", "--eps", "0.3",
                             "--num-attacks", "2", "--device", "cpu", "--quiet"])
     one_error_line(status, out, err, "--max-k 719")
-    other = SimpleNamespace(gallery=[0] * 500, meta={"image_shape": [1, 8, 8]})
+    other = SimpleNamespace(gallery=[0] * 500, meta=SimpleNamespace(image_shape=(1, 8, 8)))
     with pytest.raises(AdvrankError, match="ranks 719 items"):
         HttpOracle.from_spec(service, other, "topk:10")
     # nothing listens on port 1

@@ -25,12 +25,13 @@ def _config(**kw):
 def test_clip_tiny_trains_both_towers_on_captions(tmp_path):
     result = train(_config(epochs=2), tmp_path / "dual.pt", progress=False)
     meta = result.meta
-    assert meta["loss"] == "clip" and meta["captions"] == list(CAPTION_TEMPLATES)
-    assert [set(row) for row in meta["history"]] == [
+    assert meta.loss == "clip" and meta.extra["captions"] == list(CAPTION_TEMPLATES)
+    history = result.history
+    assert [set(row) for row in history] == [
         {"epoch", "loss", "recall@1", "text_recall@1", "seconds"}] * 2
     # after 16 steps the captions find their class well above chance (10%)
-    assert meta["text_recall@1"] > 25 and meta["recall@1"] > 80
-    assert meta["history"][1]["loss"] < meta["history"][0]["loss"]
+    assert meta.extra["text_recall@1"] > 25 and meta.recall_at_1 > 80
+    assert history[1]["loss"] < history[0]["loss"]
     model, _ = model_from_checkpoint(tmp_path / "dual.pt")
     assert has_text_tower(model)
     with torch.no_grad():

@@ -56,8 +56,8 @@ def test_short_training_reaches_high_recall(three_epochs):
     assert result.checkpoint == str(out)
     assert len(result.history) == 3
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert result.meta["recall@1"] > 90.0
-    assert result.meta["recall@1"] > _untrained_recall("cosine") + 10.0
+    assert result.meta.recall_at_1 > 90.0
+    assert result.meta.recall_at_1 > _untrained_recall("cosine") + 10.0
     assert all(h["loss"] > 0 for h in result.history)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
 
@@ -71,7 +71,7 @@ def test_checkpoint_metadata(three_epochs):
                 "advrank_version": advrank.__version__, "image_shape": [1, 8, 8]}
     assert {k: meta[k] for k in expected} == expected
     assert meta["recall@1"] == result.history[-1]["recall@1"]
-    assert meta == result.meta
+    assert meta == result.meta.to_dict()
     assert ckpt["epoch"] == 3 and ckpt["optimizer"] is not None
     # the stored R@1 is what evaluating the stored model gives
     model, _ = model_from_checkpoint(out)
@@ -104,21 +104,21 @@ def test_same_seed_same_weights(tmp_path):
     calls = identity.calls
     c = train(_config(seed=2), tmp_path / "c.pt", progress=False)
     _assert_same_weights(_weights(tmp_path / "a.pt"), _weights(tmp_path / "b.pt"))
-    assert a.meta["recall@1"] == b.meta["recall@1"]
-    assert len(calls) == 8 and set(calls) == {a.meta["batch_size"]}
+    assert a.meta.recall_at_1 == b.meta.recall_at_1
+    assert len(calls) == 8 and set(calls) == {a.meta.batch_size}
     wa, wc = _weights(tmp_path / "a.pt"), _weights(tmp_path / "c.pt")
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
-    assert c.meta["seed"] == 2
+    assert c.meta.seed == 2
 
 
 def test_batch_transform_output_is_what_trains(tmp_path):
     a = train(_config(), tmp_path / "a.pt", progress=False)
     b = train(_config(), tmp_path / "b.pt", progress=False,
               defense=InputDefense(lambda x: (x + 0.3).clamp(0, 1)))
-    assert b.meta["defense"] == "test-input"
+    assert b.meta.defense == "test-input"
     wa, wb = _weights(tmp_path / "a.pt"), _weights(tmp_path / "b.pt")
     assert not torch.allclose(wa["backbone.1.weight"], wb["backbone.1.weight"])
-    assert a.meta["batch_size"] == b.meta["batch_size"]
+    assert a.meta.batch_size == b.meta.batch_size
 
 
 def test_resume_continues_and_matches_uninterrupted(tmp_path):
@@ -128,7 +128,7 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path):
     resumed = train(_config(epochs=2), out, progress=False)  # the same command resumes
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.history[0] == first.history[0]  # epoch 1 kept, not retrained
-    assert load_checkpoint(out)["epoch"] == 2 and resumed.meta["epochs_done"] == 2
+    assert load_checkpoint(out)["epoch"] == 2 and resumed.meta.epochs_done == 2
 
     straight = train(_config(epochs=2), tmp_path / "straight.pt", progress=False)
     _assert_same_weights(_weights(out), _weights(tmp_path / "straight.pt"), exact=False)
@@ -158,7 +158,7 @@ def test_resume_with_different_config_refused(three_epochs, tmp_path, key, value
         train(_config(epochs=4, **{key: value}), out, progress=False)
     assert out.read_bytes() == before  # left untouched
     forced = train(_config(epochs=1, **{key: value}), out, progress=False, force=True)
-    assert forced.meta[key] == value and forced.meta["epochs_done"] == 1
+    assert getattr(forced.meta, key) == value and forced.meta.epochs_done == 1
 
 
 def test_out_that_is_not_a_training_run_is_refused_unless_forced(tmp_path):
@@ -183,7 +183,7 @@ def test_out_that_is_not_a_training_run_is_refused_unless_forced(tmp_path):
     with pytest.raises(AdvrankError, match="not a resumable training run"):
         train(config, bare, progress=False)
     assert bare.read_bytes() == before
-    assert train(config, bare, progress=False, force=True).meta["epochs_done"] == 1
+    assert train(config, bare, progress=False, force=True).meta.epochs_done == 1
 
 
 @pytest.mark.parametrize("loss,metric", [("contrastive", "cosine"), ("triplet", "euclidean"),
@@ -191,8 +191,8 @@ def test_out_that_is_not_a_training_run_is_refused_unless_forced(tmp_path):
 def test_other_losses_and_metrics_train(tmp_path, loss, metric):
     result = train(_config(epochs=2, loss=loss, metric=metric), tmp_path / "m.pt",
                    progress=False)
-    assert result.meta["loss"] == loss and result.meta["metric"] == metric
-    assert result.meta["recall@1"] > max(90.0, _untrained_recall(metric) + 5.0)
+    assert result.meta.loss == loss and result.meta.metric == metric
+    assert result.meta.recall_at_1 > max(90.0, _untrained_recall(metric) + 5.0)
 
 
 def test_init_from_checkpoint(three_epochs, tmp_path):
@@ -201,7 +201,7 @@ def test_init_from_checkpoint(three_epochs, tmp_path):
     # fine-tuning with a vanishing lr keeps the weights: they really came from --init
     result = train(_config(lr=1e-12), tmp_path / "ft.pt", init=src, progress=False)
     _assert_same_weights(_weights(src), _weights(tmp_path / "ft.pt"), exact=False)
-    assert result.meta["init"] == str(src)
+    assert result.meta.init == str(src)
     with pytest.raises(AdvrankError, match="embed_dim"):
         train(_config(embed_dim=8), tmp_path / "x.pt", init=src, progress=False)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -80,6 +80,24 @@ class RankingView:
     query_text: str | None = None
 
 
+class QueryScore:
+    """What a query-only attack of a kind minimises from an oracle's answers:
+    ``score(answer, rows [N]) -> [N]`` for the answers of the attacks ``rows``, and
+    :meth:`named_items`, the gallery ids whose positions it reads (so an oracle may answer with
+    their ranks alone). ``QueryScore(fn)`` wraps a function of the answers' whole lists."""
+
+    def __init__(self, fn: Callable[[Any, torch.Tensor], torch.Tensor]):
+        self.fn = fn
+
+    def __call__(self, answer: Any, rows: torch.Tensor) -> torch.Tensor:
+        return self.fn(answer, rows)
+
+    def named_items(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """``[N, j]``: the ids this score reads in the lists of the attacks ``rows [N]``;
+        None: it reads every list whole."""
+        return None
+
+
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
     """Mean and standard error of per-attack figures (float64)."""
     v = values.double()
@@ -112,6 +130,8 @@ class AttackKind:
     #: its queries may come from an outside query set, e.g. texts (:meth:`for_queries`)
     text_queries: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    #: set for each kind from its parameters (see ``__init_subclass__``)
+    __signature__: ClassVar[inspect.Signature]
 
     def __init_subclass__(cls, **kwargs: Any):
         """Derive ``params`` from ``parameters`` (or, for an old-style kind that sets only a
@@ -155,6 +175,11 @@ class AttackKind:
 
     def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
         raise NotImplementedError
+
+    def available(self, gallery: Gallery, k: int) -> int:
+        """How many distinct attacked items the §4 draw has on ``gallery`` at size k (the
+        most attacks :meth:`select` can draw): |X|, unless a kind's draw says fewer."""
+        return len(gallery)
 
     def objective(self, embeddings: torch.Tensor, distance: Distance, part: Selection,
                   clean: torch.Tensor | None = None) -> RankingObjective:
@@ -339,7 +364,7 @@ def make_kinds(attacks: Sequence[str], options: dict) -> dict[str, AttackKind]:
     return kinds
 
 
-def check_fits_all(kinds: Sequence[AttackKind], ks: Sequence[int], num_attacks: int | None,
+def check_fits_all(kinds: Iterable[AttackKind], ks: Sequence[int], num_attacks: int | None,
                    n: int) -> None:
     """:meth:`AttackKind.check_fits` for every kind and size of a run (a grid, a matrix);
     ``num_attacks`` None means T = |X|."""

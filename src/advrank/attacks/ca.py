@@ -268,8 +268,12 @@ class TextCandidateAttack(CandidateAttack):
         if not isinstance(queries, QuerySet):
             raise AdvrankError(f"queries must be a QuerySet (embed_text_queries), got "
                                f"{type(queries).__name__}")
-        self.name, self.raise_rank, self.direction = base.name, base.raise_rank, base.direction
-        self.description = f"{base.description}; queries from a text set"
+        # this instance is the base kind (CA+ or CA-) with other queries: its class-level
+        # declarations are the base's
+        for name, value in (("name", base.name), ("raise_rank", base.raise_rank),
+                            ("direction", base.direction),
+                            ("description", f"{base.description}; queries from a text set")):
+            setattr(self, name, value)
         self.options, self.queries = dict(base.options), queries
 
     def check_fits(self, k: int, num_attacks: int, n: int) -> None:

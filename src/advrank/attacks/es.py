@@ -67,7 +67,7 @@ class EmbeddingShiftAttack(QueryKind):
     description = "untargeted embedding shift: move q's embedding away from its clean one"
 
     @property
-    def random_start(self) -> bool:
+    def random_start(self) -> bool:  # type: ignore[override]  # computed from the options
         return self.options["start"] == "random"
 
     def objective(self, embeddings, distance, part, clean=None):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from advrank.attacks.base import topk_positions
+from advrank.attacks.base import QueryScore, topk_positions
 from advrank.core.gallery import Gallery
 from advrank.oracles.base import Answer, Feedback
 
@@ -45,7 +45,7 @@ def visible_weights(answer: Answer, exclude: torch.Tensor) -> tuple[torch.Tensor
     return kept, torch.where(kept, weight, 0.0)
 
 
-class FeedbackScore:
+class FeedbackScore(QueryScore):
     """``score(answer, rows) -> [N]`` for answers of the attacks ``rows [N]``: raise (or sink)
     ``targets [B, m]`` in lists without ``exclude [B, e]``; ``neighbors [B, m, K]``: N(c) of
     each target (top-k feedback only). With ``keep [B, G]`` (C_SP, Eq. 12's semantics-
@@ -60,6 +60,14 @@ class FeedbackScore:
         self.feedback, self.n, self.neighbors = feedback, gallery_size, neighbors
         self.keep = keep.cpu() if keep is not None and xi else None
         self.xi = float(xi)
+
+    def named_items(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """At full feedback the targets, the ids left out and C_SP (all this score reads);
+        None (every visible list whole) at top-k feedback."""
+        if self.feedback.level != "full":
+            return None
+        sets = [self.targets, self.exclude] + ([] if self.keep is None else [self.keep])
+        return torch.cat([s[rows] for s in sets], 1)
 
     def _rank(self, answer: Answer, items: torch.Tensor, exclude: torch.Tensor):
         """Mean normalized rank (%) ``[N]`` of ``items [N, j]`` in the full lists."""

@@ -34,6 +34,7 @@ import torch
 
 from advrank.attacks.base import (
     AttackKind,
+    QueryScore,
     RankingObjective,
     RankingView,
     select_anchors,
@@ -153,7 +154,7 @@ class OrderAttack(AttackKind):
         def score(answer: Answer, rows: torch.Tensor) -> torch.Tensor:
             return -short_range_correlation(answer, targets[rows], exclude[rows])
 
-        return score
+        return QueryScore(score)
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The list of q~ itself (q left out), the candidates highlighted (target order)."""

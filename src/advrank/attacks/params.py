@@ -118,7 +118,7 @@ def params_from_defaults(defaults: dict[str, Any]) -> tuple[Param, ...]:
     return tuple(out)
 
 
-def collect(kinds: Sequence[type]) -> dict[str, tuple[Param, list[str]]]:
+def collect(kinds: Sequence[Any]) -> dict[str, tuple[Param, list[str]]]:
     """Every distinct parameter name across ``kinds`` (attack classes): its first declaration
     and the names of the kinds that take it, in registration order."""
     found: dict[str, tuple[Param, list[str]]] = {}

@@ -15,6 +15,8 @@ tables. ``"sum"`` is Eq. 12 as printed; for PGD's sign step it equals "mean" wit
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from advrank.attacks.base import (
@@ -118,8 +120,8 @@ class QueryObjective(RankingObjective):
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
         """The loss ``[B]`` with autograd, in the reference arithmetic (tests, small sets)."""
         terms = self._terms(emb)
-        return sum(self._chunk_loss(emb, terms, s)
-                   for s in range(0, self.gallery.shape[0], self.chunk))
+        return cast(torch.Tensor, sum(self._chunk_loss(emb, terms, s)
+                                      for s in range(0, self.gallery.shape[0], self.chunk)))
 
     def value_and_grad(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.policy.reference:
@@ -368,8 +370,8 @@ class QueryAttack(AttackKind):
             return 0
         return gallery_size * dim * torch.finfo(policy.product_dtype(torch.float32)).bits // 8
 
-    @property
-    def needs_clean(self) -> bool:  # only to build C_SP when the caller did not
+    @property  # a flag computed from the kind's options: only to build C_SP when the caller
+    def needs_clean(self) -> bool:  # type: ignore[override]  # did not
         return bool(self.options["xi"]) and self.options["g"] > 0
 
     @torch.no_grad()

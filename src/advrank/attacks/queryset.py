@@ -124,10 +124,10 @@ def draw_text_targets(queries: QuerySet, gallery: Gallery, k: int, num_attacks: 
     held = moderation_pools(queries, gallery, top_fraction)  # [Q, N]
     eligible = (held.sum(0) >= k).nonzero().squeeze(1)
     if eligible.numel() < num_attacks:
-        held = f"only {eligible.numel()}" if eligible.numel() else "no"
+        how_many = f"only {eligible.numel()}" if eligible.numel() else "no"
         fix = f"lower the number of attacks to {eligible.numel()}, " if eligible.numel() else ""
         raise AdvrankError(
-            f"{held} gallery items are in the top {top_fraction:.0%} of at least "
+            f"{how_many} gallery items are in the top {top_fraction:.0%} of at least "
             f"{size_name} = {k} of the {len(queries)} texts, {num_attacks} CA- attacks need "
             f"as many; {fix}lower {size_name}, or give more texts")
     anchors = eligible[torch.randperm(eligible.numel(), generator=gen)[:num_attacks]]

@@ -141,7 +141,7 @@ def cmd_grid(args) -> None:
     policy = policy_from_args(args)
     upload_threat(args)  # the pipeline options, checked before any work
     if args.paper != "auto":
-        paper_table_for({}, args.paper)
+        paper_table_for(None, args.paper)
     target_spec(args)
     if args.eps is None and args.data is not None:
         paper_eps(args.data)  # a picture collection has no paper rows: refused before work
@@ -149,7 +149,7 @@ def cmd_grid(args) -> None:
     with claim(args.out):  # a second writer is refused before the gallery is embedded
         target = load_target_from_args(args, check=lambda n: check_fits_all(
             kinds.values(), ks, num_attacks_for(args.num_attacks, n), n))
-        eps_values = args.eps or paper_eps(target.meta["dataset"])
+        eps_values = args.eps or paper_eps(target.meta.dataset)
         paper = paper_table_for(target.meta, args.paper)
         t = num_attacks_from_args(args, len(target.gallery))
         queries = (None if args.queries is None else

@@ -61,9 +61,9 @@ def cmd_transfer(args) -> None:
 
     src, tgt = (load_target(specs[role], args.device, args.data_root, args.download,
                             check=check, progress=not args.quiet) for role in specs)
-    if src.meta["dataset"] != tgt.meta["dataset"]:
-        raise AdvrankError(f"source is a {src.meta['dataset']} model, target a "
-                           f"{tgt.meta['dataset']} one; transfer needs one shared test set")
+    if src.meta.dataset != tgt.meta.dataset:
+        raise AdvrankError(f"source is a {src.meta.dataset} model, target a "
+                           f"{tgt.meta.dataset} one; transfer needs one shared test set")
     out = transfer_attack(src.model, tgt.model, src.dataset, kind, args.eps, k=k,
                           num_attacks=num_attacks_from_args(args, len(src.gallery)),
                           seed=args.seed, device=src.device,

@@ -123,7 +123,7 @@ def loader_from_args(args) -> Loader:
 
 
 def load_target_from_args(args, cache_dir: str | None = None, split: str = "test",
-                          check: Callable[[int], None] | None = None) -> Target:
+                          check: Callable[[int], object] | None = None) -> Target:
     """The target of the parsed model options, loaded by the library; ``check(|X|)`` refuses
     options that do not fit the collection before it is embedded; with ``--queries`` a model
     without a text tower is refused before that."""
@@ -131,7 +131,7 @@ def load_target_from_args(args, cache_dir: str | None = None, split: str = "test
                                        needs_text=getattr(args, "queries", None) is not None)
 
 
-def index_from_args(args, target):
+def index_from_args(args, target: Target):
     """The ``--index`` search over the target's gallery (None without ``--index``), saved in
     ``--cache-dir`` when one is given."""
     return loader_from_args(args).index(target, getattr(args, "index", None),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from advrank.cli.values import (
     as_type,
@@ -124,9 +124,9 @@ def add_size(p: argparse.ArgumentParser, default: int | Sequence[int] | None = 1
     kind = listed(positive_int, "positive integers") if multiple else positive_int
     names = ["--k", "--ks"] if multiple else ["--k"]
     what = "comma-separated sizes" if multiple else "size"
+    shown = ",".join(map(str, cast(Sequence[int], default))) if multiple else default
     p.add_argument(*names, dest="k", type=kind, default=None, metavar="K",
-                   help=f"{what} of Q (w, for CA) or C (m, for QA) (default: "
-                        f"{','.join(map(str, default)) if multiple else default})")
+                   help=f"{what} of Q (w, for CA) or C (m, for QA) (default: {shown})")
     p.add_argument("--w", dest="w", type=kind, default=None, help="--k for CA attacks")
     p.add_argument("--m", dest="m", type=kind, default=None, help="--k for QA attacks")
     p.set_defaults(k_default=default)
@@ -260,7 +260,7 @@ def add_target_options(p: argparse.ArgumentParser, cache: bool = False,
             g.add_argument(name, type=labelled_type(kind, form), action="append",
                            help=help + ("; repeat for each model" if form else
                                         " (NAME=: for that model alone)"),
-                           **({"dest": "targets"} if form else {}), **kw)
+                           **({"dest": "targets"} if form else {}), **kw)  # type: ignore[arg-type]
         else:
             g.add_argument(name, type=kind, help=help, **kw)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from advrank.cli.groups import add_common
 from advrank.core.io import strict_json
+from advrank.core.meta import ModelMeta
 from advrank.errors import AdvrankError
 
 
@@ -95,9 +96,9 @@ def log(args) -> Callable[[str], None]:
     return lambda msg: print(msg, file=sys.stderr)
 
 
-def model_label(path, meta: dict) -> str:
+def model_label(path, meta: ModelMeta) -> str:
     """How text output names a model: its file name and what it is (two c2f1/cosine
     checkpoints stay apart), e.g. ``robust.pt (c2f1/cosine)``."""
     from pathlib import Path
 
-    return f"{Path(str(path)).name} ({meta.get('arch', '?')}/{meta.get('metric', '?')})"
+    return f"{Path(str(path)).name} ({meta.arch}/{meta.metric})"

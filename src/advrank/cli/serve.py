@@ -56,7 +56,7 @@ def cmd_serve(args) -> None:
     sock = _bind(args.host, args.port)  # a busy port is refused before the model loads
     target = load_target_from_args(args)
     say = log(args)
-    index = build_index(target.gallery.embeddings, target.meta["metric"], args.index,
+    index = build_index(target.gallery.embeddings, target.meta.metric, args.index,
                         args.cache_dir, target.fingerprint, say)
     server = _server(create_app(target, index, args.scores, limits), args.quiet)
     host, port = sock.getsockname()[:2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from advrank.cli.declare import load_target_from_args
 from advrank.cli.groups import add_json, add_queries, add_target_options
@@ -14,7 +15,7 @@ from advrank.registry import DATASETS, DEFENSES, DISTANCES, LOSSES, MODELS
 from advrank.training.trainer import DEFAULTS as TRAIN_DEFAULTS
 
 
-def registered(registry) -> callable:
+def registered(registry) -> Callable[[str], str]:
     """argparse type: a name registered in ``registry`` (a ``name:argument`` keeps its part
     after the colon, e.g. ``imagefolder:PATH``)."""
     def parse(text: str) -> str:
@@ -60,16 +61,16 @@ def cmd_train(args) -> None:
     result = train(config, args.out, init=args.init, defense=defense, progress=not args.quiet,
                    force=args.force)
     meta = result.meta
-    emit(args, {"checkpoint": result.checkpoint, "recall@1": meta["recall@1"],
-                "epochs": meta["epochs_done"], "train_seconds": meta["train_seconds"],
-                "history": result.history, "metric": meta["metric"], "loss": meta["loss"],
-                "defense": meta.get("defense"), "defense_eps": meta.get("defense_eps"),
-                **({"text_recall@1": meta["text_recall@1"]} if "text_recall@1" in meta else {}),
+    text_r1 = meta.extra.get("text_recall@1")
+    emit(args, {"checkpoint": result.checkpoint, "recall@1": meta.recall_at_1,
+                "epochs": meta.epochs_done, "train_seconds": meta.train_seconds,
+                "history": result.history, "metric": meta.metric, "loss": meta.loss,
+                "defense": meta.defense, "defense_eps": meta.defense_eps,
+                **({"text_recall@1": text_r1} if text_r1 is not None else {}),
                 **run_record(resolve_device(args.device), args.seed)},
-         f"wrote {result.checkpoint}: R@1 {meta['recall@1']:.2f}% "
-         + (f"(text-to-image R@1 {meta['text_recall@1']:.2f}%) " if "text_recall@1" in meta
-            else "")
-         + f"after {meta['epochs_done']} epochs ({meta['train_seconds']:.0f}s)")
+         f"wrote {result.checkpoint}: R@1 {meta.recall_at_1:.2f}% "
+         + (f"(text-to-image R@1 {text_r1:.2f}%) " if text_r1 is not None else "")
+         + f"after {meta.epochs_done} epochs ({meta.train_seconds:.0f}s)")
 
 
 def cmd_evaluate(args) -> None:
@@ -101,7 +102,7 @@ def cmd_evaluate(args) -> None:
             [f"text-to-image ({out['text']['labelled_texts']} texts with a class):"]
             + [f"{k} {v:.2f}%" for k, v in out["text"].items() if k.startswith("recall")]
             + [f"mAP {out['text']['map']:.2f}%"])
-    emit(args, out, f"{target.meta['dataset']}/{target.meta['arch']}/{target.meta['metric']}: "
+    emit(args, out, f"{target.meta.dataset}/{target.meta.arch}/{target.meta.metric}: "
                     f"{text}  mAP {metrics['map']:.2f}%{extra}")
 
 
@@ -122,7 +123,7 @@ def cmd_export(args) -> None:
     meta = export_checkpoint(args.checkpoint, args.out)
     size = Path(args.out).stat().st_size
     emit(args, {"checkpoint": str(args.out), "source": str(args.checkpoint), "bytes": size,
-                "dataset": meta["dataset"], "arch": meta["arch"]},
+                "dataset": meta.dataset, "arch": meta.arch},
          f"wrote {args.out} ({size / 2**20:.1f} MiB, weights and metadata only)")
 
 

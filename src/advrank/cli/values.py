@@ -58,7 +58,7 @@ def integer(low: int = 1, high: int = 10**9, what: str = "integer") -> Callable[
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {shorten(text)}") from None
-        return _in_range(value, lambda v: check_int(v, "the value", low=low, high=high))
+        return int(_in_range(value, lambda v: check_int(v, "the value", low=low, high=high)))
 
     parse.__name__ = what
     return parse

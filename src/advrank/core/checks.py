@@ -68,7 +68,7 @@ def check_number(value: Any, name: str, *, low: float | None = None, high: float
                            f"{_show(value)}")
     if integer:
         return int(value)
-    if exact and abs(value) > 2**1023:  # would overflow a float
+    if exact and abs(float(value)) > 2**1023:  # would overflow a float
         raise AdvrankError(f"{name} must be a finite number, got {_show(value)}")
     return float(value)
 
@@ -159,3 +159,12 @@ def check_sequence_of_numbers(values: Any, name: str, length: int | None = None,
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_dataset(dataset) -> None:
+    """Refuse what is not a dataset of labelled images (``labels [N]`` int, N >= 2)."""
+    labels = getattr(dataset, "labels", None)
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() \
+            or not hasattr(dataset, "__getitem__") or labels.numel() < 2:
+        raise AdvrankError(f"expected a dataset of at least 2 labelled images (an "
+                           f"advrank ImageDataset), got {type(dataset).__name__}")

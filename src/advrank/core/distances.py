@@ -49,6 +49,18 @@ class Distance:
         """The equivalent pytorch-metric-learning distance, for its losses and miners."""
         raise NotImplementedError
 
+    #: how a FAISS index ranks by this distance: the name of the FAISS metric it searches
+    #: (``METRIC_INNER_PRODUCT``, ``METRIC_L2``); None: no index does (exact search only)
+    index_metric: str | None = None
+
+    def index_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows ``[N, D]`` as an index holds (gallery) and searches (queries) them."""
+        return x
+
+    def from_index_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """This distance from an index's scores (its ``index_metric`` values), ``[B, k]``."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -84,6 +96,15 @@ class CosineDistance(Distance):
 
         return CosineSimilarity()
 
+    # an inner product of L2-normalised rows: the cosine, 1 - cos the distance
+    index_metric = "METRIC_INNER_PRODUCT"
+
+    def index_rows(self, x):
+        return F.normalize(x, dim=-1)
+
+    def from_index_scores(self, scores):
+        return 1.0 - scores
+
 
 @DISTANCES.register("euclidean")
 class EuclideanDistance(Distance):
@@ -104,6 +125,12 @@ class EuclideanDistance(Distance):
         from pytorch_metric_learning.distances import LpDistance
 
         return LpDistance(normalize_embeddings=False, p=2)
+
+    # FAISS's L2 metric gives squared distances
+    index_metric = "METRIC_L2"
+
+    def from_index_scores(self, scores):
+        return scores.clamp_min(0).sqrt()
 
 
 def distance_names() -> list[str]:

@@ -87,7 +87,10 @@ def _embed_range(model: nn.Module, dataset, indices: range, device: torch.device
                  batch_size: int, workers: int, bar) -> tuple[list, list, list, list]:
     loader = DataLoader(_Decoded(dataset, indices), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate)
-    embs, keeps, bad, contents = [], [], [], []
+    embs: list[torch.Tensor] = []
+    keeps: list[torch.Tensor] = []
+    contents: list[torch.Tensor] = []
+    bad: list = []
     for index, images, failed, content in loader:
         if images is not None:
             embs.append(model(images.to(device)).float().cpu())
@@ -169,10 +172,10 @@ def _shard(model, dataset, indices: range, device, batch_size: int, workers: int
         if bar is not None:
             bar.update(len(indices))
         return e, k, b, c
-    e, k, b, c = _embed_range(model, dataset, indices, device, batch_size, workers, bar)
-    e = torch.cat(e) if e else torch.zeros(0, 0)
-    k = torch.cat(k) if k else torch.zeros(0, dtype=torch.long)
-    c = torch.cat(c) if c else torch.zeros(0, 32, dtype=torch.uint8)
+    es, ks, b, cs = _embed_range(model, dataset, indices, device, batch_size, workers, bar)
+    e = torch.cat(es) if es else torch.zeros(0, 0)
+    k = torch.cat(ks) if ks else torch.zeros(0, dtype=torch.long)
+    c = torch.cat(cs) if cs else torch.zeros(0, 32, dtype=torch.uint8)
     if part is not None:
         _save(part, e, k, c, b, key)
     return e, k, b, c
@@ -209,7 +212,10 @@ def embed_collection(
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc="embed gallery", file=sys.stderr, leave=False, unit="img")
-    embs, keeps, bad, contents = [], [], [], []
+    embs: list[torch.Tensor] = []
+    keeps: list[torch.Tensor] = []
+    contents: list[torch.Tensor] = []
+    bad = []
     for s in range(0, n, shard_size):
         part = _part(final, s // shard_size) if final is not None and n > shard_size else None
         e, k, b, c = _shard(model, dataset, range(s, min(s + shard_size, n)), device,

@@ -4,18 +4,18 @@ embeddings ``[N, D]``, the labels ``[N]`` and the distance every ranking uses.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from advrank.core import distributed
-from advrank.core.checks import check_finite, check_progress
+from advrank.core.checks import check_dataset, check_finite, check_progress
 from advrank.core.distances import Distance, get_distance
 from advrank.core.execution import BatchSplitter
 from advrank.core.metrics import retrieval_metrics
 from advrank.core.runtime import progress_bar, resolve_device
-from advrank.data.base import check_dataset
 from advrank.errors import AdvrankError
 
 
@@ -67,7 +67,7 @@ def embed_dataset(
 class Gallery:
     """The candidate set X: its dataset (images by index), embeddings ``[N, D]``, labels ``[N]``."""
 
-    dataset: object
+    dataset: Any  # an advrank ImageDataset (data/ sits above core: not imported here)
     embeddings: torch.Tensor
     labels: torch.Tensor
     distance: Distance

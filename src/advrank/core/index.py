@@ -31,18 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from advrank.core.distances import get_distance
 from advrank.core.io import atomic_write_bytes, strict_json
 from advrank.core.metrics import GALLERY_BLOCK, nearest_neighbors
 from advrank.errors import AdvrankError
+from advrank.registry import DISTANCES
 
 PRESETS = ("exact", "flat", "hnsw", "ivfpq")
 INDEX_FORMAT = "advrank-index"
 INDEX_VERSION = "1"
 IVF_NPROBE = 16
-METRICS = ("cosine", "euclidean")
 
 
 def faiss_module():
@@ -98,9 +97,9 @@ def _one_thread(faiss) -> Iterator[None]:
 
 
 def _prepare(x: torch.Tensor, metric: str):
-    """Float32 numpy rows as FAISS sees them (L2-normalised for cosine)."""
+    """Float32 numpy rows as FAISS sees them (as the distance has the index hold them)."""
     x = x.detach().float().cpu()
-    return (F.normalize(x, dim=-1) if metric == "cosine" else x).contiguous().numpy()
+    return get_distance(metric).index_rows(x).contiguous().numpy()
 
 
 class VectorIndex:
@@ -143,7 +142,7 @@ class VectorIndex:
             return ids.cpu().long(), scores.float().cpu()
         scores, ids = self.faiss_index.search(_prepare(queries, self.metric), k)
         scores, ids = torch.from_numpy(scores), torch.from_numpy(ids).long()
-        scores = 1.0 - scores if self.metric == "cosine" else scores.clamp_min(0).sqrt()
+        scores = get_distance(self.metric).from_index_scores(scores)
         return ids, torch.where(ids < 0, torch.full_like(scores, math.inf), scores)
 
 
@@ -177,7 +176,7 @@ def _key(embeddings: torch.Tensor, metric: str, spec: str, fingerprint: str | No
 
 
 def _faiss_metric(faiss, metric: str) -> int:
-    return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    return getattr(faiss, get_distance(metric).index_metric)
 
 
 def _train_and_add(embeddings: torch.Tensor, metric: str, spec: str):
@@ -253,8 +252,9 @@ def build_index(embeddings: torch.Tensor, metric: str, spec: str = "exact",
     ``cache_dir/index-<digest>.safetensors``; ``fingerprint`` (the gallery's) joins the key."""
     spec = check_index_spec(spec)
     metric = get_distance(metric).name
-    if metric not in METRICS:
-        raise AdvrankError(f"indexes rank by {' or '.join(METRICS)}, not {metric}")
+    if get_distance(metric).index_metric is None:
+        ranked = [n for n in DISTANCES.names() if DISTANCES.get(n).index_metric is not None]
+        raise AdvrankError(f"indexes rank by {' or '.join(ranked)}, not {metric}")
     if embeddings.dim() != 2 or embeddings.shape[0] < 1 or not embeddings.is_floating_point():
         raise AdvrankError(f"index embeddings must be float [N, D], got "
                            f"{list(embeddings.shape)}")

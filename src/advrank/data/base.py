@@ -77,15 +77,6 @@ class IndexedSubset(ImageDataset):
         return IndexedSubset(self.base, self.index[torch.as_tensor(index, dtype=torch.long)])
 
 
-def check_dataset(dataset) -> None:
-    """Refuse what is not a dataset of labelled images (``labels [N]`` int, N >= 2)."""
-    labels = getattr(dataset, "labels", None)
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() \
-            or not hasattr(dataset, "__getitem__") or labels.numel() < 2:
-        raise AdvrankError(f"expected a dataset of at least 2 labelled images (an "
-                           f"advrank ImageDataset), got {type(dataset).__name__}")
-
-
 class TensorImageDataset(ImageDataset):
     """Images held in memory as one ``FloatTensor[N, C, H, W]`` in [0, 1]."""
 
@@ -103,7 +94,8 @@ class TensorImageDataset(ImageDataset):
             raise AdvrankError(f"labels must be integers, got dtype {labels.dtype}")
         self.images = images.float().contiguous()
         self.labels = labels.long().contiguous()
-        self.image_shape = tuple(images.shape[1:])
+        c, h, w = images.shape[1:]
+        self.image_shape = (int(c), int(h), int(w))
         self.name = name
 
     def __getitem__(self, i: int):

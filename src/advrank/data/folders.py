@@ -32,6 +32,7 @@ import stat
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -346,7 +347,7 @@ def _make(kind: str, arg: str, geometry: Geometry | None,
 
 #: what the registry knows of both kinds of picture collection: pictures resized to the
 #: model's input, ImageNet normalisation for a new model, audited at 8/255 by default
-_COLLECTION_INFO = {"takes_geometry": True, "listing": True,
+_COLLECTION_INFO: dict[str, Any] = {"takes_geometry": True, "listing": True,
                     "image_shape": DEFAULT_GEOMETRY.input_size, "mean": IMAGENET_MEAN,
                     "std": IMAGENET_STD, "default_eps": 8 / 255}
 

@@ -115,7 +115,9 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _from_file(path: Path, classes: Mapping[str, int]) -> tuple[list[str], list[int]]:
-    texts, labels, seen = [], [], {}
+    texts: list[str] = []
+    labels: list[int] = []
+    seen: dict[str, int] = {}
     for number, line in enumerate(_read_lines(path), 1):
         where = f"{path}, line {number}"
         query, tab, tag = line.partition("\t")

@@ -7,6 +7,7 @@ import csv
 import io
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from advrank.attacks.selection import draw_anchors
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_flag, check_int, check_list, check_name
 from advrank.core.gallery import Gallery
+from advrank.core.meta import ModelMeta
 from advrank.core.metrics import recall_at_k
 from advrank.defenses.base import default_defense_eps
 from advrank.errors import AdvrankError
@@ -78,13 +80,13 @@ def robustness_point(
     return point
 
 
-def model_label(path: str | Path, meta: dict[str, Any]) -> str:
+def model_label(path: str | Path, meta: ModelMeta) -> str:
     """``name (vanilla)`` or ``name (est, eps=0.3)``: how a model appears in legends."""
     stem = Path(path).stem
-    defense = meta.get("defense")
+    defense = meta.defense
     if not defense:
         return f"{stem} (vanilla)"
-    eps = meta.get("defense_eps")
+    eps = meta.defense_eps
     return f"{stem} ({defense}" + (f", eps={eps:g})" if eps is not None else ")")
 
 
@@ -92,9 +94,9 @@ def _model_row(target: Target, label: str) -> dict[str, Any]:
     g = target.gallery
     r1 = recall_at_k(g.embeddings, g.labels, g.distance, (1,))[1]
     return {"label": label, "checkpoint": target.source, "fingerprint": target.fingerprint,
-            "dataset": target.meta["dataset"], "arch": target.meta["arch"],
-            "metric": target.meta["metric"], "defense": target.meta.get("defense"),
-            "defense_eps": target.meta.get("defense_eps"), "recall@1": r1,
+            "dataset": target.meta.dataset, "arch": target.meta.arch,
+            "metric": target.meta.metric, "defense": target.meta.defense,
+            "defense_eps": target.meta.defense_eps, "recall@1": r1,
             "gallery_size": len(g)}
 
 
@@ -166,10 +168,10 @@ class Curves(Experiment):
                 label += "'"
             self.models.append(_model_row(target, label))
             for eps in self.eps_values:
-                yield Cell(f"{target.fingerprint}|{eps:g}", lambda t=target, e=eps:
-                           robustness_point(t.model, t.gallery, e, self.k, self.num_attacks,
-                                            self.seed, self.batch_size,
-                                            progress=self.progress), label)
+                yield Cell(f"{target.fingerprint}|{eps:g}",
+                           partial(robustness_point, target.model, target.gallery, eps, self.k,
+                                   self.num_attacks, self.seed, self.batch_size,
+                                   progress=self.progress), label)
 
     def finished(self, store: Store, cell: Cell, value: dict, seconds: float, log) -> None:
         ranks = "  ".join(f"{a} {value[f'{a}_after']:.1f}" for a in PAPER_ATTACKS)
@@ -238,11 +240,11 @@ def defense_comparison(
     datasets = set()
     for role, ckpt in (("vanilla", vanilla_ckpt), ("defended", defended_ckpt)):
         target = load_target(ckpt, device, data_root, download, progress=progress)
-        datasets.add(target.meta["dataset"])
+        datasets.add(target.meta.dataset)
         if len(datasets) > 1:
             raise AdvrankError(f"cannot compare checkpoints of different datasets: {datasets}")
         if eps is None:
-            eps = default_defense_eps(target.meta["dataset"])
+            eps = default_defense_eps(target.meta.dataset)
         point = robustness_point(target.model, target.gallery, eps, k, num_attacks, seed,
                                  batch_size, progress=progress)
         rows[role] = {**_model_row(target, model_label(ckpt, target.meta)), **point}

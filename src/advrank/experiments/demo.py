@@ -27,19 +27,19 @@ def run_demo(out: str | Path, epochs: int = 15, num_attacks: int = 200,
              progress: bool | None = None) -> tuple[dict[str, Any], str]:
     """Run the demo into ``out`` (resumable: finished steps are reused); returns the summary
     and a plain-text report."""
-    t0, out, device = time.time(), Path(out), resolve_device(device)
+    t0, out, dev = time.time(), Path(out), resolve_device(device)
     ckpt = out / "digits-c2f1.pt"
     log(f"[1/3] training C2F1 on scikit-learn digits ({epochs} epochs) -> {ckpt}")
     config = TrainConfig(dataset="digits", arch="c2f1", epochs=epochs, seed=seed,
-                         device=str(device), embed_dim=128)
+                         device=str(dev), embed_dim=128)
     train(config, ckpt, progress=progress)
-    model, meta = model_from_checkpoint(ckpt, device)
+    model, meta = model_from_checkpoint(ckpt, dev)
     test = load_dataset("digits", "test")
-    metrics = evaluate_model(model, test, "cosine", device, with_map=True)
+    metrics = evaluate_model(model, test, "cosine", dev, with_map=True)
     log(f"      R@1 {metrics['recall@1']:.1f}%  mAP {metrics['map']:.1f}%  "
         f"(|X| = {len(test)} test images)")
     log(f"[2/3] attack grid: CA+, CA-, QA+, QA- with w = m = 1, T = {num_attacks}")
-    gallery = Gallery.build(model, test, "cosine", device)
+    gallery = Gallery.build(model, test, "cosine", dev)
     grid = run_grid(model, gallery, out / "grid-vanilla", DEMO_EPS, ks=(1,),
                     num_attacks=num_attacks, seed=seed, progress=progress,
                     meta={"dataset": "digits", "arch": "c2f1", "metric": "cosine",
@@ -50,11 +50,11 @@ def run_demo(out: str | Path, epochs: int = 15, num_attacks: int = 200,
     log(f"[3/3] embedding-shift adversarial training (Eq. 13, eps 0.3, {defense_steps} PGD "
         f"steps), fine-tuning {defense_epochs} epochs -> {defended}")
     defense = make_defense("est", eps=0.3, metric="cosine", steps=defense_steps)
-    train(TrainConfig(dataset="digits", epochs=defense_epochs, seed=seed, device=str(device)),
+    train(TrainConfig(dataset="digits", epochs=defense_epochs, seed=seed, device=str(dev)),
           defended, init=ckpt, defense=defense, progress=progress)
     log("      comparing the vanilla and the defended model (CA±/QA± and max shift at eps 0.3)")
     comparison = defense_comparison(ckpt, defended, eps=0.3, k=1, num_attacks=num_attacks,
-                                    seed=seed, device=device, progress=progress)
+                                    seed=seed, device=dev, progress=progress)
     text += "\nvanilla vs defended (embedding-shift adversarial training):\n"
     text += comparison["text"] + "\n"
     text += (f"(the comparison draws its own T = {num_attacks} attacks per model, with the same "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -24,17 +25,9 @@ from advrank.core.gallery import Gallery
 from advrank.core.io import read_json
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS, paper_lookup, paper_table_for
-from advrank.experiments.protocol import (
-    ColumnSelections,
-    cell_key,
-    check_cell_options,
-    check_gallery,
-    check_run,
-    run_attack,
-)
-from advrank.experiments.protocol import (
-    check_attack_cell as check_cell,
-)
+from advrank.experiments.protocol import ColumnSelections, check_gallery, check_run, run_attack
+from advrank.experiments.results import cell_key, check_cell_options
+from advrank.experiments.results import check_attack_cell as check_cell
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store
 from advrank.reports.tables import csv_table, headline_of, markdown_table
@@ -82,7 +75,7 @@ class Grid(Experiment):
         self.num_attacks = check_int(num_attacks, "number of attacks")  # None: refused
         self.policy = get_policy(policy)
         if paper is not None:
-            paper_table_for({}, paper)
+            paper_table_for(None, paper)
         if meta is not None and not isinstance(meta, dict):
             raise AdvrankError(f"meta must be a dict, got {type(meta).__name__}")
         check_fits_all(self.kinds.values(), self.ks, self.num_attacks, len(gallery))
@@ -101,7 +94,7 @@ class Grid(Experiment):
                 "checkpoint_sha": self.meta.get("checkpoint_sha"),
                 "precision": self.policy.precision,
                 "index": None if self.index is None else self.index.spec,
-                "pipeline": None if self.upload.pipeline is None else self.upload.pipeline.spec,
+                "pipeline": self.upload.pipeline_spec,
                 "through_pipeline": self.upload.through_pipeline,
                 "text_queries": None if self.queries is None else {
                     k: self.queries.info.get(k) for k in ("text_queries", "text_queries_sha")}}
@@ -119,7 +112,7 @@ class Grid(Experiment):
 
     def cells(self, store: Store) -> list[Cell]:
         # a kind without a size parameter (TMA, ES, ...) has one column, k = 1
-        return [Cell(cell_key(a, e, k), lambda a=a, e=e, k=k: self.cell(a, e, k))
+        return [Cell(cell_key(a, e, k), partial(self.cell, a, e, k))
                 for a in self.kinds for k in self.kinds[a].sizes(self.ks)
                 for e in self.eps_values]
 

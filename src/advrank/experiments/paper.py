@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from advrank.core.meta import ModelMeta
 from advrank.errors import AdvrankError
 
 PAPER_ATTACKS = ("CA+", "CA-", "QA+", "QA-")
@@ -109,10 +110,10 @@ def paper_eps(dataset: str) -> tuple[float, ...]:
     return PAPER_EPS[dataset]
 
 
-def paper_table_for(meta: dict, choice: str | None = "auto") -> str | None:
+def paper_table_for(meta: ModelMeta | None, choice: str | None = "auto") -> str | None:
     """Which paper table to print beside a grid: ``choice`` is a table name, ``none`` or
     ``auto`` (the table of the checkpoint's dataset, defended or not, when its metric is the
-    one the paper used)."""
+    one the paper used; None: no model yet, ``auto`` gives no table)."""
     if choice in (None, "none"):
         return None
     if choice != "auto":
@@ -120,8 +121,10 @@ def paper_table_for(meta: dict, choice: str | None = "auto") -> str | None:
             raise AdvrankError(f"unknown paper table {choice!r}; choose from auto, none, "
                                f"{', '.join(PAPER_TABLES)}")
         return choice
-    dataset = meta.get("dataset")
-    name = f"{dataset}-defended" if meta.get("defense") else dataset
-    if name in PAPER_TABLES and meta.get("metric") == PAPER_METRIC.get(dataset):
+    if meta is None:
+        return None
+    dataset = meta.dataset
+    name = f"{dataset}-defended" if meta.defense else dataset
+    if name in PAPER_TABLES and meta.metric == PAPER_METRIC.get(dataset):
         return name
     return None

@@ -12,41 +12,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from advrank.attacks.base import AttackKind, check_query_only, get_attack
-from advrank.attacks.feedback import FeedbackScore
+from advrank.attacks.base import AttackKind, QueryScore, check_query_only, get_attack
 from advrank.attacks.query.base import (
-    Ball,
     Best,
     CountedObjective,
     QueryOptimizer,
     get_optimizer,
 )
 from advrank.attacks.selection import Selection
+from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_number, check_progress, check_seed
 from advrank.core.runtime import derived_seed, progress_bar
+from advrank.core.target import SearchTarget
 from advrank.errors import AdvrankError
-from advrank.experiments.protocol import (
-    AttackResult,
-    RankLog,
-    check_batch_size,
-    embed_checked,
-)
+from advrank.experiments.protocol import check_batch_size, embed_checked
+from advrank.experiments.results import AttackResult, RankLog
 from advrank.oracles.base import Oracle, QueryCounter, ask, check_budget
-
-
-class _Threat:
-    """The threat model a query-only result records (eps, and the 8-bit grid of uploads)."""
-
-    def __init__(self, eps: float, eight_bit: bool, budget: int):
-        self.eps, self.eight_bit, self.budget = eps, eight_bit, budget
-
-    def describe(self) -> dict[str, Any]:
-        return {"norm": "Linf", "eps": self.eps, "eight_bit": self.eight_bit,
-                "query_budget": self.budget}
 
 
 class CheckpointedObjective(CountedObjective):
@@ -93,37 +78,49 @@ class CheckpointedObjective(CountedObjective):
         return out
 
 
-def named_items(score, rows: torch.Tensor) -> torch.Tensor | None:
-    """``[N, j]``: the gallery ids whose positions ``score`` reads in the lists of the attacks
-    ``rows [N]``, so an oracle may answer with their ranks alone: at full feedback a
-    :class:`FeedbackScore` reads its targets, the ids it leaves out and C_SP, nothing else.
-    None (every list whole) for any other score."""
-    if not isinstance(score, FeedbackScore) or score.feedback.level != "full":
-        return None
-    sets = [score.targets, score.exclude] + ([] if score.keep is None else [score.keep])
-    return torch.cat([s[rows] for s in sets], 1)
+@dataclass(frozen=True)
+class CountedAsk:
+    """``ask(images [B, m, C, H, W]) -> (answer, rows, sent)``: the further queries a score
+    needs (e.g. its targets' own neighbourhoods), each granted by the attacks' ``counter``."""
+
+    oracle: Oracle
+    counter: QueryCounter
+
+    def __call__(self, images: torch.Tensor):
+        return ask(self.oracle, self.counter, images)
 
 
-def attack_part(target, kind: AttackKind, oracle: Oracle, optimizer: QueryOptimizer,
-                eps: float, budget: int, part: Selection, generator: torch.Generator,
-                start: torch.Tensor | None = None, checkpoints: Sequence[int] = ()
-                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One batch of query-only attacks: ``(adversarial images [B, C, H, W], queries used
-    [B], {c: (best images within c queries, queries spent by then [B])})``; ``start [B, C,
-    H, W]``: where the optimiser starts (default: the clean query)."""
+@dataclass(frozen=True)
+class ScoredAnswers:
+    """``evaluate(x [N, C, H, W], rows [N]) -> [N]``: the oracle's answers for the candidates
+    ``x`` of the attacks ``rows``, scored by ``score`` (the oracle is told which ids the score
+    reads, so it may answer with their ranks alone)."""
+
+    oracle: Oracle
+    score: QueryScore
+
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.score(self.oracle.answer(x, self.score.named_items(rows)), rows)
+
+
+def attack_part(target: SearchTarget, kind: AttackKind, oracle: Oracle,
+                optimizer: QueryOptimizer, threat: LinfThreatModel, part: Selection,
+                generator: torch.Generator, start: torch.Tensor | None = None,
+                checkpoints: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One batch of query-only attacks within ``threat`` (its ball and query budget):
+    ``(adversarial images [B, C, H, W], queries used [B], {c: (best images within c queries,
+    queries spent by then [B])})``; ``start [B, C, H, W]``: where the optimiser starts
+    (default: the clean query)."""
     gallery = target.gallery
-    counter = QueryCounter(len(part), budget)
-    score = kind.query_score(gallery, part, oracle.feedback,
-                             lambda x: ask(oracle, counter, x))
-    objective = CheckpointedObjective(
-        lambda x, rows: score(oracle.answer(x, named_items(score, rows)), rows), counter,
-        checkpoints)
-    ball = Ball(gallery.images(part.anchors), eps, oracle.eight_bit)
+    counter = QueryCounter(len(part), threat.query_budget)
+    score = kind.query_score(gallery, part, oracle.feedback, CountedAsk(oracle, counter))
+    objective = CheckpointedObjective(ScoredAnswers(oracle, score), counter, checkpoints)
+    ball = threat.ball(gallery.images(part.anchors))
     adv, _ = optimizer.run(objective, ball, start, generator)
     return adv, counter.used, objective.snapshots() if checkpoints else {}
 
 
-def measure_all(target, kinds: Sequence[AttackKind], part: Selection,
+def measure_all(target: SearchTarget, kinds: Sequence[AttackKind], part: Selection,
                 images: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The figures ``[B]`` of ``kinds[0]`` and, named ``KIND:figure``, of the others, for
     ``images`` (None: the clean queries, whose embeddings the gallery holds)."""
@@ -146,7 +143,7 @@ def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     return out
 
 
-def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
+def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Oracle,
                      optimizer: str | QueryOptimizer, eps: float, k: int, num_attacks: int,
                      budget: int, seed: int = 0, batch_size: int = 256,
                      selection: Selection | None = None, start: torch.Tensor | None = None,
@@ -165,6 +162,7 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
     budget, seed = check_budget(budget), check_seed(seed)
+    threat = LinfThreatModel(eps).for_queries(oracle.eight_bit, budget)
     batch_size = check_batch_size(batch_size)
     check_progress(progress)
     gallery = target.gallery
@@ -173,14 +171,15 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
         raise AdvrankError(f"{start.shape[0]} start images for {len(selection)} attacks")
     t0, log, used = time.time(), RankLog(), []
     checkpoints = check_checkpoints(checkpoints, budget)
-    logs = {c: (RankLog(), []) for c in checkpoints}
+    logs: dict[int, tuple[RankLog, list[torch.Tensor]]] = {c: (RankLog(), [])
+                                                           for c in checkpoints}
     bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
                        unit="attack", enabled=progress)
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
         gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
-        adv, spent, snaps = attack_part(target, kind, oracle, optimizer, eps, budget, part,
-                                        gen, None if start is None else start[s : s + batch_size],
+        adv, spent, snaps = attack_part(target, kind, oracle, optimizer, threat, part, gen,
+                                        None if start is None else start[s : s + batch_size],
                                         checkpoints)
         clean = measure_all(target, [kind, *also], part, None)
         log.add(clean, measure_all(target, [kind, *also], part, adv))
@@ -190,7 +189,6 @@ def run_query_attack(target, attack: str | AttackKind, oracle: Oracle,
         used.append(spent)
         bar.update(len(part))
     bar.close()
-    threat = _Threat(eps, oracle.eight_bit, budget)
     result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
     spent = torch.cat(used).double()
     result.extra.update({"queries_used": spent.mean().item(),

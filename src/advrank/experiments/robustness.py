@@ -30,6 +30,7 @@ command skips the attacks already done.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ from advrank.core.checks import check_number
 from advrank.core.gallery import Gallery
 from advrank.core.runtime import derived_seed
 from advrank.errors import AdvrankError
-from advrank.experiments.protocol import check_batch_size, check_cell_options, run_attack
+from advrank.experiments.protocol import check_batch_size, run_attack
+from advrank.experiments.results import check_cell_options
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import FIGURE_RANGES, Store, figures_problem
 
@@ -89,9 +91,10 @@ PROFILES = {
 #: runs "QA", not "SPQA", in its rob profiles), ES from the clean image with a nudged
 #: reference, LTM with the query's own copy among its positives, GTM with robrank's target
 #: index (see each kind's docstring)
-ATTACKS = (("CA+", {}), ("CA-", {}), ("QA+", {"xi": 0.0, "g": 0}), ("QA-", {"xi": 0.0, "g": 0}),
-           ("TMA", {}), ("ES", {"start": "nudge"}), ("LTM", {"own_copy_positive": True}),
-           ("GTM", {"target": "robrank"}), ("GTT", {}))
+ATTACKS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("CA+", {}), ("CA-", {}), ("QA+", {"xi": 0.0, "g": 0}), ("QA-", {"xi": 0.0, "g": 0}),
+    ("TMA", {}), ("ES", {"start": "nudge"}), ("LTM", {"own_copy_positive": True}),
+    ("GTM", {"target": "robrank"}), ("GTT", {}))
 
 SCORES = (
     Score("CA+", "CA+", "rank", 2.0, 0.0),
@@ -212,8 +215,8 @@ class Robustness(Experiment):
         self.num_attacks = n if num_attacks is None else num_attacks
         check_num_attacks(self.num_attacks, n)
         self.batch_size = check_batch_size(batch_size)
-        self.resamples = check_number(resamples, "bootstrap resamples", low=1, high=10**7,
-                                      integer=True)
+        self.resamples = int(check_number(resamples, "bootstrap resamples", low=1, high=10**7,
+                                          integer=True))
         self.model, self.gallery, self.seed = model, gallery, seed
         self.meta, self.progress = meta or {}, progress
 
@@ -234,9 +237,9 @@ class Robustness(Experiment):
                            {a: get_attack(a, **o) for a, o in ATTACKS})
 
     def cells(self, store: Store) -> list[Cell]:
-        return [Cell(attack, lambda attack=attack, options=options: _run_one(
-                    self.model, self.gallery, attack, options, self.profile, self.num_attacks,
-                    self.seed, self.batch_size, self.progress))
+        return [Cell(attack, partial(_run_one, self.model, self.gallery, attack, options,
+                                     self.profile, self.num_attacks, self.seed, self.batch_size,
+                                     self.progress))
                 for attack, options in ATTACKS]
 
     def announce(self, todo: int, done: int) -> str:

@@ -133,7 +133,7 @@ class Store:
         self.record, self.implied = dict(record or {}), dict(implied or {})
         self.cells: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
-        self._lock = None
+        self._lock: contextlib.AbstractContextManager | None = None
 
     @property
     def writer(self) -> bool:

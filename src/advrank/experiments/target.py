@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from advrank.core.checks import check_number, check_path, check_progress
 from advrank.core.embedcache import embed_collection
 from advrank.core.gallery import Gallery
 from advrank.core.io import file_sha256, strict_json
+from advrank.core.meta import ModelMeta
 from advrank.core.runtime import resolve_device, run_record
 from advrank.data import load_dataset, split_name
 from advrank.data.geometry import Geometry
@@ -111,7 +112,7 @@ class Target:
     cache); ``queries``: ``(embeddings [Q, D], labels [Q])`` of a query/gallery split."""
 
     model: nn.Module
-    meta: dict[str, Any]
+    meta: ModelMeta
     gallery: Gallery
     device: torch.device
     source: str
@@ -128,10 +129,10 @@ class Target:
         meta = self.meta
         return {"checkpoint": self.source if self.info.get("model") is None else None,
                 "checkpoint_sha": self.fingerprint,
-                "dataset": meta.get("dataset"), "arch": meta.get("arch"),
-                "metric": meta.get("metric"), "loss": meta.get("loss"),
-                "defense": meta.get("defense"), "defense_eps": meta.get("defense_eps"),
-                "recall@1": meta.get("recall@1"), **self.info}
+                "dataset": meta.dataset, "arch": meta.arch,
+                "metric": meta.metric, "loss": meta.loss,
+                "defense": meta.defense, "defense_eps": meta.defense_eps,
+                "recall@1": meta.recall_at_1, **self.info}
 
     def record(self, seed: int) -> dict[str, Any]:
         """Provenance (command, seed, commit, hardware, date) plus :meth:`describe`."""
@@ -142,21 +143,23 @@ def _stderr(msg: str) -> None:
     print(f"advrank: {msg}", file=sys.stderr)
 
 
-def _build_model(spec: TargetSpec, log) -> tuple[nn.Module, dict, Geometry, dict]:
+def _build_model(spec: TargetSpec, log) -> tuple[nn.Module, ModelMeta, Geometry, dict]:
     """The model, its meta, the geometry pictures are read at, and what to record."""
     if spec.checkpoint is not None:
-        model, meta = model_from_checkpoint(spec.checkpoint)
+        net, meta = model_from_checkpoint(spec.checkpoint)
         # the paper's models see the whole picture squeezed to their size (28x28 grey)
-        geometry = Geometry(tuple(meta["image_shape"]), None, "bilinear")
-        info = {"checkpoint_file_sha": file_sha256(spec.checkpoint, 12)}
-        return model, meta, geometry, info
+        geometry = Geometry(meta.image_shape, None, "bilinear")
+        return net, meta, geometry, {"checkpoint_file_sha": file_sha256(spec.checkpoint, 12)}
     from advrank.models.sources import load_source_model
 
     options = SourceOptions(**{name: getattr(spec, name) for name in SOURCE_ONLY})
-    model, info = load_source_model(spec.model, options, log)
-    meta = {"dataset": spec.data, "arch": spec.model, "metric": spec.metric or "cosine",
-            "embed_dim": model.embed_dim, "image_shape": list(model.image_shape),
-            "mean": info["mean"], "std": info["std"]}
+    model, found = load_source_model(str(spec.model), options, log)
+    info: dict[str, Any] = dict(found)
+    # the outside model's metadata, read once here (as a checkpoint's is where it is read)
+    meta = ModelMeta(dataset=str(spec.data), arch=str(spec.model),
+                     metric=spec.metric or "cosine", embed_dim=model.embed_dim,
+                     image_shape=model.image_shape, mean=tuple(info["mean"]),
+                     std=tuple(info["std"]))
     return model, meta, model.geometry, info
 
 
@@ -180,12 +183,13 @@ def _drop_unreadable(dataset, embedded, spec: TargetSpec, log):
     return dataset
 
 
-def _load_collection(model, meta, geometry, spec: TargetSpec, device, data_root, download,
-                     split, progress, log, info, check=None) -> tuple[Gallery, Any, dict]:
+def _load_collection(model, meta: ModelMeta, geometry, spec: TargetSpec, device, data_root,
+                     download, split, progress, log, info, check=None
+                     ) -> tuple[Gallery, Any, dict]:
     """Embed the collection (cached, unreadable pictures skipped) and split off queries."""
     from advrank.models.weights import state_fingerprint
 
-    data = spec.data or meta["dataset"]
+    data = spec.data or meta.dataset
     dataset = load_dataset(data, split, data_root, download, geometry=geometry,
                            allow_outside_root=spec.allow_outside_root)
     skipped = getattr(dataset, "skipped", {})
@@ -224,7 +228,7 @@ def _load_collection(model, meta, geometry, spec: TargetSpec, device, data_root,
                  "query_fraction": spec.query_fraction,
                  "queries": 0 if queries is None else int(queries[1].numel()),
                  "geometry": geometry.describe()})
-    gallery = Gallery(dataset, emb, labels, DISTANCES.get(meta["metric"])())
+    gallery = Gallery(dataset, emb, labels, DISTANCES.get(meta.metric)())
     if check is not None and len(gallery) != n_listed:  # again, without the left-out images
         check(len(gallery))
     return gallery, queries, info
@@ -241,7 +245,7 @@ def target_form(item: Any, what: str = "checkpoint") -> Path | TargetSpec:
 def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device = "auto",
                 data_root: str | Path | None = None, download: bool = False,
                 split: str = "test", progress: bool | None = None,
-                check: Callable[[int], None] | None = None,
+                check: Callable[[int], object] | None = None,
                 log: Callable[[str], None] | None = None, needs_text: bool = False) -> Target:
     """The model and gallery X of ``checkpoint`` (a path: its dataset's ``split``, embedded
     once with the checkpoint's metric) or of a :class:`TargetSpec` (either form).
@@ -260,10 +264,10 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
         model, meta = model_from_checkpoint(spec.checkpoint, device)
         if needs_text:
             text_encoder(model, str(spec.checkpoint))
-        dataset = load_dataset(meta["dataset"], split, data_root, download)
+        dataset = load_dataset(meta.dataset, split, data_root, download)
         if check is not None:
             check(len(dataset))
-        gallery = Gallery.build(model, dataset, meta["metric"], device, progress=progress)
+        gallery = Gallery.build(model, dataset, meta.metric, device, progress=progress)
         fingerprint, plugins = file_sha256(spec.checkpoint, 12), plugin_record()
         if plugins:  # a plugin may replace the model's class or an attack: not the same run
             fingerprint = hashlib.sha256(strict_json({"checkpoint": fingerprint,
@@ -271,23 +275,24 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
                                          ).hexdigest()[:12]
         return Target(model, meta, gallery, device, str(spec.checkpoint), fingerprint,
                       {"plugins": plugins} if plugins else {})
-    model, meta, geometry, info = _build_model(spec, log)
+    built, meta, geometry, info = _build_model(spec, log)
     if needs_text:
-        text_encoder(model, str(spec.checkpoint or spec.model))
-    model = model.to(device).eval()
-    if hasattr(model, "probe"):  # an outside model, at the real batch size on its device
-        model.probe((2, spec.batch_size))
-    gallery, queries, info = _load_collection(model, meta, geometry, spec, device, data_root,
+        text_encoder(built, str(spec.checkpoint or spec.model))
+    built = built.to(device).eval()
+    probe = getattr(built, "probe", None)
+    if probe is not None:  # an outside model, at the real batch size on its device
+        probe((2, spec.batch_size))
+    gallery, queries, info = _load_collection(built, meta, geometry, spec, device, data_root,
                                               download, split, progress, log, info, check)
-    meta["dataset"] = info["data"]
+    meta = replace(meta, dataset=info["data"])
     ident = {k: info.get(k) for k in ("model_sha", "data_sha", "geometry", "query_fraction",
                                       "unreadable_images")}
     # what else determines the figures: the model's code, the pictures' content, the plugins
     ident.update({k: info[k] for k in ("code_sha", "content_sha", "plugins") if info.get(k)})
-    fingerprint = hashlib.sha256(strict_json({**ident, "metric": meta["metric"]}).encode())
+    digest = hashlib.sha256(strict_json({**ident, "metric": meta.metric}).encode())
     source = spec.checkpoint if spec.checkpoint is not None else spec.model
-    return Target(model, meta, gallery, device, str(source), fingerprint.hexdigest()[:12],
-                  info, queries)
+    return Target(built, meta, gallery, device, str(source), digest.hexdigest()[:12], info,
+                  queries)
 
 
 @dataclass(frozen=True)
@@ -308,7 +313,7 @@ class Loader:
             self.log(f"advrank: {msg}")
 
     def load(self, spec: str | Path | TargetSpec, split: str = "test",
-             check: Callable[[int], None] | None = None, needs_text: bool = False) -> Target:
+             check: Callable[[int], object] | None = None, needs_text: bool = False) -> Target:
         """:func:`load_target` of ``spec`` (``check(|X|)``: before the collection is
         embedded; ``needs_text``: the model must have a text tower)."""
         return load_target(spec, self.device, self.data_root, self.download, split=split,
@@ -323,5 +328,5 @@ class Loader:
             return None
         from advrank.core.index import build_index
 
-        return build_index(target.gallery.embeddings, target.meta["metric"], spec, cache_dir,
+        return build_index(target.gallery.embeddings, target.meta.metric, spec, cache_dir,
                            target.fingerprint, self._note)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,13 @@ from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
 from advrank.experiments.paper import PAPER_ATTACKS
 from advrank.experiments.protocol import (
-    AttackResult,
-    RankLog,
     attack_batches,
-    check_cell_options,
     check_gallery,
     check_run,
     check_threat,
     embed_checked,
 )
+from advrank.experiments.results import AttackResult, RankLog, check_cell_options
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import TargetSpec, load_target, target_form
@@ -204,16 +203,16 @@ def _load_rankers(targets, load, check=None):
     for name, form in targets.items():
         target = load(form, check=check)
         if dataset_name is None:
-            dataset_name = target.meta["dataset"]
-        elif target.meta["dataset"] != dataset_name:
+            dataset_name = target.meta.dataset
+        elif target.meta.dataset != dataset_name:
             raise AdvrankError(f"checkpoint {name} ({target.source}) is for "
-                               f"{target.meta['dataset']}, the others for {dataset_name}; "
+                               f"{target.meta.dataset}, the others for {dataset_name}; "
                                "transfer needs one shared test set")
         rankers[name] = (target.model, target.gallery)
         models[name] = {"checkpoint": target.source, "sha256": target.fingerprint,
-                        "arch": target.meta["arch"], "metric": target.meta["metric"],
-                        "recall@1": target.meta.get("recall@1"),
-                        "defense": target.meta.get("defense")}
+                        "arch": target.meta.arch, "metric": target.meta.metric,
+                        "recall@1": target.meta.recall_at_1,
+                        "defense": target.meta.defense}
     return rankers, models, dataset_name, len(target.gallery)
 
 
@@ -250,8 +249,9 @@ class TransferMatrix(Experiment):
                                         for cell in row.values()), self.kinds)
 
     def cells(self, store: Store) -> list[Cell]:
-        return [Cell(f"{attack}|{source}", lambda source=source, kind=kind: _transfer_row(
-                    source, kind, self.rankers, self.settings, self.batch_size, self.progress))
+        return [Cell(f"{attack}|{source}", partial(_transfer_row, source, kind, self.rankers,
+                                                   self.settings, self.batch_size,
+                                                   self.progress))
                 for attack, kind in self.kinds.items() for source in self.rankers]
 
     def announce(self, todo: int, done: int) -> str:

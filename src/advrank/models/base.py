@@ -12,6 +12,9 @@ from torch import nn
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std`` inside the model (inputs stay in [0, 1])."""
 
+    mean: torch.Tensor  # buffers [1, C, 1, 1]
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))

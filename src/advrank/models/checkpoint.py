@@ -19,9 +19,10 @@ import torch
 from advrank import __version__
 from advrank.core.checks import check_finite, check_path
 from advrank.core.io import atomic_write_bytes
+from advrank.core.meta import ModelMeta
 from advrank.data import check_dataset_name
 from advrank.errors import AdvrankError
-from advrank.models import MAX_EMBED_DIM, EmbeddingNet, create_model
+from advrank.models import MAX_EMBED_DIM, DualEncoder, EmbeddingNet, create_model
 from advrank.registry import DATASETS, DISTANCES, MODELS
 
 FORMAT = "advrank-checkpoint"
@@ -207,7 +208,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return validate_payload(_read(check_path(path, "checkpoint")), str(path))
 
 
-def export_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
+def export_checkpoint(src: str | Path, dst: str | Path) -> ModelMeta:
     """Write a weights-only copy of ``src`` to ``dst`` (no optimiser state: about a third of
     the size for Adam), for sharing or for attacking; ``--resume`` from it restarts Adam.
 
@@ -223,7 +224,7 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(dst, buf.getvalue())
-    return payload["meta"]
+    return ModelMeta.from_dict(payload["meta"])
 
 
 def _shapes(meta: dict[str, Any]) -> dict[str, tuple[torch.Size, torch.dtype]]:
@@ -262,8 +263,9 @@ def _fit_problems(meta: dict[str, Any], weights: dict[str, torch.Tensor]) -> lis
 
 def model_from_checkpoint(
     ckpt: dict[str, Any] | str | Path, device: torch.device | str = "cpu", source: str = ""
-) -> tuple[EmbeddingNet, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes, load its weights, put it in eval mode.
+) -> tuple[EmbeddingNet | DualEncoder, ModelMeta]:
+    """Rebuild the model a checkpoint describes, load its weights, put it in eval mode;
+    returns it with its metadata, read once here (:class:`~advrank.core.meta.ModelMeta`).
 
     ``ckpt``: a path, or a payload as :func:`load_checkpoint` returns it (validated here too).
     """
@@ -284,4 +286,4 @@ def model_from_checkpoint(
     model.load_state_dict(weights)
     from advrank.core.runtime import resolve_device
 
-    return model.to(resolve_device(device)).eval(), meta
+    return model.to(resolve_device(device)).eval(), ModelMeta.from_dict(meta)

@@ -12,6 +12,7 @@ maps ``list[str]`` to ``[N, D]`` embeddings in the same space. The text tower is
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,21 +36,36 @@ class DualEncoder(nn.Module):
     model wherever a model is expected.
     """
 
+    image: nn.Module
+    text: nn.Module
+
     def __init__(self, image: nn.Module, text: nn.Module):
         super().__init__()
         self.image, self.text = image, text
 
     @property
-    def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.image.image_shape)
+    def _tower(self) -> Any:
+        """The image tower, whose attributes (``image_shape``...) are its own."""
+        return self.image
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self._tower.image_shape
+        return int(c), int(h), int(w)
 
     @property
     def embed_dim(self) -> int:
-        return int(self.image.embed_dim)
+        return int(self._tower.embed_dim)
 
     @embed_dim.setter
     def embed_dim(self, value: int) -> None:
-        self.image.embed_dim = value
+        self._tower.embed_dim = value
+
+    @property
+    def geometry(self) -> Any:
+        """How pictures become the image tower's inputs (an outside model's
+        :class:`~advrank.data.geometry.Geometry`)."""
+        return self._tower.geometry
 
     def __getattr__(self, name: str):
         """What the image tower has (``geometry``, ``normalize``, ``where``...): a dual
@@ -66,7 +82,7 @@ class DualEncoder(nn.Module):
         """The image tower's checks (outside models). The text tower is checked on every
         use (:meth:`encode_text`), so picture-only work never needs its tokenizer."""
         if hasattr(self.image, "probe"):
-            self.image.probe(batch_sizes)
+            self._tower.probe(batch_sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, D]
         return self.image(x)
@@ -82,7 +98,8 @@ class DualEncoder(nn.Module):
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
         try:
-            out = self.text(texts)
+            tower: Any = self.text
+            out = tower(texts)
         except AdvrankError:
             raise
         except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from advrank.core.target import SearchTarget
 from advrank.errors import AdvrankError
 from advrank.oracles.base import (
     LEVELS,
@@ -48,7 +49,8 @@ def preflight(spec: str) -> None:
     ORACLES.get(name).preflight(argument)
 
 
-def make_oracle(spec: str, target, feedback: Feedback | str, **options: Any) -> Oracle:
+def make_oracle(spec: str, target: SearchTarget, feedback: Feedback | str,
+                **options: Any) -> Oracle:
     """The oracle of ``spec`` (see :func:`split_oracle_spec`) for ``target`` (its gallery is
     the one the attacks select from), at ``feedback``."""
     name, argument = split_oracle_spec(spec)

@@ -95,7 +95,7 @@ class Oracle:
 
     name: ClassVar[str] = ""
     #: pictures travel as 8-bit samples (a PNG upload): attacks stay on the 8-bit grid
-    eight_bit: ClassVar[bool] = False
+    eight_bit: bool = False
     #: full feedback is answered from the ranks of named ids alone (:meth:`rank`)
     ranks_named: bool = False
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from advrank.core.checks import check_int, check_number
+from advrank.core.target import SearchTarget
 from advrank.errors import AdvrankError
 from advrank.oracles.base import Feedback, Oracle
 from advrank.registry import ORACLES
@@ -119,7 +120,8 @@ class HttpOracle(Oracle):
                                "to GET /health")
 
     @classmethod
-    def from_spec(cls, argument: str, target, feedback: Feedback, **options: Any) -> HttpOracle:
+    def from_spec(cls, argument: str, target: SearchTarget, feedback: Feedback,
+                  **options: Any) -> HttpOracle:
         """The service at ``argument`` (a URL), checked against ``target``: same gallery size
         and input size, a ``max_k`` deep enough for ``feedback``, scores when it needs them."""
         oracle = cls(argument, feedback, len(target.gallery),
@@ -171,7 +173,7 @@ class HttpOracle(Oracle):
             raise AdvrankError(f"the search service at {self.url} answered {path} with "
                                "something that is not JSON") from None
 
-    def check_service(self, target) -> None:
+    def check_service(self, target: SearchTarget) -> None:
         info = self._run(self._request("GET", "/info"))
         if not isinstance(info, dict) or "gallery_size" not in info:
             raise AdvrankError(f"{self.url}/info does not describe a search service")
@@ -183,7 +185,7 @@ class HttpOracle(Oracle):
             raise AdvrankError(f"the service at {self.url} ranks {info['gallery_size']} items, "
                                f"the local gallery has {len(target.gallery)}: serve the same "
                                "checkpoint and data")
-        shape = list(target.meta.get("image_shape") or [])
+        shape = list(target.meta.image_shape)
         if shape and info.get("input_size") and list(info["input_size"]) != shape:
             raise AdvrankError(f"the service takes pictures {info['input_size']}, the local "
                                f"model {shape}")

@@ -11,6 +11,7 @@ from torch import nn
 
 from advrank.core.checks import check_int
 from advrank.core.index import VectorIndex, build_index, check_index_spec
+from advrank.core.target import SearchTarget
 from advrank.oracles.base import Feedback, Oracle
 from advrank.registry import ORACLES
 
@@ -36,10 +37,11 @@ class LocalOracle(Oracle):
             check_index_spec(argument)
 
     @classmethod
-    def from_spec(cls, argument: str, target, feedback: Feedback, **options: Any) -> LocalOracle:
+    def from_spec(cls, argument: str, target: SearchTarget, feedback: Feedback,
+                  **options: Any) -> LocalOracle:
         """``local`` (exact search) or ``local:INDEX`` (an index spec, e.g. ``hnsw``) over
         ``target``'s gallery."""
-        index = build_index(target.gallery.embeddings, target.meta["metric"],
+        index = build_index(target.gallery.embeddings, target.meta.metric,
                             argument or "exact", options.get("cache_dir"), target.fingerprint)
         return cls(target.model, index, feedback)
 

@@ -36,6 +36,7 @@ import torch
 
 from advrank.core.checks import check_int, check_number
 from advrank.core.index import VectorIndex
+from advrank.core.target import SearchTarget
 from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.serve.decode import FORMATS, UploadError, decode_upload
@@ -72,13 +73,13 @@ class Limits:
         check_number(self.batch_wait, "batch wait (s)", low=0.0, high=10.0)
 
 
-def target_geometry(target) -> Geometry:
+def target_geometry(target: SearchTarget) -> Geometry:
     """How the target reads pictures: a collection's recorded geometry, else the whole
     picture squeezed to the checkpoint's input size (as :func:`load_target` reads folders)."""
     g = target.info.get("geometry")
     if g is not None:
         return Geometry(tuple(g["input_size"]), g["crop_pct"], g["interpolation"])
-    return Geometry(tuple(target.meta["image_shape"]), None, "bilinear")
+    return Geometry(target.meta.image_shape, None, "bilinear")
 
 
 @dataclass
@@ -96,7 +97,7 @@ class SearchService:
     time (one forward of ``max_batch`` rows and one index search per distinct k) under a
     lock: the model is not re-entrant under every backend."""
 
-    def __init__(self, target, index: VectorIndex, scores: bool, limits: Limits):
+    def __init__(self, target: SearchTarget, index: VectorIndex, scores: bool, limits: Limits):
         if index.size != len(target.gallery):
             raise AdvrankError(f"the index holds {index.size} vectors, the gallery "
                                f"{len(target.gallery)}")
@@ -176,9 +177,9 @@ class SearchService:
 
     def info(self) -> dict[str, Any]:
         t = self.target
-        return {"model": t.meta.get("arch"), "source": t.source, "fingerprint": t.fingerprint,
-                "dataset": t.meta.get("dataset"), "gallery_size": len(t.gallery),
-                "metric": t.meta.get("metric"), "input_size": list(self.geometry.input_size),
+        return {"model": t.meta.arch, "source": t.source, "fingerprint": t.fingerprint,
+                "dataset": t.meta.dataset, "gallery_size": len(t.gallery),
+                "metric": t.meta.metric, "input_size": list(self.geometry.input_size),
                 "geometry": self.geometry.describe(), "index": self.index.info,
                 "feedback": f"top-k ids{' and scores' if self.scores else ''}",
                 "scores": "distance, smaller is nearer" if self.scores else None,
@@ -232,7 +233,7 @@ class Batcher:
                 answers = await run_in_threadpool(self.service.search_batch,
                                                   [q for q, _ in batch])
             except Exception as exc:  # every waiting request gets it (a 500), the loop goes on
-                answers = [exc] * len(batch)
+                answers = [exc] * len(batch)  # type: ignore[list-item]
             for (_, done), answer in zip(batch, answers, strict=True):
                 if done.done():  # the client went away
                     continue
@@ -316,7 +317,7 @@ def _fastapi():
     return fastapi
 
 
-def create_app(target, index: VectorIndex, scores: bool = False,
+def create_app(target: SearchTarget, index: VectorIndex, scores: bool = False,
                limits: Limits | None = None):
     """The FastAPI app serving ``target``'s gallery through ``index`` (see the module
     docstring for the endpoints); ``scores``: include distances in search answers."""
@@ -340,7 +341,7 @@ def create_app(target, index: VectorIndex, scores: bool = False,
         return service.info()
 
     @app.post("/search")
-    async def search(request: fastapi.Request):
+    async def search(request: fastapi.Request):  # type: ignore[name-defined]
         if in_flight[0] >= service.limits.max_concurrency:
             return _error(503, f"busy: {in_flight[0]} searches in flight (the limit); retry "
                                "later", {"Retry-After": "1"})

@@ -120,7 +120,7 @@ def bind_loss(loss_fn: nn.Module, train_set, defense, processes: int) -> None:
     """Give a caption loss the training set's class names; refuse what it cannot go with
     (a defense, which hooks the metric-learning loss; several processes, whose DDP wrapper
     would not see the text tower's forward)."""
-    if not hasattr(loss_fn, "bind"):
+    if not isinstance(loss_fn, CaptionContrastiveLoss):
         return
     if defense is not None:
         raise AdvrankError("defenses hook the metric-learning losses; a dual encoder trains "

@@ -39,6 +39,7 @@ from advrank.core.checks import (
 from advrank.core.distances import Distance, get_distance
 from advrank.core.gallery import embed_dataset
 from advrank.core.io import check_writable_file, exclusive, file_sha256
+from advrank.core.meta import ModelMeta
 from advrank.core.metrics import recall_at_k, retrieval_metrics
 from advrank.core.runtime import progress_bar, resolve_device, seed_everything
 from advrank.data import check_dataset_name, dataset_spec, load_dataset
@@ -115,20 +116,20 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     checkpoint: str
-    meta: dict[str, Any]
+    meta: ModelMeta
     history: list[dict[str, float]]
 
 
-def resolve_config(config: TrainConfig, init_meta: dict | None) -> TrainConfig:
+def resolve_config(config: TrainConfig, init_meta: ModelMeta | None) -> TrainConfig:
     """Fill the open settings from ``init_meta`` (fine-tuning) or the defaults; refuse an
     explicit setting that contradicts the checkpoint being fine-tuned."""
     values = {f.name: getattr(config, f.name) for f in fields(config)}
     if init_meta is not None:
-        if init_meta["dataset"] != config.dataset:
-            raise AdvrankError(f"--init checkpoint is for dataset {init_meta['dataset']!r}, "
+        if init_meta.dataset != config.dataset:
+            raise AdvrankError(f"--init checkpoint is for dataset {init_meta.dataset!r}, "
                                f"this run for {config.dataset!r}")
         for key in INHERITED:
-            given, theirs = values[key], init_meta.get(key)
+            given, theirs = values[key], getattr(init_meta, key)
             if given is not None and theirs is not None and given != theirs:
                 raise AdvrankError(f"--init checkpoint has {key} {theirs!r} but this run asks "
                                    f"for {given!r}; drop the option to inherit it")
@@ -176,7 +177,8 @@ def _batch_recall(emb: torch.Tensor, labels: torch.Tensor, distance: Distance) -
 
 
 def _build(config: TrainConfig, init, defense: Defense | None):
-    """(model, meta) for the run, with weights from ``init`` or ``config.weights``."""
+    """(config, model, the metadata its checkpoint will hold) for the run, with weights from
+    ``init`` or ``config.weights``."""
     init_model = init_meta = None
     if init is not None:
         if config.pretrained is not None:
@@ -195,7 +197,7 @@ def _build(config: TrainConfig, init, defense: Defense | None):
         load_pretrained(getattr(model, "image", model).backbone, weights)
     if defense is not None:
         defense.bind(config.metric)
-    meta = {
+    written = {
         "dataset": config.dataset, "arch": config.arch, "metric": config.metric,
         "loss": config.loss, "margin": config.margin, "embed_dim": model.embed_dim,
         "image_shape": list(spec.image_shape), "mean": list(spec.mean), "std": list(spec.std),
@@ -211,10 +213,10 @@ def _build(config: TrainConfig, init, defense: Defense | None):
                      else None),
         **config.extra_meta,
     }
-    return config, model, meta
+    return config, model, written
 
 
-def _resume(out: Path, meta: dict, model: nn.Module, optimizer, force: bool):
+def _resume(out: Path, written: dict, model: nn.Module, optimizer, force: bool):
     """(start epoch, history, seconds) from an unfinished or finished run of the same config
     at ``out``; a different run there is refused unless ``force``."""
     if not out.exists() or force:
@@ -226,15 +228,16 @@ def _resume(out: Path, meta: dict, model: nn.Module, optimizer, force: bool):
                            "--force to overwrite it") from None
     old = ckpt["meta"]
     for key in IDENTITY:  # a key the file lacks counts as None, the value of an unset option
-        if old.get(key) != meta.get(key):
+        if old.get(key) != written.get(key):
             raise AdvrankError(f"{out} holds another run ({key}={old.get(key)!r}, this run "
-                               f"{meta.get(key)!r}); use another --out or --force to overwrite")
+                               f"{written.get(key)!r}); use another --out or --force to "
+                               "overwrite")
     if "epochs_done" not in old:
         raise AdvrankError(f"{out} holds a checkpoint that is not a resumable training run (no "
                            "epochs_done); use another --out or --force to overwrite it")
-    if int(ckpt.get("epoch", 0)) > int(meta["epochs"]):  # never report 8 epochs as this run's 3
+    if int(ckpt.get("epoch", 0)) > int(written["epochs"]):  # never report 8 epochs as this run's 3
         raise AdvrankError(f"{out} holds this run trained for {ckpt.get('epoch')} epochs, more "
-                           f"than the {meta['epochs']} asked; ask for --epochs "
+                           f"than the {written['epochs']} asked; ask for --epochs "
                            f"{ckpt.get('epoch')}, use another --out, or --force to retrain")
     model.load_state_dict(ckpt["model"])
     if ckpt.get("optimizer"):
@@ -346,18 +349,18 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
     lock = exclusive(out.parent / f".{out.name}.lock", f"checkpoint {out}") \
         if distributed.is_main() else contextlib.nullcontext()
     with lock:
-        config, model, meta = _build(config, init, defense)
+        config, model, written = _build(config, init, defense)
         distance = get_distance(config.metric)
         loss_fn = make_loss(config.loss, distance, config.margin)
         train_set = load_dataset(config.dataset, "train", config.data_root, config.download)
         test_set = load_dataset(config.dataset, "test", config.data_root, config.download)
         bind_loss(loss_fn, train_set, defense, distributed.world_size())
-        _, meta["batch_size"] = _sampler(train_set.labels, config.batch_size,
+        _, written["batch_size"] = _sampler(train_set.labels, config.batch_size,
                                          config.samples_per_class)
-        check_shares(meta["batch_size"])
+        check_shares(written["batch_size"])
         model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        start, history, elapsed = _resume(out, meta, model, optimizer, force)
+        start, history, elapsed = _resume(out, written, model, optimizer, force)
         trained = parallel(model, device)
         if start >= config.epochs and progress:
             print(f"{out} already holds this run, finished ({start} epochs)", file=sys.stderr)
@@ -379,15 +382,16 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
                                  for k, v in figures.items())
                 print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}  test {text}  "
                       f"({elapsed:.0f}s)", file=sys.stderr)
-            meta.update({**figures, "history": history, "train_seconds": elapsed,
+            written.update({**figures, "history": history, "train_seconds": elapsed,
                          "epochs_done": epoch + 1})
             if distributed.world_size() > 1:
-                meta["processes"] = distributed.world_size()
+                written["processes"] = distributed.world_size()
             if distributed.is_main():
-                save_checkpoint(out, model, meta, optimizer, epoch + 1)
+                save_checkpoint(out, model, written, optimizer, epoch + 1)
             distributed.barrier()
         final = load_checkpoint(out)["meta"]
-    return TrainResult(checkpoint=str(out), meta=final, history=final.get("history", []))
+    return TrainResult(checkpoint=str(out), meta=ModelMeta.from_dict(final),
+                       history=final.get("history", []))
 
 
 def evaluate_model(

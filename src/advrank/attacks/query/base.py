@@ -1,7 +1,7 @@
-"""What every query-only optimiser shares: the threat model as a projection (:class:`Ball`,
-with the 8-bit grid of an upload), the objective it minimises (:class:`CountedObjective`, every
-evaluation counted against the per-attack budget) and the calling convention
-(:class:`QueryOptimizer`).
+"""What every query-only optimiser shares: the threat model as a projection (a
+:class:`~advrank.attacks.threat.Ball` from ``LinfThreatModel.ball``, with the 8-bit grid of an
+upload), the objective it minimises (:class:`CountedObjective`, every evaluation counted
+against the per-attack budget) and the calling convention (:class:`QueryOptimizer`).
 
 An optimiser minimises ``objective(x [B, P, C, H, W], active [B]) -> [B, P]`` for B attacks
 at once, P candidates each (its population), over the ball around ``x0 [B, C, H, W]``; values
@@ -18,45 +18,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from advrank.attacks.threat import GRID, Ball
 from advrank.core.checks import check_finite, check_number
 from advrank.errors import AdvrankError
 from advrank.oracles.base import QueryCounter, granted
 from advrank.registry import OPTIMIZERS
-
-GRID = 255.0  # 8-bit samples
-
-
-class Ball:
-    """``{x : ||x - x0||_inf <= eps} ∩ [0, 1]``, on the 8-bit grid when ``eight_bit`` (the
-    bounds rounded inwards, so a quantised candidate still lies in the ball; where no grid
-    value does, the picture's own 8-bit upload is the only candidate)."""
-
-    def __init__(self, x0: torch.Tensor, eps: float, eight_bit: bool = False):
-        check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
-        self.x0, self.eps, self.eight_bit = x0.detach(), float(eps), bool(eight_bit)
-        lo, hi = (x0 - eps).clamp_min(0.0), (x0 + eps).clamp_max(1.0)
-        if self.eight_bit:
-            lo, hi = torch.ceil(lo * GRID - 1e-4) / GRID, torch.floor(hi * GRID + 1e-4) / GRID
-            own = torch.round(x0 * GRID) / GRID
-            empty = lo > hi
-            lo, hi = torch.where(empty, own, lo), torch.where(empty, own, hi)
-        self.lo, self.hi = lo, hi
-
-    def _bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        extra = x.dim() - self.lo.dim()  # candidates [B, P, ...] around x0 [B, ...]
-        shape = (self.lo.shape[0],) + (1,) * extra + tuple(self.lo.shape[1:])
-        return self.lo.reshape(shape), self.hi.reshape(shape)
-
-    def clip(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (``[B, ...]`` or ``[B, P, ...]``) clipped into the ball (off the grid)."""
-        lo, hi = self._bounds(x)
-        return torch.max(torch.min(x, hi), lo)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` clipped into the ball and, when ``eight_bit``, rounded to the grid: a
-        candidate that may be sent."""
-        x = self.clip(x)
-        return self.clip(torch.round(x * GRID) / GRID) if self.eight_bit else x
 
 
 class CountedObjective:

@@ -13,10 +13,7 @@ from advrank.experiments.audit.settings import (
     AuditConfig,
     fingerprints_of,
 )
-from advrank.experiments.protocol import (
-    cell_key,
-    check_attack_cell,
-)
+from advrank.experiments.results import cell_key, check_attack_cell
 from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import Target
 from advrank.oracles import parse_feedback
@@ -159,7 +156,7 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
         "budget": config.query_budget, "feedback": parse_feedback(config.feedback or "full")
         .describe(), "optimizer": get_optimizer(config.optimizer).name,
         "oracle": "local", "marks": config.query_marks, "plot": QUERY_PLOT}
-    first = next((st.get(cell_key(a, e, config.size(kinds[a]))) for a in kinds
+    first: dict[str, Any] = next((st.get(cell_key(a, e, config.size(kinds[a]))) for a in kinds
                   for e in config.eps_values), {})
     return {"query": settings, "pipeline": config.upload_identity()["pipeline"],
             "through_pipeline": config.through_pipeline,

@@ -6,35 +6,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import advrank.experiments.audit.deployed as deployed
+import advrank.experiments.audit.settings as settings
 from advrank.attacks.base import AttackKind
 from advrank.core.checks import format_eps
 from advrank.core.metrics import query_metrics
 from advrank.core.runtime import progress_bar
-from advrank.experiments.audit.deployed import (
-    check_query_cell,
-    check_source,
-    check_transfer_cell,
-    deployed_view,
-    query_cells,
-    transfer_cells,
-)
 from advrank.experiments.audit.panels import example_panels
 from advrank.experiments.audit.plan import audit_plan, estimate_message
-from advrank.experiments.audit.settings import (
-    AUDIT_FORMAT,
-    IMPLIED_IDENTITY,
-    QUERY_PLOT,
-    RECALL_KS,
-    REPORT_HTML,
-    REPORT_JSON,
-    AuditConfig,
-    fingerprints_of,
-)
+from advrank.experiments.audit.settings import AuditConfig, fingerprints_of
 from advrank.experiments.audit.text import (
     PREFIX,
     RETRIEVAL,
@@ -42,16 +28,13 @@ from advrank.experiments.audit.text import (
     check_text_cell,
     is_text_key,
 )
-from advrank.experiments.protocol import (
-    ColumnSelections,
-    cell_key,
-    check_attack_cell,
-    run_attack,
-)
+from advrank.experiments.protocol import ColumnSelections, run_attack
+from advrank.experiments.results import cell_key, check_attack_cell
 from advrank.experiments.runner import Cell, Experiment, progress_log, run
 from advrank.experiments.store import Store
 from advrank.experiments.target import Target
 from advrank.experiments.verdict import audit_verdict
+from advrank.oracles.base import Oracle
 
 
 def check_cell(key: str, cell) -> str | None:
@@ -64,7 +47,7 @@ def check_cell(key: str, cell) -> str | None:
     elif key == "retrieval":
         if not isinstance(cell, dict):
             return f"a {type(cell).__name__}, not a mapping"
-        for name in ("map", *(f"recall@{k}" for k in RECALL_KS)):
+        for name in ("map", *(f"recall@{k}" for k in settings.RECALL_KS)):
             value = cell.get(name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or \
                     not 0.0 <= value <= 100.0:
@@ -77,8 +60,8 @@ def check_cell(key: str, cell) -> str | None:
         kind = key.partition("|")[0]
         # the same cells as a grid's, under the same keys (query-only and transfer ones
         # prefixed)
-        problem = check_query_cell(key, cell) if kind == "query" else \
-            check_transfer_cell(key, cell) if kind == "transfer" else \
+        problem = deployed.check_query_cell(key, cell) if kind == "query" else \
+            deployed.check_transfer_cell(key, cell) if kind == "transfer" else \
             check_attack_cell(key, cell)
         if problem:
             return problem
@@ -104,7 +87,8 @@ def retrieval_figures(target: Target, max_queries: int, seed: int) -> dict[str, 
         dev = g.embeddings.device
         q_emb, q_labels, own = g.embeddings[idx.to(dev)], g.labels[idx.to(dev)], idx
         mode = "each member of X vs the rest" + (" (a seeded sample)" if n > max_queries else "")
-    figures = query_metrics(q_emb, q_labels, g.embeddings, g.labels, g.distance, RECALL_KS, own)
+    figures = query_metrics(q_emb, q_labels, g.embeddings, g.labels, g.distance,
+                            settings.RECALL_KS, own)
     return {**figures, "queries": int(q_labels.numel()), "query_mode": mode,
             "gallery_size": n, "classes": int(g.labels.unique().numel())}
 
@@ -112,18 +96,21 @@ class Audit(Experiment):
     """The audit's declaration: a retrieval cell, then one cell per (attack, eps); see
     :func:`run_audit`."""
 
-    name, filename, format, implied = "audit", REPORT_JSON, AUDIT_FORMAT, IMPLIED_IDENTITY
-    outputs = (REPORT_HTML, QUERY_PLOT)
+    name, filename, format = "audit", settings.REPORT_JSON, settings.AUDIT_FORMAT
+    implied = settings.IMPLIED_IDENTITY
+    outputs = (settings.REPORT_HTML, settings.QUERY_PLOT)
 
     def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
                  progress: bool = False, log: Callable[[str], None] | None = None,
                  index=None, source: Target | None = None):
         self.kinds = config.validate()
-        self.source = check_source(source, target)
+        self.source = deployed.check_source(source, target)
         self.log = log or (lambda m: None)
         self.t = config.attacks_for(len(target.gallery), lambda m: self.log(f"audit: note: {m}"))
         self.target, self.config, self.extra_record = target, config, record or {}
-        self.progress, self.index, self.bar, self.oracle = progress, index, None, None
+        self.progress, self.index = progress, index
+        self.bar: Any = None  # the progress bar while the cells run
+        self.oracle: Oracle | None = None  # the local oracle, made for the first query cell
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
         self.text = (None if config.queries is None else
                      TextSection(target, config, self.kinds, self.t, self.log))
@@ -131,7 +118,7 @@ class Audit(Experiment):
     def identity(self) -> dict[str, Any]:
         target, config = self.target, self.config
         return {"fingerprint": target.fingerprint, **fingerprints_of(target),
-                "metric": target.meta.get("metric"), "gallery_size": len(target.gallery),
+                "metric": target.meta.metric, "gallery_size": len(target.gallery),
                 "num_attacks": self.t, "seed": config.seed, "k": config.k,
                 "steps": config.steps, "step_size": config.step_size,
                 "options": {a: kind.options for a, kind in self.kinds.items()},
@@ -147,15 +134,14 @@ class Audit(Experiment):
 
     def cells(self, store: Store) -> list[Cell]:
         config = self.config
-        return [Cell("retrieval", lambda: retrieval_figures(self.target, config.max_queries,
-                                                             config.seed)),
-                *(Cell(cell_key(a, e, config.size(self.kinds[a])),
-                       lambda a=a, e=e: self.cell(a, e))
+        return [Cell("retrieval", partial(retrieval_figures, self.target, config.max_queries,
+                                          config.seed)),
+                *(Cell(cell_key(a, e, config.size(self.kinds[a])), partial(self.cell, a, e))
                   for a in self.kinds for e in config.eps_values),
-                *(Cell(key, lambda a=a, e=e: self.query_cell(a, e))
-                  for a, e, key in query_cells(self.kinds, config)),
-                *(Cell(key, lambda a=a, e=e: self.transfer_cell(a, e))
-                  for a, e, key in transfer_cells(self.kinds, config, self.source)),
+                *(Cell(key, partial(self.query_cell, a, e))
+                  for a, e, key in deployed.query_cells(self.kinds, config)),
+                *(Cell(key, partial(self.transfer_cell, a, e))
+                  for a, e, key in deployed.transfer_cells(self.kinds, config, self.source)),
                 *([] if self.text is None else self.text.cells(lambda: self.bar))]
 
     def announce(self, todo: int, done: int) -> str:
@@ -168,9 +154,10 @@ class Audit(Experiment):
         attacks and the example panels."""
         todo = [(a, e) for a in self.kinds for e in self.config.eps_values
                 if cell_key(a, e, self.config.size(self.kinds[a])) not in store]
-        query_todo = [(a, e) for a, e, key in query_cells(self.kinds, self.config)
+        config = self.config
+        query_todo = [(a, e) for a, e, key in deployed.query_cells(self.kinds, config)
                       if key not in store]
-        todo += [(a, e) for a, e, key in transfer_cells(self.kinds, self.config, self.source)
+        todo += [(a, e) for a, e, key in deployed.transfer_cells(self.kinds, config, self.source)
                  if key not in store]  # PGD on the source: timed on the audited model
         kinds = dict(self.kinds)
         if self.text is not None:  # the text cells and panels, under their own names
@@ -260,7 +247,7 @@ class Audit(Experiment):
             summary["text"] = {**self.text.summary(store),
                                "examples": [p["figures"] for p in text_panels]}
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
-        summary["deployed"] = deployed_view(store, self.kinds, self.config, self.index,
+        summary["deployed"] = deployed.deployed_view(store, self.kinds, self.config, self.index,
                                             self.source)
         plot = None
         if summary["deployed"] and any(r["view"] == "query-only"
@@ -268,10 +255,11 @@ class Audit(Experiment):
             from advrank.reports.plots import rank_queries_png
 
             plot = rank_queries_png(summary["deployed"]["rows"])
-            store.write_bytes(QUERY_PLOT, plot)
+            store.write_bytes(settings.QUERY_PLOT, plot)
         store.extra = {"summary": summary, "examples": examples}
         store.flush()
-        store.write_text(REPORT_HTML, audit_html(store.content(), panels, plot, text_panels))
+        store.write_text(settings.REPORT_HTML, audit_html(store.content(), panels, plot,
+                                                          text_panels))
         return summary
 
 
@@ -291,8 +279,9 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
     audit = Audit(target, config or AuditConfig(), record, progress, log, index, source)
     audit.force = force
     summary = run(audit, out_dir, log)
-    return {**summary, "out": str(out_dir), "report_html": str(Path(out_dir) / REPORT_HTML),
-            "report_json": str(Path(out_dir) / REPORT_JSON)}
+    folder = Path(out_dir)
+    return {**summary, "out": str(out_dir), "report_html": str(folder / settings.REPORT_HTML),
+            "report_json": str(folder / settings.REPORT_JSON)}
 
 
 def audit_summary(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,

@@ -14,10 +14,8 @@ from advrank.attacks.selection import num_attacks_for
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_number
 from advrank.errors import AdvrankError
-from advrank.experiments.protocol import (
-    cell_key,
-    check_batch_size,
-)
+from advrank.experiments.protocol import check_batch_size
+from advrank.experiments.results import cell_key
 from advrank.experiments.target import Target
 from advrank.oracles import check_budget, parse_feedback
 
@@ -154,8 +152,7 @@ class AuditConfig:
     def upload_identity(self) -> dict[str, Any]:
         """The pipeline settings as the audit's identity records them (None: the float
         pixels)."""
-        pipeline = LinfThreatModel(0.0, pipeline=self.pipeline).pipeline
-        return {"pipeline": None if pipeline is None else pipeline.spec,
+        return {"pipeline": LinfThreatModel(0.0, pipeline=self.pipeline).pipeline_spec,
                 "through_pipeline": self.through_pipeline}
 
 

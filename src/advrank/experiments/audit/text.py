@@ -9,17 +9,14 @@ runs only them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from advrank.attacks.base import AttackKind
 from advrank.errors import AdvrankError
 from advrank.experiments.audit.settings import RECALL_KS, AuditConfig
-from advrank.experiments.protocol import (
-    ColumnSelections,
-    cell_key,
-    check_attack_cell,
-    run_attack,
-)
+from advrank.experiments.protocol import ColumnSelections, run_attack
+from advrank.experiments.results import cell_key, check_attack_cell
 from advrank.experiments.runner import Cell
 from advrank.experiments.store import Store
 from advrank.experiments.target import Target
@@ -96,12 +93,12 @@ class TextSection:
                 for a, kind in self.kinds.items() for e in config.eps_values]
 
     def cells(self, bar) -> list[Cell]:
+        """The section's cells; ``bar()`` gives the audit's progress bar when a cell runs."""
         return [Cell(self.retrieval_key,
-                     lambda: text_retrieval(self.target, self.queries, RECALL_KS)),
-                *(Cell(key, lambda a=a, e=e: self.cell(a, e, bar()))
-                  for a, e, key in self.keys())]
+                     partial(text_retrieval, self.target, self.queries, RECALL_KS)),
+                *(Cell(key, partial(self.cell, a, e, bar)) for a, e, key in self.keys())]
 
-    def cell(self, attack: str, eps: float, bar) -> dict[str, Any]:
+    def cell(self, attack: str, eps: float, bar: Callable[[], Any]) -> dict[str, Any]:
         kind, config = self.kinds[attack], self.config
         k = config.size(kind)
         selection, clean_cache = self.columns[attack](attack, kind, k)
@@ -109,7 +106,7 @@ class TextSection:
                           self.t[attack],
                           seed=config.seed, batch_size=config.batch_size,
                           threat=config.threat(eps, kind), selection=selection,
-                          progress=False, clean_cache=clean_cache, bar=bar).summary()
+                          progress=False, clean_cache=clean_cache, bar=bar()).summary()
 
     def summary(self, store: Store) -> dict[str, Any]:
         """The section as report.json and ``--json`` give it: the query set, its retrieval

@@ -29,6 +29,7 @@ from advrank.core.io import file_sha256, strict_json
 from advrank.data.geometry import Geometry, geometry_from_config
 from advrank.errors import AdvrankError
 from advrank.models.base import Normalize
+from advrank.models.dual import DualEncoder, load_text_weights
 from advrank.models.weights import read_state_dict
 from advrank.registry import MODEL_SOURCES
 
@@ -363,8 +364,6 @@ def _with_text(model: ExternalEmbedder, built: SourceNet, options: SourceOptions
         log(f"{model.where}: the text tower is left out (--layer / --embed-dim leave the "
             "space the text tower embeds into)")
         return model, None
-    from advrank.models.dual import DualEncoder, load_text_weights
-
     how = "random" if state is None else load_text_weights(
         built.text, state, built.prefixes, built.text_prefix, model.where, log)
     return DualEncoder(model, built.text), how
@@ -372,7 +371,7 @@ def _with_text(model: ExternalEmbedder, built: SourceNet, options: SourceOptions
 
 def load_source_model(spec: str, options: SourceOptions | None = None,
                       log: Callable[[str], None] | None = None
-                      ) -> tuple[nn.Module, dict[str, Any]]:
+                      ) -> tuple[ExternalEmbedder | DualEncoder, dict[str, Any]]:
     """Build the embedder for ``spec`` (``SOURCE:ARGUMENT``), in eval mode on the CPU, and what
     results record about it. Without ``options.weights`` the weights are random but the same
     every run (seeded), so caches and resumed runs stay valid. A source with a text tower

@@ -11,6 +11,7 @@ into it. Needs open_clip_torch (``pip install 'advrank[zoo]'``)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,8 @@ class OpenClipText(nn.Module):
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         device = next(self.clip.parameters()).device
-        return self.clip.encode_text(self.tokenizer()(texts).to(device))
+        clip: Any = self.clip  # the architecture's text tower is its encode_text
+        return clip.encode_text(self.tokenizer()(texts).to(device))
 
 
 @MODEL_SOURCES.register("open_clip", argument="ARCH", example="open_clip:ViT-B-32",

@@ -51,7 +51,7 @@ def torchvision_source(name: str, options: SourceOptions) -> SourceNet:
             removed.append(attr)
             break
     if hasattr(net, "aux_logits"):  # Inception/GoogLeNet: one output, not a named tuple
-        net.aux_logits = False
+        net.aux_logits = False  # type: ignore[assignment]  # a plain flag, not a submodule
         for aux in ("AuxLogits", "aux1", "aux2"):
             if getattr(net, aux, None) is not None:
                 setattr(net, aux, None)
