@@ -140,6 +140,9 @@ DEFENSES: Registry = Registry("defense", ["advrank.defenses.est", "advrank.defen
                                           "advrank.defenses.act", "advrank.defenses.hm"])
 #: what a deployed search answers (advrank/oracles/): one module per schema
 ORACLES: Registry = Registry("oracle", ["advrank.oracles.local", "advrank.oracles.http"])
+#: how the HTTP oracle reads a search API's answers (advrank/oracles/schemas/): one module each
+SCHEMAS: Registry = Registry("schema", ["advrank.oracles.schemas.advrank",
+                                        "advrank.oracles.schemas.json_api"])
 #: query-only optimisers (advrank/attacks/query/): one module each
 OPTIMIZERS: Registry = Registry("optimizer", ["advrank.attacks.query.random_search",
                                               "advrank.attacks.query.nes",
@@ -149,7 +152,7 @@ PIPELINES: Registry = Registry("pipeline", ["advrank.core.pipeline"])
 REGISTRIES = {"models": MODELS, "model_sources": MODEL_SOURCES, "datasets": DATASETS,
               "distances": DISTANCES, "losses": LOSSES, "attacks": ATTACKS, "defenses": DEFENSES,
               "pipelines": PIPELINES,
-              "oracles": ORACLES, "optimizers": OPTIMIZERS}
+              "oracles": ORACLES, "optimizers": OPTIMIZERS, "schemas": SCHEMAS}
 
 _plugins_loaded: set[str] = set()
 _entry_points_done = False

@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advrank.attacks.query import Ball, CountedObjective, get_optimizer
+from advrank.attacks.query import Ball, CountedObjective, QueryCounter, get_optimizer
 from advrank.errors import AdvrankError
-from advrank.oracles import QueryCounter
 from advrank.registry import OPTIMIZERS
 
 B, SHAPE = 6, (1, 8, 8)

@@ -24,6 +24,9 @@ BASE = ["attack", "--checkpoint", "missing.pt", "--attack", "QA+", "--eps", "0.3
     (["--oracle", "local", "--steps", "5"], "white-box PGD"),
     (["--oracle", "local", "--index", "flat"], "white-box PGD"),
     (["--oracle", "local", "--precision", "bf16"], "white-box PGD"),
+    (["--oracle", "local", "--pipeline", "jpeg:75", "--through-pipeline"],
+     "--through-pipeline applies to white-box PGD"),
+    (["--oracle", "local", "--pipeline", "jpeg:101"], "--pipeline"),
     (["--oracle", "http://127.0.0.1:1"], "cannot reach the search service"),
 ])
 def test_bad_query_options_give_one_error_line(cli, one_error_line, extra, fragment):

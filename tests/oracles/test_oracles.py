@@ -1,9 +1,8 @@
 """Oracles: feedback levels show what they promise and hide the rest, the local oracle through
-a flat FAISS index answers as exact search, and no query past the budget is ever sent."""
+a flat FAISS index answers as exact search, and an upload pipeline is what the oracle ranks
+(the budget's ledger: tests/attacks/test_query_budget.py)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -11,14 +10,7 @@ import torch
 from advrank.core.index import build_index
 from advrank.errors import AdvrankError
 from advrank.models import create_model
-from advrank.oracles import (
-    Feedback,
-    QueryCounter,
-    check_budget,
-    make_oracle,
-    parse_feedback,
-    split_oracle_spec,
-)
+from advrank.oracles import Feedback, make_oracle, parse_feedback, split_oracle_spec
 from advrank.oracles.local import LocalOracle
 
 
@@ -46,11 +38,7 @@ def test_feedback_specs_parse_and_bad_ones_are_refused():
             parse_feedback(bad)
 
 
-def test_budget_and_oracle_specs_are_checked():
-    assert check_budget(2000) == 2000 and check_budget(50.0) == 50
-    for bad in (0, -1, math.nan, math.inf, 1.5, True, "10"):
-        with pytest.raises(AdvrankError):
-            check_budget(bad)
+def test_oracle_specs_are_checked():
     assert split_oracle_spec("local") == ("local", "")
     assert split_oracle_spec("local:hnsw") == ("local", "hnsw")
     assert split_oracle_spec("http://127.0.0.1:8000") == ("http", "http://127.0.0.1:8000")
@@ -78,23 +66,6 @@ def test_local_oracle_through_a_flat_index_answers_as_exact_search(ranker):
     flat = local(ranker, "topk-scores:20", "flat").answer(x)
     assert torch.equal(exact.ids, flat.ids)
     assert torch.allclose(exact.scores, flat.scores, atol=1e-5)
-
-
-def test_the_counter_never_lets_a_query_past_the_budget(ranker):
-    """Rounds of 3 against a budget of 7: the oracle itself sees 7 per attack, no more, and
-    inactive attacks send nothing."""
-    from advrank.oracles.base import ask
-
-    oracle, counter = local(ranker, "topk:3"), QueryCounter(4, 7)
-    active = torch.tensor([True, True, False, True])
-    for _ in range(5):
-        answer, rows, sent = ask(oracle, counter, torch.rand(4, 3, 1, 8, 8), active)
-        assert answer.ids.shape[0] == rows.numel() == int(sent.sum())
-        assert (counter.used <= 7).all()
-    assert counter.used.tolist() == [7, 7, 0, 7]
-    assert oracle.queries == 21 and counter.remaining.tolist() == [0, 0, 7, 0]
-    with pytest.raises(AdvrankError):
-        QueryCounter(2, 0)
 
 
 def test_make_oracle_builds_the_local_one_for_a_target(ranker):
@@ -134,3 +105,39 @@ def test_an_answer_from_named_ranks_scores_as_the_whole_list(ranker):
     for bad in (named[:3], named.float(), named + 120, named[0]):
         with pytest.raises(AdvrankError, match="named ids"):
             oracle.answer(x, bad)
+
+
+def test_an_upload_pipeline_is_what_the_oracle_ranks(ranker):
+    from advrank.core.pipeline import get_pipeline
+
+    model, gallery = ranker
+    x = torch.rand(5, 1, 8, 8)
+    piped = LocalOracle(model, build_index(gallery, "cosine", "exact"), "topk-scores:7",
+                        pipeline="jpeg:75")
+    want = local(ranker, "topk-scores:7").answer(get_pipeline("jpeg:75")(x))
+    got = piped.answer(x)
+    assert torch.equal(got.ids, want.ids) and torch.allclose(got.scores, want.scores)
+    assert piped.describe()["upload_pipeline"] == "jpeg:75"
+    plain = LocalOracle(model, build_index(gallery, "cosine", "exact"), "topk:3",
+                        pipeline="none")
+    assert plain.pipeline is None and "upload_pipeline" not in plain.describe()
+
+
+def test_a_query_only_attack_through_a_pipeline_is_measured_on_the_upload(untrained_digits):
+    """Budget 1: the only query is the clean picture's upload, so "after" is its figure, and
+    it is the JPEG round trip's, not the float picture's."""
+    from advrank.attacks import get_attack
+    from advrank.core.pipeline import get_pipeline
+    from advrank.experiments.query import run_query_attack
+    from advrank.experiments.target import load_target
+
+    target = load_target(str(untrained_digits), "cpu")
+    kind = get_attack("QA+", xi=0)
+    oracle = make_oracle("local", target, "full", pipeline="jpeg:75")
+    r = run_query_attack(target, kind, oracle, "random", 0.3, 1, 4, 1, seed=2)
+    sel = kind.select(target.gallery, 1, 4, 2)
+    with torch.no_grad():
+        emb = target.model(get_pipeline("jpeg:75")(target.gallery.images(sel.anchors)))
+    want = kind.measure(target.gallery, sel, emb)["rank"].tolist()
+    assert r.after["rank"] == pytest.approx(want) and r.before["rank"] == pytest.approx(want)
+    assert r.threat["pipeline"] == "jpeg:75" and r.extra["upload_pipeline"] == "jpeg:75"

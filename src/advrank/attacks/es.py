@@ -81,7 +81,9 @@ class EmbeddingShiftAttack(QueryKind):
     def measure(self, gallery: Gallery, part, emb: torch.Tensor):
         g_emb, dist = gallery.embeddings, gallery.distance
         anchors = part.anchors.to(g_emb.device)
-        shift = dist.paired(emb, g_emb[anchors])
+        # a distance is >= 0; the clean embedding recomputed beside the stored one can land a
+        # rounding error below it (-6e-8 for cosine), which the result store rightly refuses
+        shift = dist.paired(emb, g_emb[anchors]).clamp_min(0.0)
         ranks = count_closer(emb, shift[:, None], g_emb, dist, targets=anchors[:, None])[:, 0]
         return {"shift": shift, "recall@1": recall_at_1(gallery, part, emb),
                 "rank": 100.0 * ranks.float() / len(gallery)}

@@ -43,11 +43,22 @@ def threat_from_args(args):
     return upload_threat(args, args.eps)
 
 
+def remote_oracle(spec: str) -> bool:
+    """Whether the oracle of ``spec`` is an endpoint outside this process."""
+    from advrank.oracles import split_oracle_spec
+    from advrank.registry import ORACLES
+
+    return bool(ORACLES.get(split_oracle_spec(spec)[0]).remote)
+
+
 def query_settings(args) -> dict | None:
     """The query-only settings (defaults filled in), None for a white-box attack; options of
-    the other mode are refused in one line."""
+    the other mode are refused in one line. ``--pipeline`` applies to a query-only attack
+    (every candidate is sent through it, and measured as sent); ``--through-pipeline`` (PGD
+    through the pipeline's differentiable approximation) does not: no gradient is taken."""
     named = {"--feedback": args.feedback, "--query-budget": args.query_budget,
-             "--optimizer": args.optimizer}
+             "--optimizer": args.optimizer, "--schema": args.schema,
+             "--endpoint-differs": args.endpoint_differs or None}
     if args.oracle is None:
         given = [flag for flag, value in named.items() if value is not None]
         if given:
@@ -62,8 +73,19 @@ def query_settings(args) -> dict | None:
     if given:
         raise AdvrankError(f"{', '.join(given)} apply to white-box PGD, not to a query-only "
                            "attack (--oracle)")
-    return {key: default if getattr(args, key) is None else getattr(args, key)
-            for key, default in QUERY_DEFAULTS.items()}
+    if args.through_pipeline:
+        raise AdvrankError("--through-pipeline applies to white-box PGD (a gradient through "
+                           "the pipeline); a query-only attack (--oracle) sends every "
+                           "candidate through --pipeline itself")
+    remote = [flag for flag, value in (("--endpoint-differs", args.endpoint_differs),
+                                       ("--schema", args.schema)) if value]
+    if remote and not remote_oracle(args.oracle):
+        raise AdvrankError(f"{', '.join(remote)} apply to a remote endpoint (--oracle "
+                           "http://HOST:PORT), not to the local copy")
+    pipeline = None if args.pipeline in (None, "none") else args.pipeline
+    return {**{key: default if getattr(args, key) is None else getattr(args, key)
+               for key, default in QUERY_DEFAULTS.items()}, "pipeline": pipeline,
+            "endpoint_differs": args.endpoint_differs, "schema": args.schema}
 
 
 def cmd_query_attack(args, kind, k: int, query: dict) -> None:
@@ -76,22 +98,37 @@ def cmd_query_attack(args, kind, k: int, query: dict) -> None:
 
     check_query_only(kind)
     optimizer = get_optimizer(query["optimizer"])
-    preflight(args.oracle)  # e.g. an unreachable service, before the gallery is embedded
+    remote = {"schema": query["schema"]} if query["schema"] else {}
+    preflight(args.oracle, **remote)  # e.g. an unreachable service, before the gallery is embedded
     target = load_target_from_args(
         args, check=lambda n: kind.check_fits(k, num_attacks_for(args.num_attacks, n), n))
     t = num_attacks_from_args(args, len(target.gallery))
-    oracle = make_oracle(args.oracle, target, query["feedback"], cache_dir=args.cache_dir)
+    oracle = make_oracle(args.oracle, target, query["feedback"], cache_dir=args.cache_dir,
+                         pipeline=query["pipeline"], **remote)
     try:
         result = run_query_attack(target, kind, oracle, optimizer, args.eps, k,
                                   t, query["query_budget"], seed=args.seed,
-                                  batch_size=args.batch_size, progress=not args.quiet)
+                                  batch_size=args.batch_size, progress=not args.quiet,
+                                  endpoint_differs=query["endpoint_differs"])
     finally:
         oracle.close()
     s = result.summary()
+    through = f", each through {query['pipeline']}" if query["pipeline"] else ""
     emit(args, {**s, **target.record(args.seed)},
          f"{format_attack(s)}\n{s['queries_used']:.0f} queries per attack (budget "
-         f"{s['query_budget']}) to the {s['oracle']} oracle, {s['feedback']} feedback, "
-         f"{s['optimizer']}")
+         f"{s['query_budget']}{through}) to the {s['oracle']} oracle, {s['feedback']} "
+         f"feedback, {s['optimizer']}{calibration_line(s.get('calibration'))}")
+
+
+def calibration_line(calibration: dict | None) -> str:
+    """The calibration's figures as a line of the text output ("" when none ran)."""
+    if not calibration:
+        return ""
+    figures = ", ".join(f"{name} {value:.2f}" for name, value in
+                        calibration["figures"].items())
+    note = "" if calibration["passed"] else " (beyond tolerance: the endpoint differs, as " \
+                                            "declared)"
+    return f"\nendpoint calibration ({calibration['queries']} queries): {figures}{note}"
 
 
 def cmd_attack(args) -> None:

@@ -326,6 +326,12 @@ def add_query_options(p: argparse.ArgumentParser) -> None:
     def optimizer_name(text: str) -> str:
         return OPTIMIZERS.canonical(text.strip())
 
+    def schema_spec(text: str) -> str:
+        from advrank.oracles.schemas import get_schema
+
+        get_schema(text)  # a missing or bad description file: refused at parsing
+        return text.strip()
+
     oracles = ", ".join(f"{n}:{ORACLES.entry(n).info.get('argument', '')}"
                         for n in ORACLES.names())
     g = p.add_argument_group("query-only attack (black-box: the search's answers, no gradients)")
@@ -342,6 +348,13 @@ def add_query_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", type=as_type(optimizer_name, "optimizer"), default=None,
                    metavar="{" + ",".join(OPTIMIZERS.names()) + "}",
                    help="the query-only optimiser (default: random, Square-style random search)")
+    g.add_argument("--schema", type=as_type(schema_spec, "schema"), default=None,
+                   metavar="NAME[:ARG]",
+                   help="how the endpoint is asked and read: advrank (advrank serve, the "
+                        "default) or json:FILE (a JSON search API described in FILE)")
+    g.add_argument("--endpoint-differs", action="store_true",
+                   help="the endpoint (--oracle http://...) is expected to differ from the "
+                        "local copy: its calibration figures are recorded instead of refused")
 
 
 QUERY_DEFAULTS = {"feedback": "full", "query_budget": 1000, "optimizer": "random"}

@@ -4,25 +4,24 @@ budget per attack (see :mod:`advrank.oracles` and :mod:`advrank.attacks.query`).
 
 The attacks are drawn from the local target's gallery (the service's ids when both are built
 from the same checkpoint and data) and measured there exactly, as white-box results are, on
-the candidate the optimiser queried (8-bit when the oracle uploads pictures).
+the candidate the optimiser queried (8-bit when the oracle uploads pictures). With an upload
+pipeline on the oracle (``--pipeline jpeg:75``), every candidate goes through it before it is
+sent, and the figures are measured on that upload (the clean query's upload "before", the
+attacked one's "after"): the threat records the pipeline.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from advrank.attacks.base import AttackKind, QueryScore, check_query_only, get_attack
-from advrank.attacks.query.base import (
-    Best,
-    CountedObjective,
-    QueryOptimizer,
-    get_optimizer,
-)
+from advrank.attacks.base import AttackKind, check_query_only, get_attack
+from advrank.attacks.query.base import QueryOptimizer, get_optimizer
+from advrank.attacks.query.budget import OracleObjective, QueryCounter, ask, check_budget
 from advrank.attacks.selection import Selection
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_number, check_progress, check_seed
@@ -31,51 +30,7 @@ from advrank.core.target import SearchTarget
 from advrank.errors import AdvrankError
 from advrank.experiments.protocol import check_batch_size, embed_checked
 from advrank.experiments.results import AttackResult, RankLog
-from advrank.oracles.base import Oracle, QueryCounter, ask, check_budget
-
-
-class CheckpointedObjective(CountedObjective):
-    """A :class:`CountedObjective` that also keeps, per attack, the best candidate of the
-    rounds completed within each query count of ``at``: what a run with that budget would
-    have returned, for an optimiser whose run is a prefix of a longer one (NES, SPSA: the same
-    draws, round by round; not the random search, whose window schedule follows the budget).
-    A round is counted once it is sent whole; one that would pass a checkpoint is not."""
-
-    def __init__(self, evaluate, counter: QueryCounter, at: Sequence[int]):
-        super().__init__(evaluate, counter)
-        self.at = sorted({check_budget(c) for c in at})
-        self.best: Best | None = None
-        self.taken: dict[int, torch.Tensor] = {}  # c -> [B] bool: snapshot taken
-        self.snaps: dict[int, torch.Tensor] = {}
-        self.used_at: dict[int, torch.Tensor] = {}  # c -> [B]: queries spent by then
-
-    def __call__(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        before = self.counter.used.clone()
-        values = super().__call__(x, active)
-        if self.best is None:
-            self.best = Best(x[:, 0], torch.full((x.shape[0],), math.inf))
-            for c in self.at:
-                self.snaps[c] = self.best.x.clone()
-                self.taken[c] = torch.zeros(x.shape[0], dtype=torch.bool)
-                self.used_at[c] = torch.zeros(x.shape[0], dtype=torch.long)
-        for c in self.at:  # this round passes c: the best before it is the one at c
-            passed = (self.counter.used > c) & (before <= c) & ~self.taken[c]
-            mask = passed.to(x.device).view(-1, *([1] * (x.dim() - 2)))
-            self.snaps[c] = torch.where(mask, self.best.x, self.snaps[c])
-            self.used_at[c] = torch.where(passed, before, self.used_at[c])
-            self.taken[c] |= passed
-        self.best.update(x, values)
-        return values
-
-    def snapshots(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """``{c: (best images [B, C, H, W], queries spent [B])}`` at each checkpoint (the
-        run's last best where it ended before c)."""
-        out = {}
-        for c in self.at:
-            mask = self.taken[c].to(self.best.x.device).view(-1, *([1] * (self.best.x.dim() - 1)))
-            out[c] = (torch.where(mask, self.snaps[c], self.best.x),
-                      torch.where(self.taken[c], self.used_at[c], self.counter.used))
-        return out
+from advrank.oracles.base import Oracle
 
 
 @dataclass(frozen=True)
@@ -90,34 +45,21 @@ class CountedAsk:
         return ask(self.oracle, self.counter, images)
 
 
-@dataclass(frozen=True)
-class ScoredAnswers:
-    """``evaluate(x [N, C, H, W], rows [N]) -> [N]``: the oracle's answers for the candidates
-    ``x`` of the attacks ``rows``, scored by ``score`` (the oracle is told which ids the score
-    reads, so it may answer with their ranks alone)."""
-
-    oracle: Oracle
-    score: QueryScore
-
-    def __call__(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return self.score(self.oracle.answer(x, self.score.named_items(rows)), rows)
-
-
 def attack_part(target: SearchTarget, kind: AttackKind, oracle: Oracle,
                 optimizer: QueryOptimizer, threat: LinfThreatModel, part: Selection,
                 generator: torch.Generator, start: torch.Tensor | None = None,
-                checkpoints: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                checkpoints: Sequence[int] = ()) -> tuple[torch.Tensor, QueryCounter, dict]:
     """One batch of query-only attacks within ``threat`` (its ball and query budget):
-    ``(adversarial images [B, C, H, W], queries used [B], {c: (best images within c queries,
-    queries spent by then [B])})``; ``start [B, C, H, W]``: where the optimiser starts
-    (default: the clean query)."""
+    ``(adversarial images [B, C, H, W], the ledger of its queries, {c: (best images within c
+    queries, queries spent by then [B])})``; ``start [B, C, H, W]``: where the optimiser
+    starts (default: the clean query)."""
     gallery = target.gallery
     counter = QueryCounter(len(part), threat.query_budget)
     score = kind.query_score(gallery, part, oracle.feedback, CountedAsk(oracle, counter))
-    objective = CheckpointedObjective(ScoredAnswers(oracle, score), counter, checkpoints)
+    objective = OracleObjective(oracle, score, counter, score.named_items, checkpoints)
     ball = threat.ball(gallery.images(part.anchors))
     adv, _ = optimizer.run(objective, ball, start, generator)
-    return adv, counter.used, objective.snapshots() if checkpoints else {}
+    return adv, counter, objective.snapshots()
 
 
 def measure_all(target: SearchTarget, kinds: Sequence[AttackKind], part: Selection,
@@ -135,6 +77,19 @@ def measure_all(target: SearchTarget, kinds: Sequence[AttackKind], part: Selecti
     return out
 
 
+def measure_part(target: SearchTarget, kinds: Sequence[AttackKind], part: Selection, oracle: Oracle,
+                 adv: torch.Tensor, snaps: dict, log: RankLog, logs: dict) -> None:
+    """Add one batch's figures to ``log`` (and each checkpoint's to ``logs[c]``), measured
+    on what ``oracle`` uploads: ``adv [B, C, H, W]`` and the snapshots through its pipeline,
+    and then the clean queries too (else their embeddings, which the gallery holds)."""
+    clean = measure_all(target, kinds, part, None if oracle.pipeline is None else
+                        oracle.upload(target.gallery.images(part.anchors)))
+    log.add(clean, measure_all(target, kinds, part, oracle.upload(adv)))
+    for c, (images, by_then) in snaps.items():
+        logs[c][0].add(clean, measure_all(target, kinds, part, oracle.upload(images)))
+        logs[c][1].append(by_then)
+
+
 def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     """Query counts within the budget, sorted, each once."""
     out = sorted({check_budget(c) for c in checkpoints})
@@ -143,34 +98,68 @@ def check_checkpoints(checkpoints: Sequence[int], budget: int) -> list[int]:
     return out
 
 
+def query_record(ledgers: Sequence[QueryCounter], budget: int, sent: int,
+                 calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """What a result records of its queries: ``queries_used`` (mean per attack, charged by
+    the ledgers), ``queries_used_max``, ``query_budget``, ``queries_sent`` (what the endpoint
+    was sent for the attacks), ``queries_lost``, and ``calibration`` when it ran."""
+    spent = torch.cat([ledger.used for ledger in ledgers]).double()
+    out = {"queries_used": spent.mean().item(), "queries_used_max": int(spent.max()),
+           "query_budget": budget, "queries_sent": sent,
+           "queries_lost": sum(int(ledger.lost.sum()) for ledger in ledgers)}
+    return out if calibration is None else {**out, "calibration": calibration}
+
+
+def verify_endpoint(target: SearchTarget, oracle: Oracle, selection: Selection, verify: bool | None,
+                    differs: bool) -> dict[str, Any] | None:
+    """Calibrate ``oracle`` on the selection's clean queries (gallery members, so their own
+    ids are known) against ``target`` before any attack (see
+    :mod:`advrank.oracles.calibrate`): None when not asked (``verify`` None: asked for a
+    remote endpoint only). Disagreement beyond tolerance raises unless ``differs``."""
+    if not (oracle.remote if verify is None else verify):
+        return None
+    from advrank.oracles.calibrate import calibrate
+
+    anchors = selection.anchors
+    return calibrate(oracle, target.gallery.images(anchors), target, anchors,
+                     differs=differs).describe()
+
+
 def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Oracle,
                      optimizer: str | QueryOptimizer, eps: float, k: int, num_attacks: int,
                      budget: int, seed: int = 0, batch_size: int = 256,
                      selection: Selection | None = None, start: torch.Tensor | None = None,
                      progress: bool | None = None, also: Sequence[AttackKind] = (),
-                     checkpoints: Sequence[int] = ()) -> AttackResult:
+                     checkpoints: Sequence[int] = (), verify: bool | None = None,
+                     endpoint_differs: bool = False) -> AttackResult:
     """T = ``num_attacks`` query-only attacks of ``attack`` at ``eps`` with size ``k``, each
     within ``budget`` queries to ``oracle``, optimised by ``optimizer`` (a registered name or
     an instance). ``start [T, C, H, W]``: start points (e.g. a transfer attack's images, in
     selection order). ``also``: further kinds that measure the same images, their figures
     named ``KIND:figure`` (e.g. ES's disruption scored by ORDER's tau; ``selection`` must
     then be one they can read). ``checkpoints``: query counts at which the best so far is
-    measured too (see :class:`CheckpointedObjective`), as ``extra["checkpoints"]``
-    ``{c: figures}``. The result's ``extra`` holds ``queries_used`` (mean per attack),
-    ``queries_used_max``, the oracle and the optimiser; batches draw from one generator each
-    (keyed by seed and position), so results depend on ``batch_size``."""
+    measured too (see :class:`advrank.attacks.query.budget.Checkpoints`), as
+    ``extra["checkpoints"]`` ``{c: figures}``. ``verify``: calibrate the endpoint first
+    (:func:`verify_endpoint`; default: a remote one), ``endpoint_differs``: it is expected to
+    differ from the local copy (figures recorded, no error). The result's ``extra`` holds
+    ``queries_used`` (mean per attack), ``queries_used_max``, ``queries_sent`` (what the
+    endpoint was sent for the attacks), ``queries_lost``, ``calibration`` (when run), the
+    oracle and the optimiser; batches draw from one generator each (keyed by seed and
+    position), so results depend on ``batch_size``."""
     kind, optimizer = check_query_only(get_attack(attack)), get_optimizer(optimizer)
     check_number(eps, "eps (pixel units)", low=0.0, high=1.0)
     budget, seed = check_budget(budget), check_seed(seed)
-    threat = LinfThreatModel(eps).for_queries(oracle.eight_bit, budget)
     batch_size = check_batch_size(batch_size)
     check_progress(progress)
     gallery = target.gallery
     selection = selection or kind.select(gallery, k, num_attacks, seed)
     if start is not None and start.shape[0] != len(selection):
         raise AdvrankError(f"{start.shape[0]} start images for {len(selection)} attacks")
-    t0, log, used = time.time(), RankLog(), []
+    threat = LinfThreatModel(eps, pipeline=oracle.pipeline).for_queries(oracle.eight_bit,
+                                                                         budget)
     checkpoints = check_checkpoints(checkpoints, budget)
+    calibration = verify_endpoint(target, oracle, selection, verify, endpoint_differs)
+    t0, log, ledgers, sent0 = time.time(), RankLog(), [], oracle.queries
     logs: dict[int, tuple[RankLog, list[torch.Tensor]]] = {c: (RankLog(), [])
                                                            for c in checkpoints}
     bar = progress_bar(total=len(selection), desc=f"{kind.name} query-only eps={eps:g}",
@@ -178,23 +167,16 @@ def run_query_attack(target: SearchTarget, attack: str | AttackKind, oracle: Ora
     for s in range(0, len(selection), batch_size):
         part = selection.slice(s, s + batch_size)
         gen = torch.Generator().manual_seed(derived_seed(seed, "query", s))
-        adv, spent, snaps = attack_part(target, kind, oracle, optimizer, threat, part, gen,
-                                        None if start is None else start[s : s + batch_size],
-                                        checkpoints)
-        clean = measure_all(target, [kind, *also], part, None)
-        log.add(clean, measure_all(target, [kind, *also], part, adv))
-        for c, (images, by_then) in snaps.items():
-            logs[c][0].add(clean, measure_all(target, [kind, *also], part, images))
-            logs[c][1].append(by_then)
-        used.append(spent)
+        adv, ledger, snaps = attack_part(target, kind, oracle, optimizer, threat, part, gen,
+                                         None if start is None else start[s : s + batch_size],
+                                         checkpoints)
+        measure_part(target, [kind, *also], part, oracle, adv, snaps, log, logs)
+        ledgers.append(ledger)
         bar.update(len(part))
     bar.close()
     result = log.result(kind, eps, k, gallery, threat, time.time() - t0)
-    spent = torch.cat(used).double()
-    result.extra.update({"queries_used": spent.mean().item(),
-                         "queries_used_max": int(spent.max()), "query_budget": budget,
-                         "queries_sent": oracle.queries, **oracle.describe(),
-                         **optimizer.describe()})
+    result.extra.update(query_record(ledgers, budget, oracle.queries - sent0, calibration))
+    result.extra.update({**oracle.describe(), **optimizer.describe()})
     if checkpoints:
         result.extra["checkpoints"] = {
             c: {**log_c.result(kind, eps, k, gallery, threat, 0.0).figures,

@@ -1,8 +1,11 @@
 """Oracles: what a deployed search answers for a picture (see :mod:`advrank.oracles.base`).
 
 ``local`` (model + gallery, exact or through a FAISS index) and ``http`` (any endpoint with
-the schema of ``advrank serve``) are built in; another schema is one module that registers an
-:class:`Oracle` subclass with a ``from_spec`` class method in :data:`advrank.registry.ORACLES`.
+the schema of ``advrank serve``, or another API through a schema adapter of
+:mod:`advrank.oracles.schemas`) are built in; another kind of oracle is one module that
+registers an :class:`Oracle` subclass with a ``from_spec`` class method in
+:data:`advrank.registry.ORACLES`. Before an endpoint is trusted it is calibrated
+(:mod:`advrank.oracles.calibrate`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from advrank.oracles.base import (
     Answer,
     Feedback,
     Oracle,
-    QueryCounter,
-    check_budget,
     parse_feedback,
 )
 from advrank.registry import ORACLES
@@ -43,10 +44,11 @@ def split_oracle_spec(text: Any) -> tuple[str, str]:
     return name, argument
 
 
-def preflight(spec: str) -> None:
-    """The oracle's cheap checks (a service that answers) before any slow work."""
+def preflight(spec: str, **options: Any) -> None:
+    """The oracle's cheap checks (a service that answers) before any slow work; ``options``:
+    what the oracle's ``preflight`` takes (the HTTP oracle's ``schema``)."""
     name, argument = split_oracle_spec(spec)
-    ORACLES.get(name).preflight(argument)
+    ORACLES.get(name).preflight(argument, **options)
 
 
 def make_oracle(spec: str, target: SearchTarget, feedback: Feedback | str,
@@ -57,5 +59,5 @@ def make_oracle(spec: str, target: SearchTarget, feedback: Feedback | str,
     return ORACLES.get(name).from_spec(argument, target, parse_feedback(feedback), **options)
 
 
-__all__ = ["LEVELS", "Answer", "Feedback", "Oracle", "QueryCounter", "check_budget",
-           "make_oracle", "parse_feedback", "preflight", "split_oracle_spec"]
+__all__ = ["LEVELS", "Answer", "Feedback", "Oracle", "make_oracle", "parse_feedback",
+           "preflight", "split_oracle_spec"]

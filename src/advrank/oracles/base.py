@@ -1,5 +1,7 @@
 """What a deployed search answers for a picture, behind one interface (:class:`Oracle`), the
-feedback it shows (:class:`Feedback`) and the per-attack query budget (:class:`QueryCounter`).
+feedback it shows (:class:`Feedback`). The per-attack query budget (grants, resends, checkpoints)
+is the ledger of :mod:`advrank.attacks.query.budget`; an oracle only counts what it sends
+(``queries``) and asks the ledger before it sends a request again (``resend``).
 
 An oracle maps a batch of pictures ``[N, C, H, W]`` in [0, 1] to ranking lists of gallery ids
 (:class:`Answer`). What the attacker sees is the feedback level:
@@ -13,12 +15,14 @@ An oracle maps a batch of pictures ``[N, C, H, W]`` in [0, 1] to ranking lists o
 
 An oracle that sends pictures through an 8-bit encoding (PNG over HTTP) says so with
 ``eight_bit``: attacks then search the 8-bit grid inside the eps-ball, so what is measured is
-what was sent. Every query goes through a :class:`QueryCounter` with a hard budget per attack:
-a query past the budget is never sent.
+what was sent. An oracle given an upload ``pipeline`` (``jpeg:75``) sends each picture through it
+first (:meth:`Oracle.upload`): what the endpoint receives, and what is measured, is the
+pipeline's output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +32,6 @@ from advrank.core.checks import check_int
 from advrank.errors import AdvrankError
 
 LEVELS = ("full", "topk-scores", "topk")
-MAX_BUDGET = 10**9
 
 
 @dataclass(frozen=True)
@@ -82,35 +85,74 @@ class Answer:
     """What the attacker sees for N pictures: ``ids [N, L]`` (gallery ids, nearest first, -1
     pads a shorter list) and, at ``topk-scores``, ``scores [N, L]`` (distances, +inf pads);
     L = |X| at ``full`` feedback. An answer built from named ranks (:func:`named_list`) holds
-    the named ids at their positions and |X| (no member's id: "someone else") elsewhere."""
+    the named ids at their positions and |X| (no member's id: "someone else") elsewhere.
+    ``lost [N]`` (bool): requests sent but never answered (the connection dropped and the
+    budget paid for no resend); their rows hold no ids (-1) and are never to be scored."""
 
     ids: torch.Tensor
     scores: torch.Tensor | None = None
+    lost: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.lost is None:
+            self.lost = torch.zeros(self.ids.shape[0], dtype=torch.bool)
 
 
 class Oracle:
-    """A deployed search as the attacker reaches it. Subclasses implement :meth:`search`;
-    :meth:`answer` applies the feedback level and counts every picture asked about in
-    ``queries`` (the oracle's own count, which tests hold against the budget)."""
+    """A deployed search as the attacker reaches it. Subclasses implement :meth:`search` (and
+    :meth:`rank` when they can ask for named ranks alone); one that talks over a network,
+    where a request can be lost or must be sent again, overrides :meth:`exchange`.
+    :meth:`answer` applies the upload pipeline and the feedback level; ``queries`` counts
+    every request sent to the endpoint, resends included (what tests hold against the
+    budget's ledger)."""
 
     name: ClassVar[str] = ""
     #: pictures travel as 8-bit samples (a PNG upload): attacks stay on the 8-bit grid
     eight_bit: bool = False
     #: full feedback is answered from the ranks of named ids alone (:meth:`rank`)
     ranks_named: bool = False
+    #: an endpoint outside this process (verified by calibration before it is trusted)
+    remote: ClassVar[bool] = False
 
-    def __init__(self, feedback: Feedback | str, gallery_size: int):
+    def __init__(self, feedback: Feedback | str, gallery_size: int,
+                 pipeline: str | None = None):
         self.feedback = parse_feedback(feedback)
         self.gallery_size = check_int(gallery_size, "gallery size", low=1, high=2**40)
         self.queries = 0
+        self.pipeline = None
+        if pipeline is not None:
+            from advrank.core.pipeline import get_pipeline
+
+            chosen = get_pipeline(pipeline)
+            self.pipeline = None if chosen.name == "none" else chosen
 
     @classmethod
     def check_argument(cls, argument: str) -> None:
         """Refuse a bad spec argument (``local:ARGUMENT``, a URL) before any work."""
 
     @classmethod
-    def preflight(cls, argument: str) -> None:
+    def preflight(cls, argument: str, **options: Any) -> None:
         """Cheap checks before the gallery is loaded (e.g. that a service answers)."""
+
+    def upload(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [N, C, H, W]`` as the endpoint receives them: through the upload
+        ``pipeline`` when there is one (a JPEG round trip), else unchanged. What a result
+        measures is this picture, the one the endpoint ranked."""
+        return images if self.pipeline is None else self.pipeline(images)
+
+    def seen(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [N, C, H, W]`` as the endpoint's model is given them, as far as the client
+        knows: the upload (:meth:`upload`), rounded to 8 bits when ``eight_bit``; a remote
+        oracle adds what its service declares it does to an upload. What the local copy
+        ranks when the endpoint is compared with it (:mod:`advrank.oracles.calibrate`)."""
+        out = self.upload(images)
+        return torch.round(out.clamp(0, 1) * 255) / 255 if self.eight_bit else out
+
+    @property
+    def max_depth(self) -> int:
+        """The longest list one search may return (the gallery for an oracle in this process,
+        the service's ``max_k`` over HTTP)."""
+        return self.gallery_size
 
     def search(self, images: torch.Tensor, depth: int,
                scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -125,10 +167,26 @@ class Oracle:
         hit = ids.long().cpu()[:, None, :] == named[:, :, None]  # [N, j, L]
         return torch.where(hit.any(-1), hit.long().argmax(-1), -1)
 
-    def answer(self, images: torch.Tensor, named: torch.Tensor | None = None) -> Answer:
+    def exchange(self, images: torch.Tensor, depth: int, named: torch.Tensor | None,
+                 resend: Callable[[int], bool] | None) -> Answer:
+        """The endpoint's answer for ``images [N, C, H, W]`` (N >= 1, already uploaded): the
+        top ``depth`` list, or, with ``named [N, j]``, the full list built from their ranks.
+        Counts each request sent in ``queries``. An oracle in this process never loses a
+        request, so ``resend`` (see :meth:`answer`) is never called here."""
+        self.queries += int(images.shape[0])
+        if named is not None:
+            return Answer(named_list(self.rank(images, named), named, self.gallery_size))
+        ids, scores = self.search(images, depth, self.feedback.scores)
+        return Answer(ids.long().cpu(), scores.float().cpu() if self.feedback.scores else None)
+
+    def answer(self, images: torch.Tensor, named: torch.Tensor | None = None,
+               resend: Callable[[int], bool] | None = None) -> Answer:
         """The feedback for ``images [N, C, H, W]`` in [0, 1] (N >= 0). ``named [N, j]``: the
         gallery ids whose positions the caller reads (full feedback only); an oracle with
-        ``ranks_named`` then places only those (:func:`named_list`)."""
+        ``ranks_named`` then places only those (:func:`named_list`). ``resend(i) -> bool``:
+        asked before request i is sent again (a dropped connection, a busy endpoint); the
+        budget's ledger charges it, False = not sent (the request is then ``lost``). None:
+        resends are sent freely (still counted in ``queries``)."""
         if images.dim() != 4:
             raise AdvrankError(f"an oracle takes pictures [N, C, H, W], got "
                                f"{list(images.shape)}")
@@ -138,18 +196,17 @@ class Oracle:
                           torch.zeros(0, depth) if self.feedback.scores else None)
         if named is not None:
             named = check_named(named, images.shape[0], self.gallery_size)
-        self.queries += int(images.shape[0])
-        if named is not None and self.ranks_named and self.feedback.level == "full":
-            return Answer(named_list(self.rank(images, named), named, self.gallery_size))
-        ids, scores = self.search(images, depth, self.feedback.scores)
-        return Answer(ids.long().cpu(), scores.float().cpu() if self.feedback.scores else None)
+        if not (named is not None and self.ranks_named and self.feedback.level == "full"):
+            named = None
+        return self.exchange(self.upload(images), depth, named, resend)
 
     def close(self) -> None:
         """Release connections (HTTP); nothing for a local oracle."""
 
     def describe(self) -> dict[str, Any]:
-        return {"oracle": self.name, "feedback": self.feedback.describe(),
-                "eight_bit": self.eight_bit}
+        out = {"oracle": self.name, "feedback": self.feedback.describe(),
+               "eight_bit": self.eight_bit}
+        return out if self.pipeline is None else {**out, "upload_pipeline": self.pipeline.spec}
 
 
 def check_named(named: Any, n: int, gallery_size: int) -> torch.Tensor:
@@ -173,49 +230,3 @@ def named_list(ranks: torch.Tensor, named: torch.Tensor, gallery_size: int) -> t
     rows = torch.arange(named.shape[0])[:, None].expand_as(named)
     ids[rows[placed], ranks[placed]] = named[placed]
     return ids
-
-
-def check_budget(budget: Any) -> int:
-    """A query budget per attack: a positive integer (NaN, 0 and negatives refused)."""
-    if isinstance(budget, float) and budget.is_integer():
-        budget = int(budget)
-    return check_int(budget, "query budget", low=1, high=MAX_BUDGET)
-
-
-class QueryCounter:
-    """Queries used by each of B attacks, against a hard ``budget`` per attack."""
-
-    def __init__(self, num_attacks: int, budget: int):
-        self.budget = check_budget(budget)
-        self.used = torch.zeros(check_int(num_attacks, "number of attacks", low=0,
-                                          high=2**40), dtype=torch.long)
-
-    @property
-    def remaining(self) -> torch.Tensor:
-        """``[B]`` queries each attack may still send."""
-        return self.budget - self.used
-
-    def grant(self, wanted: int, active: torch.Tensor | None = None) -> torch.Tensor:
-        """``sent [B, wanted]`` (bool): the first min(wanted, remaining) requests of each
-        active attack, now counted as used; the others are never to be sent."""
-        active = torch.ones_like(self.used, dtype=torch.bool) if active is None else active
-        allowed = torch.where(active.cpu(), self.remaining.clamp(0, wanted), 0)
-        sent = torch.arange(wanted)[None, :] < allowed[:, None]
-        self.used += allowed
-        return sent
-
-
-def granted(counter: QueryCounter, x: torch.Tensor, active: torch.Tensor | None = None):
-    """The requests of ``x [B, P, ...]`` that the budget lets through: ``(x[sent] [N, ...],
-    rows [N] (each one's attack), sent [B, P])``; the others are never sent."""
-    sent = counter.grant(x.shape[1], active)
-    rows = torch.arange(x.shape[0])[:, None].expand(sent.shape)[sent]
-    return x[sent.to(x.device)], rows, sent
-
-
-def ask(oracle: Oracle, counter: QueryCounter, x: torch.Tensor,
-        active: torch.Tensor | None = None) -> tuple[Answer, torch.Tensor, torch.Tensor]:
-    """``oracle``'s answer for the requests of ``x [B, P, C, H, W]`` within the budget:
-    ``(answer over the N sent, rows [N], sent [B, P])``."""
-    flat, rows, sent = granted(counter, x, active)
-    return oracle.answer(flat), rows, sent

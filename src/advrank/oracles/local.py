@@ -1,6 +1,7 @@
 """The local oracle: a model and its gallery in this process, searched exactly or through the
 same FAISS index a deployed search runs (:func:`advrank.core.index.build_index`). A simulation
-of the deployed service without HTTP: no 8-bit upload unless ``eight_bit`` is asked for."""
+of the deployed service without HTTP: no 8-bit upload unless ``eight_bit`` is asked for, and
+an upload ``pipeline`` (``jpeg:75``) when one is given."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ class LocalOracle(Oracle):
     name = "local"
 
     def __init__(self, model: nn.Module, index: VectorIndex, feedback: Feedback | str,
-                 chunk: int = 1024, eight_bit: bool = False):
-        super().__init__(feedback, index.size)
+                 chunk: int = 1024, eight_bit: bool = False, pipeline: str | None = None):
+        super().__init__(feedback, index.size, pipeline)
         self.model, self.index = model.eval(), index
         self.chunk = check_int(chunk, "oracle chunk", low=1)
         self.eight_bit = bool(eight_bit)
@@ -40,10 +41,11 @@ class LocalOracle(Oracle):
     def from_spec(cls, argument: str, target: SearchTarget, feedback: Feedback,
                   **options: Any) -> LocalOracle:
         """``local`` (exact search) or ``local:INDEX`` (an index spec, e.g. ``hnsw``) over
-        ``target``'s gallery."""
+        ``target``'s gallery; ``options``: ``cache_dir`` (the index's), ``pipeline`` (the
+        upload pipeline every picture goes through first)."""
         index = build_index(target.gallery.embeddings, target.meta.metric,
                             argument or "exact", options.get("cache_dir"), target.fingerprint)
-        return cls(target.model, index, feedback)
+        return cls(target.model, index, feedback, pipeline=options.get("pipeline"))
 
     @torch.no_grad()
     def search(self, images, depth, scores):

@@ -1,7 +1,8 @@
 """What every query-only optimiser shares: the threat model as a projection (a
 :class:`~advrank.attacks.threat.Ball` from ``LinfThreatModel.ball``, with the 8-bit grid of an
 upload), the objective it minimises (:class:`CountedObjective`, every evaluation counted
-against the per-attack budget) and the calling convention (:class:`QueryOptimizer`).
+against the per-attack budget; it and :class:`Best` live with the budget's ledger in
+:mod:`advrank.attacks.query.budget`) and the calling convention (:class:`QueryOptimizer`).
 
 An optimiser minimises ``objective(x [B, P, C, H, W], active [B]) -> [B, P]`` for B attacks
 at once, P candidates each (its population), over the ball around ``x0 [B, C, H, W]``; values
@@ -12,56 +13,15 @@ was seen by the oracle. Hyper-parameters go to the constructor, data to :meth:`r
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
+from advrank.attacks.query.budget import Best, CountedObjective
 from advrank.attacks.threat import GRID, Ball
-from advrank.core.checks import check_finite, check_number
+from advrank.core.checks import check_number
 from advrank.errors import AdvrankError
-from advrank.oracles.base import QueryCounter, granted
 from advrank.registry import OPTIMIZERS
-
-
-class CountedObjective:
-    """``evaluate(x [N, C, H, W], rows [N]) -> [N]`` (rows: each candidate's attack) as an
-    optimiser's objective over ``[B, P, ...]``, each request first granted by ``counter``."""
-
-    def __init__(self, evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 counter: QueryCounter):
-        self.evaluate, self.counter = evaluate, counter
-
-    def __call__(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        flat, rows, sent = granted(self.counter, x, active)
-        out = torch.full(sent.shape, math.inf)
-        if rows.numel():
-            values = self.evaluate(flat, rows).detach().float().cpu()
-            out[sent] = check_finite(values, "the query-only objective")
-        return out
-
-    def affords(self, cost: int) -> torch.Tensor:
-        """``[B]``: the attacks whose budget pays for ``cost`` more queries."""
-        return self.counter.remaining >= cost
-
-
-class Best:
-    """The best candidate queried so far per attack: ``x [B, ...]`` and its value ``[B]``."""
-
-    def __init__(self, x: torch.Tensor, value: torch.Tensor):
-        self.x, self.value = x.clone(), value.clone()
-
-    def update(self, cand: torch.Tensor, values: torch.Tensor, ties: bool = False) -> None:
-        """Keep each attack's best of ``cand [B, P, ...]`` (``values [B, P]``) when it beats
-        the best so far (or equals it, with ``ties``)."""
-        v, j = values.min(1)
-        better = (v <= self.value) if ties else (v < self.value)
-        better &= torch.isfinite(v)
-        pick = cand[torch.arange(cand.shape[0], device=cand.device), j.to(cand.device)]
-        mask = better.to(cand.device).view(-1, *([1] * (cand.dim() - 2)))
-        self.x = torch.where(mask, pick, self.x)
-        self.value = torch.where(better, v, self.value)
 
 
 class QueryOptimizer:

@@ -10,6 +10,7 @@ from typing import Any
 
 from advrank.attacks.base import AttackKind, make_kinds
 from advrank.attacks.query import get_optimizer
+from advrank.attacks.query.budget import check_budget
 from advrank.attacks.selection import num_attacks_for
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core.checks import check_number
@@ -17,7 +18,7 @@ from advrank.errors import AdvrankError
 from advrank.experiments.protocol import check_batch_size
 from advrank.experiments.results import cell_key
 from advrank.experiments.target import Target
-from advrank.oracles import check_budget, parse_feedback
+from advrank.oracles import parse_feedback
 
 AUDIT_FORMAT = "advrank-audit"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
