@@ -3,6 +3,7 @@
 #
 #   scripts/reproduce.sh STEP [STEP ...]
 #   steps: mnist fashion mnist-defense fashion-defense curves curves-fashion transfer-models transfer
+#          text-fashion (a clip-tiny dual encoder, text-query CA+/CA- beside picture queries)
 #          transfer-no-resnet universal universal-own xi-means xi-means-fashion madry-digits bench
 #          grid:NAME (the grid of RUNS/NAME.pt) qa:NAME (its QA columns, default options)
 #          scale scale-10M scale-compile scale-gpus (issue 13's benchmarks) precision:NAME (Table 1
@@ -47,6 +48,9 @@ for step in "$@"; do
   case $step in
     mnist) train mnist-c2f1 mnist c2f1 8 0 && grid mnist-c2f1 ;;
     fashion) train fashion-c2f1 fashion c2f1 6 0 && grid fashion-c2f1 ;;
+    text-fashion) train fashion-clip-tiny fashion clip-tiny 3 0 \
+      && python3 scripts/text_attacks.py --checkpoint "$RUNS/fashion-clip-tiny.pt" \
+           --out "$RESULTS/text-fashion" --num-attacks 200 --device "$DEVICE" ;;
     mnist-defense) defend mnist-c2f1-est mnist mnist-c2f1 && grid mnist-c2f1-est ;;
     fashion-defense) defend fashion-c2f1-est fashion fashion-c2f1 && grid fashion-c2f1-est ;;
     curves) advrank curves --checkpoint "$RUNS/mnist-c2f1.pt" --checkpoint "$RUNS/mnist-c2f1-est.pt" \

@@ -73,10 +73,16 @@ def test_readme_has_the_blocks_this_test_expects():
 
 def make_inputs(command: str, cwd: Path, image_folder: Path) -> None:
     """What a README command names but a new user would bring: their pictures (a generated
-    folder) and their model's weights (random weights of the named architecture)."""
+    folder), their text queries (one per class of that folder) and their model's weights
+    (random weights of the named architecture)."""
     folder = re.search(r"--data imagefolder:(\S+)", command)
     if folder and not (cwd / folder.group(1)).exists():
         shutil.copytree(image_folder, cwd / folder.group(1))
+    queries = re.search(r"--queries text:(\S+)", command)
+    if queries and folder and not (cwd / queries.group(1)).exists():  # a query per class
+        classes = sorted(p.name for p in image_folder.iterdir() if p.is_dir())
+        (cwd / queries.group(1)).write_text("".join(f"{c}\t{c}\n" for c in classes)
+                                            + "a picture of something\n")
     weights, model = re.search(r"--weights (\S+)", command), re.search(r"--model timm:(\S+)",
                                                                       command)
     if weights and model and not (cwd / weights.group(1)).exists():

@@ -222,3 +222,39 @@ def test_audit_estimates_script_records_estimate_and_time(tmp_path, monkeypatch)
     again = script.make_pictures(tmp_path / "again", 4, 48)
     assert all((again / p.relative_to(work / "photos")).read_bytes() == p.read_bytes()
                for p in (work / "photos").rglob("*.jpg"))
+
+
+def test_text_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch):
+    """scripts/text_attacks.py on an untrained digits clip-tiny: text and picture CA+/CA- per
+    eps, both retrieval qualities, and the record (command, seed, commit, hardware)."""
+    import importlib.util
+
+    pytest.importorskip("open_clip")
+    import torch
+
+    from advrank.models import create_model
+    from advrank.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("clip-tiny", (1, 8, 8), 16, [0.3], [0.38])
+    ckpt = tmp_path / "dual.pt"
+    save_checkpoint(ckpt, model, {"dataset": "digits", "arch": "clip-tiny", "metric": "cosine",
+                                  "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
+                                  "std": [0.38]})
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("text_attacks",
+                                                  REPO / "scripts" / "text_attacks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    assert script.main(["--checkpoint", str(ckpt), "--out", str(out), "--num-attacks", "3",
+                        "--eps", "8/255,0.1", "--seed", "2"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert {"command", "seed", "commit", "hardware"} <= set(record) and record["seed"] == 2
+    cells = {(c["query_form"], c["attack"], c["eps_text"]) for c in record["cells"]}
+    assert cells == {(f, a, e) for f in ("text", "picture") for a in ("CA+", "CA-")
+                     for e in ("8/255", "0.1")}
+    assert record["text_retrieval"]["query_texts"] == 40
+    assert all(0 <= c["rank_after"] <= 100 for c in record["cells"])
+    table = (out / "results.md").read_text()
+    assert table.count("| 8/255 |") == 1 and "text CA+ rank" in table

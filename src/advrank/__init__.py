@@ -51,6 +51,11 @@ advrank.core.gallery:           Gallery
 advrank.core.meta:              ModelMeta
 advrank.core.target:            SearchTarget
 advrank.core.metrics:           retrieval_metrics
+# text queries (models with a text tower)
+advrank.models.dual:            DualEncoder
+advrank.data.texts:             read_text_queries TextQueries
+advrank.attacks.queryset:       embed_text_queries QuerySet query_retrieval
+advrank.experiments.textqueries: load_text_queries
 # attacks
 advrank.attacks:                LinfThreatModel RankingAttack AttackKind Selection
 advrank.core.execution:         ExecutionPolicy

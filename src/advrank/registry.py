@@ -121,7 +121,7 @@ class Registry(Generic[T]):
 
 
 # The registries. Each lists the built-in modules that fill it.
-MODELS: Registry = Registry("model", ["advrank.models.builtin"])
+MODELS: Registry = Registry("model", ["advrank.models.builtin", "advrank.models.clip_tiny"])
 #: where outside models come from (``timm:NAME``, ``torchscript:FILE``...): one module each
 MODEL_SOURCES: Registry = Registry("model source", [
     "advrank.models.sources.timm", "advrank.models.sources.torchvision",
@@ -131,7 +131,7 @@ DATASETS: Registry = Registry("dataset", ["advrank.data.digits", "advrank.data.m
                                           "advrank.data.sop", "advrank.data.folders",
                                           "advrank.data.cub", "advrank.data.cars"])
 DISTANCES: Registry = Registry("distance", ["advrank.core.distances"])
-LOSSES: Registry = Registry("loss", ["advrank.training.losses"])
+LOSSES: Registry = Registry("loss", ["advrank.training.losses", "advrank.training.captions"])
 ATTACKS: Registry = Registry("attack", ["advrank.attacks.ca", "advrank.attacks.qa",
                                         "advrank.attacks.tma", "advrank.attacks.es",
                                         "advrank.attacks.ltm", "advrank.attacks.gtm",

@@ -69,13 +69,15 @@ class RankingView:
     ``query_emb [D]`` over the gallery, with member ``replace[0]``'s embedding replaced by
     ``replace[1] [D]`` (CA: the candidate by its perturbed self), ``exclude`` left out and
     ``highlight`` (the attack's targets) marked. ``query``: the gallery index of the query
-    shown, or None when the perturbed image itself is the query."""
+    shown, or None when the perturbed image itself is the query or the query is a text
+    (``query_text``)."""
 
     query_emb: torch.Tensor
     query: int | None = None
     replace: tuple[int, torch.Tensor] | None = None
     exclude: list[int] = field(default_factory=list)
     highlight: list[int] = field(default_factory=list)
+    query_text: str | None = None
 
 
 class QueryScore:
@@ -125,6 +127,8 @@ class AttackKind:
     ranked: ClassVar[bool] = True
     #: it has a query-only form (:meth:`query_score`): attacked through an oracle
     query_only: ClassVar[bool] = False
+    #: its queries may come from an outside query set, e.g. texts (:meth:`for_queries`)
+    text_queries: ClassVar[bool] = False
     description: ClassVar[str] = ""
     #: set for each kind from its parameters (see ``__init_subclass__``)
     __signature__: ClassVar[inspect.Signature]
@@ -172,6 +176,11 @@ class AttackKind:
     def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
         raise NotImplementedError
 
+    def available(self, gallery: Gallery, k: int) -> int:
+        """How many distinct attacked items the §4 draw has on ``gallery`` at size k (the
+        most attacks :meth:`select` can draw): |X|, unless a kind's draw says fewer."""
+        return len(gallery)
+
     def objective(self, embeddings: torch.Tensor, distance: Distance, part: Selection,
                   clean: torch.Tensor | None = None) -> RankingObjective:
         raise NotImplementedError
@@ -218,6 +227,12 @@ class AttackKind:
         """How this kind's query-only attacks are drawn and measured from what an endpoint
         shows (an :class:`~advrank.attacks.visible.EndpointForm`); None: it has none."""
         return None
+
+    def for_queries(self, queries) -> AttackKind:
+        """This kind with an outside query set (a :class:`~advrank.attacks.queryset.QuerySet`
+        of texts) as its queries; kinds that perturb the query itself refuse it."""
+        check_text_queries(self)
+        raise NotImplementedError
 
     def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
         """The ranking list one attack (``part`` of length 1) changes, with the attacked item's
@@ -306,6 +321,15 @@ def check_query_only(kind: AttackKind) -> AttackKind:
         names = [n for n in ATTACKS.names() if ATTACKS.get(n).query_only]
         raise AdvrankError(f"{kind.name} has no query-only form (it needs gradients); "
                            f"query-only attacks: {', '.join(names)}")
+    return kind
+
+
+def check_text_queries(kind: AttackKind) -> AttackKind:
+    """Refuse a kind whose queries cannot be texts (one that perturbs the query itself)."""
+    if not kind.text_queries:
+        names = [n for n in ATTACKS.names() if ATTACKS.get(n).text_queries]
+        raise AdvrankError(f"{kind.name} perturbs picture queries; text queries go with the "
+                           f"candidate attacks ({', '.join(names)})")
     return kind
 
 

@@ -14,11 +14,18 @@ import torch
 
 from advrank.attacks.base import AttackKind, RankingObjective, RankingView, select_anchors
 from advrank.attacks.params import TOP_FRACTION
+from advrank.attacks.queryset import (
+    QuerySet,
+    check_query_set,
+    draw_text_targets,
+    eligible_candidates,
+)
 from advrank.attacks.selection import Selection, check_pool, ranked_targets
 from advrank.core.distances import Distance
 from advrank.core.execution import ExecutionPolicy, get_policy, matmul_fp32
 from advrank.core.gallery import Gallery
 from advrank.core.metrics import count_closer, nearest_neighbors
+from advrank.errors import AdvrankError
 from advrank.registry import ATTACKS
 
 
@@ -147,6 +154,7 @@ class CandidateAttack(AttackKind):
     size_name = "w"
     parameters = (TOP_FRACTION,)
     raise_rank = True
+    text_queries = True
 
     def check_fits(self, k: int, num_attacks: int, n: int) -> None:
         super().check_fits(k, num_attacks, n)
@@ -171,23 +179,33 @@ class CandidateAttack(AttackKind):
         for the comparison mask."""
         return k * gallery_size * 4 + k * gallery_size // 8 + 4 * k * dim
 
+    def query_rows(self, gallery: Gallery, targets: torch.Tensor):
+        """The queries of ``targets [B, k]`` as ranking lists: their embeddings ``[B*k, D]``,
+        their own gallery index ``[B*k]`` (left out of their lists; None for outside queries)
+        and their labels ``[B*k]`` (None: not all known)."""
+        flat = targets.reshape(-1)
+        return gallery.embeddings[flat], flat, gallery.labels[flat]
+
     @torch.no_grad()
     def measure(self, gallery: Gallery, part: Selection, emb: torch.Tensor):
         """``rank [B]`` (R_CA, %) and ``recall@1 [B]``: the % of the attack's queries whose
-        top-1 result (c~ if ranked first, else the nearest other member) shares their label."""
+        top-1 result (c~ if ranked first, else the nearest other member) shares their label
+        (not measured for outside queries without a label each)."""
         g_emb, dist, labels, n = gallery.embeddings, gallery.distance, gallery.labels, len(gallery)
         anchors, targets = part.anchors.to(g_emb.device), part.targets.to(g_emb.device)
         b, k = targets.shape
-        q = g_emb[targets].reshape(b * k, -1)  # every (attack, query) pair is one ranking list
+        q, own, q_labels = self.query_rows(gallery, targets)  # one ranking list per (attack, q)
         c_rep = anchors.repeat_interleave(k)
         thr = dist.paired(q, emb.repeat_interleave(k, 0))[:, None]  # d(q, c~) [B*k, 1]
-        excl = torch.stack([targets.reshape(-1), c_rep], 1)  # the query, c's clean copy
+        excl = c_rep[:, None] if own is None else torch.stack([own, c_rep], 1)  # q, c's copy
         ranks = count_closer(q, thr, g_emb, dist, exclude=excl)[:, 0].float()
-        nn2 = nearest_neighbors(q, g_emb, 2, dist, targets.reshape(-1))
-        nearest_other = torch.where(nn2[:, 0] == c_rep, nn2[:, 1], nn2[:, 0])
-        top1_label = torch.where(ranks == 0, labels[c_rep], labels[nearest_other])
-        ok = (top1_label == labels[targets.reshape(-1)]).float().reshape(b, k).mean(1)
-        return {"rank": (100.0 * ranks / n).reshape(b, k).mean(1), "recall@1": 100.0 * ok}
+        out = {"rank": (100.0 * ranks / n).reshape(b, k).mean(1)}
+        if q_labels is not None:
+            nn2 = nearest_neighbors(q, g_emb, 2, dist, own)
+            nearest_other = torch.where(nn2[:, 0] == c_rep, nn2[:, 1], nn2[:, 0])
+            top1_label = torch.where(ranks == 0, labels[c_rep], labels[nearest_other])
+            out["recall@1"] = 100.0 * (top1_label == q_labels).float().reshape(b, k).mean(1)
+        return out
 
     @torch.no_grad()
     def measure_topk(self, gallery, part, emb, index, depth):
@@ -201,14 +219,15 @@ class CandidateAttack(AttackKind):
         g_emb, dist = gallery.embeddings, gallery.distance
         targets = part.targets.to(g_emb.device)
         b, k = targets.shape
-        q = g_emb[targets].reshape(b * k, -1)
-        excl = torch.stack([targets.reshape(-1).cpu(), part.anchors.cpu().repeat_interleave(k)],
-                           1)
-        if not index.exact:
+        q, own, _ = self.query_rows(gallery, targets)
+        c_rep = part.anchors.cpu().repeat_interleave(k)
+        excl = c_rep[:, None] if own is None else torch.stack([own.cpu(), c_rep], 1)
+        if not index.exact:  # c~ inserted into a copy of the index, as a catalog inserts it
             from advrank.core.catalog import upload_positions
 
-            pos = upload_positions(index, emb, q.reshape(b, k, -1), excl.reshape(b, k, 2),
-                                   depth).float().reshape(b * k)
+            pos = upload_positions(index, emb, q.reshape(b, k, -1),
+                                   excl.reshape(b, k, excl.shape[1]), depth).float()
+            pos = pos.reshape(b * k)
         else:
             thr = dist.paired(q, emb.repeat_interleave(k, 0)).float().cpu()  # d(q, c~)
             ids, scores = index.search(q, min(depth + 2, index.size))
@@ -221,6 +240,11 @@ class CandidateAttack(AttackKind):
         """The list of the first query of Q, with c replaced by c~ (c highlighted)."""
         q, c = int(part.targets[0, 0]), int(part.anchors[0])
         return RankingView(gallery.embeddings[q], q, (c, emb[0]), [q], [c])
+
+    def for_queries(self, queries: QuerySet) -> TextCandidateAttack:
+        """This kind with Q drawn from an outside query set (texts), see
+        :class:`TextCandidateAttack`."""
+        return TextCandidateAttack(self, queries)
 
 
 @ATTACKS.register("CA+", aliases=("ca+",))
@@ -237,3 +261,68 @@ class CandidateLower(CandidateAttack):
     raise_rank = False
     direction = "up"
     description = "sink a candidate in the rankings of w queries from its top 1% (Eq. 7)"
+
+
+class TextCandidateAttack(CandidateAttack):
+    """CA+ / CA- whose queries Q are an outside query set (a text set embedded by a dual
+    encoder's text tower) instead of gallery members; ``targets [T, w]`` index the set.
+
+    The §4 protocol with texts: c is drawn from the gallery as for picture queries; CA+ draws
+    Q at random from the set, CA- from the "moderation" texts of c (those whose top
+    ``top_fraction`` of the gallery holds c; c is drawn among the members held by at least w
+    of them). The objective is Eq. 4 / Eq. 7 unchanged: it needs only the queries'
+    embeddings. The rank of c~ for a text counts the gallery members closer to it than c~,
+    c's clean copy left out; recall@1 is measured when every text names a class."""
+
+    def __init__(self, base: CandidateAttack, queries: QuerySet):
+        if not isinstance(queries, QuerySet):
+            raise AdvrankError(f"queries must be a QuerySet (embed_text_queries), got "
+                               f"{type(queries).__name__}")
+        # this instance is the base kind (CA+ or CA-) with other queries: its class-level
+        # declarations are the base's
+        for name, value in (("name", base.name), ("raise_rank", base.raise_rank),
+                            ("direction", base.direction),
+                            ("description", f"{base.description}; queries from a text set")):
+            setattr(self, name, value)
+        self.options, self.queries = dict(base.options), queries
+
+    def check_fits(self, k: int, num_attacks: int, n: int) -> None:
+        AttackKind.check_fits(self, k, num_attacks, n)
+        if k > len(self.queries):
+            raise AdvrankError(f"w = {k} is larger than the query set ({len(self.queries)} "
+                               "texts)")
+
+    def select(self, gallery: Gallery, k: int, num_attacks: int, seed: int = 0) -> Selection:
+        check_query_set(self.queries, gallery)
+        self.check_fits(k, num_attacks, len(gallery))
+        gen = torch.Generator().manual_seed(seed)
+        anchors, targets = draw_text_targets(self.queries, gallery, k, num_attacks, gen,
+                                             not self.raise_rank,
+                                             self.options["top_fraction"], self.size_name)
+        return Selection(anchors, targets)
+
+    def available(self, gallery: Gallery, k: int) -> int:
+        """How many distinct candidates c the §4 draw has on ``gallery`` with w = k: |X| for
+        CA+, the members held in the top ``top_fraction`` of at least k texts for CA-."""
+        return eligible_candidates(self.queries, gallery, k, not self.raise_rank,
+                                   self.options["top_fraction"])
+
+    def objective(self, embeddings, distance, part, clean=None, policy=None, memory=None):
+        q = self.queries.embeddings.to(embeddings.device)[part.targets.to(embeddings.device)]
+        return CandidateObjective(self.raise_rank, q, embeddings, distance, policy=policy,
+                                  memory=memory)
+
+    def query_rows(self, gallery: Gallery, targets: torch.Tensor):
+        flat = targets.reshape(-1)
+        queries = self.queries
+        labels = queries.labels.to(flat.device)[flat] if queries.all_labelled else None
+        return queries.embeddings.to(flat.device)[flat], None, labels
+
+    def view(self, gallery: Gallery, part: Selection, emb: torch.Tensor) -> RankingView:
+        """The list of the first text of Q, with c replaced by c~ (c highlighted)."""
+        q, c = int(part.targets[0, 0]), int(part.anchors[0])
+        return RankingView(self.queries.embeddings[q].to(gallery.device), None, (c, emb[0]),
+                           [], [c], query_text=self.queries.texts[q])
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.queries.info}

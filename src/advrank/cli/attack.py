@@ -26,6 +26,7 @@ from advrank.cli.groups import (
     add_kind_options,
     add_num_attacks,
     add_pipeline,
+    add_queries,
     add_query_options,
     add_size,
     add_target_options,
@@ -147,9 +148,11 @@ def cmd_attack(args) -> None:
     from advrank.attacks import get_attack
     from advrank.attacks.selection import num_attacks_for
     from advrank.experiments.protocol import run_attack
+    from advrank.experiments.textqueries import check_text_queries, load_text_queries
 
     k = resolve_size(args, [args.attack])
     kind = get_attack(args.attack, **kind_options(args))  # options checked before any work
+    check_text_queries(args.queries, [args.attack])
     query = query_settings(args)
     if query is not None:
         return cmd_query_attack(args, kind, k, query)
@@ -157,24 +160,33 @@ def cmd_attack(args) -> None:
     policy = policy_from_args(args)
     target = load_target_from_args(
         args, check=lambda n: kind.check_fits(k, num_attacks_for(args.num_attacks, n), n))
+    if args.queries is not None:  # Q from the text set, embedded by the text tower
+        kind = kind.for_queries(load_text_queries(target, args.queries))
     t = num_attacks_from_args(args, len(target.gallery))
     result = run_attack(target.model, target.gallery, kind, args.eps, k, t,
                         seed=args.seed, batch_size=args.batch_size, threat=threat,
                         progress=not args.quiet, policy=policy,
                         index=index_from_args(args, target))
     s = result.summary()
+    texts = (f"\nqueries: {s['text_queries']} ({s['query_texts']} texts)"
+             if args.queries is not None else "")
     emit(args, {**s, "memory_budget": policy.memory_budget, **target.record(args.seed)},
-         format_attack(s))
+         format_attack(s) + texts)
 
 
 def cmd_grid(args) -> None:
     from advrank.attacks.base import check_fits_all, make_kinds
     from advrank.attacks.selection import num_attacks_for
     from advrank.experiments.grid import run_grid
-    from advrank.experiments.paper import paper_eps, paper_table_for
+    from advrank.experiments.paper import PAPER_ATTACKS, paper_eps, paper_table_for
     from advrank.experiments.store import claim
+    from advrank.experiments.textqueries import check_text_queries, load_text_queries
+    from advrank.registry import ATTACKS
 
     ks = resolve_size(args, args.attacks)
+    if args.queries is not None and args.attacks == list(PAPER_ATTACKS):  # the default
+        args.attacks = [a for a in args.attacks if ATTACKS.get(a).text_queries]
+    check_text_queries(args.queries, args.attacks)
     kinds = make_kinds(args.attacks, kind_options(args))  # options checked before any work
     policy = policy_from_args(args)
     upload_threat(args)  # the pipeline options, checked before any work
@@ -190,11 +202,14 @@ def cmd_grid(args) -> None:
         eps_values = args.eps or paper_eps(target.meta.dataset)
         paper = paper_table_for(target.meta, args.paper)
         t = num_attacks_from_args(args, len(target.gallery))
+        queries = (None if args.queries is None else
+                   load_text_queries(target, args.queries))
         results = run_grid(target.model, target.gallery, args.out, eps_values, ks, args.attacks,
                            t, args.seed, args.batch_size, paper,
                            target.record(args.seed), progress=not args.quiet, policy=policy,
                            index=index_from_args(args, target), pipeline=args.pipeline,
-                           through_pipeline=args.through_pipeline, **kind_options(args))
+                           through_pipeline=args.through_pipeline, queries=queries,
+                           **kind_options(args))
     from advrank.core import distributed
 
     table = (Path(args.out) / "table.md").read_text() if distributed.is_main() else ""
@@ -218,6 +233,7 @@ def _attack_options(p) -> None:
     add_index(p, what=BESIDE_EXACT)
     add_query_options(p)
     add_pipeline(p)
+    add_queries(p)
 
 
 def _grid_options(p) -> None:
@@ -240,6 +256,7 @@ def _grid_options(p) -> None:
                         "fashion, fashion-defended, sop")
     add_index(p, what=BESIDE_EXACT)
     add_pipeline(p)
+    add_queries(p)
 
 
 COMMANDS = (

@@ -18,6 +18,7 @@ from advrank.cli.groups import (
     add_kind_options,
     add_num_attacks,
     add_pipeline,
+    add_queries,
     add_size,
     add_steps,
     add_target_options,
@@ -54,7 +55,8 @@ def cmd_audit(args) -> None:
                          pipeline=args.pipeline, through_pipeline=args.through_pipeline,
                          query_budget=args.query_budget, feedback=args.feedback,
                          optimizer=(args.optimizer or ["random"])[0], oracle=args.oracle,
-                         endpoint_differs=args.endpoint_differs, quick=args.quick)
+                         endpoint_differs=args.endpoint_differs, quick=args.quick,
+                         queries=args.queries)
     summary = AuditJob(spec_from_args(args), args.out, config, loader_from_args(args),
                        index=args.index, transfer_from=args.transfer_from,
                        force=args.force).run()
@@ -68,6 +70,8 @@ def cmd_audit(args) -> None:
                          f" (after {config.pipeline}: {row['rank_pipeline_before']:.1f}% -> "
                          f"{row['rank_pipeline_after']:.1f}%)" if "rank_pipeline_after" in row
                          else ""))
+    if summary.get("text"):
+        lines += text_lines(summary["text"])
     if summary["deployed"]:
         from advrank.reports.tables import deployed_markdown, deployed_sentences
 
@@ -75,6 +79,16 @@ def cmd_audit(args) -> None:
         lines += deployed_sentences(summary["verdict"].get("deployed"))
     lines.append(f"wrote {summary['report_html']} and {summary['report_json']}")
     emit(args, summary, "\n".join(lines))
+
+
+def text_lines(text: dict) -> list[str]:
+    """The text section in the command's output: retrieval quality and one line per cell."""
+    r = text["retrieval"]
+    lines = [f"text queries {text['text_queries']} ({text['query_texts']} texts): text-to-image "
+             f"R@1 {r['recall@1']:.1f}%  mAP {r['map']:.1f}%"]
+    lines += [f"{row['attack']:>4} eps={format_eps(row['eps'])} (text queries): rank "
+              f"{row['rank_before']:.1f}% -> {row['rank_after']:.1f}%" for row in text["attacks"]]
+    return lines
 
 
 def _audit_options(p) -> None:
@@ -116,6 +130,7 @@ def _audit_options(p) -> None:
     p.add_argument("--transfer-from", type=path_value, default=None, metavar="CHECKPOINT",
                    help="add transfer rows to the deployed view: the white-box attacks made on "
                         "this model (on the same collection), ranked by the audited one")
+    add_queries(p)
 
 
 COMMANDS = (

@@ -125,8 +125,10 @@ def loader_from_args(args) -> Loader:
 def load_target_from_args(args, cache_dir: str | None = None, split: str = "test",
                           check: Callable[[int], object] | None = None) -> Target:
     """The target of the parsed model options, loaded by the library; ``check(|X|)`` refuses
-    options that do not fit the collection before it is embedded."""
-    return loader_from_args(args).load(target_spec(args, cache_dir), split, check)
+    options that do not fit the collection before it is embedded; with ``--queries`` a model
+    without a text tower is refused before that."""
+    return loader_from_args(args).load(target_spec(args, cache_dir), split, check,
+                                       needs_text=getattr(args, "queries", None) is not None)
 
 
 def index_from_args(args, target: Target):

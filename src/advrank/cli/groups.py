@@ -25,6 +25,7 @@ from advrank.cli.values import (
     path_value,
     pipeline_spec,
     positive_int,
+    query_set_value,
     seed_value,
 )
 from advrank.registry import ATTACKS, DISTANCES
@@ -301,6 +302,15 @@ def add_index(p: argparse.ArgumentParser, default: str | None = None, what: str 
                    help="nearest-neighbour search: exact, flat (FAISS brute force), hnsw "
                         "(HNSW32), ivfpq (IVF,PQ sized from the gallery) or a FAISS factory "
                         f"string such as IVF64,Flat{what}")
+
+
+def add_queries(p: argparse.ArgumentParser) -> None:
+    """``--queries``: a text query set for the candidate attacks and retrieval quality (the
+    model needs a text tower)."""
+    p.add_argument("--queries", type=query_set_value, default=None, metavar="SET",
+                   help="text queries (a model with a text tower: open_clip:ARCH, clip-tiny): "
+                        "text:FILE (one per line, a class after a tab) or prompts:TEMPLATE "
+                        "(one per class, e.g. 'prompts:a photo of a {}'; several joined by |)")
 
 
 def add_query_options(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from advrank.cli.declare import load_target_from_args
-from advrank.cli.groups import add_json, add_target_options
+from advrank.cli.groups import add_json, add_queries, add_target_options
 from advrank.cli.parsing import Command, emit
 from advrank.cli.values import eps_value, integer, listed, number, path_value, positive_int
 from advrank.errors import AdvrankError
@@ -61,13 +61,16 @@ def cmd_train(args) -> None:
     result = train(config, args.out, init=args.init, defense=defense, progress=not args.quiet,
                    force=args.force)
     meta = result.meta
+    text_r1 = meta.extra.get("text_recall@1")
     emit(args, {"checkpoint": result.checkpoint, "recall@1": meta.recall_at_1,
                 "epochs": meta.epochs_done, "train_seconds": meta.train_seconds,
                 "history": result.history, "metric": meta.metric, "loss": meta.loss,
                 "defense": meta.defense, "defense_eps": meta.defense_eps,
+                **({"text_recall@1": text_r1} if text_r1 is not None else {}),
                 **run_record(resolve_device(args.device), args.seed)},
-         f"wrote {result.checkpoint}: R@1 {meta.recall_at_1:.2f}% after "
-         f"{meta.epochs_done} epochs ({meta.train_seconds:.0f}s)")
+         f"wrote {result.checkpoint}: R@1 {meta.recall_at_1:.2f}% "
+         + (f"(text-to-image R@1 {text_r1:.2f}%) " if text_r1 is not None else "")
+         + f"after {meta.epochs_done} epochs ({meta.train_seconds:.0f}s)")
 
 
 def cmd_evaluate(args) -> None:
@@ -93,8 +96,21 @@ def cmd_evaluate(args) -> None:
     out = {**target.record(args.seed), "gallery_size": len(target.gallery), **metrics}
     text = "  ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if k.startswith("recall"))
     extra = f"  NMI {metrics['nmi']:.2f}%" if "nmi" in metrics else ""
+    if args.queries is not None:
+        out["text"] = text_quality(target, args)
+        extra += "\n" + "  ".join(
+            [f"text-to-image ({out['text']['labelled_texts']} texts with a class):"]
+            + [f"{k} {v:.2f}%" for k, v in out["text"].items() if k.startswith("recall")]
+            + [f"mAP {out['text']['map']:.2f}%"])
     emit(args, out, f"{target.meta.dataset}/{target.meta.arch}/{target.meta.metric}: "
                     f"{text}  mAP {metrics['map']:.2f}%{extra}")
+
+
+def text_quality(target, args) -> dict:
+    """Text-to-image R@K and mAP of ``--queries`` on the target's gallery."""
+    from advrank.experiments.textqueries import load_text_queries, text_retrieval
+
+    return text_retrieval(target, load_text_queries(target, args.queries), args.ks)
 
 
 def cmd_export(args) -> None:
@@ -178,6 +194,7 @@ def _evaluate_options(p) -> None:
     p.add_argument("--ks", type=listed(positive_int, "positive integers"), default=[1, 2, 4, 8],
                    help="comma-separated K for Recall@K")
     p.add_argument("--nmi", action="store_true", help="also report NMI (k-means, %%)")
+    add_queries(p)
 
 
 def _export_options(p) -> None:

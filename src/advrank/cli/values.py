@@ -84,6 +84,18 @@ def path_value(text: str) -> str:
     return text
 
 
+def query_set_value(text: str) -> str:
+    """argparse type: a text query set, ``text:FILE`` (the file must exist) or
+    ``prompts:TEMPLATE`` (one ``{}`` per template)."""
+    from advrank.data.texts import parse_query_spec
+
+    try:
+        parse_query_spec(text)
+    except AdvrankError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 eps_value = number(0.0, 1.0, what="eps")  # pixel units: 0.03 or 8/255
 positive_int = integer(1)
 seed_value = integer(0, 2**63 - 1, "seed")

@@ -24,6 +24,9 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+#: Fashion-MNIST's labels 0-9 as its README names them
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: 0x0803 (3-D ubyte), 0x0801 (1-D ubyte)
 MAX_IDX_BYTES = 2**32  # 80x the 60,000-image training file
 
@@ -129,5 +132,8 @@ def load_mnist(split: str, root: Path, download: bool) -> TensorImageDataset:
 @DATASETS.register("fashion", image_shape=(1, 28, 28), mean=(0.2860,), std=(0.3530,),
                    default_eps=0.3)
 def load_fashion(split: str, root: Path, download: bool) -> TensorImageDataset:
-    """Fashion-MNIST (Xiao et al.): 60,000 / 10,000 clothing images in 10 classes."""
-    return load_mnist_like("FashionMNIST", "fashion", split, root, download)
+    """Fashion-MNIST (Xiao et al.): 60,000 / 10,000 clothing images in 10 classes, named as
+    its authors name them (the captions and text prompts of a dual encoder use the names)."""
+    dataset = load_mnist_like("FashionMNIST", "fashion", split, root, download)
+    dataset.class_names = list(FASHION_CLASSES)
+    return dataset

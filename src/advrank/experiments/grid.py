@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from advrank.attacks.base import check_fits_all, make_kinds
+from advrank.attacks.queryset import QuerySet, check_query_set
 from advrank.attacks.threat import LinfThreatModel
 from advrank.core import distributed
 from advrank.core.checks import check_int, check_list, format_eps
@@ -35,7 +36,7 @@ RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
 FORMAT = "advrank-grid"
 #: identity values of grids written before the setting existed
 IMPLIED_IDENTITY = {"precision": "fp32", "index": None, "pipeline": None,
-                    "through_pipeline": False}
+                    "through_pipeline": False, "text_queries": None}
 
 
 
@@ -58,9 +59,13 @@ class Grid(Experiment):
                  ks: Sequence[int], attacks: Sequence[str], num_attacks: int, seed: int,
                  batch_size: int, paper: str | None, meta: dict | None, progress: bool,
                  policy: ExecutionPolicy | None, index, options: dict, pipeline=None,
-                 through_pipeline: bool = False):
+                 through_pipeline: bool = False, queries: QuerySet | None = None):
         check_gallery(model, gallery)
         self.kinds = make_kinds(attacks, options)
+        if queries is not None:  # Q from a text set: the kinds that take one, or an error
+            check_query_set(queries, gallery)
+            self.kinds = {a: kind.for_queries(queries) for a, kind in self.kinds.items()}
+        self.queries = queries
         # every row's eps and every cell's size checked before the first cell runs
         self.eps_values = check_list(eps_values, "eps values", lambda e: LinfThreatModel(e).eps)
         self.upload = LinfThreatModel(0.0, pipeline=pipeline, through_pipeline=through_pipeline)
@@ -90,7 +95,9 @@ class Grid(Experiment):
                 "precision": self.policy.precision,
                 "index": None if self.index is None else self.index.spec,
                 "pipeline": self.upload.pipeline_spec,
-                "through_pipeline": self.upload.through_pipeline}
+                "through_pipeline": self.upload.through_pipeline,
+                "text_queries": None if self.queries is None else {
+                    k: self.queries.info.get(k) for k in ("text_queries", "text_queries_sha")}}
 
     def record(self) -> dict:
         return {"eps_values": list(self.eps_values), "ks": list(self.ks),
@@ -136,7 +143,8 @@ def run_grid(
     ks: Sequence[int] = (1, 2, 5, 10), attacks: Sequence[str] = PAPER_ATTACKS,
     num_attacks: int = 1000, seed: int = 0, batch_size: int = 256, paper: str | None = None,
     meta: dict | None = None, progress: bool = True, policy: ExecutionPolicy | None = None,
-    index=None, pipeline=None, through_pipeline: bool = False, **options,
+    index=None, pipeline=None, through_pipeline: bool = False, queries: QuerySet | None = None,
+    **options,
 ) -> dict:
     """Run (or resume) the grid; returns ``{"config", "cells"}`` as also written to disk.
 
@@ -145,11 +153,13 @@ def run_grid(
     memory budget. ``index``: a VectorIndex whose ranks are measured beside the exact ones
     (part of the grid's identity). ``pipeline`` (``png``, ``jpeg:75`` or an ImagePipeline):
     the upload pipeline whose figures are measured beside the float ones, attacked through
-    when ``through_pipeline`` (both part of the grid's identity). Under torchrun every cell
-    is shared by the processes and rank 0 writes.
+    when ``through_pipeline`` (both part of the grid's identity). ``queries``: a text query
+    set (:func:`~advrank.attacks.queryset.embed_text_queries`) the candidate attacks draw Q
+    from (part of the grid's identity). Under torchrun every cell is shared by the processes
+    and rank 0 writes.
     """
     grid = Grid(model, gallery, eps_values, ks, attacks, num_attacks, seed, batch_size, paper,
-                meta, progress, policy, index, options, pipeline, through_pipeline)
+                meta, progress, policy, index, options, pipeline, through_pipeline, queries)
     return run(grid, out_dir, progress_log(grid.progress))
 
 
@@ -163,7 +173,10 @@ def write_tables(store: Store, results: dict) -> None:
              f"(R@1 = {'?' if r1 is None else f'{r1:.1f}'}%), T = {cfg['num_attacks']} "
              f"attacks per cell, |X| = {cfg['gallery_size']}; cell = mean of the attack's headline "
              f"figure after attack (normalized rank, %, for CA/QA) ± standard error"
-             + (" (paper's figure)" if paper else ""))
+             + (" (paper's figure)" if paper else "")
+             + (f"; queries: the texts of {cfg['text_queries']['text_queries']}"
+                if cfg.get("text_queries")
+                else ""))
     store.write_text(CSV, csv_table(cells, paper_lookup(paper)))
     table = markdown_table(cells, paper_lookup(paper), title=title)
     if cfg.get("pipeline"):  # the same cells as a deployed search ranks them

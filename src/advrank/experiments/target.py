@@ -32,6 +32,7 @@ from advrank.data import load_dataset, split_name
 from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
 from advrank.models.checkpoint import model_from_checkpoint
+from advrank.models.dual import text_encoder
 from advrank.models.sources.base import SourceOptions
 from advrank.registry import DATASETS, DISTANCES, plugin_record
 
@@ -245,12 +246,13 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
                 data_root: str | Path | None = None, download: bool = False,
                 split: str = "test", progress: bool | None = None,
                 check: Callable[[int], object] | None = None,
-                log: Callable[[str], None] | None = None) -> Target:
+                log: Callable[[str], None] | None = None, needs_text: bool = False) -> Target:
     """The model and gallery X of ``checkpoint`` (a path: its dataset's ``split``, embedded
     once with the checkpoint's metric) or of a :class:`TargetSpec` (either form).
 
     ``check(|X|)`` runs once the collection is listed and before it is embedded (the slow
     part): a command refuses there the options that do not fit the gallery (T, w/m, G...).
+    ``needs_text``: a model without a text tower is refused as soon as it is built.
     """
     spec = checkpoint if isinstance(checkpoint, TargetSpec) else \
         TargetSpec(checkpoint=str(checkpoint))
@@ -260,6 +262,8 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
     log = log or (_stderr if progress else (lambda msg: None))
     if spec.plain_checkpoint:
         model, meta = model_from_checkpoint(spec.checkpoint, device)
+        if needs_text:
+            text_encoder(model, str(spec.checkpoint))
         dataset = load_dataset(meta.dataset, split, data_root, download)
         if check is not None:
             check(len(dataset))
@@ -275,6 +279,8 @@ def load_target(checkpoint: str | Path | TargetSpec, device: str | torch.device 
         check(len(load_dataset(spec.data, split, data_root, download,
                                allow_outside_root=spec.allow_outside_root)))
     built, meta, geometry, info = _build_model(spec, log)
+    if needs_text:
+        text_encoder(built, str(spec.checkpoint or spec.model))
     built = built.to(device).eval()
     probe = getattr(built, "probe", None)
     if probe is not None:  # an outside model, at the real batch size on its device
@@ -310,12 +316,12 @@ class Loader:
             self.log(f"advrank: {msg}")
 
     def load(self, spec: str | Path | TargetSpec, split: str = "test",
-             check: Callable[[int], object] | None = None) -> Target:
+             check: Callable[[int], object] | None = None, needs_text: bool = False) -> Target:
         """:func:`load_target` of ``spec`` (``check(|X|)``: before the collection is
-        embedded)."""
+        embedded; ``needs_text``: the model must have a text tower)."""
         return load_target(spec, self.device, self.data_root, self.download, split=split,
                            progress=self.progress, check=check,
-                           log=None if self.log is None else self._note)
+                           log=None if self.log is None else self._note, needs_text=needs_text)
 
     def index(self, target: Target, spec: str | None, cache_dir: str | Path | None = None):
         """The ``spec`` search (:func:`~advrank.core.index.build_index`) over the target's

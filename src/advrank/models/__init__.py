@@ -2,7 +2,9 @@
 
 Models take ``[B, C, H, W]`` images in [0, 1] pixel space and return ``[B, embed_dim]``
 embeddings. Mean/std normalisation is the model's first layer, so that an attack budget
-epsilon is measured in pixel units exactly as in the paper.
+epsilon is measured in pixel units exactly as in the paper. A builder that returns an
+``(image backbone, text tower)`` pair (``clip-tiny``) gives a
+:class:`~advrank.models.dual.DualEncoder`, whose ``forward`` is the image model.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from advrank.core.checks import check_int, check_sequence_of_numbers
 from advrank.errors import AdvrankError
 from advrank.models.base import EmbeddingNet, Normalize
+from advrank.models.dual import DualEncoder
 from advrank.registry import MODELS
 
 #: the largest embedding size accepted anywhere (options, checkpoints): far beyond any real
@@ -33,8 +36,9 @@ def create_model(
     embed_dim: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-) -> EmbeddingNet:
-    """Build model ``name`` for ``image_shape = (C, H, W)``; normalisation defaults to none."""
+) -> EmbeddingNet | DualEncoder:
+    """Build model ``name`` for ``image_shape = (C, H, W)``; normalisation defaults to none.
+    A model with a text tower is a :class:`DualEncoder` around the ``EmbeddingNet``."""
     entry = MODELS.entry(name)
     if isinstance(image_shape, (str, bytes)) or not isinstance(image_shape, (list, tuple)) \
             or len(image_shape) != 3:
@@ -48,8 +52,11 @@ def create_model(
     std = (1.0,) * channels if std is None else check_sequence_of_numbers(std, "std", channels,
                                                                           positive=True)
     backbone = entry.obj(tuple(image_shape), embed_dim)
+    if isinstance(backbone, tuple):  # (image backbone, text tower)
+        image, text = backbone
+        return DualEncoder(EmbeddingNet(image, mean, std, image_shape, embed_dim), text)
     return EmbeddingNet(backbone, mean, std, image_shape, embed_dim)
 
 
-__all__ = ["MAX_EMBED_DIM", "EmbeddingNet", "Normalize", "create_model", "default_embed_dim",
-           "model_names"]
+__all__ = ["MAX_EMBED_DIM", "DualEncoder", "EmbeddingNet", "Normalize", "create_model",
+           "default_embed_dim", "model_names"]

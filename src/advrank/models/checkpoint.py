@@ -22,7 +22,7 @@ from advrank.core.io import atomic_write_bytes
 from advrank.core.meta import ModelMeta
 from advrank.data import check_dataset_name
 from advrank.errors import AdvrankError
-from advrank.models import MAX_EMBED_DIM, EmbeddingNet, create_model
+from advrank.models import MAX_EMBED_DIM, DualEncoder, EmbeddingNet, create_model
 from advrank.registry import DATASETS, DISTANCES, MODELS
 
 FORMAT = "advrank-checkpoint"
@@ -99,6 +99,9 @@ OPTIONAL_META: dict[str, tuple[str, Any]] = {
     "lr": ("a positive finite number", lambda v: _is_number(v) and v > 0),
     "defense_eps": ("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
     "recall@1": ("a percentage", lambda v: _is_number(v) and 0 <= v <= 100),
+    "text_recall@1": ("a percentage", lambda v: _is_number(v) and 0 <= v <= 100),
+    "captions": ("a list of caption templates", lambda v: isinstance(v, list) and all(
+        isinstance(t, str) for t in v)),
     "train_seconds": ("a non-negative finite number", lambda v: _is_number(v) and v >= 0),
     "epochs": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
     "epochs_done": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
@@ -249,7 +252,7 @@ def _fit_problems(meta: dict[str, Any], weights: dict[str, torch.Tensor]) -> lis
         elif weights[k].is_floating_point() != dtype.is_floating_point:
             problems.append(f"{k} has dtype {weights[k].dtype}, expected {dtype}")
     for k in ("mean", "std"):  # the normalisation buffers are the metadata's, or damaged
-        buffer = weights.get(f"normalize.{k}")
+        buffer = weights.get(f"normalize.{k}", weights.get(f"image.normalize.{k}"))
         if not problems and buffer is not None and not torch.allclose(
                 buffer.flatten().double(), torch.tensor(meta[k], dtype=torch.float64),
                 rtol=1e-5, atol=1e-6):
@@ -260,7 +263,7 @@ def _fit_problems(meta: dict[str, Any], weights: dict[str, torch.Tensor]) -> lis
 
 def model_from_checkpoint(
     ckpt: dict[str, Any] | str | Path, device: torch.device | str = "cpu", source: str = ""
-) -> tuple[EmbeddingNet, ModelMeta]:
+) -> tuple[EmbeddingNet | DualEncoder, ModelMeta]:
     """Rebuild the model a checkpoint describes, load its weights, put it in eval mode;
     returns it with its metadata, read once here (:class:`~advrank.core.meta.ModelMeta`).
 

@@ -22,7 +22,7 @@ pipeline's output.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -219,6 +219,29 @@ class Oracle:
         if not (named is not None and self.ranks_named and self.feedback.level == "full"):
             named = None
         return self.exchange(self.upload(images), depth, named, resend)
+
+    def search_texts(self, texts: list[str], depth: int,
+                     scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(ids [N, depth], scores [N, depth] or None)`` for text queries (a search whose
+        model has a text tower); oracles that take none refuse them in one line."""
+        raise AdvrankError(f"the {self.name} oracle takes no text queries")
+
+    def exchange_texts(self, texts: list[str], depth: int,
+                       resend: Callable[[int], bool] | None) -> Answer:
+        """The endpoint's top ``depth`` list for each text; counts each request sent."""
+        self.queries += len(texts)
+        ids, scores = self.search_texts(texts, depth, self.feedback.scores)
+        return Answer(ids.long().cpu(), scores.float().cpu() if self.feedback.scores else None)
+
+    def answer_texts(self, texts: Sequence[str],
+                     resend: Callable[[int], bool] | None = None) -> Answer:
+        """The feedback for text queries ``texts`` (a search that embeds texts, e.g. what a
+        shopper types): the top list of the oracle's feedback level (named ranks are for
+        pictures), ``resend`` as in :meth:`answer`."""
+        from advrank.models.dual import check_texts
+
+        return self.exchange_texts(check_texts(texts), self.feedback.depth(self.gallery_size),
+                                   resend)
 
     def close(self) -> None:
         """Release connections (HTTP); nothing for a local oracle."""

@@ -305,6 +305,28 @@ class HttpOracle(Oracle):
                 out[row] = torch.tensor([-1 if r is None else r for r in ranks])
         return out, torch.tensor([b is None for b in raw], dtype=torch.bool)
 
+    def _check_text(self) -> None:
+        if self.info is None or not self.info.text:
+            raise AdvrankError(f"the service at {self.url} takes no text queries (its /info "
+                               "says text: false; serve a model with a text tower)")
+
+    def _search_texts(self, texts: list[str], depth: int, scores: bool, resend=None):
+        self._check_text()
+        requests = [self.schema.text_request(text, depth) for text in texts]
+        raw = self._run(self._all(requests, [answer_cap(depth)] * len(requests), resend))
+        ids, dist = self._lists(raw, depth, scores)
+        return ids, dist, torch.tensor([b is None for b in raw], dtype=torch.bool)
+
+    def search_texts(self, texts, depth, scores):
+        """Text queries as JSON bodies ``{"text": ...}`` (the service's /info must say
+        ``text``), answered and validated as picture searches are."""
+        ids, dist, _ = self._search_texts(texts, depth, scores)
+        return ids, dist
+
+    def exchange_texts(self, texts, depth, resend):
+        ids, dist, lost = self._search_texts(texts, depth, self.feedback.scores, resend)
+        return Answer(ids, dist, lost)
+
     def rank(self, images, named):
         """The ranks of ``named [N, j]`` from the service's ``rank_of`` (k = |X|)."""
         if not self.ranks_named:

@@ -13,6 +13,7 @@ from torch import nn
 from advrank.core.checks import check_int
 from advrank.core.index import VectorIndex, build_index, check_index_spec
 from advrank.core.target import SearchTarget
+from advrank.models.dual import text_encoder
 from advrank.oracles.base import Feedback, Oracle
 from advrank.registry import ORACLES
 
@@ -52,6 +53,19 @@ class LocalOracle(Oracle):
         ids, dist = [], []
         for s in range(0, images.shape[0], self.chunk):
             emb = self.model(images[s : s + self.chunk].to(self.device)).float()
+            i, d = self.index.search(emb, depth)
+            ids.append(i)
+            dist.append(d)
+        return torch.cat(ids), (torch.cat(dist) if scores else None)
+
+    @torch.no_grad()
+    def search_texts(self, texts, depth, scores):
+        """Text queries through the model's text tower (one error line for a model without
+        one), ranked by the same index as pictures."""
+        dual = text_encoder(self.model, "the local oracle's model")
+        ids, dist = [], []
+        for s in range(0, len(texts), self.chunk):
+            emb = dual.encode_text(texts[s : s + self.chunk]).to(self.device).float()
             i, d = self.index.search(emb, depth)
             ids.append(i)
             dist.append(d)

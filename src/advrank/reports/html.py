@@ -12,27 +12,17 @@ and provenance.
 from __future__ import annotations
 
 import base64
-import html
 import io
-from fractions import Fraction
 from typing import Any
 
 import torch
 
+from advrank.reports.markup import arrow as _arrow
+from advrank.reports.markup import eps_text, esc
+from advrank.reports.markup import table as _table
 from advrank.reports.style import CSP, STYLE
 from advrank.reports.tables import deployed_sentences, view_name
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def eps_text(eps: float) -> str:
-    """``8/255 (0.0314)`` when eps is a whole number of grey levels, else ``0.03``."""
-    levels = Fraction(eps).limit_denominator(255) * 255
-    if eps > 0 and levels.denominator == 1 and abs(float(levels) / 255 - eps) < 1e-9:
-        return f"{levels.numerator}/255 ({eps:.4f})"
-    return f"{eps:g}"
+from advrank.reports.text import text_section
 
 
 def png_data(image: torch.Tensor) -> str:
@@ -50,13 +40,6 @@ def _img(image: torch.Tensor, alt: str, caption: str, hit: bool = False) -> str:
     pix = ' class="pix"' if image.shape[-1] < 96 else ""
     return (f'<figure{" class=hit" if hit else ""}><img{pix} src="{png_data(image)}" '
             f'alt="{esc(alt)}" title="{esc(alt)}"><figcaption>{caption}</figcaption></figure>')
-
-
-def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-    head = "".join(f'<th{" class=l" if i < left else ""}>{h}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td{" class=l" if i < left else ""}>{c}</td>'
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def _label(text: Any) -> str:
@@ -103,11 +86,6 @@ def _header(report: dict) -> str:
     return (f"<h1>advrank audit: {esc(model)}</h1><p class=sub>on <code>{esc(data)}</code>, "
             f"{esc(cfg.get('metric'))} distance, {esc(cfg.get('date', ''))}</p>{warn}"
             f'<div class="kpi">{kpi}</div>')
-
-
-def _arrow(direction: str) -> str:
-    """The direction in which an attack's rank moves when it succeeds, as a coloured arrow."""
-    return '<b class="down">↓</b>' if direction == "down" else '<b class="up">↑</b>'
 
 
 def _where(rank: float, n: int) -> str:
@@ -251,6 +229,9 @@ def _panel(panel: dict) -> str:
     perturbation = ((im["adversarial"] - im["clean"]) * amp + 0.5).clamp(0, 1)
     anchor = f["anchor"]
     top = []
+    if f.get("query_text") is not None:  # a text query (the audit's text section)
+        top.append(f'<figure><div class="qtext">“{esc(f["query_text"])}”</div><figcaption>'
+                   f'{_label("text query")}</figcaption></figure>')
     if f["query"] is not None:
         q = f["query"]
         top.append(_img(thumbs[q["index"]], q["name"], _label("query q")
@@ -387,10 +368,11 @@ def _unreadable(report: dict) -> str:
             f"be decoded and were left out of X:</p><ul class=note>{items}</ul>")
 
 
-def audit_html(report: dict, panels: list[dict], query_plot: bytes | None = None) -> str:
+def audit_html(report: dict, panels: list[dict], query_plot: bytes | None = None,
+               text_panels: list[dict] | None = None) -> str:
     """The page for a ``report.json`` content and the example panels of
     :func:`advrank.experiments.audit.example_panels` (``query_plot``: the deployed view's
-    rank-vs-queries PNG)."""
+    rank-vs-queries PNG; ``text_panels``: the text section's panels)."""
     from advrank.registry import ATTACKS
     from advrank.reports.plots import audit_png
 
@@ -405,6 +387,7 @@ def audit_html(report: dict, panels: list[dict], query_plot: bytes | None = None
                      else "") + ", in [0, 1] units: 8/255 = 8 grey levels.")
     body = (_header(report) + _partial(report) + _verdict(report) + _retrieval(report)
             + _attacks(report, descriptions)
+            + text_section(report, "".join(_panel(p) for p in text_panels or []))
             + f'<p class=note>{esc(pixel_note)}</p><h2>Rank vs ε</h2><img class="plot" '
             f'src="{plot}" alt="rank vs eps plots">' + _deployed(report, query_plot)
             + "<h2>Examples</h2><p class=note>For each attack, the attack that moved its rank "

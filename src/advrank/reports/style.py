@@ -30,7 +30,8 @@ background:#eef1f4}
 figure.hit img{border-color:#d0312d}figure.hit figcaption{color:#d0312d;font-weight:600}
 img.pix{image-rendering:pixelated}.plot{max-width:100%;height:auto}
 figcaption span{display:block;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-code{font-size:.9em}
+code{font-size:.9em}.qtext{width:92px;height:92px;border:2px solid #1565c0;display:flex;
+align-items:center;justify-content:center;overflow:hidden;font-size:1.05em;padding:2px}
 .note{color:#5a6572;font-size:.88em}.gap{padding-top:36px;color:#5a6572}
 .up{color:#1565c0}.down{color:#d0312d}.nw{white-space:nowrap}
 @media (max-width:900px){body{margin:12px auto;padding:0 10px}

@@ -50,6 +50,7 @@ from advrank.models.checkpoint import load_checkpoint, model_from_checkpoint, sa
 from advrank.models.pretrained import builtin_weights, check_pretrained
 from advrank.models.weights import load_pretrained
 from advrank.registry import DISTANCES, LOSSES, MODELS
+from advrank.training.captions import CAPTION_TEMPLATES, bind_loss, epoch_figures
 from advrank.training.losses import default_margin, make_loss
 
 #: what a checkpoint inherits from ``--init`` when the run does not say otherwise
@@ -134,8 +135,15 @@ def resolve_config(config: TrainConfig, init_meta: ModelMeta | None) -> TrainCon
                                    f"for {given!r}; drop the option to inherit it")
             if given is None:
                 values[key] = theirs
+    dual = bool(MODELS.entry(values["arch"] or DEFAULTS["arch"]).info.get("text_tower"))
+    if values["loss"] is None and dual:
+        values["loss"] = "clip"  # a model with a text tower trains on captions
     for key, default in DEFAULTS.items():
         values[key] = values[key] if values[key] is not None else default
+    if bool(LOSSES.entry(values["loss"]).info.get("text_tower")) != dual:
+        raise AdvrankError(f"--loss {values['loss']} does not train a {values['arch']} model: "
+                           + ("a model with a text tower trains with --loss clip" if dual else
+                              "--loss clip needs a model with a text tower (--arch clip-tiny)"))
     if values["margin"] is None:
         values["margin"] = default_margin(values["loss"], values["metric"])
     return TrainConfig(**values)
@@ -186,7 +194,7 @@ def _build(config: TrainConfig, init, defense: Defense | None):
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
     elif weights:
-        load_pretrained(model.backbone, weights)
+        load_pretrained(getattr(model, "image", model).backbone, weights)
     if defense is not None:
         defense.bind(config.metric)
     written = {
@@ -201,6 +209,8 @@ def _build(config: TrainConfig, init, defense: Defense | None):
         "init": str(init) if init else None,
         "weights": file_sha256(weights, 16) if weights and not init else None,
         "pretrained": config.pretrained,
+        "captions": (list(CAPTION_TEMPLATES) if LOSSES.entry(config.loss).info.get("text_tower")
+                     else None),
         **config.extra_meta,
     }
     return config, model, written
@@ -239,7 +249,7 @@ def _resume(out: Path, written: dict, model: nn.Module, optimizer, force: bool):
 def gathered_loss(loss_fn):
     """Under torchrun: the loss of the *whole* batch, from every rank's share of it
     (:func:`distributed.gather_batch`), so in-batch mining sees what one process sees."""
-    if not distributed.active():
+    if not distributed.active() or hasattr(loss_fn, "training_loss"):
         return loss_fn
 
     def loss(emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -270,6 +280,8 @@ def _train_epoch(model, loader, optimizer, loss_fn, distance, defense, device, b
         images, labels = my_share(images.to(device), labels.to(device))
         if defense is not None:
             loss, emb = defense.training_loss(model, images, labels, loss_fn)
+        elif hasattr(loss_fn, "training_loss"):  # a model-level loss (captions: the text tower)
+            loss, emb = loss_fn.training_loss(model, images, labels)
         else:
             emb = model(images)
             loss = loss_fn(emb, labels)
@@ -342,6 +354,7 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
         loss_fn = make_loss(config.loss, distance, config.margin)
         train_set = load_dataset(config.dataset, "train", config.data_root, config.download)
         test_set = load_dataset(config.dataset, "test", config.data_root, config.download)
+        bind_loss(loss_fn, train_set, defense, distributed.world_size())
         _, written["batch_size"] = _sampler(train_set.labels, config.batch_size,
                                          config.samples_per_class)
         check_shares(written["batch_size"])
@@ -362,12 +375,14 @@ def train(config: TrainConfig, out: str | Path, init: str | Path | None = None,
             loss = _train_epoch(trained, loader, optimizer, loss_fn, distance, defense, device,
                                 f"epoch {epoch + 1}/{config.epochs}", progress)
             elapsed += time.time() - t0
-            r1 = evaluate_model(model, test_set, distance, device, ks=(1,))["recall@1"]
-            history.append({"epoch": epoch + 1, "loss": loss, "recall@1": r1, "seconds": elapsed})
+            figures = epoch_figures(model, test_set, distance, device)
+            history.append({"epoch": epoch + 1, "loss": loss, **figures, "seconds": elapsed})
             if progress:
-                print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}  test R@1 {r1:.2f}%  "
+                text = "  ".join(f"{'text ' if k.startswith('text') else ''}R@1 {v:.2f}%"
+                                 for k, v in figures.items())
+                print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}  test {text}  "
                       f"({elapsed:.0f}s)", file=sys.stderr)
-            written.update({"recall@1": r1, "history": history, "train_seconds": elapsed,
+            written.update({**figures, "history": history, "train_seconds": elapsed,
                          "epochs_done": epoch + 1})
             if distributed.world_size() > 1:
                 written["processes"] = distributed.world_size()

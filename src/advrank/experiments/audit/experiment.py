@@ -16,9 +16,16 @@ from advrank.attacks.base import AttackKind
 from advrank.core.checks import format_eps
 from advrank.errors import AdvrankError
 from advrank.experiments.audit.panels import example_panels
-from advrank.experiments.audit.plan import Work, plan_cells
+from advrank.experiments.audit.plan import Work, plan_cells, text_cells
 from advrank.experiments.audit.retrieval import retrieval_figures
 from advrank.experiments.audit.settings import AuditConfig, fingerprints_of
+from advrank.experiments.audit.text import (
+    PREFIX,
+    RETRIEVAL,
+    TextSection,
+    check_text_cell,
+    is_text_key,
+)
 from advrank.experiments.audit.timing import (
     EstimateBar,
     TimeModel,
@@ -37,7 +44,11 @@ from advrank.oracles.base import Oracle
 def check_cell(key: str, cell) -> str | None:
     """Why a stored audit cell cannot be reused (None if it can): the retrieval figures as
     percentages, or an attack summary with finite figures in their range."""
-    if key == "retrieval":
+    if is_text_key(key):  # the text section's
+        problem = check_text_cell(key, cell)
+        if problem or key.startswith(RETRIEVAL):
+            return problem
+    elif key == "retrieval":
         if not isinstance(cell, dict):
             return f"a {type(cell).__name__}, not a mapping"
         for name in ("map", *(f"recall@{k}" for k in settings.RECALL_KS)):
@@ -49,13 +60,15 @@ def check_cell(key: str, cell) -> str | None:
                                                                           int):
             return "no gallery size or query count"
         return None
-    kind = key.partition("|")[0]
-    # the same cells as a grid's, under the same keys (query-only and transfer ones prefixed)
-    problem = deployed.check_query_cell(key, cell) if kind == "query" else \
-        deployed.check_transfer_cell(key, cell) if kind == "transfer" else \
-        check_attack_cell(key, cell)
-    if problem:
-        return problem
+    else:
+        kind = key.partition("|")[0]
+        # the same cells as a grid's, under the same keys (query-only and transfer ones
+        # prefixed)
+        problem = deployed.check_query_cell(key, cell) if kind == "query" else \
+            deployed.check_transfer_cell(key, cell) if kind == "transfer" else \
+            check_attack_cell(key, cell)
+        if problem:
+            return problem
     t, seconds = cell.get("num_attacks"), cell.get("seconds")
     if not isinstance(t, int) or isinstance(t, bool) or t < 1 or \
             not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
@@ -84,6 +97,8 @@ class Audit(Experiment):
         self.columns = ColumnSelections(target.gallery, self.t, config.seed)
         self.probes = probes  # reused from a quick look's sizing (None: probe)
         self.time: TimeModel | None = None  # the time model, while the cells run
+        self.text = (None if config.queries is None else
+                     TextSection(target, config, self.kinds, self.t, self.log))
 
     def identity(self) -> dict[str, Any]:
         target, config = self.target, self.config
@@ -113,7 +128,10 @@ class Audit(Experiment):
                 *(Cell(key, partial(self._begin, key, self.query_cell, a, e))
                   for key, a, e in work.query),
                 *(Cell(key, partial(self._begin, key, self.transfer_cell, a, e))
-                  for key, a, e in work.transfer)]
+                  for key, a, e in work.transfer),
+                *([] if self.text is None else [
+                    Cell(c.key, partial(self._begin, c.key, c.compute))
+                    for c in self.text.cells(lambda: self.bar)])]
 
     def _begin(self, key: str, compute: Callable[..., Any], *args: Any) -> Any:
         """Compute a cell, telling the time model when it starts."""
@@ -150,8 +168,14 @@ class Audit(Experiment):
             kind = self.kinds[attack]
             return self.columns(attack, kind, config.size(kind))[0]
 
-        return plan_cells(self.target, self.kinds, config, self.t, select, self.work(store),
-                          self.index, self.source, oracle, self.probes)
+        cells, probes = plan_cells(self.target, self.kinds, config, self.t, select,
+                                   self.work(store), self.index, self.source, oracle,
+                                   self.probes)
+        if self.text is not None:  # priced as the picture cells of their kinds
+            left = [(key, a, e) for a, e, key in self.text.keys()
+                    if store is None or key not in store]
+            cells += text_cells(left, self.kinds, config, self.t, probes)
+        return cells, probes
 
     def announce(self, todo: int, done: int) -> str:
         return (f"audit: {todo} cells to run ({done} already done), T = {self.t}, "
@@ -242,7 +266,10 @@ class Audit(Experiment):
             self.time.finish(cell.key, seconds)
         if cell.key != "retrieval":
             how = {"query": f" query-only ({value.get('queries_used', 0):.0f} queries)",
-                   "transfer": " transfer"}.get(cell.key.partition("|")[0], "")
+                   "transfer": " transfer", PREFIX: " text queries",
+                   RETRIEVAL: None}.get(cell.key.partition("|")[0], "")
+            if how is None:
+                return
             with self.bar.external_write_mode():  # a line above the bar, not through it
                 log(f"  {value['attack']} eps={format_eps(value['eps'])}{how}: rank "
                     f"{value['rank_before']:.1f} -> {value['rank_after']:.1f}% "
@@ -252,9 +279,10 @@ class Audit(Experiment):
         if self.time is not None:
             self.time.begin("panels")
         panels = example_panels(self.target, self.kinds, self.config, self.t, self.bar)
+        text_panels = [] if self.text is None else self.text.panels(self.bar)
         if self.time is not None:
             self.time.finish("panels")
-        return self._write(store, panels)
+        return self._write(store, panels, text_panels)
 
     def publish_partial(self, store: Store) -> None:
         """report.json's summary and report.html of the cells finished so far, marked
@@ -264,18 +292,21 @@ class Audit(Experiment):
             return
         done = sum(key != "retrieval" for key in store.cells)
         total = len(self.cells(store)) - 1
-        self._write(store, [], {"cells_done": done, "cells": total})
+        self._write(store, [], [], {"cells_done": done, "cells": total})
         self.log(f"audit: interrupted; wrote a partial report ({done} of {total} cells) to "
                  f"{store.dir / settings.REPORT_HTML}; rerun the same command to finish it")
 
-    def _write(self, store: Store, panels: list[dict],
+    def _write(self, store: Store, panels: list[dict], text_panels: list[dict],
                unfinished: dict[str, int] | None = None) -> dict[str, Any]:
-        """The summary (verdict, deployed view, timing), report.json's readers' part and
-        report.html (and the rank-vs-queries plot)."""
+        """The summary (verdict, deployed view, timing, the text section once its cells are
+        done), report.json's readers' part and report.html (and the rank-vs-queries plot)."""
         from advrank.reports.html import audit_html
 
         summary = audit_summary(store, self.kinds, self.config, self.target)
         examples = [p["figures"] for p in panels]
+        if self.text is not None and self.text.done(store):
+            summary["text"] = {**self.text.summary(store),
+                               "examples": [p["figures"] for p in text_panels]}
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
         summary["deployed"] = deployed.deployed_view(store, self.kinds, self.config, self.index,
                                             self.source)
@@ -292,7 +323,8 @@ class Audit(Experiment):
             store.write_bytes(settings.QUERY_PLOT, plot)
         store.extra = {"summary": summary, "examples": examples}
         store.flush()
-        store.write_text(settings.REPORT_HTML, audit_html(store.content(), panels, plot))
+        store.write_text(settings.REPORT_HTML, audit_html(store.content(), panels, plot,
+                                                          text_panels))
         return summary
 
 

@@ -51,7 +51,7 @@ class AuditJob:
             raise AdvrankError(f"--transfer-from: no checkpoint file {self.transfer_from}")
         with claim(self.out):  # the folder is ours before anything is written there (and
             # removed again, if this run made it, when a check refuses the run)
-            target = self.loader.load(spec, check=fits)
+            target = self.loader.load(spec, check=fits, needs_text=config.queries is not None)
             source = None if self.transfer_from is None else \
                 self.loader.load(self.transfer_from)
             return run_audit(target, self.out, config, target.record(config.seed),

@@ -97,6 +97,7 @@ def _panel(target: Target, kind: AttackKind, part, eps: float, clean: torch.Tens
     figures = {
         "attack": kind.name, "eps": eps, "anchor": item(anchor),
         "query": None if view.query is None else item(view.query),
+        "query_text": view.query_text,
         "targets": [{**item(h), "rank_before": ranks["before"][h],
                      "rank_after": ranks["after"][h]} for h in view.highlight],
         "top_before": [{**item(i), "rank": r} for r, i in enumerate(lists["before"])],

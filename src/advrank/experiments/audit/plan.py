@@ -302,3 +302,19 @@ def plan_cells(target: Target, kinds: dict[str, AttackKind], config: AuditConfig
             panel_cost(step.get(a, 0.0), pool, batch, config.threat(eps_max, kind).eta)
             for a, kind in kinds.items()) if eps_max > 0 else 0.0))
     return cells, probes
+
+
+def text_cells(keys: list[tuple[str, str, float]], kinds: dict[str, AttackKind],
+               config: AuditConfig, t: int, probes: dict[str, Any]) -> list[CellPlan]:
+    """The text section's cells left, ``(key, attack, eps)`` each, priced as the picture
+    cells of the same kind and eps (the same PGD on the candidates; the queries are texts'
+    embeddings, computed once); 0 where no probe of the kind ran."""
+    batch = min(config.batch_size, t)
+    share, batches = batch_share(batch, probes["batch"]), batches_of(t, batch)
+    out = []
+    for key, a, e in keys:
+        eta = config.threat(e, kinds[a]).eta if float(e) > 0 else 0
+        out.append(CellPlan(key, "text", t, white_box_cost(
+            probes["pgd_step"].get(a, 0.0) * share, probes["measure"].get(a, 0.0) * share,
+            eta, batches)))
+    return out

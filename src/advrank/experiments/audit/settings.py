@@ -62,7 +62,8 @@ class AuditConfig:
     calibrated against the audited model first (``endpoint_differs``: expected to differ),
     their figures read from its answers. ``quick`` (minutes, None: off): the quick look,
     whose T the audit sizes to fit that time (see :data:`QUICK_MAX_T`; ``num_attacks``, when
-    given, caps it)."""
+    given, caps it). ``queries`` (``text:FILE``, ``prompts:TEMPLATE``; None: off): the text
+    section, for a model with a text tower (see :mod:`advrank.experiments.audit.text`)."""
 
     eps_values: Sequence[float] = DEFAULT_AUDIT_EPS
     attacks: Sequence[str] = AUDIT_ATTACKS
@@ -84,6 +85,7 @@ class AuditConfig:
     oracle: str | None = None
     endpoint_differs: bool = False
     quick: float | None = None
+    queries: str | None = None
 
     def validate(self, gallery_size: int | None = None) -> dict[str, AttackKind]:
         """Check every setting (before any work); returns the attack kinds."""
@@ -108,6 +110,13 @@ class AuditConfig:
                 raise AdvrankError(f"an audit reports normalized ranks; {kind.name} has none "
                                    "(use advrank attack or advrank robustness for it)")
         self.check_query(kinds)
+        if self.queries is not None:
+            from advrank.data.texts import parse_query_spec
+
+            parse_query_spec(self.queries)
+            if not any(kind.text_queries for kind in kinds.values()):
+                raise AdvrankError(f"--queries needs an attack whose queries may be texts "
+                                   f"(CA+, CA-) among {', '.join(kinds)}")
         return kinds
 
     def check_query(self, kinds: dict[str, AttackKind]) -> None:

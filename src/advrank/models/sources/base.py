@@ -29,6 +29,7 @@ from advrank.core.io import file_sha256, strict_json
 from advrank.data.geometry import Geometry, geometry_from_config
 from advrank.errors import AdvrankError
 from advrank.models.base import Normalize
+from advrank.models.dual import DualEncoder, load_text_weights
 from advrank.models.weights import read_state_dict
 from advrank.registry import MODEL_SOURCES
 
@@ -64,7 +65,10 @@ class SourceNet:
     prefixes a full weights file nests this network under (``visual.`` in a CLIP file), and
     the modules removed from it whose tensors a weights file may hold (``fc``: the classifier
     of an ImageNet checkpoint, ignored rather than refused); ``pretrained``: the published
-    weights file the source located for ``--pretrained``."""
+    weights file the source located for ``--pretrained``. ``text``: a text tower
+    (``forward(list[str]) -> [N, D]`` in the image embeddings' space) when the source has
+    one; a full weights file's tensors outside ``prefixes`` are its tensors, under
+    ``text_prefix`` in its own state_dict."""
 
     net: nn.Module
     config: dict[str, Any]
@@ -72,6 +76,8 @@ class SourceNet:
     prefixes: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     pretrained: str | None = None
+    text: nn.Module | None = None
+    text_prefix: str = ""
 
 
 def require(module: str, package: str, source: str):
@@ -239,16 +245,20 @@ def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[st
 
 
 def load_embedder_weights(model: ExternalEmbedder, path: str, built: SourceNet,
-                          log: Callable[[str], None]) -> str:
-    """Load a weights file into ``model``; returns how the projection head was set
-    (``none``, ``loaded`` or ``random``).
+                          log: Callable[[str], None],
+                          state: dict[str, torch.Tensor] | None = None) -> str:
+    """Load a weights file (``state``: its tensors, when already read) into ``model``; returns
+    how the projection head was set (``none``, ``loaded`` or ``random``).
 
     The file is either the network's own state_dict or an embedder's (keys ``net.*`` and
     ``projection.*``). It must hold every tensor of the network with its shape, and nothing
     else but the modules the source removed (a classifier head, ignored with a note): anything
     else is another architecture (ResNet-34 weights hold all of ResNet-18's names), refused.
+    A dual encoder's file (``image.*``, ``text.*``) gives its ``image.*`` part here.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path) if state is None else state
+    if any(k.startswith("image.") for k in state):
+        state = {k[6:]: v for k, v in state.items() if k.startswith("image.")}
     if any(k.startswith("net.") for k in state):
         net_state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         head = {k[11:]: v for k, v in state.items() if k.startswith("projection.")}
@@ -309,16 +319,7 @@ def parse_source(spec: str) -> tuple[str, str]:
     return entry.name, arg
 
 
-def load_source_model(spec: str, options: SourceOptions | None = None,
-                      log: Callable[[str], None] | None = None
-                      ) -> tuple[ExternalEmbedder, dict[str, Any]]:
-    """Build the embedder for ``spec`` (``SOURCE:ARGUMENT``), in eval mode on the CPU, and what
-    results record about it. Without ``options.weights`` the weights are random but the same
-    every run (seeded), so caches and resumed runs stay valid."""
-    options = options or SourceOptions()
-    log = log or (lambda msg: print(f"advrank: {msg}", file=sys.stderr))
-    name, arg = parse_source(spec)
-    entry = MODEL_SOURCES.entry(name)
+def _check_options(name: str, entry, options: SourceOptions) -> None:
     if options.layer and not entry.info.get("supports_layer", True):
         raise AdvrankError(f"--layer is not available for {name} models")
     if options.weights is not None and not Path(options.weights).is_file():
@@ -329,6 +330,11 @@ def load_source_model(spec: str, options: SourceOptions | None = None,
         if not entry.info.get("pretrained"):
             raise AdvrankError(f"--pretrained is not available for {name} models (give "
                                "--weights FILE)")
+
+
+def _build(spec: str, entry, arg: str, options: SourceOptions):
+    """The source's network wrapped as an embedder, with random weights seeded by
+    :data:`RANDOM_INIT_SEED`: ``(built, model, geometry, mean, std, feature_dim)``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         built = entry.obj(arg, options)
@@ -344,20 +350,58 @@ def load_source_model(spec: str, options: SourceOptions | None = None,
         feature_dim = model.feature_size()
         if options.embed_dim is not None:
             model.projection = nn.Linear(feature_dim, int(options.embed_dim))
+    return built, model, geometry, mean, std, feature_dim
+
+
+def _with_text(model: ExternalEmbedder, built: SourceNet, options: SourceOptions,
+               state: dict[str, torch.Tensor] | None, log: Callable[[str], None]):
+    """``(model, how the text tower was set)``: a :class:`DualEncoder` when the source has a
+    text tower and the image embedding is the source's own (no ``--layer``, no
+    ``--embed-dim`` head: those leave the text tower's space), else ``model`` alone."""
+    if built.text is None:
+        return model, None
+    if options.layer or options.embed_dim is not None:
+        log(f"{model.where}: the text tower is left out (--layer / --embed-dim leave the "
+            "space the text tower embeds into)")
+        return model, None
+    how = "random" if state is None else load_text_weights(
+        built.text, state, built.prefixes, built.text_prefix, model.where, log)
+    return DualEncoder(model, built.text), how
+
+
+def load_source_model(spec: str, options: SourceOptions | None = None,
+                      log: Callable[[str], None] | None = None
+                      ) -> tuple[ExternalEmbedder | DualEncoder, dict[str, Any]]:
+    """Build the embedder for ``spec`` (``SOURCE:ARGUMENT``), in eval mode on the CPU, and what
+    results record about it. Without ``options.weights`` the weights are random but the same
+    every run (seeded), so caches and resumed runs stay valid. A source with a text tower
+    (``open_clip``, a ``python:`` factory returning two encoders) gives a
+    :class:`~advrank.models.dual.DualEncoder` (``info["text_tower"]``: how its weights were
+    set)."""
+    options = options or SourceOptions()
+    log = log or (lambda msg: print(f"advrank: {msg}", file=sys.stderr))
+    name, arg = parse_source(spec)
+    entry = MODEL_SOURCES.entry(name)
+    _check_options(name, entry, options)
+    built, model, geometry, mean, std, feature_dim = _build(spec, entry, arg, options)
     projection = "random" if model.projection is not None else "none"
     weights = options.weights if options.pretrained is None else built.pretrained
+    state = read_state_dict(weights) if weights is not None else None
     if weights is not None:
-        projection = load_embedder_weights(model, weights, built, log)
+        projection = load_embedder_weights(model, weights, built, log, state)
     else:
         log(f"{spec}: no --weights given, using random weights (seed {RANDOM_INIT_SEED}); "
             "fine for testing, meaningless as an audit of a real model")
     model.embed_dim = int(options.embed_dim or feature_dim)
     model.probe()  # the loaded weights must give finite embeddings and gradients too
+    model, text = _with_text(model, built, options, state, log)
     info = {"model": spec, "weights": weights, "pretrained": options.pretrained,
             "weights_sha": file_sha256(weights) if weights else None,
             "random_weights": weights is None, "layer": options.layer,
             "feature_dim": feature_dim, "embed_dim": model.embed_dim, "projection": projection,
             "geometry": geometry.describe(), "mean": mean, "std": std, **built.info}
+    if text is not None:
+        info["text_tower"] = text
     # what determines the model besides its weights: the source and its code (library
     # version, TorchScript bytes, the factory's source files), see each source
     info["code_sha"] = hashlib.sha256(strict_json({"source": name, **built.info}).encode()

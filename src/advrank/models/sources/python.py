@@ -3,9 +3,12 @@ importable module (``mypkg.models:build``) or a ``.py`` file (``./models.py:buil
 module runs as ordinary Python: name only your own code.
 
 The network maps normalised images to embeddings ``[B, D]`` (feature maps/tokens are
-pooled). Its preprocessing comes from a ``data_config`` dict attribute (timm's keys:
-``input_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``), else from a timm model's
-``pretrained_cfg``, else ImageNet's defaults; ``--input-size``/``--mean``/``--std`` override."""
+pooled). A factory may return a pair ``(image_net, text_net)`` instead: a dual encoder whose
+``text_net(texts: list[str]) -> [N, D]`` (tokenising its own input) embeds text queries into
+the image embeddings' space. Its preprocessing comes from a ``data_config`` dict attribute
+(timm's keys: ``input_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``), else from a
+timm model's ``pretrained_cfg``, else ImageNet's defaults; ``--input-size``/``--mean``/``--std``
+override."""
 
 from __future__ import annotations
 
@@ -68,13 +71,21 @@ def python_source(spec: str, options: SourceOptions) -> SourceNet:
     except Exception as exc:
         raise AdvrankError(f"python:{spec}: {factory_name}() raised {type(exc).__name__}: "
                            f"{exc}") from None
+    text = None
+    if isinstance(net, tuple) and len(net) == 2:
+        net, text = net
+        if not isinstance(text, nn.Module):
+            raise AdvrankError(f"python:{spec}: {factory_name}() returned a text encoder of "
+                               f"type {type(text).__name__}, not a torch.nn.Module")
     if not isinstance(net, nn.Module):
         raise AdvrankError(f"python:{spec}: {factory_name}() returned {type(net).__name__}, "
-                           "not a torch.nn.Module")
+                           "not a torch.nn.Module (or a pair: image and text encoders)")
     config = getattr(net, "data_config", None) or getattr(net, "pretrained_cfg", None) or {}
     if not isinstance(config, dict):
         raise AdvrankError(f"python:{spec}: the model's data_config must be a dict")
     keys = ("input_size", "mean", "std", "crop_pct", "interpolation")
+    files = code_files(module, net, set(sys.modules) - before)
+    if text is not None:
+        files.update(code_files(module, text, set()))
     return SourceNet(net, {k: config[k] for k in keys if k in config},
-                     {"factory": spec,
-                      "code_files": code_files(module, net, set(sys.modules) - before)})
+                     {"factory": spec, "code_files": files}, text=text)

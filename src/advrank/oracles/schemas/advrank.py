@@ -12,7 +12,8 @@ from advrank.registry import SCHEMAS
 
 @SCHEMAS.register("advrank", argument="")
 class AdvrankSchema(Schema):
-    """``POST /search?k=K`` with the PNG as the body -> :class:`SearchAnswer`."""
+    """``POST /search?k=K`` with the PNG as the body (or JSON ``{"text": ...}``) ->
+    :class:`SearchAnswer`."""
 
     name = "advrank"
     has_info = True
@@ -22,6 +23,11 @@ class AdvrankSchema(Schema):
     def request(self, picture: bytes, k: int) -> dict[str, Any]:
         return {"method": "POST", "path": "/search", "params": {"k": str(k)},
                 "headers": {"content-type": "image/png"}, "content": picture}
+
+    def text_request(self, text: str, k: int) -> dict[str, Any]:
+        """``POST /search?k=K`` with JSON ``{"text": TEXT}`` (where ``/info.text``)."""
+        return {"method": "POST", "path": "/search", "params": {"k": str(k)},
+                "json": {"text": text}}
 
     def ranks_request(self, picture: bytes, k: int, named: list[int]) -> dict[str, Any]:
         out = self.request(picture, k)

@@ -38,6 +38,10 @@ class Schema:
         """The request for the ranks of ``named`` ids in the top-``k`` list (``ranks``)."""
         raise AdvrankError(f"the {self.name} schema has no rank_of")
 
+    def text_request(self, text: str, k: int) -> dict[str, Any]:
+        """The request of a top-``k`` search for a text query (a search that embeds texts)."""
+        raise AdvrankError(f"the {self.name} schema takes no text queries")
+
     def answer(self, body: bytes, where: str) -> SearchAnswer:
         """A search's answer ``body`` as advrank's ids and scores (one line when it does not
         read: never a traceback)."""
