@@ -34,7 +34,8 @@ BUDGET = [
     (r"^(advrank audit (?!--oracle).*)$", r"\1 --steps 2"),  # an endpoint's audit has no PGD
     (r"--query-budget \d+", "--query-budget 40"),
 ]
-PORTS = ("8765", "8766", "8767")  # the README's service ports; the test serves on free ones
+#: the README's service ports; the test serves on free ones instead
+PORTS = ("8765", "8766", "8767", "8768")
 SKIP = (r"^pip install", r"^python -m pytest", r"^python -m venv", r"^\. \.venv/bin/activate")
 
 

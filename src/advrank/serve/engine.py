@@ -6,6 +6,7 @@ search, for a batch of queries at a time. It knows nothing of HTTP: a bad reques
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from advrank.core.pipeline import get_pipeline
 from advrank.core.target import SearchTarget
 from advrank.data.geometry import Geometry
 from advrank.errors import AdvrankError
+from advrank.models.dual import check_texts, has_text_tower, text_encoder
 from advrank.oracles.wire import (
     API_VERSION,
     DeleteAnswer,
@@ -26,7 +28,7 @@ from advrank.oracles.wire import (
 )
 from advrank.serve.catalog import Catalog
 from advrank.serve.decode import FORMATS, decode_upload
-from advrank.serve.errors import BadRequest, ServiceError, Unprocessable
+from advrank.serve.errors import BadRequest, ServiceError, Unprocessable, Unsupported
 from advrank.serve.forward import Forward
 from advrank.serve.limits import Limits
 from advrank.serve.rwlock import SharedLock
@@ -44,12 +46,14 @@ def target_geometry(target: SearchTarget) -> Geometry:
 
 @dataclass
 class Query:
-    """One decoded search: ``image [C, H, W]``, its ``k`` and the ``named [j]`` ids whose
-    ranks it asks for (None: the top-k ids)."""
+    """One decoded search: ``image [C, H, W]`` (None for a text query), its ``k``, the
+    ``named [j]`` ids whose ranks it asks for (None: the top-k ids) and ``text``, a text
+    query (what a shopper types) for a model with a text tower."""
 
-    image: torch.Tensor
+    image: torch.Tensor | None
     k: int
     named: torch.Tensor | None = None
+    text: str | None = None
 
 
 def public_name(source: str | None) -> str | None:
@@ -83,6 +87,7 @@ class SearchService:
         self.catalog = Catalog(target.gallery.dataset, target.gallery.labels)
         self.forward = Forward(target.model, target.device, self.geometry.input_size,
                                self.limits.max_batch)
+        self.text = has_text_tower(target.model)  # JSON {"text": ...} searches offered
         self.lock = SharedLock()
         self.writable = False  # POST /items and DELETE /items/{id} offered (create_app)
 
@@ -114,6 +119,24 @@ class SearchService:
         if ((named < 0) | (named >= self.index.size)).any():  # ids ever given: [0, id_bound)
             raise BadRequest(f"rank_of ids must lie in [0, {self.index.size - 1}]")
         return named
+
+    def check_text(self, body: bytes) -> str:
+        """A text search's JSON body ``{"text": "..."}`` as its text (one 4xx when the body is
+        not that, or when the model has no text tower)."""
+        if not self.text:
+            raise Unsupported("this service's model has no text tower: search with a picture "
+                              "(image/png or image/jpeg)")
+        try:
+            text = json.loads(body).get("text")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            raise BadRequest('a text search\'s body must be JSON {"text": "..."}') from None
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequest('a text search\'s body must be JSON {"text": "..."} with a '
+                             'non-empty text')
+        try:
+            return check_texts([text])[0]
+        except AdvrankError as exc:
+            raise BadRequest(str(exc)) from None
 
     def decode(self, data: bytes) -> torch.Tensor:
         """An upload's bytes as the model's input ``[C, H, W]``, re-encoded by the service's
@@ -157,7 +180,7 @@ class SearchService:
                                    "picture")] * n
         with self.lock.shared():
             start = time.perf_counter()
-            emb = self.forward(torch.stack([q.image for q in queries]))
+            emb = self._embed(queries)
             self._time("forward", start)
             finite = torch.isfinite(emb).all(1)
             start = time.perf_counter()
@@ -172,6 +195,22 @@ class SearchService:
                     out[r] = self.answer(i, d)
             self._time("search", start)
         return out
+
+    def _embed(self, queries: list[Query]) -> torch.Tensor:
+        """``[n, D]``: the pictures through :class:`Forward`, the texts through the text tower
+        one at a time (so a text's answer is the one it gets alone, whatever its batch)."""
+        texts = [i for i, q in enumerate(queries) if q.image is None]
+        pictures = [i for i, q in enumerate(queries) if q.image is not None]
+        parts, rows = [], []
+        if pictures:
+            parts.append(self.forward(torch.stack([queries[i].image for i in pictures])))
+            rows += pictures
+        if texts:
+            dual = text_encoder(self.target.model)
+            parts += [dual.encode_text([queries[i].text]).float().cpu() for i in texts]
+            rows += texts
+        emb = torch.cat(parts)
+        return emb[torch.tensor(rows).argsort()]
 
     @staticmethod
     def _groups(queries: list[Query], finite: torch.Tensor) -> dict[tuple[int, bool], list]:
@@ -229,6 +268,6 @@ class SearchService:
             metric=t.meta.metric, input_size=list(self.geometry.input_size),
             geometry=self.geometry.describe(), index=index, max_k=self.max_k,
             scores=self.scores, named_ranks=True, items=True, writable=self.writable,
-            pipeline=None if self.pipeline is None else self.pipeline.spec,
+            pipeline=None if self.pipeline is None else self.pipeline.spec, text=self.text,
             feedback=f"top-k ids{' and scores' if self.scores else ''}",
             formats=list(FORMATS), forward=self.forward.describe(), limits=limits)

@@ -17,13 +17,15 @@ from starlette.concurrency import run_in_threadpool
 
 from advrank.oracles.wire import ErrorAnswer, RanksAnswer, SearchAnswer
 from advrank.serve import engine
-from advrank.serve.body import picture_bytes
+from advrank.serve.body import content_type, picture_bytes, read_body
 from advrank.serve.schema import Health, ServiceInfo
 
 router = APIRouter()
 
 #: pictures this small decode on the event loop (a thread hop costs more than the decode)
 INLINE_DECODE_BYTES = 64 * 1024
+#: a text search's JSON body at most (a text is at most 10,000 characters)
+MAX_TEXT_BODY = 64 * 1024
 
 Responses = dict[int | str, dict[str, Any]]
 ERRORS: Responses = {
@@ -32,11 +34,17 @@ ERRORS: Responses = {
     (413, "a body or picture over the limits"), (415, "not a PNG or JPEG"),
     (422, "a picture the model cannot embed"), (503, "the queue is full (see Retry-After)"))}
 
-PICTURE_BODY = {"requestBody": {"required": True, "content": {
+PICTURES: dict[str, Any] = {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}}}}}}}
+        "file": {"type": "string", "format": "binary"}}}}}
+PICTURE_BODY = {"requestBody": {"required": True, "content": PICTURES}}
+#: a search's body: a picture, or a text where the model has a text tower
+SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    **PICTURES,
+    "application/json": {"schema": {"type": "object", "required": ["text"], "properties": {
+        "text": {"type": "string"}}}}}}}
 
 
 def the_service(request: Request) -> engine.SearchService:
@@ -71,15 +79,20 @@ Params = Annotated[tuple[int, torch.Tensor | None], Depends(search_params)]
 
 async def search_query(request: Request, params: Params) -> engine.Query:
     # depends on the parameters: a search with a bad k is refused before its body is read
+    if content_type(request) == "application/json":  # a text query: {"text": "..."}
+        service = the_service(request)
+        body = await read_body(request, min(service.limits.max_body_bytes, MAX_TEXT_BODY))
+        return engine.Query(None, *params, text=service.check_text(body))
     return engine.Query(await decoded_picture(request), *params)
 
 
 @router.post("/search", response_model=SearchAnswer | RanksAnswer, responses=ERRORS,
-             openapi_extra=PICTURE_BODY, summary="search the gallery with a picture")
+             openapi_extra=SEARCH_BODY, summary="search the gallery with a picture or a text")
 async def search(request: Request, query: Annotated[engine.Query, Depends(search_query)]):
     """The top-k items nearest to the picture (raw ``image/png`` or ``image/jpeg`` body, or
-    the multipart field ``file``): ``{"ids", "scores"}`` nearest first, or with ``rank_of``
-    ``{"ranks"}``, where each named id sits in that list (``null`` beyond it)."""
+    the multipart field ``file``) or to the text (JSON ``{"text": ...}``, where ``/info``
+    says ``text``: a model with a text tower): ``{"ids", "scores"}`` nearest first, or with
+    ``rank_of`` ``{"ranks"}``, where each named id sits in that list (``null`` beyond it)."""
     return await request.app.state.batcher.submit(query)
 
 
