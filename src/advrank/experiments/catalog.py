@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advrank.attacks.base import AttackKind
+from advrank.attacks.base import AttackKind, get_attack
 from advrank.attacks.ca import CandidateAttack
 from advrank.attacks.selection import Selection
 from advrank.core.execution import ExecutionPolicy, get_policy
@@ -144,7 +144,7 @@ def check_catalog_kind(kind: AttackKind) -> CandidateAttack:
 
 
 def run_catalog_attack(
-    model, gallery: Gallery, kind: AttackKind, client: CatalogClient, eps: float, k: int,
+    model, gallery: Gallery, kind: AttackKind | str, client: CatalogClient, eps: float, k: int,
     num_attacks: int, seed: int = 0, batch_size: int = 256, threat=None,
     progress: bool | None = None, policy: ExecutionPolicy | None = None,
 ) -> CatalogResult:
@@ -153,14 +153,14 @@ def run_catalog_attack(
     each c~ uploaded through ``client`` and measured by its queries' searches, then deleted
     (see the module). Needs T uploads of the client's budget, refused before any work when
     it has fewer; 3-id searches, w per attack."""
-    kind = check_catalog_kind(kind)
+    kind = check_catalog_kind(get_attack(kind) if isinstance(kind, str) else kind)
     threat = kind.threat_for(check_threat(threat, eps))
     policy = get_policy(policy)
     info = client.read_info()
-    if info.gallery_size != len(gallery) or info.id_bound != len(gallery):
-        raise AdvrankError(f"the service ranks {info.gallery_size} items (ids to "
+    if info.gallery_size != len(gallery) or info.id_bound < len(gallery):
+        raise AdvrankError(f"the service holds {info.gallery_size} items (ids to "
                            f"{info.id_bound - 1}), the local gallery {len(gallery)}: serve the "
-                           "same checkpoint and data, with no items added or removed")
+                           "same checkpoint and data (items added and removed since are fine)")
     spare = client.ledger.budget - client.ledger.used
     if spare < num_attacks:
         raise AdvrankError(f"{num_attacks} attacks upload {num_attacks} pictures; the upload "
