@@ -26,6 +26,7 @@ declared pipeline, for queries and c~ alike) and ``endpoint`` (read from the ser
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -143,16 +144,32 @@ def check_catalog_kind(kind: AttackKind) -> CandidateAttack:
     return kind
 
 
+def white_box_batches(model, gallery: Gallery, kind: AttackKind, threat, k: int,
+                      num_attacks: int, seed: int = 0, batch_size: int = 256,
+                      progress: bool | None = None, policy: ExecutionPolicy | None = None,
+                      ) -> Iterator[tuple[Selection, torch.Tensor]]:
+    """The lab's white-box attacks (the §4 selection, PGD on float pixels, as
+    :func:`~advrank.experiments.protocol.run_attack` runs them): ``(part, c~ [B, C, H, W])``
+    batch by batch."""
+    policy = get_policy(policy)
+    selection = kind.select(gallery, k, num_attacks, seed)
+    plan = plan_for(model, gallery, kind, k, batch_size, selection, policy)
+    return attack_batches(model, gallery, kind, threat, selection, seed, batch_size, progress,
+                          f"{kind.name} (lab, for the catalog)", policy, k, plan)
+
+
 def run_catalog_attack(
     model, gallery: Gallery, kind: AttackKind | str, client: CatalogClient, eps: float, k: int,
     num_attacks: int, seed: int = 0, batch_size: int = 256, threat=None,
     progress: bool | None = None, policy: ExecutionPolicy | None = None,
+    batches: Iterable[tuple[Selection, torch.Tensor]] | None = None,
 ) -> CatalogResult:
     """T = ``num_attacks`` white-box CA± attacks (``kind``, w = ``k`` queries each, at
     ``eps``) on the local ``model`` over ``gallery`` (the service's own collection: same ids),
     each c~ uploaded through ``client`` and measured by its queries' searches, then deleted
     (see the module). Needs T uploads of the client's budget, refused before any work when
-    it has fewer; 3-id searches, w per attack."""
+    it has fewer; 3-id searches, w per attack. ``batches``: the lab's ``(part, c~)`` made
+    once by :func:`white_box_batches` (the same images through several services)."""
     kind = check_catalog_kind(get_attack(kind) if isinstance(kind, str) else kind)
     threat = kind.threat_for(check_threat(threat, eps))
     policy = get_policy(policy)
@@ -165,13 +182,12 @@ def run_catalog_attack(
     if spare < num_attacks:
         raise AdvrankError(f"{num_attacks} attacks upload {num_attacks} pictures; the upload "
                            f"budget leaves {spare}")
-    selection = kind.select(gallery, k, num_attacks, seed)
     reader = EndpointReader(client, len(gallery))
-    plan = plan_for(model, gallery, kind, k, batch_size, selection, policy)
     t0, log, searches0 = time.time(), RankLog(), client.searches
-    for part, adv in attack_batches(model, gallery, kind, threat, selection, seed, batch_size,
-                                    progress, f"{kind.name} through the catalog", policy, k,
-                                    plan):
+    if batches is None:
+        batches = white_box_batches(model, gallery, kind, threat, k, num_attacks, seed,
+                                    batch_size, progress, policy)
+    for part, adv in batches:
         with torch.no_grad():
             clean = kind.measure(gallery, part, gallery.embeddings[part.anchors])
             attacked = kind.measure(gallery, part, embed_images(model, adv))
