@@ -101,6 +101,8 @@ def test_the_attack_command_refuses_the_catalog_where_it_does_not_apply(
               str(token)], "--catalog runs CA+ or CA-"),
             (["--attack", "CA+", "--token-file", str(token)], "--catalog needs --oracle"),
             (["--attack", "CA+", "--oracle", "http://127.0.0.1:9"], "--token-file"),
+            (["--attack", "CA+", "--oracle", "http://127.0.0.1:9", "--token", "abcdefgh1",
+              "--pipeline", "png"], "--pipeline do not apply to --catalog"),
             (["--attack", "CA+", "--oracle", "local", "--token-file", str(token)],
              "http://HOST:PORT")):
         one_error_line(*cli(["attack", "--checkpoint", ckpt, "--eps", "0.3", "--quiet",
@@ -120,3 +122,11 @@ def test_the_attack_command_runs_through_the_catalog(cli, tmp_path, service, tra
     s = json.loads(out)
     assert s["catalog"]["uploads_used"] == 2 and s["catalog"]["held_after"] == []
     assert "endpoint_after" in s and TOKEN not in out + err
+    status, out, err = cli(["attack", "--checkpoint", str(trained_digits(16)), "--attack",
+                            "CA-", "--eps", "0.3", "--num-attacks", "1", "--steps", "2",
+                            "--catalog", "--oracle", service, "--token", TOKEN, "--json",
+                            "--quiet"])
+    assert status == 0, err
+    s = json.loads(out)
+    assert s["attack"] == "CA-" and "--token <token>" in s["command"]
+    assert TOKEN not in out + err and s["catalog"]["held_after"] == []

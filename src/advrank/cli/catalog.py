@@ -18,9 +18,12 @@ def add_catalog_options(p) -> None:
                         "(POST /items: its decode, pipeline, embedding and index insertion) "
                         "and read its rank from its queries' searches, beside the lab's; the "
                         "uploads are deleted afterwards")
-    g.add_argument("--token-file", type=path_value, default=None, metavar="FILE",
-                   help="a file holding the bearer token of the service's writes (never "
-                        "printed nor recorded)")
+    who = g.add_mutually_exclusive_group()
+    who.add_argument("--token-file", type=path_value, default=None, metavar="FILE",
+                     help="a file holding the bearer token of the service's writes (never "
+                          "printed nor recorded)")
+    who.add_argument("--token", default=None, metavar="TOKEN",
+                     help="the bearer token itself (a file keeps it out of the process list)")
 
 
 def _given(args, flags: dict) -> list[str]:
@@ -32,8 +35,9 @@ def check_catalog_args(args, kind) -> None:
     from advrank.attacks.ca import CandidateAttack
 
     if not args.catalog:
-        if args.token_file is not None:
-            raise AdvrankError("--token-file is for --catalog (uploads to a writable service)")
+        given = _given(args, {"--token-file": args.token_file, "--token": args.token})
+        if given:
+            raise AdvrankError(f"{given[0]} is for --catalog (uploads to a writable service)")
         return
     if not isinstance(kind, CandidateAttack):
         raise AdvrankError(f"--catalog runs CA+ or CA- (a candidate a seller uploads), not "
@@ -41,9 +45,9 @@ def check_catalog_args(args, kind) -> None:
     if args.oracle is None:
         raise AdvrankError("--catalog needs --oracle http://HOST:PORT (a service started with "
                            "--writable --token)")
-    if args.token_file is None:
-        raise AdvrankError("--catalog needs --token-file FILE (the bearer token of the "
-                           "service's writes)")
+    if args.token_file is None and not args.token:
+        raise AdvrankError("--catalog needs --token-file FILE or --token TOKEN (the bearer "
+                           "token of the service's writes)")
     from advrank.oracles import split_oracle_spec
 
     if split_oracle_spec(args.oracle)[0] not in ("http", "https"):
@@ -87,7 +91,7 @@ def cmd_catalog_attack(args, kind, k: int) -> None:
     from advrank.oracles.http import HttpOracle
     from advrank.reports.tables import format_attack
 
-    token = read_token(args.token_file)
+    token = args.token if args.token_file is None else read_token(args.token_file)
     threat, policy = upload_threat(args, args.eps), policy_from_args(args)
     preflight(args.oracle)
     target = load_target_from_args(
@@ -106,7 +110,9 @@ def cmd_catalog_attack(args, kind, k: int) -> None:
         oracle.close()
     s = result.summary()
     cat = s["catalog"]
-    emit(args, {**s, **target.record(args.seed)},
+    record = target.record(args.seed)  # the command line, with --token's value hidden
+    record["command"] = record["command"].replace(token, "<token>")
+    emit(args, {**s, **record},
          f"{format_attack(s)}\nthrough the catalog: {cat['uploads_used']} uploads (deleted "
          f"afterwards: {cat['deletions']}), {cat['searches_used']} searches read by "
          f"{cat['read_by']}, pipeline {cat['pipeline'] or 'none'}; the clean candidate "
