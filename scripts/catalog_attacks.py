@@ -91,7 +91,8 @@ def through(args, target, kind, threat, batches, index: str, pipeline: str) -> d
             **{key: s[key] for key in s if key.startswith(FIGURES)},
             **{key: cat[key] for key in ("uploads_used", "deletions", "searches_used",
                                          "uploaded_ids", "held_after", "read_by",
-                                         "censored_at", "clean_candidate", "service")},
+                                         "censored_at", "not_returned", "clean_candidate",
+                                         "service")},
             "seconds": time.time() - t0}
 
 
@@ -107,11 +108,16 @@ def markdown(rows: list[dict], args) -> str:
              "the upload as the service decodes it, and the one read from the service's "
              "answers after ingestion (rank_of, every depth; the clean candidate kept, c~ "
              "read as replacing it). Every upload deleted afterwards.", "",
+             "An approximate index may not return an item at any depth: such readings "
+             "count as the last place (censored); 'not returned' counts them (c before / c~ "
+             "after, of T·w readings).", "",
              "| index | pipeline | lab rank % | lab rank of the upload % | endpoint rank % "
-             "| uploads | searches |", "|---|---|---|---|---|---|---|"]
+             "| not returned | uploads | searches |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['index']} | {r['pipeline']} | {_pm(r, 'rank')} | "
-                     f"{_pm(r, 'rank_seen')} | {_pm(r, 'endpoint')} | {r['uploads_used']} | "
+                     f"{_pm(r, 'rank_seen')} | {_pm(r, 'endpoint')} | "
+                     f"{r['not_returned']['before']} / {r['not_returned']['after']} | "
+                     f"{r['uploads_used']} | "
                      f"{r['searches_used']} |")
     return "\n".join(lines) + "\n"
 

@@ -62,14 +62,21 @@ class CatalogResult(AttackResult):
 class EndpointReader:
     """Reads where an upload lands for its queries: ``rank_of`` at the service's ``max_k``
     when it offers it, its top-``max_k`` list otherwise (positions beyond it read as
-    ``max_k``: censored, said so)."""
+    ``max_k``: censored, said so). An approximate index (HNSW, IVF) may not return an item at
+    any depth: such readings are censored too, and counted in ``not_returned`` (c before,
+    c~ after)."""
 
     def __init__(self, client: CatalogClient, n: int):
         info = client.info
         self.client, self.n = client, n
         self.depth = info.max_k
         self.named = bool(info.named_ranks)
-        self.censored_at = None if self.depth >= n else self.depth
+        kind = str((info.index or {}).get("index", "exact"))
+        # an approximate index's answer may leave members out at any depth: what it does not
+        # return is read at the depth (censored), and counted
+        self.exact = kind in ("exact", "flat")
+        self.censored_at = None if self.depth >= n and self.exact else self.depth
+        self.not_returned = {"before": 0, "after": 0}
 
     def places(self, query: torch.Tensor, ids: list[int]) -> list[int | None]:
         """Where each of ``ids`` sits in the answer to ``query [C, H, W]`` (None: beyond)."""
@@ -83,6 +90,8 @@ class EndpointReader:
         c left out), as the lab counts them."""
         places = self.places(query, [new, q, c])
         at = [self.depth if p is None else p for p in places]
+        self.not_returned["after"] += places[0] is None
+        self.not_returned["before"] += places[2] is None
 
         def ahead(i: int) -> int:
             return at[i] - sum(1 for j in range(3) if j != i and places[j] is not None
@@ -201,7 +210,8 @@ def run_catalog_attack(
         "service": describe(client.read_info()), "index": info.index,
         "pipeline": info.pipeline, "clean_candidate": "kept (c~ read as replacing it)",
         "read_by": "rank_of" if reader.named else "top-k", "depth": reader.depth,
-        "censored_at": reader.censored_at, "uploads_used": client.ledger.used,
+        "censored_at": reader.censored_at, "not_returned": reader.not_returned,
+        "uploads_used": client.ledger.used,
         "upload_budget": client.ledger.budget, "deletions": len(client.deleted),
         "searches_used": client.searches - searches0, "uploaded_ids": list(client.uploaded),
         "held_after": client.held}
