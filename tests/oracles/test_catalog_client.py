@@ -114,3 +114,17 @@ def test_a_service_that_is_not_writable_is_refused(serve, trained_digits):
                 CatalogClient(oracle, TOKEN, 1)
         finally:
             oracle.close()
+
+
+def test_ctrl_c_still_removes_the_uploads(service, gallery):
+    oracle, catalog = client(service, budget=3)
+    try:
+        size = catalog.read_info().gallery_size
+        with pytest.raises(KeyboardInterrupt), catalog:
+            catalog.upload(pictures(gallery, [5])[0])
+            catalog.upload(pictures(gallery, [6])[0])
+            raise KeyboardInterrupt
+        assert len(catalog.uploaded) == 2 and catalog.held == []
+        assert catalog.read_info().gallery_size == size
+    finally:
+        oracle.close()
