@@ -130,3 +130,30 @@ def test_the_attack_command_runs_through_the_catalog(cli, tmp_path, service, tra
     s = json.loads(out)
     assert s["attack"] == "CA-" and "--token <token>" in s["command"]
     assert TOKEN not in out + err and s["catalog"]["held_after"] == []
+
+
+def test_query_only_ca_through_uploads_keeps_both_budgets(service, target):
+    from advrank.experiments.catalog_query import run_catalog_query_attack
+    from advrank.oracles.catalog import CatalogClient
+    from advrank.oracles.http import HttpOracle
+
+    oracle = HttpOracle(service, "topk:1")
+    oracle.check_service()
+    fixed = target.gallery.images(torch.tensor([11]))[0]
+    try:
+        catalog = CatalogClient(oracle, TOKEN, 2 * 5)
+        answer0, size0 = catalog.top(fixed, 50), catalog.read_info().gallery_size
+        with catalog:
+            r = run_catalog_query_attack(target.model, target.gallery, "CA+", catalog, 0.3, 2,
+                                         2, uploads=5, searches=6, seed=1)
+        cat = r.extra["catalog"]
+        # searches bind first: the first read and two more (w = 2 searches each)
+        assert cat["uploads_used"] == [3, 3] and cat["searches_used"] == [6, 6]
+        assert catalog.searches == 12 + 1 and catalog.ledger.used == 6
+        assert cat["held_after"] == [] and len(cat["uploaded_ids"]) == 6
+        for before, after in zip(r.before["endpoint"], r.after["endpoint"], strict=True):
+            assert after <= before + 1e-9  # the best so far, the clean photo included
+        assert catalog.top(fixed, 50) == answer0
+        assert catalog.read_info().gallery_size == size0
+    finally:
+        oracle.close()
