@@ -6,6 +6,9 @@ every depth) beside the lab's rank before/after.
 
     python scripts/catalog_attacks.py --out results/catalog-mnist
 
+``--query-attacks T``: also query-only CA± through uploads on each service (at most
+``--query-uploads`` uploads and ``--query-searches`` searches per attack, budgeted apart).
+
 Service configurations: ``--pipelines`` (default png, jpeg:75) x ``--indexes`` (default
 flat, hnsw). The T attacks run once in the lab; the same c~ go through every configuration
 (one upload each, deleted once its queries have searched: every service is left as it was
@@ -40,6 +43,12 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="PGD steps (default: the paper's)")
     p.add_argument("--pipelines", default="png,jpeg:75")
     p.add_argument("--indexes", default="flat,hnsw")
+    p.add_argument("--query-attacks", type=int, default=0,
+                   help="also run this many query-only attacks through uploads per "
+                        "configuration (0: none)")
+    p.add_argument("--query-uploads", type=int, default=50, help="uploads per query-only attack")
+    p.add_argument("--query-searches", type=int, default=2000,
+                   help="searches per query-only attack")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=100)
@@ -82,6 +91,7 @@ def through(args, target, kind, threat, batches, index: str, pipeline: str) -> d
                 r = run_catalog_attack(target.model, target.gallery, kind, client, args.eps,
                                        args.w, args.num_attacks, args.seed, threat=threat,
                                        progress=False, batches=batches)
+            query = query_only(args, target, kind, oracle, token)
         finally:
             oracle.close()
     s = r.summary()
@@ -93,7 +103,26 @@ def through(args, target, kind, threat, batches, index: str, pipeline: str) -> d
                                          "uploaded_ids", "held_after", "read_by",
                                          "censored_at", "not_returned", "clean_candidate",
                                          "service")},
-            "seconds": time.time() - t0}
+            **query, "seconds": time.time() - t0}
+
+
+def query_only(args, target, kind, oracle, token: str) -> dict:
+    """The query-only attacks through uploads on the same service (``query:`` figures)."""
+    if args.query_attacks <= 0:
+        return {}
+    from advrank.experiments.catalog_query import run_catalog_query_attack
+    from advrank.oracles.catalog import CatalogClient
+
+    with CatalogClient(oracle, token, args.query_uploads * args.query_attacks) as client:
+        r = run_catalog_query_attack(target.model, target.gallery, kind, client, args.eps,
+                                     args.w, args.query_attacks, args.query_uploads,
+                                     args.query_searches, args.seed)
+    s = r.summary()
+    cat = s["catalog"]
+    return {**{f"query:{key}": s[key] for key in s if key.startswith(("rank", "endpoint"))},
+            "query:uploads_used": cat["uploads_used"],
+            "query:searches_used": cat["searches_used"],
+            "query:held_after": cat["held_after"], "query:not_returned": cat["not_returned"]}
 
 
 def _pm(r: dict, key: str) -> str:
@@ -119,6 +148,17 @@ def markdown(rows: list[dict], args) -> str:
                      f"{r['not_returned']['before']} / {r['not_returned']['after']} | "
                      f"{r['uploads_used']} | "
                      f"{r['searches_used']} |")
+    if rows and "query:endpoint_after" in rows[0]:
+        lines += ["", f"Query-only {args.attack} through uploads: T = {args.query_attacks}, "
+                  f"at most {args.query_uploads} uploads and {args.query_searches} searches "
+                  "per attack (a square random search on the 8-bit grid; no gradient); the "
+                  "lab's rank of its final image beside the endpoint's.", "",
+                  "| index | pipeline | endpoint rank % | lab rank of the final image % | "
+                  "uploads (max) | searches (max) |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['index']} | {r['pipeline']} | {_pm(r, 'query:endpoint')} | "
+                         f"{_pm(r, 'query:rank')} | {max(r['query:uploads_used'])} | "
+                         f"{max(r['query:searches_used'])} |")
     return "\n".join(lines) + "\n"
 
 

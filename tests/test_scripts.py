@@ -276,7 +276,8 @@ def test_catalog_attacks_script_reads_ranks_after_ingestion(tmp_path, monkeypatc
     spec.loader.exec_module(script)
     out = tmp_path / "out"
     assert script.main(["--checkpoint", str(trained_digits(16)), "--out", str(out),
-                        "--num-attacks", "3", "--steps", "4", "--seed", "1"]) == 0
+                        "--num-attacks", "3", "--steps", "4", "--seed", "1",
+                        "--query-attacks", "2", "--query-uploads", "3"]) == 0
     record = json.loads((out / "results.json").read_text())
     assert {"command", "seed", "commit", "hardware"} <= set(record) and record["seed"] == 1
     rows = record["rows"]
@@ -286,7 +287,9 @@ def test_catalog_attacks_script_reads_ranks_after_ingestion(tmp_path, monkeypatc
         assert r["uploads_used"] == 3 and r["deletions"] == 3 and r["held_after"] == []
         assert r["rank_after"] == rows[0]["rank_after"]  # the same lab images everywhere
         assert 0 <= r["endpoint_after"] <= 100
+        assert r["query:uploads_used"] == [3, 3] and r["query:held_after"] == []
     flat_png = rows[0]
     assert flat_png["endpoint_after"] == pytest.approx(flat_png["rank_seen_after"], abs=0.2)
     assert "token" not in json.dumps(record["settings"])
     assert "| flat | png |" in (out / "results.md").read_text()
+    assert "Query-only CA+ through uploads" in (out / "results.md").read_text()
