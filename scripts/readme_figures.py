@@ -35,9 +35,8 @@ PHRASES = {
     "tests": "{collected:,} tests",
     "suite": "the whole suite took {duration}",
 }
-#: README's set-up commands, as .ci/run runs them after the CPU build of torch
-INSTALL = ('pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu && '
-           'pip install -e ".[test]"')
+#: README's set-up command (the second of its two commands), as .ci/run runs it
+INSTALL = 'pip install -e ".[test]"'
 
 
 def duration(seconds: float) -> str:

@@ -70,6 +70,10 @@ def run(argv_or_cmd, cwd: Path) -> None:
 def test_readme_has_the_blocks_this_test_expects():
     assert len(blocks("bash")) >= 2 and len(blocks("python")) >= 2
     assert any("advrank demo" in b for b in blocks("bash"))
+    # the quick look, which test_bash_blocks_run runs on a folder of 20 pictures
+    quick = [c for b in blocks("bash") for c in commands(b) if " --quick" in c]
+    assert quick and all(c.startswith("advrank audit ") and "imagefolder:photos" in c
+                         and "--num-attacks" not in c for c in quick)
 
 
 def make_inputs(command: str, cwd: Path, image_folder: Path) -> None:
@@ -116,14 +120,20 @@ def curl(argv: list[str]) -> list[str]:
     return [argv[0], "--fail", "--silent", "--show-error", *argv[1:]]
 
 
-def test_bash_blocks_run(tmp_path, image_folder):
+def test_bash_blocks_run(tmp_path, image_folder, small_image_folder):
+    """Every command of every block, in one folder; the quick look (``--quick``) in a folder
+    of its own whose pictures are 20 (the smallest collection it must fit)."""
     ports, services = {p: free_port() for p in PORTS}, []
+    small = tmp_path / "small"
+    small.mkdir()
     try:
         for block in blocks("bash"):
             for command in commands(block):
                 if any(re.match(p, command) for p in SKIP):
                     continue
-                make_inputs(command, tmp_path, image_folder)
+                quick = " --quick" in command
+                cwd = small if quick else tmp_path
+                make_inputs(command, cwd, small_image_folder if quick else image_folder)
                 background = command.endswith("&")
                 line = budget(command.rstrip("& "))
                 for readme_port, port in ports.items():
@@ -138,9 +148,9 @@ def test_bash_blocks_run(tmp_path, image_folder):
                 assert argv[0] == "advrank", f"unexpected README command: {command}"
                 argv = [sys.executable, "-m", "advrank", *argv[1:]]
                 if background:
-                    services.append(start_service(argv, tmp_path))
+                    services.append(start_service(argv, cwd))
                 else:
-                    run(argv, tmp_path)
+                    run(argv, cwd)
     finally:
         for proc in services:
             proc.send_signal(signal.SIGTERM)

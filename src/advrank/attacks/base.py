@@ -318,19 +318,22 @@ def topk_positions(ids: torch.Tensor, targets: torch.Tensor, exclude: torch.Tens
 def check_query_only(kind: AttackKind) -> AttackKind:
     """Refuse a kind without a query-only form (one that needs gradients) for an oracle."""
     if not kind.query_only:
-        names = [n for n in ATTACKS.names() if ATTACKS.get(n).query_only]
         raise AdvrankError(f"{kind.name} has no query-only form (it needs gradients); "
-                           f"query-only attacks: {', '.join(names)}")
+                           f"query-only attacks: {kinds_with('query_only')}")
     return kind
 
 
 def check_text_queries(kind: AttackKind) -> AttackKind:
     """Refuse a kind whose queries cannot be texts (one that perturbs the query itself)."""
     if not kind.text_queries:
-        names = [n for n in ATTACKS.names() if ATTACKS.get(n).text_queries]
         raise AdvrankError(f"{kind.name} perturbs picture queries; text queries go with the "
-                           f"candidate attacks ({', '.join(names)})")
+                           f"candidate attacks ({kinds_with('text_queries')})")
     return kind
+
+
+def kinds_with(flag: str) -> str:
+    """The registered kinds whose class attribute ``flag`` is true, comma-separated."""
+    return ", ".join(n for n in ATTACKS.names() if getattr(ATTACKS.get(n), flag))
 
 
 def check_ranked(kind: AttackKind, what: str) -> AttackKind:

@@ -11,20 +11,14 @@ published results before the sweep used.
 
 from __future__ import annotations
 
-import torch
-
-from advrank.attacks.query.base import (
-    QueryOptimizer,
-    antithetic_gradient,
-    check_population,
-    noise,
-)
-from advrank.attacks.query.schedule import Moments, check_beta, check_lengths, length
+from advrank.attacks.query.antithetic import AntitheticOptimizer
+from advrank.attacks.query.base import check_population
+from advrank.attacks.query.schedule import Moments, check_beta, check_lengths
 from advrank.registry import OPTIMIZERS
 
 
 @OPTIMIZERS.register("nes")
-class NES(QueryOptimizer):
+class NES(AntitheticOptimizer):
     """``population`` (even: population / 2 antithetic pairs); the search radius ``sigma``
     and the sign-step length ``lr`` (pixels; None: ``*_scale`` of eps, at least ``*_floor``
     8-bit levels, halved every ``half_life`` queries when set); ``momentum`` (the decay of the
@@ -32,6 +26,7 @@ class NES(QueryOptimizer):
     ``stop`` (end an attack once its goal is visible)."""
 
     name = "nes"
+    radius = "sigma"
     params = {"population": 20, "sigma": None, "lr": None,
               "sigma_scale": 0.25, "sigma_floor": 4.0, "lr_scale": 0.1, "lr_floor": 2.0,
               "momentum": 0.5, "half_life": None, "stop": True}
@@ -46,24 +41,8 @@ class NES(QueryOptimizer):
         options["momentum"] = check_beta(options["momentum"], "NES momentum")
         return options
 
-    def _length(self, name: str, eps: float, spent: int) -> float:
-        o = self.options
-        return length(o[name], eps, o[f"{name}_scale"], o[f"{name}_floor"], o["half_life"],
-                      spent)
+    def moments(self, x):
+        return Moments(x, self.options["momentum"])
 
-    def run(self, objective, ball, start=None, generator=None):
-        best = self.start(objective, ball, start)
-        x = best.x.clone()
-        p = self.options["population"]
-        moments, spent = Moments(x, self.options["momentum"]), 0
-        while True:
-            active = objective.affords(p)
-            if not active.any():
-                return best.x, best.value
-            sigma, lr = self._length("sigma", ball.eps, spent), self._length("lr", ball.eps,
-                                                                             spent)
-            u = noise((x.shape[0], p // 2, *x.shape[1:]), generator, x.device)
-            g, done = antithetic_gradient(objective, ball, x, u, sigma, active, best)
-            step = ball.clip(x - lr * moments.momentum(g, done).sign())
-            x = torch.where(done.to(x.device).view(-1, *([1] * (x.dim() - 1))), step, x)
-            spent += p
+    def direction(self, moments, g, done):
+        return moments.momentum(g, done).sign()

@@ -33,6 +33,13 @@ def length(value: float | None, eps: float, scale: float, floor: float,
     return max(scale * eps * decay, floor * LEVEL)
 
 
+def option_length(options: dict, name: str, eps: float, spent: int) -> float:
+    """:func:`length` of the option ``name`` of an optimiser's ``options`` (its value, its
+    ``NAME_scale`` and ``NAME_floor``, the shared ``half_life``) after ``spent`` queries."""
+    return length(options[name], eps, options[f"{name}_scale"], options[f"{name}_floor"],
+                  options["half_life"], spent)
+
+
 def check_lengths(options: dict[str, Any], names: tuple[str, ...], owner: str) -> None:
     """Check in place, for each ``name`` of ``names``: ``name`` (None or a length in (0, 1]
     pixels), ``name_scale`` (a fraction of eps in (0, 4]) and ``name_floor`` (8-bit levels in

@@ -9,26 +9,21 @@ with a floor in 8-bit levels); the defaults come from the sweep in results/query
 
 from __future__ import annotations
 
-import torch
-
-from advrank.attacks.query.base import (
-    QueryOptimizer,
-    antithetic_gradient,
-    check_population,
-    noise,
-)
-from advrank.attacks.query.schedule import Moments, check_beta, check_lengths, length
+from advrank.attacks.query.antithetic import AntitheticOptimizer
+from advrank.attacks.query.base import check_population
+from advrank.attacks.query.schedule import Moments, check_beta, check_lengths
 from advrank.registry import OPTIMIZERS
 
 
 @OPTIMIZERS.register("spsa")
-class SPSA(QueryOptimizer):
+class SPSA(AntitheticOptimizer):
     """``population`` (even), ``delta`` (the perturbation size) and ``lr`` (Adam's step
     length), each in pixels or None (``*_scale`` of eps, at least ``*_floor`` 8-bit levels,
     halved every ``half_life`` queries when set), ``beta1``/``beta2`` (Adam's moment decays),
     ``stop`` (end an attack once its goal is visible)."""
 
     name = "spsa"
+    radius, noise_kind = "delta", "rademacher"
     params = {"population": 20, "delta": None, "lr": None,
               "delta_scale": 0.25, "delta_floor": 8.0, "lr_scale": 0.1, "lr_floor": 2.0,
               "beta1": 0.9, "beta2": 0.999, "half_life": None, "stop": True}
@@ -45,26 +40,8 @@ class SPSA(QueryOptimizer):
             options[key] = check_beta(options[key], f"SPSA {key}")
         return options
 
-    def _length(self, name: str, eps: float, spent: int) -> float:
-        o = self.options
-        return length(o[name], eps, o[f"{name}_scale"], o[f"{name}_floor"], o["half_life"],
-                      spent)
+    def moments(self, x):
+        return Moments(x, self.options["beta1"], self.options["beta2"])
 
-    def run(self, objective, ball, start=None, generator=None):
-        best = self.start(objective, ball, start)
-        x = best.x.clone()
-        o = self.options
-        p, spent = o["population"], 0
-        moments = Moments(x, o["beta1"], o["beta2"])
-        while True:
-            active = objective.affords(p)
-            if not active.any():
-                return best.x, best.value
-            delta, lr = self._length("delta", ball.eps, spent), self._length("lr", ball.eps,
-                                                                             spent)
-            u = noise((x.shape[0], p // 2, *x.shape[1:]), generator, x.device, "rademacher")
-            g, done = antithetic_gradient(objective, ball, x, u, delta, active, best)
-            step = moments.adam(g, done)
-            keep = done.to(x.device).view(-1, *([1] * (x.dim() - 1)))
-            x = torch.where(keep, ball.clip(x - lr * step), x)
-            spent += p
+    def direction(self, moments, g, done):
+        return moments.adam(g, done)
