@@ -258,3 +258,38 @@ def test_text_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch):
     assert all(0 <= c["rank_after"] <= 100 for c in record["cells"])
     table = (out / "results.md").read_text()
     assert table.count("| 8/255 |") == 1 and "text CA+ rank" in table
+
+
+def test_catalog_attacks_script_reads_ranks_after_ingestion(tmp_path, monkeypatch,
+                                                           trained_digits):
+    """scripts/catalog_attacks.py at tiny size: the lab's CA+ images through `advrank serve
+    --writable` (started by the script) under two pipelines and two indexes, one row each
+    with the lab's and the endpoint's ranks, every upload deleted, the record written."""
+    import importlib.util
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("faiss")
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("catalog_attacks",
+                                                  REPO / "scripts" / "catalog_attacks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    assert script.main(["--checkpoint", str(trained_digits(16)), "--out", str(out),
+                        "--num-attacks", "3", "--steps", "4", "--seed", "1",
+                        "--query-attacks", "2", "--query-uploads", "3"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert {"command", "seed", "commit", "hardware"} <= set(record) and record["seed"] == 1
+    rows = record["rows"]
+    assert [(r["index"], r["pipeline"]) for r in rows] == [
+        ("flat", "png"), ("flat", "jpeg:75"), ("hnsw", "png"), ("hnsw", "jpeg:75")]
+    for r in rows:
+        assert r["uploads_used"] == 3 and r["deletions"] == 3 and r["held_after"] == []
+        assert r["rank_after"] == rows[0]["rank_after"]  # the same lab images everywhere
+        assert 0 <= r["endpoint_after"] <= 100
+        assert r["query:uploads_used"] == [3, 3] and r["query:held_after"] == []
+    flat_png = rows[0]
+    assert flat_png["endpoint_after"] == pytest.approx(flat_png["rank_seen_after"], abs=0.2)
+    assert "token" not in json.dumps(record["settings"])
+    assert "| flat | png |" in (out / "results.md").read_text()
+    assert "Query-only CA+ through uploads" in (out / "results.md").read_text()

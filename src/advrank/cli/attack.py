@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from advrank.cli.catalog import add_catalog_options, check_catalog_args, cmd_catalog_attack
 from advrank.cli.declare import (
     index_from_args,
     kind_options,
@@ -153,6 +154,9 @@ def cmd_attack(args) -> None:
     k = resolve_size(args, [args.attack])
     kind = get_attack(args.attack, **kind_options(args))  # options checked before any work
     check_text_queries(args.queries, [args.attack])
+    check_catalog_args(args, kind)
+    if args.catalog:
+        return cmd_catalog_attack(args, kind, k)
     query = query_settings(args)
     if query is not None:
         return cmd_query_attack(args, kind, k, query)
@@ -234,6 +238,7 @@ def _attack_options(p) -> None:
     add_query_options(p)
     add_pipeline(p)
     add_queries(p)
+    add_catalog_options(p)
 
 
 def _grid_options(p) -> None:

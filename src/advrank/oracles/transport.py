@@ -102,7 +102,7 @@ class Transport:
     async def fetch(self, method: str, path: str, cap: int,
                     resend: Callable[[], bool] | None = None,
                     count: Callable[[], None] | None = None, **kwargs: Any) -> bytes | None:
-        """The body of the endpoint's 200 answer to one request (``kwargs``: httpx's
+        """The body of the endpoint's 2xx answer to one request (``kwargs``: httpx's
         ``content``, ``params``, ``headers``), at most ``cap`` bytes; None when it was lost
         (a resend the ledger refused). ``count()`` is called once per send that may have
         reached the endpoint."""
@@ -139,7 +139,7 @@ class Transport:
                 raise AdvrankError(f"cannot reach the search service at {self.url}: "
                                    f"{type(exc).__name__}: {one_line(str(exc), 120)}") from None
             self._counted(count)
-            if status == 200:
+            if 200 <= status < 300:  # 201 Created: a catalog upload's answer
                 return body
             if status not in BUSY:
                 raise AdvrankError(self._refusal(status, headers, body, where))
