@@ -76,6 +76,26 @@ def test_readme_has_the_blocks_this_test_expects():
                          and "--num-attacks" not in c for c in quick)
 
 
+def test_measured_figures_are_the_files():
+    """README's measured figures (demo, install, tests, suite) are the phrases
+    scripts/readme_figures.py renders from results/readme-figures.json, where each has its
+    date, commit, machine and command."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "readme_figures", README.parent / "scripts" / "readme_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = json.loads((README.parent / "results" / "readme-figures.json").read_text())
+    figures = figures["figures"]
+    assert set(figures) == set(module.PHRASES)
+    text = " ".join(README.read_text().split())
+    for name, phrase in module.phrases(figures).items():
+        assert phrase in text, f"README does not say {phrase!r} ({name})"
+        assert all(figures[name].get(k) for k in ("date", "commit", "machine", "command"))
+
+
 def make_inputs(command: str, cwd: Path, image_folder: Path) -> None:
     """What a README command names but a new user would bring: their pictures (a generated
     folder), their text queries (one per class of that folder) and their model's weights
