@@ -18,6 +18,18 @@ from advrank.cli import build_parser
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_script(name: str, monkeypatch):
+    """``scripts/NAME.py`` as a module, with scripts/ on the path (as `python scripts/...`
+    finds its own helpers)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def dry_run(script: str, *args: str, **env: str) -> list[str]:
     done = subprocess.run(["bash", str(REPO / "scripts" / script), "--dry-run", *args],
                           capture_output=True, text=True, env={**os.environ, **env},
@@ -96,18 +108,13 @@ def test_order_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch,
     """scripts/order_attacks.py on a tiny digits model: one row per attack and budget (and
     the white-box ceiling), the record (command, seed, commit, hardware), advorder's curve;
     ``http``: through `advrank serve` started (and stopped) by the script on loopback."""
-    import importlib.util
 
     from advrank.training import TrainConfig, train
 
     ckpt = tmp_path / "digits.pt"
     train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), ckpt,
           progress=False)
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # as `python scripts/...` finds its own
-    spec = importlib.util.spec_from_file_location("order_attacks",
-                                                  REPO / "scripts" / "order_attacks.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("order_attacks", monkeypatch)
     out = tmp_path / "out"
     assert script.main(["--checkpoint", str(ckpt), "--out", str(out), "--num-attacks", "4",
                         "--budgets", "41,21", "--k", "3", "--seed", "5",
@@ -128,18 +135,13 @@ def test_query_sweep_script_writes_cells_tables_and_resumes(tmp_path, monkeypatc
     """scripts/query_sweep.py on a tiny digits model: one cell per (kind, eps, configuration)
     with a figure per budget (a budget-following optimiser run once per budget), the record,
     the tables; a second run finds every cell done and runs nothing."""
-    import importlib.util
 
     from advrank.training import TrainConfig, train
 
     ckpt = tmp_path / "digits.pt"
     train(TrainConfig(dataset="digits", epochs=1, embed_dim=16, device="cpu"), ckpt,
           progress=False)
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location("query_sweep",
-                                                  REPO / "scripts" / "query_sweep.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("query_sweep", monkeypatch)
     out = tmp_path / "out"
     argv = ["--checkpoint", str(ckpt), "--out", str(out), "--num-attacks", "3", "--budgets",
             "10,25", "--kinds", "ORDER,QA-", "--eps", "8/255,0.3", "--seed", "2",
@@ -167,14 +169,9 @@ def test_endpoint_figures_script_reads_the_service_beside_the_local_copy(
     """scripts/endpoint_figures.py at tiny size through `advrank serve` (started and stopped
     by the script): one row per kind (or optimiser) and budget, the endpoint's top-k figures
     beside the local copy's ranks, the calibration and the record."""
-    import importlib.util
 
     pytest.importorskip("fastapi")
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location("endpoint_figures",
-                                                  REPO / "scripts" / "endpoint_figures.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("endpoint_figures", monkeypatch)
     out = tmp_path / "out"
     assert script.main(["--checkpoint", str(untrained_digits), "--out", str(out), "--study",
                         study, "--num-attacks", "3", "--budgets", "21,41", "--kinds",
@@ -201,13 +198,8 @@ def test_audit_estimates_script_records_estimate_and_time(tmp_path, monkeypatch)
     """scripts/audit_estimates.py --smoke: both audits at toy sizes from empty folders, each
     with the estimate it printed, the estimate and actual time from its report.json, the
     command's wall time and the script's record; the pictures are the same for the same seed."""
-    import importlib.util
 
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location("audit_estimates",
-                                                  REPO / "scripts" / "audit_estimates.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("audit_estimates", monkeypatch)
     out, work = tmp_path / "out", tmp_path / "work"
     assert script.main(["--smoke", "--out", str(out), "--work", str(work)]) == 0
     for name in ("digits", "photos"):
@@ -227,7 +219,6 @@ def test_audit_estimates_script_records_estimate_and_time(tmp_path, monkeypatch)
 def test_text_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch):
     """scripts/text_attacks.py on an untrained digits clip-tiny: text and picture CA+/CA- per
     eps, both retrieval qualities, and the record (command, seed, commit, hardware)."""
-    import importlib.util
 
     pytest.importorskip("open_clip")
     import torch
@@ -241,11 +232,7 @@ def test_text_attacks_script_writes_its_table_and_record(tmp_path, monkeypatch):
     save_checkpoint(ckpt, model, {"dataset": "digits", "arch": "clip-tiny", "metric": "cosine",
                                   "embed_dim": 16, "image_shape": [1, 8, 8], "mean": [0.3],
                                   "std": [0.38]})
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location("text_attacks",
-                                                  REPO / "scripts" / "text_attacks.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("text_attacks", monkeypatch)
     out = tmp_path / "out"
     assert script.main(["--checkpoint", str(ckpt), "--out", str(out), "--num-attacks", "3",
                         "--eps", "8/255,0.1", "--seed", "2"]) == 0
@@ -265,15 +252,10 @@ def test_catalog_attacks_script_reads_ranks_after_ingestion(tmp_path, monkeypatc
     """scripts/catalog_attacks.py at tiny size: the lab's CA+ images through `advrank serve
     --writable` (started by the script) under two pipelines and two indexes, one row each
     with the lab's and the endpoint's ranks, every upload deleted, the record written."""
-    import importlib.util
 
     pytest.importorskip("fastapi")
     pytest.importorskip("faiss")
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location("catalog_attacks",
-                                                  REPO / "scripts" / "catalog_attacks.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("catalog_attacks", monkeypatch)
     out = tmp_path / "out"
     assert script.main(["--checkpoint", str(trained_digits(16)), "--out", str(out),
                         "--num-attacks", "3", "--steps", "4", "--seed", "1",

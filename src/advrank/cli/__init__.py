@@ -182,11 +182,10 @@ def _error(message: object) -> int:
 
 
 def _first_process() -> bool:
-    """Whether this process says the error: rank 0 under torchrun, else always (without
-    importing torch when the command never needed it: a mistyped command, a bad option)."""
-    import os
-
-    if "advrank.core.distributed" not in sys.modules and "TORCHELASTIC_RUN_ID" not in os.environ:
+    """Whether this process says the error: rank 0 under torchrun, else always. A process
+    that never imported torch (a mistyped command, a bad option) joined no group: it says
+    its error without importing torch now (torch's own launcher test then decides)."""
+    if "torch" not in sys.modules:
         return True
     from advrank.core import distributed
 
