@@ -17,6 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """The ``slow`` tests first (stable otherwise): with two workers, a minutes-long test that
+    starts last would leave one worker running it alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """Where MNIST/Fashion-MNIST live: the folder the CLI reads too (``$ADVRANK_DATA``, else

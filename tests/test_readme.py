@@ -140,6 +140,7 @@ def curl(argv: list[str]) -> list[str]:
     return [argv[0], "--fail", "--silent", "--show-error", *argv[1:]]
 
 
+@pytest.mark.slow
 def test_bash_blocks_run(tmp_path, image_folder, small_image_folder):
     """Every command of every block, in one folder; the quick look (``--quick``) in a folder
     of its own whose pictures are 20 (the smallest collection it must fit)."""
