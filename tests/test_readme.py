@@ -1,10 +1,11 @@
 """Every code block of README.md runs, on a CPU, as a new user would run it.
 
-Bash blocks run command by command in one scratch folder, in order (later commands use the
-files earlier ones wrote), with smaller budgets substituted for speed (epochs, attacks, PGD
-steps: the options change, never the commands). ``pip install`` and the test command itself
-are what CI runs around this test, so they are skipped. Python blocks run as scripts in the
-same folder. A block that fails fails the test with its command and stderr.
+Each bash block runs command by command in a scratch folder of its own, in order, after the
+commands of earlier blocks that make what it uses (a checkpoint, a service), with smaller
+budgets substituted for speed (epochs, attacks, PGD steps: the options change, never the
+commands). ``pip install`` and the test command itself are what CI runs around this test,
+so they are skipped. Python blocks run as scripts in a folder of their own. A block that
+fails fails the test with its command and stderr.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def run(argv_or_cmd, cwd: Path) -> None:
 def test_readme_has_the_blocks_this_test_expects():
     assert len(blocks("bash")) >= 2 and len(blocks("python")) >= 2
     assert any("advrank demo" in b for b in blocks("bash"))
-    # the quick look, which test_bash_blocks_run runs on a folder of 20 pictures
+    # the quick look, which test_bash_block_runs runs on a folder of 20 pictures
     quick = [c for b in blocks("bash") for c in commands(b) if " --quick" in c]
     assert quick and all(c.startswith("advrank audit ") and "imagefolder:photos" in c
                          and "--num-attacks" not in c for c in quick)
@@ -140,42 +141,107 @@ def curl(argv: list[str]) -> list[str]:
     return [argv[0], "--fail", "--silent", "--show-error", *argv[1:]]
 
 
-@pytest.mark.slow
-def test_bash_blocks_run(tmp_path, image_folder, small_image_folder):
-    """Every command of every block, in one folder; the quick look (``--quick``) in a folder
-    of its own whose pictures are 20 (the smallest collection it must fit)."""
+#: what a command makes for later blocks: a checkpoint (``--out NAME.pt``), a service (``&``)
+MAKES = re.compile(r"--out (\S+\.pt)\b")
+SERVES = re.compile(r"--port (\d+)")
+
+
+def made_by(command: str) -> list[str]:
+    """What later blocks may need from ``command``: its checkpoint, or ``port:N`` for a
+    service it starts."""
+    if command.endswith("&"):
+        return [f"port:{p}" for p in SERVES.findall(command)]
+    return MAKES.findall(command)
+
+
+def needs(command: str) -> list[str]:
+    """The checkpoints (any ``NAME.pt`` token) and services (``127.0.0.1:PORT``) ``command``
+    uses, not counting what it makes."""
+    files = re.findall(r"(?:^|[\s=])([\w.-]+\.pt)\b", command)
+    used = files + [f"port:{p}" for p in re.findall(r"127\.0\.0\.1:(\d+)", command)]
+    return [thing for thing in used if thing not in made_by(command)]
+
+
+def block_commands(index: int) -> list[str]:
+    """Block ``index``'s commands, preceded by the earlier blocks' commands that make what it
+    uses before it makes it itself (a checkpoint, a service), their own needs first."""
+    earlier = [c for b in blocks("bash")[:index] for c in commands(b)]
+    maker = {}
+    for command in earlier:
+        for thing in made_by(command):
+            maker.setdefault(thing, command)
+    out: list[str] = []
+    have: set[str] = set()
+
+    def add(command: str) -> None:
+        for thing in needs(command):
+            if thing not in have and thing in maker and maker[thing] != command:
+                add(maker[thing])
+        if command not in out:
+            out.append(command)
+            have.update(made_by(command))
+
+    for command in commands(blocks("bash")[index]):
+        add(command)
+    return out
+
+
+def run_commands(lines: list[str], cwd: Path, small: Path, image_folder: Path,
+                 small_image_folder: Path) -> None:
+    """README command lines in ``cwd`` (the quick look in ``small``): services on free ports
+    in the background, stopped at the end."""
     ports, services = {p: free_port() for p in PORTS}, []
-    small = tmp_path / "small"
-    small.mkdir()
     try:
-        for block in blocks("bash"):
-            for command in commands(block):
-                if any(re.match(p, command) for p in SKIP):
-                    continue
-                quick = " --quick" in command
-                cwd = small if quick else tmp_path
-                make_inputs(command, cwd, small_image_folder if quick else image_folder)
-                background = command.endswith("&")
-                line = budget(command.rstrip("& "))
-                for readme_port, port in ports.items():
-                    line = line.replace(readme_port, port)
-                argv = shlex.split(line)
-                if argv[0] == "curl":  # the service's own examples, against it
-                    run(curl(argv), tmp_path)
-                    continue
-                if argv[0] == "torchrun":  # torchrun is torch.distributed.run
-                    run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], tmp_path)
-                    continue
-                assert argv[0] == "advrank", f"unexpected README command: {command}"
-                argv = [sys.executable, "-m", "advrank", *argv[1:]]
-                if background:
-                    services.append(start_service(argv, cwd))
-                else:
-                    run(argv, cwd)
+        for command in lines:
+            if any(re.match(p, command) for p in SKIP):
+                continue
+            quick = " --quick" in command
+            where = small if quick else cwd
+            make_inputs(command, where, small_image_folder if quick else image_folder)
+            background = command.endswith("&")
+            line = budget(command.rstrip("& "))
+            for readme_port, port in ports.items():
+                line = line.replace(readme_port, port)
+            argv = shlex.split(line)
+            if argv[0] == "curl":  # the service's own examples, against it
+                run(curl(argv), cwd)
+                continue
+            if argv[0] == "torchrun":  # torchrun is torch.distributed.run
+                run([sys.executable, "-m", "torch.distributed.run", *argv[1:]], cwd)
+                continue
+            assert argv[0] == "advrank", f"unexpected README command: {command}"
+            argv = [sys.executable, "-m", "advrank", *argv[1:]]
+            if background:
+                services.append(start_service(argv, where))
+            else:
+                run(argv, where)
     finally:
         for proc in services:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def test_blocks_find_what_they_use():
+    """Every checkpoint or service a block uses is made in it or by an earlier block (the
+    split into one test per block loses nothing a reader following README would have)."""
+    for index in range(len(blocks("bash"))):
+        made: set[str] = set()
+        for command in block_commands(index):
+            missing = [t for t in needs(command) if t not in made]
+            assert not missing, f"block {index}: {command} uses {missing}, made nowhere before"
+            made.update(made_by(command))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(blocks("bash"))))
+def test_bash_block_runs(index, tmp_path, image_folder, small_image_folder):
+    """Block ``index``'s commands in a folder of their own, after those of earlier blocks
+    that make what it uses (:func:`block_commands`); the quick look (``--quick``) in a folder
+    whose pictures are 20 (the smallest collection it must fit). One test per block, so that
+    blocks run side by side on the suite's workers."""
+    small = tmp_path / "small"
+    small.mkdir()
+    run_commands(block_commands(index), tmp_path, small, image_folder, small_image_folder)
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
