@@ -47,9 +47,10 @@ CATALOG_NOTE = ("Through the catalog: the lab's white-box CA± image (catalog-la
 
 def service_key(info) -> str:
     """A short hash of what the catalog rows depend on: the service's model fingerprint,
-    pipeline and index (``info``: its :class:`~advrank.oracles.wire.InfoAnswer`)."""
-    what = {"fingerprint": info.fingerprint, "pipeline": info.pipeline, "index": info.index,
-            "model": info.model}
+    pipeline and index kind (``info``: its :class:`~advrank.oracles.wire.InfoAnswer`)."""
+    index = info.index or {}  # its kind, not its size (which grows with every upload)
+    what = {"fingerprint": info.fingerprint, "pipeline": info.pipeline, "model": info.model,
+            "index": [index.get("index"), index.get("metric")]}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()
                           ).hexdigest()[:12]
 
