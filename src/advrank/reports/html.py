@@ -171,7 +171,11 @@ def _settings(report: dict) -> str:
     extra = [["upload pipeline", d.get("pipeline")], ["index", d.get("index")],
              ["query-only", q and f"{q['budget']} queries per attack, {q['feedback']} feedback, "
                                   f"{q['optimizer']}, {q['oracle']} oracle"],
-             ["transfer source", d.get("transfer") and d["transfer"]["source"]]]
+             ["transfer source", d.get("transfer") and d["transfer"]["source"]],
+             ["catalog", d.get("catalog") and f"{d['catalog']['service']}, query-only: "
+                                              f"{d['catalog']['upload_budget']} uploads and "
+                                              f"{d['catalog']['search_budget']} searches per "
+                                              "attack"]]
     rows += [[name, f"<code>{esc(value)}</code>"] for name, value in extra if value]
     return "<h2>Settings</h2>" + _table(["setting", "value"], rows, left=2)
 
