@@ -99,13 +99,13 @@ def cmd_audit(args) -> None:
     if summary.get("text"):
         lines += text_lines(summary["text"])
     if summary["deployed"]:
-        from advrank.reports.tables import deployed_markdown, deployed_sentences
+        from advrank.reports.tables import deployed_markdown, deployed_sentences, id_ranges
 
         lines.append("deployed view:\n" + deployed_markdown(summary["deployed"]).rstrip())
         if summary["deployed"].get("catalog"):
             cat = summary["deployed"]["catalog"]
             lines.append(f"{cat['note']} Uploaded and deleted: ids "
-                         f"{', '.join(map(str, cat['uploaded_ids'])) or 'none'}.")
+                         f"{id_ranges(cat['uploaded_ids'])}.")
         lines += deployed_sentences(summary["verdict"].get("deployed"))
     lines.append(f"wrote {summary['report_html']} and {summary['report_json']}")
     emit(args, summary, "\n".join(lines))

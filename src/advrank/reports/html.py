@@ -21,7 +21,7 @@ from advrank.reports.markup import arrow as _arrow
 from advrank.reports.markup import eps_text, esc
 from advrank.reports.markup import table as _table
 from advrank.reports.style import CSP, STYLE
-from advrank.reports.tables import deployed_sentences, view_name
+from advrank.reports.tables import deployed_sentences, id_ranges, view_name
 from advrank.reports.text import text_section
 
 
@@ -305,7 +305,7 @@ def _catalog(d: dict) -> str:
     """The catalog rows: the sentence that explains them, their table and the ids uploaded
     (and deleted)."""
     c = d["catalog"]
-    ids = ", ".join(map(str, c["uploaded_ids"])) or "none"
+    ids = id_ranges(c["uploaded_ids"])
     return (f"<h3>Through the catalog <code>{esc(c['service'])}</code></h3><p>"
             f"{esc(c['note'])}</p>"
             + _view_table(d, ("catalog-lab", "catalog-upload", "catalog-query"), _rank_cell)

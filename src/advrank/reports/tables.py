@@ -230,6 +230,17 @@ def view_name(view: str, deployed: dict) -> str:
     return names.get(view, view)
 
 
+def id_ranges(ids: list[int]) -> str:
+    """Ids in words, runs of consecutive ids as ranges (``[3, 4, 5, 9]`` -> ``3-5, 9``)."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
+
+
 def deployed_markdown(deployed: dict) -> str:
     """The audit's deployed view as a Markdown table: one row per (attack, view), one column
     per eps; ranks (% of |X|) before -> after, and for the exact/index views the share of the

@@ -215,6 +215,9 @@ class CatalogLink:
 
     @property
     def key(self) -> str:
+        """The service's :func:`service_key` (its /info read first when not yet)."""
+        if self.info is None:
+            self.check()
         return service_key(self.info)
 
     def client(self, uploads: int):
