@@ -153,6 +153,8 @@ def test_catalog_cells_are_checked_before_reuse():
     assert check_catalog_cell(key, cell) is None
     assert "service" in check_catalog_cell(key.replace("abc", "xyz"), cell)
     assert "budget" in check_catalog_cell("catalog-query|CA+|0.3|1|abc|2|4", cell)
+    assert "key" in check_catalog_cell("catalog-query|CA+|0.3|1|abc|x|4", cell)
+    assert "key" in check_catalog_cell("catalog|CA+|0.3|1", cell)
     held = {**cell, "catalog": {**cell["catalog"], "held_after": [21]}}
     assert "deleted" in check_catalog_cell(key, held)
     over = {**cell, "catalog": {**cell["catalog"], "searches_used": [4, 5]}}

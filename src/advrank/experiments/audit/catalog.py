@@ -102,6 +102,8 @@ def check_catalog_cell(key: str, cell) -> str | None:
     used = cat.get("uploads_used"), cat.get("searches_used")
     if not query:
         return None if all(_count(u) for u in used) else "no upload or search count"
+    if not (parts[5].isdigit() and parts[6].isdigit()):
+        return "not a catalog cell's key"
     budgets = [int(parts[5]), int(parts[6])]
     if [cat.get("uploads_per_attack"), cat.get("searches_per_attack")] != budgets:
         return "its upload and search budgets do not match its key"
