@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from advrank.cli.catalog import add_catalog_options, read_token
 from advrank.cli.declare import (
     kind_options,
     loader_from_args,
@@ -34,9 +35,33 @@ from advrank.experiments.audit import (
     AuditConfig,
     AuditJob,
 )
+from advrank.experiments.audit.settings import CATALOG_UPLOADS
+
+
+def catalog_token(args) -> str | None:
+    """The catalog's token (``--token-file`` or ``--token``); their options refused in one
+    line without ``--catalog``, or with no local model to attack in the lab."""
+    if not args.catalog:
+        given = [flag for flag, v in (("--token-file", args.token_file),
+                                      ("--token", args.token),
+                                      ("--upload-budget", args.upload_budget)) if v]
+        if given:
+            raise AdvrankError(f"{given[0]} is for --catalog (uploads to a writable service)")
+        return None
+    if args.checkpoint is None and args.model is None:
+        raise AdvrankError("--catalog attacks the local model in the lab first: give "
+                           "--checkpoint or --model")
+    if args.oracle is None:
+        raise AdvrankError("--catalog needs --oracle http://HOST:PORT (a service started with "
+                           "--writable --token)")
+    if args.token_file is None and not args.token:
+        raise AdvrankError("--catalog needs --token-file FILE or --token TOKEN (the bearer "
+                           "token of the service's writes)")
+    return args.token if args.token_file is None else read_token(args.token_file)
 
 
 def cmd_audit(args) -> None:
+    token = catalog_token(args)
     if args.oracle is not None and args.checkpoint is None and args.model is None:
         return cmd_endpoint_audit(args)
     if args.schema is not None or (args.optimizer and len(args.optimizer) > 1):
@@ -56,10 +81,11 @@ def cmd_audit(args) -> None:
                          query_budget=args.query_budget, feedback=args.feedback,
                          optimizer=(args.optimizer or ["random"])[0], oracle=args.oracle,
                          endpoint_differs=args.endpoint_differs, quick=args.quick,
-                         queries=args.queries)
+                         queries=args.queries, catalog=args.catalog,
+                         upload_budget=args.upload_budget or CATALOG_UPLOADS)
     summary = AuditJob(spec_from_args(args), args.out, config, loader_from_args(args),
                        index=args.index, transfer_from=args.transfer_from,
-                       force=args.force).run()
+                       force=args.force, token=token).run()
     lines = [f"{summary['gallery_size']} images: R@1 {summary['recall@1']:.1f}%  "
              f"mAP {summary['map']:.1f}%"
              + (f"  ({summary['unreadable_images']} unreadable skipped)"
@@ -73,9 +99,13 @@ def cmd_audit(args) -> None:
     if summary.get("text"):
         lines += text_lines(summary["text"])
     if summary["deployed"]:
-        from advrank.reports.tables import deployed_markdown, deployed_sentences
+        from advrank.reports.tables import deployed_markdown, deployed_sentences, id_ranges
 
         lines.append("deployed view:\n" + deployed_markdown(summary["deployed"]).rstrip())
+        if summary["deployed"].get("catalog"):
+            cat = summary["deployed"]["catalog"]
+            lines.append(f"{cat['note']} Uploaded and deleted: ids "
+                         f"{id_ranges(cat['uploaded_ids'])}.")
         lines += deployed_sentences(summary["verdict"].get("deployed"))
     lines.append(f"wrote {summary['report_html']} and {summary['report_json']}")
     emit(args, summary, "\n".join(lines))
@@ -131,6 +161,7 @@ def _audit_options(p) -> None:
                    help="add transfer rows to the deployed view: the white-box attacks made on "
                         "this model (on the same collection), ranked by the audited one")
     add_queries(p)
+    add_catalog_options(p, audit=True)
 
 
 COMMANDS = (

@@ -22,6 +22,7 @@ import torch
 
 from advrank.attacks.base import AttackKind, get_attack
 from advrank.attacks.ca import CandidateAttack
+from advrank.attacks.selection import Selection
 from advrank.core.checks import check_int
 from advrank.core.gallery import Gallery
 from advrank.errors import AdvrankError
@@ -102,11 +103,13 @@ def one_attack(reader: EndpointReader, gallery: Gallery, kind: CandidateAttack, 
 def run_catalog_query_attack(
     model, gallery: Gallery, kind: AttackKind | str, client: CatalogClient, eps: float,
     k: int, num_attacks: int, uploads: int = 50, searches: int = 2000, seed: int = 0,
+    selection: Selection | None = None,
 ) -> CatalogResult:
     """T = ``num_attacks`` query-only CA± attacks (w = ``k`` queries each, the §4 selection)
     through ``client``, each with at most ``uploads`` uploads and ``searches`` searches (see
     the module). ``model``: the local copy, used only to measure the final images the lab's
-    way beside the endpoint's figure (``rank``), never by the optimiser."""
+    way beside the endpoint's figure (``rank``), never by the optimiser. ``selection``: the
+    attacks to run (the §4 selection of T = ``num_attacks`` when None)."""
     kind = check_catalog_kind(get_attack(kind) if isinstance(kind, str) else kind)
     threat = check_threat(None, eps)
     check_int(uploads, "uploads per attack", low=2, high=100_000)
@@ -122,7 +125,8 @@ def run_catalog_query_attack(
     if info.gallery_size != len(gallery) or info.id_bound < len(gallery):
         raise AdvrankError(f"the service holds {info.gallery_size} items, the local gallery "
                            f"{len(gallery)}: serve the same checkpoint and data")
-    selection = kind.select(gallery, k, num_attacks, seed)
+    if selection is None:
+        selection = kind.select(gallery, k, num_attacks, seed)
     reader, t0, log = EndpointReader(client, len(gallery)), time.time(), RankLog()
     used: list[tuple[int, int]] = []
     for i in range(len(selection)):

@@ -21,7 +21,7 @@ from advrank.reports.markup import arrow as _arrow
 from advrank.reports.markup import eps_text, esc
 from advrank.reports.markup import table as _table
 from advrank.reports.style import CSP, STYLE
-from advrank.reports.tables import deployed_sentences, view_name
+from advrank.reports.tables import deployed_sentences, id_ranges, view_name
 from advrank.reports.text import text_section
 
 
@@ -171,7 +171,11 @@ def _settings(report: dict) -> str:
     extra = [["upload pipeline", d.get("pipeline")], ["index", d.get("index")],
              ["query-only", q and f"{q['budget']} queries per attack, {q['feedback']} feedback, "
                                   f"{q['optimizer']}, {q['oracle']} oracle"],
-             ["transfer source", d.get("transfer") and d["transfer"]["source"]]]
+             ["transfer source", d.get("transfer") and d["transfer"]["source"]],
+             ["catalog", d.get("catalog") and f"{d['catalog']['service']}, query-only: "
+                                              f"{d['catalog']['upload_budget']} uploads and "
+                                              f"{d['catalog']['search_budget']} searches per "
+                                              "attack"]]
     rows += [[name, f"<code>{esc(value)}</code>"] for name, value in extra if value]
     return "<h2>Settings</h2>" + _table(["setting", "value"], rows, left=2)
 
@@ -291,7 +295,21 @@ def _rank_cell(row: dict, when: str) -> str:
     text = f"{row['rank_after']:.1f} ± {row.get('rank_after_se', 0):.1f}"
     if row["view"] == "query-only":
         text += f"<br><span class=note>{row['queries_used']:.0f} queries</span>"
+    if row["view"] in ("catalog-upload", "catalog-query"):
+        text += (f"<br><span class=note>{row['uploads_used']} uploads, "
+                 f"{row['searches_used']} searches</span>")
     return text
+
+
+def _catalog(d: dict) -> str:
+    """The catalog rows: the sentence that explains them, their table and the ids uploaded
+    (and deleted)."""
+    c = d["catalog"]
+    ids = id_ranges(c["uploaded_ids"])
+    return (f"<h3>Through the catalog <code>{esc(c['service'])}</code></h3><p>"
+            f"{esc(c['note'])}</p>"
+            + _view_table(d, ("catalog-lab", "catalog-upload", "catalog-query"), _rank_cell)
+            + f"<p class=note>Uploaded and deleted afterwards: ids {esc(ids)}.</p>")
 
 
 def _topk_cell(depth: int | None):
@@ -329,6 +347,8 @@ def _deployed(report: dict, plot: bytes | None) -> str:
                    "</code> (same items, same ε), "
                    "ranked by the audited model.</p>")
     out.append(_view_table(d, ("white-box", "pipeline", "transfer", "query-only"), _rank_cell))
+    if d.get("catalog"):
+        out.append(_catalog(d))
     if any(r["view"] in ("index", "index-pipeline") for r in d["rows"]):
         depth = d.get("index_depth")
         out.append(f"<h3>Exact search vs the <code>{esc(d['index'])}</code> index: top "

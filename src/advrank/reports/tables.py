@@ -223,8 +223,22 @@ def view_name(view: str, deployed: dict) -> str:
                            f"feedback, {q.get('optimizer')}",
              "exact": "exact search", "index": f"{index} index",
              "exact-pipeline": f"exact search, after {pipe}",
-             "index-pipeline": f"{index} index, after {pipe}"}
+             "index-pipeline": f"{index} index, after {pipe}",
+             "catalog-lab": "catalog: white-box in the lab",
+             "catalog-upload": "catalog: the same images after ingestion",
+             "catalog-query": "catalog: query-only through uploads"}
     return names.get(view, view)
+
+
+def id_ranges(ids: list[int]) -> str:
+    """Ids in words, runs of consecutive ids as ranges (``[3, 4, 5, 9]`` -> ``3-5, 9``)."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 def deployed_markdown(deployed: dict) -> str:
@@ -266,7 +280,13 @@ def deployed_sentences(worst: dict | None) -> list[str]:
         how = {"pipeline": "on the images after the upload pipeline",
                "transfer": "made on another model (transfer)",
                "query-only": f"query-only, with {r.get('queries_used', 0):.0f} queries per "
-                             "attack"}.get(r["view"], r["view"])
+                             "attack",
+               "catalog-upload": f"uploaded through the catalog ({r.get('uploads_used', 0)} "
+                                 f"uploads, {r.get('searches_used', 0)} searches)",
+               "catalog-query": f"query-only through the catalog's uploads "
+                                f"({r.get('uploads_used', 0)} uploads, "
+                                f"{r.get('searches_used', 0)} searches in all)"
+               }.get(r["view"], r["view"])
         out.append(f"Deployed, the strongest attack is {r['attack']} at eps = "
                    f"{_eps_text(r['eps'])}, {how}: the mean rank goes from "
                    f"{r['rank_before']:.1f}% to {r['rank_after']:.1f}% of the collection.")

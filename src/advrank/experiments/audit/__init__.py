@@ -17,16 +17,26 @@ the source model's white-box attacks ranked by the audited one (transfer), and q
 attacks through the local oracle (the search's answers alone), with their rank at 10%, 25%,
 50% and 100% of the budget (``rank_vs_queries.png``). Transfer and query-only cells are keyed
 by their settings (the source's fingerprint; the budget, feedback and optimiser), so adding
-them to a finished audit resumes it and runs only them.
+them to a finished audit resumes it and runs only them. With a writable catalog
+(``--catalog --oracle URL --token-file F``) it adds the catalog rows: white-box CA± in the
+lab, the same images after the service's ingestion, and query-only CA± through uploads,
+each with the uploads and searches it used; every upload is deleted afterwards and listed.
 
 The package, one job per file: :mod:`.settings` (what an audit runs: :class:`AuditConfig` and
 its constants), :mod:`.experiment` (the experiment: :class:`Audit`, :func:`run_audit`, the
 quick look's sizing), :mod:`.plan` (the probes and each cell's price), :mod:`.timing` (the
 estimate, its corrections as cells finish, the progress bar), :mod:`.deployed` (the deployed
-view: its query-only and transfer cells and their checks) and :mod:`.panels` (the example
+view: its query-only and transfer cells and their checks), :mod:`.catalog` (its catalog rows:
+CA± uploaded through a writable service, ``--catalog``) and :mod:`.panels` (the example
 panels).
 """
 
+from advrank.experiments.audit.catalog import (
+    CATALOG_VIEWS,
+    CatalogLink,
+    catalog_cells,
+    check_catalog_cell,
+)
 from advrank.experiments.audit.deployed import (
     RANK_VIEWS,
     TOPK_VIEWS,
@@ -79,7 +89,8 @@ from advrank.experiments.audit.timing import (
 )
 
 __all__ = [
-    "AUDIT_ATTACKS", "AUDIT_FORMAT", "DEFAULT_AUDIT_EPS", "EXAMPLE_POOL", "IMPLIED_IDENTITY",
+    "AUDIT_ATTACKS", "AUDIT_FORMAT", "CATALOG_VIEWS", "CatalogLink", "catalog_cells",
+    "check_catalog_cell", "DEFAULT_AUDIT_EPS", "EXAMPLE_POOL", "IMPLIED_IDENTITY",
     "LONG_AUDIT_SECONDS", "QUERY_FRACTIONS", "QUERY_PLOT", "QUICK_ADVICE", "QUICK_EPS",
     "QUICK_MINUTES", "RANK_VIEWS", "RECALL_KS", "REPORT_HTML", "REPORT_JSON", "TOPK_VIEWS",
     "_largest_moves", "Audit", "audit_summary", "AuditConfig", "AuditJob", "CellPlan",

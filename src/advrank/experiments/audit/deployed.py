@@ -8,6 +8,7 @@ from typing import Any
 from advrank.attacks.base import AttackKind
 from advrank.attacks.query import get_optimizer
 from advrank.errors import AdvrankError
+from advrank.experiments.audit.catalog import CATALOG_NOTE, catalog_rows
 from advrank.experiments.audit.settings import (
     QUERY_PLOT,
     AuditConfig,
@@ -17,6 +18,7 @@ from advrank.experiments.results import cell_key, check_attack_cell
 from advrank.experiments.store import Store, figures_problem
 from advrank.experiments.target import Target
 from advrank.oracles import parse_feedback
+from advrank.oracles.base import Oracle
 
 
 def _attack_part_of(key: str, cell, fields: int, what: str) -> tuple[list[str], str | None]:
@@ -73,6 +75,20 @@ def query_cells(kinds: dict[str, AttackKind], config: AuditConfig
             if kind.query_only for e in config.eps_values if float(e) > 0]
 
 
+def query_oracle(target: Target, config: AuditConfig) -> Oracle:
+    """The oracle of the query-only rows: the local one, or the config's endpoint (whose
+    ranks the deployed view reads: it must serve every depth)."""
+    from advrank.oracles import make_oracle
+
+    oracle = make_oracle(config.query_endpoint or "local", target, config.feedback or "full")
+    if oracle.named_depth is None or oracle.named_depth < len(target.gallery):
+        oracle.close()
+        raise AdvrankError(f"the deployed view reads ranks: the endpoint {config.oracle} shows "
+                           f"{oracle.max_depth} of {len(target.gallery)} results (start it "
+                           f"with --max-k {len(target.gallery)})")
+    return oracle
+
+
 def check_source(source: Target | None, target: Target) -> Target | None:
     """The transfer source, refused unless it embeds the audited collection (same pictures,
     same order: the selections index both galleries)."""
@@ -120,17 +136,19 @@ def _view_rows(cell: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any
 
 
 def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
-                  index=None, source: Target | None = None) -> dict[str, Any] | None:
+                  index=None, source: Target | None = None,
+                  service: tuple[str, str] | None = None) -> dict[str, Any] | None:
     """What a deployed search would see, at the audit's eps and on the same attacked items
     (None when the audit asked for none of it): ``rows``, one per (attack, eps, view) with
     ``view`` one of ``white-box``, ``pipeline`` (the white-box images after the upload
     pipeline), ``query-only`` (through the local oracle; with ``checkpoints``, the rank at
     each query mark), ``transfer`` (made white-box on ``source``, ranked by the audited
     model; ``source``: the source's own figures), ``exact``/``index`` (and ``*-pipeline``:
-    position ``rank_topk`` and share ``in_topk`` within the top ``index_depth`` results); and
-    the settings behind them."""
+    position ``rank_topk`` and share ``in_topk`` within the top ``index_depth`` results),
+    ``catalog-*`` (through the writable ``service``: its key and URL, see
+    :mod:`advrank.experiments.audit.catalog`); and the settings behind them."""
     if config.query_budget is None and config.pipeline is None and index is None and \
-            source is None:
+            source is None and service is None:
         return None
     rows = []
     for attack, kind in kinds.items():
@@ -153,10 +171,11 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
                                                             "rank_after_se", "queries_used",
                                                             "queries_used_max",
                                                             "checkpoints")}})
+            rows += _catalog_rows(st, config, service, base)
     settings = None if config.query_budget is None else {
         "budget": config.query_budget, "feedback": parse_feedback(config.feedback or "full")
         .describe(), "optimizer": get_optimizer(config.optimizer).name,
-        "oracle": config.oracle or "local", "marks": config.query_marks, "plot": QUERY_PLOT}
+        "oracle": config.query_endpoint or "local", "marks": config.query_marks, "plot": QUERY_PLOT}
     first: dict[str, Any] = next((st.get(cell_key(a, e, config.size(kinds[a])))
                                   for a in kinds for e in config.eps_values
                                   if cell_key(a, e, config.size(kinds[a])) in st), {})
@@ -164,14 +183,41 @@ def deployed_view(st: Store, kinds: dict[str, AttackKind], config: AuditConfig,
             "through_pipeline": config.through_pipeline,
             "index": None if index is None else index.spec,
             "index_depth": first.get("index_depth"), "rows": rows,
+            "catalog": _catalog_settings(config, service, rows),
             "transfer": None if source is None else {
                 "source": source.source, "fingerprint": source.fingerprint,
                 "model_sha": fingerprints_of(source)["model_sha"]}}
 
 
+def _catalog_rows(st: Store, config: AuditConfig, service: tuple[str, str] | None,
+                  base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The catalog rows of one (attack, eps): its upload cell's and its query cell's."""
+    if service is None or not config.catalog:
+        return []
+    key = f"{cell_key(base['attack'], base['eps'], base['k'])}|{service[0]}"
+    upload = st.get(f"catalog|{key}")
+    query = st.get(f"catalog-query|{key}|{config.upload_budget}|{config.query_budget}")
+    return [*([] if upload is None else catalog_rows(upload, base, False)),
+            *([] if query is None else catalog_rows(query, base, True))]
+
+
+def _catalog_settings(config: AuditConfig, service: tuple[str, str] | None,
+                      rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the catalog rows ran through and used: the service, the budgets, every id
+    uploaded (all deleted afterwards) and the sentence that explains the rows."""
+    if service is None or not config.catalog:
+        return None
+    ids = sorted({i for r in rows if r["view"] in ("catalog-upload", "catalog-query")
+                  for i in r["uploaded_ids"]})
+    return {"service": service[1], "service_key": service[0],
+            "upload_budget": config.upload_budget, "search_budget": config.query_budget,
+            "uploaded_ids": ids, "deleted": True, "note": CATALOG_NOTE}
+
+
 #: the deployed views whose ranks a deployed search would give (the white-box row is the
-#: attack table's) and those that say what its index shows
-DEPLOYED_RANK_VIEWS = ("pipeline", "transfer", "query-only")
+#: attack table's, and catalog-lab its copy beside the catalog's) and those that say what
+#: its index shows
+DEPLOYED_RANK_VIEWS = ("pipeline", "transfer", "query-only", "catalog-upload", "catalog-query")
 INDEX_VIEWS = ("index", "index-pipeline")
 
 
@@ -195,7 +241,7 @@ def deployed_worst(deployed: dict[str, Any]) -> dict[str, Any]:
             return None
         row = max(rows, key=lambda r: _gain(r, figure))
         keep = ("attack", "eps", "view", "direction", f"{figure}_before", f"{figure}_after",
-                "queries_used")
+                "queries_used", "uploads_used", "searches_used", "num_attacks")
         return {**{k: row[k] for k in keep if k in row}, "gain": _gain(row, figure)}
 
     return {"rank": worst(DEPLOYED_RANK_VIEWS, "rank"), "topk": worst(INDEX_VIEWS, "in_topk"),

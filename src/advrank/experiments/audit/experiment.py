@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import advrank.experiments.audit.catalog as catalog
 import advrank.experiments.audit.deployed as deployed
 import advrank.experiments.audit.settings as settings
 from advrank.attacks.base import AttackKind
@@ -66,6 +67,7 @@ def check_cell(key: str, cell) -> str | None:
         # prefixed)
         problem = deployed.check_query_cell(key, cell) if kind == "query" else \
             deployed.check_transfer_cell(key, cell) if kind == "transfer" else \
+            catalog.check_catalog_cell(key, cell) if kind.startswith("catalog") else \
             check_attack_cell(key, cell)
         if problem:
             return problem
@@ -85,8 +87,9 @@ class Audit(Experiment):
 
     def __init__(self, target: Target, config: AuditConfig, record: dict[str, Any] | None,
                  progress: bool = False, log: Callable[[str], None] | None = None,
-                 index=None, source: Target | None = None, probes: dict | None = None):
-        self.kinds = config.validate()
+                 index=None, source: Target | None = None, probes: dict | None = None,
+                 link: catalog.CatalogLink | None = None):
+        self.kinds, self.link = config.validate(), link
         self.source = deployed.check_source(source, target)
         self.log = log or (lambda m: None)
         self.t = config.attacks_for(len(target.gallery), lambda m: self.log(f"audit: note: {m}"))
@@ -108,7 +111,7 @@ class Audit(Experiment):
                 "steps": config.steps, "step_size": config.step_size,
                 "options": {a: kind.options for a, kind in self.kinds.items()},
                 "index": None if self.index is None else self.index.spec,
-                "query_oracle": "local" if config.oracle is None else "endpoint",
+                "query_oracle": "local" if config.query_endpoint is None else "endpoint",
                 **config.upload_identity()}
 
     def check_cell(self, key: str, cell) -> str | None:
@@ -129,6 +132,9 @@ class Audit(Experiment):
                   for key, a, e in work.query),
                 *(Cell(key, partial(self._begin, key, self.transfer_cell, a, e))
                   for key, a, e in work.transfer),
+                *(Cell(key, partial(self._begin, key, catalog.upload_cell if key.startswith(
+                    "catalog|") else catalog.query_cell, self, self.link, a, e))
+                  for key, a, e in work.catalog),
                 *([] if self.text is None else [
                     Cell(c.key, partial(self._begin, c.key, c.compute))
                     for c in self.text.cells(lambda: self.bar)])]
@@ -147,12 +153,14 @@ class Audit(Experiment):
         query = [(key, a, e) for a, e, key in deployed.query_cells(self.kinds, config)]
         moved = [(key, a, e)
                  for a, e, key in deployed.transfer_cells(self.kinds, config, self.source)]
+        uploads = [(key, a, e) for a, e, key in catalog.catalog_cells(
+            self.kinds, config, None if self.link is None else self.link.key)]
 
         def todo(cells):
             return [c for c in cells if store is None or c[0] not in store]
 
         return Work(todo(left), todo(query), todo(moved), config.examples > 0,
-                    store is None or "retrieval" not in store)
+                    store is None or "retrieval" not in store, todo(uploads))
 
     def plan(self, store: Store | None = None):
         """``(cells left, probes)``: the cells left, each priced from its probe (the probes
@@ -170,7 +178,7 @@ class Audit(Experiment):
 
         cells, probes = plan_cells(self.target, self.kinds, config, self.t, select,
                                    self.work(store), self.index, self.source, oracle,
-                                   self.probes)
+                                   self.probes, self.link)
         if self.text is not None:  # priced as the picture cells of their kinds
             left = [(key, a, e) for a, e, key in self.text.keys()
                     if store is None or key not in store]
@@ -223,7 +231,7 @@ class Audit(Experiment):
 
         kind, config = self.kinds[attack], self.config
         if self.oracle is None:
-            self.oracle = query_oracle(self.target, config)
+            self.oracle = deployed.query_oracle(self.target, config)
         k = config.size(kind)
         selection, _ = self.columns(attack, kind, k)
         if config.feedback not in (None, "full"):  # candidates the attacker can see
@@ -266,13 +274,15 @@ class Audit(Experiment):
             self.time.finish(cell.key, seconds)
         if cell.key != "retrieval":
             how = {"query": f" query-only ({value.get('queries_used', 0):.0f} queries)",
-                   "transfer": " transfer", PREFIX: " text queries",
-                   RETRIEVAL: None}.get(cell.key.partition("|")[0], "")
+                   "transfer": " transfer", PREFIX: " text queries", RETRIEVAL: None,
+                   "catalog": " after upload", "catalog-query": " query-only upload"
+                   }.get(cell.key.partition("|")[0], "")
+            fig = "endpoint" if cell.key.startswith("catalog") else "rank"
             if how is None:
                 return
             with self.bar.external_write_mode():  # a line above the bar, not through it
                 log(f"  {value['attack']} eps={format_eps(value['eps'])}{how}: rank "
-                    f"{value['rank_before']:.1f} -> {value['rank_after']:.1f}% "
+                    f"{value[f'{fig}_before']:.1f} -> {value[f'{fig}_after']:.1f}% "
                     f"({value['seconds']:.0f}s)")
 
     def publish(self, store: Store, computed: list[str]) -> dict[str, Any]:
@@ -308,8 +318,9 @@ class Audit(Experiment):
             summary["text"] = {**self.text.summary(store),
                                "examples": [p["figures"] for p in text_panels]}
         summary["verdict"] = audit_verdict(summary["attacks"], examples)
-        summary["deployed"] = deployed.deployed_view(store, self.kinds, self.config, self.index,
-                                            self.source)
+        summary["deployed"] = deployed.deployed_view(
+            store, self.kinds, self.config, self.index, self.source,
+            None if self.link is None else (self.link.key, self.link.url))
         if summary["deployed"] is not None:
             summary["verdict"]["deployed"] = deployed.deployed_worst(summary["deployed"])
         summary["estimate"] = None if self.time is None else self.time.record()
@@ -328,24 +339,11 @@ class Audit(Experiment):
         return summary
 
 
-def query_oracle(target: Target, config: AuditConfig) -> Oracle:
-    """The oracle of the query-only rows: the local one, or the config's endpoint (whose
-    ranks the deployed view reads: it must serve every depth)."""
-    from advrank.oracles import make_oracle
-
-    oracle = make_oracle(config.oracle or "local", target, config.feedback or "full")
-    if oracle.named_depth is None or oracle.named_depth < len(target.gallery):
-        oracle.close()
-        raise AdvrankError(f"the deployed view reads ranks: the endpoint {config.oracle} shows "
-                           f"{oracle.max_depth} of {len(target.gallery)} results (start it "
-                           f"with --max-k {len(target.gallery)})")
-    return oracle
-
-
 def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = None,
               record: dict[str, Any] | None = None, progress: bool = False,
               log: Callable[[str], None] | None = None, index=None, force: bool = False,
-              source: Target | None = None) -> dict[str, Any]:
+              source: Target | None = None, link: catalog.CatalogLink | None = None
+              ) -> dict[str, Any]:
     """Run (or resume) the audit into ``out_dir``; returns the summary that ``--json``
     prints (``recall@1``, ``map``, ``gallery_size``, ``attacks``: one row per cell,
     ``deployed``: :func:`deployed_view`, ``estimate``: the estimated and actual time...).
@@ -353,13 +351,15 @@ def run_audit(target: Target, out_dir: str | Path, config: AuditConfig | None = 
     measured beside the exact ones (``*_index``), part of the audit's identity. ``source``:
     another model on the same collection whose white-box attacks are ranked by the audited
     one (the deployed view's transfer rows). ``force``: overwrite a report.html that is not
-    this run's and start over. A quick look (``config.quick``) first sizes its T
+    this run's and start over. ``link``: the writable service of the catalog rows
+    (``config.catalog``). A quick look (``config.quick``) first sizes its T
     (:func:`fit_quick_look`)."""
     log = log or progress_log(progress)
     config, probes = config or AuditConfig(), None
     if config.quick is not None:
-        config, probes = fit_quick_look(target, out_dir, config, log, index, source, force)
-    audit = Audit(target, config, record, progress, log, index, source, probes)
+        config, probes = fit_quick_look(target, out_dir, config, log, index, source, force,
+                                        link)
+    audit = Audit(target, config, record, progress, log, index, source, probes, link)
     audit.force = force
     summary = run(audit, out_dir, log)
     folder = Path(out_dir)
@@ -386,7 +386,8 @@ def _stored_quick_t(out_dir: str | Path, config: AuditConfig) -> int | None:
 
 def fit_quick_look(target: Target, out_dir: str | Path, config: AuditConfig,
                    log: Callable[[str], None], index=None, source: Target | None = None,
-                   force: bool = False) -> tuple[AuditConfig, dict | None]:
+                   force: bool = False, link: catalog.CatalogLink | None = None
+                   ) -> tuple[AuditConfig, dict | None]:
     """The quick look's settings: T per cell is the quick look's already in ``out_dir`` (so
     that rerunning resumes it), else the largest of its candidates (100, 80, 60, ... 10,
     capped by |X| and ``num_attacks``) whose estimate fits ``config.quick`` minutes, all
@@ -400,7 +401,7 @@ def fit_quick_look(target: Target, out_dir: str | Path, config: AuditConfig,
     probes, chosen, first = None, low, None
     for t in candidates:
         audit = Audit(target, replace(config, num_attacks=t), None, False, log, index, source,
-                      probes)
+                      probes, link)
         cells, probes = audit.plan()
         seconds = sum(c.seconds for c in cells)
         first = seconds if first is None else first

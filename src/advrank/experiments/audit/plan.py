@@ -10,11 +10,15 @@ Probes, each on one batch of the run's real selections, after one untimed pass o
   cell measures them (the kind's figures, the index search, the upload pipeline's round trip);
 * **query-only round** (:func:`query_seconds`): a few queries of each query-only kind through
   the oracle the cells use, on one batch; the cost per query of one attack;
-* the transfer source's PGD step (its own model) for the transfer cells.
+* the transfer source's PGD step (its own model) for the transfer cells;
+* **catalog round** (:meth:`~advrank.experiments.audit.catalog.CatalogLink.round_seconds`):
+  one upload to the writable service, its w searches and its deletion, timed.
 
 A white-box cell costs its batches x (eta steps + one measurement), plus the clean
 measurement of its selection once per column; a query-only cell its attacks x its budget x
-the cost per query; the example panels their pools' steps. :mod:`.timing` turns the plan into
+the cost per query; a catalog upload cell a white-box cell's steps plus T rounds, a catalog
+query cell T x its rounds (min(uploads, searches / w) per attack); the example panels their
+pools' steps. :mod:`.timing` turns the plan into
 the printed estimate, corrects it as cells finish and drives the progress bar.
 """
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -46,9 +50,9 @@ RETRIEVAL_PROBE = 100
 @dataclass
 class CellPlan:
     """One unit of work left: its store ``key`` (``panels`` for the example panels), its
-    ``group`` (``white-box``, ``query-only``, ``transfer``, ``panels``: cells of one group are
-    corrected together), the ``attacks`` it runs (for the progress bar) and its estimated
-    ``seconds``."""
+    ``group`` (``white-box``, ``query-only``, ``transfer``, ``catalog``, ``catalog-query``,
+    ``panels``: cells of one group are corrected together), the ``attacks`` it runs (for
+    the progress bar) and its estimated ``seconds``."""
 
     key: str
     group: str
@@ -215,29 +219,32 @@ def query_cost(per_query: float, t: int, budget: int, measure: float, batches: i
 class Work:
     """The cells an audit has left, each ``(key, attack, eps)``: white-box, query-only and
     transfer cells; ``panels``: whether the example panels run at the end; ``retrieval``:
-    whether Recall@K and mAP are still to measure."""
+    whether Recall@K and mAP are still to measure; ``catalog``: the catalog cells (keys
+    ``catalog|...``: uploads of white-box images; ``catalog-query|...``: query-only)."""
 
     white_box: list[tuple[str, str, float]]
     query: list[tuple[str, str, float]]
     transfer: list[tuple[str, str, float]]
     panels: bool
     retrieval: bool = False
+    catalog: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def _probes(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t: int,
             select: Callable[[str], Selection], work: Work, index=None,
-            source: Target | None = None, oracle: Callable[[], Any] | None = None
-            ) -> dict[str, Any]:
+            source: Target | None = None, oracle: Callable[[], Any] | None = None,
+            link=None) -> dict[str, Any]:
     """Time each kind of work the cells left will do (see the module's docstring)."""
     batch = min(config.batch_size, t)
     eps_max = max(float(e) for e in config.eps_values)
-    stepping = {a for _, a, e in work.white_box if float(e) > 0}
+    uploaded = {a for key, a, _ in work.catalog if key.startswith("catalog|")}
+    stepping = {a for _, a, e in work.white_box if float(e) > 0} | uploaded
     if work.panels and eps_max > 0:
         stepping |= set(kinds)
-    measured = {a for _, a, _ in work.white_box + work.transfer}
+    measured = {a for _, a, _ in work.white_box + work.transfer} | uploaded
     moved = {a for _, a, _ in work.transfer}
     out: dict[str, Any] = {"batch": batch, "pgd_step": {}, "measure": {}, "per_query": {},
-                           "query_measure": {}, "source_step": {}}
+                           "query_measure": {}, "source_step": {}, "catalog_round": {}}
     start = time.perf_counter()
     if stepping or measured:
         probe_seconds(target, batch)  # untimed: the model's first call pays its set-up
@@ -253,6 +260,9 @@ def _probes(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t
             target, kinds[a], config, select(a).slice(0, batch), eps, oracle())
     if work.retrieval:
         out["retrieval"] = retrieval_seconds(target, config)
+    for a in sorted({a for _, a, _ in work.catalog} if link is not None else ()):
+        out["catalog_round"][a] = link.round_seconds(
+            target.gallery.images(select(a).anchors[:1])[0].cpu(), config.size(kinds[a]))
     if moved and source is not None:
         probe_seconds(source, batch)
         for a in sorted(moved):
@@ -265,14 +275,16 @@ def _probes(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t
 def plan_cells(target: Target, kinds: dict[str, AttackKind], config: AuditConfig, t: int,
                select: Callable[[str], Selection], work: Work, index=None,
                source: Target | None = None, oracle: Callable[[], Any] | None = None,
-               probes: dict[str, Any] | None = None) -> tuple[list[CellPlan], dict[str, Any]]:
+               probes: dict[str, Any] | None = None, link=None
+               ) -> tuple[list[CellPlan], dict[str, Any]]:
     """The cells left, each priced from its probes; returns ``(cells, probes)``.
     ``select(attack)``: the attack's selection (the cells'); ``oracle()``: a new oracle like
     the one the query-only cells use (for the probe). ``probes``: reuse these (made for
-    another T: a batch of another size costs :func:`batch_share` of theirs)."""
+    another T: a batch of another size costs :func:`batch_share` of theirs). ``link``: the
+    catalog's service (:class:`~advrank.experiments.audit.catalog.CatalogLink`)."""
     batch = min(config.batch_size, t)
     if probes is None:
-        probes = _probes(target, kinds, config, t, select, work, index, source, oracle)
+        probes = _probes(target, kinds, config, t, select, work, index, source, oracle, link)
     share = batch_share(batch, probes["batch"])
     batches = batches_of(t, batch)
     step = {a: s * share for a, s in probes["pgd_step"].items()}
@@ -295,6 +307,8 @@ def plan_cells(target: Target, kinds: dict[str, AttackKind], config: AuditConfig
         eta = config.threat(e, kinds[a]).eta
         cells.append(CellPlan(key, "transfer", t, batches * (
             eta * probes["source_step"].get(a, 0.0) * share + 2 * measure[a])))
+    cells += catalog_plans(work.catalog, kinds, config, t, step, measure,
+                           probes.get("catalog_round", {}))
     eps_max = max(float(e) for e in config.eps_values)
     if work.panels:  # each kind's pool at the largest eps (no steps at eps 0)
         pool = min(EXAMPLE_POOL, t)
@@ -302,6 +316,28 @@ def plan_cells(target: Target, kinds: dict[str, AttackKind], config: AuditConfig
             panel_cost(step.get(a, 0.0), pool, batch, config.threat(eps_max, kind).eta)
             for a, kind in kinds.items()) if eps_max > 0 else 0.0))
     return cells, probes
+
+
+def catalog_plans(keys: list[tuple[str, str, float]], kinds: dict[str, AttackKind],
+                  config: AuditConfig, t: int, step: dict[str, float],
+                  measure: dict[str, float], rounds: dict[str, float]) -> list[CellPlan]:
+    """The catalog cells left, ``(key, attack, eps)`` each: an upload cell costs a white-box
+    cell's steps and two measurements (the lab's figures and those of the upload as the
+    service sees it) plus T rounds (upload, w searches, deletion); a query cell T attacks
+    of min(uploads, searches / w) rounds each."""
+    batches = batches_of(t, min(config.batch_size, t))
+    out = []
+    for key, a, e in keys:
+        w = config.size(kinds[a])
+        if key.startswith("catalog|"):
+            eta = config.threat(e, kinds[a]).eta
+            seconds = white_box_cost(step.get(a, 0.0), 2 * measure.get(a, 0.0), eta, batches)
+            seconds += t * rounds.get(a, 0.0)
+        else:
+            per_attack = max(1, min(config.upload_budget, (config.query_budget or 0) // w))
+            seconds = t * per_attack * rounds.get(a, 0.0)
+        out.append(CellPlan(key, key.partition("|")[0], t, seconds))
+    return out
 
 
 def text_cells(keys: list[tuple[str, str, float]], kinds: dict[str, AttackKind],

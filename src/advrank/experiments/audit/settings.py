@@ -33,6 +33,8 @@ RECALL_KS = (1, 2, 4, 8)
 #: identity values of audits written before the setting existed
 IMPLIED_IDENTITY = {"index": None, "pipeline": None, "through_pipeline": False,
                     "query_oracle": "local"}
+#: uploads per query-only catalog attack (``--upload-budget``): the issue's seller budget
+CATALOG_UPLOADS = 50
 #: the quick look (``--quick [MINUTES]``): one eps (unless given), T per cell at most
 #: QUICK_MAX_T and at least QUICK_MIN_T (both capped by |X|), sized to fit the time budget
 QUICK_EPS = 8 / 255
@@ -60,10 +62,14 @@ class AuditConfig:
     oracle at ``feedback`` (``full``, ``topk:K``, ``topk-scores:K``; None: full), optimised by
     ``optimizer``; ``oracle``: an endpoint (a URL) the query-only rows go through instead,
     calibrated against the audited model first (``endpoint_differs``: expected to differ),
-    their figures read from its answers. ``quick`` (minutes, None: off): the quick look,
+    their figures read from its answers (with ``catalog``: the catalog's service, the
+    query-only rows through the local oracle). ``quick`` (minutes, None: off): the quick look,
     whose T the audit sizes to fit that time (see :data:`QUICK_MAX_T`; ``num_attacks``, when
     given, caps it). ``queries`` (``text:FILE``, ``prompts:TEMPLATE``; None: off): the text
-    section, for a model with a text tower (see :mod:`advrank.experiments.audit.text`)."""
+    section, for a model with a text tower (see :mod:`advrank.experiments.audit.text`).
+    ``catalog``: the catalog rows (CA± uploaded to the writable service ``oracle``, see
+    :mod:`advrank.experiments.audit.catalog`), query-only through at most ``upload_budget``
+    uploads and ``query_budget`` searches per attack (no query budget: no such row)."""
 
     eps_values: Sequence[float] = DEFAULT_AUDIT_EPS
     attacks: Sequence[str] = AUDIT_ATTACKS
@@ -86,6 +92,8 @@ class AuditConfig:
     endpoint_differs: bool = False
     quick: float | None = None
     queries: str | None = None
+    catalog: bool = False
+    upload_budget: int = CATALOG_UPLOADS
 
     def validate(self, gallery_size: int | None = None) -> dict[str, AttackKind]:
         """Check every setting (before any work); returns the attack kinds."""
@@ -110,6 +118,7 @@ class AuditConfig:
                 raise AdvrankError(f"an audit reports normalized ranks; {kind.name} has none "
                                    "(use advrank attack or advrank robustness for it)")
         self.check_query(kinds)
+        self.check_catalog(kinds)
         if self.queries is not None:
             from advrank.data.texts import parse_query_spec
 
@@ -123,7 +132,7 @@ class AuditConfig:
         """The query-only settings: a budget, a feedback level and an optimiser, and at least
         one attack kind with a query-only form; feedback without a budget is refused."""
         if self.query_budget is None:
-            if self.feedback is not None or self.oracle is not None:
+            if self.feedback is not None or (self.oracle is not None and not self.catalog):
                 raise AdvrankError("feedback and an oracle apply to the query-only rows: give "
                                    "a query budget too (--query-budget B)")
             return
@@ -134,9 +143,37 @@ class AuditConfig:
             from advrank.oracles import split_oracle_spec
 
             split_oracle_spec(self.oracle)
-        if not any(kind.query_only for kind in kinds.values()):
+        if not self.catalog and not any(kind.query_only for kind in kinds.values()):
             raise AdvrankError(f"the query-only rows need an attack with a query-only form "
                                f"(QA+, QA-, ES) among {', '.join(kinds)}")
+
+    def check_catalog(self, kinds: dict[str, AttackKind]) -> None:
+        """The catalog settings: a service to upload to and a candidate attack (CA+, CA-)."""
+        check_number(self.upload_budget, "uploads per attack", low=2, high=100_000,
+                     integer=True)
+        if not self.catalog:
+            return
+        from advrank.oracles import split_oracle_spec
+
+        if self.oracle is None or split_oracle_spec(self.oracle)[0] not in ("http", "https"):
+            raise AdvrankError("--catalog needs --oracle http://HOST:PORT (a service started "
+                               "with --writable --token)")
+        if not any(catalog_kind(kind) for kind in kinds.values()):
+            raise AdvrankError(f"the catalog rows run CA+ or CA- (a candidate a seller "
+                               f"uploads): none among {', '.join(kinds)}")
+        if self.query_budget is not None:  # the query-only catalog rows
+            check_number(self.query_budget, "searches per attack (--query-budget)",
+                         low=2 * self.k, integer=True)
+            if any(0 < float(e) < 1 / 255 for e in self.eps_values):
+                raise AdvrankError("the query-only catalog rows upload 8-bit pictures: an eps "
+                                   "below 1/255 cannot move one")
+
+    @property
+    def query_endpoint(self) -> str | None:
+        """The endpoint the query-only rows go through (None: the local oracle); with
+        ``catalog`` the oracle is the catalog's, whose ids move with uploads, and the
+        query-only rows of QA+, QA-, ES go through the local oracle."""
+        return None if self.catalog else self.oracle
 
     @property
     def query_marks(self) -> list[int]:
@@ -192,6 +229,13 @@ class AuditConfig:
         pixels)."""
         return {"pipeline": LinfThreatModel(0.0, pipeline=self.pipeline).pipeline_spec,
                 "through_pipeline": self.through_pipeline}
+
+
+def catalog_kind(kind: AttackKind) -> bool:
+    """Whether ``kind`` is a candidate attack a seller's upload runs (CA+, CA-)."""
+    from advrank.attacks.ca import CandidateAttack
+
+    return isinstance(kind, CandidateAttack) and getattr(kind, "queries", None) is None
 
 
 def fingerprints_of(target: Target) -> dict[str, str]:
