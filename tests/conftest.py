@@ -17,6 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def serve():
+    """``serve(checkpoint, *options)``: a context manager giving ``(url, process)`` of
+    ``advrank serve`` on a free loopback port, stopped on exit (tests/serve/conftest.py's
+    ``running_service``, loaded by path: conftest modules are not importable)."""
+    import importlib.util
+
+    path = REPO / "tests" / "serve" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_advrank_serve_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.running_service
+
+
 def pytest_collection_modifyitems(items: list) -> None:
     """The ``slow`` tests first (stable otherwise): with two workers, a minutes-long test that
     starts last would leave one worker running it alone at the end."""

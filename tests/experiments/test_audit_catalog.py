@@ -9,9 +9,7 @@ are refused in one line before any work. The attack command's query-only catalog
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -24,17 +22,9 @@ TOKEN = "audit-catalog-token"
 T, UPLOADS, SEARCHES = 2, 3, 4
 
 
-def _running_service():
-    path = Path(__file__).parents[1] / "serve" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_advrank_serve_fixtures_auditcat", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.running_service
-
-
 @pytest.fixture(scope="module")
-def service(trained_digits):
-    with _running_service()(trained_digits(16), "--writable", "--token", TOKEN, "--max-k",
+def service(trained_digits, serve):
+    with serve(trained_digits(16), "--writable", "--token", TOKEN, "--max-k",
                             "100000") as (url, _):
         yield url
 
@@ -101,8 +91,8 @@ def test_the_audit_writes_the_catalog_rows_and_leaves_the_catalog_as_found(
 
 
 @pytest.fixture(scope="module")
-def read_only(trained_digits):
-    with _running_service()(trained_digits(16)) as (url, _):
+def read_only(trained_digits, serve):
+    with serve(trained_digits(16)) as (url, _):
         yield url
 
 

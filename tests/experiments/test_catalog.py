@@ -7,9 +7,6 @@ only parses and refuses, in one line, where it does not apply."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -19,17 +16,9 @@ TOKEN = "catalog-token-for-tests"
 T, W = 4, 2
 
 
-def _running_service():
-    path = Path(__file__).parents[1] / "serve" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_advrank_serve_fixtures_cat", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.running_service
-
-
 @pytest.fixture(scope="module")
-def service(trained_digits):
-    with _running_service()(trained_digits(16), "--writable", "--token", TOKEN, "--max-k",
+def service(trained_digits, serve):
+    with serve(trained_digits(16), "--writable", "--token", TOKEN, "--max-k",
                             "100000", "--pipeline", "png") as (url, _):
         yield url
 

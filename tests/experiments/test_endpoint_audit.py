@@ -5,9 +5,7 @@ and computes nothing), and refuses what an endpoint audit cannot do, in one line
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,17 +14,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("faiss")
 
 
-def _running_service():
-    path = Path(__file__).parents[1] / "serve" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_advrank_serve_fixtures_e", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.running_service
-
-
 @pytest.fixture(scope="module")
-def service(untrained_digits):
-    with _running_service()(untrained_digits, "--max-k", "50") as running:
+def service(untrained_digits, serve):
+    with serve(untrained_digits, "--max-k", "50") as running:
         yield running[0]
 
 
@@ -86,15 +76,15 @@ def test_endpoint_audit_options_are_checked_before_any_work(service, image_folde
 
 
 @pytest.fixture(scope="module")
-def deep_service(untrained_digits):
+def deep_service(untrained_digits, serve):
     """The same model serving every depth: exact ranks through rank_of."""
-    with _running_service()(untrained_digits, "--max-k", "1000") as running:
+    with serve(untrained_digits, "--max-k", "1000") as running:
         yield running[0]
 
 
 def test_a_model_s_deployed_view_goes_through_the_endpoint_calibrated_first(
         deep_service, service, untrained_digits, untrained_checkpoint, tmp_path, cli,
-        one_error_line):
+        one_error_line, serve):
     """With a model, --oracle sends the deployed view's query-only rows through the endpoint:
     calibrated against the model first, every figure read from its answers (its ranks, the
     local copy's beside them); another model behind it is refused in one line."""
@@ -115,6 +105,6 @@ def test_a_model_s_deployed_view_goes_through_the_endpoint_calibrated_first(
     one_error_line(*cli([*argv, "--oracle", service, "--out", tmp_path / "b"]),
                    "the deployed view reads ranks", "--max-k 719")
     other = untrained_checkpoint(tmp_path / "other.pt", seed=1)
-    with _running_service()(other, "--max-k", "1000") as (url, _):
+    with serve(other, "--max-k", "1000") as (url, _):
         one_error_line(*cli([*argv, "--oracle", url, "--out", tmp_path / "c"]),
                        "disagrees with the local copy", "overlap@10")

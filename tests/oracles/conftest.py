@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
@@ -117,15 +115,6 @@ def counting_proxy(upstream: str, drop_every: int = 0, mutate=None, rewrite=None
         yield url, stats
 
 
-def _running_service():
-    """tests/serve's ``running_service`` (``advrank serve`` as a subprocess on loopback)."""
-    path = Path(__file__).parents[1] / "serve" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_advrank_serve_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.running_service
-
-
 @pytest.fixture(scope="session")
 def net():
     """The loopback helpers above: ``tcp_server``, ``read_request``, ``write_response``,
@@ -134,10 +123,3 @@ def net():
 
     return SimpleNamespace(tcp_server=tcp_server, read_request=read_request,
                            write_response=write_response, counting_proxy=counting_proxy)
-
-
-@pytest.fixture(scope="session")
-def serve():
-    """``serve(checkpoint, *options)``: a context manager giving ``(url, process)`` of
-    ``advrank serve`` on a free loopback port, stopped on exit."""
-    return _running_service()

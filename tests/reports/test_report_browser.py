@@ -116,21 +116,15 @@ def test_the_deployed_view_fits_the_window(deployed_report, width):
 
 
 @pytest.fixture(scope="module")
-def endpoint_report(tmp_path_factory, untrained_digits, image_folder):
+def endpoint_report(tmp_path_factory, untrained_digits, image_folder, serve):
     """An audit of ``advrank serve`` alone (no model given) from the generated pictures."""
-    import importlib.util
-    from pathlib import Path
 
     from advrank.cli import main
 
     pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
-    path = Path(__file__).parents[1] / "serve" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_advrank_serve_fixtures_b", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path_factory.mktemp("endpoint") / "audit"
-    with module.running_service(untrained_digits, "--max-k", "50") as (url, _):
+    with serve(untrained_digits, "--max-k", "50") as (url, _):
         assert main(["audit", "--oracle", url, "--data", f"imagefolder:{image_folder}",
                      "--out", str(out), "--eps", "0.1,0.3", "--num-attacks", "3",
                      "--query-budget", "10", "--optimizer", "random,nes", "--quiet"]) == 0

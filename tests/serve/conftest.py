@@ -63,12 +63,6 @@ def running_service(ckpt, *options: str, quiet: bool = True):
 
 
 @pytest.fixture(scope="session")
-def serve():
-    """:func:`running_service` (a context manager factory)."""
-    return running_service
-
-
-@pytest.fixture(scope="session")
 def digits_target(digits_ckpt):
     """The tiny digits checkpoint loaded as a Target (its 719-picture gallery embedded)."""
     from advrank.experiments.target import load_target

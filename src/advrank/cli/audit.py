@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from advrank.cli.catalog import add_catalog_options, read_token
+from advrank.cli.catalog import (
+    add_catalog_options,
+    catalog_token,
+    check_catalog_link,
+    refuse_without_catalog,
+)
 from advrank.cli.declare import (
     kind_options,
     loader_from_args,
@@ -38,30 +43,21 @@ from advrank.experiments.audit import (
 from advrank.experiments.audit.settings import CATALOG_UPLOADS
 
 
-def catalog_token(args) -> str | None:
-    """The catalog's token (``--token-file`` or ``--token``); their options refused in one
-    line without ``--catalog``, or with no local model to attack in the lab."""
-    if not args.catalog:
-        given = [flag for flag, v in (("--token-file", args.token_file),
-                                      ("--token", args.token),
-                                      ("--upload-budget", args.upload_budget)) if v]
-        if given:
-            raise AdvrankError(f"{given[0]} is for --catalog (uploads to a writable service)")
+def audit_catalog_token(args) -> str | None:
+    """The catalog's token (``--token-file`` or ``--token``; None without ``--catalog``);
+    its options refused in one line without ``--catalog``, or with no local model to attack
+    in the lab."""
+    if refuse_without_catalog(args):
         return None
     if args.checkpoint is None and args.model is None:
         raise AdvrankError("--catalog attacks the local model in the lab first: give "
                            "--checkpoint or --model")
-    if args.oracle is None:
-        raise AdvrankError("--catalog needs --oracle http://HOST:PORT (a service started with "
-                           "--writable --token)")
-    if args.token_file is None and not args.token:
-        raise AdvrankError("--catalog needs --token-file FILE or --token TOKEN (the bearer "
-                           "token of the service's writes)")
-    return args.token if args.token_file is None else read_token(args.token_file)
+    check_catalog_link(args)
+    return catalog_token(args)
 
 
 def cmd_audit(args) -> None:
-    token = catalog_token(args)
+    token = audit_catalog_token(args)
     if args.oracle is not None and args.checkpoint is None and args.model is None:
         return cmd_endpoint_audit(args)
     if args.schema is not None or (args.optimizer and len(args.optimizer) > 1):

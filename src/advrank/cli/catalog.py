@@ -41,25 +41,43 @@ def _given(args, flags: dict) -> list[str]:
     return [flag for flag, value in flags.items() if value not in (None, False)]
 
 
-def check_catalog_args(args, kind) -> None:
-    """The options of ``--catalog``, refused in one line where they do not apply."""
-    from advrank.attacks.ca import CandidateAttack
+def refuse_without_catalog(args) -> bool:
+    """Whether ``--catalog`` is off; its options (token, upload budget) refused in one line
+    then."""
+    if args.catalog:
+        return False
+    given = _given(args, {"--token-file": args.token_file, "--token": args.token,
+                          "--upload-budget": args.upload_budget})
+    if given:
+        raise AdvrankError(f"{given[0]} is for --catalog (uploads to a writable service)")
+    return True
 
-    if not args.catalog:
-        given = _given(args, {"--token-file": args.token_file, "--token": args.token,
-                              "--upload-budget": args.upload_budget})
-        if given:
-            raise AdvrankError(f"{given[0]} is for --catalog (uploads to a writable service)")
-        return
-    if not isinstance(kind, CandidateAttack):
-        raise AdvrankError(f"--catalog runs CA+ or CA- (a candidate a seller uploads), not "
-                           f"{kind.name}")
+
+def check_catalog_link(args) -> None:
+    """``--catalog``'s service and token given (refused in one line otherwise)."""
     if args.oracle is None:
         raise AdvrankError("--catalog needs --oracle http://HOST:PORT (a service started with "
                            "--writable --token)")
     if args.token_file is None and not args.token:
         raise AdvrankError("--catalog needs --token-file FILE or --token TOKEN (the bearer "
                            "token of the service's writes)")
+
+
+def catalog_token(args) -> str:
+    """The bearer token of ``--token`` or ``--token-file``."""
+    return args.token if args.token_file is None else read_token(args.token_file)
+
+
+def check_catalog_args(args, kind) -> None:
+    """The options of ``--catalog``, refused in one line where they do not apply."""
+    from advrank.attacks.ca import CandidateAttack
+
+    if refuse_without_catalog(args):
+        return
+    if not isinstance(kind, CandidateAttack):
+        raise AdvrankError(f"--catalog runs CA+ or CA- (a candidate a seller uploads), not "
+                           f"{kind.name}")
+    check_catalog_link(args)
     from advrank.oracles import split_oracle_spec
 
     if split_oracle_spec(args.oracle)[0] not in ("http", "https"):
@@ -157,7 +175,7 @@ def cmd_catalog_attack(args, kind, k: int) -> None:
     from advrank.oracles.http import HttpOracle
     from advrank.reports.tables import format_attack
 
-    token = args.token if args.token_file is None else read_token(args.token_file)
+    token = catalog_token(args)
     query = args.query_budget is not None
     if query:
         check_query_mode(args, k)
