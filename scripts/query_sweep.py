@@ -124,10 +124,18 @@ def kind_for(name: str, gallery_size: int, feedback):
 def figures_of(kind, figures: dict) -> dict:
     """The headline figure (and its se) of a result or checkpoint, plus ES's R(q~, q)."""
     h = kind.headline
-    out = {"headline": h, "value": figures[f"{h}_after"], "se": figures[f"{h}_after_se"],
-           "before": figures[f"{h}_before"]}
+    # since the endpoint merge (8e44fe7) a query-only run reads its figures from the oracle's
+    # answers (top-k forms: overlap@k, success) and puts the local copy's exact figures beside
+    # them as "local:..."; the headline stays the local copy's, as in the cells run before it
+    src = "" if f"{h}_after" in figures else "local:"
+    out = {"headline": h, "value": figures[f"{src}{h}_after"],
+           "se": figures[f"{src}{h}_after_se"], "before": figures[f"{src}{h}_before"]}
+    if src:
+        out["read_from"] = "local copy (local:)"
+        out["topk"] = {f: figures[f] for f in figures
+                       if not f.startswith("local:") and f.endswith(("_before", "_after"))}
     if kind.name == "ES":
-        out["own_rank"] = figures["rank_after"]
+        out["own_rank"] = figures[f"{src}rank_after"]
     if kind.name == "ORDER":
         out["src"] = figures["src_after"]
     return out

@@ -65,3 +65,41 @@ def test_stop_answers_the_waiting_searches():
 
     out = asyncio.run(main())
     assert all(isinstance(o, Busy) for o in out), out
+
+
+class ThreadsEngine(SlowEngine):
+    """Records the threads torch and FAISS would use in the search thread."""
+
+    def search_batch(self, queries):
+        import faiss
+        import torch
+
+        self.batches.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
+        return [SimpleNamespace(answer=q) for q in queries]
+
+
+def test_search_threads_use_the_limits_threads():
+    import faiss
+    import torch
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+
+    async def main():
+        engine = ThreadsEngine(threads=3, workers=2)
+        batcher = Batcher(engine)
+        await batcher.start()
+        await asyncio.gather(*(batcher.submit(q) for q in "abcd"))
+        await batcher.stop()
+        return engine.batches
+
+    try:
+        seen = asyncio.run(main())
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+    assert seen and all(s == (3, 3) for s in seen)
+
+
+def test_threads_are_checked():
+    with pytest.raises(Exception, match="threads per search worker"):
+        Limits(threads=0)

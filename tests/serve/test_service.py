@@ -59,6 +59,9 @@ def test_info_and_health_describe_the_service(service, digits_ckpt):
     assert info["input_size"] == [1, 8, 8] and info["metric"] == "cosine"
     assert info["index"]["index"] == "hnsw" and info["index"]["size"] == info["gallery_size"]
     assert info["feedback"] == "top-k ids and scores" and info["limits"]["max_pixels"] == 10**6
+    # on a CPU: one thread per search worker, the workers filling the cores
+    cores = min(8, os.cpu_count() or 1)
+    assert info["limits"]["threads"] == 1 and info["limits"]["workers"] == cores
     # files by base name only: no folder of the server's in the answer
     assert info["source"] == digits_ckpt.name and str(digits_ckpt.parent) not in r.text
     assert info["index"]["cache"]["file"].startswith("index-") and '"/' not in r.text

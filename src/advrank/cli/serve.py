@@ -60,16 +60,29 @@ def _check_writes(args) -> None:
         raise AdvrankError("--token must be at least 8 printable characters, no spaces")
 
 
-def _default_workers(device: str) -> int:
-    """Batches at once: the cores torch's own threads leave free, on a CPU (one elsewhere:
-    an accelerator runs one batch at a time anyway)."""
+def _on_cpu(device: str) -> bool:
+    import torch
+
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def _default_threads(device: str) -> int | None:
+    """Threads per search worker: one on a CPU (workers, not threads, use the cores: see
+    results/serve-throughput), the framework's own elsewhere."""
+    return 1 if _on_cpu(device) else None
+
+
+def _default_workers(device: str, threads: int | None) -> int:
+    """Batches at once: the cores the workers' threads fill, on a CPU (one elsewhere: an
+    accelerator runs one batch at a time anyway)."""
     import os
 
     import torch
 
-    if device not in ("cpu", "auto") or (device == "auto" and torch.cuda.is_available()):
+    if not _on_cpu(device):
         return 1
-    return max(1, min(8, (os.cpu_count() or 1) // max(1, torch.get_num_threads())))
+    per = threads or torch.get_num_threads()
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, per)))
 
 
 def cmd_serve(args) -> None:
@@ -77,11 +90,13 @@ def cmd_serve(args) -> None:
     from advrank.serve.app import Limits, create_app
 
     _check_writes(args)
+    threads = args.threads or _default_threads(args.device)
     limits = Limits(args.max_body_bytes, args.max_pixels, args.max_queue, args.max_k,
                     min(args.k, args.max_k), max_batch=args.max_batch,
                     batch_wait=args.batch_wait_ms / 1000,
                     request_timeout=args.request_timeout,
-                    workers=args.search_workers or _default_workers(args.device))
+                    workers=args.search_workers or _default_workers(args.device, threads),
+                    threads=threads)
     sock = _bind(args.host, args.port)  # a busy port is refused before the model loads
     target = load_target_from_args(args)
     say = log(args)
@@ -152,7 +167,10 @@ def _serve_options(p) -> None:
                         "batch (an answer never depends on what shares its batch)")
     p.add_argument("--search-workers", type=integer(1, 64), default=None,
                    help="batches that go through the model and the index at once, each on a "
-                        "thread (default: the CPU cores torch's own threads leave free)")
+                        "thread (default: on a CPU, the cores divided by --threads)")
+    p.add_argument("--threads", type=integer(1, 1024), default=None,
+                   help="threads each search worker's model and index use (default: 1 on a "
+                        "CPU, where the workers use the cores; the framework's own on a GPU)")
     p.add_argument("--batch-wait-ms", type=integer(0, 10_000), default=0,
                    help="how long a batch waits for more searches once its first is in "
                         "(default 0: batches form from what waits while the model works)")

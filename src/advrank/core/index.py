@@ -125,6 +125,7 @@ class VectorIndex:
         self._prepared: torch.Tensor | None = None  # the exact search's gallery, prepared once
         self._refined: RefinedExact | None = None  # the row-by-row exact search
         self.dead = torch.zeros(self.size, dtype=torch.bool)  # tombstones
+        self.removed = 0  # how many: every search asks, and a count is cheaper than a sum
         self.info = {"index": spec, "metric": metric, "size": self.size, "dim": self.dim,
                      **(info or {})}
 
@@ -135,7 +136,7 @@ class VectorIndex:
     @property
     def live(self) -> int:
         """Vectors a search may return (not removed)."""
-        return self.size - int(self.dead.sum())
+        return self.size - self.removed
 
     def _check(self, queries: torch.Tensor, k: int) -> None:
         if queries.dim() != 2 or queries.shape[1] != self.dim:
@@ -323,6 +324,7 @@ class VectorIndex:
         if not 0 <= i < self.size or self.dead[i]:
             raise AdvrankError(f"no live vector {i} to remove")
         self.dead[i] = True
+        self.removed += 1
 
 
 def build_index(embeddings: torch.Tensor, metric: str, spec: str = "exact",

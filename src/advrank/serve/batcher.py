@@ -20,6 +20,7 @@ from typing import Any
 
 from advrank.serve.engine import Query, SearchService
 from advrank.serve.errors import Busy
+from advrank.serve.forward import use_threads
 
 
 class Batcher:
@@ -36,7 +37,9 @@ class Batcher:
     async def start(self) -> None:
         self.queue = asyncio.Queue(self.service.limits.max_queue)
         n = self.service.limits.workers
-        self.pool = ThreadPoolExecutor(n, thread_name_prefix="advrank-search")
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="advrank-search",
+                                       initializer=use_threads,
+                                       initargs=(self.service.limits.threads,))
         warm_up = getattr(self.service, "warm_up", None)
         if warm_up is not None:
             await asyncio.get_running_loop().run_in_executor(self.pool, warm_up)

@@ -29,7 +29,7 @@ from advrank.oracles.wire import (
 from advrank.serve.catalog import Catalog
 from advrank.serve.decode import FORMATS, decode_upload
 from advrank.serve.errors import BadRequest, ServiceError, Unprocessable, Unsupported
-from advrank.serve.forward import Forward
+from advrank.serve.forward import Forward, use_threads
 from advrank.serve.limits import Limits
 from advrank.serve.rwlock import SharedLock
 from advrank.serve.schema import ServiceInfo, ServiceLimits
@@ -85,6 +85,7 @@ class SearchService:
         chosen = get_pipeline(pipeline)
         self.pipeline = None if chosen.spec == "none" else chosen
         self.catalog = Catalog(target.gallery.dataset, target.gallery.labels)
+        use_threads(self.limits.threads)  # the probe below runs as the searches will
         self.forward = Forward(target.model, target.device, self.geometry.input_size,
                                self.limits.max_batch)
         self.text = has_text_tower(target.model)  # JSON {"text": ...} searches offered
@@ -260,7 +261,7 @@ class SearchService:
             max_concurrency=lim.max_concurrency, max_k=self.max_k, default_k=lim.default_k,
             max_named=lim.max_named, max_queue=lim.max_queue, max_batch=lim.max_batch,
             batch_wait_ms=lim.batch_wait * 1000, request_timeout=lim.request_timeout,
-            workers=lim.workers)
+            workers=lim.workers, threads=lim.threads)
         return ServiceInfo(
             api=API_VERSION, model=t.meta.arch, source=public_name(t.source),
             fingerprint=t.fingerprint, dataset=public_name(t.meta.dataset),

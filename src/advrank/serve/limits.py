@@ -19,7 +19,8 @@ class Limits:
     of them go through one batch: those waiting when the model is free (batches form while
     it works, so a lone search never waits for company), and those arriving within
     ``batch_wait`` seconds after the first (0 by default); ``workers`` batches go through at
-    once, each on a thread of its own (the cores the model's own threads leave free).
+    once, each on a thread of its own, and each batch's model and FAISS index use ``threads``
+    threads (None: torch's and FAISS's own defaults).
     ``request_timeout`` seconds bound each request, its body's arrival included (408 beyond
     them)."""
 
@@ -33,6 +34,7 @@ class Limits:
     batch_wait: float = 0.0
     request_timeout: float = 30.0
     workers: int = 1
+    threads: int | None = None
 
     def __post_init__(self):
         check_int(self.max_body_bytes, "max body bytes", low=1, high=2**40)
@@ -46,6 +48,8 @@ class Limits:
         check_number(self.request_timeout, "request timeout (s)", low=0.0, low_open=True,
                      high=86_400.0)
         check_int(self.workers, "engine workers", low=1, high=64)
+        if self.threads is not None:
+            check_int(self.threads, "threads per search worker", low=1, high=1024)
 
     @property
     def max_concurrency(self) -> int:

@@ -19,6 +19,7 @@ class ServiceLimits(LimitsInfo):
     batch_wait_ms: float = Field(ge=0)
     request_timeout: float = Field(gt=0)
     workers: int = Field(ge=1)
+    threads: int | None = Field(None, ge=1)
 
 
 class ServiceInfo(InfoAnswer):
