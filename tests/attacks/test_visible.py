@@ -100,3 +100,19 @@ def test_es_figures_overlap_and_ndcg_against_the_clean_list():
 def test_a_kind_without_a_form_is_refused():
     with pytest.raises(AdvrankError, match="CA\\+ has no form an endpoint can show"):
         endpoint_form(get_attack("CA+"))
+
+
+def test_an_early_stop_never_claims_a_goal_the_figures_would_deny():
+    """QA-'s goal "gone" and ES's "clear" are claimed only from a list that shows K others:
+    where the query's own copy takes one of the K places, a target at the K-th other place
+    (out of the attacker's sight, inside the figures' top K) is not "gone"."""
+    from advrank.attacks.feedback import FeedbackScore
+    from advrank.oracles.base import Answer, parse_feedback
+
+    k, own, target = 4, 99, 7
+    score = FeedbackScore(False, torch.tensor([[target], [target]]),
+                          torch.tensor([[own], [own]]), parse_feedback(f"topk:{k}"), 100)
+    shown = torch.tensor([[own, 1, 2, 3],  # own at #0: the 4th other (maybe 7) is unseen
+                          [1, 2, 3, 4]])  # four others and no 7: 7 is out of the top 4
+    met = score.goal(Answer(shown), torch.arange(2))
+    assert met.tolist() == [False, True]

@@ -16,7 +16,12 @@ Early stop: :meth:`FeedbackScore.goal` says where an answer shows the attack's g
 ``top`` (QA+: C fills the first |C| places of q~'s list), ``gone`` (QA-: no member of C in the
 visible list) or ``clear`` (ES: neither the targets nor their clean neighbourhood N(c) in the
 visible list, the score's floor). Only ``top`` has a meaning at ``full`` feedback, where
-nothing is out of sight.
+nothing is out of sight. ``gone`` and ``clear`` are claimed only from a list that shows K ids
+other than the query's own: the figures count the top K *others* (the own copy left out, as
+the white-box figures leave q out), and where the own copy takes one of the K places the
+attacker cannot see the K-th other, so a target just out of its sight may still be in the
+figures' top K (measured: an early stop that claimed every QA- goal met while the endpoint
+showed 70.5% met, results/endpoint-mnist/exact-qa-minus).
 
 For QA, xi (the kind's SP weight) adds the semantics-preserving term on C_SP (Eq. 12) in the
 same currency: xi times C_SP's mean normalized rank (full) or its weighted absence from the
@@ -118,12 +123,13 @@ class FeedbackScore(QueryScore):
             return (pos < targets.shape[1]).all(1)
         if self.feedback.level == "full":
             return torch.zeros(len(rows), dtype=torch.bool)
-        gone = (pos >= depth).all(1)
+        own = (answer.ids[:, :, None] == exclude[:, None, :]).any(-1)  # [N, L]
+        gone = (pos >= depth).all(1) & ~own.any(1)  # K others in sight: out of the top K
         if self.goal_kind == "gone":
             return gone
         nb = self.neighbors[rows].flatten(1)
         seen = ((answer.ids[:, :, None] == nb[:, None, :]) & (nb[:, None, :] >= 0)).any(-1)
-        kept = (answer.ids >= 0) & ~(answer.ids[:, :, None] == exclude[:, None, :]).any(-1)
+        kept = (answer.ids >= 0) & ~own
         return gone & ~(seen & kept).any(1)
 
 
