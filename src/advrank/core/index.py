@@ -125,7 +125,6 @@ class VectorIndex:
         self._prepared: torch.Tensor | None = None  # the exact search's gallery, prepared once
         self._refined: RefinedExact | None = None  # the row-by-row exact search
         self.dead = torch.zeros(self.size, dtype=torch.bool)  # tombstones
-        self.removed = 0  # how many: every search asks, and a count is cheaper than a sum
         self.info = {"index": spec, "metric": metric, "size": self.size, "dim": self.dim,
                      **(info or {})}
 
@@ -136,7 +135,7 @@ class VectorIndex:
     @property
     def live(self) -> int:
         """Vectors a search may return (not removed)."""
-        return self.size - self.removed
+        return self.size - int(self.dead.sum())
 
     def _check(self, queries: torch.Tensor, k: int) -> None:
         if queries.dim() != 2 or queries.shape[1] != self.dim:
@@ -324,7 +323,6 @@ class VectorIndex:
         if not 0 <= i < self.size or self.dead[i]:
             raise AdvrankError(f"no live vector {i} to remove")
         self.dead[i] = True
-        self.removed += 1
 
 
 def build_index(embeddings: torch.Tensor, metric: str, spec: str = "exact",
