@@ -60,7 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--service-index", default="exact", help="the service's --index")
     p.add_argument("--service-pipeline", default=None,
                    help="the service's --pipeline (it re-encodes every upload, e.g. jpeg:75)")
-    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=16,
+                   help="requests in flight (16 ran 2.2x faster than 64 on the 2-core CPU, "
+                   "the same figures: httpcore's pool walks its connections per request)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=200)
