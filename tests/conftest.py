@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 # The tests use tiny models, for which intra-op threads cost more than they bring; on a small
 # machine shared with another job, oversubscribed threads make them ~10x slower.
 torch.set_num_threads(1)
+# The same for the advrank commands the tests start (README blocks, scripts, services): each
+# would take every core's thread, beside the other worker's. Measured on the 2-core machine
+# beside a running job: two `advrank grid` side by side took 526 s with torch's default
+# threads, 39 s with one each. A thread count the user set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
