@@ -9,6 +9,8 @@ local copy's (same checkpoint).
     python scripts/endpoint_figures.py --study kinds --service-pipeline jpeg:75 \\
         --out results/endpoint-mnist/jpeg75
     python scripts/endpoint_figures.py --study optimizers --out results/endpoint-mnist/optimizers
+    python scripts/endpoint_figures.py --study optimizers --oracle local \\
+        --out results/endpoint-mnist/optimizers-local
 
 ``--study kinds``: QA+, QA- (m = 1, candidates within what the endpoint shows: QA- from the
 visible top 10, QA+ from just beyond it), ES (the clean top 10 disrupted) and ORDER (k = 5,
@@ -22,9 +24,13 @@ endpoint's (read through ``rank_of``, the service serving every depth) and the l
 ``--optimizers`` at each budget (one run per budget for an optimiser whose schedule follows
 its budget, the random search; one run with checkpoints for the others).
 
-Each run is calibrated first (the service against the local copy: determinism, overlap@10,
-id mapping). Writes OUT/results.json (the script's command, seed, commit, hardware, every
-run's summary and the service's options) and OUT/results.md.
+``--oracle local``: no service; the local copy answers as an 8-bit oracle (exact search, the
+pictures on the 8-bit grid a PNG upload puts them on), a stand-in for the exact service with
+no HTTP; its figures are the local copy's, and the table's title says so.
+
+Each run against the service is calibrated first (the service against the local copy:
+determinism, overlap@10, id mapping). Writes OUT/results.json (the script's command, seed,
+commit, hardware, every run's summary and the service's options) and OUT/results.md.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--optimizers", default="random,nes,spsa,square",
                    help="the optimisers of --study optimizers")
     p.add_argument("--order-k", type=int, default=5)
+    p.add_argument("--oracle", choices=("serve", "local"), default="serve",
+                   help="serve: through advrank serve over HTTP; local: the local copy as an "
+                   "8-bit oracle, no HTTP (a stand-in for the exact service)")
     p.add_argument("--service-index", default="exact", help="the service's --index")
     p.add_argument("--service-pipeline", default=None,
                    help="the service's --pipeline (it re-encodes every upload, e.g. jpeg:75)")
@@ -74,8 +83,12 @@ def parse_args(argv=None):
 
 
 def service(args):
-    """The URL of ``advrank serve`` on the checkpoint with the study's index and pipeline."""
+    """The URL of ``advrank serve`` on the checkpoint with the study's index and pipeline
+    (``local`` with ``--oracle local``: no service)."""
     from script_results import serving
+
+    if args.oracle == "local":
+        return contextlib.nullcontext("local")
 
     options = [] if args.service_pipeline is None else ["--pipeline", args.service_pipeline]
     return serving(args.checkpoint, args.device, args.concurrency, options,
@@ -105,7 +118,8 @@ def attack(args, target, url: str, kind_name: str, optimizer: str, budget: int,
 
     kind = get_attack(kind_name)
     k = args.order_k if kind_name == "ORDER" else 1
-    oracle = make_oracle(url, target, args.feedback, concurrency=args.concurrency)
+    options = {"eight_bit": True} if url == "local" else {"concurrency": args.concurrency}
+    oracle = make_oracle(url, target, args.feedback, **options)
     try:
         r = run_query_attack(target, kind, oracle, optimizer, args.eps, k, args.num_attacks,
                              budget, seed=args.seed, batch_size=args.batch_size,
@@ -154,15 +168,20 @@ def _pm(r: dict, key: str) -> str:
 
 
 def markdown(rows: list[dict], runs: list[dict], args) -> str:
-    service_text = f"--index {args.service_index}" + (
-        f", --pipeline {args.service_pipeline}" if args.service_pipeline else "")
     cal = runs[0].get("calibration", {}).get("figures", {}) if runs else {}
+    if args.oracle == "local":
+        where = "the local copy as an 8-bit oracle (exact search, no HTTP)"
+        read = ("No service: the 'endpoint' columns are the local oracle's own answers (its "
+                "exact ranks), the same model and gallery.")
+    else:
+        where = f"advrank serve (--index {args.service_index}" + (
+            f", --pipeline {args.service_pipeline}" if args.service_pipeline else "") + ")"
+        read = ("Every figure is read from the service's answers (its rank_of: exact ranks); "
+                "the local copy's stand beside them. Calibration of the first run: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in cal.items()) + ".")
     lines = [f"# Query-only attacks measured at the endpoint: {args.checkpoint} through "
-             f"advrank serve ({service_text}); eps = {args.eps}, T = {args.num_attacks}, "
-             f"{args.feedback} ids to the attacker, seed {args.seed}", "",
-             "Every figure is read from the service's answers (its rank_of: exact ranks); "
-             "the local copy's stand beside them. Calibration of the first run: "
-             + ", ".join(f"{k} {v:.2f}" for k, v in cal.items()) + ".", "",
+             f"{where}; eps = {args.eps}, T = {args.num_attacks}, {args.feedback} ids to the "
+             f"attacker, seed {args.seed}", "", read, "",
              "| attack | optimiser | budget | queries used | endpoint (top-k figure) | "
              "endpoint (second) | endpoint rank % | local rank % | local tau |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -194,6 +194,23 @@ def test_endpoint_figures_script_reads_the_service_beside_the_local_copy(
     assert "Every figure is read from the service's answers" in (out / "results.md").read_text()
 
 
+def test_endpoint_figures_script_has_a_local_stand_in(tmp_path, monkeypatch, untrained_digits):
+    """``--oracle local``: no service, the local copy as an 8-bit oracle; no calibration, and
+    the table says where its figures come from."""
+    script = load_script("endpoint_figures", monkeypatch)
+    out = tmp_path / "out"
+    assert script.main(["--checkpoint", str(untrained_digits), "--out", str(out), "--study",
+                        "optimizers", "--oracle", "local", "--num-attacks", "3", "--budgets",
+                        "21,41", "--optimizers", "random,square", "--seed", "2"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert [(r["optimizer"], r["budget"]) for r in record["rows"]] == [
+        ("random", 21), ("random", 41), ("square", 21), ("square", 41)]
+    assert all(run["oracle"] == "local" and run["eight_bit"] and "calibration" not in run
+               for run in record["runs"])
+    assert all(r["queries_used"] <= r["budget"] for r in record["rows"])
+    assert "the local copy as an 8-bit oracle" in (out / "results.md").read_text()
+
+
 def test_audit_estimates_script_records_estimate_and_time(tmp_path, monkeypatch):
     """scripts/audit_estimates.py --smoke: both audits at toy sizes from empty folders, each
     with the estimate it printed, the estimate and actual time from its report.json, the

@@ -76,6 +76,11 @@ def test_make_oracle_builds_the_local_one_for_a_target(ranker):
                              meta=SimpleNamespace(metric="cosine"), fingerprint="f")
     oracle = make_oracle("local:flat", target, "topk:5")
     assert oracle.describe()["index"]["index"] == "flat" and oracle.gallery_size == 120
+    assert oracle.eight_bit is False  # a simulation unless asked: no upload to round
+    eight = make_oracle("local", target, "topk:5", eight_bit=True)  # a PNG upload's grid
+    assert eight.eight_bit is True and eight.describe()["eight_bit"] is True
+    x = torch.full((1, 1, 8, 8), 0.5 + 0.3 / 255)  # between two 8-bit levels
+    assert torch.equal(eight.seen(x), torch.full_like(x, 128 / 255))
 
 
 def test_an_answer_from_named_ranks_scores_as_the_whole_list(ranker):

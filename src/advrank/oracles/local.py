@@ -43,10 +43,12 @@ class LocalOracle(Oracle):
                   **options: Any) -> LocalOracle:
         """``local`` (exact search) or ``local:INDEX`` (an index spec, e.g. ``hnsw``) over
         ``target``'s gallery; ``options``: ``cache_dir`` (the index's), ``pipeline`` (the
-        upload pipeline every picture goes through first)."""
+        upload pipeline every picture goes through first), ``eight_bit`` (pictures on the
+        8-bit grid, as a PNG upload to a service puts them)."""
         index = build_index(target.gallery.embeddings, target.meta.metric,
                             argument or "exact", options.get("cache_dir"), target.fingerprint)
-        return cls(target.model, index, feedback, pipeline=options.get("pipeline"))
+        return cls(target.model, index, feedback, pipeline=options.get("pipeline"),
+                   eight_bit=bool(options.get("eight_bit", False)))
 
     @torch.no_grad()
     def search(self, images, depth, scores):
