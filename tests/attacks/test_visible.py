@@ -116,3 +116,21 @@ def test_an_early_stop_never_claims_a_goal_the_figures_would_deny():
                           [1, 2, 3, 4]])  # four others and no 7: 7 is out of the top 4
     met = score.goal(Answer(shown), torch.arange(2))
     assert met.tolist() == [False, True]
+
+
+def test_es_stops_only_once_its_clean_list_is_out_of_sight():
+    """ES through an endpoint claims its goal ("clear") only where neither the query's own
+    copy nor any of its clean top K is visible: the own copy's leaving alone is not enough
+    (measured before this rule: every ES attack stopped with 9.7% of the clean top 10 still
+    shown, results/endpoint-mnist/exact-es)."""
+    from advrank.oracles.base import Answer, parse_feedback
+
+    k, own = 4, torch.tensor([50, 60])
+    lists = torch.stack([torch.tensor([1, 2, 3, 4, *range(100, 196)]),
+                         torch.tensor([5, 6, 7, 8, *range(200, 296)])])
+    form = endpoint_form(get_attack("ES"))
+    part = form.select(lists, torch.arange(2), own, 1, k, torch.Generator().manual_seed(0))
+    score = form.score(part, parse_feedback(f"topk:{k}"), None, range(1000))
+    shown = torch.tensor([[9, 2, 10, 11],  # own copy gone, clean item 2 still shown
+                          [12, 13, 14, 15]])  # own copy and clean list gone
+    assert score.goal(Answer(shown), torch.arange(2)).tolist() == [False, True]

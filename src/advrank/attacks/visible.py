@@ -190,15 +190,17 @@ class DisruptForm(EndpointForm):
         return Selection(anchors, None, None, {"own": own, "clean": lists[:, :k_visible]})
 
     def score(self, part, feedback, ask, pictures):
-        """Sink the query's own copy and its clean list (a member), else its clean list."""
+        """Sink the query's own copy and its clean list (a member), else its clean list; the
+        goal is ``clear`` (no member of the clean list in sight), never the own copy's
+        leaving alone (which stopped attacks with a tenth of the clean list still shown)."""
         from advrank.attacks.feedback import FeedbackScore
 
         clean, exclude = part.extra["clean"].cpu(), exclude_of(part)
         if exclude.shape[1]:
             return FeedbackScore(False, exclude, exclude[:, :0], feedback, len(pictures),
-                                 clean[:, None, :])
+                                 clean[:, None, :], goal="clear")
         return FeedbackScore(False, clean, exclude, feedback, len(pictures),
-                             torch.full((*clean.shape, 0), -1, dtype=torch.long))
+                             torch.full((*clean.shape, 0), -1, dtype=torch.long), goal="clear")
 
     def figures(self, reading, part, view):
         from advrank.oracles.calibrate import overlap_at_k
