@@ -57,6 +57,38 @@ def test_the_local_oracle_gives_exact_ranks_that_match_the_gallery(target):
     assert view.queries == oracle.queries == 6 and view.describe()["view"] == "ranks"
 
 
+class Missing:
+    """An oracle whose named ranks miss id 40 (an HNSW search that does not find it)."""
+
+    def __init__(self, oracle):
+        self.inner = oracle
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def ranks_of(self, images, named):
+        ranks = self.inner.ranks_of(images, named)
+        return torch.where(named == 40, -1, ranks)
+
+
+def test_an_own_id_the_endpoint_does_not_rank_reads_as_beyond(target):
+    """A member whose own copy the endpoint's ranks miss reads as the last place (as a named
+    id it misses), so every row has its own rank (ES's figure) and the rest are exact."""
+    view = EvaluationView(Missing(make_oracle("local", target, "topk:5")), 5)
+    own = torch.tensor([3, 40, 100])
+    images = target.gallery.images(own)
+    named = torch.tensor([[40, 5], [5, 6], [7, 8]])
+    reading = view.read(images, own, named, top=0, own_rank=True)
+    assert reading.own.tolist() == [0, view.beyond, 0]
+    assert reading.positions[0, 0] == view.beyond  # the missed named id, too
+    exact = EvaluationView(make_oracle("local", target, "topk:5"), 5).read(
+        images, own, named, own_rank=True)
+    assert torch.equal(reading.positions[2], exact.positions[2])
+    assert reading.positions[0, 1] == exact.positions[0, 1]
+    # the own copy it does not rank is not counted ahead of the others (the exact view's is)
+    assert torch.equal(reading.positions[1], exact.positions[1] + 1)
+
+
 def test_a_shallow_endpoint_is_censored_at_its_depth_and_says_so(target):
     oracle = make_oracle("local", target, "topk:5")
     view = EvaluationView(Shallow(oracle, 20), 5)

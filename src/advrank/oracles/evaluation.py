@@ -35,7 +35,8 @@ class Reading:
     """What the endpoint answered for N pictures: ``top [N, L]`` (its list, each picture's
     own id left out, -1 pads; L = the depth asked), ``positions [N, j]`` of the named ids
     among the others (own left out; :attr:`EvaluationView.beyond` where not seen) and
-    ``own [N]``: where the picture's own id sits in the whole list (-1 unknown), or None."""
+    ``own [N]``: where the picture's own id sits in the whole list (-1: not a member; one
+    the endpoint does not rank reads :attr:`EvaluationView.beyond`), or None."""
 
     top: torch.Tensor | None = None
     positions: torch.Tensor | None = None
@@ -117,7 +118,10 @@ class EvaluationView:
             extra = own[:, None].clamp_min(0)
             asked = extra if named is None else torch.cat([named.long().cpu(), extra], 1)
             ranks = self._ranks(images, asked)
-            mine = torch.where(own >= 0, ranks[:, -1], -1)
+            # a member whose own id the endpoint does not rank (an HNSW search that misses
+            # it) sits beyond the view, as a named id it does not rank
+            mine = torch.where(own >= 0, torch.where(ranks[:, -1] >= 0, ranks[:, -1],
+                                                     self.beyond), -1)
             if named is not None:
                 r = ranks[:, :-1]
                 r = r - ((mine[:, None] >= 0) & (mine[:, None] < r)).long()  # own left out
