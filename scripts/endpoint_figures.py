@@ -118,7 +118,8 @@ def attack(args, target, url: str, kind_name: str, optimizer: str, budget: int,
 
     kind = get_attack(kind_name)
     k = args.order_k if kind_name == "ORDER" else 1
-    options = {"eight_bit": True} if url == "local" else {"concurrency": args.concurrency}
+    options = ({"eight_bit": True} if args.oracle == "local"
+               else {"concurrency": args.concurrency})
     oracle = make_oracle(url, target, args.feedback, **options)
     try:
         r = run_query_attack(target, kind, oracle, optimizer, args.eps, k, args.num_attacks,
